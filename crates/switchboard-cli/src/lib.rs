@@ -1,0 +1,108 @@
+//! The `switchboard` command line: `send`, `listen`, `worker`, `bench` and `demo`
+//! on any broker, chosen by `--broker` or `BROKER_URL`.
+//!
+//! The binary in `src/main.rs` only calls [`main`]; each subcommand is a module
+//! with its arguments and a `run` function.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod demo;
+mod listen;
+mod send;
+mod worker;
+
+/// Write event-driven programs once, run them on any broker.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about, long_about = None)]
+pub struct Cli {
+    /// Broker kind (nats, redis, amqp, memory) or URL (nats://, redis://, amqp://, memory://).
+    /// Defaults to nats://127.0.0.1:4222, or memory:// for `demo`.
+    #[arg(long, global = true, env = "BROKER_URL", value_name = "KIND|URL")]
+    pub broker: Option<String>,
+
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish a message (or one per line of stdin) on a subject.
+    Send(send::SendArgs),
+    /// Print messages whose subject matches a pattern.
+    Listen(listen::ListenArgs),
+    /// Run reactions from a config file: exec a command, forward, or log, with retries and dead letters.
+    Worker(worker::WorkerArgs),
+    /// Measure throughput and latency across brokers, against raw-client baselines.
+    Bench(bench::BenchArgs),
+    /// Run the alert/reaction scenario in one process (in-memory broker by default).
+    Demo(demo::DemoArgs),
+}
+
+impl Cli {
+    /// The broker URL for commands that default to the local NATS server.
+    fn broker_or_default(&self) -> String {
+        self.broker
+            .clone()
+            .unwrap_or_else(|| switchboard::DEFAULT_URL.to_string())
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Logs go to stderr so stdout stays the command's data.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Parses the command line, runs the command and turns its outcome into an exit
+/// code: errors are printed as one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let url = cli.broker_or_default();
+    match cli.command {
+        Command::Send(args) => send::run(&url, args).await,
+        Command::Listen(args) => listen::run(&url, args).await,
+        Command::Worker(args) => worker::run(&url, args).await,
+        Command::Bench(args) => bench::run(cli.broker.as_deref(), args).await,
+        Command::Demo(args) => demo::run(cli.broker.as_deref().unwrap_or("memory://"), args).await,
+    }
+}

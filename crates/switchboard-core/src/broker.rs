@@ -1,0 +1,97 @@
+//! The traits every adapter implements: [`Publisher`], [`Subscriber`] and [`Broker`].
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{Capabilities, Message, Pattern, QueueGroup, Result, Subscription};
+
+/// Publishes messages. Object-safe, so the broker can be chosen at run time.
+#[async_trait]
+pub trait Publisher: Send + Sync + Debug {
+    /// Hands `message` to the client for sending. Resolving `Ok` means the client
+    /// accepted it, not that the broker has it: it does not wait a round trip.
+    /// Call [`Publisher::flush`] to know the broker has everything.
+    ///
+    /// Fails with [`Error::Closed`](crate::Error::Closed) after `close`, and with
+    /// [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge) over the broker's limit.
+    async fn publish(&self, message: Message) -> Result<()>;
+
+    /// Resolves once every message published before the call reached the broker
+    /// (and, where the broker confirms, was confirmed), or fails saying which did not.
+    async fn flush(&self) -> Result<()>;
+}
+
+/// Subscribes to patterns. Object-safe, so the broker can be chosen at run time.
+#[async_trait]
+pub trait Subscriber: Send + Sync + Debug {
+    /// Subscribes to every message whose subject matches `pattern` (fan-out: every
+    /// subscriber gets every matching message). Once this resolves the broker
+    /// delivers to it: a message published afterwards is received.
+    async fn subscribe(&self, pattern: &Pattern) -> Result<Subscription>;
+
+    /// Subscribes as a member of queue group `group`: each matching message goes
+    /// to one member of the group, while every other group and fan-out subscriber
+    /// still gets its own copy. Members of one group should use the same pattern.
+    /// Returns [`Error::Unsupported`](crate::Error::Unsupported) where the broker has
+    /// no queue groups ([`Capabilities::queue_groups`]).
+    async fn subscribe_group(&self, pattern: &Pattern, group: &QueueGroup) -> Result<Subscription>;
+}
+
+/// A connection to one broker: publish, subscribe, declare what it provides, close.
+///
+/// `switchboard::connect(url)` returns an `Arc<dyn Broker>`; it can be used
+/// wherever a `dyn Publisher` or `dyn Subscriber` is wanted.
+#[async_trait]
+pub trait Broker: Publisher + Subscriber {
+    /// The broker kind: `memory`, `nats`, `redis`, `amqp`, or an adapter's own.
+    fn kind(&self) -> &'static str;
+
+    /// What this broker provides.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Flushes what was published, ends every subscription of this handle and
+    /// closes the connection. Publishing afterwards fails with
+    /// [`Error::Closed`](crate::Error::Closed); closing twice is fine.
+    async fn close(&self) -> Result<()>;
+}
+
+macro_rules! forward_pointer {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        impl<T: Publisher + ?Sized> Publisher for $ptr<T> {
+            async fn publish(&self, message: Message) -> Result<()> {
+                (**self).publish(message).await
+            }
+            async fn flush(&self) -> Result<()> {
+                (**self).flush().await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Subscriber + ?Sized> Subscriber for $ptr<T> {
+            async fn subscribe(&self, pattern: &Pattern) -> Result<Subscription> {
+                (**self).subscribe(pattern).await
+            }
+            async fn subscribe_group(&self, pattern: &Pattern, group: &QueueGroup) -> Result<Subscription> {
+                (**self).subscribe_group(pattern, group).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Broker + ?Sized> Broker for $ptr<T> {
+            fn kind(&self) -> &'static str {
+                (**self).kind()
+            }
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+            async fn close(&self) -> Result<()> {
+                (**self).close().await
+            }
+        }
+    )*};
+}
+
+forward_pointer!(Arc, Box);

@@ -1,0 +1,163 @@
+//! Message headers: string keys with one string value each, identical on every broker.
+
+use std::collections::btree_map::{self, BTreeMap};
+use std::fmt;
+
+use crate::{Error, Result};
+
+/// The longest header name accepted, in bytes (AMQP field names are short strings).
+pub const MAX_HEADER_NAME_LEN: usize = 255;
+
+/// Message headers: an ordered map of string keys to one string value each.
+///
+/// A key appears at most once: [`Headers::insert`] replaces an earlier value.
+/// Keys are case-sensitive and keep their case. Names are 1 to
+/// [`MAX_HEADER_NAME_LEN`] bytes of visible ASCII other than `:`; values are any
+/// UTF-8 text without carriage return, line feed or NUL. These rules are the
+/// intersection of what NATS, AMQP and switchboard's Redis wire format carry,
+/// so headers round-trip unchanged on every broker.
+///
+/// ```
+/// use switchboard_core::Headers;
+/// let mut headers = Headers::new();
+/// headers.insert("severity", "high")?;
+/// headers.insert("severity", "critical")?; // replaces
+/// assert_eq!(headers.get("severity"), Some("critical"));
+/// assert!(headers.insert("bad name", "x").is_err());
+/// # Ok::<(), switchboard_core::Error>(())
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Headers(BTreeMap<String, String>);
+
+impl Headers {
+    /// An empty set of headers (allocates nothing).
+    pub fn new() -> Self {
+        Headers(BTreeMap::new())
+    }
+
+    /// Checks a header name against the rules above.
+    pub fn validate_name(name: &str) -> Result<()> {
+        let invalid = |reason: &str| Error::InvalidHeader { name: name.to_string(), reason: reason.to_string() };
+        if name.is_empty() {
+            return Err(invalid("the name is empty"));
+        }
+        if name.len() > MAX_HEADER_NAME_LEN {
+            return Err(invalid("the name is longer than 255 bytes"));
+        }
+        if !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            return Err(invalid(
+                "names must be visible ASCII without spaces or `:`, e.g. `trace-id`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a header value against the rules above.
+    pub fn validate_value(name: &str, value: &str) -> Result<()> {
+        if value.contains(['\r', '\n', '\0']) {
+            return Err(Error::InvalidHeader {
+                name: name.to_string(),
+                reason: "the value contains a line break or NUL; headers carry one line of text"
+                    .to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets `name` to `value`, replacing any earlier value. Fails on an invalid name or value.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) -> Result<()> {
+        let (name, value) = (name.into(), value.into());
+        Self::validate_name(&name)?;
+        Self::validate_value(&name, &value)?;
+        self.0.insert(name, value);
+        Ok(())
+    }
+
+    /// The value of `name`, if set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// Removes `name`, returning its value.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        self.0.remove(name)
+    }
+
+    /// Whether `name` is set.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The headers in name order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter(self.0.iter())
+    }
+}
+
+/// Iterator over `(name, value)` pairs of [`Headers`], in name order.
+#[derive(Debug)]
+pub struct Iter<'a>(btree_map::Iter<'a, String, String>);
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a str, &'a str);
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl<'a> IntoIterator for &'a Headers {
+    type Item = (&'a str, &'a str);
+    type IntoIter = Iter<'a>;
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.0.iter()).finish()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> TryFrom<Vec<(K, V)>> for Headers {
+    type Error = Error;
+    fn try_from(pairs: Vec<(K, V)>) -> Result<Self> {
+        let mut headers = Headers::new();
+        for (k, v) in pairs {
+            headers.insert(k, v)?;
+        }
+        Ok(headers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_values_are_checked() {
+        let mut h = Headers::new();
+        assert!(h.insert("", "x").is_err());
+        assert!(h.insert("a:b", "x").is_err());
+        assert!(h.insert("a b", "x").is_err());
+        assert!(h.insert("é", "x").is_err());
+        assert!(h.insert("ok", "line\nbreak").is_err());
+        assert!(h.insert("Trace-Id", "héllo wörld: 1").is_ok());
+        assert_eq!(h.get("Trace-Id"), Some("héllo wörld: 1"));
+        assert_eq!(h.get("trace-id"), None);
+        assert_eq!(h.len(), 1);
+    }
+}

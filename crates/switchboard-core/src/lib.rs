@@ -1,0 +1,41 @@
+//! Broker-neutral messaging for switchboard: the types and traits every adapter
+//! implements, and the in-memory broker.
+//!
+//! - [`Message`] (a [`Subject`], a payload and [`Headers`]) is what travels;
+//! - [`Publisher`], [`Subscriber`] and [`Broker`] are the object-safe traits
+//!   adapters implement, so the broker can be chosen at run time;
+//! - a [`Subscription`] is a `Stream` of [`Delivery`]s, filtered by a [`Pattern`]
+//!   with one wildcard syntax on every broker;
+//! - [`Capabilities`] says what a broker really provides, and [`Error`] says
+//!   what went wrong, naming the broker, subject or URL.
+//!
+//! Most programs depend on the `switchboard` facade, which re-exports this
+//! crate and picks an adapter from a URL.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod broker;
+mod capabilities;
+mod delivery;
+mod error;
+mod headers;
+pub mod memory;
+mod message;
+mod redact;
+mod subject;
+mod subscription;
+
+pub use broker::{Broker, Publisher, Subscriber};
+pub use capabilities::Capabilities;
+pub use delivery::{Acknowledge, Delivery};
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use headers::{Headers, Iter as HeaderIter, MAX_HEADER_NAME_LEN};
+pub use memory::MemoryBroker;
+pub use message::Message;
+pub use redact::redact_url;
+pub use subject::{Pattern, QueueGroup, Subject, Token, MAX_SUBJECT_LEN};
+pub use subscription::{CloseFuture, Subscription};
+
+/// Re-exported so adapters and users name the same version.
+pub use async_trait::async_trait;
+pub use bytes::Bytes;

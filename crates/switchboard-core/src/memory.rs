@@ -1,0 +1,333 @@
+//! The in-memory broker: a real in-process broker with switchboard's semantics.
+//!
+//! Fan-out, queue groups, wildcards and headers behave as on NATS. Each
+//! subscription has a bounded buffer; when it is full, `publish` waits for the
+//! subscriber to catch up (backpressure) instead of dropping, so nothing is
+//! lost while a subscriber keeps up — and a subscriber that stops reading
+//! stops its publishers. Handles made from the same name share one hub, so
+//! `memory://` connects one process's publishers to its subscribers.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+
+use async_trait::async_trait;
+use futures::stream::{self, Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::{
+    Broker, Capabilities, Delivery, Error, Message, Pattern, Publisher, QueueGroup, Result,
+    Subscriber, Subscription,
+};
+
+/// The broker kind and URL scheme of the in-memory broker.
+pub const MEMORY_SCHEME: &str = "memory";
+
+/// Messages a subscription buffers before publishers wait, unless configured.
+pub const DEFAULT_MEMORY_CAPACITY: usize = 65_536;
+
+struct Route {
+    id: u64,
+    handle: u64,
+    pattern: Pattern,
+    group: Option<QueueGroup>,
+    sender: mpsc::Sender<Message>,
+}
+
+#[derive(Default)]
+struct Hub {
+    routes: RwLock<Vec<Arc<Route>>>,
+    next_id: AtomicU64,
+    /// Round-robin cursor per queue group.
+    cursors: Mutex<HashMap<QueueGroup, usize>>,
+}
+
+impl Hub {
+    fn remove(&self, id: u64) {
+        if let Ok(mut routes) = self.routes.write() {
+            routes.retain(|r| r.id != id);
+        }
+    }
+
+    fn remove_handle(&self, handle: u64) {
+        if let Ok(mut routes) = self.routes.write() {
+            routes.retain(|r| r.handle != handle);
+        }
+    }
+
+    /// The senders `subject` goes to: every matching fan-out route, and one
+    /// member per matching queue group (rotating), with the group's other
+    /// members as fallbacks should that one have gone away meanwhile.
+    fn targets(&self, subject: &str) -> Vec<Vec<mpsc::Sender<Message>>> {
+        let Ok(routes) = self.routes.read() else { return Vec::new() };
+        let mut targets = Vec::new();
+        let mut groups: Vec<(&QueueGroup, Vec<mpsc::Sender<Message>>)> = Vec::new();
+        for route in routes.iter().filter(|r| r.pattern.matches(subject)) {
+            match &route.group {
+                None => targets.push(vec![route.sender.clone()]),
+                Some(group) => match groups.iter_mut().find(|(g, _)| *g == group) {
+                    Some((_, members)) => members.push(route.sender.clone()),
+                    None => groups.push((group, vec![route.sender.clone()])),
+                },
+            }
+        }
+        if !groups.is_empty() {
+            let mut cursors = match self.cursors.lock() {
+                Ok(c) => c,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            for (group, mut members) in groups {
+                let cursor = cursors.entry(group.clone()).or_insert(0);
+                let start = *cursor % members.len();
+                *cursor = cursor.wrapping_add(1);
+                members.rotate_left(start);
+                targets.push(members);
+            }
+        }
+        targets
+    }
+}
+
+fn hubs() -> &'static Mutex<HashMap<String, Weak<Hub>>> {
+    static HUBS: OnceLock<Mutex<HashMap<String, Weak<Hub>>>> = OnceLock::new();
+    HUBS.get_or_init(Default::default)
+}
+
+static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(1);
+
+/// A handle on an in-process broker. Cheap to clone; clones share the handle
+/// (closing one closes them all), while separate handles on the same named hub
+/// are like separate connections to one server.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> switchboard_core::Result<()> {
+/// use futures::StreamExt;
+/// use switchboard_core::{MemoryBroker, Message, Publisher, Subscriber};
+/// let broker = MemoryBroker::new();
+/// let mut alerts = broker.subscribe(&"alerts.>".parse()?).await?;
+/// broker.publish(Message::new("alerts.cpu", "CPU at 98%")?).await?;
+/// let delivery = alerts.next().await.expect("one message")?;
+/// assert_eq!(delivery.payload_str(), Some("CPU at 98%"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MemoryBroker {
+    hub: Arc<Hub>,
+    name: Arc<str>,
+    handle: u64,
+    capacity: usize,
+    closed: Arc<AtomicBool>,
+}
+
+impl MemoryBroker {
+    /// A broker on a new private hub, not reachable by name.
+    pub fn new() -> Self {
+        Self::on_hub(Arc::new(Hub::default()), "")
+    }
+
+    /// A handle on the process-wide hub called `name` (created if needed; the
+    /// empty name is the default hub `memory://` uses). The hub lives while a
+    /// handle on it does.
+    pub fn named(name: &str) -> Self {
+        let mut hubs = match hubs().lock() {
+            Ok(h) => h,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        hubs.retain(|_, hub| hub.strong_count() > 0);
+        let hub = match hubs.get(name).and_then(Weak::upgrade) {
+            Some(hub) => hub,
+            None => {
+                let hub = Arc::new(Hub::default());
+                hubs.insert(name.to_string(), Arc::downgrade(&hub));
+                hub
+            }
+        };
+        Self::on_hub(hub, name)
+    }
+
+    /// Connects from a `memory://[name][?capacity=N]` URL.
+    pub fn connect(url: &str) -> Result<Self> {
+        let parsed = url::Url::parse(url).map_err(|e| Error::invalid_url(url, e))?;
+        if parsed.scheme() != MEMORY_SCHEME {
+            return Err(Error::invalid_url(url, "the scheme must be `memory`"));
+        }
+        let name = parsed.host_str().unwrap_or("");
+        let mut broker = Self::named(name);
+        for (key, value) in parsed.query_pairs() {
+            match &*key {
+                "capacity" => {
+                    broker.capacity = value.parse().ok().filter(|c| *c > 0).ok_or_else(|| {
+                        Error::invalid_url(url, "`capacity` must be a whole number above 0")
+                    })?
+                }
+                other => {
+                    return Err(Error::invalid_url(
+                        url,
+                        format!("unknown parameter `{other}`; the memory broker takes `capacity`"),
+                    ))
+                }
+            }
+        }
+        Ok(broker)
+    }
+
+    fn on_hub(hub: Arc<Hub>, name: &str) -> Self {
+        MemoryBroker {
+            hub,
+            name: Arc::from(name),
+            handle: NEXT_HANDLE.fetch_add(1, Ordering::Relaxed) as u64,
+            capacity: DEFAULT_MEMORY_CAPACITY,
+            closed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Sets how many messages each new subscription buffers before publishers wait.
+    pub fn with_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed { broker: MEMORY_SCHEME })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn route(&self, pattern: &Pattern, group: Option<&QueueGroup>) -> Result<Subscription> {
+        self.check_open()?;
+        let (sender, receiver) = mpsc::channel(self.capacity);
+        let id = self.hub.next_id.fetch_add(1, Ordering::Relaxed);
+        let route = Arc::new(Route {
+            id,
+            handle: self.handle,
+            pattern: pattern.clone(),
+            group: group.cloned(),
+            sender,
+        });
+        self.hub
+            .routes
+            .write()
+            .map_err(|_| Error::Closed { broker: MEMORY_SCHEME })?
+            .push(route);
+        let guard = Unroute { hub: Arc::downgrade(&self.hub), id };
+        Ok(Subscription::new(pattern.clone(), group.cloned(), deliveries(receiver, guard)))
+    }
+}
+
+/// Removes a route when its subscription's stream is dropped.
+struct Unroute {
+    hub: Weak<Hub>,
+    id: u64,
+}
+
+impl Drop for Unroute {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.remove(self.id);
+        }
+    }
+}
+
+fn deliveries(
+    receiver: mpsc::Receiver<Message>,
+    guard: Unroute,
+) -> impl Stream<Item = Result<Delivery>> + Send {
+    stream::unfold((receiver, guard), |(mut receiver, guard)| async move {
+        let message = receiver.recv().await?;
+        Some((Ok(Delivery::new(message)), (receiver, guard)))
+    })
+    .fuse()
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBroker")
+            .field("name", &self.name)
+            .field("capacity", &self.capacity)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Publisher for MemoryBroker {
+    async fn publish(&self, message: Message) -> Result<()> {
+        self.check_open()?;
+        let targets = self.hub.targets(message.subject().as_str());
+        let last = targets.len().saturating_sub(1);
+        let mut message = Some(message);
+        for (index, candidates) in targets.into_iter().enumerate() {
+            for sender in candidates {
+                // Moving the message into the last send saves one clone on the
+                // common single-subscriber path.
+                let copy = match (index == last, message.as_ref()) {
+                    (true, _) => message.take(),
+                    (false, Some(m)) => Some(m.clone()),
+                    (false, None) => None,
+                };
+                let Some(copy) = copy else { break };
+                match sender.send(copy).await {
+                    Ok(()) => break,
+                    // That member went away since the lookup: try the next of its group.
+                    Err(mpsc::error::SendError(back)) => {
+                        if index == last {
+                            message = Some(back);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<()> {
+        // Messages are in their subscribers' buffers as soon as `publish` returns.
+        self.check_open()
+    }
+}
+
+#[async_trait]
+impl Subscriber for MemoryBroker {
+    async fn subscribe(&self, pattern: &Pattern) -> Result<Subscription> {
+        self.route(pattern, None)
+    }
+
+    async fn subscribe_group(&self, pattern: &Pattern, group: &QueueGroup) -> Result<Subscription> {
+        self.route(pattern, Some(group))
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn kind(&self) -> &'static str {
+        MEMORY_SCHEME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            queue_groups: true,
+            native_headers: true,
+            headers: true,
+            native_wildcards: true,
+            ordered_per_publisher: true,
+            ..Capabilities::NONE
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.hub.remove_handle(self.handle);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,98 @@
+//! A subscription: a stream of deliveries that unsubscribes when dropped or closed.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, Stream};
+
+use crate::{Delivery, Pattern, QueueGroup, Result};
+
+/// The future an adapter runs to unsubscribe explicitly in [`Subscription::close`].
+pub type CloseFuture = BoxFuture<'static, Result<()>>;
+
+/// An active subscription: a [`Stream`] of `Result<Delivery>`.
+///
+/// An `Err` item reports lost messages or a broken connection; the stream goes
+/// on after it where the adapter recovers, and ends when the subscription is
+/// closed or its broker handle is closed. Dropping the subscription
+/// unsubscribes; [`Subscription::close`] does so and waits for the broker.
+///
+/// ```no_run
+/// # async fn run(broker: &dyn switchboard_core::Broker) -> switchboard_core::Result<()> {
+/// use futures::StreamExt;
+/// let mut alerts = broker.subscribe(&"alerts.>".parse()?).await?;
+/// while let Some(delivery) = alerts.next().await {
+///     let mut delivery = delivery?;
+///     println!("{}: {:?}", delivery.subject(), delivery.payload_str());
+///     delivery.ack().await?;
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Subscription {
+    pattern: Pattern,
+    group: Option<QueueGroup>,
+    stream: BoxStream<'static, Result<Delivery>>,
+    close: Option<Box<dyn FnOnce() -> CloseFuture + Send>>,
+}
+
+impl Subscription {
+    /// Wraps an adapter's stream. Dropping `stream` must unsubscribe.
+    pub fn new(
+        pattern: Pattern,
+        group: Option<QueueGroup>,
+        stream: impl Stream<Item = Result<Delivery>> + Send + 'static,
+    ) -> Self {
+        Subscription { pattern, group, stream: Box::pin(stream), close: None }
+    }
+
+    /// Sets what [`Subscription::close`] runs after dropping the stream, for
+    /// brokers where unsubscribing can be awaited and can fail.
+    pub fn with_close<F>(mut self, close: F) -> Self
+    where
+        F: FnOnce() -> CloseFuture + Send + 'static,
+    {
+        self.close = Some(Box::new(close));
+        self
+    }
+
+    /// The pattern subscribed to.
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
+    }
+
+    /// The queue group, for a group subscription.
+    pub fn group(&self) -> Option<&QueueGroup> {
+        self.group.as_ref()
+    }
+
+    /// Unsubscribes and waits until the broker has been told.
+    pub async fn close(self) -> Result<()> {
+        let Subscription { stream, close, .. } = self;
+        drop(stream);
+        match close {
+            Some(close) => close().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Delivery>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.stream.as_mut().poll_next(cx)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.stream.size_hint()
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("pattern", &self.pattern)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
