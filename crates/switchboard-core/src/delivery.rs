@@ -34,13 +34,21 @@ pub struct Delivery {
 impl Delivery {
     /// A delivery from a broker without acknowledgement.
     pub fn new(message: Message) -> Self {
-        Delivery { message, acker: None, redelivered: false }
+        Delivery {
+            message,
+            acker: None,
+            redelivered: false,
+        }
     }
 
     /// A delivery whose `ack`/`nack` go to `acker`; `redelivered` says whether the
     /// broker delivered it before.
     pub fn with_acker(message: Message, acker: Box<dyn Acknowledge>, redelivered: bool) -> Self {
-        Delivery { message, acker: Some(acker), redelivered }
+        Delivery {
+            message,
+            acker: Some(acker),
+            redelivered,
+        }
     }
 
     /// The message.

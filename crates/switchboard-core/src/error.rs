@@ -101,7 +101,9 @@ pub enum Error {
         source: Option<BoxError>,
     },
     /// A payload is larger than the broker accepts.
-    #[error("{broker}: message to {subject:?} is {size} bytes, over the broker's limit of {max} bytes")]
+    #[error(
+        "{broker}: message to {subject:?} is {size} bytes, over the broker's limit of {max} bytes"
+    )]
     PayloadTooLarge {
         /// The broker kind.
         broker: &'static str,
@@ -230,9 +232,10 @@ impl Error {
             | Error::PayloadTooLarge { .. } => ErrorKind::InvalidInput,
             Error::Connect { .. } => ErrorKind::Connect,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
-            Error::Publish { .. } | Error::Subscribe { .. } | Error::Flush { .. } | Error::Ack { .. } => {
-                ErrorKind::Broker
-            }
+            Error::Publish { .. }
+            | Error::Subscribe { .. }
+            | Error::Flush { .. }
+            | Error::Ack { .. } => ErrorKind::Broker,
             Error::Lost { .. } | Error::Disconnected { .. } => ErrorKind::Lost,
             Error::Closed { .. } => ErrorKind::Closed,
             Error::Json { .. } => ErrorKind::Json,
@@ -250,7 +253,10 @@ impl Error {
 
     /// Shorthand for [`Error::Unsupported`].
     pub fn unsupported(broker: &'static str, feature: impl Into<String>) -> Self {
-        Error::Unsupported { broker, feature: feature.into() }
+        Error::Unsupported {
+            broker,
+            feature: feature.into(),
+        }
     }
 
     /// Shorthand for [`Error::Connect`], redacting the password in `url`.
@@ -260,11 +266,19 @@ impl Error {
         reason: impl fmt::Display,
         source: Option<BoxError>,
     ) -> Self {
-        Error::Connect { broker, url: crate::redact_url(url), reason: reason.to_string(), source }
+        Error::Connect {
+            broker,
+            url: crate::redact_url(url),
+            reason: reason.to_string(),
+            source,
+        }
     }
 
     /// Shorthand for [`Error::InvalidUrl`], redacting the password in `url`.
     pub fn invalid_url(url: &str, reason: impl fmt::Display) -> Self {
-        Error::InvalidUrl { url: crate::redact_url(url), reason: reason.to_string() }
+        Error::InvalidUrl {
+            url: crate::redact_url(url),
+            reason: reason.to_string(),
+        }
     }
 }

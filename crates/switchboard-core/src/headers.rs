@@ -37,7 +37,10 @@ impl Headers {
 
     /// Checks a header name against the rules above.
     pub fn validate_name(name: &str) -> Result<()> {
-        let invalid = |reason: &str| Error::InvalidHeader { name: name.to_string(), reason: reason.to_string() };
+        let invalid = |reason: &str| Error::InvalidHeader {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        };
         if name.is_empty() {
             return Err(invalid("the name is empty"));
         }

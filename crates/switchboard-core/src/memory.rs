@@ -60,7 +60,9 @@ impl Hub {
     /// member per matching queue group (rotating), with the group's other
     /// members as fallbacks should that one have gone away meanwhile.
     fn targets(&self, subject: &str) -> Vec<Vec<mpsc::Sender<Message>>> {
-        let Ok(routes) = self.routes.read() else { return Vec::new() };
+        let Ok(routes) = self.routes.read() else {
+            return Vec::new();
+        };
         let mut targets = Vec::new();
         let mut groups: Vec<(&QueueGroup, Vec<mpsc::Sender<Message>>)> = Vec::new();
         for route in routes.iter().filter(|r| r.pattern.matches(subject)) {
@@ -191,7 +193,9 @@ impl MemoryBroker {
 
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
-            Err(Error::Closed { broker: MEMORY_SCHEME })
+            Err(Error::Closed {
+                broker: MEMORY_SCHEME,
+            })
         } else {
             Ok(())
         }
@@ -211,10 +215,19 @@ impl MemoryBroker {
         self.hub
             .routes
             .write()
-            .map_err(|_| Error::Closed { broker: MEMORY_SCHEME })?
+            .map_err(|_| Error::Closed {
+                broker: MEMORY_SCHEME,
+            })?
             .push(route);
-        let guard = Unroute { hub: Arc::downgrade(&self.hub), id };
-        Ok(Subscription::new(pattern.clone(), group.cloned(), deliveries(receiver, guard)))
+        let guard = Unroute {
+            hub: Arc::downgrade(&self.hub),
+            id,
+        };
+        Ok(Subscription::new(
+            pattern.clone(),
+            group.cloned(),
+            deliveries(receiver, guard),
+        ))
     }
 }
 

@@ -31,12 +31,20 @@ impl Message {
     where
         S: TryInto<Subject, Error = Error>,
     {
-        Ok(Message { subject: subject.try_into()?, payload: payload.into(), headers: Headers::new() })
+        Ok(Message {
+            subject: subject.try_into()?,
+            payload: payload.into(),
+            headers: Headers::new(),
+        })
     }
 
     /// A message from parts that are already valid.
     pub fn from_parts(subject: Subject, payload: Bytes, headers: Headers) -> Self {
-        Message { subject, payload, headers }
+        Message {
+            subject,
+            payload,
+            headers,
+        }
     }
 
     /// A message whose payload is `value` encoded as JSON, with a
@@ -56,21 +64,33 @@ impl Message {
         T: Serialize + ?Sized,
     {
         let subject = subject.try_into()?;
-        let payload = serde_json::to_vec(value)
-            .map_err(|source| Error::Json { subject: subject.to_string(), source })?;
+        let payload = serde_json::to_vec(value).map_err(|source| Error::Json {
+            subject: subject.to_string(),
+            source,
+        })?;
         let mut headers = Headers::new();
         headers.insert("content-type", "application/json")?;
-        Ok(Message { subject, payload: payload.into(), headers })
+        Ok(Message {
+            subject,
+            payload: payload.into(),
+            headers,
+        })
     }
 
     /// Decodes the payload as JSON.
     pub fn decode_json<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.payload)
-            .map_err(|source| Error::Json { subject: self.subject.to_string(), source })
+        serde_json::from_slice(&self.payload).map_err(|source| Error::Json {
+            subject: self.subject.to_string(),
+            source,
+        })
     }
 
     /// Adds or replaces a header (builder style).
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Result<Self> {
+    pub fn with_header(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self> {
         self.headers.insert(name, value)?;
         Ok(self)
     }

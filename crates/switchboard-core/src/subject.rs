@@ -63,7 +63,10 @@ pub struct Subject(Arc<str>);
 impl Subject {
     /// Parses and validates a subject.
     pub fn new(subject: &str) -> Result<Self> {
-        let invalid = |reason: String| Error::InvalidSubject { subject: subject.to_string(), reason };
+        let invalid = |reason: String| Error::InvalidSubject {
+            subject: subject.to_string(),
+            reason,
+        };
         check_tokens(subject).map_err(invalid)?;
         if let Some(token) = subject.split('.').find(|t| t.contains(['*', '>'])) {
             return Err(invalid(format!(
@@ -167,7 +170,10 @@ pub struct Pattern {
 impl Pattern {
     /// Parses and validates a pattern.
     pub fn new(pattern: &str) -> Result<Self> {
-        let invalid = |reason: String| Error::InvalidPattern { pattern: pattern.to_string(), reason };
+        let invalid = |reason: String| Error::InvalidPattern {
+            pattern: pattern.to_string(),
+            reason,
+        };
         check_tokens(pattern).map_err(invalid)?;
         let count = pattern.split('.').count();
         let mut tokens = Vec::with_capacity(count);
@@ -189,7 +195,10 @@ impl Pattern {
             };
             tokens.push(parsed);
         }
-        Ok(Pattern { text: Arc::from(pattern), tokens: tokens.into() })
+        Ok(Pattern {
+            text: Arc::from(pattern),
+            tokens: tokens.into(),
+        })
     }
 
     /// The pattern as text.
@@ -215,7 +224,8 @@ impl Pattern {
                 Token::Rest => {
                     // `>` needs at least one remaining non-empty token, and all of them valid.
                     let rest: Vec<&str> = parts.collect();
-                    return !rest.is_empty() && rest.iter().all(|t| !t.is_empty())
+                    return !rest.is_empty()
+                        && rest.iter().all(|t| !t.is_empty())
                         && index + 1 == self.tokens.len();
                 }
                 Token::Any => match parts.next() {
@@ -267,8 +277,14 @@ impl TryFrom<String> for Pattern {
 
 impl From<Subject> for Pattern {
     fn from(subject: Subject) -> Self {
-        let tokens = subject.tokens().map(|t| Token::Literal(t.to_string())).collect();
-        Pattern { text: subject.0, tokens }
+        let tokens = subject
+            .tokens()
+            .map(|t| Token::Literal(t.to_string()))
+            .collect();
+        Pattern {
+            text: subject.0,
+            tokens,
+        }
     }
 }
 
@@ -292,12 +308,18 @@ impl QueueGroup {
 
     /// Parses and validates a queue group name.
     pub fn new(group: &str) -> Result<Self> {
-        let invalid = |reason: String| Error::InvalidGroup { group: group.to_string(), reason };
+        let invalid = |reason: String| Error::InvalidGroup {
+            group: group.to_string(),
+            reason,
+        };
         if group.is_empty() {
             return Err(invalid("it is empty; name the group, e.g. `pagers`".into()));
         }
         if group.len() > Self::MAX_LEN {
-            return Err(invalid(format!("it is longer than {} bytes", Self::MAX_LEN)));
+            return Err(invalid(format!(
+                "it is longer than {} bytes",
+                Self::MAX_LEN
+            )));
         }
         if let Some(c) = group
             .chars()
@@ -348,7 +370,9 @@ mod tests {
 
     #[test]
     fn subjects_reject_bad_input() {
-        for bad in ["", ".a", "a.", "a..b", "a b", "a.*", "a.>", "a.b*", "a\tb", "a\nb"] {
+        for bad in [
+            "", ".a", "a.", "a..b", "a b", "a.*", "a.>", "a.b*", "a\tb", "a\nb",
+        ] {
             assert!(Subject::new(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(Subject::new(&"a".repeat(256)).is_err());
@@ -359,7 +383,9 @@ mod tests {
 
     #[test]
     fn patterns_reject_bad_input() {
-        for bad in ["", "a..b", ">.a", "a.>.b", "a.b*", "a.*b", "a.>>", "a b", "."] {
+        for bad in [
+            "", "a..b", ">.a", "a.>.b", "a.b*", "a.*b", "a.>>", "a b", ".",
+        ] {
             assert!(Pattern::new(bad).is_err(), "{bad:?} should be rejected");
         }
         for good in ["a", "*", ">", "a.*", "a.>", "*.b.>", "*.*"] {

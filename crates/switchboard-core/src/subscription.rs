@@ -44,7 +44,12 @@ impl Subscription {
         group: Option<QueueGroup>,
         stream: impl Stream<Item = Result<Delivery>> + Send + 'static,
     ) -> Self {
-        Subscription { pattern, group, stream: Box::pin(stream), close: None }
+        Subscription {
+            pattern,
+            group,
+            stream: Box::pin(stream),
+            close: None,
+        }
     }
 
     /// Sets what [`Subscription::close`] runs after dropping the stream, for
