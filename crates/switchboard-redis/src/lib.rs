@@ -1,6 +1,99 @@
-//! placeholder
-use switchboard_core::*;
-/// placeholder
-pub async fn connect(url: &str) -> Result<MemoryBroker> {
-    Err(Error::unsupported("redis", url.to_string()))
+//! Redis PUBSUB for switchboard: publish and subscribe through Redis with the
+//! same code as on NATS, AMQP or the in-memory broker.
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> switchboard_core::Result<()> {
+//! use switchboard_core::{Message, Publisher};
+//! let broker = switchboard_redis::connect("redis://:secret@127.0.0.1:6379/0").await?;
+//! broker.publish(Message::new("alerts.cpu", "CPU at 98%")?).await?;
+//! broker.flush().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # URLs
+//!
+//! Read by redis-rs, as any redis-rs program reads them:
+//!
+//! - `redis://host[:port][/database]` — plain TCP, port 6379 by default;
+//! - `redis://[user]:password@host[:port][/database]` — `AUTH` (with a user for ACLs);
+//! - `rediss://...` — TLS, checked against the web PKI roots;
+//!   `rediss://...#insecure` skips certificate verification.
+//!
+//! Connecting is bounded by a timeout (5 s, see [`RedisOptions`]); failures are
+//! [`Error::Connect`](switchboard_core::Error::Connect) with the password
+//! redacted and a hint (`is redis-server running?`, check the password, ...).
+//!
+//! # Capabilities
+//!
+//! | | |
+//! |---|---|
+//! | queue groups | no: [`subscribe_group`](switchboard_core::Subscriber::subscribe_group) returns `Unsupported` (PUBSUB delivers every message to every subscriber) |
+//! | headers | yes, in an envelope (see [`wire`]); not native |
+//! | wildcards | `*` and `>` become a PSUBSCRIBE glob; the adapter checks every message against the pattern, so `*` never spans a dot |
+//! | order | per publisher, as Redis keeps it |
+//! | ack, redelivery, persistence | no: a message published while nobody subscribes is gone |
+//! | max payload | the server's `proto-max-bulk-len` (512 MiB by default), envelope included |
+//!
+//! # Connections
+//!
+//! One connection publishes. `publish` appends the encoded PUBLISH to a buffer
+//! and returns without waiting for Redis; one writer task sends everything that
+//! accumulated in one write, so publishes pipeline, and a reader task counts
+//! the replies. `flush` waits until every PUBLISH made before it is answered,
+//! and reports those that failed.
+//!
+//! Each subscription has its own pub/sub connection, so a slow subscription
+//! affects nobody else and is reconnected on its own. Subscribing resolves once
+//! Redis confirmed the SUBSCRIBE (literal patterns) or PSUBSCRIBE. The
+//! connections speak RESP directly (redis-rs reads the URL): redis-rs's pub/sub
+//! buffers without bound, which would hide a subscriber falling behind.
+//!
+//! # Slow subscribers and reconnecting
+//!
+//! A subscription buffers a bounded number of deliveries
+//! ([`RedisOptions::subscription_capacity`]). When the application does not
+//! keep up, the adapter stops reading the connection; if that lasts, Redis
+//! disconnects the subscriber (`client-output-buffer-limit pubsub`). Whenever a
+//! subscription's connection breaks (that, `CLIENT KILL`, a restart, the
+//! network), its stream yields an
+//! [`Error::Disconnected`](switchboard_core::Error::Disconnected) item, then the
+//! adapter reconnects and resubscribes with a backoff (100 ms doubling to 5 s)
+//! and the stream goes on. Messages published meanwhile are lost: PUBSUB keeps
+//! nothing. Nothing is ever dropped silently on the client side.
+//!
+//! The publishing connection reconnects too: publishes in flight when it broke
+//! are reported by the next `flush`; while reconnecting fails, `publish`
+//! returns [`Error::Publish`](switchboard_core::Error::Publish).
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, unreachable_pub)]
+
+mod broker;
+mod conn;
+mod options;
+mod publisher;
+mod resp;
+mod subscriber;
+pub mod wire;
+
+pub use broker::RedisBroker;
+pub use options::{RedisOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SUBSCRIPTION_CAPACITY};
+
+use switchboard_core::Result;
+
+/// The broker kind, as [`Broker::kind`](switchboard_core::Broker::kind) reports it.
+pub const BROKER: &str = "redis";
+
+/// The URL schemes this adapter accepts: `redis` and `rediss` (TLS).
+pub const SCHEMES: &[&str] = &["redis", "rediss"];
+
+/// Connects to a `redis://` or `rediss://` URL with the default [`RedisOptions`].
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> switchboard_core::Result<()> {
+/// let broker = switchboard_redis::connect("redis://127.0.0.1:6379").await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect(url: &str) -> Result<RedisBroker> {
+    RedisOptions::new().connect(url).await
 }

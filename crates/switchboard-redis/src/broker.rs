@@ -1,0 +1,194 @@
+//! [`RedisBroker`]: the handle implementing switchboard's traits.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use switchboard_core::{
+    async_trait, Broker, Capabilities, Error, Message, Pattern, Publisher, QueueGroup, Result,
+    Subscriber, Subscription,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::conn::Target;
+use crate::options::RedisOptions;
+use crate::resp::Frame;
+use crate::{publisher, subscriber, BROKER};
+
+/// Redis's default `proto-max-bulk-len`, used when the server does not say.
+const DEFAULT_MAX_PAYLOAD: usize = 512 * 1024 * 1024;
+
+/// A connection to Redis PUBSUB. Cheap to clone: clones share the publishing
+/// connection, and closing one closes them all.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> switchboard_core::Result<()> {
+/// use futures::StreamExt;
+/// use switchboard_core::{Message, Publisher, Subscriber};
+/// let broker = switchboard_redis::connect("redis://127.0.0.1:6379").await?;
+/// let mut alerts = broker.subscribe(&"alerts.>".parse()?).await?;
+/// broker.publish(Message::new("alerts.cpu", "CPU at 98%")?).await?;
+/// if let Some(delivery) = alerts.next().await {
+///     println!("{:?}", delivery?.payload_str());
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: Target,
+    options: RedisOptions,
+    publisher: Arc<publisher::Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Every handle is gone: let the writer send what is buffered, then stop.
+        self.publisher.shutdown();
+    }
+}
+
+impl fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("url", &switchboard_core::redact_url(&self.inner.target.url))
+            .field("client_name", &self.inner.options.client_name)
+            .field("closed", &self.inner.publisher.is_closed())
+            .finish()
+    }
+}
+
+impl RedisBroker {
+    pub(crate) async fn connect_with(url: &str, options: RedisOptions) -> Result<Self> {
+        let target = Target::parse(url)?;
+        let mut conn = target
+            .connect(options.connect_timeout, &options.client_name)
+            .await?;
+        // The server's payload limit, if it tells (CONFIG may be disabled or not permitted).
+        let limit = tokio::time::timeout(
+            options.connect_timeout,
+            conn.command(&[b"CONFIG", b"GET", b"proto-max-bulk-len"]),
+        )
+        .await;
+        let max_payload = match limit {
+            Ok(Ok(Frame::Array(Some(items)))) => items
+                .get(1)
+                .and_then(Frame::bytes)
+                .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()),
+            Ok(Err(e)) => {
+                return Err(Error::connect(
+                    BROKER,
+                    url,
+                    format!("the connection broke right after the handshake ({e})"),
+                    Some(Box::new(e)),
+                ))
+            }
+            _ => None,
+        }
+        .unwrap_or(DEFAULT_MAX_PAYLOAD);
+        let (publisher, writer) =
+            publisher::start(conn, target.clone(), options.clone(), max_payload);
+        Ok(RedisBroker {
+            inner: Arc::new(Inner {
+                target,
+                options,
+                publisher,
+                writer: Mutex::new(Some(writer)),
+                shutdown: watch::Sender::new(false),
+            }),
+        })
+    }
+
+    /// The options this broker was connected with.
+    pub fn options(&self) -> &RedisOptions {
+        &self.inner.options
+    }
+}
+
+#[async_trait]
+impl Publisher for RedisBroker {
+    /// Queues a PUBLISH on the shared connection and returns without waiting
+    /// for Redis's reply; [`Publisher::flush`] waits for the replies. Fails
+    /// with `PayloadTooLarge` over the server's `proto-max-bulk-len`, `Closed`
+    /// after `close`, and `Publish` while the connection is down and
+    /// reconnecting fails.
+    async fn publish(&self, message: Message) -> Result<()> {
+        self.inner.publisher.publish(&message).await
+    }
+
+    /// Waits until Redis answered every PUBLISH made before the call; fails
+    /// saying how many failed (error replies, or a connection that broke
+    /// before Redis answered) and why.
+    async fn flush(&self) -> Result<()> {
+        self.inner.publisher.flush(false).await
+    }
+}
+
+#[async_trait]
+impl Subscriber for RedisBroker {
+    /// Opens a pub/sub connection for this subscription and resolves once Redis
+    /// confirmed the SUBSCRIBE (literal pattern) or PSUBSCRIBE (wildcards).
+    async fn subscribe(&self, pattern: &Pattern) -> Result<Subscription> {
+        if self.inner.publisher.is_closed() {
+            return Err(Error::Closed { broker: BROKER });
+        }
+        subscriber::subscribe(
+            self.inner.target.clone(),
+            self.inner.options.clone(),
+            pattern,
+            self.inner.shutdown.subscribe(),
+        )
+        .await
+    }
+
+    /// Always [`Error::Unsupported`]: Redis PUBSUB delivers every message to every subscriber.
+    async fn subscribe_group(
+        &self,
+        _pattern: &Pattern,
+        _group: &QueueGroup,
+    ) -> Result<Subscription> {
+        Err(Error::unsupported(
+            BROKER,
+            "queue groups (Redis PUBSUB delivers every message to every subscriber)",
+        ))
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn kind(&self) -> &'static str {
+        BROKER
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // `Capabilities` is non-exhaustive: start from NONE and set what Redis provides.
+        let mut capabilities = Capabilities::NONE;
+        capabilities.headers = true;
+        capabilities.ordered_per_publisher = true;
+        capabilities.max_payload = Some(self.inner.publisher.max_payload());
+        capabilities
+    }
+
+    /// Flushes, ends every subscription made from this handle (their streams
+    /// end) and closes the connections. Closing again is fine.
+    async fn close(&self) -> Result<()> {
+        let writer = match self.inner.writer.lock() {
+            Ok(mut w) => w.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let Some(writer) = writer else {
+            return Ok(());
+        };
+        self.inner.publisher.close();
+        self.inner.shutdown.send_replace(true);
+        let flushed = self.inner.publisher.flush(true).await;
+        self.inner.publisher.shutdown();
+        let _ = writer.await;
+        flushed
+    }
+}

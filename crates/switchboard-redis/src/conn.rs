@@ -1,0 +1,439 @@
+//! Opening one connection: TCP or TLS, `AUTH`, `SELECT`, `CLIENT SETNAME`, with
+//! errors that say what went wrong and how to fix it.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use redis::{ConnectionAddr, IntoConnectionInfo};
+use switchboard_core::{Error, Result};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::resp::{self, Frame};
+use crate::BROKER;
+
+/// Where and how to connect, read from the URL once.
+#[derive(Clone)]
+pub(crate) struct Target {
+    /// The URL as given, for error messages (redacted when shown).
+    pub(crate) url: String,
+    host: String,
+    port: u16,
+    tls: Option<TlsTarget>,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+}
+
+#[derive(Clone)]
+struct TlsTarget {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &switchboard_core::redact_url(&self.url))
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// Reads a `redis://` or `rediss://` URL the way redis-rs does.
+    pub(crate) fn parse(url: &str) -> Result<Self> {
+        let scheme = url.split("://").next().unwrap_or("");
+        if !crate::SCHEMES.contains(&scheme) || !url.contains("://") {
+            return Err(Error::invalid_url(
+                url,
+                "a Redis URL starts with redis:// (or rediss:// for TLS), e.g. redis://127.0.0.1:6379",
+            ));
+        }
+        let info = url.into_connection_info().map_err(|e| {
+            Error::invalid_url(
+                url,
+                format!(
+                    "{}; the form is redis[s]://[[user]:password@]host[:port][/database]",
+                    e.detail().unwrap_or("it is not a valid Redis URL")
+                ),
+            )
+        })?;
+        let settings = info.redis_settings();
+        let (host, port, tls) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => (host.clone(), *port, None),
+            ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure,
+                ..
+            } => (
+                host.clone(),
+                *port,
+                Some(TlsTarget {
+                    config: tls_config(*insecure)
+                        .map_err(|e| Error::invalid_url(url, format!("cannot set up TLS: {e}")))?,
+                }),
+            ),
+            _ => {
+                return Err(Error::invalid_url(
+                    url,
+                    "only TCP addresses are supported (redis:// or rediss://)",
+                ))
+            }
+        };
+        Ok(Target {
+            url: url.to_string(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+            tls,
+            username: settings.username().map(str::to_string),
+            password: settings.password().map(str::to_string),
+            db: settings.db(),
+        })
+    }
+
+    fn error(
+        &self,
+        reason: impl fmt::Display,
+        source: Option<switchboard_core::BoxError>,
+    ) -> Error {
+        Error::connect(BROKER, &self.url, reason, source)
+    }
+
+    /// Opens a connection and runs the handshake, all within `timeout`.
+    pub(crate) async fn connect(&self, timeout: Duration, client_name: &str) -> Result<Conn> {
+        match tokio::time::timeout(timeout, self.connect_inner(client_name)).await {
+            Ok(result) => result,
+            Err(_) => Err(self.error(
+                format!(
+                    "no answer within {timeout:?}; is the host reachable, the port right{}?",
+                    if self.tls.is_some() {
+                        " and the server speaking TLS there"
+                    } else {
+                        ""
+                    }
+                ),
+                None,
+            )),
+        }
+    }
+
+    async fn connect_inner(&self, client_name: &str) -> Result<Conn> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| {
+                let reason = match e.kind() {
+                    io::ErrorKind::ConnectionRefused => {
+                        "nothing answers (connection refused); is redis-server running?".to_string()
+                    }
+                    _ if e.to_string().contains("lookup") || e.to_string().contains("resolve") => {
+                        format!(
+                            "cannot resolve host {:?} ({e}); check the host name",
+                            self.host
+                        )
+                    }
+                    _ => format!("{e}; is the host reachable?"),
+                };
+                self.error(reason, Some(Box::new(e)))
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let stream = match &self.tls {
+            None => Stream::Tcp(tcp),
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+                    .map_err(|e| self.error(format!("invalid TLS server name: {e}"), None))?;
+                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                let stream = connector.connect(name, tcp).await.map_err(|e| {
+                    self.error(
+                        format!(
+                            "TLS handshake failed ({e}); does the server speak TLS on this port (tls-port), and is its certificate valid for {:?}?",
+                            self.host
+                        ),
+                        Some(Box::new(e)),
+                    )
+                })?;
+                Stream::Tls(Box::new(stream))
+            }
+        };
+        let mut conn = Conn {
+            stream,
+            buf: BytesMut::with_capacity(64 * 1024),
+        };
+        self.handshake(&mut conn, client_name).await?;
+        Ok(conn)
+    }
+
+    async fn handshake(&self, conn: &mut Conn, client_name: &str) -> Result<()> {
+        let io_error = |e: io::Error| {
+            self.error(
+                format!("the server closed the connection during the handshake ({e}); is it a Redis server{}?", if self.tls.is_none() { " (a TLS-only server needs rediss://)" } else { "" }),
+                Some(Box::new(e)),
+            )
+        };
+        if let Some(password) = &self.password {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(user) = &self.username {
+                args.push(user.as_bytes());
+            }
+            args.push(password.as_bytes());
+            if let Frame::Error(e) = conn.command(&args).await.map_err(io_error)? {
+                let text = String::from_utf8_lossy(&e);
+                let hint = if text.contains("without any password configured") {
+                    "the server has no password; remove it from the URL"
+                } else {
+                    "check the user and password in the URL (redis://[user]:PASSWORD@host:port)"
+                };
+                return Err(self.error(format!("authentication failed ({text}); {hint}"), None));
+            }
+        }
+        if self.db != 0 {
+            let db = self.db.to_string();
+            if let Frame::Error(e) = conn
+                .command(&[b"SELECT", db.as_bytes()])
+                .await
+                .map_err(io_error)?
+            {
+                return Err(self.error(
+                    format!(
+                        "cannot select database {} ({}); use a database below the server's `databases` setting",
+                        self.db,
+                        String::from_utf8_lossy(&e)
+                    ),
+                    None,
+                ));
+            }
+        }
+        // Naming the connection makes it visible in CLIENT LIST; it also proves
+        // the server answers commands (a missing password shows up here).
+        if let Frame::Error(e) = conn
+            .command(&[b"CLIENT", b"SETNAME", client_name.as_bytes()])
+            .await
+            .map_err(io_error)?
+        {
+            let text = String::from_utf8_lossy(&e);
+            if text.starts_with("NOAUTH") {
+                return Err(self.error(
+                    format!("authentication required ({text}); put the password in the URL: redis://[user]:PASSWORD@host:port"),
+                    None,
+                ));
+            }
+            // Other refusals (an ACL user without CLIENT, a proxy) are harmless.
+            tracing::debug!(error = %text, "CLIENT SETNAME refused");
+        }
+        Ok(())
+    }
+}
+
+fn tls_config(insecure: bool) -> std::result::Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let config = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth()
+    } else {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate: what `rediss://...#insecure` asks for.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TCP or TLS stream.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Boxed halves of a connection, so the reader and the writer can run apart.
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// See [`ReadHalf`].
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// An open, authenticated connection and its read buffer.
+pub(crate) struct Conn {
+    stream: Stream,
+    pub(crate) buf: BytesMut,
+}
+
+impl Conn {
+    /// Sends one command and reads its reply.
+    pub(crate) async fn command(&mut self, args: &[&[u8]]) -> io::Result<Frame> {
+        let mut out = Vec::new();
+        resp::encode_command(&mut out, args);
+        self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
+        self.read_frame().await
+    }
+
+    /// Reads the next frame.
+    pub(crate) async fn read_frame(&mut self) -> io::Result<Frame> {
+        loop {
+            match resp::parse(&mut self.buf) {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the server does not speak RESP: {}", e.0),
+                    ))
+                }
+            }
+            self.buf.reserve(64 * 1024);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                ));
+            }
+        }
+    }
+
+    /// Splits into halves; bytes already read stay in the returned buffer.
+    pub(crate) fn split(self) -> (ReadHalf, WriteHalf, BytesMut) {
+        match self.stream {
+            Stream::Tcp(tcp) => {
+                let (r, w) = tcp.into_split();
+                (Box::new(r), Box::new(w), self.buf)
+            }
+            tls @ Stream::Tls(_) => {
+                let (r, w) = tokio::io::split(tls);
+                (Box::new(r), Box::new(w), self.buf)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_urls_like_redis_rs() {
+        let t = Target::parse("redis://:secret@127.0.0.1:6380/3").unwrap();
+        assert_eq!(t.host, "127.0.0.1");
+        assert_eq!(t.port, 6380);
+        assert_eq!(t.password.as_deref(), Some("secret"));
+        assert_eq!(t.db, 3);
+        assert!(t.tls.is_none());
+        assert!(!format!("{t:?}").contains("secret"));
+        let t = Target::parse("rediss://user:pw@example.com").unwrap();
+        assert_eq!(t.port, 6379);
+        assert_eq!(t.username.as_deref(), Some("user"));
+        assert!(t.tls.is_some());
+        assert!(Target::parse("rediss://example.com/#insecure").is_ok());
+    }
+
+    #[test]
+    fn malformed_urls_say_so() {
+        for bad in [
+            "nats://x",
+            "127.0.0.1:6379",
+            "redis://:pw@h:notaport",
+            "redis://h/x",
+        ] {
+            let e = Target::parse(bad).unwrap_err();
+            assert!(matches!(e, Error::InvalidUrl { .. }), "{bad}: {e}");
+            assert!(!e.to_string().contains("pw@"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Connection options.
+
+use std::time::Duration;
+
+use switchboard_core::Result;
+
+use crate::RedisBroker;
+
+/// How long connecting (TCP, TLS and handshake) may take, unless configured.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Deliveries a subscription buffers before its connection stops being read, unless configured.
+pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 8192;
+
+/// Options for [`RedisOptions::connect`]; [`connect`](crate::connect) uses the defaults.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> switchboard_core::Result<()> {
+/// use std::time::Duration;
+/// use switchboard_redis::RedisOptions;
+/// let broker = RedisOptions::new()
+///     .connect_timeout(Duration::from_secs(2))
+///     .client_name("billing")
+///     .connect("redis://127.0.0.1:6379")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) client_name: String,
+    pub(crate) subscription_capacity: usize,
+    pub(crate) reconnect_min: Duration,
+    pub(crate) reconnect_max: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            client_name: "switchboard".to_string(),
+            subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RedisOptions {
+    /// The defaults: 5 s connect timeout, client name `switchboard`, 8192
+    /// buffered deliveries per subscription, reconnect backoff 100 ms to 5 s.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long connecting (TCP, TLS, AUTH, SELECT) may take before failing.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The name connections show in `CLIENT LIST`: the publishing connection
+    /// uses `name`, subscription connections `name-sub`. Spaces become `-`
+    /// (Redis refuses them).
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        let name: String = name
+            .into()
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '-' })
+            .collect();
+        if !name.is_empty() {
+            self.client_name = name;
+        }
+        self
+    }
+
+    /// How many deliveries each subscription buffers. When the buffer is full
+    /// the subscription's connection is not read until the application catches
+    /// up; if that lasts, Redis disconnects it and the stream reports
+    /// [`Error::Disconnected`](switchboard_core::Error::Disconnected).
+    pub fn subscription_capacity(mut self, capacity: usize) -> Self {
+        self.subscription_capacity = capacity.max(1);
+        self
+    }
+
+    /// The delay between reconnection attempts: starts at `min`, doubles up to `max`.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max.max(min);
+        self
+    }
+
+    /// Connects to a `redis://` or `rediss://` URL with these options.
+    pub async fn connect(&self, url: &str) -> Result<RedisBroker> {
+        RedisBroker::connect_with(url, self.clone()).await
+    }
+}

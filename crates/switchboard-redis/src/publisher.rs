@@ -1,0 +1,366 @@
+//! The publishing connection: `publish` appends an encoded PUBLISH to a shared
+//! buffer and returns; one writer sends whatever has accumulated in a single
+//! write (so concurrent or back-to-back publishes pipeline), and one reader
+//! counts the replies. `flush` waits until the reply count reaches the number
+//! of publishes made before it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use switchboard_core::{Error, Message, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{oneshot, watch, Notify};
+
+use crate::conn::{Conn, ReadHalf, Target};
+use crate::options::RedisOptions;
+use crate::{resp, wire, BROKER};
+
+/// Bytes of encoded commands that may wait for the writer before `publish` waits.
+const HIGH_WATER: usize = 4 * 1024 * 1024;
+
+/// A range of publishes (1-based sequence numbers, inclusive) that failed.
+#[derive(Debug)]
+struct Failure {
+    first: u64,
+    last: u64,
+    reason: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Encoded commands the writer has not taken yet.
+    buf: Vec<u8>,
+    /// How many publishes were accepted (the last sequence number).
+    queued: u64,
+    /// Publishes that failed and no flush has reported yet.
+    failures: Vec<Failure>,
+    /// No more publishes (`close` was called).
+    closed: bool,
+    /// The writer may stop once it has written everything.
+    shutdown: bool,
+    /// Why the connection is down, while reconnecting fails.
+    down: Option<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer: there is something to write (or to shut down).
+    wake: Notify,
+    /// Wakes publishers waiting for room in the buffer.
+    space: Notify,
+    /// How many publishes are resolved (answered by the server or failed), in order.
+    answered: watch::Sender<u64>,
+    max_payload: usize,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+
+    pub(crate) async fn publish(&self, message: &Message) -> Result<()> {
+        let subject = message.subject().as_str().as_bytes();
+        let (payload, headers) = (&message.payload()[..], message.headers());
+        let body_len = wire::encoded_len(headers, payload);
+        if body_len > self.max_payload {
+            return Err(Error::PayloadTooLarge {
+                broker: BROKER,
+                subject: message.subject().to_string(),
+                size: body_len,
+                max: self.max_payload,
+            });
+        }
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            {
+                let mut state = lock(&self.state);
+                if state.closed {
+                    return Err(Error::Closed { broker: BROKER });
+                }
+                if let Some(reason) = &state.down {
+                    return Err(Error::Publish {
+                        broker: BROKER,
+                        subject: message.subject().to_string(),
+                        reason: format!("not connected ({reason}); reconnecting"),
+                        source: None,
+                    });
+                }
+                if state.buf.len() < HIGH_WATER {
+                    let was_empty = state.buf.is_empty();
+                    resp::encode_publish(&mut state.buf, subject, body_len, |out| {
+                        wire::encode_into(headers, payload, out)
+                    });
+                    state.queued += 1;
+                    drop(state);
+                    if was_empty {
+                        self.wake.notify_one();
+                    }
+                    return Ok(());
+                }
+            }
+            space.await;
+        }
+    }
+
+    /// Waits until every publish accepted so far is resolved; reports failures.
+    pub(crate) async fn flush(&self, allow_closed: bool) -> Result<()> {
+        let target = {
+            let state = lock(&self.state);
+            if state.closed && !allow_closed {
+                return Err(Error::Closed { broker: BROKER });
+            }
+            state.queued
+        };
+        let mut answered = self.answered.subscribe();
+        answered
+            .wait_for(|&n| n >= target)
+            .await
+            .map_err(|_| Error::Flush {
+                broker: BROKER,
+                reason: "the connection task ended".into(),
+                source: None,
+            })?;
+        let mut state = lock(&self.state);
+        let (failed, kept): (Vec<Failure>, Vec<Failure>) = std::mem::take(&mut state.failures)
+            .into_iter()
+            .partition(|f| f.first <= target);
+        state.failures = kept;
+        drop(state);
+        match failed.first() {
+            None => Ok(()),
+            Some(first) => {
+                let count: u64 = failed.iter().map(|f| f.last - f.first + 1).sum();
+                Err(Error::Flush {
+                    broker: BROKER,
+                    reason: format!(
+                        "{count} message(s) published before the flush failed: {}",
+                        first.reason
+                    ),
+                    source: None,
+                })
+            }
+        }
+    }
+
+    /// Stops accepting publishes.
+    pub(crate) fn close(&self) {
+        lock(&self.state).closed = true;
+    }
+
+    /// Lets the writer stop once its buffer is written.
+    pub(crate) fn shutdown(&self) {
+        lock(&self.state).shutdown = true;
+        self.wake.notify_one();
+    }
+
+    fn fail(&self, state: &mut State, first: u64, last: u64, reason: String) {
+        if first <= last {
+            tracing::warn!(count = last - first + 1, %reason, "redis: publishes failed");
+            state.failures.push(Failure {
+                first,
+                last,
+                reason,
+            });
+        }
+    }
+}
+
+/// Starts the publishing side on an open connection; returns its shared state
+/// and the task that drives it (ends after [`Shared::shutdown`]).
+pub(crate) fn start(
+    conn: Conn,
+    target: Target,
+    options: RedisOptions,
+    max_payload: usize,
+) -> (Arc<Shared>, tokio::task::JoinHandle<()>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        wake: Notify::new(),
+        space: Notify::new(),
+        answered: watch::Sender::new(0),
+        max_payload,
+    });
+    let task = tokio::spawn(run(shared.clone(), conn, target, options));
+    (shared, task)
+}
+
+async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOptions) {
+    // Every publish up to `written` was written to a connection (and is
+    // answered, failed, or in flight on the current one).
+    let mut written: u64 = 0;
+    let mut conn = Some(conn);
+    let mut backoff = options.reconnect_min;
+    loop {
+        let current = match conn.take() {
+            Some(c) => c,
+            None => {
+                if lock(&shared.state).shutdown {
+                    return;
+                }
+                match target
+                    .connect(options.connect_timeout, &options.client_name)
+                    .await
+                {
+                    Ok(c) => {
+                        tracing::info!(url = %switchboard_core::redact_url(&target.url), "redis: publisher reconnected");
+                        lock(&shared.state).down = None;
+                        backoff = options.reconnect_min;
+                        c
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        {
+                            let mut state = lock(&shared.state);
+                            let queued = state.queued;
+                            state.buf.clear();
+                            shared.fail(
+                                &mut state,
+                                written + 1,
+                                queued,
+                                format!("not sent, Redis is unreachable: {reason}"),
+                            );
+                            written = queued;
+                            state.down = Some(reason);
+                        }
+                        shared.answered.send_replace(written);
+                        shared.space.notify_waiters();
+                        if !wait_or_shutdown(&shared, backoff).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(options.reconnect_max);
+                        continue;
+                    }
+                }
+            }
+        };
+        let (reader, mut writer, rbuf) = current.split();
+        let (dead_tx, mut dead_rx) = oneshot::channel();
+        let reader = tokio::spawn(read_replies(shared.clone(), reader, rbuf, written, dead_tx));
+        let mut chunk = Vec::new();
+        let reason = loop {
+            // Take what accumulated, or wait for more.
+            let stop = {
+                let mut state = lock(&shared.state);
+                if state.buf.is_empty() {
+                    state.shutdown
+                } else {
+                    std::mem::swap(&mut state.buf, &mut chunk);
+                    written = state.queued;
+                    false
+                }
+            };
+            if chunk.is_empty() {
+                if stop {
+                    let _ = writer.shutdown().await;
+                    reader.abort();
+                    return;
+                }
+                tokio::select! {
+                    _ = shared.wake.notified() => continue,
+                    reason = &mut dead_rx => break reason.unwrap_or_else(|_| "reader ended".into()),
+                }
+            }
+            shared.space.notify_waiters();
+            let sent = async {
+                writer.write_all(&chunk).await?;
+                writer.flush().await
+            };
+            tokio::select! {
+                result = sent => {
+                    if let Err(e) = result {
+                        break format!("write failed: {e}");
+                    }
+                }
+                reason = &mut dead_rx => break reason.unwrap_or_else(|_| "reader ended".into()),
+            }
+            chunk.clear();
+            if chunk.capacity() > HIGH_WATER * 2 {
+                chunk = Vec::new();
+            }
+        };
+        reader.abort();
+        let _ = reader.await;
+        let answered = *shared.answered.borrow();
+        {
+            let mut state = lock(&shared.state);
+            shared.fail(
+                &mut state,
+                answered + 1,
+                written,
+                format!("the connection broke before Redis answered ({reason}); they may or may not have been delivered"),
+            );
+        }
+        shared.answered.send_replace(written);
+        tracing::warn!(%reason, "redis: publisher connection lost; reconnecting");
+        if !wait_or_shutdown(&shared, Duration::ZERO).await {
+            return;
+        }
+    }
+}
+
+/// Sleeps for `delay`; false if the publisher is shut down (now or meanwhile).
+async fn wait_or_shutdown(shared: &Shared, delay: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + delay;
+    loop {
+        if lock(&shared.state).shutdown {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return !lock(&shared.state).shutdown,
+            _ = shared.wake.notified() => {}
+        }
+    }
+}
+
+async fn read_replies(
+    shared: Arc<Shared>,
+    mut reader: ReadHalf,
+    mut buf: BytesMut,
+    mut answered: u64,
+    dead: oneshot::Sender<String>,
+) {
+    let reason = 'outer: loop {
+        let before = answered;
+        loop {
+            match resp::parse_status(&mut buf) {
+                Ok(Some(None)) => answered += 1,
+                Ok(Some(Some(error))) => {
+                    answered += 1;
+                    let mut state = lock(&shared.state);
+                    shared.fail(
+                        &mut state,
+                        answered,
+                        answered,
+                        format!("Redis answered {error}"),
+                    );
+                }
+                Ok(None) => break,
+                Err(e) => break 'outer format!("unexpected reply: {}", e.0),
+            }
+        }
+        if answered != before {
+            shared.answered.send_replace(answered);
+        }
+        buf.reserve(64 * 1024);
+        match reader.read_buf(&mut buf).await {
+            Ok(0) => break "the server closed the connection".to_string(),
+            Ok(_) => {}
+            Err(e) => break e.to_string(),
+        }
+    };
+    let _ = dead.send(reason);
+}

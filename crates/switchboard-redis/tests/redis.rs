@@ -1,0 +1,637 @@
+//! Redis-specific behaviour, against the Redis at `SWITCHBOARD_REDIS_URL`
+//! (default `redis://127.0.0.1:6379`) and against redis-servers started here.
+//!
+//! Without a reachable server a test prints `skipped: ...` and passes, unless
+//! `SWITCHBOARD_REQUIRE_BROKERS=1`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use switchboard_core::{Broker, Error, Message, Pattern, Publisher, QueueGroup, Subscriber};
+use switchboard_redis::{RedisBroker, RedisOptions};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn url() -> String {
+    std::env::var("SWITCHBOARD_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_string())
+}
+
+fn require() -> bool {
+    std::env::var("SWITCHBOARD_REQUIRE_BROKERS").as_deref() == Ok("1")
+}
+
+/// A prefix no other run uses.
+fn prefix() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "sbtest{}x{}x{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The shared server, or `None` (after printing why) when it is not there.
+async fn shared(options: RedisOptions) -> Option<RedisBroker> {
+    match options.connect(&url()).await {
+        Ok(b) => Some(b),
+        Err(e) if !require() => {
+            println!("skipped: no Redis at {}: {e}", url());
+            None
+        }
+        Err(e) => panic!("Redis required (SWITCHBOARD_REQUIRE_BROKERS=1): {e}"),
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A redis-server of our own on a random loopback port, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Option<Server> {
+        let port = free_port();
+        let mut args = vec![
+            "--port".to_string(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            "".into(),
+            "--appendonly".into(),
+            "no".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = match Command::new("redis-server")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) if !require() => {
+                println!("skipped: cannot start redis-server: {e}");
+                return None;
+            }
+            Err(e) => panic!("cannot start redis-server: {e}"),
+        };
+        let server = Server { child, port };
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn redis_cli(url: &str, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-u")
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "redis-cli {args:?} failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn next(
+    sub: &mut switchboard_core::Subscription,
+) -> switchboard_core::Result<switchboard_core::Delivery> {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the stream goes on")
+}
+
+async fn silent(sub: &mut switchboard_core::Subscription, within: Duration) {
+    if let Ok(item) = tokio::time::timeout(within, sub.next()).await {
+        panic!("expected nothing, got {item:?}");
+    }
+}
+
+#[tokio::test]
+async fn refused_port_is_one_clear_line() {
+    let port = free_port();
+    let url = format!("redis://:hunter2@127.0.0.1:{port}");
+    let started = Instant::now();
+    let e = switchboard_redis::connect(&url).await.unwrap_err();
+    assert!(started.elapsed() < WAIT);
+    let text = e.to_string();
+    assert!(matches!(e, Error::Connect { .. }), "{e:?}");
+    assert_eq!(
+        text,
+        format!("redis: cannot connect to redis://:***@127.0.0.1:{port}: nothing answers (connection refused); is redis-server running?")
+    );
+}
+
+#[tokio::test]
+async fn silent_server_times_out() {
+    // Accepts connections (the kernel does) but never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let started = Instant::now();
+    let e = RedisOptions::new()
+        .connect_timeout(Duration::from_millis(300))
+        .connect(&format!("redis://127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(e.to_string().contains("no answer within"), "{e}");
+    drop(listener);
+}
+
+#[tokio::test]
+async fn malformed_urls_are_invalid() {
+    for bad in [
+        "redis://:pw@127.0.0.1:notaport",
+        "redis://127.0.0.1/notadb",
+        "nats://127.0.0.1",
+    ] {
+        let e = switchboard_redis::connect(bad).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidUrl { .. }), "{bad}: {e:?}");
+        assert!(!e.to_string().contains(":pw@"), "{e}");
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn password_errors_and_success() {
+    let Some(server) = Server::start(&["--requirepass", "s3cret"]) else {
+        return;
+    };
+    let port = server.port;
+
+    let wrong = format!("redis://:wrongpw@127.0.0.1:{port}");
+    let e = switchboard_redis::connect(&wrong).await.unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, Error::Connect { .. }), "{e:?}");
+    assert!(text.contains("authentication failed"), "{text}");
+    assert!(text.contains("check the user and password"), "{text}");
+    assert!(!text.contains("wrongpw"), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+
+    let missing = format!("redis://127.0.0.1:{port}");
+    let e = switchboard_redis::connect(&missing).await.unwrap_err();
+    assert!(e.to_string().contains("authentication required"), "{e}");
+
+    let right = format!("redis://:s3cret@127.0.0.1:{port}/2");
+    let broker = switchboard_redis::connect(&right).await.unwrap();
+    assert!(!format!("{broker:?}").contains("s3cret"));
+    let mut sub = broker.subscribe(&"auth.*".parse().unwrap()).await.unwrap();
+    broker
+        .publish(Message::new("auth.ok", "yes").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    assert_eq!(next(&mut sub).await.unwrap().payload_str(), Some("yes"));
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn flush_reports_refused_publishes() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let admin = format!("redis://127.0.0.1:{}", server.port);
+    redis_cli(
+        &admin,
+        &[
+            "ACL", "SETUSER", "limited", "on", ">pw", "~*", "&*", "+@all", "-publish",
+        ],
+    );
+    let broker =
+        switchboard_redis::connect(&format!("redis://limited:pw@127.0.0.1:{}", server.port))
+            .await
+            .unwrap();
+    for _ in 0..3 {
+        broker
+            .publish(Message::new("denied.x", "no").unwrap())
+            .await
+            .unwrap();
+    }
+    let e = broker.flush().await.unwrap_err();
+    assert!(matches!(e, Error::Flush { .. }), "{e:?}");
+    assert!(e.to_string().contains("3 message(s)"), "{e}");
+    assert!(e.to_string().contains("NOPERM"), "{e}");
+    // Reported once.
+    broker.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn plain_client_publish_arrives_raw() {
+    let Some(broker) = shared(RedisOptions::new()).await else {
+        return;
+    };
+    let p = prefix();
+    let mut sub = broker
+        .subscribe(&format!("{p}.alerts.*").parse().unwrap())
+        .await
+        .unwrap();
+    redis_cli(&url(), &["PUBLISH", &format!("{p}.alerts.cpu"), "hi"]);
+    let d = next(&mut sub).await.unwrap();
+    assert_eq!(d.subject().as_str(), format!("{p}.alerts.cpu"));
+    assert_eq!(&d.payload()[..], b"hi");
+    assert!(d.headers().is_empty());
+    // A plain payload that starts like an envelope but is not one arrives raw.
+    let client = redis::Client::open(url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let odd = b"\0SBH1\nnonsense".to_vec();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{p}.alerts.mem"))
+        .arg(&odd)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let d = next(&mut sub).await.unwrap();
+    assert_eq!(&d.payload()[..], &odd[..]);
+    assert!(d.headers().is_empty());
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn switchboard_publish_reaches_plain_subscriber_byte_for_byte() {
+    let Some(broker) = shared(RedisOptions::new()).await else {
+        return;
+    };
+    let p = prefix();
+    let channel = format!("{p}.raw");
+    let client = redis::Client::open(url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(&channel).await.unwrap();
+    let payload: Vec<u8> = vec![0, 1, 2, 255, b'\r', b'\n', 0, b'x'];
+    broker
+        .publish(Message::new(channel.as_str(), payload.clone()).unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    let msg = tokio::time::timeout(WAIT, pubsub.on_message().next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.get_channel_name(), channel);
+    assert_eq!(msg.get_payload_bytes(), &payload[..]);
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn headers_and_magic_payloads_round_trip() {
+    let Some(broker) = shared(RedisOptions::new()).await else {
+        return;
+    };
+    let p = prefix();
+    let mut sub = broker
+        .subscribe(&format!("{p}.h").parse().unwrap())
+        .await
+        .unwrap();
+    let with_headers = Message::new(format!("{p}.h"), "body")
+        .unwrap()
+        .with_header("Trace-Id", "abc: def")
+        .unwrap()
+        .with_header("empty", "")
+        .unwrap();
+    broker.publish(with_headers.clone()).await.unwrap();
+    let magic = Message::new(format!("{p}.h"), &b"\0SBH1\nx: y\n\nz"[..]).unwrap();
+    broker.publish(magic.clone()).await.unwrap();
+    let d = next(&mut sub).await.unwrap();
+    assert_eq!(d.message(), &with_headers);
+    let d = next(&mut sub).await.unwrap();
+    assert_eq!(d.message(), &magic);
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn wildcards_and_glob_metacharacters() {
+    let Some(broker) = shared(RedisOptions::new()).await else {
+        return;
+    };
+    let p = prefix();
+    let mut star = broker
+        .subscribe(&format!("{p}.a?.*").parse().unwrap())
+        .await
+        .unwrap();
+    let mut rest = broker
+        .subscribe(&format!("{p}.[ab].>").parse().unwrap())
+        .await
+        .unwrap();
+    let mut literal = broker
+        .subscribe(&format!("{p}.x?y").parse::<Pattern>().unwrap())
+        .await
+        .unwrap();
+    for subject in [
+        format!("{p}.ab.x"),     // `?` is literal: no match for star
+        format!("{p}.a?.x.y"),   // `*` is one token: no match
+        format!("{p}.a.x"),      // `[ab]` is literal: no match for rest
+        format!("{p}.[ab]"),     // `>` needs one or more tokens
+        format!("{p}.xzy"),      // `?` literal: no match
+        format!("{p}.a?.x"),     // star
+        format!("{p}.[ab].c.d"), // rest
+        format!("{p}.x?y"),      // literal
+    ] {
+        broker
+            .publish(Message::new(subject.as_str(), subject.clone()).unwrap())
+            .await
+            .unwrap();
+    }
+    broker.flush().await.unwrap();
+    assert_eq!(
+        next(&mut star).await.unwrap().subject().as_str(),
+        format!("{p}.a?.x")
+    );
+    assert_eq!(
+        next(&mut rest).await.unwrap().subject().as_str(),
+        format!("{p}.[ab].c.d")
+    );
+    assert_eq!(
+        next(&mut literal).await.unwrap().subject().as_str(),
+        format!("{p}.x?y")
+    );
+    silent(&mut star, Duration::from_millis(200)).await;
+    silent(&mut rest, Duration::from_millis(50)).await;
+    silent(&mut literal, Duration::from_millis(50)).await;
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn capabilities_and_queue_groups() {
+    let Some(broker) = shared(RedisOptions::new()).await else {
+        return;
+    };
+    let caps = broker.capabilities();
+    assert!(caps.headers && !caps.native_headers && !caps.native_wildcards);
+    assert!(!caps.queue_groups && !caps.ack && !caps.redelivery && !caps.persistence);
+    assert!(caps.ordered_per_publisher);
+    assert!(caps.max_payload.unwrap() >= 1024 * 1024);
+    assert_eq!(broker.kind(), "redis");
+    let e = broker
+        .subscribe_group(&"a.b".parse().unwrap(), &QueueGroup::new("g").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Unsupported {
+                broker: "redis",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "redis does not support queue groups (Redis PUBSUB delivers every message to every subscriber)"
+    );
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn close_semantics() {
+    let Some(broker) = shared(RedisOptions::new()).await else {
+        return;
+    };
+    let p = prefix();
+    let mut sub = broker
+        .subscribe(&format!("{p}.>").parse().unwrap())
+        .await
+        .unwrap();
+    let other = shared(RedisOptions::new()).await.unwrap();
+    let mut watcher = other
+        .subscribe(&format!("{p}.>").parse().unwrap())
+        .await
+        .unwrap();
+    for i in 0..1000 {
+        broker
+            .publish(Message::new(format!("{p}.n"), format!("{i}")).unwrap())
+            .await
+            .unwrap();
+    }
+    broker.close().await.unwrap();
+    // Everything published before close was sent.
+    for i in 0..1000 {
+        let d = next(&mut watcher).await.unwrap();
+        assert_eq!(d.payload_str(), Some(format!("{i}").as_str()));
+    }
+    // The closed handle's subscription ends.
+    let end = tokio::time::timeout(WAIT, async {
+        while let Some(item) = sub.next().await {
+            item.unwrap();
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "subscription did not end after close");
+    let e = broker
+        .publish(Message::new(format!("{p}.n"), "late").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Closed { broker: "redis" }), "{e:?}");
+    assert!(matches!(
+        broker.subscribe(&"a".parse().unwrap()).await,
+        Err(Error::Closed { .. })
+    ));
+    broker.close().await.unwrap();
+    other.close().await.unwrap();
+}
+
+fn client_ids(url: &str, name: &str) -> Vec<String> {
+    redis_cli(url, &["CLIENT", "LIST"])
+        .lines()
+        .filter(|line| line.split(' ').any(|f| f == format!("name={name}")))
+        .filter_map(|line| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix("id="))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn killed_subscriber_reports_and_resubscribes() {
+    let p = prefix();
+    let options = RedisOptions::new()
+        .client_name(p.clone())
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
+    let Some(broker) = shared(options).await else {
+        return;
+    };
+    let mut sub = broker
+        .subscribe(&format!("{p}.*").parse().unwrap())
+        .await
+        .unwrap();
+    let ids = client_ids(&url(), &format!("{p}-sub"));
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    redis_cli(&url(), &["CLIENT", "KILL", "ID", &ids[0]]);
+    let item = next(&mut sub).await;
+    assert!(matches!(item, Err(Error::Disconnected { .. })), "{item:?}");
+    // It resubscribes: keep publishing until a message comes through.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        broker
+            .publish(Message::new(format!("{p}.again"), "back").unwrap())
+            .await
+            .unwrap();
+        if let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+            assert_eq!(item.unwrap().payload_str(), Some("back"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no message after resubscribing");
+    }
+    // Also the publisher survives its connection being killed.
+    let ids = client_ids(&url(), &p);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    redis_cli(&url(), &["CLIENT", "KILL", "ID", &ids[0]]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = broker.flush().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let sent = broker
+            .publish(Message::new(format!("{p}.again"), "after").unwrap())
+            .await;
+        if sent.is_ok() && broker.flush().await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "publisher did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let d = next(&mut sub).await.unwrap();
+        if d.payload_str() == Some("after") {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn slow_subscriber_is_reported_not_silent() {
+    let Some(server) = Server::start(&["--client-output-buffer-limit", "pubsub 64kb 32kb 1"])
+    else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}", server.port);
+    let broker = RedisOptions::new()
+        .subscription_capacity(16)
+        .connect(&url)
+        .await
+        .unwrap();
+    let mut sub = broker.subscribe(&"slow.>".parse().unwrap()).await.unwrap();
+    let payload = vec![b'x'; 1024];
+    for _ in 0..20_000 {
+        broker
+            .publish(Message::new("slow.flood", payload.clone()).unwrap())
+            .await
+            .unwrap();
+    }
+    broker.flush().await.unwrap();
+    // Now read: buffered messages first, then the report.
+    let mut received = 0usize;
+    let report = loop {
+        match next(&mut sub).await {
+            Ok(_) => received += 1,
+            Err(e) => break e,
+        }
+        assert!(received <= 20_000);
+    };
+    assert!(matches!(report, Error::Disconnected { .. }), "{report:?}");
+    assert!(received < 20_000, "{received}");
+    assert!(
+        report.to_string().contains("client-output-buffer-limit"),
+        "{report}"
+    );
+    broker.close().await.unwrap();
+}
+
+/// Publish throughput, for a quick comparison with raw redis-rs; run with
+/// `cargo test --release -p switchboard-redis --test redis -- --ignored --nocapture throughput`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput() {
+    let Some(broker) = shared(RedisOptions::new()).await else {
+        return;
+    };
+    let n: u64 = std::env::var("N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000);
+    let payload = bytes::Bytes::from_static(&[b'x'; 16]);
+    let subject: switchboard_core::Subject = "sbbench.pub".parse().unwrap();
+    for round in 0..3 {
+        let started = Instant::now();
+        for _ in 0..n {
+            broker
+                .publish(Message::from_parts(
+                    subject.clone(),
+                    payload.clone(),
+                    Default::default(),
+                ))
+                .await
+                .unwrap();
+        }
+        broker.flush().await.unwrap();
+        let s = started.elapsed().as_secs_f64();
+        println!(
+            "switchboard round {round}: {n} x 16 B in {s:.3}s = {:.0} msg/s",
+            n as f64 / s
+        );
+
+        let client = redis::Client::open(url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let started = Instant::now();
+        let mut inflight = futures::stream::FuturesUnordered::new();
+        for _ in 0..n {
+            if inflight.len() >= 256 {
+                let r: redis::RedisResult<i64> = inflight.next().await.unwrap();
+                r.unwrap();
+            }
+            let mut c = conn.clone();
+            let payload = payload.clone();
+            inflight.push(async move {
+                redis::cmd("PUBLISH")
+                    .arg("sbbench.pub")
+                    .arg(&payload[..])
+                    .query_async::<i64>(&mut c)
+                    .await
+            });
+        }
+        while let Some(r) = inflight.next().await {
+            r.unwrap();
+        }
+        let s = started.elapsed().as_secs_f64();
+        println!(
+            "raw redis-rs round {round}: {n} x 16 B in {s:.3}s = {:.0} msg/s",
+            n as f64 / s
+        );
+        let _ = &mut conn;
+    }
+    broker.close().await.unwrap();
+}
