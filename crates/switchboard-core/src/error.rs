@@ -219,6 +219,13 @@ pub enum ErrorKind {
     Timeout,
 }
 
+/// Lets `Message::new` take a [`Subject`](crate::Subject) as well as text: that conversion cannot fail.
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
 impl Error {
     /// The category of this error.
     pub fn kind(&self) -> ErrorKind {

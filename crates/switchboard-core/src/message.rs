@@ -29,7 +29,8 @@ impl Message {
     /// A message with no headers. Fails if `subject` is not a valid [`Subject`].
     pub fn new<S>(subject: S, payload: impl Into<Bytes>) -> Result<Self>
     where
-        S: TryInto<Subject, Error = Error>,
+        S: TryInto<Subject>,
+        Error: From<S::Error>,
     {
         Ok(Message {
             subject: subject.try_into()?,
@@ -60,7 +61,8 @@ impl Message {
     /// ```
     pub fn json<S, T>(subject: S, value: &T) -> Result<Self>
     where
-        S: TryInto<Subject, Error = Error>,
+        S: TryInto<Subject>,
+        Error: From<S::Error>,
         T: Serialize + ?Sized,
     {
         let subject = subject.try_into()?;

@@ -1,0 +1,336 @@
+//! The harness a case runs in: how to connect, and a private corner of the subject space.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use switchboard_core::{
+    redact_url, Broker, Capabilities, Error, Pattern, QueueGroup, Result, Subject,
+};
+
+/// How long connecting may take before the broker counts as not answering.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Set this environment variable to `1` to make a case fail, instead of being
+/// skipped, when its broker does not answer (for CI, where the brokers must be up).
+pub const REQUIRE_BROKERS_ENV: &str = "SWITCHBOARD_REQUIRE_BROKERS";
+
+type ConnectFn = dyn Fn(String) -> BoxFuture<'static, Result<Arc<dyn Broker>>> + Send + Sync;
+
+/// An adapter's way to open a connection from a URL, with the broker type erased.
+#[derive(Clone)]
+pub struct Connector(Arc<ConnectFn>);
+
+impl Connector {
+    /// Wraps `connect`, a function from a URL to a future of the adapter's broker.
+    ///
+    /// ```
+    /// use switchboard_conformance::Connector;
+    /// let connector = Connector::new(|url: String| async move {
+    ///     switchboard_core::MemoryBroker::connect(&url)
+    /// });
+    /// # let _ = connector;
+    /// ```
+    pub fn new<F, Fut, B>(connect: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<B>> + Send + 'static,
+        B: Broker + 'static,
+    {
+        Connector(Arc::new(move |url: String| {
+            let future = connect(url);
+            Box::pin(async move {
+                let broker = future.await?;
+                Ok(Arc::new(broker) as Arc<dyn Broker>)
+            })
+        }))
+    }
+
+    /// Opens one connection to `url`, failing with [`Error::Timeout`] after [`CONNECT_TIMEOUT`].
+    pub async fn connect(&self, url: &str) -> Result<Arc<dyn Broker>> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, (self.0)(url.to_string())).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                broker: "conformance",
+                operation: format!("connecting to {}", redact_url(url)),
+                after: CONNECT_TIMEOUT,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Connector(..)")
+    }
+}
+
+/// One broker under test: its name, where to find it and how to connect.
+/// [`suite!`](crate::suite) builds one per case; [`Suite::context`] applies the skipping policy.
+#[derive(Debug, Clone)]
+pub struct Suite {
+    broker: String,
+    url_env: String,
+    default_url: String,
+    connector: Connector,
+}
+
+impl Suite {
+    /// A suite for broker kind `broker`, whose URL is read from the environment
+    /// variable `url_env` (falling back to `default_url` when unset or empty).
+    pub fn new(
+        broker: impl Into<String>,
+        url_env: impl Into<String>,
+        default_url: impl Into<String>,
+        connector: Connector,
+    ) -> Self {
+        Suite {
+            broker: broker.into(),
+            url_env: url_env.into(),
+            default_url: default_url.into(),
+            connector,
+        }
+    }
+
+    /// The broker kind under test.
+    pub fn broker(&self) -> &str {
+        &self.broker
+    }
+
+    /// The URL to connect to: the environment variable's value, or the default.
+    pub fn url(&self) -> String {
+        std::env::var(&self.url_env)
+            .ok()
+            .filter(|url| !url.trim().is_empty())
+            .unwrap_or_else(|| self.default_url.clone())
+    }
+
+    /// Connects for case `case`. When the broker does not answer, prints
+    /// `skipped: <broker> at <url> does not answer: <error>` to stderr and
+    /// returns `None` — or panics if [`REQUIRE_BROKERS_ENV`] is `1`.
+    pub async fn context(&self, case: &'static str) -> Option<Context> {
+        let require = std::env::var(REQUIRE_BROKERS_ENV).is_ok_and(|v| v.trim() == "1");
+        self.context_or_skip(case, require).await
+    }
+
+    /// [`Suite::context`] with the requirement given rather than read from the environment.
+    pub async fn context_or_skip(&self, case: &'static str, require: bool) -> Option<Context> {
+        let url = self.url();
+        match self.connector.connect(&url).await {
+            Ok(broker) => Some(Context::new(
+                self.broker.clone(),
+                case,
+                url,
+                self.connector.clone(),
+                broker,
+            )),
+            Err(error) if require => panic!(
+                "{} at {} does not answer: {error} ({REQUIRE_BROKERS_ENV}=1 requires it; \
+                 start the broker or point {} at one)",
+                self.broker,
+                redact_url(&url),
+                self.url_env
+            ),
+            Err(error) => {
+                eprintln!(
+                    "skipped: {} at {} does not answer: {error}",
+                    self.broker,
+                    redact_url(&url)
+                );
+                None
+            }
+        }
+    }
+}
+
+/// What a case works with: a connected broker, the means to open more
+/// connections, and a random subject prefix of its own.
+///
+/// Every connection (the first one and those from [`Context::connect`]) is
+/// closed by [`Context::finish`].
+#[derive(Debug)]
+pub struct Context {
+    broker_name: String,
+    case: &'static str,
+    url: String,
+    connector: Connector,
+    broker: Arc<dyn Broker>,
+    prefix: String,
+    connections: Mutex<Vec<Arc<dyn Broker>>>,
+}
+
+impl Context {
+    /// A context around an open connection `broker`, for case `case` of broker kind
+    /// `broker_name`; more connections come from `connector` and `url`.
+    pub fn new(
+        broker_name: impl Into<String>,
+        case: &'static str,
+        url: impl Into<String>,
+        connector: Connector,
+        broker: Arc<dyn Broker>,
+    ) -> Self {
+        Context {
+            broker_name: broker_name.into(),
+            case,
+            url: url.into(),
+            connector,
+            prefix: format!("cf.{:016x}", rand::random::<u64>()),
+            connections: Mutex::new(vec![broker.clone()]),
+            broker,
+        }
+    }
+
+    /// The connection the case started with.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    /// The broker kind the suite was declared for (what `Broker::kind` should return).
+    pub fn broker_name(&self) -> &str {
+        &self.broker_name
+    }
+
+    /// The name of the running case.
+    pub fn case(&self) -> &'static str {
+        self.case
+    }
+
+    /// The broker URL, password redacted (for messages).
+    pub fn url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    /// The capabilities the first connection declares.
+    pub fn capabilities(&self) -> Capabilities {
+        self.broker.capabilities()
+    }
+
+    /// Opens another connection to the same broker (closed by [`Context::finish`]).
+    /// Panics if it fails: the broker answered the first connection.
+    pub async fn connect(&self) -> Arc<dyn Broker> {
+        let broker = self.connector.connect(&self.url).await.unwrap_or_else(|e| {
+            panic!(
+                "{}: opening another connection to {} failed: {e}",
+                self.case,
+                self.url()
+            )
+        });
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(broker.clone());
+        broker
+    }
+
+    /// This case's private subject prefix, `cf.<16 hex digits>` (itself a valid subject).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>.<name>` as a subject; `name` may contain dots. Panics if invalid.
+    pub fn subject(&self, name: &str) -> Subject {
+        let text = self.prefixed(name);
+        Subject::new(&text).unwrap_or_else(|e| panic!("{}: test subject: {e}", self.case))
+    }
+
+    /// `<prefix>.<name>` as a pattern (`name` may use `*` and `>`). Panics if invalid.
+    pub fn pattern(&self, name: &str) -> Pattern {
+        let text = self.prefixed(name);
+        Pattern::new(&text).unwrap_or_else(|e| panic!("{}: test pattern: {e}", self.case))
+    }
+
+    /// A queue group name unique to this case: `<prefix>.<name>`. Panics if invalid.
+    pub fn group(&self, name: &str) -> QueueGroup {
+        let text = self.prefixed(name);
+        QueueGroup::new(&text).unwrap_or_else(|e| panic!("{}: test group: {e}", self.case))
+    }
+
+    fn prefixed(&self, name: &str) -> String {
+        if name.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Prints `skipped: <broker> <case>: <reason>` to stderr, for a check the
+    /// broker's capabilities rule out.
+    pub fn skip(&self, reason: impl fmt::Display) {
+        eprintln!("skipped: {} {}: {reason}", self.broker_name, self.case);
+    }
+
+    /// Closes every connection of this context, failing if a close fails.
+    pub async fn finish(&self) {
+        let connections =
+            std::mem::take(&mut *self.connections.lock().unwrap_or_else(|p| p.into_inner()));
+        for broker in connections {
+            let closed = tokio::time::timeout(crate::FLUSH_TIMEOUT, broker.close()).await;
+            match closed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("{}: closing a connection failed: {e}", self.case),
+                Err(_) => panic!(
+                    "{}: closing a connection did not finish within {:?}",
+                    self.case,
+                    crate::FLUSH_TIMEOUT
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failing() -> Suite {
+        Suite::new(
+            "nowhere",
+            "SWITCHBOARD_CONFORMANCE_TEST_UNSET_URL",
+            "nowhere://127.0.0.1:1",
+            Connector::new(|url: String| async move {
+                Err::<switchboard_core::MemoryBroker, _>(Error::connect(
+                    "nowhere",
+                    &url,
+                    "connection refused",
+                    None,
+                ))
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn unanswered_broker_is_skipped() {
+        assert!(failing().context_or_skip("case", false).await.is_none());
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "does not answer")]
+    async fn unanswered_broker_fails_when_required() {
+        failing().context_or_skip("case", true).await;
+    }
+
+    #[tokio::test]
+    async fn context_names_are_prefixed_and_unique() {
+        let suite = Suite::new(
+            "memory",
+            "SWITCHBOARD_CONFORMANCE_TEST_UNSET_URL",
+            "memory://",
+            Connector::new(
+                |url: String| async move { switchboard_core::MemoryBroker::connect(&url) },
+            ),
+        );
+        let a = suite.context_or_skip("a", true).await.unwrap();
+        let b = suite.context_or_skip("b", true).await.unwrap();
+        assert_ne!(a.prefix(), b.prefix());
+        assert!(a.prefix().starts_with("cf."));
+        assert_eq!(a.subject("x.y").as_str(), format!("{}.x.y", a.prefix()));
+        assert_eq!(a.subject("").as_str(), a.prefix());
+        assert!(a.pattern(">").matches(a.subject("x").as_str()));
+        assert!(!a.pattern(">").matches(b.subject("x").as_str()));
+        a.group("workers");
+        a.finish().await;
+        b.finish().await;
+    }
+}

@@ -1,0 +1,177 @@
+//! The suite must fail broken adapters: each test wraps the in-memory broker
+//! with one deliberate bug and checks that the case meant to catch it fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use futures::StreamExt;
+use switchboard_conformance::{cases, Connector, Context, Suite};
+use switchboard_core::{
+    async_trait, Broker, Capabilities, Error, MemoryBroker, Message, Pattern, Publisher,
+    QueueGroup, Result, Subscriber, Subscription,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// Silently drops every 1000th delivery.
+    DropsSilently,
+    /// Replaces every 1000th delivery by an `Error::Lost` item (honest loss).
+    ReportsLoss,
+    /// Subscribes to everything under the first token when a pattern has a wildcard.
+    LooseWildcards,
+    /// Adds a header of its own to every message.
+    AddsHeader,
+    /// Trims spaces around header values.
+    TrimsHeaderValues,
+    /// Treats queue groups as plain fan-out.
+    GroupsAsFanOut,
+    /// `close` does not end subscriptions.
+    CloseKeepsSubscriptions,
+    /// Claims another broker kind.
+    WrongKind,
+}
+
+#[derive(Debug, Clone)]
+struct Faulty {
+    inner: MemoryBroker,
+    fault: Fault,
+}
+
+#[async_trait]
+impl Publisher for Faulty {
+    async fn publish(&self, message: Message) -> Result<()> {
+        let message = match self.fault {
+            Fault::AddsHeader => message.with_header("x-adapter", "1")?,
+            Fault::TrimsHeaderValues => {
+                let mut headers = switchboard_core::Headers::new();
+                for (name, value) in message.headers() {
+                    headers.insert(name, value.trim())?;
+                }
+                message.with_headers(headers)
+            }
+            _ => message,
+        };
+        self.inner.publish(message).await
+    }
+    async fn flush(&self) -> Result<()> {
+        self.inner.flush().await
+    }
+}
+
+#[async_trait]
+impl Subscriber for Faulty {
+    async fn subscribe(&self, pattern: &Pattern) -> Result<Subscription> {
+        let subscription = if self.fault == Fault::LooseWildcards && !pattern.is_literal() {
+            let first: Vec<&str> = pattern.as_str().split('.').take(2).collect();
+            let loose = Pattern::new(&format!("{}.>", first.join(".")))?;
+            self.inner.subscribe(&loose).await?
+        } else {
+            self.inner.subscribe(pattern).await?
+        };
+        let fault = self.fault;
+        let mut count = 0u64;
+        let stream = subscription.filter_map(move |item| {
+            count += 1;
+            let item = match fault {
+                Fault::DropsSilently if count % 1000 == 0 => None,
+                Fault::ReportsLoss if count % 1000 == 0 => Some(Err(Error::Lost {
+                    broker: "memory",
+                    pattern: "flood".into(),
+                    count: 1,
+                    reason: "test".into(),
+                })),
+                _ => Some(item),
+            };
+            futures::future::ready(item)
+        });
+        Ok(Subscription::new(pattern.clone(), None, stream))
+    }
+    async fn subscribe_group(&self, pattern: &Pattern, group: &QueueGroup) -> Result<Subscription> {
+        if self.fault == Fault::GroupsAsFanOut {
+            self.inner.subscribe(pattern).await
+        } else {
+            self.inner.subscribe_group(pattern, group).await
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for Faulty {
+    fn kind(&self) -> &'static str {
+        if self.fault == Fault::WrongKind {
+            "mammoth"
+        } else {
+            "memory"
+        }
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn close(&self) -> Result<()> {
+        if self.fault == Fault::CloseKeepsSubscriptions {
+            // Leaves the subscriptions' routes in place.
+            return Ok(());
+        }
+        self.inner.close().await
+    }
+}
+
+async fn context(fault: Fault) -> Context {
+    let suite = Suite::new(
+        "memory",
+        "SWITCHBOARD_CONFORMANCE_TEST_UNSET_URL",
+        "memory://catches-bugs",
+        Connector::new(move |url: String| async move {
+            Ok(Faulty {
+                inner: MemoryBroker::connect(&url)?,
+                fault,
+            })
+        }),
+    );
+    suite.context_or_skip("catches_bugs", true).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "SILENT LOSS")]
+async fn silent_loss_fails() {
+    cases::no_silent_loss_with(&context(Fault::DropsSilently).await, 20_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_loss_passes() {
+    cases::no_silent_loss_with(&context(Fault::ReportsLoss).await, 20_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "did not receive exactly what Pattern::matches says")]
+async fn loose_wildcards_fail() {
+    cases::wildcards_match_reference(&context(Fault::LooseWildcards).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "headers changed")]
+async fn added_header_fails() {
+    cases::no_headers_arrive_empty(&context(Fault::AddsHeader).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "headers changed")]
+async fn trimmed_header_values_fail() {
+    cases::headers_edge_cases(&context(Fault::TrimsHeaderValues).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "exactly once")]
+async fn groups_as_fan_out_fail() {
+    cases::queue_group_shares_messages(&context(Fault::GroupsAsFanOut).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "did not end")]
+async fn close_keeping_subscriptions_fails() {
+    cases::close_ends_subscriptions(&context(Fault::CloseKeepsSubscriptions).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "Broker::kind()")]
+async fn wrong_kind_fails() {
+    cases::capabilities_are_sane(&context(Fault::WrongKind).await).await;
+}
