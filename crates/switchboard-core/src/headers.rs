@@ -64,6 +64,13 @@ impl Headers {
                     .to_string(),
             });
         }
+        if value.trim() != value {
+            return Err(Error::InvalidHeader {
+                name: name.to_string(),
+                reason: "the value starts or ends with whitespace, which brokers trim; trim it"
+                    .to_string(),
+            });
+        }
         Ok(())
     }
 
@@ -158,9 +165,13 @@ mod tests {
         assert!(h.insert("a b", "x").is_err());
         assert!(h.insert("é", "x").is_err());
         assert!(h.insert("ok", "line\nbreak").is_err());
+        assert!(h.insert("ok", " padded").is_err());
+        assert!(h.insert("ok", "padded\t").is_err());
+        assert!(h.insert("ok", "").is_ok());
+        assert!(h.insert("ok", "inner  spaces\tkept").is_ok());
         assert!(h.insert("Trace-Id", "héllo wörld: 1").is_ok());
         assert_eq!(h.get("Trace-Id"), Some("héllo wörld: 1"));
         assert_eq!(h.get("trace-id"), None);
-        assert_eq!(h.len(), 1);
+        assert_eq!(h.len(), 2);
     }
 }

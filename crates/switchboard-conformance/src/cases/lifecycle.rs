@@ -210,6 +210,8 @@ pub async fn invalid_input_is_rejected(ctx: &Context) {
         ("ok", "line\nbreak"),
         ("ok", "carriage\rreturn"),
         ("ok", "nul\0"),
+        ("ok", " leading space"),
+        ("ok", "trailing tab\t"),
     ] {
         let what = format!("the header {name:?}: {value:?}");
         let mut headers = Headers::new();
