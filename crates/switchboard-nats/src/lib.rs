@@ -1,6 +1,132 @@
-//! placeholder
-use switchboard_core::*;
-/// placeholder
-pub async fn connect(url: &str) -> Result<MemoryBroker> {
-    Err(Error::unsupported("nats", url.to_string()))
+//! The NATS adapter of switchboard, on [async-nats](https://docs.rs/async-nats):
+//! core NATS publish/subscribe behind switchboard's [`Broker`](switchboard_core::Broker) traits.
+//!
+//! ```no_run
+//! # #[tokio::main]
+//! # async fn main() -> switchboard_core::Result<()> {
+//! use futures::StreamExt;
+//! use switchboard_core::{Broker, Message, Publisher, Subscriber};
+//! let broker = switchboard_nats::connect("nats://127.0.0.1:4222").await?;
+//! let mut alerts = broker.subscribe(&"alerts.>".parse()?).await?;
+//! broker.publish(Message::new("alerts.cpu", "CPU at 98%")?.with_header("host", "web-1")?).await?;
+//! let delivery = alerts.next().await.expect("subscribed")?;
+//! assert_eq!(delivery.headers().get("host"), Some("web-1"));
+//! broker.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # URLs
+//!
+//! - `nats://host[:port]` (port 4222 by default), `tls://host[:port]` (TLS required);
+//! - `nats://user:password@host`, `nats://TOKEN@host` (percent-encode `@`, `:`, `/`
+//!   in credentials); passwords and tokens are redacted in every error;
+//! - several servers: `nats://a:4222,nats://b:4222` (credentials from the first that has them);
+//! - options in the query, e.g. `nats://host?capacity=65536&connect_timeout=2s&name=api`;
+//!   an unknown parameter is an error naming it.
+//!
+//! # Options ([`NatsOptions`])
+//!
+//! | option | URL | default | |
+//! |---|---|---|---|
+//! | [`connect_timeout`](NatsOptions::connect_timeout) | `connect_timeout=5s` | 5 s | TCP + TLS + handshake; then connecting fails saying why |
+//! | [`capacity`](NatsOptions::capacity) | `capacity=N` | 2^20 ([`DEFAULT_CAPACITY`]) | messages each subscription buffers while its reader is behind |
+//! | [`flush_timeout`](NatsOptions::flush_timeout) | `flush_timeout=10s` | 10 s | how long `flush`/`subscribe` wait for the server |
+//! | [`name`](NatsOptions::name) | `name=api` | none | connection name shown by the server |
+//!
+//! Connecting fails at once, with a reason, when nothing answers (`nothing answers
+//! (connection refused); is nats-server running?`), on a timeout, or when the
+//! server rejects the credentials (`authorization failed`): there is no silent
+//! retry at start-up. Once connected, async-nats reconnects and resubscribes by
+//! itself, forever.
+//!
+//! # Capabilities
+//!
+//! `queue_groups`, `native_headers`, `headers`, `native_wildcards` and
+//! `ordered_per_publisher` are true; `ack`, `redelivery` and `persistence` are
+//! false (core NATS keeps nothing; deliveries carry no acknowledgement, `ack` is a
+//! no-op); `max_payload` is the server's, from its `INFO`.
+//!
+//! # Wire mapping
+//!
+//! - subject → NATS subject as is; patterns are NATS syntax (`*`, `>`) and are
+//!   filtered by the server; a queue group subscribes with NATS `queue_subscribe`;
+//! - payload → the NATS payload, byte for byte;
+//! - headers → NATS native headers (`HPUB`), one value per name, case kept; a
+//!   message without headers is a plain `PUB`, so a plain NATS client sees
+//!   exactly the payload bytes and no headers; a header value with leading or
+//!   trailing whitespace is rejected with
+//!   [`Error::InvalidHeader`](switchboard_core::Error::InvalidHeader), since NATS
+//!   receivers trim it (MIME-style headers) and it would arrive changed;
+//! - received: a header a plain client sent several times keeps its last value;
+//!   a header switchboard does not accept (e.g. a value with NUL) is left out with
+//!   a warning; the reply subject is not carried; a message whose subject
+//!   switchboard does not accept (e.g. over 255 bytes) yields an
+//!   [`Error::InvalidSubject`](switchboard_core::Error::InvalidSubject) item
+//!   instead of being skipped silently.
+//!
+//! `publish` hands the message to the client without waiting a round trip;
+//! a payload (plus headers) over the server's `max_payload` fails with
+//! [`Error::PayloadTooLarge`](switchboard_core::Error::PayloadTooLarge) before
+//! anything is sent. `flush` and `subscribe` do wait a round trip: async-nats'
+//! own flush only writes to the socket and it has no public `PING`, so the
+//! adapter publishes an empty message to a fresh `_INBOX.*` subject and waits
+//! for it to come back (the server processes one connection's commands in
+//! order). Subscribers of `>` or `_INBOX.>` see these echoes, as they see any
+//! request/reply traffic.
+//!
+//! # Loss is reported, never silent
+//!
+//! async-nats gives each subscription a bounded buffer ([`capacity`](NatsOptions::capacity));
+//! when a subscriber falls that far behind, async-nats drops messages and
+//! emits only a `SlowConsumer` event. The adapter maps that event to the
+//! subscription it concerns and the stream yields an
+//! [`Error::Lost`](switchboard_core::Error::Lost) item (its `count` is a lower
+//! bound: async-nats reports drops through a bounded event queue), then goes on.
+//! When the connection breaks, every live subscription yields an
+//! [`Error::Disconnected`](switchboard_core::Error::Disconnected) item (messages
+//! published meanwhile are lost on core NATS), and keeps receiving once
+//! async-nats has reconnected and resubscribed. Either `Err` item comes as soon
+//! as the adapter learns of it, possibly ahead of messages buffered before.
+//! Should async-nats' own event queue overflow (a flood of drops), a
+//! `Disconnected` event could be lost with it; that is async-nats' limit.
+//!
+//! # Closing
+//!
+//! [`close`](switchboard_core::Broker::close) flushes, then drains the client:
+//! every subscription stream ends after the messages already in flight, the
+//! connection closes, and publishing fails with
+//! [`Error::Closed`](switchboard_core::Error::Closed). Dropping a
+//! [`Subscription`](switchboard_core::Subscription) unsubscribes;
+//! `Subscription::close` also waits until the `UNSUB` is written.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, unreachable_pub)]
+
+mod broker;
+mod options;
+mod stream;
+mod wire;
+
+pub use broker::NatsBroker;
+pub use options::{NatsOptions, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT};
+
+use switchboard_core::Result;
+
+/// The broker kind, as [`Broker::kind`](switchboard_core::Broker::kind) returns it.
+pub const KIND: &str = "nats";
+
+/// The URL schemes this adapter connects to: `nats` and `tls` (TLS required).
+pub const SCHEMES: &[&str] = &["nats", "tls"];
+
+/// Connects to the NATS server at `url` with the default options (overridden
+/// by the URL's query). Same as [`NatsBroker::connect`].
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> switchboard_core::Result<()> {
+/// let broker = switchboard_nats::connect("nats://127.0.0.1:4222?name=billing").await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect(url: &str) -> Result<NatsBroker> {
+    NatsBroker::connect(url).await
 }

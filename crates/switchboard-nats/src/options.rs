@@ -1,0 +1,365 @@
+//! [`NatsOptions`] and the parsing of `nats://` / `tls://` URLs.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_nats::ServerAddr;
+use switchboard_core::{Error, Result};
+
+/// How long connecting may take before it fails, unless configured.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long [`flush`](switchboard_core::Publisher::flush) and `subscribe` wait for
+/// the server's answer, unless configured.
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Messages each subscription buffers in the client before async-nats drops
+/// (and switchboard reports) messages, unless configured: 2^20.
+///
+/// async-nats' own default is 65,536, which a single fast publisher overruns
+/// within milliseconds (a 1→1 run of 1M 16-byte messages lost 5–37% of them).
+/// The buffer only holds messages while the subscriber is behind, and the
+/// channel allocates in small blocks as it fills, so a large bound costs
+/// nothing while the subscriber keeps up; a subscriber that falls behind by
+/// the whole buffer holds about `capacity × (200 B + payload)` of memory.
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
+
+/// Options of a NATS connection. Every option can also be set in the URL's
+/// query (`nats://host:4222?capacity=65536&connect_timeout=2s&name=api`);
+/// values in the URL win over the ones set here.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard_nats::NatsOptions;
+/// let options = NatsOptions::new()
+///     .connect_timeout(Duration::from_secs(2))
+///     .capacity(100_000)
+///     .name("billing");
+/// assert_eq!(options.get_capacity(), 100_000);
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct NatsOptions {
+    connect_timeout: Duration,
+    flush_timeout: Duration,
+    capacity: usize,
+    name: Option<String>,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            flush_timeout: DEFAULT_FLUSH_TIMEOUT,
+            capacity: DEFAULT_CAPACITY,
+            name: None,
+        }
+    }
+}
+
+impl NatsOptions {
+    /// The defaults: [`DEFAULT_CONNECT_TIMEOUT`], [`DEFAULT_FLUSH_TIMEOUT`],
+    /// [`DEFAULT_CAPACITY`], no connection name.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long connecting may take (TCP, TLS and the NATS handshake) before
+    /// [`connect`](crate::connect) fails saying why. URL: `connect_timeout=5s`.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long `flush` and `subscribe` wait for the server to answer their
+    /// round trip. URL: `flush_timeout=10s`.
+    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
+        self.flush_timeout = timeout;
+        self
+    }
+
+    /// How many messages each subscription buffers in the client while its
+    /// reader is behind (at least 1). Past that async-nats drops messages, and
+    /// the subscription yields an [`Error::Lost`] item. URL: `capacity=1048576`.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// The connection name the server shows in its monitoring. URL: `name=api`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The connect timeout.
+    pub fn get_connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The flush (round-trip) timeout.
+    pub fn get_flush_timeout(&self) -> Duration {
+        self.flush_timeout
+    }
+
+    /// The per-subscription buffer capacity.
+    pub fn get_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The connection name, if set.
+    pub fn get_name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+}
+
+impl fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("flush_timeout", &self.flush_timeout)
+            .field("capacity", &self.capacity)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Credentials found in a URL. Not `Debug`, so they cannot end up in a log.
+pub(crate) enum Credentials {
+    None,
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// A parsed connection URL: the servers (without credentials or query),
+/// the credentials, and the options with the URL's query applied.
+pub(crate) struct Target {
+    pub(crate) servers: Vec<ServerAddr>,
+    pub(crate) credentials: Credentials,
+    pub(crate) options: NatsOptions,
+}
+
+const PARAMETERS: &str = "`capacity`, `connect_timeout`, `flush_timeout` and `name`";
+
+/// Parses `nats://[user:password@|token@]host[:port][,nats://host2...][?param=value...]`.
+pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
+    let mut servers = Vec::new();
+    let mut credentials = Credentials::None;
+    for part in url.split(',') {
+        let mut parsed = url::Url::parse(part.trim()).map_err(|e| {
+            Error::invalid_url(url, format!("{e}; expected e.g. nats://127.0.0.1:4222"))
+        })?;
+        if !crate::SCHEMES.contains(&parsed.scheme()) {
+            return Err(Error::invalid_url(
+                url,
+                format!(
+                    "the scheme `{}` is not a NATS scheme; use nats:// or tls://",
+                    parsed.scheme()
+                ),
+            ));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(Error::invalid_url(
+                url,
+                "the URL names no host; expected e.g. nats://127.0.0.1:4222",
+            ));
+        }
+        if !matches!(parsed.path(), "" | "/") {
+            return Err(Error::invalid_url(
+                url,
+                format!(
+                    "NATS URLs have no path, found `{}`; remove it",
+                    parsed.path()
+                ),
+            ));
+        }
+        for (key, value) in parsed.query_pairs() {
+            apply_parameter(url, &mut options, &key, &value)?;
+        }
+        let user = percent_decode(url, parsed.username())?;
+        let password = parsed
+            .password()
+            .map(|p| percent_decode(url, p))
+            .transpose()?;
+        let found = match (user.is_empty(), password) {
+            (true, None) => Credentials::None,
+            (_, Some(password)) => Credentials::UserPassword(user, password),
+            (false, None) => Credentials::Token(user),
+        };
+        if matches!(credentials, Credentials::None) {
+            credentials = found;
+        }
+        let stripped = parsed.set_username("").is_ok() && parsed.set_password(None).is_ok();
+        if !stripped {
+            return Err(Error::invalid_url(
+                url,
+                "credentials cannot be taken out of this URL",
+            ));
+        }
+        parsed.set_query(None);
+        parsed.set_fragment(None);
+        let server = ServerAddr::from_url(parsed).map_err(|e| Error::invalid_url(url, e))?;
+        servers.push(server);
+    }
+    Ok(Target {
+        servers,
+        credentials,
+        options,
+    })
+}
+
+fn apply_parameter(url: &str, options: &mut NatsOptions, key: &str, value: &str) -> Result<()> {
+    match key {
+        "capacity" => {
+            let capacity = value
+                .parse::<usize>()
+                .ok()
+                .filter(|c| *c > 0)
+                .ok_or_else(|| {
+                    Error::invalid_url(
+                        url,
+                        format!("`capacity={value}` must be a whole number above 0"),
+                    )
+                })?;
+            options.capacity = capacity;
+        }
+        "connect_timeout" => options.connect_timeout = parse_duration(url, key, value)?,
+        "flush_timeout" => options.flush_timeout = parse_duration(url, key, value)?,
+        "name" => options.name = Some(value.to_string()),
+        other => {
+            return Err(Error::invalid_url(
+                url,
+                format!("unknown parameter `{other}`; the NATS adapter takes {PARAMETERS}"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// `250ms`, `5s` or `2m`.
+fn parse_duration(url: &str, key: &str, value: &str) -> Result<Duration> {
+    let invalid = || {
+        Error::invalid_url(
+            url,
+            format!("`{key}={value}` must be a duration with a unit, e.g. `500ms`, `5s` or `1m`"),
+        )
+    };
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number.saturating_mul(60))),
+        _ => Err(invalid()),
+    }
+}
+
+/// Decodes `%XX` escapes of a URL's user or password.
+fn percent_decode(url: &str, text: &str) -> Result<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' => {
+                let hex = text
+                    .get(index + 1..index + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        Error::invalid_url(
+                            url,
+                            "a `%` in the credentials is not followed by two hex digits",
+                        )
+                    })?;
+                out.push(hex);
+                index += 3;
+            }
+            byte => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| Error::invalid_url(url, "the credentials are not UTF-8 once decoded"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<Target> {
+        parse_url(url, NatsOptions::new())
+    }
+
+    #[test]
+    fn plain_url() {
+        let target = parse("nats://127.0.0.1:4222").unwrap();
+        assert_eq!(target.servers.len(), 1);
+        assert_eq!(target.servers[0].host(), "127.0.0.1");
+        assert_eq!(target.servers[0].port(), 4222);
+        assert!(matches!(target.credentials, Credentials::None));
+        assert_eq!(target.options, NatsOptions::new());
+    }
+
+    #[test]
+    fn credentials_and_token() {
+        let target = parse("nats://alice:s%40cret@localhost:4222").unwrap();
+        match target.credentials {
+            Credentials::UserPassword(u, p) => {
+                assert_eq!((u.as_str(), p.as_str()), ("alice", "s@cret"))
+            }
+            _ => panic!("expected user and password"),
+        }
+        assert_eq!(target.servers[0].username(), None);
+        assert_eq!(target.servers[0].password(), None);
+        let target = parse("tls://T0KEN@example.com").unwrap();
+        assert!(matches!(target.credentials, Credentials::Token(ref t) if t == "T0KEN"));
+        assert!(target.servers[0].tls_required());
+        assert_eq!(target.servers[0].port(), 4222);
+    }
+
+    #[test]
+    fn query_parameters() {
+        let target =
+            parse("nats://h:1?capacity=16&connect_timeout=250ms&flush_timeout=2s&name=api")
+                .unwrap();
+        assert_eq!(target.options.get_capacity(), 16);
+        assert_eq!(
+            target.options.get_connect_timeout(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(target.options.get_flush_timeout(), Duration::from_secs(2));
+        assert_eq!(target.options.get_name(), Some("api"));
+    }
+
+    #[test]
+    fn several_servers() {
+        let target = parse("nats://u:p@a:1,nats://b:2").unwrap();
+        assert_eq!(target.servers.len(), 2);
+        assert!(matches!(target.credentials, Credentials::UserPassword(..)));
+    }
+
+    #[test]
+    fn bad_urls_say_why_and_redact() {
+        let err = parse("nats://u:hunter2@h:1?bogus=1&capacity=2")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("unknown parameter `bogus`"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        for (url, needle) in [
+            ("nats://h?capacity=0", "capacity=0"),
+            ("nats://h?connect_timeout=5", "duration with a unit"),
+            ("redis://h", "not a NATS scheme"),
+            ("nats://h/path", "no path"),
+            ("nats://", "no host"),
+            ("not a url", "expected e.g."),
+        ] {
+            let err = parse(url).err().unwrap().to_string();
+            assert!(err.contains(needle), "{url}: {err}");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The mapping between switchboard messages and NATS wire messages.
+
+use std::cell::RefCell;
+
+use bytes::Bytes;
+use switchboard_core::{Delivery, Error, Headers, Message, Pattern, Result, Subject};
+
+/// Owns a switchboard subject's text so `Bytes` can share it without copying.
+struct SubjectText(Subject);
+
+impl AsRef<[u8]> for SubjectText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_str().as_bytes()
+    }
+}
+
+thread_local! {
+    /// The subject this thread published to last, as async-nats wants it:
+    /// publishing in a loop to one subject then costs a comparison and a
+    /// reference count instead of an allocation per message. Per thread, so
+    /// there is no lock.
+    static LAST_SUBJECT: RefCell<Option<(Subject, async_nats::Subject)>> =
+        const { RefCell::new(None) };
+}
+
+/// The async-nats subject for `subject`, sharing its text (no copy).
+pub(crate) fn nats_subject(subject: &Subject) -> Result<async_nats::Subject> {
+    let cached = LAST_SUBJECT.with(|last| match &*last.borrow() {
+        Some((text, nats)) if text == subject => Some(nats.clone()),
+        _ => None,
+    });
+    if let Some(nats) = cached {
+        return Ok(nats);
+    }
+    let nats = async_nats::Subject::try_from(Bytes::from_owner(SubjectText(subject.clone())))
+        .map_err(|e| Error::InvalidSubject {
+            subject: subject.to_string(),
+            reason: e.to_string(),
+        })?;
+    LAST_SUBJECT.with(|last| *last.borrow_mut() = Some((subject.clone(), nats.clone())));
+    Ok(nats)
+}
+
+/// NATS native headers for `headers`, one value per name, and their size on
+/// the wire (`NATS/1.0\r\n`, `name: value\r\n` each, `\r\n`) as the server
+/// counts it against `max_payload`.
+///
+/// A value with leading or trailing whitespace is rejected: NATS headers are
+/// MIME-style and receivers (async-nats, nats.go) trim it, so it would arrive
+/// changed.
+pub(crate) fn nats_headers(headers: &Headers) -> Result<(async_nats::HeaderMap, usize)> {
+    let mut map = async_nats::HeaderMap::new();
+    let mut size = b"NATS/1.0\r\n\r\n".len();
+    for (name, value) in headers {
+        let header_name: async_nats::HeaderName =
+            name.parse().map_err(|_| Error::InvalidHeader {
+                name: name.to_string(),
+                reason: "NATS does not accept this header name".to_string(),
+            })?;
+        if value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace) {
+            return Err(Error::InvalidHeader {
+                name: name.to_string(),
+                reason: "the value starts or ends with whitespace, which NATS receivers trim (MIME-style headers); trim it or encode it".to_string(),
+            });
+        }
+        let header_value: async_nats::HeaderValue =
+            value.parse().map_err(|_| Error::InvalidHeader {
+                name: name.to_string(),
+                reason: "NATS does not accept this header value".to_string(),
+            })?;
+        size += name.len() + 2 + value.len() + 2;
+        map.insert(header_name, header_value);
+    }
+    Ok((map, size))
+}
+
+/// A delivery for a received NATS message.
+///
+/// A subject switchboard does not accept (a plain client may publish one longer
+/// than 255 bytes, say) yields an [`Error::InvalidSubject`] item instead of a
+/// delivery, so the skip is visible. A header name or value switchboard does not
+/// accept (only a plain client can send one) is left out with a warning; a name
+/// sent several times keeps its last value. The reply subject is not carried.
+///
+/// `last` is the subscription's previous subject: consecutive messages on one
+/// subject share it instead of validating and allocating it again.
+pub(crate) fn delivery(
+    message: async_nats::Message,
+    pattern: &Pattern,
+    last: &mut Option<Subject>,
+) -> Result<Delivery> {
+    let subject = match last {
+        Some(previous) if previous.as_str() == message.subject.as_str() => previous.clone(),
+        _ => {
+            let subject = Subject::new(&message.subject).map_err(|error| match error {
+                Error::InvalidSubject { subject, reason } => Error::InvalidSubject {
+                    subject,
+                    reason: format!(
+                        "{reason}; a message on it matched subscription {:?} and was skipped",
+                        pattern.as_str()
+                    ),
+                },
+                other => other,
+            })?;
+            *last = Some(subject.clone());
+            subject
+        }
+    };
+    let mut headers = Headers::new();
+    if let Some(map) = &message.headers {
+        for (name, values) in map.iter() {
+            let Some(value) = values.last() else { continue };
+            let name: &str = name.as_ref();
+            if let Err(error) = headers.insert(name, value.as_str()) {
+                tracing::warn!(subject = %subject, %error, "nats: header left out of a received message");
+            }
+        }
+    }
+    Ok(Delivery::new(Message::from_parts(
+        subject,
+        message.payload,
+        headers,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_size_matches_the_wire() {
+        let headers = Headers::try_from(vec![("a", "1"), ("Trace-Id", "xyz")]).unwrap();
+        let (map, size) = nats_headers(&headers).unwrap();
+        // NATS/1.0\r\n + a: 1\r\n + Trace-Id: xyz\r\n + \r\n
+        assert_eq!(size, 10 + 6 + 15 + 2);
+        assert_eq!(map.get("Trace-Id").map(|v| v.as_str()), Some("xyz"));
+        assert_eq!(map.get("trace-id"), None);
+    }
+
+    #[test]
+    fn padded_values_are_rejected_not_trimmed() {
+        for value in [" x", "x ", "\tx", "x\u{a0}"] {
+            let headers = Headers::try_from(vec![("k", value)]).unwrap();
+            let err = nats_headers(&headers).unwrap_err().to_string();
+            assert!(err.contains("whitespace"), "{value:?}: {err}");
+        }
+        let inner = Headers::try_from(vec![("k", "a \t b")]).unwrap();
+        assert!(nats_headers(&inner).is_ok());
+    }
+
+    #[test]
+    fn subject_is_shared() {
+        let subject = Subject::new("alerts.cpu").unwrap();
+        let nats = nats_subject(&subject).unwrap();
+        assert_eq!(nats.as_str(), "alerts.cpu");
+        let again = nats_subject(&subject).unwrap();
+        assert_eq!(again.as_str(), "alerts.cpu");
+        let other = nats_subject(&Subject::new("alerts.mem").unwrap()).unwrap();
+        assert_eq!(other.as_str(), "alerts.mem");
+    }
+
+    #[test]
+    fn received_messages_convert() {
+        let mut map = async_nats::HeaderMap::new();
+        map.append("k", "first");
+        map.append("k", "last");
+        map.insert("z", "nul\0");
+        let message = async_nats::Message {
+            subject: "a.b".into(),
+            reply: None,
+            payload: Bytes::from_static(b"\x00\xffbytes"),
+            headers: Some(map),
+            status: None,
+            description: None,
+            length: 0,
+        };
+        let pattern = Pattern::new("a.>").unwrap();
+        let mut last = None;
+        let delivery = delivery(message, &pattern, &mut last).unwrap();
+        assert_eq!(delivery.subject().as_str(), "a.b");
+        assert_eq!(&delivery.payload()[..], b"\x00\xffbytes");
+        assert_eq!(delivery.headers().get("k"), Some("last"));
+        assert_eq!(delivery.headers().len(), 1);
+
+        let long = async_nats::Message {
+            subject: "a".repeat(300).as_str().into(),
+            reply: None,
+            payload: Bytes::new(),
+            headers: None,
+            status: None,
+            description: None,
+            length: 0,
+        };
+        let err = super::delivery(long, &pattern, &mut last)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("skipped"), "{err}");
+    }
+}

@@ -1,0 +1,114 @@
+//! No silent loss: a subscriber that overflows its client buffer gets an
+//! `Error::Lost` item, on that subscription only.
+
+mod server;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use switchboard_core::{Broker, Error, Message, Publisher, Subscriber};
+use switchboard_nats::NatsOptions;
+use tokio::time::timeout;
+
+#[tokio::test]
+async fn overflow_yields_lost_on_the_overflowing_subscription() {
+    let Some(url) = server::url() else { return };
+    let broker = switchboard_nats::NatsBroker::connect_with(&url, NatsOptions::new().capacity(16))
+        .await
+        .unwrap();
+    let prefix = server::unique("loss");
+    let mut slow = broker
+        .subscribe(&format!("{prefix}.flood").parse().unwrap())
+        .await
+        .unwrap();
+    let mut other = broker
+        .subscribe(&format!("{prefix}.quiet").parse().unwrap())
+        .await
+        .unwrap();
+
+    const SENT: usize = 10_000;
+    for i in 0..SENT {
+        broker
+            .publish(Message::new(format!("{prefix}.flood"), format!("{i}")).unwrap())
+            .await
+            .unwrap();
+    }
+    broker
+        .publish(Message::new(format!("{prefix}.quiet"), "hello").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    // Give the event callback a moment (events travel on their own task).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut received = 0usize;
+    let mut lost_reports = 0u64;
+    let mut lost_lower_bound = 0u64;
+    while let Ok(Some(item)) = timeout(Duration::from_millis(500), slow.next()).await {
+        match item {
+            Ok(_) => received += 1,
+            Err(Error::Lost {
+                broker,
+                pattern,
+                count,
+                reason,
+            }) => {
+                assert_eq!(broker, "nats");
+                assert_eq!(pattern, format!("{prefix}.flood"));
+                assert!(reason.contains("capacity"), "{reason}");
+                lost_reports += 1;
+                lost_lower_bound += count;
+            }
+            Err(other) => panic!("unexpected error item {other}"),
+        }
+    }
+    eprintln!("received {received} of {SENT}, {lost_reports} Lost item(s) reporting at least {lost_lower_bound} dropped");
+    assert!(received < SENT, "the buffer of 16 should have overflowed");
+    assert!(lost_reports >= 1, "the loss must be reported");
+    assert!(lost_lower_bound >= 1 && lost_lower_bound as usize <= SENT - received);
+
+    // The other subscription lost nothing and is told nothing.
+    let quiet = timeout(Duration::from_secs(5), other.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(quiet.payload_str(), Some("hello"));
+    assert!(timeout(Duration::from_millis(200), other.next())
+        .await
+        .is_err());
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn default_capacity_keeps_a_burst() {
+    let Some(url) = server::url() else { return };
+    let broker = switchboard_nats::connect(&url).await.unwrap();
+    assert_eq!(
+        broker.options().get_capacity(),
+        switchboard_nats::DEFAULT_CAPACITY
+    );
+    let subject = server::unique("burst");
+    let mut sub = broker.subscribe(&subject.parse().unwrap()).await.unwrap();
+    const SENT: usize = 100_000;
+    for i in 0..SENT {
+        broker
+            .publish(Message::new(subject.as_str(), format!("{i:08}")).unwrap())
+            .await
+            .unwrap();
+    }
+    broker.flush().await.unwrap();
+    for i in 0..SENT {
+        let d = timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            d.payload_str(),
+            Some(format!("{i:08}").as_str()),
+            "in order, none lost"
+        );
+    }
+    broker.close().await.unwrap();
+}
