@@ -1,0 +1,117 @@
+//! What a handler receives: the message, the attempt number and a way to publish.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use switchboard_core::{Broker, Message};
+
+use crate::stats::Counters;
+
+/// One message to handle, as a [`Handler`](crate::Handler) receives it.
+///
+/// Cheap to clone (the message is shared). Dereferences to its [`Message`],
+/// so `ctx.subject()`, `ctx.payload()` and `ctx.headers()` work directly.
+/// [`Context::publish`] publishes on the worker's broker: the worker flushes
+/// it on shutdown.
+#[derive(Clone)]
+pub struct Context {
+    message: Arc<Message>,
+    attempt: u32,
+    redelivered: bool,
+    route: Arc<str>,
+    broker: Arc<dyn Broker>,
+    counters: Arc<Counters>,
+}
+
+impl Context {
+    /// A context for `message` on `broker` (attempt 1), e.g. to call a handler
+    /// or a layer directly in a test.
+    pub fn new(message: Message, broker: Arc<dyn Broker>) -> Self {
+        Context {
+            route: Arc::from(message.subject().as_str()),
+            message: Arc::new(message),
+            attempt: 1,
+            redelivered: false,
+            broker,
+            counters: Arc::default(),
+        }
+    }
+
+    pub(crate) fn for_route(
+        message: Message,
+        redelivered: bool,
+        route: Arc<str>,
+        broker: Arc<dyn Broker>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Context {
+            message: Arc::new(message),
+            attempt: 1,
+            redelivered,
+            route,
+            broker,
+            counters,
+        }
+    }
+
+    /// The same message with another attempt number (what [`Retry`](crate::Retry) passes on).
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// Which attempt this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Whether the broker says it delivered this message before.
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// The pattern of the route that received the message.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// The worker's broker, to publish or inspect capabilities.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    /// Publishes `message` on the worker's broker.
+    pub async fn publish(&self, message: Message) -> switchboard_core::Result<()> {
+        self.broker.publish(message).await
+    }
+
+    /// The worker's counters (layers add to them).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+impl Deref for Context {
+    type Target = Message;
+    fn deref(&self) -> &Message {
+        &self.message
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("route", &self.route)
+            .field("subject", self.message.subject())
+            .field("attempt", &self.attempt)
+            .field("redelivered", &self.redelivered)
+            .field("broker", &self.broker.kind())
+            .finish_non_exhaustive()
+    }
+}

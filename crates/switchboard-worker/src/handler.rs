@@ -1,0 +1,92 @@
+//! The [`Handler`] trait, its implementation for async closures, and
+//! [`HandlerExt`] to wrap handlers in layers.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use switchboard_core::BoxError;
+
+use crate::{CatchPanic, Context, DeadLetter, HandlerError, Retry, RetryPolicy, Timeout};
+
+/// Handles one message. Returning `Ok` means done (the worker acknowledges it);
+/// `Err` means this attempt failed (layers retry, dead-letter...).
+///
+/// Implemented for async closures `Fn(Context) -> impl Future<Output =
+/// Result<(), E>>` with `E: Into<BoxError>` (`String`, `&str`, any error,
+/// `HandlerError`), for `Arc<H>`, and by every layer ([`Retry`],
+/// [`Timeout`], [`CatchPanic`], [`DeadLetter`]), so layers nest freely.
+///
+/// ```
+/// use switchboard_worker::{async_trait, Context, Handler, HandlerError};
+///
+/// struct Pager;
+///
+/// #[async_trait]
+/// impl Handler for Pager {
+///     async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
+///         println!("paging for {}", ctx.subject());
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one attempt at `ctx`'s message.
+    async fn call(&self, ctx: Context) -> Result<(), HandlerError>;
+}
+
+#[async_trait]
+impl<F, Fut, E> Handler for F
+where
+    F: Fn(Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: Into<BoxError>,
+{
+    async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
+        self(ctx).await.map_err(HandlerError::new)
+    }
+}
+
+#[async_trait]
+impl<H: Handler + ?Sized> Handler for Arc<H> {
+    async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
+        (**self).call(ctx).await
+    }
+}
+
+/// A type-erased handler, as routes store them.
+pub type BoxHandler = Arc<dyn Handler>;
+
+/// Wraps any handler in a layer, method-chain style:
+/// `handler.catch_panic().timeout(d).retry(policy).dead_letter()` is the
+/// default stack of a [`Route`](crate::Route), innermost first.
+pub trait HandlerExt: Handler + Sized {
+    /// Fails an attempt that takes longer than `after` (see [`Timeout`]).
+    fn timeout(self, after: Duration) -> Timeout<Self> {
+        Timeout::new(self, after)
+    }
+
+    /// Turns a panic into a failed attempt (see [`CatchPanic`]).
+    fn catch_panic(self) -> CatchPanic<Self> {
+        CatchPanic::new(self)
+    }
+
+    /// Retries failed attempts (see [`Retry`]).
+    fn retry(self, policy: RetryPolicy) -> Retry<Self> {
+        Retry::new(self, policy)
+    }
+
+    /// Publishes messages that failed to `dlq.<subject>` (see [`DeadLetter`]).
+    fn dead_letter(self) -> DeadLetter<Self> {
+        DeadLetter::new(self)
+    }
+
+    /// Erases the type.
+    fn boxed(self) -> BoxHandler {
+        Arc::new(self)
+    }
+}
+
+impl<H: Handler> HandlerExt for H {}

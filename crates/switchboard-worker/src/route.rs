@@ -1,0 +1,231 @@
+//! A route: a pattern, an optional queue group, a concurrency limit and the
+//! handler stack messages go through.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_core::{Pattern, QueueGroup};
+
+use crate::{
+    BoxHandler, CatchPanic, DeadLetter, DeadLetterSubject, Error, Handler, HandlerExt, Retry,
+    RetryPolicy, Timeout,
+};
+
+/// The per-route concurrency limit unless set: one message at a time, in order.
+pub const DEFAULT_CONCURRENCY: usize = 1;
+/// The per-attempt time limit unless set.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+enum Stack {
+    /// The handler gets the default layers, configured by the route's settings.
+    Default {
+        retry: RetryPolicy,
+        timeout: Option<Duration>,
+        dead_letter: Option<String>,
+    },
+    /// The handler is used as given.
+    Custom,
+}
+
+/// A route of a [`Worker`](crate::Worker): messages matching `pattern` go to
+/// a handler, at most `concurrency` at a time.
+///
+/// [`Route::new`] wraps the handler in the default stack, outermost first:
+///
+/// 1. [`DeadLetter`] — publishes what finally failed to `dlq.<subject>`
+///    ([`Route::dead_letter`], [`Route::no_dead_letter`]);
+/// 2. [`Retry`] — 3 attempts, backoff from 100 ms doubling, with jitter
+///    ([`Route::attempts`], [`Route::backoff`], [`Route::retry`]);
+/// 3. [`Timeout`] — 30 s per attempt ([`Route::timeout`], [`Route::no_timeout`]);
+/// 4. [`CatchPanic`] — a panic is a failed attempt;
+/// 5. your handler.
+///
+/// [`Route::custom`] uses the handler exactly as given, to order or replace
+/// layers yourself (e.g. `h.catch_panic().timeout(d).retry(p).dead_letter()`
+/// is the default stack). Either way the router acknowledges a message whose
+/// stack returned `Ok`, nacks (or, without redelivery, reports) one that
+/// returned `Err`, and also catches panics escaping the stack.
+///
+/// Settings are checked when the worker starts ([`Error::InvalidRoute`]).
+#[derive(Clone)]
+pub struct Route {
+    pub(crate) pattern: String,
+    pub(crate) group: Option<String>,
+    pub(crate) concurrency: usize,
+    handler: BoxHandler,
+    stack: Stack,
+}
+
+impl Route {
+    /// A route to `handler` wrapped in the default stack.
+    pub fn new(pattern: impl Into<String>, handler: impl Handler) -> Self {
+        Route {
+            pattern: pattern.into(),
+            group: None,
+            concurrency: DEFAULT_CONCURRENCY,
+            handler: handler.boxed(),
+            stack: Stack::Default {
+                retry: RetryPolicy::default(),
+                timeout: Some(DEFAULT_TIMEOUT),
+                dead_letter: Some(DeadLetterSubject::DEFAULT.to_string()),
+            },
+        }
+    }
+
+    /// A route to `handler` used as given: no layer is added, and the retry,
+    /// timeout and dead-letter settings below do nothing.
+    pub fn custom(pattern: impl Into<String>, handler: impl Handler) -> Self {
+        Route {
+            stack: Stack::Custom,
+            ..Route::new(pattern, handler)
+        }
+    }
+
+    /// Subscribes as a member of queue group `group`, so that several workers share the load.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Handles up to `limit` messages at a time (at least 1). With 1 (the
+    /// default) messages are handled one after the other, in order.
+    pub fn concurrency(mut self, limit: usize) -> Self {
+        self.concurrency = limit.max(1);
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        if let Stack::Default { retry, .. } = &mut self.stack {
+            *retry = policy;
+        }
+        self
+    }
+
+    /// Sets the total number of attempts before dead-lettering (at least 1).
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        if let Stack::Default { retry, .. } = &mut self.stack {
+            *retry = retry.attempts(attempts);
+        }
+        self
+    }
+
+    /// Sets the wait before the first retry (it doubles after each).
+    pub fn backoff(mut self, initial: Duration) -> Self {
+        if let Stack::Default { retry, .. } = &mut self.stack {
+            *retry = retry.backoff(initial);
+        }
+        self
+    }
+
+    /// Sets the time limit of each attempt.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        if let Stack::Default { timeout, .. } = &mut self.stack {
+            *timeout = Some(limit);
+        }
+        self
+    }
+
+    /// Removes the time limit of attempts.
+    pub fn no_timeout(mut self) -> Self {
+        if let Stack::Default { timeout, .. } = &mut self.stack {
+            *timeout = None;
+        }
+        self
+    }
+
+    /// Sets the dead-letter subject; `{subject}` stands for the message's subject.
+    pub fn dead_letter(mut self, subject: impl Into<String>) -> Self {
+        if let Stack::Default { dead_letter, .. } = &mut self.stack {
+            *dead_letter = Some(subject.into());
+        }
+        self
+    }
+
+    /// Does not dead-letter: a message whose attempts all failed is nacked
+    /// (redelivered where the broker can) or reported.
+    pub fn no_dead_letter(mut self) -> Self {
+        if let Stack::Default { dead_letter, .. } = &mut self.stack {
+            *dead_letter = None;
+        }
+        self
+    }
+
+    /// The pattern, as given.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Checks the settings and builds the handler stack.
+    pub(crate) fn prepare(&self) -> Result<Prepared, Error> {
+        let invalid = |reason: String| Error::InvalidRoute {
+            pattern: self.pattern.clone(),
+            reason,
+        };
+        let pattern = Pattern::new(&self.pattern).map_err(|e| invalid(e.to_string()))?;
+        let group = match &self.group {
+            Some(group) => Some(QueueGroup::new(group).map_err(|e| invalid(e.to_string()))?),
+            None => None,
+        };
+        let handler = match &self.stack {
+            Stack::Custom => self.handler.clone(),
+            Stack::Default {
+                retry,
+                timeout,
+                dead_letter,
+            } => {
+                let inner = CatchPanic::new(self.handler.clone());
+                let timed: BoxHandler = match timeout {
+                    Some(limit) => Timeout::new(inner, *limit).boxed(),
+                    None => inner.boxed(),
+                };
+                let retried = Retry::new(timed, *retry);
+                match dead_letter {
+                    Some(template) => {
+                        let subject = DeadLetterSubject::new(template.clone())
+                            .map_err(|e| invalid(e.to_string()))?;
+                        DeadLetter::new(retried).to(subject).boxed()
+                    }
+                    None => retried.boxed(),
+                }
+            }
+        };
+        Ok(Prepared {
+            pattern,
+            group,
+            concurrency: self.concurrency.max(1),
+            handler,
+        })
+    }
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Route");
+        d.field("pattern", &self.pattern)
+            .field("group", &self.group)
+            .field("concurrency", &self.concurrency);
+        match &self.stack {
+            Stack::Custom => d.field("stack", &"custom"),
+            Stack::Default {
+                retry,
+                timeout,
+                dead_letter,
+            } => d
+                .field("retry", retry)
+                .field("timeout", timeout)
+                .field("dead_letter", dead_letter),
+        };
+        d.finish_non_exhaustive()
+    }
+}
+
+/// A checked route, ready to subscribe.
+pub(crate) struct Prepared {
+    pub(crate) pattern: Pattern,
+    pub(crate) group: Option<QueueGroup>,
+    pub(crate) concurrency: usize,
+    pub(crate) handler: Arc<dyn Handler>,
+}

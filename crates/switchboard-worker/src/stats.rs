@@ -1,0 +1,117 @@
+//! Counters of what the worker did, and their snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The worker's live counters (atomics), shared by the router and the layers.
+/// Read them with [`Counters::snapshot`] or [`Worker::stats`](crate::Worker::stats).
+#[derive(Debug, Default)]
+pub struct Counters {
+    received: AtomicU64,
+    handled: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    timed_out: AtomicU64,
+    panicked: AtomicU64,
+    unfinished: AtomicU64,
+}
+
+/// The counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Messages taken from the subscriptions.
+    pub received: u64,
+    /// Messages done with and acknowledged: the handler succeeded, or the message
+    /// was published to its dead-letter subject.
+    pub handled: u64,
+    /// Messages whose handling ended in an error that no layer resolved (no
+    /// dead-letter layer, or publishing the dead letter failed): nacked where
+    /// the broker can redeliver, otherwise reported in the log.
+    pub failed: u64,
+    /// Retries: attempts made after a failed one.
+    pub retried: u64,
+    /// Messages published to a dead-letter subject.
+    pub dead_lettered: u64,
+    /// Attempts cancelled by a timeout.
+    pub timed_out: u64,
+    /// Attempts that panicked.
+    pub panicked: u64,
+    /// Messages left unfinished at shutdown (nacked where the broker supports it).
+    pub unfinished: u64,
+}
+
+impl Stats {
+    /// Messages whose handler succeeded (`handled - dead_lettered`).
+    pub fn succeeded(&self) -> u64 {
+        self.handled.saturating_sub(self.dead_lettered)
+    }
+
+    /// Messages that are done, one way or the other (`handled + failed`).
+    pub fn completed(&self) -> u64 {
+        self.handled + self.failed
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} received, {} handled ({} succeeded, {} dead-lettered), {} failed, {} retried, {} timed out, {} panicked, {} unfinished",
+            self.received,
+            self.handled,
+            self.succeeded(),
+            self.dead_lettered,
+            self.failed,
+            self.retried,
+            self.timed_out,
+            self.panicked,
+            self.unfinished
+        )
+    }
+}
+
+macro_rules! incr {
+    ($($(#[$doc:meta])* $name:ident => $field:ident),* $(,)?) => {$(
+        $(#[$doc])*
+        pub fn $name(&self) {
+            self.$field.fetch_add(1, Ordering::Relaxed);
+        }
+    )*};
+}
+
+impl Counters {
+    incr! {
+        /// Counts a message taken from a subscription.
+        add_received => received,
+        /// Counts a message handled and acknowledged.
+        add_handled => handled,
+        /// Counts a message that ended in an unresolved error.
+        add_failed => failed,
+        /// Counts a retry.
+        add_retried => retried,
+        /// Counts a dead letter published.
+        add_dead_lettered => dead_lettered,
+        /// Counts a timed-out attempt.
+        add_timed_out => timed_out,
+        /// Counts a panicked attempt.
+        add_panicked => panicked,
+        /// Counts a message left unfinished at shutdown.
+        add_unfinished => unfinished,
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            received: get(&self.received),
+            handled: get(&self.handled),
+            failed: get(&self.failed),
+            retried: get(&self.retried),
+            dead_lettered: get(&self.dead_lettered),
+            timed_out: get(&self.timed_out),
+            panicked: get(&self.panicked),
+            unfinished: get(&self.unfinished),
+        }
+    }
+}

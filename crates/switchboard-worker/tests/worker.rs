@@ -1,0 +1,489 @@
+//! Worker behaviour on the in-memory broker.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use switchboard_core::{Broker, MemoryBroker, Message, Publisher, Subscriber, Subscription};
+use switchboard_worker::{
+    Context, Error, HandlerError, HandlerExt, RetryPolicy, Route, StopReason, Worker,
+    ATTEMPTS_HEADER, ERROR_HEADER, ORIGINAL_SUBJECT_HEADER,
+};
+
+const FAST: Duration = Duration::from_millis(1);
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn next(sub: &mut Subscription) -> Message {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a message in time")
+        .expect("subscription open")
+        .expect("no error")
+        .into_message()
+}
+
+#[tokio::test]
+async fn failing_then_succeeding_handler_is_retried() {
+    let broker = MemoryBroker::new();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let worker = Worker::new(broker.clone())
+        .route(
+            Route::new("jobs.>", move |ctx: Context| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(ctx.attempt());
+                    if ctx.attempt() < 3 {
+                        Err(format!("flaky failure #{}", ctx.attempt()))
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .attempts(5)
+            .backoff(FAST),
+        )
+        .max_messages(1);
+    let running = worker.start().await.unwrap();
+    broker
+        .publish(Message::new("jobs.a", "x").unwrap())
+        .await
+        .unwrap();
+    let summary = running.wait().await;
+    assert_eq!(*calls.lock().unwrap(), vec![1, 2, 3]);
+    assert_eq!(summary.reason, StopReason::MaxMessages);
+    assert_eq!(summary.stats.handled, 1);
+    assert_eq!(summary.stats.succeeded(), 1);
+    assert_eq!(summary.stats.retried, 2);
+    assert_eq!(summary.stats.dead_lettered, 0);
+    assert_eq!(summary.stats.failed, 0);
+    assert!(summary.unfinished.is_empty());
+}
+
+#[tokio::test]
+async fn always_failing_handler_is_dead_lettered_after_exactly_n_attempts() {
+    let broker = MemoryBroker::new();
+    let mut dlq = broker.subscribe(&"dlq.>".parse().unwrap()).await.unwrap();
+    let mut custom_dlq = broker
+        .subscribe(&"failed.orders".parse().unwrap())
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let (c1, c2) = (calls.clone(), calls.clone());
+    let worker = Worker::new(broker.clone())
+        .route(
+            Route::new("jobs.*", move |_ctx: Context| {
+                c1.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>("disk full\nsecond line\r\n") }
+            })
+            .attempts(4)
+            .backoff(FAST),
+        )
+        .route(
+            Route::new("orders", move |_ctx: Context| {
+                c2.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>(HandlerError::permanent("bad order")) }
+            })
+            .attempts(4)
+            .dead_letter("failed.{subject}"),
+        )
+        .max_messages(2);
+    let running = worker.start().await.unwrap();
+    let message = Message::new("jobs.resize", "payload-1")
+        .unwrap()
+        .with_header("trace-id", "abc")
+        .unwrap();
+    broker.publish(message).await.unwrap();
+    let letter = next(&mut dlq).await;
+    assert_eq!(letter.subject().as_str(), "dlq.jobs.resize");
+    assert_eq!(&letter.payload()[..], b"payload-1");
+    let headers = letter.headers();
+    assert_eq!(headers.get(ORIGINAL_SUBJECT_HEADER), Some("jobs.resize"));
+    assert_eq!(headers.get(ATTEMPTS_HEADER), Some("4"));
+    assert_eq!(headers.get(ERROR_HEADER), Some("disk full second line"));
+    assert_eq!(headers.get("trace-id"), Some("abc"));
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+
+    // A permanent error is not retried, and the subject template is used.
+    broker
+        .publish(Message::new("orders", "o").unwrap())
+        .await
+        .unwrap();
+    let letter = next(&mut custom_dlq).await;
+    assert_eq!(letter.headers().get(ATTEMPTS_HEADER), Some("1"));
+    assert_eq!(letter.headers().get(ERROR_HEADER), Some("bad order"));
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+
+    let summary = running.wait().await;
+    assert_eq!(summary.stats.handled, 2);
+    assert_eq!(summary.stats.dead_lettered, 2);
+    assert_eq!(summary.stats.retried, 3);
+    assert_eq!(summary.stats.succeeded(), 0);
+}
+
+#[tokio::test]
+async fn a_panicking_handler_does_not_stop_the_others() {
+    let broker = MemoryBroker::new();
+    let mut dlq = broker.subscribe(&"dlq.>".parse().unwrap()).await.unwrap();
+    let ok = Arc::new(AtomicUsize::new(0));
+    let ok2 = ok.clone();
+    let worker = Worker::new(broker.clone())
+        .route(
+            Route::new("boom", |_ctx: Context| async {
+                if true {
+                    panic!("handler exploded");
+                }
+                Ok::<_, HandlerError>(())
+            })
+            .attempts(2)
+            .backoff(FAST),
+        )
+        .on("fine", move |_ctx: Context| {
+            let ok = ok2.clone();
+            async move {
+                ok.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .max_messages(6);
+    let running = worker.start().await.unwrap();
+    for _ in 0..3 {
+        broker
+            .publish(Message::new("boom", "b").unwrap())
+            .await
+            .unwrap();
+        broker
+            .publish(Message::new("fine", "f").unwrap())
+            .await
+            .unwrap();
+    }
+    let summary = running.wait().await;
+    assert_eq!(ok.load(Ordering::SeqCst), 3);
+    assert_eq!(summary.stats.handled, 6);
+    assert_eq!(summary.stats.panicked, 6);
+    assert_eq!(summary.stats.dead_lettered, 3);
+    let letter = next(&mut dlq).await;
+    assert_eq!(
+        letter.headers().get(ERROR_HEADER),
+        Some("panicked: handler exploded")
+    );
+}
+
+#[tokio::test]
+async fn a_panic_escaping_a_custom_stack_is_caught_by_the_router() {
+    let broker = MemoryBroker::new();
+    let worker = Worker::new(broker.clone())
+        .route(Route::custom("boom", |_ctx: Context| async {
+            if true {
+                panic!("no layers here");
+            }
+            Ok::<_, HandlerError>(())
+        }))
+        .max_messages(2);
+    let running = worker.start().await.unwrap();
+    broker
+        .publish(Message::new("boom", "1").unwrap())
+        .await
+        .unwrap();
+    broker
+        .publish(Message::new("boom", "2").unwrap())
+        .await
+        .unwrap();
+    let summary = running.wait().await;
+    assert_eq!(summary.stats.failed, 2);
+    assert_eq!(summary.stats.handled, 0);
+}
+
+#[tokio::test]
+async fn concurrency_one_keeps_order_and_concurrency_n_runs_in_parallel() {
+    let broker = MemoryBroker::new();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let o = order.clone();
+    let (n, m) = (now.clone(), max.clone());
+    let worker = Worker::new(broker.clone())
+        .on("ordered", move |ctx: Context| {
+            let o = o.clone();
+            async move {
+                let index: u64 = ctx.payload_str().unwrap().parse().unwrap();
+                // Earlier messages take longer: any overlap would reorder.
+                tokio::time::sleep(Duration::from_millis((20 - index % 20) / 4)).await;
+                o.lock().unwrap().push(index);
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .route(
+            Route::new("parallel", move |_ctx: Context| {
+                let (n, m) = (n.clone(), m.clone());
+                async move {
+                    let current = n.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(current, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    n.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .concurrency(4),
+        )
+        .max_messages(60);
+    let running = worker.start().await.unwrap();
+    for i in 0..40u64 {
+        broker
+            .publish(Message::new("ordered", i.to_string()).unwrap())
+            .await
+            .unwrap();
+    }
+    for _ in 0..20 {
+        broker
+            .publish(Message::new("parallel", "p").unwrap())
+            .await
+            .unwrap();
+    }
+    let summary = running.wait().await;
+    assert_eq!(summary.stats.handled, 60);
+    assert_eq!(*order.lock().unwrap(), (0..40).collect::<Vec<_>>());
+    let max = max.load(Ordering::SeqCst);
+    assert!(max > 1 && max <= 4, "max concurrency was {max}");
+}
+
+#[tokio::test]
+async fn shutdown_during_a_slow_handler_lets_it_finish() {
+    let broker = MemoryBroker::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let (s, f) = (started.clone(), finished.clone());
+    let worker = Worker::new(broker.clone())
+        .on("slow", move |ctx: Context| {
+            let (s, f) = (s.clone(), f.clone());
+            async move {
+                s.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                // What a handler publishes is flushed before the worker stops.
+                ctx.publish(Message::new("slow.done", "ok")?).await?;
+                f.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .grace_period(Duration::from_secs(5));
+    let mut done = broker
+        .subscribe(&"slow.done".parse().unwrap())
+        .await
+        .unwrap();
+    let token = worker.shutdown_token();
+    let running = worker.start().await.unwrap();
+    broker
+        .publish(Message::new("slow", "1").unwrap())
+        .await
+        .unwrap();
+    wait_until("handler started", || started.load(Ordering::SeqCst) == 1).await;
+    token.cancel();
+    let summary = running.wait().await;
+    assert_eq!(summary.reason, StopReason::Shutdown);
+    assert_eq!(finished.load(Ordering::SeqCst), 1);
+    assert_eq!(summary.stats.handled, 1);
+    assert!(summary.unfinished.is_empty(), "{:?}", summary.unfinished);
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert_eq!(&next(&mut done).await.payload()[..], b"ok");
+    // The worker unsubscribed: nothing more is taken.
+    broker
+        .publish(Message::new("slow", "2").unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(started.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn handlers_past_the_grace_period_are_reported_unfinished() {
+    let broker = MemoryBroker::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    let worker = Worker::new(broker.clone())
+        .route(
+            Route::new("stuck", move |_ctx: Context| {
+                s.fetch_add(1, Ordering::SeqCst);
+                async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .no_timeout(),
+        )
+        .grace_period(Duration::from_millis(100));
+    let running = worker.start().await.unwrap();
+    for i in 0..3 {
+        broker
+            .publish(Message::new("stuck", i.to_string()).unwrap())
+            .await
+            .unwrap();
+    }
+    wait_until("handler started", || started.load(Ordering::SeqCst) == 1).await;
+    let summary = tokio::time::timeout(Duration::from_secs(5), running.shutdown())
+        .await
+        .expect("shutdown within the grace period");
+    assert_eq!(summary.stats.handled, 0);
+    assert_eq!(summary.stats.unfinished, 3);
+    assert_eq!(summary.unfinished.iter().filter(|u| u.started).count(), 1);
+    // The memory broker cannot redeliver: reported, not requeued.
+    assert!(summary.unfinished.iter().all(|u| !u.requeued));
+    assert!(summary.to_string().contains("unfinished"));
+}
+
+#[tokio::test]
+async fn a_timeout_counts_as_a_failure() {
+    let broker = MemoryBroker::new();
+    let mut dlq = broker
+        .subscribe(&"dlq.slow".parse().unwrap())
+        .await
+        .unwrap();
+    let worker = Worker::new(broker.clone())
+        .route(
+            Route::new("slow", |_ctx: Context| async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<_, HandlerError>(())
+            })
+            .timeout(Duration::from_millis(50))
+            .attempts(2)
+            .backoff(FAST),
+        )
+        .max_messages(1);
+    let running = worker.start().await.unwrap();
+    broker
+        .publish(Message::new("slow", "s").unwrap())
+        .await
+        .unwrap();
+    let letter = next(&mut dlq).await;
+    assert_eq!(letter.headers().get(ATTEMPTS_HEADER), Some("2"));
+    assert_eq!(
+        letter.headers().get(ERROR_HEADER),
+        Some("timed out after 50ms")
+    );
+    let summary = running.wait().await;
+    assert_eq!(summary.stats.timed_out, 2);
+    assert_eq!(summary.stats.dead_lettered, 1);
+}
+
+#[tokio::test]
+async fn layers_compose_in_a_custom_stack() {
+    let broker = MemoryBroker::new();
+    let mut dlq = broker.subscribe(&"dlq.c".parse().unwrap()).await.unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let handler = move |_ctx: Context| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), _>(std::io::Error::other("nope")) }
+    };
+    // Retry outside the timeout, no panic catching, dead letter last.
+    let stack = handler
+        .timeout(Duration::from_secs(1))
+        .retry(RetryPolicy::new(3).backoff(FAST).jitter(0.0))
+        .dead_letter();
+    let worker = Worker::new(broker.clone())
+        .route(Route::custom("c", stack))
+        .max_messages(1);
+    let summary = worker
+        .run_until(async {
+            broker
+                .publish(Message::new("c", "x").unwrap())
+                .await
+                .unwrap();
+            std::future::pending::<()>().await
+        })
+        .await;
+    // run_until starts before the signal future is polled, so the publish is received.
+    let summary = summary.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(summary.stats.dead_lettered, 1);
+    assert_eq!(
+        next(&mut dlq).await.headers().get(ATTEMPTS_HEADER),
+        Some("3")
+    );
+}
+
+#[tokio::test]
+async fn queue_groups_share_the_load() {
+    let broker = MemoryBroker::new();
+    let counts = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let mut runnings = Vec::new();
+    for count in &counts {
+        let count = count.clone();
+        let worker = Worker::new(broker.clone()).route(
+            Route::new("work", move |_ctx: Context| {
+                let count = count.clone();
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .group("workers"),
+        );
+        runnings.push(worker.start().await.unwrap());
+    }
+    for _ in 0..10 {
+        broker
+            .publish(Message::new("work", "w").unwrap())
+            .await
+            .unwrap();
+    }
+    let total = || {
+        counts
+            .iter()
+            .map(|c| c.load(Ordering::SeqCst))
+            .sum::<usize>()
+    };
+    wait_until("all handled", || total() == 10).await;
+    assert!(counts.iter().all(|c| c.load(Ordering::SeqCst) > 0));
+    for running in runnings {
+        running.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_routes_are_refused_at_start() {
+    let broker = MemoryBroker::new();
+    let ok = |_ctx: Context| async { Ok::<_, HandlerError>(()) };
+    assert!(matches!(
+        Worker::new(broker.clone()).start().await,
+        Err(Error::NoRoutes)
+    ));
+    for route in [
+        Route::new("alerts.>.x", ok),
+        Route::new("alerts", ok).group("two words"),
+        Route::new("alerts", ok).dead_letter("dlq..{subject}"),
+    ] {
+        let error = Worker::new(broker.clone())
+            .route(route)
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::InvalidRoute { .. }), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn the_subscription_ending_stops_the_worker() {
+    let broker = MemoryBroker::new();
+    let worker =
+        Worker::new(broker.clone()).on("x", |_ctx: Context| async { Ok::<_, HandlerError>(()) });
+    let running = worker.start().await.unwrap();
+    broker.close().await.unwrap();
+    let summary = tokio::time::timeout(
+        Duration::from_secs(5),
+        running.run_until(std::future::pending()),
+    )
+    .await
+    .expect("stops when its subscriptions end");
+    assert_eq!(summary.reason, StopReason::SubscriptionsEnded);
+}
