@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod connection;
 mod demo;
+mod format;
 mod listen;
 mod send;
 mod worker;
@@ -60,9 +62,11 @@ impl Cli {
 
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
+    // Client libraries log connection failures that switchboard already reports
+    // as one `error:` line, so they stay quiet unless asked for with -vv or RUST_LOG.
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,lapin=off,async_nats=off",
+        1 => "info,lapin=warn,async_nats=warn",
         2 => "debug",
         _ => "trace",
     };
@@ -70,6 +74,7 @@ fn init_logging(verbose: u8) {
     // Logs go to stderr so stdout stays the command's data.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -1,0 +1,109 @@
+//! Connecting to the broker named on the command line, with a deadline.
+
+use std::time::Duration;
+
+use switchboard::AnyBroker;
+
+/// How long a command waits for a broker to accept the connection. Adapters
+/// have their own connect timeout; this bounds an adapter that has none.
+pub(crate) const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
+
+/// How long a command waits for a flush or close before giving up.
+pub(crate) const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The URL `kind_or_url` stands for, password redacted: for messages to the user.
+pub(crate) fn display_url(kind_or_url: &str) -> String {
+    switchboard::redact_url(switchboard::resolve_url(kind_or_url))
+}
+
+/// Connects to `kind_or_url`, failing with one readable line after
+/// [`CONNECT_DEADLINE`] at most.
+pub(crate) async fn connect(kind_or_url: &str) -> anyhow::Result<AnyBroker> {
+    match tokio::time::timeout(CONNECT_DEADLINE, switchboard::connect(kind_or_url)).await {
+        Ok(result) => result.map_err(one_line),
+        Err(_) => anyhow::bail!(
+            "cannot connect to {}: no answer within {}s",
+            display_url(kind_or_url),
+            CONNECT_DEADLINE.as_secs()
+        ),
+    }
+}
+
+/// Warns that `memory://` does not reach other processes, for `send` and `listen`.
+pub(crate) fn warn_if_in_process(broker: &AnyBroker) {
+    if broker.kind() == switchboard::memory::MEMORY_SCHEME {
+        eprintln!(
+            "note: the memory broker only connects this process; use --broker nats, redis or amqp to reach other programs"
+        );
+    }
+}
+
+/// Flushes what `broker` was given, then closes it, each within [`SHUTDOWN_DEADLINE`].
+pub(crate) async fn flush_and_close(broker: &AnyBroker) -> anyhow::Result<()> {
+    within(broker.kind(), "flush", broker.flush()).await?;
+    close(broker).await
+}
+
+/// Closes `broker` within [`SHUTDOWN_DEADLINE`].
+pub(crate) async fn close(broker: &AnyBroker) -> anyhow::Result<()> {
+    within(broker.kind(), "close", broker.close()).await
+}
+
+async fn within(
+    kind: &str,
+    operation: &str,
+    future: impl std::future::Future<Output = switchboard::Result<()>>,
+) -> anyhow::Result<()> {
+    match tokio::time::timeout(SHUTDOWN_DEADLINE, future).await {
+        Ok(result) => result.map_err(one_line),
+        Err(_) => anyhow::bail!(
+            "{kind}: {operation} did not finish within {}s",
+            SHUTDOWN_DEADLINE.as_secs()
+        ),
+    }
+}
+
+/// `error` and its sources as one message, leaving out a source whose text the
+/// message already shows (adapters often put their client's error in the reason).
+pub(crate) fn one_line(error: switchboard::Error) -> anyhow::Error {
+    let mut line = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    anyhow::Error::msg(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn repeated_sources_are_shown_once() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused (os error 111)",
+        );
+        let error = switchboard::Error::connect(
+            "nats",
+            "nats://127.0.0.1:1",
+            "nothing answers: refused (os error 111)",
+            Some(Box::new(io)),
+        );
+        assert_eq!(
+            format!("{:#}", one_line(error)),
+            "nats: cannot connect to nats://127.0.0.1:1: nothing answers: refused (os error 111)"
+        );
+        let io = std::io::Error::other("broken pipe");
+        let error = switchboard::Error::connect("nats", "nats://h", "lost", Some(Box::new(io)));
+        assert_eq!(
+            format!("{:#}", one_line(error)),
+            "nats: cannot connect to nats://h: lost: broken pipe"
+        );
+    }
+}

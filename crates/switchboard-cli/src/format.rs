@@ -1,0 +1,180 @@
+//! How a received message is printed: one line of text or one JSON object.
+//!
+//! Text: `[SUBJECT] PAYLOAD {NAME=VALUE, ...}`, the headers part left out when
+//! there are none. Control characters (line breaks, tabs, escape sequences) in
+//! the payload and header values are shown escaped (`\n`, `\t`, `\u{1b}`), so
+//! one message is always one line and cannot drive the terminal. A payload that
+//! is not UTF-8 is shown as `<N bytes, not UTF-8, base64 ...>`.
+//!
+//! JSON: `{"subject": ..., "headers": {...}, "payload": "..."}`, or with
+//! `"payload_base64"` in place of `"payload"` when the payload is not UTF-8.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use switchboard::{Headers, Message};
+
+/// How `listen` prints each message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// `[alerts.cpu] CPU at 98% {severity=high}`: for people.
+    #[default]
+    Text,
+    /// One JSON object per line with `subject`, `headers` and `payload` (or
+    /// `payload_base64` when the payload is not UTF-8): for programs.
+    Json,
+}
+
+impl Format {
+    /// The line (without its line break) that shows `message`.
+    pub(crate) fn line(self, message: &Message) -> String {
+        match self {
+            Format::Text => text_line(message),
+            Format::Json => json_line(message),
+        }
+    }
+}
+
+/// `[SUBJECT] PAYLOAD {NAME=VALUE, ...}`.
+pub(crate) fn text_line(message: &Message) -> String {
+    let mut line = format!("[{}]", message.subject());
+    let payload = payload_text(message.payload());
+    if !payload.is_empty() {
+        line.push(' ');
+        line.push_str(&payload);
+    }
+    if !message.headers().is_empty() {
+        line.push(' ');
+        line.push_str(&headers_text(message.headers()));
+    }
+    line
+}
+
+/// One message in JSON, fields in this order.
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    subject: &'a str,
+    headers: BTreeMap<&'a str, &'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_base64: Option<String>,
+}
+
+/// `{"subject":...,"headers":{...},"payload":...}` (or `payload_base64`).
+pub(crate) fn json_line(message: &Message) -> String {
+    let text = message.payload_str();
+    let line = JsonLine {
+        subject: message.subject().as_str(),
+        headers: message.headers().iter().collect(),
+        payload: text,
+        payload_base64: match text {
+            Some(_) => None,
+            None => Some(base64::engine::general_purpose::STANDARD.encode(message.payload())),
+        },
+    };
+    // Serializing strings and a map with string keys cannot fail.
+    serde_json::to_string(&line).unwrap_or_default()
+}
+
+/// `{a=1, b=2}`, values escaped as in [`escape_controls`].
+pub(crate) fn headers_text(headers: &Headers) -> String {
+    let mut text = String::from("{");
+    for (index, (name, value)) in headers.iter().enumerate() {
+        if index > 0 {
+            text.push_str(", ");
+        }
+        let _ = write!(text, "{name}={}", escape_controls(value));
+    }
+    text.push('}');
+    text
+}
+
+/// The payload as one line of text: UTF-8 with control characters escaped, or
+/// a base64 summary when it is not UTF-8.
+pub(crate) fn payload_text(payload: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(payload) {
+        Ok(text) => escape_controls(text),
+        Err(_) => Cow::Owned(format!(
+            "<{} bytes, not UTF-8, base64 {}>",
+            payload.len(),
+            base64::engine::general_purpose::STANDARD.encode(payload)
+        )),
+    }
+}
+
+/// `text` with control characters written as `\n`, `\r`, `\t` or `\u{..}`.
+pub(crate) fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(escaped, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => escaped.push(c),
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(payload: &'static [u8], headers: &[(&str, &str)]) -> Message {
+        let mut message = Message::new("alerts.cpu", payload).unwrap();
+        for (name, value) in headers {
+            message.headers_mut().insert(*name, *value).unwrap();
+        }
+        message
+    }
+
+    #[test]
+    fn text_shows_subject_payload_and_headers() {
+        let m = message(b"CPU at 98%", &[("severity", "high"), ("host", "web-1")]);
+        assert_eq!(
+            text_line(&m),
+            "[alerts.cpu] CPU at 98% {host=web-1, severity=high}"
+        );
+        assert_eq!(text_line(&message(b"hi", &[])), "[alerts.cpu] hi");
+        assert_eq!(text_line(&message(b"", &[])), "[alerts.cpu]");
+    }
+
+    #[test]
+    fn text_is_one_line_and_escapes_controls() {
+        let m = message(b"two\nlines\t\x1b[31mred", &[("k", "a\tb")]);
+        assert_eq!(
+            text_line(&m),
+            "[alerts.cpu] two\\nlines\\t\\u{1b}[31mred {k=a\\tb}"
+        );
+        assert_eq!(
+            text_line(&message(b"\xff\x00", &[])),
+            "[alerts.cpu] <2 bytes, not UTF-8, base64 /wA=>"
+        );
+    }
+
+    #[test]
+    fn json_uses_payload_or_payload_base64() {
+        let m = message(b"CPU \"at\" 98%", &[("severity", "high")]);
+        let value: serde_json::Value = serde_json::from_str(&json_line(&m)).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"subject": "alerts.cpu", "headers": {"severity": "high"}, "payload": "CPU \"at\" 98%"})
+        );
+        let value: serde_json::Value =
+            serde_json::from_str(&json_line(&message(b"\xde\xad\xbe\xef", &[]))).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"subject": "alerts.cpu", "headers": {}, "payload_base64": "3q2+7w=="})
+        );
+        assert!(!json_line(&message(b"a\nb", &[])).contains('\n'));
+    }
+}

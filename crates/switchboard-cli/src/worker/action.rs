@@ -1,0 +1,220 @@
+//! The actions a route of `switchboard worker` runs: exec, publish, log.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use switchboard::worker::{async_trait, Context, Handler, HandlerError};
+use switchboard::{Message, Subject};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+use super::config::Action;
+
+/// The handler for `action` on the route `route` (its pattern, used as log prefix).
+pub(crate) fn handler(route: &str, action: &Action) -> Arc<dyn Handler> {
+    match action {
+        Action::Exec(argv) => Arc::new(Exec {
+            route: route.to_string(),
+            argv: argv.clone(),
+        }),
+        Action::Publish(template) => Arc::new(Forward {
+            template: template.clone(),
+        }),
+        Action::Log => Arc::new(Log),
+    }
+}
+
+/// The environment variable name for header `name`: `SWITCHBOARD_HEADER_` then
+/// the name upper-cased, anything not a letter or digit turned into `_`.
+pub(crate) fn header_env_name(name: &str) -> String {
+    let mut env = String::from("SWITCHBOARD_HEADER_");
+    env.extend(name.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        }
+    }));
+    env
+}
+
+/// Runs a command per message: the payload on stdin, `SWITCHBOARD_SUBJECT`,
+/// `SWITCHBOARD_ATTEMPT`, `SWITCHBOARD_ROUTE` and one `SWITCHBOARD_HEADER_<NAME>`
+/// per header in the environment; its output lines go to stderr prefixed
+/// with the route. A non-zero exit fails the attempt. The command runs in its
+/// own process group (so a terminal's Ctrl-C reaches only the worker, which
+/// lets it finish) and the group is killed if the attempt is cancelled.
+#[derive(Debug)]
+struct Exec {
+    route: String,
+    argv: Vec<String>,
+}
+
+/// Kills the command's process group unless it was disarmed (the command exited).
+struct KillGroup(Option<u32>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            // `kill -KILL -- -PGID` reaches the command and whatever it started.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+async fn forward_lines(route: &str, stream: impl AsyncRead + Unpin, last: &mut Option<String>) {
+    let mut lines = BufReader::new(stream).lines();
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => {
+                eprintln!("[{route}] {line}");
+                if !line.trim().is_empty() {
+                    *last = Some(line);
+                }
+            }
+            Ok(None) => break,
+            Err(error) => {
+                eprintln!("[{route}] <cannot read the command's output: {error}>");
+                break;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for Exec {
+    async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
+        let Some((program, args)) = self.argv.split_first() else {
+            return Err(HandlerError::permanent("`exec` names no command"));
+        };
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env("SWITCHBOARD_SUBJECT", ctx.subject().as_str())
+            .env("SWITCHBOARD_ATTEMPT", ctx.attempt().to_string())
+            .env("SWITCHBOARD_ROUTE", ctx.route())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (name, value) in ctx.headers() {
+            command.env(header_env_name(name), value);
+        }
+        #[cfg(unix)]
+        command.process_group(0);
+        let mut child = command
+            .spawn()
+            .map_err(|error| HandlerError::new(format!("cannot run {program:?}: {error}")))?;
+        #[cfg(unix)]
+        let mut guard = KillGroup(child.id());
+        #[cfg(not(unix))]
+        let mut guard = KillGroup(None);
+
+        let stdin = child.stdin.take();
+        let payload = ctx.payload().clone();
+        let feed = async move {
+            if let Some(mut stdin) = stdin {
+                // A command that does not read its stdin is fine: ignore a broken pipe.
+                let _ = stdin.write_all(&payload).await;
+                let _ = stdin.shutdown().await;
+            }
+        };
+        let (mut last_out, mut last_err) = (None, None);
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let out = async {
+            if let Some(stdout) = stdout {
+                forward_lines(&self.route, stdout, &mut last_out).await;
+            }
+        };
+        let err = async {
+            if let Some(stderr) = stderr {
+                forward_lines(&self.route, stderr, &mut last_err).await;
+            }
+        };
+        let ((), (), (), status) = tokio::join!(feed, out, err, child.wait());
+        let status = status.map_err(|error| {
+            HandlerError::new(format!("waiting for {program:?} failed: {error}"))
+        })?;
+        guard.0 = None;
+        if status.success() {
+            return Ok(());
+        }
+        let how = match status.code() {
+            Some(code) => format!("exited with code {code}"),
+            None => "was killed by a signal".to_string(),
+        };
+        let detail = last_err
+            .or(last_out)
+            .map(|line| format!(": {line}"))
+            .unwrap_or_default();
+        Err(HandlerError::new(format!(
+            "command {program:?} {how}{detail}"
+        )))
+    }
+}
+
+/// Publishes each message, payload and headers kept, to a subject template.
+#[derive(Debug)]
+struct Forward {
+    template: String,
+}
+
+#[async_trait]
+impl Handler for Forward {
+    async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
+        let subject = Subject::new(&self.template.replace("{subject}", ctx.subject().as_str()))
+            .map_err(HandlerError::permanent)?;
+        let message = Message::from_parts(subject, ctx.payload().clone(), ctx.headers().clone());
+        ctx.publish(message).await?;
+        // The original is acknowledged once this returns: make sure the broker has the copy.
+        ctx.broker().flush().await?;
+        Ok(())
+    }
+}
+
+/// Prints each message as one line on stdout: `[subject] payload {k=v ...}`.
+#[derive(Debug)]
+struct Log;
+
+/// The text line for a message, exactly as `switchboard listen` prints it.
+pub(crate) fn log_line(message: &Message) -> String {
+    crate::format::text_line(message)
+}
+
+#[async_trait]
+impl Handler for Log {
+    async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
+        let line = log_line(ctx.message());
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .map_err(|error| HandlerError::new(format!("cannot write to stdout: {error}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_become_env_names() {
+        assert_eq!(header_env_name("trace-id"), "SWITCHBOARD_HEADER_TRACE_ID");
+        assert_eq!(header_env_name("X.Host_1"), "SWITCHBOARD_HEADER_X_HOST_1");
+    }
+
+    #[test]
+    fn log_lines_are_one_line() {
+        let message = Message::new("alerts.cpu", "CPU\nat 98%")
+            .unwrap()
+            .with_header("host", "web-1")
+            .unwrap();
+        assert_eq!(log_line(&message), "[alerts.cpu] CPU\\nat 98% {host=web-1}");
+    }
+}

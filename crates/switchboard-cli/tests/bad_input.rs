@@ -1,0 +1,210 @@
+//! Bad input fails fast with one `error: ...` line, no panic and no hang.
+// Tests may unwrap: a failure is a test failure (helpers outside #[test] too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{assert_one_error_line, switchboard, wait_output};
+
+/// Runs `switchboard ARGS...` and checks it fails within a few seconds with
+/// exit code `code` and, for code 1, one error line containing `expected`.
+fn fails(args: &[&str], code: i32, expected: &str) {
+    let started = Instant::now();
+    let child = switchboard()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = wait_output(child, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{args:?} took {:?}",
+        started.elapsed()
+    );
+    assert!(output.stdout.is_empty(), "{args:?} printed on stdout");
+    if code == 1 {
+        assert_one_error_line(&stderr, expected);
+    } else {
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+// Input errors are found before connecting: the broker URL here is unreachable,
+// so an attempt to connect would show in the error instead.
+const UNREACHABLE: &str = "nats://127.0.0.1:1";
+
+#[test]
+fn bad_subject_is_one_line_without_connecting() {
+    fails(
+        &["--broker", UNREACHABLE, "send", "--on", "alerts..cpu", "x"],
+        1,
+        "invalid subject \"alerts..cpu\"",
+    );
+    fails(
+        &["--broker", UNREACHABLE, "send", "--on", "alerts.*", "x"],
+        1,
+        "wildcard",
+    );
+    fails(
+        &["--broker", UNREACHABLE, "send", "--on", "a b", "x"],
+        1,
+        "invalid subject",
+    );
+}
+
+#[test]
+fn bad_pattern_and_group_are_one_line_without_connecting() {
+    fails(
+        &["--broker", UNREACHABLE, "listen", "--on", "alerts.>.cpu"],
+        1,
+        "invalid pattern \"alerts.>.cpu\"",
+    );
+    fails(
+        &["--broker", UNREACHABLE, "listen", "--on", "alerts.cp*"],
+        1,
+        "invalid pattern",
+    );
+    fails(
+        &[
+            "--broker",
+            UNREACHABLE,
+            "listen",
+            "--on",
+            "a",
+            "--group",
+            "two words",
+        ],
+        1,
+        "invalid queue group",
+    );
+}
+
+#[test]
+fn bad_headers_are_one_line_without_connecting() {
+    let send = |header: &str, expected: &str| {
+        fails(
+            &[
+                "--broker",
+                UNREACHABLE,
+                "send",
+                "--on",
+                "a",
+                "-H",
+                header,
+                "x",
+            ],
+            1,
+            expected,
+        )
+    };
+    send("severity", "expected NAME=VALUE");
+    send("=high", "the name is empty");
+    send("bad name=x", "invalid --header \"bad name=x\"");
+    send("a:b=x", "visible ASCII");
+}
+
+#[test]
+fn unknown_scheme_and_bad_url() {
+    fails(
+        &["--broker", "kafka://x", "send", "--on", "a", "x"],
+        1,
+        "unsupported broker \"kafka\"",
+    );
+    fails(
+        &["--broker", "kafka://x", "listen", "--on", "a"],
+        1,
+        "this build supports",
+    );
+    fails(
+        &["--broker", "nonsense", "listen", "--on", "a"],
+        1,
+        "invalid broker URL",
+    );
+}
+
+#[test]
+fn unreachable_broker_fails_fast() {
+    fails(
+        &["--broker", UNREACHABLE, "send", "--on", "a", "x"],
+        1,
+        "127.0.0.1:1",
+    );
+    fails(
+        &["--broker", UNREACHABLE, "listen", "--on", "a"],
+        1,
+        "127.0.0.1:1",
+    );
+    fails(
+        &["--broker", "redis://127.0.0.1:1", "send", "--on", "a", "x"],
+        1,
+        "127.0.0.1:1",
+    );
+    fails(
+        &[
+            "--broker",
+            "amqp://guest:secret@127.0.0.1:1/%2f",
+            "listen",
+            "--on",
+            "a",
+        ],
+        1,
+        "127.0.0.1:1",
+    );
+}
+
+#[test]
+fn unreachable_broker_url_hides_the_password() {
+    let output = wait_output(
+        switchboard()
+            .args([
+                "--broker",
+                "amqp://guest:hunter2@127.0.0.1:1/%2f",
+                "send",
+                "--on",
+                "a",
+                "x",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(20),
+    );
+    assert!(!output.status.success());
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("hunter2"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    fails(&["send", "x"], 2, "--on");
+    fails(&["listen", "--on", "a", "--count", "0"], 2, "--count");
+    fails(&["listen", "--on", "a", "--format", "xml"], 2, "--format");
+    fails(
+        &["send", "--on", "a", "--file", "f", "message"],
+        2,
+        "cannot be used with",
+    );
+}
+
+#[test]
+fn missing_file_is_one_line_without_connecting() {
+    fails(
+        &[
+            "--broker",
+            UNREACHABLE,
+            "send",
+            "--on",
+            "a",
+            "--file",
+            "/nonexistent/switchboard-test",
+        ],
+        1,
+        "cannot read /nonexistent/switchboard-test",
+    );
+}

@@ -1,0 +1,294 @@
+//! Running the real `switchboard` binary in tests: brokers to test against
+//! (skipped when they do not answer), listeners in the background, senders.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a listener may take to say it is subscribed, or a message to arrive.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The `switchboard` binary, with no broker or log settings from the environment.
+pub fn switchboard() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command.env_remove("BROKER_URL").env_remove("RUST_LOG");
+    command
+}
+
+/// A subject prefix no other test (or test run) uses.
+pub fn unique_prefix(test: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "sbtest.{test}.p{}n{nanos}c{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The URL of broker `kind` (`nats`, `redis`, `amqp`) from `SWITCHBOARD_<KIND>_URL`,
+/// or its loopback default; `None` (after printing `skipped: ...`) when it does
+/// not answer, unless `SWITCHBOARD_REQUIRE_BROKERS=1`, which makes that a failure.
+pub fn broker_url(kind: &str, test: &str) -> Option<String> {
+    let variable = format!("SWITCHBOARD_{}_URL", kind.to_uppercase());
+    let url = std::env::var(&variable)
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| switchboard::resolve_url(kind).to_string());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answer = runtime.block_on(async {
+        match tokio::time::timeout(Duration::from_secs(10), switchboard::connect(&url)).await {
+            Ok(Ok(broker)) => {
+                let _ = broker.close().await;
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("no answer within 10s".to_string()),
+        }
+    });
+    match answer {
+        Ok(()) => Some(url),
+        Err(error) => {
+            let required = std::env::var("SWITCHBOARD_REQUIRE_BROKERS").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "{test}: {kind} at {url} is required (SWITCHBOARD_REQUIRE_BROKERS=1) but: {error}"
+            );
+            println!("skipped: {test} on {kind}: {url} does not answer: {error}");
+            None
+        }
+    }
+}
+
+/// Runs `switchboard --broker URL ARGS...` to completion, feeding it `stdin`.
+pub fn run(url: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = switchboard()
+        .arg("--broker")
+        .arg(url)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let output = wait_output(child, PATIENCE);
+    writer.join().unwrap();
+    output
+}
+
+/// Sends with `switchboard send` and checks it succeeded quietly.
+pub fn send(url: &str, args: &[&str], stdin: &[u8]) {
+    let mut full = vec!["send"];
+    full.extend_from_slice(args);
+    let output = run(url, &full, stdin);
+    assert!(
+        output.status.success(),
+        "send {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stdout.is_empty(), "send printed on stdout");
+}
+
+/// Waits for `child` to exit (killing it after `patience`) and collects its output.
+pub fn wait_output(child: Child, patience: Duration) -> Output {
+    let pid = child.id();
+    let (done, finished) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        let _ = done.send(());
+        output
+    });
+    if finished.recv_timeout(patience).is_err() {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
+        let output = waiter.join().unwrap().unwrap();
+        panic!(
+            "switchboard did not exit within {patience:?}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    waiter.join().unwrap().unwrap()
+}
+
+/// A `switchboard listen` running in the background.
+pub struct Listener {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Listener {
+    /// Starts `switchboard --broker URL listen ARGS...` and waits for its ready
+    /// line. Fails with its exit status and stderr if it exits instead.
+    pub fn start(url: &str, args: &[&str]) -> Result<Listener, (ExitStatus, String)> {
+        Self::start_reading(url, args, usize::MAX)
+    }
+
+    /// Like [`Listener::start`], but stops reading (and closes) stdout after
+    /// `lines` lines, like `| head -n LINES`.
+    pub fn start_reading(
+        url: &str,
+        args: &[&str],
+        lines: usize,
+    ) -> Result<Listener, (ExitStatus, String)> {
+        let mut child = switchboard()
+            .arg("--broker")
+            .arg(url)
+            .arg("listen")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (line_sender, line_receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            let reader = BufReader::new(stdout);
+            for line in reader.lines().take(lines) {
+                let Ok(line) = line else { break };
+                if line_sender.send(line).is_err() {
+                    break;
+                }
+            }
+            // Dropping the reader closes the pipe, as `head` does.
+        });
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let (ready_sender, ready_receiver) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let collected = Arc::clone(&stderr_text);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("listening on ") {
+                    let _ = ready_sender.send(());
+                }
+                let mut text = collected.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let started = Instant::now();
+        loop {
+            match ready_receiver.recv_timeout(Duration::from_millis(50)) {
+                Ok(()) => {
+                    return Ok(Listener {
+                        child,
+                        lines: line_receiver,
+                        stderr: stderr_text,
+                    })
+                }
+                Err(RecvTimeoutError::Disconnected) | Err(RecvTimeoutError::Timeout) => {}
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                // Let the stderr thread catch up with what the process wrote.
+                std::thread::sleep(Duration::from_millis(100));
+                let text = stderr_text.lock().unwrap().clone();
+                return Err((status, text));
+            }
+            if started.elapsed() > PATIENCE {
+                let _ = child.kill();
+                panic!(
+                    "listen {args:?} did not get ready within {PATIENCE:?}; stderr: {}",
+                    stderr_text.lock().unwrap()
+                );
+            }
+        }
+    }
+
+    /// The next line it printed on stdout, waiting at most `patience`.
+    pub fn line(&self, patience: Duration) -> Option<String> {
+        self.lines.recv_timeout(patience).ok()
+    }
+
+    /// The next `n` lines, failing the test if they do not come in time.
+    pub fn lines(&self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                self.line(PATIENCE).unwrap_or_else(|| {
+                    panic!(
+                        "line {} of {n} did not arrive; stderr: {}",
+                        i + 1,
+                        self.stderr()
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends signal `name` (`INT`, `TERM`) with the `kill` command.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for it to exit; returns its status and complete stderr.
+    pub fn wait(mut self, patience: Duration) -> (ExitStatus, String) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return (status, self.stderr());
+            }
+            if started.elapsed() > patience {
+                let _ = self.child.kill();
+                panic!(
+                    "listen did not exit within {patience:?}; stderr: {}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Checks that a failed run printed exactly one `error: ...` line and no panic.
+pub fn assert_one_error_line(stderr: &str, expected: &str) {
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(!stderr.contains("backtrace"), "backtrace: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(
+        lines[0].starts_with("error: "),
+        "not an error line: {stderr}"
+    );
+    assert!(
+        lines[0].contains(expected),
+        "expected {expected:?} in: {stderr}"
+    );
+}

@@ -1,0 +1,471 @@
+//! `switchboard worker` end to end: the real binary on the real NATS server
+//! (`SWITCHBOARD_NATS_URL`, default `nats://127.0.0.1:4222`). Tests needing
+//! NATS print `skipped: ...` when it does not answer, unless
+//! `SWITCHBOARD_REQUIRE_BROKERS=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use switchboard::{AnyBroker, Message, Subscription};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+fn nats_url() -> String {
+    std::env::var("SWITCHBOARD_NATS_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".to_string())
+}
+
+/// The NATS broker, or `None` (after printing why) when it does not answer.
+async fn nats_or_skip(test: &str) -> Option<AnyBroker> {
+    let url = nats_url();
+    match switchboard::connect(&url).await {
+        Ok(broker) => Some(broker),
+        Err(error) => {
+            if std::env::var("SWITCHBOARD_REQUIRE_BROKERS").as_deref() == Ok("1") {
+                panic!("{test}: NATS at {url} is required: {error}");
+            }
+            println!("skipped: {test}: NATS at {url} does not answer: {error}");
+            None
+        }
+    }
+}
+
+/// A name unique to this run, for subjects and files.
+fn unique(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("wt{}x{nanos}x{tag}", std::process::id())
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `switchboard worker`, killed on drop.
+struct WorkerProcess {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl WorkerProcess {
+    /// Starts the worker and waits for its `worker ready` line.
+    fn start(url: &str, config: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["--broker", url, "worker", "--config"])
+            .arg(config)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (sender, lines) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let all = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                all.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = sender.send(line);
+            }
+        });
+        let mut out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut out, &mut text);
+            text
+        });
+        let process = WorkerProcess {
+            child,
+            stderr,
+            lines,
+            stdout: Some(stdout),
+        };
+        process.wait_line("worker ready");
+        process
+    }
+
+    fn wait_line(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => continue,
+                Err(_) => panic!(
+                    "no {needle:?} line from the worker; stderr:\n{}",
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the process to exit; returns its status, stdout and stderr.
+    fn wait(mut self, limit: Duration) -> (ExitStatus, String, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "the worker did not exit in time; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = self.stdout.take().unwrap().join().unwrap();
+        // Let the stderr thread read the last lines.
+        std::thread::sleep(Duration::from_millis(50));
+        (status, stdout, self.stderr())
+    }
+
+    fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn publish(broker: &AnyBroker, message: Message) {
+    broker.publish(message).await.unwrap();
+    broker.flush().await.unwrap();
+}
+
+async fn next(subscription: &mut Subscription) -> Message {
+    tokio::time::timeout(Duration::from_secs(20), subscription.next())
+        .await
+        .expect("a message in time")
+        .expect("subscription open")
+        .expect("no error")
+        .into_message()
+}
+
+fn wait_for_file(path: &Path, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if text.contains(what) {
+                return text;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never contained {what:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_runs_the_command_with_payload_and_environment() {
+    let Some(broker) = nats_or_skip("exec_runs_the_command_with_payload_and_environment").await
+    else {
+        return;
+    };
+    let prefix = unique("exec");
+    let dir = TempDir::new("exec");
+    let out = dir.path("out.txt");
+    let config = dir.write(
+        "reactions.toml",
+        &format!(
+            r#"
+[[route]]
+on = "{prefix}.alerts.>"
+exec = ["sh", "-c", "{{ echo \"subject=$SWITCHBOARD_SUBJECT attempt=$SWITCHBOARD_ATTEMPT host=$SWITCHBOARD_HEADER_HOST trace=$SWITCHBOARD_HEADER_TRACE_ID\"; cat; echo; echo said hello >&2; }} >> {out}"]
+"#,
+            out = out.display()
+        ),
+    );
+    let worker = WorkerProcess::start(&nats_url(), &config, &["--count", "2"]);
+    for (index, host) in ["web-1", "web-2"].iter().enumerate() {
+        let message = Message::new(format!("{prefix}.alerts.cpu"), format!("CPU at 9{index}%"))
+            .unwrap()
+            .with_header("host", *host)
+            .unwrap()
+            .with_header("trace-id", "t-42")
+            .unwrap();
+        publish(&broker, message).await;
+    }
+    let (status, _stdout, stderr) = worker.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "subject={prefix}.alerts.cpu attempt=1 host=web-1 trace=t-42\nCPU at 90%\n\
+             subject={prefix}.alerts.cpu attempt=1 host=web-2 trace=t-42\nCPU at 91%\n"
+        )
+    );
+    // The command's output goes to the worker's stderr with the route as prefix.
+    assert!(
+        stderr.contains(&format!("[{prefix}.alerts.>] said hello")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 handled"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_command_is_dead_lettered_after_n_attempts() {
+    let Some(broker) = nats_or_skip("a_failing_command_is_dead_lettered_after_n_attempts").await
+    else {
+        return;
+    };
+    let prefix = unique("dlq");
+    let dir = TempDir::new("dlq");
+    let tries = dir.path("tries.txt");
+    let config = dir.write(
+        "reactions.toml",
+        &format!(
+            r#"
+[[route]]
+on = "{prefix}.jobs.*"
+attempts = 3
+backoff = "10ms"
+dead_letter = "{prefix}.dead.{{subject}}"
+exec = ["sh", "-c", "echo try $SWITCHBOARD_ATTEMPT >> {tries}; echo disk full >&2; exit 3"]
+"#,
+            tries = tries.display()
+        ),
+    );
+    let mut dead = broker
+        .subscribe(&format!("{prefix}.dead.>").parse().unwrap())
+        .await
+        .unwrap();
+    let worker = WorkerProcess::start(&nats_url(), &config, &["--count", "1"]);
+    let message = Message::new(format!("{prefix}.jobs.resize"), "img-7")
+        .unwrap()
+        .with_header("trace-id", "t-1")
+        .unwrap();
+    publish(&broker, message).await;
+    let letter = next(&mut dead).await;
+    let (status, _stdout, stderr) = worker.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+    assert_eq!(
+        letter.subject().as_str(),
+        format!("{prefix}.dead.{prefix}.jobs.resize")
+    );
+    assert_eq!(&letter.payload()[..], b"img-7");
+    let headers = letter.headers();
+    let original = format!("{prefix}.jobs.resize");
+    assert_eq!(
+        headers.get("switchboard-original-subject"),
+        Some(original.as_str())
+    );
+    assert_eq!(headers.get("switchboard-attempts"), Some("3"));
+    assert_eq!(
+        headers.get("switchboard-error"),
+        Some("command \"sh\" exited with code 3: disk full")
+    );
+    assert_eq!(headers.get("trace-id"), Some("t-1"));
+    assert_eq!(
+        std::fs::read_to_string(&tries).unwrap(),
+        "try 1\ntry 2\ntry 3\n"
+    );
+    assert!(stderr.contains("1 dead-lettered"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn count_exits_zero_after_log_and_publish_actions() {
+    let Some(broker) = nats_or_skip("count_exits_zero_after_log_and_publish_actions").await else {
+        return;
+    };
+    let prefix = unique("count");
+    let dir = TempDir::new("count");
+    let config = dir.write(
+        "reactions.toml",
+        &format!(
+            r#"
+[[route]]
+on = "{prefix}.log.>"
+log = true
+
+[[route]]
+on = "{prefix}.fwd.*"
+publish = "{prefix}.audit.{{subject}}"
+"#
+        ),
+    );
+    let mut audit = broker
+        .subscribe(&format!("{prefix}.audit.>").parse().unwrap())
+        .await
+        .unwrap();
+    let worker = WorkerProcess::start(&nats_url(), &config, &["--count", "2"]);
+    let logged = Message::new(format!("{prefix}.log.cpu"), "CPU at 98%")
+        .unwrap()
+        .with_header("host", "web-1")
+        .unwrap();
+    publish(&broker, logged).await;
+    let forwarded = Message::new(format!("{prefix}.fwd.x"), "forward me")
+        .unwrap()
+        .with_header("k", "v")
+        .unwrap();
+    publish(&broker, forwarded).await;
+    let copy = next(&mut audit).await;
+    assert_eq!(
+        copy.subject().as_str(),
+        format!("{prefix}.audit.{prefix}.fwd.x")
+    );
+    assert_eq!(&copy.payload()[..], b"forward me");
+    assert_eq!(copy.headers().get("k"), Some("v"));
+    let (status, stdout, stderr) = worker.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+    assert_eq!(
+        stdout,
+        format!("[{prefix}.log.cpu] CPU at 98% {{host=web-1}}\n")
+    );
+    assert!(
+        stderr.contains("worker ready: 2 routes on nats://"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_during_a_slow_command_lets_it_finish() {
+    let Some(broker) = nats_or_skip("sigint_during_a_slow_command_lets_it_finish").await else {
+        return;
+    };
+    let prefix = unique("sigint");
+    let dir = TempDir::new("sigint");
+    let (mark, out) = (dir.path("started"), dir.path("out.txt"));
+    let config = dir.write(
+        "reactions.toml",
+        &format!(
+            r#"
+[[route]]
+on = "{prefix}.slow"
+exec = ["sh", "-c", "echo started > {mark}; sleep 1; cat >> {out}"]
+"#,
+            mark = mark.display(),
+            out = out.display()
+        ),
+    );
+    let worker = WorkerProcess::start(&nats_url(), &config, &[]);
+    publish(
+        &broker,
+        Message::new(format!("{prefix}.slow"), "finished anyway").unwrap(),
+    )
+    .await;
+    wait_for_file(&mark, "started");
+    worker.interrupt();
+    let (status, _stdout, stderr) = worker.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "finished anyway");
+    assert!(stderr.contains("worker stopped"), "{stderr}");
+    assert!(stderr.contains("1 handled"), "{stderr}");
+    assert!(stderr.contains("0 unfinished"), "{stderr}");
+}
+
+#[test]
+fn bad_configs_are_refused_with_file_and_line() {
+    let dir = TempDir::new("bad");
+    let cases = [
+        (
+            "[[route]]\non = \"a\"\nlog = true\nfoo = 1\n",
+            4,
+            "unknown field `foo`",
+        ),
+        (
+            "[[route]]\non = \"a.>.b\"\nlog = true\n",
+            2,
+            "invalid pattern",
+        ),
+        ("# reactions\n[[route]]\non = \"a\"\n", 2, "has no action"),
+        (
+            "[[route]]\non = \"a\"\nlog = true\nexec = [\"sh\"]\n",
+            1,
+            "several actions",
+        ),
+        ("[[route]]\non = \"a\"\nexec = []\n", 3, "`exec` is empty"),
+        (
+            "[[route]]\non = \"a\"\nlog = true\nbackoff = \"soon\"\n",
+            4,
+            "bad duration",
+        ),
+    ];
+    for (index, (text, line, what)) in cases.into_iter().enumerate() {
+        let path = dir.write(&format!("bad{index}.toml"), text);
+        let output = Command::new(BIN)
+            .args(["--broker", "memory://", "worker", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{text:?} was accepted");
+        let expected = format!("error: {}:{line}: ", path.display());
+        assert!(stderr.starts_with(&expected), "{text:?}: {stderr}");
+        assert!(stderr.contains(what), "{text:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+    let missing = dir.path("missing.toml");
+    let output = Command::new(BIN)
+        .args(["--broker", "memory://", "worker", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read the worker config"));
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/reactions.toml");
+    let output = Command::new(BIN)
+        .args(["--broker", "memory://", "worker", "--check", "--config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

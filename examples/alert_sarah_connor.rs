@@ -1,0 +1,69 @@
+//! The reaction side of the seed article: whenever a robot is reported on
+//! `some_event` or `alerts.>`, alert Sarah Connor — declared with the worker's
+//! `on(pattern, handler)`, the article's `@On('some_event')`. Failed reactions
+//! are retried with backoff, then dead-lettered to `dlq.<subject>`; Ctrl-C lets
+//! the reaction in progress finish, unsubscribes and closes the connection
+//! before exiting, printing what was done.
+//!
+//! The broker comes from `BROKER_URL`, so the same program runs on every broker:
+//!
+//! ```text
+//! BROKER_URL=nats://127.0.0.1:4222 cargo run --example alert_sarah_connor
+//! # in another terminal:
+//! BROKER_URL=nats://127.0.0.1:4222 cargo run --example send_alert
+//! # or with the command line:
+//! switchboard --broker nats send --on alerts.robot --header severity=high "bad robot detected"
+//! ```
+//!
+//! An alert whose payload contains `unreachable` fails, to show retries and
+//! the dead letter (`switchboard listen --on 'dlq.>'` shows it arrive).
+
+use std::time::Duration;
+
+use switchboard::worker::{Context, HandlerError, Route, Worker};
+
+/// The reaction: what happens when an alert arrives.
+async fn alert_sarah_connor(ctx: Context) -> Result<(), HandlerError> {
+    let text = ctx.payload_str().unwrap_or("<binary alert>");
+    let severity = ctx.headers().get("severity").unwrap_or("unknown");
+    if text.contains("unreachable") {
+        return Err(HandlerError::new(format!(
+            "Sarah Connor cannot be reached (attempt {})",
+            ctx.attempt()
+        )));
+    }
+    println!(
+        "[{}] {text} (severity {severity}) -> alerting Sarah Connor!",
+        ctx.subject()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let broker = switchboard::from_env().await?;
+    let worker = Worker::new(broker.clone())
+        .on("some_event", alert_sarah_connor)
+        .route(
+            Route::new("alerts.>", alert_sarah_connor)
+                .concurrency(4)
+                .attempts(3)
+                .backoff(Duration::from_millis(200))
+                .timeout(Duration::from_secs(5)),
+        )
+        .grace_period(Duration::from_secs(10));
+    let running = worker.start().await?;
+    println!(
+        "waiting for incoming messages on 'some_event' and 'alerts.>' via {} (Ctrl-C to stop)",
+        switchboard::redact_url(&switchboard::url_from_env())
+    );
+    let summary = running
+        .run_until(async {
+            let _ = tokio::signal::ctrl_c().await;
+            println!("caught Ctrl-C, cleaning after ourselves...");
+        })
+        .await;
+    println!("{summary}");
+    broker.close().await?;
+    Ok(())
+}

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Exchange messages between the `switchboard` CLI and plain clients written in Python.
+
+Usage: plain_clients.py BROKER SWITCHBOARD_BINARY
+BROKER is nats, redis or amqp; URLs come from SWITCHBOARD_<BROKER>_URL with loopback
+defaults. Both directions are checked byte for byte, and headers as the broker's own
+headers where it has them (NATS, AMQP). Exits 0 and prints "N passed, 0 failed" on
+success; prints what differed and exits 1 otherwise.
+"""
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+BROKER = sys.argv[1]
+BINARY = sys.argv[2]
+URLS = {
+    "nats": os.environ.get("SWITCHBOARD_NATS_URL", "nats://127.0.0.1:4222"),
+    "redis": os.environ.get("SWITCHBOARD_REDIS_URL", "redis://127.0.0.1:6379"),
+    "amqp": os.environ.get("SWITCHBOARD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+}
+URL = URLS[BROKER]
+PREFIX = "interop." + uuid.uuid4().hex[:12]
+# Bytes a shell argument can carry: UTF-8 with a tab, quotes and a non-ASCII letter.
+TEXT = "CPU at 98% \t \"quoted\" héllo ✓"
+failures = []
+passed = 0
+
+
+def check(name, ok, detail=""):
+    global passed
+    if ok:
+        passed += 1
+        print(f"ok   {BROKER}: {name}")
+    else:
+        failures.append(name)
+        print(f"FAIL {BROKER}: {name}: {detail}")
+
+
+def sb(*args, **kw):
+    return subprocess.run([BINARY, "--broker", URL, *args], capture_output=True, timeout=30, **kw)
+
+
+def start_listener(pattern, count):
+    """Starts `switchboard listen` and returns it once it said it is subscribed."""
+    proc = subprocess.Popen(
+        [BINARY, "--broker", URL, "listen", "--on", pattern, "--count", str(count), "--format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    ready = threading.Event()
+    lines = []
+
+    def watch():
+        for line in proc.stderr:
+            lines.append(line.decode(errors="replace"))
+            if b"listening" in line:
+                ready.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    if not ready.wait(20):
+        proc.kill()
+        raise SystemExit(f"switchboard listen did not get ready: {''.join(lines)}")
+    return proc
+
+
+def listener_output(proc):
+    out, _ = proc.communicate(timeout=20)
+    return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- NATS
+async def nats_main():
+    import nats
+
+    nc = await nats.connect(URL)
+    # switchboard send -> plain subscriber
+    subject = f"{PREFIX}.to_plain"
+    sub = await nc.subscribe(subject)
+    await nc.flush()
+    r = sb("send", "--on", subject, "--header", "severity=high", "--header", "Trace-Id=abc 1", TEXT)
+    check("send exits 0", r.returncode == 0, r.stderr.decode())
+    msg = await sub.next_msg(timeout=5)
+    check("payload byte-for-byte to plain client", msg.data == TEXT.encode(), repr(msg.data))
+    hdrs = msg.headers or {}
+    check("headers arrive as NATS headers", hdrs.get("severity") == "high" and hdrs.get("Trace-Id") == "abc 1", repr(hdrs))
+    r = sb("send", "--on", subject, "plain")
+    msg = await sub.next_msg(timeout=5)
+    check("no headers -> plain PUB", msg.data == b"plain" and not msg.headers, repr((msg.data, msg.headers)))
+
+    # plain publisher -> switchboard listen
+    listener = start_listener(f"{PREFIX}.from_plain.>", 2)
+    binary = bytes(range(256))
+    await nc.publish(f"{PREFIX}.from_plain.a", binary, headers={"k": "v", "Mixed-Case": "Yes"})
+    await nc.publish(f"{PREFIX}.from_plain.b.c", TEXT.encode())
+    await nc.flush()
+    got = await asyncio.get_running_loop().run_in_executor(None, listener_output, listener)
+    check("listen got both", len(got) == 2, repr(got))
+    if len(got) == 2:
+        import base64
+        check("binary payload arrives exactly (base64 in JSON)", base64.b64decode(got[0].get("payload_base64", "")) == binary, repr(got[0]))
+        check("NATS headers arrive as headers", got[0].get("headers") == {"k": "v", "Mixed-Case": "Yes"}, repr(got[0]))
+        check("text payload arrives exactly", got[1].get("payload") == TEXT and got[1].get("subject") == f"{PREFIX}.from_plain.b.c", repr(got[1]))
+    await nc.close()
+
+
+# ---------------------------------------------------------------- Redis
+def redis_main():
+    import redis
+
+    client = redis.Redis.from_url(URL)
+    subject = f"{PREFIX}.to_plain"
+    ps = client.pubsub()
+    ps.subscribe(subject)
+    ps.get_message(timeout=5)  # subscribe confirmation
+    r = sb("send", "--on", subject, TEXT)
+    check("send exits 0", r.returncode == 0, r.stderr.decode())
+    msg = None
+    deadline = time.time() + 5
+    while msg is None and time.time() < deadline:
+        msg = ps.get_message(timeout=1)
+    check("no headers -> exactly the bytes sent", msg is not None and msg["data"] == TEXT.encode(), repr(msg))
+
+    listener = start_listener(f"{PREFIX}.from_plain.>", 2)
+    binary = bytes(range(256))
+    client.publish(f"{PREFIX}.from_plain.a", binary)
+    client.publish(f"{PREFIX}.from_plain.b", b"hi")
+    got = listener_output(listener)
+    check("listen got both", len(got) == 2, repr(got))
+    if len(got) == 2:
+        import base64
+        check("plain binary payload arrives exactly", base64.b64decode(got[0].get("payload_base64", "")) == binary, repr(got[0]))
+        check("plain 'hi' arrives as 'hi' without headers", got[1].get("payload") == "hi" and not got[1].get("headers"), repr(got[1]))
+
+
+# ---------------------------------------------------------------- AMQP
+def amqp_main():
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(URL))
+    ch = conn.channel()
+    q = ch.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
+    subject = f"{PREFIX}.to_plain"
+    ch.queue_bind(queue=q, exchange="amq.topic", routing_key=subject)
+    r = sb("send", "--on", subject, "--header", "severity=high", TEXT)
+    check("send exits 0", r.returncode == 0, r.stderr.decode())
+    body = None
+    deadline = time.time() + 5
+    while body is None and time.time() < deadline:
+        method, props, body = ch.basic_get(queue=q, auto_ack=True)
+        if body is None:
+            time.sleep(0.05)
+    check("payload byte-for-byte to plain client", body == TEXT.encode(), repr(body))
+    headers = (props.headers or {}) if body is not None else {}
+    value = headers.get("severity")
+    if isinstance(value, bytes):
+        value = value.decode()
+    check("headers arrive as AMQP headers", value == "high", repr(headers))
+
+    listener = start_listener(f"{PREFIX}.from_plain.>", 2)
+    binary = bytes(range(256))
+    ch.basic_publish("amq.topic", f"{PREFIX}.from_plain.a", binary, pika.BasicProperties(headers={"k": "v"}))
+    ch.basic_publish("amq.topic", f"{PREFIX}.from_plain.b", b"hi")
+    got = listener_output(listener)
+    check("listen got both", len(got) == 2, repr(got))
+    if len(got) == 2:
+        import base64
+        check("plain binary payload arrives exactly", base64.b64decode(got[0].get("payload_base64", "")) == binary, repr(got[0]))
+        check("AMQP headers arrive as headers", got[0].get("headers") == {"k": "v"}, repr(got[0]))
+        check("plain 'hi' arrives as 'hi'", got[1].get("payload") == "hi", repr(got[1]))
+    conn.close()
+
+
+if BROKER == "nats":
+    asyncio.run(nats_main())
+elif BROKER == "redis":
+    redis_main()
+elif BROKER == "amqp":
+    amqp_main()
+else:
+    raise SystemExit(f"unknown broker {BROKER}")
+
+print(f"{passed} passed, {len(failures)} failed")
+sys.exit(1 if failures else 0)

@@ -1,0 +1,190 @@
+//! The worker's key behaviours on every real broker, through `switchboard::connect`:
+//! a failing-then-succeeding handler is retried and succeeds; an always-failing
+//! one is dead-lettered with the right headers after exactly N attempts.
+//!
+//! URLs come from `SWITCHBOARD_NATS_URL`, `SWITCHBOARD_REDIS_URL` and
+//! `SWITCHBOARD_AMQP_URL` (local defaults otherwise). A broker that does not
+//! answer is skipped with a printed `skipped: ...`, unless
+//! `SWITCHBOARD_REQUIRE_BROKERS=1`. The in-memory broker always runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use switchboard::worker::{
+    Context, HandlerError, Route, StopReason, Worker, ATTEMPTS_HEADER, ERROR_HEADER,
+    ORIGINAL_SUBJECT_HEADER,
+};
+use switchboard::{AnyBroker, Message};
+
+async fn broker_or_skip(kind: &str, env: &str, default: &str, test: &str) -> Option<AnyBroker> {
+    let url = std::env::var(env)
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| default.to_string());
+    match tokio::time::timeout(Duration::from_secs(10), switchboard::connect(&url)).await {
+        Ok(Ok(broker)) => Some(broker),
+        outcome => {
+            let why = match outcome {
+                Ok(Err(error)) => error.to_string(),
+                _ => "connecting timed out".to_string(),
+            };
+            if std::env::var("SWITCHBOARD_REQUIRE_BROKERS").as_deref() == Ok("1") {
+                panic!("{test}: {kind} is required ({env}): {why}");
+            }
+            println!("skipped: {test} on {kind}: {why}");
+            None
+        }
+    }
+}
+
+fn unique(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("wb{}x{nanos}x{tag}", std::process::id())
+}
+
+async fn retry_then_success(broker: AnyBroker) {
+    let prefix = unique("retry");
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let seen = attempts.clone();
+    let worker = Worker::new(broker.clone())
+        .route(
+            Route::new(format!("{prefix}.jobs.*"), move |ctx: Context| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(ctx.attempt());
+                    if ctx.attempt() < 3 {
+                        return Err(HandlerError::new("not yet"));
+                    }
+                    assert_eq!(ctx.payload_str(), Some("work"));
+                    Ok(())
+                }
+            })
+            .attempts(4)
+            .backoff(Duration::from_millis(10)),
+        )
+        .max_messages(1);
+    let running = worker.start().await.unwrap();
+    broker
+        .publish(Message::new(format!("{prefix}.jobs.a"), "work").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(30), running.wait())
+        .await
+        .expect("the worker finishes");
+    assert_eq!(summary.reason, StopReason::MaxMessages);
+    assert_eq!(*attempts.lock().unwrap(), vec![1, 2, 3]);
+    assert_eq!(summary.stats.handled, 1);
+    assert_eq!(summary.stats.retried, 2);
+    assert_eq!(summary.stats.dead_lettered, 0);
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    broker.close().await.unwrap();
+}
+
+async fn dead_letter_after_n_attempts(broker: AnyBroker) {
+    let prefix = unique("dlq");
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let mut dead = broker
+        .subscribe(&format!("{prefix}.dead.>").parse().unwrap())
+        .await
+        .unwrap();
+    let worker = Worker::new(broker.clone())
+        .route(
+            Route::new(format!("{prefix}.jobs.*"), move |_ctx: Context| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>("backend down:\nconnection refused") }
+            })
+            .attempts(3)
+            .backoff(Duration::from_millis(10))
+            .dead_letter(format!("{prefix}.dead.{{subject}}")),
+        )
+        .max_messages(1);
+    let running = worker.start().await.unwrap();
+    let message = Message::new(format!("{prefix}.jobs.resize"), "img-7")
+        .unwrap()
+        .with_header("trace-id", "t-1")
+        .unwrap();
+    broker.publish(message).await.unwrap();
+    broker.flush().await.unwrap();
+    let letter = tokio::time::timeout(Duration::from_secs(30), dead.next())
+        .await
+        .expect("a dead letter in time")
+        .expect("subscription open")
+        .expect("no error");
+    let summary = tokio::time::timeout(Duration::from_secs(30), running.wait())
+        .await
+        .expect("the worker finishes");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let original = format!("{prefix}.jobs.resize");
+    assert_eq!(
+        letter.subject().as_str(),
+        format!("{prefix}.dead.{original}")
+    );
+    assert_eq!(&letter.payload()[..], b"img-7");
+    let headers = letter.headers();
+    assert_eq!(
+        headers.get(ORIGINAL_SUBJECT_HEADER),
+        Some(original.as_str())
+    );
+    assert_eq!(headers.get(ATTEMPTS_HEADER), Some("3"));
+    assert_eq!(
+        headers.get(ERROR_HEADER),
+        Some("backend down: connection refused")
+    );
+    assert_eq!(headers.get("trace-id"), Some("t-1"));
+    assert_eq!(summary.stats.handled, 1);
+    assert_eq!(summary.stats.dead_lettered, 1);
+    assert_eq!(summary.stats.retried, 2);
+    broker.close().await.unwrap();
+}
+
+macro_rules! on_broker {
+    ($module:ident, $kind:literal, $env:literal, $default:literal) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn retry_then_success() {
+                let test = concat!(stringify!($module), "::retry_then_success");
+                if let Some(broker) = broker_or_skip($kind, $env, $default, test).await {
+                    super::retry_then_success(broker).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn dead_letter_after_n_attempts() {
+                let test = concat!(stringify!($module), "::dead_letter_after_n_attempts");
+                if let Some(broker) = broker_or_skip($kind, $env, $default, test).await {
+                    super::dead_letter_after_n_attempts(broker).await;
+                }
+            }
+        }
+    };
+}
+
+on_broker!(memory, "memory", "SWITCHBOARD_MEMORY_URL", "memory://");
+on_broker!(
+    nats,
+    "nats",
+    "SWITCHBOARD_NATS_URL",
+    "nats://127.0.0.1:4222"
+);
+on_broker!(
+    redis,
+    "redis",
+    "SWITCHBOARD_REDIS_URL",
+    "redis://127.0.0.1:6379"
+);
+on_broker!(
+    amqp,
+    "amqp",
+    "SWITCHBOARD_AMQP_URL",
+    "amqp://guest:guest@127.0.0.1:5672/%2f"
+);
