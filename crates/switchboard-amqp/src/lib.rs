@@ -1,6 +1,158 @@
-//! placeholder
-use switchboard_core::*;
-/// placeholder
-pub async fn connect(url: &str) -> Result<MemoryBroker> {
-    Err(Error::unsupported("amqp", url.to_string()))
+//! The AMQP 0-9-1 (RabbitMQ) adapter for switchboard, on [lapin].
+//!
+//! ```no_run
+//! # #[tokio::main]
+//! # async fn main() -> switchboard_core::Result<()> {
+//! use futures::StreamExt;
+//! use switchboard_core::{Message, Publisher, Subscriber};
+//! let broker = switchboard_amqp::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+//! let mut alerts = broker.subscribe(&"alerts.>".parse()?).await?;
+//! broker.publish(Message::new("alerts.cpu", "CPU at 98%")?).await?;
+//! broker.flush().await?; // the broker confirmed it
+//! let mut delivery = alerts.next().await.expect("a delivery")?;
+//! delivery.ack().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # URLs
+//!
+//! `amqp://user:password@host:port/vhost?param=value&...`, or `amqps://` for
+//! TLS (port 5671 by default, 5672 for `amqp://`). The user and password
+//! default to `guest`; percent-encode special characters. The vhost is the one
+//! path segment, percent-encoded: `/%2f` is the vhost `/`, and so are an
+//! empty path and `/` alone (a vhost named `""` cannot be reached).
+//!
+//! | parameter | meaning | default |
+//! |---|---|---|
+//! | `exchange` | the topic exchange published to and bound to; another name is declared (durable, topic) if missing; other `amq.*` names are refused | `amq.topic` |
+//! | `prefetch` | unacknowledged deliveries one subscription holds (`basic.qos`); 0 = unlimited | 256 |
+//! | `connection_timeout` | ms allowed for connecting, reconnecting, declaring a subscription | 5000 |
+//! | `confirm_window` | publishes that may await their confirm before `publish` waits | 256 |
+//! | `connection_name` | the name RabbitMQ shows for the connection | `switchboard` |
+//! | `max_payload` | the largest payload `publish` accepts (the server's `max_message_size`) | 134217728 |
+//! | `heartbeat`, `frame_max`, `channel_max`, `auth_mechanism` | passed to the AMQP handshake (lapin) | server's |
+//!
+//! Any other parameter is an error naming it. [`AmqpOptions`] with
+//! [`AmqpBroker::connect_with`] sets the same from code; the URL wins.
+//!
+//! Connecting fails within the connect timeout with one
+//! [`Error::Connect`](switchboard_core::Error::Connect) line naming the URL
+//! (password redacted) and what to fix: a refused or silent port, a wrong user
+//! or password, an unknown vhost or one the user may not use, an exchange that
+//! does not exist or is not a topic exchange.
+//!
+//! # Wire mapping
+//!
+//! - A subject is the routing key, unchanged; the payload is the body,
+//!   byte-for-byte.
+//! - Headers are the AMQP message headers (`basic.properties.headers`), each
+//!   value a long string, so any AMQP client sees them as such; a message
+//!   without headers carries no header table. Received headers that are not
+//!   strings are converted: integers, floats, decimals, timestamps and
+//!   booleans become their text (`42`, `0.05`, `true`); arrays, tables, byte
+//!   arrays, void and non-UTF-8 strings are skipped, as are names or values
+//!   switchboard's [`Headers`](switchboard_core::Headers) cannot hold.
+//!   Other AMQP properties (content type, message id, ...) are not used.
+//! - A pattern is the binding key: literal tokens and `*` as they are, a
+//!   trailing `>` as `*.#` (one or more tokens; `#` alone would also match the
+//!   bare prefix). Every delivery is checked against
+//!   [`Pattern::matches`](switchboard_core::Pattern::matches) as well (a
+//!   literal `#` token would be a wildcard to AMQP); one that does not match
+//!   is acknowledged and skipped.
+//!
+//! # Subscriptions and queue groups
+//!
+//! A fan-out subscription consumes its own exclusive, auto-delete,
+//! server-named queue on its own channel. A queue group's members consume one
+//! shared queue, `switchboard.group.<group>@<exchange>`, declared non-durable,
+//! non-exclusive and auto-delete: it exists while the group has members and
+//! the server spreads its messages over them (round-robin, bounded by the
+//! prefetch). Members of a group should use the same pattern: the shared
+//! queue gets every member's binding. `subscribe` resolves once the server
+//! confirmed the declare, bind and consume, so a message published afterwards
+//! is received.
+//!
+//! There is no persistence: a message published while no queue is bound is
+//! dropped by the exchange (it is not an error: publishes are not
+//! `mandatory`), and queues go away with their subscribers.
+//!
+//! # Acknowledgement
+//!
+//! Deliveries are consumed with manual acknowledgement and a prefetch limit.
+//! [`Delivery::ack`](switchboard_core::Delivery::ack) is `basic.ack`,
+//! `nack` is `basic.nack` with requeue (the message comes again, with
+//! `redelivered()` true), `reject` is `basic.nack` without requeue (dropped,
+//! or dead-lettered if the queue is so configured). **A delivery dropped
+//! without `ack`, `nack` or `reject` is acknowledged**, so a subscriber that
+//! only reads never stalls on a full prefetch window; call `nack` to have a
+//! message again. Deliveries not yet settled when the subscription's channel
+//! closes (subscription closed, connection lost) are redelivered by the server.
+//!
+//! # Publishing and confirms
+//!
+//! Publisher confirms are on. `publish` hands the message to lapin's I/O loop
+//! and does not wait for its confirm; up to `confirm_window` confirms are
+//! outstanding, and when the window is full `publish` waits for the oldest.
+//! [`flush`](switchboard_core::Publisher::flush) returns once every earlier
+//! publish is confirmed, and fails naming the messages the broker nacked or
+//! that a lost connection left unconfirmed (they may or may not have arrived).
+//!
+//! # Lost connections
+//!
+//! Each subscription whose channel or connection is lost yields one
+//! [`Error::Disconnected`](switchboard_core::Error::Disconnected) item, then
+//! reconnects with backoff (100 ms doubling to 5 s) and declares its queue,
+//! binding and consumer again; the stream goes on. Messages published while it
+//! was away are missed (its queue was deleted with the connection). A
+//! `publish` that finds the connection lost reconnects (once, within the
+//! connect timeout) before failing with
+//! [`Error::Publish`](switchboard_core::Error::Publish).
+//!
+//! `close` flushes, then closes the connection (which cancels every consumer
+//! and requeues what was not acknowledged); every subscription's stream ends.
+//! Publishing afterwards fails with `Error::Closed`; closing twice is fine.
+//!
+//! # Capabilities
+//!
+//! Queue groups, native headers, native wildcards (binding keys, plus the
+//! pattern check), ack and redelivery, order per publisher: yes. Persistence:
+//! no. Largest payload: 128 MiB, RabbitMQ's default `max_message_size`
+//! (`max_payload` if the server is configured otherwise).
+//!
+//! [lapin]: https://docs.rs/lapin
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, unreachable_pub)]
+
+mod broker;
+mod config;
+mod subscription;
+mod wire;
+
+pub use broker::AmqpBroker;
+pub use config::{
+    AmqpOptions, DEFAULT_CONFIRM_WINDOW, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EXCHANGE,
+    DEFAULT_MAX_PAYLOAD, DEFAULT_PREFETCH, QUERY_PARAMS,
+};
+pub use subscription::GROUP_QUEUE_PREFIX;
+
+use switchboard_core::Result;
+
+/// The broker kind this adapter reports.
+pub const BROKER: &str = "amqp";
+
+/// The URL schemes this adapter connects to.
+pub const SCHEMES: &[&str] = &["amqp", "amqps"];
+
+/// Connects to the AMQP broker at `url` with the default [`AmqpOptions`]
+/// (the URL's query parameters applied). See the [crate docs](crate).
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> switchboard_core::Result<()> {
+/// let broker = switchboard_amqp::connect("amqp://guest:guest@127.0.0.1:5672/%2f?exchange=events").await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect(url: &str) -> Result<AmqpBroker> {
+    AmqpBroker::connect_with(url, AmqpOptions::default()).await
 }

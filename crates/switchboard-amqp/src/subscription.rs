@@ -1,0 +1,404 @@
+//! Subscriptions: a queue bound to the exchange, a consumer on its own channel,
+//! re-declared after a lost connection.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Acker, Channel, Consumer};
+use switchboard_core::{
+    async_trait, Acknowledge, Bytes, Delivery, Error, Message, Pattern, QueueGroup, Result,
+    Subject, Subscription,
+};
+use tokio::sync::watch;
+
+use crate::broker::{amqp_error, Inner};
+use crate::{wire, BROKER};
+
+/// The prefix of a queue group's queue name: `switchboard.group.<group>@<exchange>`.
+pub const GROUP_QUEUE_PREFIX: &str = "switchboard.group.";
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What to declare, bind and consume, again after every reconnect.
+struct Topology {
+    pattern: Pattern,
+    binding: ShortString,
+    /// The shared queue of a group; `None` for a server-named exclusive queue.
+    group_queue: Option<ShortString>,
+}
+
+/// The channel a subscription currently consumes on, for an explicit close.
+type Current = Arc<Mutex<Option<Channel>>>;
+
+fn set_current(current: &Current, channel: Option<Channel>) {
+    let mut guard = match current.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    *guard = channel;
+}
+
+pub(crate) async fn subscribe(
+    inner: Arc<Inner>,
+    pattern: Pattern,
+    group: Option<QueueGroup>,
+) -> Result<Subscription> {
+    if inner.is_closed() {
+        return Err(Error::Closed { broker: BROKER });
+    }
+    let binding = wire::binding_key(&pattern)?;
+    let group_queue = match &group {
+        None => None,
+        Some(group) => Some(
+            ShortString::try_new(format!(
+                "{GROUP_QUEUE_PREFIX}{group}@{}",
+                inner.config.options.exchange
+            ))
+            .map_err(|_| Error::InvalidGroup {
+                group: group.to_string(),
+                reason: "with the exchange name, the AMQP queue name would be longer than 255 bytes; use a shorter group name".to_string(),
+            })?,
+        ),
+    };
+    let topology = Topology {
+        pattern: pattern.clone(),
+        binding,
+        group_queue,
+    };
+    let current: Current = Arc::default();
+    let consumer = declare(&inner, &topology, &current)
+        .await
+        .map_err(|error| match error {
+            Error::Closed { .. } | Error::Subscribe { .. } => error,
+            error => Error::Subscribe {
+                broker: BROKER,
+                pattern: pattern.to_string(),
+                reason: error.to_string(),
+                source: Some(Box::new(error)),
+            },
+        })?;
+    let state = State {
+        closed: inner.closed_signal(),
+        inner,
+        topology,
+        consumer: Some(consumer),
+        current: current.clone(),
+        backoff: BACKOFF_START,
+    };
+    let stream = futures::stream::unfold(state, |mut state| async move {
+        let item = state.next_item().await?;
+        Some((item, state))
+    });
+    Ok(
+        Subscription::new(pattern, group, stream).with_close(move || {
+            Box::pin(async move {
+                let channel = {
+                    let mut guard = match current.lock() {
+                        Ok(g) => g,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    guard.take()
+                };
+                if let Some(channel) = channel {
+                    if channel.status().connected() {
+                        // Closing the channel cancels the consumer; the server
+                        // requeues what was delivered and not acknowledged.
+                        if let Err(error) = channel.close(200, "OK".into()).await {
+                            tracing::debug!(%error, "closing a subscription's AMQP channel");
+                        }
+                    }
+                }
+                Ok(())
+            })
+        }),
+    )
+}
+
+/// Opens a channel, sets the prefetch, declares and binds the queue and starts
+/// consuming; resolves once the server confirmed each step.
+async fn declare(inner: &Inner, topology: &Topology, current: &Current) -> Result<Consumer> {
+    let timeout = inner.config.options.connect_timeout;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let session = inner.session().await?;
+        let steps = async {
+            let channel = session.connection.create_channel().await?;
+            channel
+                .basic_qos(inner.config.options.prefetch, BasicQosOptions::default())
+                .await?;
+            let queue = match &topology.group_queue {
+                None => {
+                    let options = QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..Default::default()
+                    };
+                    channel
+                        .queue_declare("".into(), options, FieldTable::default())
+                        .await?
+                        .name()
+                        .clone()
+                }
+                Some(name) => {
+                    let options = QueueDeclareOptions {
+                        auto_delete: true,
+                        ..Default::default()
+                    };
+                    channel
+                        .queue_declare(name.clone(), options, FieldTable::default())
+                        .await?;
+                    name.clone()
+                }
+            };
+            channel
+                .queue_bind(
+                    queue.clone(),
+                    inner.exchange.clone(),
+                    topology.binding.clone(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    queue,
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>((channel, consumer))
+        };
+        let error = match tokio::time::timeout(timeout, steps).await {
+            Ok(Ok((channel, consumer))) => {
+                set_current(current, Some(channel));
+                return Ok(consumer);
+            }
+            Ok(Err(error)) => error,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    broker: BROKER,
+                    operation: format!(
+                        "declaring and binding the queue for {:?}",
+                        topology.pattern.as_str()
+                    ),
+                    after: timeout,
+                })
+            }
+        };
+        // A group's auto-delete queue can vanish between declare and consume
+        // when its last other member leaves at that moment: declare again.
+        let vanished = matches!(
+            amqp_error(&error),
+            Some(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+        );
+        if vanished && attempt < 3 {
+            continue;
+        }
+        let reason = match amqp_error(&error) {
+            Some(AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)) => format!(
+                "user `{}` may not declare, bind or consume the queue: {error}; grant configure/read permissions on the vhost",
+                inner.config.uri.authority.userinfo.username
+            ),
+            Some(AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)) => format!(
+                "the queue is exclusive to another connection: {error}"
+            ),
+            Some(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) => format!(
+                "a queue of the same name exists with other settings (switchboard declares group queues non-durable and auto-delete): {error}"
+            ),
+            _ => error.to_string(),
+        };
+        return Err(Error::Subscribe {
+            broker: BROKER,
+            pattern: topology.pattern.to_string(),
+            reason,
+            source: Some(Box::new(error)),
+        });
+    }
+}
+
+struct State {
+    inner: Arc<Inner>,
+    topology: Topology,
+    consumer: Option<Consumer>,
+    current: Current,
+    closed: watch::Receiver<bool>,
+    backoff: Duration,
+}
+
+impl State {
+    async fn next_item(&mut self) -> Option<Result<Delivery>> {
+        loop {
+            if self.inner.is_closed() {
+                return None;
+            }
+            let Some(consumer) = self.consumer.as_mut() else {
+                self.resubscribe().await?;
+                continue;
+            };
+            let reason = match consumer.next().await {
+                Some(Ok(delivery)) => {
+                    if let Some(delivery) = self.convert(delivery) {
+                        return Some(Ok(delivery));
+                    }
+                    continue;
+                }
+                Some(Err(error)) => error.to_string(),
+                None => "the broker cancelled the consumer (was the queue deleted?)".to_string(),
+            };
+            self.consumer = None;
+            set_current(&self.current, None);
+            if self.inner.is_closed() {
+                return None;
+            }
+            tracing::warn!(pattern = %self.topology.pattern, %reason, "AMQP subscription lost, resubscribing");
+            return Some(Err(Error::Disconnected {
+                broker: BROKER,
+                reason: format!(
+                    "{reason}; resubscribing to {:?} (messages published meanwhile may be missed)",
+                    self.topology.pattern.as_str()
+                ),
+            }));
+        }
+    }
+
+    /// Declares the topology again, with backoff; `None` once the broker is closed.
+    async fn resubscribe(&mut self) -> Option<()> {
+        loop {
+            match declare(&self.inner, &self.topology, &self.current).await {
+                Ok(consumer) => {
+                    tracing::info!(pattern = %self.topology.pattern, "AMQP subscription restored");
+                    self.consumer = Some(consumer);
+                    self.backoff = BACKOFF_START;
+                    return Some(());
+                }
+                Err(Error::Closed { .. }) => return None,
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?self.backoff, "AMQP resubscribe failed");
+                }
+            }
+            let sleep = tokio::time::sleep(self.backoff);
+            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.closed.wait_for(|closed| *closed) => return None,
+            }
+        }
+    }
+
+    /// A delivery for the user, or `None` (acknowledged and skipped) when its
+    /// routing key does not match the pattern.
+    fn convert(&self, delivery: lapin::message::Delivery) -> Option<Delivery> {
+        let lapin::message::Delivery {
+            routing_key,
+            redelivered,
+            properties,
+            data,
+            acker,
+            ..
+        } = delivery;
+        let subject = match Subject::new(routing_key.as_str()) {
+            Ok(subject) if self.topology.pattern.matches(subject.as_str()) => subject,
+            _ => {
+                tracing::trace!(
+                    routing_key = routing_key.as_str(),
+                    "skipping a delivery the pattern does not match"
+                );
+                let _ = acker.ack(BasicAckOptions::default()).now_or_never();
+                return None;
+            }
+        };
+        let headers = wire::from_field_table(properties.headers().as_ref());
+        let message = Message::from_parts(subject, Bytes::from(data), headers);
+        let acker = AmqpAcker {
+            acker: Some(acker),
+            subject: message.subject().clone(),
+        };
+        Some(Delivery::with_acker(message, Box::new(acker), redelivered))
+    }
+}
+
+/// Acknowledges one delivery on its channel. Dropped unused, it acknowledges.
+struct AmqpAcker {
+    acker: Option<Acker>,
+    subject: Subject,
+}
+
+impl fmt::Debug for AmqpAcker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpAcker")
+            .field("subject", &self.subject)
+            .field("pending", &self.acker.is_some())
+            .finish()
+    }
+}
+
+impl AmqpAcker {
+    fn error(&self, action: &'static str, reason: String) -> Error {
+        Error::Ack {
+            broker: BROKER,
+            action,
+            subject: self.subject.to_string(),
+            reason,
+        }
+    }
+
+    fn settled(&self, action: &'static str, result: lapin::Result<bool>) -> Result<()> {
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.error(
+                action,
+                "the subscription's channel closed first; the broker redelivers the message"
+                    .to_string(),
+            )),
+            Err(error) => Err(self.error(action, error.to_string())),
+        }
+    }
+}
+
+#[async_trait]
+impl Acknowledge for AmqpAcker {
+    async fn ack(mut self: Box<Self>) -> Result<()> {
+        match self.acker.take() {
+            Some(acker) => {
+                let result = acker.ack(BasicAckOptions::default()).await;
+                self.settled("ack", result)
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn nack(mut self: Box<Self>, requeue: bool) -> Result<()> {
+        match self.acker.take() {
+            Some(acker) => {
+                let options = BasicNackOptions {
+                    requeue,
+                    multiple: false,
+                };
+                let result = acker.nack(options).await;
+                self.settled("nack", result)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AmqpAcker {
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            // The first poll hands the ack to lapin's I/O loop; nobody needs to
+            // wait for it to be written.
+            let _ = acker.ack(BasicAckOptions::default()).now_or_never();
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The wire mapping: subjects to routing keys, patterns to binding keys,
+//! headers to AMQP field tables and back.
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use switchboard_core::{Error, Headers, Pattern, Token};
+
+use crate::BROKER;
+
+/// The binding key for `pattern`: literals and `*` as they are, a trailing `>`
+/// as `*.#` (one or more tokens: `#` alone would also match zero).
+pub(crate) fn binding_key(pattern: &Pattern) -> Result<ShortString, Error> {
+    let key = pattern
+        .tokens()
+        .iter()
+        .map(|token| match token {
+            Token::Literal(literal) => literal.as_str(),
+            Token::Any => "*",
+            Token::Rest => "*.#",
+        })
+        .collect::<Vec<_>>()
+        .join(".");
+    ShortString::try_new(key).map_err(|_| Error::Subscribe {
+        broker: BROKER,
+        pattern: pattern.to_string(),
+        reason: "the AMQP binding key (a trailing `>` becomes `*.#`) is longer than 255 bytes; use a shorter pattern".to_string(),
+        source: None,
+    })
+}
+
+/// Headers as an AMQP field table of long strings; `None` when there are none.
+pub(crate) fn to_field_table(headers: &Headers) -> Option<FieldTable> {
+    if headers.is_empty() {
+        return None;
+    }
+    let mut table = FieldTable::default();
+    for (name, value) in headers {
+        // Header names are at most 255 bytes (core validates), so this cannot fail.
+        if let Ok(name) = ShortString::try_new(name) {
+            table.insert(name, AMQPValue::LongString(LongString::from(value)));
+        }
+    }
+    Some(table)
+}
+
+/// An AMQP field value as header text: strings as they are, numbers, booleans,
+/// decimals and timestamps as their decimal text; `None` (the header is
+/// skipped) for arrays, tables, byte arrays, void and non-UTF-8 strings.
+pub(crate) fn value_text(value: &AMQPValue) -> Option<String> {
+    Some(match value {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.to_string(),
+        AMQPValue::ShortString(s) => s.as_str().to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        AMQPValue::Float(n) => n.to_string(),
+        AMQPValue::Double(n) => n.to_string(),
+        AMQPValue::DecimalValue(d) => decimal_text(d.value, d.scale),
+        AMQPValue::FieldArray(_)
+        | AMQPValue::FieldTable(_)
+        | AMQPValue::ByteArray(_)
+        | AMQPValue::Void => return None,
+    })
+}
+
+fn decimal_text(value: u32, scale: u8) -> String {
+    let digits = value.to_string();
+    let scale = usize::from(scale);
+    if scale == 0 {
+        return digits;
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{int}.{frac}")
+}
+
+/// Headers from an AMQP field table (see [`value_text`]); a name or value
+/// switchboard's [`Headers`] cannot hold is skipped.
+pub(crate) fn from_field_table(table: Option<&FieldTable>) -> Headers {
+    let mut headers = Headers::new();
+    let Some(table) = table else {
+        return headers;
+    };
+    for (name, value) in table.inner() {
+        match value_text(value) {
+            Some(text) => {
+                if let Err(error) = headers.insert(name.as_str(), text) {
+                    tracing::debug!(%error, "skipping an AMQP header switchboard headers cannot hold");
+                }
+            }
+            None => tracing::debug!(
+                header = name.as_str(),
+                "skipping an AMQP header whose value is not text, a number or a boolean"
+            ),
+        }
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{DecimalValue, FieldArray};
+
+    #[test]
+    fn binding_keys() {
+        let key = |p: &str| binding_key(&p.parse().unwrap()).unwrap().to_string();
+        assert_eq!(key("a.b"), "a.b");
+        assert_eq!(key("a.*.c"), "a.*.c");
+        assert_eq!(key("a.>"), "a.*.#");
+        assert_eq!(key(">"), "*.#");
+        assert_eq!(key("*.x.>"), "*.x.*.#");
+    }
+
+    #[test]
+    fn headers_round_trip_and_foreign_values() {
+        let headers: Headers = vec![("trace-id", "abc"), ("Case", "Ünïcode: ok")]
+            .try_into()
+            .unwrap();
+        let table = to_field_table(&headers).unwrap();
+        assert_eq!(
+            table.inner().get("trace-id"),
+            Some(&AMQPValue::LongString("abc".into()))
+        );
+        assert_eq!(from_field_table(Some(&table)), headers);
+        assert!(to_field_table(&Headers::new()).is_none());
+
+        let mut foreign = FieldTable::default();
+        foreign.insert("n".into(), AMQPValue::LongInt(-42));
+        foreign.insert("b".into(), AMQPValue::Boolean(true));
+        foreign.insert(
+            "d".into(),
+            AMQPValue::DecimalValue(DecimalValue { scale: 2, value: 5 }),
+        );
+        foreign.insert("s".into(), AMQPValue::ShortString("x".into()));
+        foreign.insert("arr".into(), AMQPValue::FieldArray(FieldArray::default()));
+        foreign.insert("bad name".into(), AMQPValue::LongString("x".into()));
+        foreign.insert("nl".into(), AMQPValue::LongString("a\nb".into()));
+        let h = from_field_table(Some(&foreign));
+        assert_eq!(h.get("n"), Some("-42"));
+        assert_eq!(h.get("b"), Some("true"));
+        assert_eq!(h.get("d"), Some("0.05"));
+        assert_eq!(h.get("s"), Some("x"));
+        assert_eq!(h.len(), 4);
+    }
+}

@@ -1,0 +1,669 @@
+//! Adapter-specific tests against a real RabbitMQ (`SWITCHBOARD_AMQP_URL`,
+//! default `amqp://guest:guest@127.0.0.1:5672/%2f`). Without a broker they
+//! print `skipped: ...` and pass, unless `SWITCHBOARD_REQUIRE_BROKERS=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use switchboard_amqp::AmqpBroker;
+use switchboard_core::{Broker, Error, Message, Publisher, Subscriber, Subscription};
+
+const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn url() -> String {
+    std::env::var("SWITCHBOARD_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_string())
+}
+
+fn with_params(url: &str, params: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{params}")
+}
+
+/// A subject prefix no other run shares.
+fn prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("t{}x{}", std::process::id(), nanos % 1_000_000_000_000)
+}
+
+/// Connects, or says why the test is skipped (fails instead when brokers are required).
+async fn broker_at(url: &str) -> Option<AmqpBroker> {
+    match switchboard_amqp::connect(url).await {
+        Ok(broker) => Some(broker),
+        Err(error) => {
+            if std::env::var("SWITCHBOARD_REQUIRE_BROKERS").as_deref() == Ok("1") {
+                panic!("RabbitMQ required but unavailable: {error}");
+            }
+            println!("skipped: RabbitMQ not available ({error})");
+            None
+        }
+    }
+}
+
+macro_rules! broker_or_skip {
+    () => {
+        broker_or_skip!(&url())
+    };
+    ($url:expr) => {
+        match broker_at($url).await {
+            Some(broker) => broker,
+            None => return,
+        }
+    };
+}
+
+async fn raw_connection() -> Connection {
+    Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .unwrap()
+}
+
+async fn next(sub: &mut Subscription) -> switchboard_core::Delivery {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the stream goes on")
+        .expect("a delivery, not an error")
+}
+
+async fn nothing_more(sub: &mut Subscription) {
+    if let Ok(item) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+        panic!("expected nothing more, got {item:?}");
+    }
+}
+
+#[tokio::test]
+async fn raw_publish_with_headers_arrives_as_headers_and_exact_bytes() {
+    let broker = broker_or_skip!();
+    let p = prefix();
+    let mut sub = broker
+        .subscribe(&format!("{p}.raw.>").parse().unwrap())
+        .await
+        .unwrap();
+
+    let raw = raw_connection().await;
+    let channel = raw.create_channel().await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert("trace-id".into(), AMQPValue::LongString("abc-123".into()));
+    headers.insert("count".into(), AMQPValue::LongInt(7));
+    headers.insert("urgent".into(), AMQPValue::Boolean(true));
+    headers.insert(
+        "nested".into(),
+        AMQPValue::FieldTable(FieldTable::default()),
+    );
+    let body: Vec<u8> = vec![0, 159, 146, 150, 255, b'\n', 0];
+    channel
+        .basic_publish(
+            "amq.topic".into(),
+            format!("{p}.raw.x").into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap();
+
+    let delivery = next(&mut sub).await;
+    assert_eq!(delivery.subject().as_str(), format!("{p}.raw.x"));
+    assert_eq!(&delivery.payload()[..], &body[..]);
+    assert_eq!(delivery.headers().get("trace-id"), Some("abc-123"));
+    assert_eq!(delivery.headers().get("count"), Some("7"));
+    assert_eq!(delivery.headers().get("urgent"), Some("true"));
+    assert!(!delivery.headers().contains("nested"));
+    assert!(delivery.is_acknowledgeable());
+    assert!(!delivery.redelivered());
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn switchboard_publish_is_plain_amqp_to_a_raw_consumer() {
+    let broker = broker_or_skip!();
+    let p = prefix();
+    let raw = raw_connection().await;
+    let channel = raw.create_channel().await.unwrap();
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            "amq.topic".into(),
+            format!("{p}.sb.*").into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let body: Vec<u8> = (0..=255u8).collect();
+    let with_headers = Message::new(format!("{p}.sb.one"), body.clone())
+        .unwrap()
+        .with_header("trace-id", "xyz")
+        .unwrap()
+        .with_header("Case-Kept", "Ünïcode ok")
+        .unwrap();
+    broker.publish(with_headers).await.unwrap();
+    broker
+        .publish(Message::new(format!("{p}.sb.two"), "plain").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+
+    let first = tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.routing_key.as_str(), format!("{p}.sb.one"));
+    assert_eq!(first.data, body);
+    let table = first.properties.headers().clone().expect("a header table");
+    assert_eq!(
+        table.inner().get("trace-id"),
+        Some(&AMQPValue::LongString(LongString::from("xyz")))
+    );
+    assert_eq!(
+        table.inner().get("Case-Kept"),
+        Some(&AMQPValue::LongString(LongString::from("Ünïcode ok")))
+    );
+    assert_eq!(table.inner().len(), 2);
+    first.ack(BasicAckOptions::default()).await.unwrap();
+
+    let second = tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.data, b"plain");
+    assert!(second
+        .properties
+        .headers()
+        .as_ref()
+        .is_none_or(|t| t.inner().is_empty()));
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn tail_wildcard_needs_a_token_and_literal_hash_is_literal() {
+    let broker = broker_or_skip!();
+    let p = prefix();
+    let mut tail = broker
+        .subscribe(&format!("{p}.a.>").parse().unwrap())
+        .await
+        .unwrap();
+    let mut one = broker
+        .subscribe(&format!("{p}.a.*").parse().unwrap())
+        .await
+        .unwrap();
+    // `#` is a literal token to switchboard but a wildcard to AMQP.
+    let mut hash = broker
+        .subscribe(&format!("{p}.#").parse().unwrap())
+        .await
+        .unwrap();
+    for subject in ["a", "a.b", "a.b.c", "#"] {
+        broker
+            .publish(Message::new(format!("{p}.{subject}"), subject).unwrap())
+            .await
+            .unwrap();
+    }
+    broker.flush().await.unwrap();
+    assert_eq!(next(&mut tail).await.subject().as_str(), format!("{p}.a.b"));
+    assert_eq!(
+        next(&mut tail).await.subject().as_str(),
+        format!("{p}.a.b.c")
+    );
+    assert_eq!(next(&mut one).await.subject().as_str(), format!("{p}.a.b"));
+    assert_eq!(next(&mut hash).await.subject().as_str(), format!("{p}.#"));
+    nothing_more(&mut tail).await;
+    nothing_more(&mut one).await;
+    nothing_more(&mut hash).await;
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn nack_redelivers_and_reject_drops() {
+    let broker = broker_or_skip!();
+    let p = prefix();
+    let mut sub = broker
+        .subscribe(&format!("{p}.n").parse().unwrap())
+        .await
+        .unwrap();
+    broker
+        .publish(Message::new(format!("{p}.n"), "again").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    let mut first = next(&mut sub).await;
+    assert!(!first.redelivered());
+    first.nack().await.unwrap();
+    let mut second = next(&mut sub).await;
+    assert_eq!(second.payload_str(), Some("again"));
+    assert!(second.redelivered());
+    second.reject().await.unwrap();
+    nothing_more(&mut sub).await;
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dropped_delivery_is_acknowledged() {
+    let broker = broker_or_skip!();
+    let p = prefix();
+    let pattern = format!("{p}.d").parse().unwrap();
+    let group = format!("{p}-g").parse().unwrap();
+    let mut first = broker.subscribe_group(&pattern, &group).await.unwrap();
+    broker
+        .publish(Message::new(format!("{p}.d"), "once").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    drop(next(&mut first).await);
+    // An unacknowledged message would move to the remaining member when the first leaves.
+    let mut second = broker.subscribe_group(&pattern, &group).await.unwrap();
+    first.close().await.unwrap();
+    nothing_more(&mut second).await;
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn queue_group_members_share_and_fan_out_still_gets_all() {
+    let broker = broker_or_skip!();
+    let p = prefix();
+    let pattern = format!("{p}.q.*").parse().unwrap();
+    let group = "workers".parse().unwrap();
+    let mut a = broker.subscribe_group(&pattern, &group).await.unwrap();
+    let mut b = broker.subscribe_group(&pattern, &group).await.unwrap();
+    let mut all = broker.subscribe(&pattern).await.unwrap();
+    for i in 0..20 {
+        broker
+            .publish(Message::new(format!("{p}.q.{i}"), "w").unwrap())
+            .await
+            .unwrap();
+    }
+    broker.flush().await.unwrap();
+    for _ in 0..20 {
+        next(&mut all).await;
+    }
+    let (mut got_a, mut got_b) = (0, 0);
+    while got_a + got_b < 20 {
+        tokio::select! {
+            Some(d) = a.next() => { d.unwrap(); got_a += 1; }
+            Some(d) = b.next() => { d.unwrap(); got_b += 1; }
+            _ = tokio::time::sleep(WAIT) => panic!("only {got_a}+{got_b} of 20"),
+        }
+    }
+    assert!(got_a > 0 && got_b > 0, "{got_a} / {got_b}");
+    nothing_more(&mut a).await;
+    nothing_more(&mut b).await;
+    broker.close().await.unwrap();
+}
+
+fn rabbitmqctl(args: &[&str]) -> Option<String> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Closes, from the server side, the connections whose client-provided name is `name`.
+fn kill_connection(name: &str) -> bool {
+    let Some(listing) = rabbitmqctl(&["list_connections", "pid", "client_properties"]) else {
+        return false;
+    };
+    let pids: Vec<String> = listing
+        .lines()
+        .filter(|line| line.contains(&format!("\"{name}\"")))
+        .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+        .collect();
+    !pids.is_empty()
+        && pids
+            .iter()
+            .all(|pid| rabbitmqctl(&["close_connection", pid, "switchboard test"]).is_some())
+}
+
+#[tokio::test]
+async fn lost_connection_is_reported_and_recovered() {
+    let name = format!("switchboard-test-{}", prefix());
+    let broker = broker_or_skip!(&with_params(&url(), &format!("connection_name={name}")));
+    if rabbitmqctl(&["status"]).is_none() {
+        println!("skipped: rabbitmqctl cannot reach the broker to close connections");
+        return;
+    }
+    let p = prefix();
+    let mut sub = broker
+        .subscribe(&format!("{p}.r.>").parse().unwrap())
+        .await
+        .unwrap();
+    let mut group = broker
+        .subscribe_group(&format!("{p}.r.>").parse().unwrap(), &"rg".parse().unwrap())
+        .await
+        .unwrap();
+    broker
+        .publish(Message::new(format!("{p}.r.before"), "1").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    assert_eq!(next(&mut sub).await.payload_str(), Some("1"));
+    assert_eq!(next(&mut group).await.payload_str(), Some("1"));
+
+    assert!(kill_connection(&name), "found and closed connection {name}");
+
+    for s in [&mut sub, &mut group] {
+        let item = tokio::time::timeout(WAIT, s.next()).await.unwrap().unwrap();
+        match item {
+            Err(Error::Disconnected { reason, .. }) => println!("reported: {reason}"),
+            other => panic!("expected Disconnected, got {other:?}"),
+        }
+    }
+    // The publish reconnects; the subscriptions resubscribe on the next poll.
+    // Publish until both are back (their re-declaration races the first publishes).
+    let deadline = Instant::now() + WAIT;
+    let (mut sub_ok, mut group_ok) = (false, false);
+    let mut n = 0;
+    while !(sub_ok && group_ok) {
+        assert!(
+            Instant::now() < deadline,
+            "resubscribed in time: {sub_ok} {group_ok}"
+        );
+        n += 1;
+        broker
+            .publish(Message::new(format!("{p}.r.after"), n.to_string()).unwrap())
+            .await
+            .unwrap();
+        broker.flush().await.unwrap();
+        tokio::select! {
+            Some(d) = sub.next(), if !sub_ok => { d.unwrap(); sub_ok = true; }
+            Some(d) = group.next(), if !group_ok => { d.unwrap(); group_ok = true; }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    broker.close().await.unwrap();
+}
+
+async fn connect_error(url: &str) -> Option<String> {
+    let started = Instant::now();
+    let result = switchboard_amqp::connect(url).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "bounded by the connect timeout: {:?}",
+        started.elapsed()
+    );
+    match result {
+        Ok(_) => panic!("connecting to {url} should fail"),
+        Err(error) => {
+            let text = error.to_string();
+            println!("{text}");
+            assert!(!text.contains('\n'), "one line: {text}");
+            assert!(text.contains("amqp"), "names the broker: {text}");
+            Some(text)
+        }
+    }
+}
+
+fn broker_available_with(url: &str) -> Option<(String, String)> {
+    let parsed = url::Url::parse(url).ok()?;
+    Some((
+        parsed.host_str()?.to_string(),
+        parsed.port().unwrap_or(5672).to_string(),
+    ))
+}
+
+#[tokio::test]
+async fn bad_input_gives_one_clear_line() {
+    let broker = broker_or_skip!();
+    broker.close().await.unwrap();
+    let Some((host, port)) = broker_available_with(&url()) else {
+        return;
+    };
+
+    let text = connect_error(&format!("amqp://guest:wrong-secret@{host}:{port}/%2f"))
+        .await
+        .unwrap();
+    assert!(
+        text.contains("password") && !text.contains("wrong-secret"),
+        "{text}"
+    );
+
+    let text = connect_error(&format!("amqp://guest:guest@{host}:{port}/no-such-vhost"))
+        .await
+        .unwrap();
+    assert!(
+        text.contains("no-such-vhost") && text.contains("vhost"),
+        "{text}"
+    );
+
+    let text = connect_error("amqp://guest:guest@127.0.0.1:1/%2f")
+        .await
+        .unwrap();
+    assert!(
+        text.contains("refused") && text.contains("127.0.0.1:1"),
+        "{text}"
+    );
+
+    let text = connect_error(&format!(
+        "amqp://guest:guest@{host}:{port}/%2f?exchange=amq.direct"
+    ))
+    .await
+    .unwrap();
+    assert!(text.contains("amq.direct"), "{text}");
+
+    let text = connect_error(&format!(
+        "amqp://guest:guest@{host}:{port}/%2f?exchange=amq.direct&prefetc=1"
+    ))
+    .await
+    .unwrap();
+    assert!(text.contains("`prefetc`"), "{text}");
+
+    let error = switchboard_amqp::connect("amqp//guest:pw@host")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidUrl { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn unresponsive_port_times_out() {
+    // A listener that accepts and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let started = Instant::now();
+    let error = switchboard_amqp::connect(&format!(
+        "amqp://guest:guest@127.0.0.1:{port}/%2f?connection_timeout=1000"
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = error.to_string();
+    assert!(text.contains("within"), "{text}");
+    drop(listener);
+}
+
+#[tokio::test]
+async fn own_exchange_is_declared_and_used() {
+    let p = prefix();
+    let broker = broker_or_skip!(&with_params(
+        &url(),
+        &format!("exchange=switchboard.test.{p}")
+    ));
+    let mut sub = broker
+        .subscribe(&format!("{p}.>").parse().unwrap())
+        .await
+        .unwrap();
+    broker
+        .publish(Message::new(format!("{p}.e"), "x").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    assert_eq!(next(&mut sub).await.payload_str(), Some("x"));
+    broker.close().await.unwrap();
+    // Clean up the durable exchange this test declared.
+    let raw = raw_connection().await;
+    let channel = raw.create_channel().await.unwrap();
+    channel
+        .exchange_delete(
+            format!("switchboard.test.{p}").into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn close_ends_subscriptions_and_refuses_publishing() {
+    let broker = broker_or_skip!();
+    let p = prefix();
+    let mut sub = broker
+        .subscribe(&format!("{p}.c").parse().unwrap())
+        .await
+        .unwrap();
+    broker
+        .publish(Message::new(format!("{p}.c"), "x").unwrap())
+        .await
+        .unwrap();
+    broker.close().await.unwrap();
+    broker.close().await.unwrap();
+    let error = broker
+        .publish(Message::new(format!("{p}.c"), "y").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Closed { .. }), "{error}");
+    let rest: Vec<_> = tokio::time::timeout(WAIT, sub.by_ref().collect::<Vec<_>>())
+        .await
+        .expect("the stream ends");
+    assert!(rest.len() <= 1, "{rest:?}");
+    assert!(broker.subscribe(&"x".parse().unwrap()).await.is_err());
+    assert_eq!(broker.kind(), "amqp");
+}
+
+#[tokio::test]
+async fn payload_over_the_limit_is_refused_before_sending() {
+    let broker = broker_or_skip!(&with_params(&url(), "max_payload=10"));
+    let error = broker
+        .publish(Message::new("big.one", vec![0u8; 11]).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::PayloadTooLarge {
+                size: 11,
+                max: 10,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(broker.capabilities().max_payload, Some(10));
+    broker.close().await.unwrap();
+}
+
+/// Publish throughput with confirms against raw lapin with the same window of
+/// 256 outstanding confirms, in alternating batches so both see the same load.
+/// Run: `BENCH_N=40000 cargo test -p switchboard-amqp --test amqp -- --ignored
+/// --nocapture publish_throughput` (add `--release` for real numbers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn publish_throughput_vs_raw_lapin() {
+    use std::collections::VecDeque;
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40_000);
+    let batches = 10;
+    let batch = n / batches;
+    let broker = broker_or_skip!();
+    let p = prefix();
+    let payload = vec![7u8; 64];
+    let raw = raw_connection().await;
+    let channel = raw.create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let (mut raw_time, mut our_time) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..batches {
+        let raw_batch = async {
+            let started = Instant::now();
+            let mut window = VecDeque::new();
+            for _ in 0..batch {
+                let confirm = channel
+                    .basic_publish(
+                        "amq.topic".into(),
+                        format!("{p}.bench").into(),
+                        BasicPublishOptions::default(),
+                        &payload,
+                        BasicProperties::default(),
+                    )
+                    .await
+                    .unwrap();
+                window.push_back(confirm);
+                if window.len() > 256 {
+                    assert!(window.pop_front().unwrap().await.unwrap().is_ack());
+                }
+            }
+            for confirm in window {
+                assert!(confirm.await.unwrap().is_ack());
+            }
+            started.elapsed()
+        };
+        let our_batch = async {
+            let started = Instant::now();
+            for _ in 0..batch {
+                broker
+                    .publish(Message::new(format!("{p}.bench"), payload.clone()).unwrap())
+                    .await
+                    .unwrap();
+            }
+            broker.flush().await.unwrap();
+            started.elapsed()
+        };
+        if round % 2 == 0 {
+            raw_time += raw_batch.await;
+            our_time += our_batch.await;
+        } else {
+            our_time += our_batch.await;
+            raw_time += raw_batch.await;
+        }
+    }
+    let total = (batch * batches) as f64;
+    let raw_rate = total / raw_time.as_secs_f64();
+    let ours = total / our_time.as_secs_f64();
+    println!(
+        "raw lapin {raw_rate:.0} msg/s, switchboard {ours:.0} msg/s, ratio {:.3}",
+        ours / raw_rate
+    );
+    broker.close().await.unwrap();
+}
