@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use switchboard::worker::{Summary, Worker};
 
+use crate::connection;
+
 mod action;
 mod config;
 
@@ -79,8 +81,19 @@ pub(crate) async fn run(url: &str, args: WorkerArgs) -> anyhow::Result<ExitCode>
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let shown_url = switchboard::redact_url(switchboard::resolve_url(url));
-    let broker = switchboard::connect(url).await?;
+    let shown_url = connection::display_url(url);
+    let broker = connection::connect(url).await?;
+    if let Some(route) = config.routes.iter().find(|route| route.group.is_some()) {
+        if !broker.capabilities().queue_groups {
+            let kind = broker.kind();
+            let _ = connection::close(&broker).await;
+            anyhow::bail!(
+                "{}: the route on {:?} sets `group`, but {kind} has no queue groups (every subscriber gets every message); remove `group` from the route, or use --broker nats or amqp",
+                args.config.display(),
+                route.on.as_str()
+            );
+        }
+    }
     let mut worker = Worker::new(broker.clone());
     for route in &config.routes {
         let handler = action::handler(route.on.as_str(), &route.action);

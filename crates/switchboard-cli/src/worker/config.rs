@@ -240,8 +240,20 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
     })
 }
 
+/// Refuses a `{...}` other than `{subject}` in a subject template, such as a
+/// misspelt `{subjet}`, which would otherwise be sent as literal text.
+fn known_placeholders(key: &str, text: &str) -> Result<(), String> {
+    if text.replace("{subject}", "").contains(['{', '}']) {
+        return Err(format!(
+            "`{key}` target {text:?} has an unknown placeholder; the only one is {{subject}} (the original subject), e.g. \"audit.{{subject}}\""
+        ));
+    }
+    Ok(())
+}
+
 fn dead_letter<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let text = String::deserialize(d)?;
+    known_placeholders("dead_letter", &text).map_err(de::Error::custom)?;
     DeadLetterSubject::new(text.clone())
         .map(|_| Some(text))
         .map_err(de::Error::custom)
@@ -262,6 +274,7 @@ fn exec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error
 
 fn publish<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let text = String::deserialize(d)?;
+    known_placeholders("publish", &text).map_err(de::Error::custom)?;
     Subject::new(&text.replace("{subject}", "x")).map_err(|_| {
         de::Error::custom(format!(
             "`publish` target {text:?} is not a valid subject; use dot-separated tokens, optionally with {{subject}}, e.g. \"audit.{{subject}}\""
@@ -357,6 +370,14 @@ log = true
             (
                 "[[route]]\non = \"a\"\nlog = true\ngroup = \"a b\"\n",
                 "r.toml:4: invalid queue group",
+            ),
+            (
+                "[[route]]\non = \"a\"\npublish = \"x.{subjet}\"\n",
+                "r.toml:3: `publish` target \"x.{subjet}\" has an unknown placeholder",
+            ),
+            (
+                "[[route]]\non = \"a\"\nlog = true\ndead_letter = \"dlq.{Subject}\"\n",
+                "r.toml:4: `dead_letter` target \"dlq.{Subject}\" has an unknown placeholder",
             ),
             ("", "r.toml: no routes"),
         ];
