@@ -285,7 +285,12 @@ fn connect_error(config: &Config, error: lapin::Error) -> Error {
         ),
         _ => error.to_string(),
     };
-    config.connect_error(reason, Some(error))
+    // lapin's parser errors are debug dumps that help no user: the reason says it all.
+    let source = match error.kind() {
+        ErrorKind::InvalidProtocolVersion(_) | ErrorKind::ParsingError(_) => None,
+        _ => Some(error),
+    };
+    config.connect_error(reason, source)
 }
 
 impl AmqpBroker {

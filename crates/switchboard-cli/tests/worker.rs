@@ -314,6 +314,49 @@ exec = ["sh", "-c", "echo try $SWITCHBOARD_ATTEMPT >> {tries}; echo disk full >&
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_missing_program_is_dead_lettered_without_retries() {
+    let Some(broker) = nats_or_skip("a_missing_program_is_dead_lettered_without_retries").await
+    else {
+        return;
+    };
+    let prefix = unique("noprog");
+    let dir = TempDir::new("noprog");
+    let config = dir.write(
+        "reactions.toml",
+        &format!(
+            r#"
+[[route]]
+on = "{prefix}.jobs.*"
+attempts = 5
+backoff = "10ms"
+dead_letter = "{prefix}.dead.{{subject}}"
+exec = ["switchboard-no-such-program-here"]
+"#
+        ),
+    );
+    let mut dead = broker
+        .subscribe(&format!("{prefix}.dead.>").parse().unwrap())
+        .await
+        .unwrap();
+    let worker = WorkerProcess::start(&nats_url(), &config, &["--count", "1"]);
+    publish(
+        &broker,
+        Message::new(format!("{prefix}.jobs.a"), "x").unwrap(),
+    )
+    .await;
+    let letter = next(&mut dead).await;
+    let (status, _stdout, stderr) = worker.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+    // It can never start, so it is not tried 5 times.
+    assert_eq!(letter.headers().get("switchboard-attempts"), Some("1"));
+    let error = letter.headers().get("switchboard-error").unwrap_or("");
+    assert!(
+        error.contains("cannot run \"switchboard-no-such-program-here\""),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn count_exits_zero_after_log_and_publish_actions() {
     let Some(broker) = nats_or_skip("count_exits_zero_after_log_and_publish_actions").await else {
         return;

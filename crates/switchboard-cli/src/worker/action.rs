@@ -108,9 +108,17 @@ impl Handler for Exec {
         }
         #[cfg(unix)]
         command.process_group(0);
-        let mut child = command
-            .spawn()
-            .map_err(|error| HandlerError::new(format!("cannot run {program:?}: {error}")))?;
+        let mut child = command.spawn().map_err(|error| {
+            let text = format!("cannot run {program:?}: {error}");
+            // A program that does not exist or may not be run will not start on a
+            // later attempt either: dead-letter at once instead of retrying.
+            match error.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                    HandlerError::permanent(text)
+                }
+                _ => HandlerError::new(text),
+            }
+        })?;
         #[cfg(unix)]
         let mut guard = KillGroup(child.id());
         #[cfg(not(unix))]

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use switchboard::worker::{DeadLetterSubject, Route};
-use switchboard::{Pattern, QueueGroup, Subject};
+use switchboard::{Pattern, QueueGroup, Subject, Token};
 use toml::Spanned;
 
 /// A checked reactions file.
@@ -174,6 +174,17 @@ pub(crate) fn parse(name: &str, text: &str) -> anyhow::Result<Config> {
                 ))
             }
         };
+        if let Action::Publish(template) = &action {
+            if feeds_itself(&raw.on, template) {
+                return Err(fail(
+                    Some(span),
+                    &format!(
+                        "route on {:?} publishes to {template:?}, which its own pattern matches: every forwarded message would come back to it in an endless loop; publish to a subject outside the pattern",
+                        raw.on.as_str()
+                    ),
+                ));
+            }
+        }
         routes.push(RouteConfig {
             on: raw.on,
             group: raw.group,
@@ -189,6 +200,22 @@ pub(crate) fn parse(name: &str, text: &str) -> anyhow::Result<Config> {
         routes,
         grace_period: file.grace_period,
     })
+}
+
+/// Whether forwarding a message the route on `pattern` received to `template`
+/// would publish a subject that `pattern` matches again. Checked on one subject
+/// the pattern matches (each wildcard taken as one token).
+fn feeds_itself(pattern: &Pattern, template: &str) -> bool {
+    let sample: Vec<&str> = pattern
+        .tokens()
+        .iter()
+        .map(|token| match token {
+            Token::Literal(text) => text.as_str(),
+            Token::Any | Token::Rest => "x",
+        })
+        .collect();
+    let sample = sample.join(".");
+    pattern.matches(&template.replace("{subject}", &sample))
 }
 
 /// The 1-based line of byte `offset` in `text`.
@@ -378,6 +405,10 @@ log = true
             (
                 "[[route]]\non = \"a\"\nlog = true\ndead_letter = \"dlq.{Subject}\"\n",
                 "r.toml:4: `dead_letter` target \"dlq.{Subject}\" has an unknown placeholder",
+            ),
+            (
+                "[[route]]\non = \"lp.>\"\npublish = \"lp.{subject}\"\n",
+                "r.toml:1: route on \"lp.>\" publishes to \"lp.{subject}\", which its own pattern matches",
             ),
             ("", "r.toml: no routes"),
         ];
