@@ -152,7 +152,7 @@ mod tests {
         round_trip(&headers(&[("a", "1")]), b"hi");
         round_trip(&headers(&[("Trace-Id", "x: y"), ("z", "")]), b"");
         round_trip(
-            &headers(&[("k", "  spaced  "), ("u", "héllo")]),
+            &headers(&[("k", "inner  spaced\tvalue"), ("u", "héllo")]),
             b"\0SBH1\n\n",
         );
         round_trip(&headers(&[("k", "v")]), b"\nbody\nwith: lines\n");
