@@ -1,0 +1,186 @@
+//! One benchmark client interface over switchboard and the raw clients, so every
+//! workload is the same code for both; only publishing and receiving differ.
+
+use std::fmt;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use futures::stream::{BoxStream, StreamExt};
+use indicatif::ProgressBar;
+use switchboard::{AnyBroker, Bytes, Headers, Message, Pattern, QueueGroup, Subject};
+
+use super::payload::{self, Stamp};
+use super::{raw_amqp, raw_nats, raw_redis, Implementation, Target};
+
+/// What a subscription yields: the header of each message, or an error to count.
+pub(crate) type Receiver = BoxStream<'static, Result<Stamp, String>>;
+
+/// Messages between two progress bar updates.
+pub(crate) const PROGRESS_STEP: u64 = 1024;
+
+/// Counts progress every [`PROGRESS_STEP`] messages and says whether `deadline`
+/// has passed (checked as often, so the clock costs nothing per message).
+pub(crate) fn step(seq: u64, deadline: Option<Instant>, progress: &ProgressBar) -> bool {
+    if seq % PROGRESS_STEP != PROGRESS_STEP - 1 {
+        return false;
+    }
+    progress.inc(PROGRESS_STEP);
+    deadline.is_some_and(|deadline| Instant::now() >= deadline)
+}
+
+/// A connection used by one role (the publisher, or one subscriber) of one run,
+/// bound to the run's subject.
+#[switchboard::async_trait]
+pub(crate) trait Client: Send + Sync + fmt::Debug {
+    /// Publishes `count` messages of `size` bytes from `publisher` (sequence
+    /// numbers from 0) as fast as the client allows, stopping early at
+    /// `deadline`; returns how many it published. Does not flush.
+    async fn publish_burst(
+        &self,
+        publisher: u16,
+        size: usize,
+        count: u64,
+        deadline: Option<Instant>,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<u64>;
+
+    /// Publishes one payload (latency runs), without waiting a round trip.
+    async fn publish_one(&self, payload: &[u8]) -> anyhow::Result<()>;
+
+    /// Resolves once the broker has everything published before (confirms included).
+    async fn flush(&self) -> anyhow::Result<()>;
+
+    /// Subscribes to the run's subject, in queue group `group` if given; once
+    /// this resolves, messages published afterwards are received.
+    async fn subscribe(&self, group: Option<&str>) -> anyhow::Result<Receiver>;
+
+    /// Whether queue groups are available (otherwise `group` runs are unsupported).
+    fn queue_groups(&self) -> bool;
+
+    /// Closes the connection.
+    async fn close(&self);
+}
+
+/// Connects one role of a run.
+pub(crate) async fn connect(
+    implementation: Implementation,
+    target: &Target,
+    subject: &str,
+) -> anyhow::Result<Box<dyn Client>> {
+    match implementation {
+        Implementation::Switchboard => {
+            Ok(Box::new(SwitchboardClient::connect(target, subject).await?))
+        }
+        Implementation::Raw => match target.kind.as_str() {
+            "nats" => Ok(Box::new(
+                raw_nats::RawNats::connect(&target.url, subject).await?,
+            )),
+            "redis" => Ok(Box::new(
+                raw_redis::RawRedis::connect(&target.url, subject).await?,
+            )),
+            "amqp" => Ok(Box::new(
+                raw_amqp::RawAmqp::connect(&target.url, subject).await?,
+            )),
+            other => anyhow::bail!("no raw client for {other}"),
+        },
+    }
+}
+
+/// The switchboard side: everything through `Arc<dyn Broker>`, as a program would.
+#[derive(Debug)]
+pub(crate) struct SwitchboardClient {
+    broker: AnyBroker,
+    subject: Subject,
+    pattern: Pattern,
+}
+
+impl SwitchboardClient {
+    async fn connect(target: &Target, subject: &str) -> anyhow::Result<Self> {
+        let broker = switchboard::connect(&target.url).await?;
+        let subject = Subject::new(subject)?;
+        let pattern = Pattern::from(subject.clone());
+        Ok(SwitchboardClient {
+            broker,
+            subject,
+            pattern,
+        })
+    }
+
+    fn message(&self, payload: &[u8]) -> Message {
+        Message::from_parts(
+            self.subject.clone(),
+            Bytes::copy_from_slice(payload),
+            Headers::new(),
+        )
+    }
+}
+
+#[switchboard::async_trait]
+impl Client for SwitchboardClient {
+    async fn publish_burst(
+        &self,
+        publisher: u16,
+        size: usize,
+        count: u64,
+        deadline: Option<Instant>,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<u64> {
+        let mut buf = payload::buffer(size);
+        let mut sent = 0;
+        for seq in 0..count {
+            payload::write_header(&mut buf, publisher, seq, 0);
+            self.broker.publish(self.message(&buf)).await?;
+            sent = seq + 1;
+            if step(seq, deadline, progress) {
+                break;
+            }
+        }
+        Ok(sent)
+    }
+
+    async fn publish_one(&self, payload: &[u8]) -> anyhow::Result<()> {
+        Ok(self.broker.publish(self.message(payload)).await?)
+    }
+
+    async fn flush(&self) -> anyhow::Result<()> {
+        Ok(self.broker.flush().await?)
+    }
+
+    async fn subscribe(&self, group: Option<&str>) -> anyhow::Result<Receiver> {
+        let subscription = match group {
+            Some(group) => {
+                let group = QueueGroup::new(group)?;
+                self.broker.subscribe_group(&self.pattern, &group).await
+            }
+            None => self.broker.subscribe(&self.pattern).await,
+        }
+        .with_context(|| format!("subscribing to {}", self.pattern))?;
+        if !self.broker.capabilities().ack {
+            // Nothing to acknowledge: as lean as the raw clients' `map`.
+            return Ok(subscription
+                .map(|delivery| Stamp::parse(delivery.map_err(|e| e.to_string())?.payload()))
+                .boxed());
+        }
+        Ok(subscription
+            .then(|delivery| async move {
+                let mut delivery = delivery.map_err(|e| e.to_string())?;
+                // Brokers with acknowledgement (AMQP) get one ack per message,
+                // as a program handling each delivery would send.
+                if delivery.is_acknowledgeable() {
+                    delivery.ack().await.map_err(|e| e.to_string())?;
+                }
+                Stamp::parse(delivery.payload())
+            })
+            .boxed())
+    }
+
+    fn queue_groups(&self) -> bool {
+        self.broker.capabilities().queue_groups
+    }
+
+    async fn close(&self) {
+        if let Err(error) = self.broker.close().await {
+            tracing::debug!("closing {}: {error}", self.broker.kind());
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The raw RabbitMQ baseline: lapin as a careful user writes it — publisher
+//! confirms with up to [`WINDOW`] outstanding, and a consumer with manual acks
+//! (one per message) on a server-named queue bound to `amq.topic`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures::stream::StreamExt;
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
+use tokio::sync::Mutex;
+
+use super::client::{step, Client, Receiver};
+use super::payload::{self, Stamp};
+
+/// Publisher confirms outstanding at most.
+pub(crate) const WINDOW: usize = 256;
+
+/// Unacknowledged deliveries the broker sends a consumer ahead.
+pub(crate) const PREFETCH: u16 = 256;
+
+/// The exchange messages are published to, with the subject as routing key.
+pub(crate) const EXCHANGE: &str = "amq.topic";
+
+/// A lapin connection with a confirming channel, bound to a routing key.
+pub(crate) struct RawAmqp {
+    connection: Arc<Connection>,
+    channel: Channel,
+    routing_key: String,
+    pending: Mutex<VecDeque<PublisherConfirm>>,
+}
+
+impl std::fmt::Debug for RawAmqp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawAmqp")
+            .field("routing_key", &self.routing_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawAmqp {
+    pub(crate) async fn connect(url: &str, routing_key: &str) -> anyhow::Result<Self> {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .with_context(|| {
+                format!(
+                    "raw lapin cannot connect to {}",
+                    switchboard::redact_url(url)
+                )
+            })?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(RawAmqp {
+            connection: Arc::new(connection),
+            channel,
+            routing_key: routing_key.to_string(),
+            pending: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    async fn publish(
+        &self,
+        pending: &mut VecDeque<PublisherConfirm>,
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                EXCHANGE.into(),
+                self.routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                payload,
+                BasicProperties::default(),
+            )
+            .await?;
+        pending.push_back(confirm);
+        while pending.len() >= WINDOW {
+            if let Some(oldest) = pending.pop_front() {
+                check(oldest.await?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check(confirmation: lapin::Confirmation) -> anyhow::Result<()> {
+    if confirmation.is_nack() {
+        anyhow::bail!("RabbitMQ nacked a message");
+    }
+    Ok(())
+}
+
+#[switchboard::async_trait]
+impl Client for RawAmqp {
+    async fn publish_burst(
+        &self,
+        publisher: u16,
+        size: usize,
+        count: u64,
+        deadline: Option<Instant>,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<u64> {
+        let mut buf = payload::buffer(size);
+        let mut pending = self.pending.lock().await;
+        let mut sent = 0;
+        for seq in 0..count {
+            payload::write_header(&mut buf, publisher, seq, 0);
+            self.publish(&mut pending, &buf).await?;
+            sent = seq + 1;
+            if step(seq, deadline, progress) {
+                break;
+            }
+        }
+        Ok(sent)
+    }
+
+    async fn publish_one(&self, payload: &[u8]) -> anyhow::Result<()> {
+        let mut pending = self.pending.lock().await;
+        self.publish(&mut pending, payload).await
+    }
+
+    async fn flush(&self) -> anyhow::Result<()> {
+        let mut pending = self.pending.lock().await;
+        while let Some(confirm) = pending.pop_front() {
+            check(confirm.await?)?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, group: Option<&str>) -> anyhow::Result<Receiver> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
+        let (name, options) = match group {
+            // Queue group: every member consumes from one shared queue.
+            Some(group) => (
+                format!("{}.{group}", self.routing_key),
+                QueueDeclareOptions {
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+            ),
+            // Fan-out: a server-named queue per subscriber.
+            None => (
+                String::new(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+            ),
+        };
+        let queue = channel
+            .queue_declare(name.as_str().into(), options, FieldTable::default())
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                EXCHANGE.into(),
+                self.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        // The stream keeps its channel and connection open.
+        let keep = Arc::new((channel, Arc::clone(&self.connection)));
+        Ok(consumer
+            .then(move |delivery| {
+                let _keep = Arc::clone(&keep);
+                async move {
+                    let delivery = delivery.map_err(|e| e.to_string())?;
+                    delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Stamp::parse(&delivery.data)
+                }
+            })
+            .boxed())
+    }
+
+    fn queue_groups(&self) -> bool {
+        true
+    }
+
+    async fn close(&self) {
+        let _ = self.channel.close(200, "bench done".into()).await;
+        let _ = self.connection.close(200, "bench done".into()).await;
+    }
+}

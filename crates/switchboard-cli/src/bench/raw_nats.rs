@@ -1,0 +1,113 @@
+//! The raw NATS baseline: async-nats as a careful user writes it — `publish` in
+//! a loop, one `flush` at the end (plus one echo through the server, so the
+//! time counts until the server has everything), a subscription buffer large
+//! enough for a burst.
+
+use anyhow::Context as _;
+use futures::stream::StreamExt;
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use switchboard::Bytes;
+
+use super::client::{step, Client, Receiver};
+use super::payload::{self, Stamp};
+
+/// How long `flush` waits for the server's echo.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Messages a raw subscription buffers in the client before it reports a slow consumer.
+pub(crate) const SUBSCRIPTION_CAPACITY: usize = 1 << 20;
+
+/// One async-nats connection bound to a subject.
+#[derive(Debug)]
+pub(crate) struct RawNats {
+    client: async_nats::Client,
+    subject: async_nats::Subject,
+}
+
+impl RawNats {
+    pub(crate) async fn connect(url: &str, subject: &str) -> anyhow::Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .connect(url)
+            .await
+            .with_context(|| format!("raw async-nats cannot connect to {url}"))?;
+        Ok(RawNats {
+            client,
+            subject: async_nats::Subject::from(subject),
+        })
+    }
+}
+
+#[switchboard::async_trait]
+impl Client for RawNats {
+    async fn publish_burst(
+        &self,
+        publisher: u16,
+        size: usize,
+        count: u64,
+        deadline: Option<Instant>,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<u64> {
+        let mut buf = payload::buffer(size);
+        let mut sent = 0;
+        for seq in 0..count {
+            payload::write_header(&mut buf, publisher, seq, 0);
+            self.client
+                .publish(self.subject.clone(), Bytes::copy_from_slice(&buf))
+                .await?;
+            sent = seq + 1;
+            if step(seq, deadline, progress) {
+                break;
+            }
+        }
+        Ok(sent)
+    }
+
+    async fn publish_one(&self, payload: &[u8]) -> anyhow::Result<()> {
+        self.client
+            .publish(self.subject.clone(), Bytes::copy_from_slice(payload))
+            .await?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> anyhow::Result<()> {
+        // `Client::flush` only writes the client's buffer to the socket. To
+        // know the server has everything (as the adapter's flush does), echo
+        // one message through the server after the burst: it processes a
+        // connection's messages in order.
+        let inbox = self.client.new_inbox();
+        let mut echo = self.client.subscribe(inbox.clone()).await?;
+        self.client.publish(inbox, Bytes::new()).await?;
+        self.client.flush().await?;
+        match tokio::time::timeout(FLUSH_TIMEOUT, echo.next()).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => anyhow::bail!("the NATS connection closed during flush"),
+            Err(_) => anyhow::bail!("the NATS server did not answer within {FLUSH_TIMEOUT:?}"),
+        }
+    }
+
+    async fn subscribe(&self, group: Option<&str>) -> anyhow::Result<Receiver> {
+        let subscriber = match group {
+            Some(group) => {
+                self.client
+                    .queue_subscribe(self.subject.clone(), group.to_string())
+                    .await?
+            }
+            None => self.client.subscribe(self.subject.clone()).await?,
+        };
+        // The SUB must reach the server before the publisher starts.
+        self.client.flush().await?;
+        Ok(subscriber.map(|m| Stamp::parse(&m.payload)).boxed())
+    }
+
+    fn queue_groups(&self) -> bool {
+        true
+    }
+
+    async fn close(&self) {
+        let _ = self.client.flush().await;
+        let _ = self.client.drain().await;
+    }
+}

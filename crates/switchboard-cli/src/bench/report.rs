@@ -1,0 +1,354 @@
+//! Results: one [`Row`] per run, ratios against the raw client, the table on
+//! stdout and the JSON file.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::runner::RunSpec;
+use super::{Implementation, Mode};
+
+/// Latency percentiles of a run, in microseconds.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub(crate) struct Latency {
+    pub(crate) p50_us: f64,
+    pub(crate) p90_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) p999_us: f64,
+    pub(crate) max_us: f64,
+}
+
+impl Latency {
+    /// Percentiles of a histogram recorded in nanoseconds.
+    pub(crate) fn from_histogram(histogram: &Histogram<u64>) -> Latency {
+        let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1e3;
+        Latency {
+            p50_us: us(0.50),
+            p90_us: us(0.90),
+            p99_us: us(0.99),
+            p999_us: us(0.999),
+            max_us: histogram.max() as f64 / 1e3,
+        }
+    }
+}
+
+/// One run's result, as written to the JSON file (one object per run).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Row {
+    /// The broker kind (`nats`, `redis`, `amqp`, `memory`).
+    pub(crate) broker: String,
+    /// The URL, password redacted.
+    pub(crate) url: String,
+    /// `pub`, `pubsub`, `fanout`, `group` or `latency`.
+    pub(crate) mode: String,
+    /// Payload size in bytes.
+    pub(crate) size: usize,
+    /// `switchboard`, `raw` or `redis-benchmark`.
+    pub(crate) implementation: String,
+    /// `ok`, `unsupported`, `unavailable` (broker did not answer) or `error`.
+    pub(crate) status: String,
+    /// Why a row is not `ok`, or what to know about it.
+    pub(crate) note: Option<String>,
+    /// Measured messages published.
+    pub(crate) messages: u64,
+    /// Subscribers (0 for `pub`).
+    pub(crate) subscribers: usize,
+    /// Deliveries expected (messages × subscribers; messages for `group`).
+    pub(crate) expected: u64,
+    /// Deliveries received.
+    pub(crate) received: u64,
+    /// Throughput: published/s until flushed for `pub`; otherwise deliveries
+    /// to all subscribers per second, from the first publish to the last
+    /// receipt; the achieved send rate for `latency`.
+    pub(crate) msgs_per_s: Option<f64>,
+    /// `msgs_per_s` × payload size, in MB/s.
+    pub(crate) mb_per_s: Option<f64>,
+    /// Received/s from the first to the last receipt (subscriber runs).
+    pub(crate) first_to_last_msgs_per_s: Option<f64>,
+    /// Published/s from the first publish until the broker had them all (flush).
+    pub(crate) publish_msgs_per_s: Option<f64>,
+    /// `expected - received`.
+    pub(crate) lost: u64,
+    /// Messages received after one with a higher sequence number.
+    pub(crate) reordered: u64,
+    /// Messages received more than once.
+    pub(crate) duplicates: u64,
+    /// Errors the subscription stream reported.
+    pub(crate) errors: u64,
+    /// Client CPU seconds (user + system, whole process) during the measurement.
+    pub(crate) cpu_s: Option<f64>,
+    /// Seconds the throughput (or the send schedule) was measured over.
+    pub(crate) elapsed_s: Option<f64>,
+    /// switchboard ÷ raw on the same broker, mode and size: `msgs_per_s` for
+    /// throughput rows, `p99_us` for latency rows (above 1 means slower there).
+    pub(crate) ratio: Option<f64>,
+    /// What `ratio` compares: `msgs_per_s` or `p99_us`.
+    pub(crate) ratio_of: Option<&'static str>,
+    /// Latency runs: the requested send rate (msg/s).
+    pub(crate) rate: Option<u64>,
+    /// Latency runs: the rate actually sent.
+    pub(crate) achieved_rate: Option<f64>,
+    /// Latency percentiles (latency runs only).
+    #[serde(flatten)]
+    pub(crate) latency: Option<Latency>,
+    /// How many repetitions this row is the median of.
+    pub(crate) repeats: usize,
+}
+
+impl Row {
+    /// An empty `ok` row for `spec`, filled in by the run.
+    pub(crate) fn new(spec: &RunSpec) -> Row {
+        Row::blank(
+            &spec.target.kind,
+            &spec.target.url,
+            spec.mode,
+            spec.size,
+            spec.implementation.name(),
+        )
+    }
+
+    /// An empty `ok` row.
+    pub(crate) fn blank(
+        broker: &str,
+        url: &str,
+        mode: Mode,
+        size: usize,
+        implementation: &str,
+    ) -> Row {
+        Row {
+            broker: broker.to_string(),
+            url: switchboard::redact_url(url),
+            mode: mode.name().to_string(),
+            size,
+            implementation: implementation.to_string(),
+            status: "ok".to_string(),
+            note: None,
+            messages: 0,
+            subscribers: 0,
+            expected: 0,
+            received: 0,
+            msgs_per_s: None,
+            mb_per_s: None,
+            first_to_last_msgs_per_s: None,
+            publish_msgs_per_s: None,
+            lost: 0,
+            reordered: 0,
+            duplicates: 0,
+            errors: 0,
+            cpu_s: None,
+            elapsed_s: None,
+            ratio: None,
+            ratio_of: None,
+            rate: None,
+            achieved_rate: None,
+            latency: None,
+            repeats: 1,
+        }
+    }
+
+    /// Marks the row as not measured, saying why.
+    pub(crate) fn fail(&mut self, status: &str, note: String) {
+        self.status = status.to_string();
+        self.note = Some(note);
+        self.msgs_per_s = None;
+        self.mb_per_s = None;
+        self.latency = None;
+    }
+
+    /// Whether the run measured something.
+    pub(crate) fn is_ok(&self) -> bool {
+        self.status == "ok"
+    }
+
+    fn is_latency(&self) -> bool {
+        self.mode == Mode::Latency.name()
+    }
+
+    /// The number repetitions are ranked by: p99 for latency, msgs/s otherwise.
+    fn key(&self) -> f64 {
+        if self.is_latency() {
+            self.latency.map_or(f64::MAX, |l| l.p99_us)
+        } else {
+            self.msgs_per_s.unwrap_or(0.0)
+        }
+    }
+}
+
+/// The median of repeated runs of one workload (by msgs/s, or by p99 for latency);
+/// the first failure if any run failed.
+pub(crate) fn median(mut rows: Vec<Row>) -> Option<Row> {
+    if let Some(failed) = rows.iter().position(|r| !r.is_ok()) {
+        return Some(rows.swap_remove(failed));
+    }
+    let repeats = rows.len();
+    rows.sort_by(|a, b| a.key().total_cmp(&b.key()));
+    let mut row = rows.into_iter().nth(repeats / 2)?;
+    row.repeats = repeats;
+    Some(row)
+}
+
+/// Sets `ratio` on every switchboard row that has a raw row to compare with.
+pub(crate) fn add_ratios(rows: &mut [Row]) {
+    let raws: Vec<Row> = rows
+        .iter()
+        .filter(|r| r.is_ok() && r.implementation == Implementation::Raw.name())
+        .cloned()
+        .collect();
+    for row in rows
+        .iter_mut()
+        .filter(|r| r.is_ok() && r.implementation == Implementation::Switchboard.name())
+    {
+        let Some(raw) = raws
+            .iter()
+            .find(|r| r.broker == row.broker && r.mode == row.mode && r.size == row.size)
+        else {
+            continue;
+        };
+        let (raw_rate, raw_latency) = (raw.msgs_per_s, raw.latency);
+        if row.is_latency() {
+            if let (Some(sb), Some(raw)) = (row.latency, raw_latency) {
+                row.ratio = (raw.p99_us > 0.0).then(|| sb.p99_us / raw.p99_us);
+                row.ratio_of = Some("p99_us");
+            }
+        } else if let (Some(sb), Some(raw)) = (row.msgs_per_s, raw_rate) {
+            row.ratio = (raw > 0.0).then(|| sb / raw);
+            row.ratio_of = Some("msgs_per_s");
+        }
+    }
+}
+
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn opt(value: Option<f64>, format: impl Fn(f64) -> String) -> String {
+    value.map_or_else(|| "-".to_string(), format)
+}
+
+fn micros(value: f64) -> String {
+    if value >= 10_000.0 {
+        format!("{:.1}ms", value / 1e3)
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+/// The results as a text table, with the notes of rows that have one below it.
+pub(crate) fn table(rows: &[Row]) -> String {
+    let header = [
+        "broker",
+        "mode",
+        "size",
+        "impl",
+        "msgs",
+        "msgs/s",
+        "MB/s",
+        "lost",
+        "reord",
+        "cpu s",
+        "sb/raw",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+    ];
+    let mut cells: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    let mut notes = Vec::new();
+    for row in rows {
+        let mut line = vec![
+            row.broker.clone(),
+            row.mode.clone(),
+            row.size.to_string(),
+            row.implementation.clone(),
+        ];
+        if row.is_ok() {
+            let lat = row.latency;
+            line.extend([
+                row.messages.to_string(),
+                opt(row.msgs_per_s, thousands),
+                opt(row.mb_per_s, |v| format!("{v:.1}")),
+                row.lost.to_string(),
+                row.reordered.to_string(),
+                opt(row.cpu_s, |v| format!("{v:.2}")),
+                match (row.ratio, row.ratio_of) {
+                    (Some(r), Some("p99_us")) => format!("{r:.2} p99"),
+                    (Some(r), _) => format!("{r:.2}"),
+                    _ => "-".to_string(),
+                },
+                opt(lat.map(|l| l.p50_us), micros),
+                opt(lat.map(|l| l.p90_us), micros),
+                opt(lat.map(|l| l.p99_us), micros),
+                opt(lat.map(|l| l.p999_us), micros),
+                opt(lat.map(|l| l.max_us), micros),
+            ]);
+        } else {
+            line.push("-".to_string());
+            line.push(row.status.clone());
+            line.extend(std::iter::repeat_n("-".to_string(), 10));
+        }
+        if let Some(note) = &row.note {
+            notes.push(format!(
+                "{} {} {}B {}: {note}",
+                row.broker, row.mode, row.size, row.implementation
+            ));
+        }
+        cells.push(line);
+    }
+    let columns = header.len();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            cells
+                .iter()
+                .map(|line| line.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for line in &cells {
+        let mut text = String::new();
+        for (c, cell) in line.iter().enumerate() {
+            let width = widths.get(c).copied().unwrap_or(0);
+            // Text columns left-aligned, numbers right-aligned.
+            if c < 4 {
+                let _ = write!(text, "{cell:<width$}  ");
+            } else {
+                let _ = write!(text, "{cell:>width$}  ");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    }
+    notes.dedup();
+    for note in notes {
+        out.push_str("note: ");
+        out.push_str(&note);
+        out.push('\n');
+    }
+    out
+}
+
+/// The JSON document: what ran, where, and one object per run in `runs`.
+#[derive(Debug, Serialize)]
+pub(crate) struct Document<'a> {
+    /// The switchboard version that measured.
+    pub(crate) switchboard_version: &'static str,
+    /// The command line.
+    pub(crate) command: String,
+    /// When the bench started (seconds since the Unix epoch).
+    pub(crate) started_unix_s: u64,
+    /// `uname -srm`-like machine description and CPU count.
+    pub(crate) machine: String,
+    /// One object per run.
+    pub(crate) runs: &'a [Row],
+}

@@ -1,0 +1,633 @@
+//! One run: connect the roles, warm up, measure, count what arrived.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use tokio::sync::{oneshot, watch};
+
+use super::client::{self, Client, Receiver, PROGRESS_STEP};
+use super::cpu::CpuClock;
+use super::payload::{self, Stamp, MEASURED_PUBLISHER, WARMUP_PUBLISHER};
+use super::report::{Latency, Row};
+use super::{Implementation, Mode, Target};
+
+/// Everything one run needs to know.
+#[derive(Debug, Clone)]
+pub(crate) struct RunSpec {
+    pub(crate) target: Target,
+    pub(crate) implementation: Implementation,
+    pub(crate) mode: Mode,
+    pub(crate) size: usize,
+    /// Measured messages of a throughput run (an upper bound with `time`).
+    pub(crate) msgs: u64,
+    /// Throughput runs stop publishing after this long, if set.
+    pub(crate) time: Option<Duration>,
+    pub(crate) warmup: u64,
+    pub(crate) subscribers: usize,
+    pub(crate) idle: Duration,
+    pub(crate) timeout: Duration,
+    /// Latency runs: messages per second and how long.
+    pub(crate) rate: u64,
+    pub(crate) duration: Duration,
+    pub(crate) latency_warmup: Duration,
+}
+
+/// Runs one measurement and describes it as a row (an `error` row if it failed).
+pub(crate) async fn run(spec: &RunSpec, progress: &ProgressBar) -> Row {
+    let mut row = Row::new(spec);
+    let outcome = match spec.mode {
+        Mode::Latency => latency(spec, progress, &mut row).await,
+        _ => throughput(spec, progress, &mut row).await,
+    };
+    if let Err(error) = outcome {
+        let status = if error.downcast_ref::<Unsupported>().is_some() {
+            "unsupported"
+        } else {
+            "error"
+        };
+        row.fail(status, format!("{error:#}"));
+    }
+    row
+}
+
+static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A subject no other run (or process) uses.
+fn fresh_subject(spec: &RunSpec) -> (String, String) {
+    let n = RUN_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let tag = format!("{pid}-{nanos}-{n}");
+    (
+        format!("bench.{tag}.{}", spec.mode.name()),
+        format!("bench-{tag}"),
+    )
+}
+
+/// The roles of a run, connected and subscribed.
+struct Setup {
+    publisher: Arc<dyn Client>,
+    subscribers: Vec<Box<dyn Client>>,
+    receivers: Vec<Receiver>,
+}
+
+async fn setup(spec: &RunSpec, subscribers: usize, group: bool) -> anyhow::Result<Setup> {
+    let (subject, group_name) = fresh_subject(spec);
+    let publisher: Arc<dyn Client> =
+        Arc::from(client::connect(spec.implementation, &spec.target, &subject).await?);
+    if group && !publisher.queue_groups() {
+        anyhow::bail!(Unsupported);
+    }
+    let mut clients = Vec::with_capacity(subscribers);
+    let mut receivers = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let client = client::connect(spec.implementation, &spec.target, &subject).await?;
+        let receiver = client
+            .subscribe(group.then_some(group_name.as_str()))
+            .await?;
+        clients.push(client);
+        receivers.push(receiver);
+    }
+    Ok(Setup {
+        publisher,
+        subscribers: clients,
+        receivers,
+    })
+}
+
+/// Marks a workload the broker cannot do (no queue groups): reported as `unsupported`.
+#[derive(Debug)]
+pub(crate) struct Unsupported;
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no queue groups on this broker")
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
+impl Setup {
+    async fn close(self) {
+        drop(self.receivers);
+        self.publisher.close().await;
+        for subscriber in self.subscribers {
+            subscriber.close().await;
+        }
+    }
+}
+
+/// What subscribers of one pool (one subscriber, or one queue group) share.
+struct Pool {
+    received: AtomicU64,
+    done: watch::Sender<bool>,
+}
+
+/// What one subscriber saw.
+struct Seen {
+    received: u64,
+    reordered: u64,
+    duplicates: u64,
+    errors: u64,
+    first_error: Option<String>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    histogram: Option<Histogram<u64>>,
+}
+
+/// Which sequence numbers arrived, to tell duplicates from late messages.
+struct SeenSet {
+    bits: Vec<u64>,
+}
+
+impl SeenSet {
+    /// Largest sequence number tracked (beyond it duplicates are not detected).
+    const MAX: u64 = 1 << 31;
+
+    /// Marks `seq`; false if it was already marked.
+    fn insert(&mut self, seq: u64) -> bool {
+        if seq >= Self::MAX {
+            return true;
+        }
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if word >= self.bits.len() {
+            self.bits.resize((word + 1).next_power_of_two(), 0);
+        }
+        let Some(slot) = self.bits.get_mut(word) else {
+            return true;
+        };
+        let fresh = *slot & (1 << bit) == 0;
+        *slot |= 1 << bit;
+        fresh
+    }
+}
+
+fn new_histogram() -> Option<Histogram<u64>> {
+    // 1 ns to 100 s at 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).ok()
+}
+
+/// Receives until the pool has `target` measured messages (once the publisher
+/// says how many it sent), or nothing arrived for `idle` after that.
+async fn consume(
+    mut receiver: Receiver,
+    pool: Arc<Pool>,
+    mut target: watch::Receiver<Option<u64>>,
+    idle: Duration,
+    base: Instant,
+    latency: bool,
+    expected: u64,
+) -> Seen {
+    let mut seen = Seen {
+        received: 0,
+        reordered: 0,
+        duplicates: 0,
+        errors: 0,
+        first_error: None,
+        first: None,
+        last: None,
+        histogram: if latency { new_histogram() } else { None },
+    };
+    let mut set = SeenSet {
+        bits: vec![0; (expected.min(SeenSet::MAX) / 64 + 1) as usize],
+    };
+    let mut max_seq: Option<u64> = None;
+    let mut done = pool.done.subscribe();
+    // One timer checked now and then, not one per message.
+    let tick = tokio::time::sleep(idle);
+    tokio::pin!(tick);
+    let mut progress_at_tick = pool.received.load(Ordering::Relaxed);
+    loop {
+        let goal = *target.borrow();
+        if goal.is_some_and(|goal| pool.received.load(Ordering::Acquire) >= goal) {
+            let _ = pool.done.send(true);
+            break;
+        }
+        tokio::select! {
+            biased;
+            item = receiver.next() => match item {
+                None => break,
+                Some(Ok(stamp)) => {
+                    if stamp.publisher != MEASURED_PUBLISHER {
+                        continue;
+                    }
+                    record(&mut seen, &mut set, &mut max_seq, stamp, base);
+                    pool.received.fetch_add(1, Ordering::AcqRel);
+                }
+                Some(Err(error)) => {
+                    seen.errors += 1;
+                    seen.first_error.get_or_insert(error);
+                }
+            },
+            changed = target.changed(), if goal.is_none() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            _ = done.changed() => break,
+            () = &mut tick => {
+                let now = pool.received.load(Ordering::Relaxed);
+                if goal.is_some() && now == progress_at_tick {
+                    break;
+                }
+                progress_at_tick = now;
+                tick.as_mut().reset(tokio::time::Instant::now() + idle);
+            }
+        }
+    }
+    seen
+}
+
+fn record(
+    seen: &mut Seen,
+    set: &mut SeenSet,
+    max_seq: &mut Option<u64>,
+    stamp: Stamp,
+    base: Instant,
+) {
+    let now = Instant::now();
+    if !set.insert(stamp.seq) {
+        seen.duplicates += 1;
+        return;
+    }
+    seen.first.get_or_insert(now);
+    seen.last = Some(now);
+    seen.received += 1;
+    match *max_seq {
+        Some(max) if stamp.seq < max => seen.reordered += 1,
+        _ => *max_seq = Some(stamp.seq),
+    }
+    if let Some(histogram) = seen.histogram.as_mut() {
+        let now_ns = u64::try_from(now.duration_since(base).as_nanos()).unwrap_or(u64::MAX);
+        histogram.saturating_record(now_ns.saturating_sub(stamp.intended_ns).max(1));
+    }
+}
+
+/// Starts one consumer task per receiver; group members share one pool.
+fn spawn_consumers(
+    receivers: Vec<Receiver>,
+    group: bool,
+    target: &watch::Receiver<Option<u64>>,
+    spec: &RunSpec,
+    base: Instant,
+    latency: bool,
+    expected_each: u64,
+) -> Vec<tokio::task::JoinHandle<Seen>> {
+    let new_pool = || {
+        Arc::new(Pool {
+            received: AtomicU64::new(0),
+            done: watch::channel(false).0,
+        })
+    };
+    let shared = new_pool();
+    receivers
+        .into_iter()
+        .map(|receiver| {
+            let pool = if group {
+                Arc::clone(&shared)
+            } else {
+                new_pool()
+            };
+            tokio::spawn(consume(
+                receiver,
+                pool,
+                target.clone(),
+                spec.idle,
+                base,
+                latency,
+                expected_each,
+            ))
+        })
+        .collect()
+}
+
+/// Totals over every subscriber of a run.
+struct Totals {
+    received: u64,
+    reordered: u64,
+    duplicates: u64,
+    errors: u64,
+    first_error: Option<String>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    histogram: Option<Histogram<u64>>,
+}
+
+async fn join(handles: Vec<tokio::task::JoinHandle<Seen>>) -> anyhow::Result<Totals> {
+    let mut totals = Totals {
+        received: 0,
+        reordered: 0,
+        duplicates: 0,
+        errors: 0,
+        first_error: None,
+        first: None,
+        last: None,
+        histogram: None,
+    };
+    for handle in handles {
+        let seen = handle.await?;
+        totals.received += seen.received;
+        totals.reordered += seen.reordered;
+        totals.duplicates += seen.duplicates;
+        totals.errors += seen.errors;
+        if totals.first_error.is_none() {
+            totals.first_error = seen.first_error;
+        }
+        totals.first = match (totals.first, seen.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        totals.last = totals.last.max(seen.last);
+        if let Some(h) = seen.histogram {
+            match totals.histogram.as_mut() {
+                Some(total) => {
+                    let _ = total.add(&h);
+                }
+                None => totals.histogram = Some(h),
+            }
+        }
+    }
+    Ok(totals)
+}
+
+fn subscribers_for(spec: &RunSpec) -> usize {
+    match spec.mode {
+        Mode::Pub => 0,
+        Mode::Pubsub | Mode::Latency => 1,
+        Mode::Fanout | Mode::Group => spec.subscribers.max(1),
+    }
+}
+
+async fn throughput(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> anyhow::Result<()> {
+    let group = spec.mode == Mode::Group;
+    let subscribers = subscribers_for(spec);
+    let setup = setup(spec, subscribers, group).await?;
+    let base = Instant::now();
+    let (target_tx, target_rx) = watch::channel(None);
+    let mut receivers = setup.receivers;
+    let handles = spawn_consumers(
+        std::mem::take(&mut receivers),
+        group,
+        &target_rx,
+        spec,
+        base,
+        false,
+        spec.msgs,
+    );
+    let publisher = Arc::clone(&setup.publisher);
+    let setup = Setup { receivers, ..setup };
+
+    // Warm-up: same connection, same subject, skipped by receivers.
+    let hidden = ProgressBar::hidden();
+    publisher
+        .publish_burst(WARMUP_PUBLISHER, spec.size, spec.warmup, None, &hidden)
+        .await?;
+    publisher.flush().await?;
+
+    progress.set_length(spec.msgs);
+    progress.set_position(0);
+    let cpu = CpuClock::start();
+    let start = Instant::now();
+    let deadline = spec.time.map(|t| start + t);
+    let published = tokio::time::timeout(spec.timeout, async {
+        let n = publisher
+            .publish_burst(MEASURED_PUBLISHER, spec.size, spec.msgs, deadline, progress)
+            .await?;
+        publisher.flush().await?;
+        anyhow::Ok(n)
+    })
+    .await;
+    let flushed = Instant::now();
+    let published = match published {
+        Ok(Ok(n)) => n,
+        Ok(Err(error)) => {
+            let _ = target_tx.send(Some(0));
+            setup.close().await;
+            return Err(error);
+        }
+        Err(_) => {
+            let _ = target_tx.send(Some(0));
+            setup.close().await;
+            anyhow::bail!("publishing did not finish within {:?}", spec.timeout);
+        }
+    };
+    progress.set_position(published);
+    let _ = target_tx.send(Some(published));
+    let totals = join(handles).await?;
+    let cpu_s = cpu.elapsed_s();
+    setup.close().await;
+
+    let publish_s = flushed.duration_since(start).as_secs_f64();
+    row.messages = published;
+    row.subscribers = subscribers;
+    row.publish_msgs_per_s = rate(published, publish_s);
+    row.cpu_s = cpu_s;
+    if subscribers == 0 {
+        row.expected = 0;
+        row.msgs_per_s = row.publish_msgs_per_s;
+        row.elapsed_s = Some(publish_s);
+    } else {
+        let expected = if group {
+            published
+        } else {
+            published * subscribers as u64
+        };
+        row.expected = expected;
+        row.received = totals.received;
+        row.lost = expected.saturating_sub(totals.received);
+        row.reordered = totals.reordered;
+        row.duplicates = totals.duplicates;
+        row.errors = totals.errors;
+        if let Some(error) = totals.first_error {
+            row.note = Some(format!("subscriber error: {error}"));
+        }
+        if let (Some(first), Some(last)) = (totals.first, totals.last) {
+            // From the first publish to the last receipt: first-to-last alone
+            // would reward a subscriber that starts late and then drains a
+            // client-side buffer at memory speed.
+            let secs = last.duration_since(start).as_secs_f64();
+            row.elapsed_s = Some(secs);
+            row.msgs_per_s = rate(totals.received, secs);
+            row.first_to_last_msgs_per_s = rate(
+                totals.received.saturating_sub(1),
+                last.duration_since(first).as_secs_f64(),
+            );
+        }
+    }
+    row.mb_per_s = row.msgs_per_s.map(|r| r * spec.size as f64 / 1e6);
+    Ok(())
+}
+
+fn rate(messages: u64, secs: f64) -> Option<f64> {
+    (secs > 0.0 && messages > 0).then(|| messages as f64 / secs)
+}
+
+/// What the pacing thread reports.
+struct Paced {
+    sent: u64,
+    /// How far the last message went out after its intended time.
+    last_behind: Duration,
+    elapsed: Duration,
+}
+
+/// Publishes on a fixed schedule from a dedicated thread: sleeps until shortly
+/// before each intended send time, then spins (tokio's timer is ~1 ms coarse),
+/// and stamps each message with its intended time, not the actual one.
+#[allow(clippy::too_many_arguments)]
+fn pace(
+    runtime: tokio::runtime::Handle,
+    publisher: Arc<dyn Client>,
+    base: Instant,
+    rate: u64,
+    warmup: u64,
+    count: u64,
+    size: usize,
+    progress: ProgressBar,
+) -> anyhow::Result<Paced> {
+    // Thread sleeps overshoot by the kernel's timer slack (50 µs by default);
+    // on Linux this thread lowers its own to 1 µs so it can sleep until just
+    // before each send instead of spinning a core away from the brokers.
+    let precise = std::fs::write("/proc/thread-self/timerslack_ns", "1000").is_ok();
+    // Sleep only this far ahead of the send time, then spin.
+    let spin = if precise {
+        Duration::from_micros(10)
+    } else {
+        Duration::from_micros(60)
+    };
+    let interval_ns = 1e9 / rate.max(1) as f64;
+    let mut buf = payload::buffer(size);
+    let start = Instant::now() + Duration::from_millis(1);
+    let mut last_behind = Duration::ZERO;
+    for i in 0..warmup + count {
+        let intended = start + Duration::from_nanos((i as f64 * interval_ns) as u64);
+        let now = Instant::now();
+        if intended > now {
+            let wait = intended - now;
+            if wait > spin {
+                std::thread::sleep(wait - spin);
+            }
+            while Instant::now() < intended {
+                std::hint::spin_loop();
+            }
+        } else {
+            last_behind = now - intended;
+        }
+        let intended_ns =
+            u64::try_from(intended.duration_since(base).as_nanos()).unwrap_or(u64::MAX);
+        let (publisher_id, seq) = if i < warmup {
+            (WARMUP_PUBLISHER, i)
+        } else {
+            (MEASURED_PUBLISHER, i - warmup)
+        };
+        payload::write_header(&mut buf, publisher_id, seq, intended_ns);
+        runtime.block_on(publisher.publish_one(&buf))?;
+        if i >= warmup && (i - warmup) % PROGRESS_STEP == PROGRESS_STEP - 1 {
+            progress.inc(PROGRESS_STEP);
+        }
+    }
+    let elapsed = start.elapsed();
+    runtime.block_on(publisher.flush())?;
+    Ok(Paced {
+        sent: count,
+        last_behind,
+        elapsed,
+    })
+}
+
+async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> anyhow::Result<()> {
+    let setup = setup(spec, 1, false).await?;
+    let base = Instant::now();
+    let count = (spec.rate as f64 * spec.duration.as_secs_f64()).round() as u64;
+    let warmup = (spec.rate as f64 * spec.latency_warmup.as_secs_f64()).round() as u64;
+    let (target_tx, target_rx) = watch::channel(None);
+    let mut receivers = setup.receivers;
+    let handles = spawn_consumers(
+        std::mem::take(&mut receivers),
+        false,
+        &target_rx,
+        spec,
+        base,
+        true,
+        count,
+    );
+    let setup = Setup { receivers, ..setup };
+    progress.set_length(count);
+    progress.set_position(0);
+    let cpu = CpuClock::start();
+    let (done_tx, done_rx) = oneshot::channel();
+    let runtime = tokio::runtime::Handle::current();
+    let publisher = Arc::clone(&setup.publisher);
+    let (rate, size, bar) = (spec.rate, spec.size, progress.clone());
+    let thread = std::thread::Builder::new()
+        .name("bench-pacer".into())
+        .spawn(move || {
+            let _ = done_tx.send(pace(
+                runtime, publisher, base, rate, warmup, count, size, bar,
+            ));
+        });
+    if let Err(error) = thread {
+        setup.close().await;
+        anyhow::bail!("cannot start the pacing thread: {error}");
+    }
+    let paced = match done_rx.await {
+        Ok(Ok(paced)) => paced,
+        Ok(Err(error)) => {
+            let _ = target_tx.send(Some(0));
+            setup.close().await;
+            return Err(error);
+        }
+        Err(_) => {
+            let _ = target_tx.send(Some(0));
+            setup.close().await;
+            anyhow::bail!("the pacing thread stopped");
+        }
+    };
+    progress.set_position(paced.sent);
+    let _ = target_tx.send(Some(paced.sent));
+    let totals = join(handles).await?;
+    row.cpu_s = cpu.elapsed_s();
+    setup.close().await;
+
+    row.messages = paced.sent;
+    row.subscribers = 1;
+    row.expected = paced.sent;
+    row.received = totals.received;
+    row.lost = paced.sent.saturating_sub(totals.received);
+    row.reordered = totals.reordered;
+    row.duplicates = totals.duplicates;
+    row.errors = totals.errors;
+    row.rate = Some(spec.rate);
+    let elapsed = paced.elapsed.as_secs_f64();
+    row.elapsed_s = Some(elapsed);
+    row.achieved_rate = rate_of(paced.sent + warmup, elapsed);
+    row.msgs_per_s = rate_of(paced.sent + warmup, elapsed);
+    row.mb_per_s = row.msgs_per_s.map(|r| r * spec.size as f64 / 1e6);
+    if let Some(histogram) = totals.histogram.filter(|h| !h.is_empty()) {
+        row.latency = Some(Latency::from_histogram(&histogram));
+    }
+    let mut notes = Vec::new();
+    if let Some(error) = totals.first_error {
+        notes.push(format!("subscriber error: {error}"));
+    }
+    if paced.last_behind > Duration::from_millis(10) {
+        notes.push(format!(
+            "the publisher fell {:?} behind schedule: {} msg/s was not sustained",
+            paced.last_behind, spec.rate
+        ));
+    }
+    if !notes.is_empty() {
+        row.note = Some(notes.join("; "));
+    }
+    Ok(())
+}
+
+fn rate_of(messages: u64, secs: f64) -> Option<f64> {
+    rate(messages, secs)
+}
