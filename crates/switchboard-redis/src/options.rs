@@ -10,7 +10,14 @@ use crate::RedisBroker;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Deliveries a subscription buffers before its connection stops being read, unless configured.
-pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 8192;
+///
+/// 2^20, as for NATS: Redis disconnects a subscriber whose server-side backlog
+/// passes `client-output-buffer-limit pubsub` (32 MiB by default), which a
+/// burst from switchboard's pipelined publisher (1–2 M msg/s) fills in a
+/// fraction of a second; reading ahead into this buffer absorbs such bursts.
+/// The buffer holds deliveries, not bytes: lower it where messages are large
+/// and memory is tight.
+pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 1 << 20;
 
 /// Options for [`RedisOptions::connect`]; [`connect`](crate::connect) uses the defaults.
 ///
@@ -47,7 +54,7 @@ impl Default for RedisOptions {
 }
 
 impl RedisOptions {
-    /// The defaults: 5 s connect timeout, client name `switchboard`, 8192
+    /// The defaults: 5 s connect timeout, client name `switchboard`, 2^20
     /// buffered deliveries per subscription, reconnect backoff 100 ms to 5 s.
     pub fn new() -> Self {
         Self::default()
