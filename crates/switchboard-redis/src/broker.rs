@@ -123,7 +123,9 @@ impl Publisher for RedisBroker {
 
     /// Waits until Redis answered every PUBLISH made before the call; fails
     /// saying how many failed (error replies, or a connection that broke
-    /// before Redis answered) and why.
+    /// before Redis answered) and why, or with [`Error::Timeout`] after
+    /// [`RedisOptions::flush_timeout`] (10 s by default). After a timeout the
+    /// replies are still counted: a later flush waits for them again.
     async fn flush(&self) -> Result<()> {
         self.inner.publisher.flush(false).await
     }
@@ -175,20 +177,35 @@ impl Broker for RedisBroker {
     }
 
     /// Flushes, ends every subscription made from this handle (their streams
-    /// end) and closes the connections. Closing again is fine.
+    /// end) and closes the connections. Closing again is fine. The flush is
+    /// bounded by [`RedisOptions::flush_timeout`]; if it times out, close
+    /// returns that [`Error::Timeout`] and drops the publishing connection
+    /// (publishes still unanswered may or may not have been delivered).
     async fn close(&self) -> Result<()> {
         let writer = match self.inner.writer.lock() {
             Ok(mut w) => w.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         };
-        let Some(writer) = writer else {
+        let Some(mut writer) = writer else {
             return Ok(());
         };
         self.inner.publisher.close();
         self.inner.shutdown.send_replace(true);
         let flushed = self.inner.publisher.flush(true).await;
         self.inner.publisher.shutdown();
-        let _ = writer.await;
+        // The writer ends once its buffer is written; if Redis does not answer
+        // (the flush timed out, or it does not read), the connection is dropped.
+        let timeout = self.inner.options.flush_timeout;
+        let waited = match flushed {
+            Err(Error::Timeout { .. }) => Err(()),
+            _ => tokio::time::timeout(timeout, &mut writer)
+                .await
+                .map_err(|_| ()),
+        };
+        if waited.is_err() {
+            writer.abort();
+            let _ = writer.await;
+        }
         flushed
     }
 }

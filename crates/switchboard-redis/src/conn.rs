@@ -18,6 +18,36 @@ use tokio_rustls::client::TlsStream;
 use crate::resp::{self, Frame};
 use crate::BROKER;
 
+/// Idle time before the kernel sends the first TCP keepalive probe.
+pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+/// Time between unanswered keepalive probes.
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered probes after which the kernel declares the connection dead.
+pub(crate) const KEEPALIVE_RETRIES: u32 = 3;
+
+/// Turns on TCP keepalive, so a connection whose peer vanished without a
+/// reset (a dead host, a dropped NAT entry) fails with an error after about
+/// 30 s of silence instead of waiting forever. Failing to set it is logged,
+/// not fatal: the connection works without it.
+fn set_keepalive(tcp: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    #[cfg(any(
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "ios",
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "netbsd",
+        target_os = "windows",
+    ))]
+    let keepalive = keepalive
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "redis: cannot enable TCP keepalive");
+    }
+}
+
 /// Where and how to connect, read from the URL once.
 #[derive(Clone)]
 pub(crate) struct Target {
@@ -146,6 +176,7 @@ impl Target {
                 self.error(reason, Some(Box::new(e)))
             })?;
         let _ = tcp.set_nodelay(true);
+        set_keepalive(&tcp);
         let stream = match &self.tls {
             None => Stream::Tcp(tcp),
             Some(tls) => {
@@ -421,6 +452,41 @@ mod tests {
         assert_eq!(t.username.as_deref(), Some("user"));
         assert!(t.tls.is_some());
         assert!(Target::parse("rediss://example.com/#insecure").is_ok());
+    }
+
+    /// Every connection gets TCP keepalive: checked on the socket itself, after
+    /// a real connect and handshake against a stand-in server that answers `+OK`.
+    #[tokio::test]
+    async fn connections_have_tcp_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            // CLIENT SETNAME is the only handshake command without a password.
+            let _ = socket.read(&mut buf).await.unwrap();
+            socket.write_all(b"+OK\r\n").await.unwrap();
+            // Keep the connection open until the client is done.
+            let _ = socket.read(&mut buf).await;
+        });
+        let target = Target::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+        let conn = target
+            .connect(Duration::from_secs(5), "keepalive-test")
+            .await
+            .unwrap();
+        let Stream::Tcp(tcp) = &conn.stream else {
+            panic!("a redis:// URL gives a plain TCP stream");
+        };
+        let socket = socket2::SockRef::from(tcp);
+        assert!(socket.keepalive().unwrap());
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+            assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+            assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
+        }
+        drop(conn);
+        server.await.unwrap();
     }
 
     #[test]

@@ -23,6 +23,17 @@
 //! [`Error::Connect`](switchboard_core::Error::Connect) with the password
 //! redacted and a hint (`is redis-server running?`, check the password, ...).
 //!
+//! The URL carries no adapter options (redis-rs reads it); the rest is set on
+//! [`RedisOptions`]:
+//!
+//! | option | default | |
+//! |---|---|---|
+//! | [`connect_timeout`](RedisOptions::connect_timeout) | 5 s | TCP, TLS, `AUTH`, `SELECT` |
+//! | [`flush_timeout`](RedisOptions::flush_timeout) | 10 s | how long `flush` (and `close`) wait for Redis's replies |
+//! | [`client_name`](RedisOptions::client_name) | `switchboard` | the name in `CLIENT LIST` |
+//! | [`subscription_capacity`](RedisOptions::subscription_capacity) | 2^20 | deliveries buffered per subscription |
+//! | [`reconnect_backoff`](RedisOptions::reconnect_backoff) | 100 ms to 5 s | delay between reconnection attempts |
+//!
 //! # Capabilities
 //!
 //! | | |
@@ -64,6 +75,29 @@
 //! The publishing connection reconnects too: publishes in flight when it broke
 //! are reported by the next `flush`; while reconnecting fails, `publish`
 //! returns [`Error::Publish`](switchboard_core::Error::Publish).
+//!
+//! ## Connections that die silently
+//!
+//! A connection can die without Redis or the kernel saying so: the host
+//! vanishes, a NAT or firewall forgets the connection. Every connection the
+//! adapter opens therefore has TCP keepalive on (first probe after 15 s of
+//! silence, then every 5 s; after 3 unanswered probes the kernel fails the
+//! connection), so such a connection breaks after about 30 s and is handled
+//! as above: an idle subscription reports
+//! [`Error::Disconnected`](switchboard_core::Error::Disconnected) and
+//! resubscribes. Subscriptions do not send PING: a subscribed connection has
+//! nothing outstanding, which is exactly when keepalive probes run, and a
+//! server that is up but not answering (paused, overloaded) would not be
+//! helped by resubscribing to it.
+//!
+//! `flush` waits at most [`RedisOptions::flush_timeout`] (10 s by default),
+//! then fails with [`Error::Timeout`](switchboard_core::Error::Timeout); the
+//! publishes it waited for stay counted, so a later `flush` waits for them
+//! again and reports those that failed (e.g. when keepalive has meanwhile
+//! broken the connection). Keepalive only probes a connection with nothing
+//! unacknowledged in flight: a publishing connection that dies while sending
+//! is noticed by the kernel's retransmission timeout (minutes), during which
+//! `publish` keeps buffering up to 4 MiB and then waits.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, unreachable_pub)]
@@ -77,7 +111,9 @@ mod subscriber;
 pub mod wire;
 
 pub use broker::RedisBroker;
-pub use options::{RedisOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SUBSCRIPTION_CAPACITY};
+pub use options::{
+    RedisOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT, DEFAULT_SUBSCRIPTION_CAPACITY,
+};
 
 use switchboard_core::Result;
 

@@ -9,6 +9,11 @@ use crate::RedisBroker;
 /// How long connecting (TCP, TLS and handshake) may take, unless configured.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long [`flush`](switchboard_core::Publisher::flush) waits for Redis's
+/// replies before failing with [`Error::Timeout`](switchboard_core::Error::Timeout),
+/// unless configured. 10 s, as for NATS.
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Deliveries a subscription buffers before its connection stops being read, unless configured.
 ///
 /// 2^20, as for NATS: Redis disconnects a subscriber whose server-side backlog
@@ -27,6 +32,7 @@ pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 1 << 20;
 /// use switchboard_redis::RedisOptions;
 /// let broker = RedisOptions::new()
 ///     .connect_timeout(Duration::from_secs(2))
+///     .flush_timeout(Duration::from_secs(3))
 ///     .client_name("billing")
 ///     .connect("redis://127.0.0.1:6379")
 ///     .await?;
@@ -35,6 +41,7 @@ pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
     pub(crate) connect_timeout: Duration,
+    pub(crate) flush_timeout: Duration,
     pub(crate) client_name: String,
     pub(crate) subscription_capacity: usize,
     pub(crate) reconnect_min: Duration,
@@ -45,6 +52,7 @@ impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            flush_timeout: DEFAULT_FLUSH_TIMEOUT,
             client_name: "switchboard".to_string(),
             subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
             reconnect_min: Duration::from_millis(100),
@@ -54,8 +62,9 @@ impl Default for RedisOptions {
 }
 
 impl RedisOptions {
-    /// The defaults: 5 s connect timeout, client name `switchboard`, 2^20
-    /// buffered deliveries per subscription, reconnect backoff 100 ms to 5 s.
+    /// The defaults: 5 s connect timeout, 10 s flush timeout, client name
+    /// `switchboard`, 2^20 buffered deliveries per subscription, reconnect
+    /// backoff 100 ms to 5 s.
     pub fn new() -> Self {
         Self::default()
     }
@@ -63,6 +72,20 @@ impl RedisOptions {
     /// How long connecting (TCP, TLS, AUTH, SELECT) may take before failing.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long [`flush`](switchboard_core::Publisher::flush) (and the flush in
+    /// [`close`](switchboard_core::Broker::close)) waits for Redis to answer
+    /// the publishes made before it. When the time is up it fails with
+    /// [`Error::Timeout`](switchboard_core::Error::Timeout) (operation
+    /// `"flush"`), e.g. when the server hangs or the network silently went
+    /// away; the publishes stay counted, so a later `flush` still waits for
+    /// them and reports those that failed.
+    ///
+    /// Settable here only: the URL is read by redis-rs, which has no such parameter.
+    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
+        self.flush_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 

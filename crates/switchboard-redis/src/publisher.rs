@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     /// How many publishes are resolved (answered by the server or failed), in order.
     answered: watch::Sender<u64>,
     max_payload: usize,
+    /// How long `flush` waits for the replies.
+    flush_timeout: Duration,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -117,6 +119,10 @@ impl Shared {
     }
 
     /// Waits until every publish accepted so far is resolved; reports failures.
+    ///
+    /// Gives up with [`Error::Timeout`] after the flush timeout. Nothing is
+    /// forgotten then: the replies are still counted as they come, and the
+    /// failures stay until a later flush (whose target covers them) reports them.
     pub(crate) async fn flush(&self, allow_closed: bool) -> Result<()> {
         let target = {
             let state = lock(&self.state);
@@ -126,14 +132,28 @@ impl Shared {
             state.queued
         };
         let mut answered = self.answered.subscribe();
-        answered
-            .wait_for(|&n| n >= target)
-            .await
-            .map_err(|_| Error::Flush {
-                broker: BROKER,
-                reason: "the connection task ended".into(),
-                source: None,
-            })?;
+        match tokio::time::timeout(self.flush_timeout, answered.wait_for(|&n| n >= target)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                return Err(Error::Flush {
+                    broker: BROKER,
+                    reason: "the connection task ended".into(),
+                    source: None,
+                })
+            }
+            Err(_) => {
+                tracing::warn!(
+                    after = ?self.flush_timeout,
+                    outstanding = target.saturating_sub(*self.answered.borrow()),
+                    "redis: flush timed out waiting for replies"
+                );
+                return Err(Error::Timeout {
+                    broker: BROKER,
+                    operation: "flush".into(),
+                    after: self.flush_timeout,
+                });
+            }
+        }
         let mut state = lock(&self.state);
         let (failed, kept): (Vec<Failure>, Vec<Failure>) = std::mem::take(&mut state.failures)
             .into_iter()
@@ -193,6 +213,7 @@ pub(crate) fn start(
         space: Notify::new(),
         answered: watch::Sender::new(0),
         max_payload,
+        flush_timeout: options.flush_timeout,
     });
     let task = tokio::spawn(run(shared.clone(), conn, target, options));
     (shared, task)
@@ -249,7 +270,15 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
         };
         let (reader, mut writer, rbuf) = current.split();
         let (dead_tx, mut dead_rx) = oneshot::channel();
-        let reader = tokio::spawn(read_replies(shared.clone(), reader, rbuf, written, dead_tx));
+        // Aborted on drop, so the reader never outlives this task (which
+        // `close` may abort when Redis does not answer).
+        let mut reader = AbortOnDrop(tokio::spawn(read_replies(
+            shared.clone(),
+            reader,
+            rbuf,
+            written,
+            dead_tx,
+        )));
         let mut chunk = Vec::new();
         let reason = loop {
             // Take what accumulated, or wait for more.
@@ -266,7 +295,6 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
             if chunk.is_empty() {
                 if stop {
                     let _ = writer.shutdown().await;
-                    reader.abort();
                     return;
                 }
                 tokio::select! {
@@ -292,8 +320,8 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
                 chunk = Vec::new();
             }
         };
-        reader.abort();
-        let _ = reader.await;
+        reader.0.abort();
+        let _ = (&mut reader.0).await;
         let answered = *shared.answered.borrow();
         {
             let mut state = lock(&shared.state);
@@ -309,6 +337,15 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
         if !wait_or_shutdown(&shared, Duration::ZERO).await {
             return;
         }
+    }
+}
+
+/// A task that is aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

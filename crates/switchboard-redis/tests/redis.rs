@@ -571,6 +571,106 @@ async fn slow_subscriber_is_reported_not_silent() {
     broker.close().await.unwrap();
 }
 
+/// A process stopped with SIGSTOP (its connections stay open, nothing answers)
+/// and continued when this is dropped, also when the test fails.
+struct Paused(u32);
+
+impl Paused {
+    fn new(pid: u32) -> Paused {
+        let status = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -STOP {pid} failed");
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+fn is_flush_timeout(e: &Error, after: Duration) -> bool {
+    matches!(e, Error::Timeout { broker: "redis", operation, after: a } if operation == "flush" && *a == after)
+}
+
+#[tokio::test]
+async fn flush_times_out_on_a_hung_server_and_keeps_counting() {
+    let Some(server) = Server::start(&[]) else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}", server.port);
+    let timeout = Duration::from_millis(700);
+    let broker = RedisOptions::new()
+        .flush_timeout(timeout)
+        .connect(&url)
+        .await
+        .unwrap();
+    assert!(format!("{:?}", broker.options()).contains("flush_timeout: 700ms"));
+    let mut sub = broker.subscribe(&"hung.>".parse().unwrap()).await.unwrap();
+    broker
+        .publish(Message::new("hung.n", "before").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    assert_eq!(next(&mut sub).await.unwrap().payload_str(), Some("before"));
+
+    let paused = Paused::new(server.child.id());
+    for i in 0..10 {
+        broker
+            .publish(Message::new("hung.n", format!("{i}")).unwrap())
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let e = broker.flush().await.unwrap_err();
+    let took = started.elapsed();
+    assert!(is_flush_timeout(&e, timeout), "{e:?}");
+    assert!(e.is_temporary());
+    assert!(took >= timeout && took < timeout + WAIT, "{took:?}");
+    assert_eq!(
+        e.to_string(),
+        format!("redis: flush timed out after {timeout:?}")
+    );
+    // The replies are still owed: the next flush waits for them again.
+    let e = broker.flush().await.unwrap_err();
+    assert!(is_flush_timeout(&e, timeout), "{e:?}");
+
+    // Redis resumes: it answers everything, a later flush succeeds and every
+    // message arrives, in order.
+    drop(paused);
+    broker
+        .publish(Message::new("hung.n", "after").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    for i in 0..10 {
+        let d = next(&mut sub).await.unwrap();
+        assert_eq!(d.payload_str(), Some(format!("{i}").as_str()));
+    }
+    assert_eq!(next(&mut sub).await.unwrap().payload_str(), Some("after"));
+
+    // Closing while Redis hangs is bounded by the flush timeout too.
+    let paused = Paused::new(server.child.id());
+    broker
+        .publish(Message::new("hung.n", "at close").unwrap())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let e = tokio::time::timeout(timeout + WAIT, broker.close())
+        .await
+        .expect("close is bounded")
+        .unwrap_err();
+    assert!(is_flush_timeout(&e, timeout), "{e:?}");
+    assert!(started.elapsed() < timeout + WAIT);
+    drop(paused);
+    broker.close().await.unwrap();
+}
+
 /// Publish throughput, for a quick comparison with raw redis-rs; run with
 /// `cargo test --release -p switchboard-redis --test redis -- --ignored --nocapture throughput`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
