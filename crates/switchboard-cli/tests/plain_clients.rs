@@ -11,14 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-fn required() -> bool {
-    std::env::var("SWITCHBOARD_REQUIRE_BROKERS").is_ok_and(|v| v == "1")
-}
-
-fn skip(reason: &str) {
-    assert!(!required(), "SWITCHBOARD_REQUIRE_BROKERS=1 but {reason}");
-    eprintln!("skipped: {reason}");
-}
+use switchboard_conformance::skip_or_fail;
 
 fn answers(host_port: &str) -> bool {
     host_port
@@ -36,12 +29,12 @@ fn run(broker: &str, module: &str, port: u16) {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_module {
-        return skip(&format!(
+        return skip_or_fail(format!(
             "python3 with the `{module}` package is needed (pip install nats-py redis pika)"
         ));
     }
     if !answers(&format!("127.0.0.1:{port}")) {
-        return skip(&format!("{broker} does not answer on 127.0.0.1:{port}"));
+        return skip_or_fail(format!("{broker} does not answer on 127.0.0.1:{port}"));
     }
     let output = Command::new("python3")
         .arg(&script)

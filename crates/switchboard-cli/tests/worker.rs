@@ -16,10 +16,7 @@ use switchboard::{AnyBroker, Message, Subscription};
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
 fn nats_url() -> String {
-    std::env::var("SWITCHBOARD_NATS_URL")
-        .ok()
-        .filter(|u| !u.trim().is_empty())
-        .unwrap_or_else(|| "nats://127.0.0.1:4222".to_string())
+    switchboard_conformance::broker_url("SWITCHBOARD_NATS_URL", "nats://127.0.0.1:4222")
 }
 
 /// The NATS broker, or `None` (after printing why) when it does not answer.
@@ -28,10 +25,9 @@ async fn nats_or_skip(test: &str) -> Option<AnyBroker> {
     match switchboard::connect(&url).await {
         Ok(broker) => Some(broker),
         Err(error) => {
-            if std::env::var("SWITCHBOARD_REQUIRE_BROKERS").as_deref() == Ok("1") {
-                panic!("{test}: NATS at {url} is required: {error}");
-            }
-            println!("skipped: {test}: NATS at {url} does not answer: {error}");
+            switchboard_conformance::skip_or_fail(format_args!(
+                "{test}: NATS at {url} does not answer: {error}"
+            ));
             None
         }
     }

@@ -17,6 +17,45 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// skipped, when its broker does not answer (for CI, where the brokers must be up).
 pub const REQUIRE_BROKERS_ENV: &str = "SWITCHBOARD_REQUIRE_BROKERS";
 
+/// Whether a broker that does not answer must fail a test instead of skipping it:
+/// true when [`REQUIRE_BROKERS_ENV`] is set to `1` (surrounding whitespace ignored).
+pub fn brokers_required() -> bool {
+    std::env::var(REQUIRE_BROKERS_ENV).is_ok_and(|v| v.trim() == "1")
+}
+
+/// Skips a test for `reason` (printing `skipped: <reason>` to stderr), or, when
+/// [`brokers_required`], panics with `SWITCHBOARD_REQUIRE_BROKERS=1 but <reason>`.
+///
+/// The caller returns right after it; it is for tests outside the [`suite!`](crate::suite)
+/// that need a broker (or another outside service) which may be missing.
+///
+/// ```
+/// fn a_test_needing_a_server(answers: bool) {
+///     if !answers {
+///         switchboard_conformance::skip_or_fail("no server on 127.0.0.1:4222");
+///         return;
+///     }
+///     // ... the test itself
+/// }
+/// # a_test_needing_a_server(true);
+/// ```
+#[track_caller]
+pub fn skip_or_fail(reason: impl fmt::Display) {
+    if brokers_required() {
+        panic!("{REQUIRE_BROKERS_ENV}=1 but {reason}");
+    }
+    eprintln!("skipped: {reason}");
+}
+
+/// The broker URL in environment variable `env`, or `default` when it is unset,
+/// empty or only whitespace (the rule [`Suite::url`] follows).
+pub fn broker_url(env: &str, default: &str) -> String {
+    std::env::var(env)
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
 type ConnectFn = dyn Fn(String) -> BoxFuture<'static, Result<Arc<dyn Broker>>> + Send + Sync;
 
 /// An adapter's way to open a connection from a URL, with the broker type erased.
@@ -101,18 +140,14 @@ impl Suite {
 
     /// The URL to connect to: the environment variable's value, or the default.
     pub fn url(&self) -> String {
-        std::env::var(&self.url_env)
-            .ok()
-            .filter(|url| !url.trim().is_empty())
-            .unwrap_or_else(|| self.default_url.clone())
+        broker_url(&self.url_env, &self.default_url)
     }
 
     /// Connects for case `case`. When the broker does not answer, prints
     /// `skipped: <broker> at <url> does not answer: <error>` to stderr and
     /// returns `None` — or panics if [`REQUIRE_BROKERS_ENV`] is `1`.
     pub async fn context(&self, case: &'static str) -> Option<Context> {
-        let require = std::env::var(REQUIRE_BROKERS_ENV).is_ok_and(|v| v.trim() == "1");
-        self.context_or_skip(case, require).await
+        self.context_or_skip(case, brokers_required()).await
     }
 
     /// [`Suite::context`] with the requirement given rather than read from the environment.

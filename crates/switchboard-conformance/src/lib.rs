@@ -42,7 +42,9 @@
 //! The building blocks are public: [`Context`] (connections, prefixed subjects,
 //! patterns and groups) and the receive helpers ([`recv`], [`recv_n`],
 //! [`expect_silence`], [`expect_end`], ...). The cases in [`cases`] are plain
-//! `async fn(&Context)`, so an adapter can also call one directly.
+//! `async fn(&Context)`, so an adapter can also call one directly. Tests that
+//! connect on their own apply the same skipping rule with [`broker_url`],
+//! [`brokers_required`] and [`skip_or_fail`].
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 // This is a test library: a failed expectation must panic, with a message
@@ -53,7 +55,10 @@ pub mod cases;
 mod context;
 mod receive;
 
-pub use context::{Connector, Context, Suite, CONNECT_TIMEOUT, REQUIRE_BROKERS_ENV};
+pub use context::{
+    broker_url, brokers_required, skip_or_fail, Connector, Context, Suite, CONNECT_TIMEOUT,
+    REQUIRE_BROKERS_ENV,
+};
 pub use receive::{
     collect_for, expect_end, expect_silence, gather, recv, recv_n, recv_unacked, FLUSH_TIMEOUT,
     RECEIVE_TIMEOUT, SILENCE,

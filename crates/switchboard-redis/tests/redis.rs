@@ -18,14 +18,7 @@ use switchboard_redis::{RedisBroker, RedisOptions};
 const WAIT: Duration = Duration::from_secs(5);
 
 fn url() -> String {
-    std::env::var("SWITCHBOARD_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_string())
-}
-
-fn require() -> bool {
-    std::env::var("SWITCHBOARD_REQUIRE_BROKERS").as_deref() == Ok("1")
+    switchboard_conformance::broker_url("SWITCHBOARD_REDIS_URL", "redis://127.0.0.1:6379")
 }
 
 /// A prefix no other run uses.
@@ -47,11 +40,10 @@ fn prefix() -> String {
 async fn shared(options: RedisOptions) -> Option<RedisBroker> {
     match options.connect(&url()).await {
         Ok(b) => Some(b),
-        Err(e) if !require() => {
-            println!("skipped: no Redis at {}: {e}", url());
+        Err(e) => {
+            switchboard_conformance::skip_or_fail(format_args!("no Redis at {}: {e}", url()));
             None
         }
-        Err(e) => panic!("Redis required (SWITCHBOARD_REQUIRE_BROKERS=1): {e}"),
     }
 }
 
@@ -90,11 +82,12 @@ impl Server {
             .spawn()
         {
             Ok(c) => c,
-            Err(e) if !require() => {
-                println!("skipped: cannot start redis-server: {e}");
+            Err(e) => {
+                switchboard_conformance::skip_or_fail(format_args!(
+                    "cannot start redis-server: {e}"
+                ));
                 return None;
             }
-            Err(e) => panic!("cannot start redis-server: {e}"),
         };
         let server = Server { child, port };
         let deadline = Instant::now() + WAIT;

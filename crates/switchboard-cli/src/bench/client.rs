@@ -20,12 +20,86 @@ pub(crate) const PROGRESS_STEP: u64 = 1024;
 
 /// Counts progress every [`PROGRESS_STEP`] messages and says whether `deadline`
 /// has passed (checked as often, so the clock costs nothing per message).
-pub(crate) fn step(seq: u64, deadline: Option<Instant>, progress: &ProgressBar) -> bool {
+fn step(seq: u64, deadline: Option<Instant>, progress: &ProgressBar) -> bool {
     if seq % PROGRESS_STEP != PROGRESS_STEP - 1 {
         return false;
     }
     progress.inc(PROGRESS_STEP);
     deadline.is_some_and(|deadline| Instant::now() >= deadline)
+}
+
+/// The messages of one [`Client::publish_burst`], as every client sends them:
+/// message `seq` (from 0) of `publisher` is its header written into one reused
+/// buffer of `size` bytes; the burst ends after `count` messages or, checked every
+/// [`PROGRESS_STEP`] messages, once `deadline` has passed.
+///
+/// ```text
+/// let mut burst = Burst::new(publisher, size, count, deadline, progress);
+/// while let Some(payload) = burst.next_payload() {
+///     publish(payload).await?; // an error ends the burst
+/// }
+/// Ok(burst.sent())
+/// ```
+///
+/// A plain loop the caller writes around its own publish call, so nothing is
+/// boxed or called indirectly per message.
+#[derive(Debug)]
+pub(crate) struct Burst<'a> {
+    buf: Vec<u8>,
+    publisher: u16,
+    count: u64,
+    deadline: Option<Instant>,
+    progress: &'a ProgressBar,
+    /// Messages published so far.
+    sent: u64,
+    /// The message last handed out, published once `next_payload` is called again.
+    handed: Option<u64>,
+}
+
+impl<'a> Burst<'a> {
+    /// A burst of `count` messages of `size` bytes from `publisher`, counted on `progress`.
+    pub(crate) fn new(
+        publisher: u16,
+        size: usize,
+        count: u64,
+        deadline: Option<Instant>,
+        progress: &'a ProgressBar,
+    ) -> Self {
+        Burst {
+            buf: payload::buffer(size),
+            publisher,
+            count,
+            deadline,
+            progress,
+            sent: 0,
+            handed: None,
+        }
+    }
+
+    /// The payload of the next message, or `None` when the burst is over.
+    /// Calling it again counts the payload it returned last as published.
+    #[inline]
+    pub(crate) fn next_payload(&mut self) -> Option<&[u8]> {
+        if let Some(seq) = self.handed.take() {
+            self.sent = seq + 1;
+            if step(seq, self.deadline, self.progress) {
+                self.count = self.sent;
+                return None;
+            }
+        }
+        if self.sent >= self.count {
+            return None;
+        }
+        let seq = self.sent;
+        payload::write_header(&mut self.buf, self.publisher, seq, 0);
+        self.handed = Some(seq);
+        Some(&self.buf)
+    }
+
+    /// How many messages were published (once [`Burst::next_payload`] returned `None`).
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
+    }
 }
 
 /// A connection used by one role (the publisher, or one subscriber) of one run,
@@ -125,17 +199,11 @@ impl Client for SwitchboardClient {
         deadline: Option<Instant>,
         progress: &ProgressBar,
     ) -> anyhow::Result<u64> {
-        let mut buf = payload::buffer(size);
-        let mut sent = 0;
-        for seq in 0..count {
-            payload::write_header(&mut buf, publisher, seq, 0);
-            self.broker.publish(self.message(&buf)).await?;
-            sent = seq + 1;
-            if step(seq, deadline, progress) {
-                break;
-            }
+        let mut burst = Burst::new(publisher, size, count, deadline, progress);
+        while let Some(payload) = burst.next_payload() {
+            self.broker.publish(self.message(payload)).await?;
         }
-        Ok(sent)
+        Ok(burst.sent())
     }
 
     async fn publish_one(&self, payload: &[u8]) -> anyhow::Result<()> {
@@ -182,5 +250,40 @@ impl Client for SwitchboardClient {
         if let Err(error) = self.broker.close().await {
             tracing::debug!("closing {}: {error}", self.broker.kind());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_numbers_its_messages_and_stops_at_count() {
+        let progress = ProgressBar::hidden();
+        let mut burst = Burst::new(7, 32, 3, None, &progress);
+        let mut seqs = Vec::new();
+        while let Some(payload) = burst.next_payload() {
+            let stamp = Stamp::parse(payload).unwrap();
+            assert_eq!((stamp.publisher, stamp.len, stamp.intended_ns), (7, 32, 0));
+            seqs.push(stamp.seq);
+        }
+        assert_eq!(seqs, [0, 1, 2]);
+        assert_eq!(burst.sent(), 3);
+        assert!(burst.next_payload().is_none());
+    }
+
+    #[test]
+    fn burst_checks_the_deadline_every_progress_step() {
+        let progress = ProgressBar::hidden();
+        let mut burst = Burst::new(1, 16, 10 * PROGRESS_STEP, Some(Instant::now()), &progress);
+        let mut handed = 0;
+        while burst.next_payload().is_some() {
+            handed += 1;
+        }
+        assert_eq!(handed, PROGRESS_STEP);
+        assert_eq!(burst.sent(), PROGRESS_STEP);
+        assert_eq!(progress.position(), PROGRESS_STEP);
+        assert!(burst.next_payload().is_none());
+        assert_eq!(progress.position(), PROGRESS_STEP);
     }
 }

@@ -18,8 +18,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
 use tokio::sync::Mutex;
 
-use super::client::{step, Client, Receiver};
-use super::payload::{self, Stamp};
+use super::client::{Burst, Client, Receiver};
+use super::payload::Stamp;
 
 /// Publisher confirms outstanding at most.
 pub(crate) const WINDOW: usize = 256;
@@ -110,18 +110,12 @@ impl Client for RawAmqp {
         deadline: Option<Instant>,
         progress: &ProgressBar,
     ) -> anyhow::Result<u64> {
-        let mut buf = payload::buffer(size);
+        let mut burst = Burst::new(publisher, size, count, deadline, progress);
         let mut pending = self.pending.lock().await;
-        let mut sent = 0;
-        for seq in 0..count {
-            payload::write_header(&mut buf, publisher, seq, 0);
-            self.publish(&mut pending, &buf).await?;
-            sent = seq + 1;
-            if step(seq, deadline, progress) {
-                break;
-            }
+        while let Some(payload) = burst.next_payload() {
+            self.publish(&mut pending, payload).await?;
         }
-        Ok(sent)
+        Ok(burst.sent())
     }
 
     async fn publish_one(&self, payload: &[u8]) -> anyhow::Result<()> {

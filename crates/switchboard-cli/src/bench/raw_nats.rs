@@ -10,8 +10,8 @@ use std::time::Instant;
 use indicatif::ProgressBar;
 use switchboard::Bytes;
 
-use super::client::{step, Client, Receiver};
-use super::payload::{self, Stamp};
+use super::client::{Burst, Client, Receiver};
+use super::payload::Stamp;
 
 /// How long `flush` waits for the server's echo.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -50,19 +50,13 @@ impl Client for RawNats {
         deadline: Option<Instant>,
         progress: &ProgressBar,
     ) -> anyhow::Result<u64> {
-        let mut buf = payload::buffer(size);
-        let mut sent = 0;
-        for seq in 0..count {
-            payload::write_header(&mut buf, publisher, seq, 0);
+        let mut burst = Burst::new(publisher, size, count, deadline, progress);
+        while let Some(payload) = burst.next_payload() {
             self.client
-                .publish(self.subject.clone(), Bytes::copy_from_slice(&buf))
+                .publish(self.subject.clone(), Bytes::copy_from_slice(payload))
                 .await?;
-            sent = seq + 1;
-            if step(seq, deadline, progress) {
-                break;
-            }
         }
-        Ok(sent)
+        Ok(burst.sent())
     }
 
     async fn publish_one(&self, payload: &[u8]) -> anyhow::Result<()> {

@@ -20,8 +20,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult};
 use tokio::sync::Mutex;
 
-use super::client::{step, Client, Receiver};
-use super::payload::{self, Stamp};
+use super::client::{Burst, Client, Receiver};
+use super::payload::Stamp;
 
 /// PUBLISH commands in flight at most on the publishing connection.
 pub(crate) const WINDOW: usize = 256;
@@ -113,19 +113,13 @@ impl Client for RawRedis {
         deadline: Option<Instant>,
         progress: &ProgressBar,
     ) -> anyhow::Result<u64> {
-        let mut buf = payload::buffer(size);
+        let mut burst = Burst::new(publisher, size, count, deadline, progress);
         let mut in_flight = InFlight::new();
-        let mut sent = 0;
-        for seq in 0..count {
-            payload::write_header(&mut buf, publisher, seq, 0);
-            push(&mut in_flight, self.publish_future(&buf)).await?;
-            sent = seq + 1;
-            if step(seq, deadline, progress) {
-                break;
-            }
+        while let Some(payload) = burst.next_payload() {
+            push(&mut in_flight, self.publish_future(payload)).await?;
         }
         drain(&mut in_flight).await?;
-        Ok(sent)
+        Ok(burst.sent())
     }
 
     async fn publish_one(&self, payload: &[u8]) -> anyhow::Result<()> {

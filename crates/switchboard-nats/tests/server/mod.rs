@@ -7,17 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Whether a missing broker must fail the test instead of skipping it.
-pub(crate) fn required() -> bool {
-    std::env::var("SWITCHBOARD_REQUIRE_BROKERS").is_ok_and(|v| v == "1")
-}
-
 /// Skips (returns `None` after printing why) or fails, per `SWITCHBOARD_REQUIRE_BROKERS`.
 pub(crate) fn skip<T>(why: &str) -> Option<T> {
-    if required() {
-        panic!("SWITCHBOARD_REQUIRE_BROKERS=1 but {why}");
-    }
-    eprintln!("skipped: {why}");
+    switchboard_conformance::skip_or_fail(why);
     None
 }
 
