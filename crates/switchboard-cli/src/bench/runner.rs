@@ -405,17 +405,18 @@ async fn throughput(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> an
     })
     .await;
     let flushed = Instant::now();
+    let published = published.unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "publishing did not finish within {:?}",
+            spec.timeout
+        ))
+    });
     let published = match published {
-        Ok(Ok(n)) => n,
-        Ok(Err(error)) => {
+        Ok(n) => n,
+        Err(error) => {
             let _ = target_tx.send(Some(0));
             setup.close().await;
             return Err(error);
-        }
-        Err(_) => {
-            let _ = target_tx.send(Some(0));
-            setup.close().await;
-            anyhow::bail!("publishing did not finish within {:?}", spec.timeout);
         }
     };
     progress.set_position(published);
@@ -576,17 +577,15 @@ async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> anyho
         setup.close().await;
         anyhow::bail!("cannot start the pacing thread: {error}");
     }
-    let paced = match done_rx.await {
-        Ok(Ok(paced)) => paced,
-        Ok(Err(error)) => {
+    let paced = done_rx
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the pacing thread stopped")));
+    let paced = match paced {
+        Ok(paced) => paced,
+        Err(error) => {
             let _ = target_tx.send(Some(0));
             setup.close().await;
             return Err(error);
-        }
-        Err(_) => {
-            let _ = target_tx.send(Some(0));
-            setup.close().await;
-            anyhow::bail!("the pacing thread stopped");
         }
     };
     progress.set_position(paced.sent);
