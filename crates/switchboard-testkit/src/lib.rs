@@ -1,0 +1,49 @@
+//! Fixtures for switchboard's own tests (not published).
+//!
+//! - [`unique`] names and [`free_port`]s, so test runs never see each other;
+//! - [`process`]: broker servers of a test's own (nats-server, redis-server, …) on
+//!   private loopback ports, killed by pid on drop, restartable, pausable
+//!   (`SIGSTOP`) to freeze a live connection;
+//! - [`proxy`]: a TCP proxy the test controls, to freeze a link (bytes stop
+//!   flowing, sockets stay open) or cut it (every connection reset).
+//!
+//! A fixture that cannot start (no binary on this machine) returns `None` after
+//! [`switchboard_conformance::skip_or_fail`], so a missing tool is a skip
+//! locally and a failure in CI (`SWITCHBOARD_REQUIRE_BROKERS=1`).
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+// Test fixtures: a fixture that cannot do its job must fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod process;
+pub mod proxy;
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use process::{BrokerProcess, NatsServer, RedisServer};
+pub use proxy::TcpProxy;
+
+/// A name (subject prefix, queue, consumer) no other test or test run uses:
+/// `sbtest.<test>.p<pid>n<nanos>c<counter>`. Valid as a subject prefix on every broker.
+pub fn unique(test: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "sbtest.{test}.p{}n{nanos}c{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}

@@ -1,0 +1,246 @@
+//! Broker servers of a test's own, on private loopback ports.
+//!
+//! Every process is killed by pid when its handle drops (also when the test
+//! panics), so a fault test never leaves a server behind and never touches the
+//! shared brokers on 4222/6379/5672/1883.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::free_port;
+
+/// How long a server may take to listen after it was started.
+pub const START_PATIENCE: Duration = Duration::from_secs(15);
+
+/// One server process started by a test: killed on drop, restartable on the
+/// same port with the same arguments, pausable with `SIGSTOP`.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    port: u16,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl BrokerProcess {
+    /// Starts `program args…` and waits until something listens on `port`.
+    /// `None` (after a skip or, in CI, a failure) if the program is not installed.
+    pub fn start(name: &'static str, program: &str, args: Vec<String>, port: u16) -> Option<Self> {
+        let Some(program) = find_program(program) else {
+            switchboard_conformance::skip_or_fail(format_args!(
+                "{name}: `{program}` is not installed"
+            ));
+            return None;
+        };
+        let mut process = BrokerProcess {
+            name,
+            program,
+            args,
+            port,
+            child: None,
+            paused: false,
+        };
+        process.spawn();
+        Some(process)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} does not start: {e}", self.name));
+        self.child = Some(child);
+        self.wait_listening();
+    }
+
+    /// Blocks until the port accepts connections, failing after [`START_PATIENCE`].
+    pub fn wait_listening(&self) {
+        let deadline = Instant::now() + START_PATIENCE;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen on 127.0.0.1:{} within {START_PATIENCE:?}",
+                self.name,
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills it (`SIGKILL`) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        self.resume();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it and starts it again on the same port with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Starts it again after [`kill`](Self::kill) (no-op while it runs).
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+    }
+
+    /// Freezes it with `SIGSTOP`: connections stay open, nothing answers.
+    pub fn pause(&mut self) {
+        if let (Some(pid), false) = (self.pid(), self.paused) {
+            signal(pid, "STOP");
+            self.paused = true;
+        }
+    }
+
+    /// Lets a paused process run again (`SIGCONT`).
+    pub fn resume(&mut self) {
+        if let (Some(pid), true) = (self.pid(), self.paused) {
+            signal(pid, "CONT");
+            self.paused = false;
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends `SIGNAME` to `pid` with kill(1).
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill(1) runs");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// `program` as a path: itself if it names a file, else found on `PATH` or in
+/// the usual system directories (nats-server lives in /usr/sbin on Debian).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let as_path = Path::new(program);
+    if as_path.components().count() > 1 {
+        return as_path.exists().then(|| as_path.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            [
+                "/usr/sbin",
+                "/usr/local/sbin",
+                "/sbin",
+                "/usr/local/bin",
+                "/usr/bin",
+            ]
+            .map(PathBuf::from),
+        )
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A nats-server of the test's own.
+#[derive(Debug)]
+pub struct NatsServer {
+    /// The process; use it to kill, restart or pause the server.
+    pub process: BrokerProcess,
+}
+
+impl NatsServer {
+    /// Starts one on a free loopback port with extra `args` (e.g. `["-js", "-sd", dir]`).
+    /// The binary is `$NATS_SERVER_BIN` or `nats-server`.
+    pub fn start(args: &[&str]) -> Option<Self> {
+        Self::start_on(free_port(), args)
+    }
+
+    /// Starts one on `port`.
+    pub fn start_on(port: u16, args: &[&str]) -> Option<Self> {
+        let program = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let mut all = vec![
+            "-a".to_string(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        BrokerProcess::start("nats-server", &program, all, port)
+            .map(|process| NatsServer { process })
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.process.port())
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.process.port()
+    }
+}
+
+/// A redis-server of the test's own (nothing kept on disk).
+#[derive(Debug)]
+pub struct RedisServer {
+    /// The process; use it to kill, restart or pause the server.
+    pub process: BrokerProcess,
+}
+
+impl RedisServer {
+    /// Starts one on a free loopback port with extra `args` (e.g. `["--requirepass", "pw"]`).
+    pub fn start(args: &[&str]) -> Option<Self> {
+        Self::start_on(free_port(), args)
+    }
+
+    /// Starts one on `port`.
+    pub fn start_on(port: u16, args: &[&str]) -> Option<Self> {
+        let mut all: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        all.extend(args.iter().map(|a| a.to_string()));
+        BrokerProcess::start("redis-server", "redis-server", all, port)
+            .map(|process| RedisServer { process })
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.process.port())
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.process.port()
+    }
+}
