@@ -11,8 +11,8 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
 use lapin::{ExchangeKind, PublisherConfirm};
 use switchboard_core::{
-    async_trait, Broker, Capabilities, Error, Message, Pattern, Publisher, QueueGroup, Result,
-    Subject, Subscriber, Subscription,
+    async_trait, Broker, Capabilities, ConnectionStatus, Error, Message, Pattern, Publisher,
+    QueueGroup, Result, Subject, Subscriber, Subscription,
 };
 use tokio::sync::watch;
 
@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     closed_tx: watch::Sender<bool>,
     window: tokio::sync::Mutex<Window>,
+    /// The connection's state, for `Broker::status`.
+    link: switchboard_core::Link,
 }
 
 impl Inner {
@@ -122,6 +124,10 @@ impl Inner {
             };
             guard.take()
         };
+        if stale.is_some() {
+            self.link
+                .lost("the AMQP connection or its publishing channel closed");
+        }
         // The connection may be alive with only the publishing channel gone.
         let session = match stale {
             Some(stale) if stale.connection.status().connected() => {
@@ -144,6 +150,8 @@ impl Inner {
             Err(poisoned) => poisoned.into_inner(),
         };
         *guard = Some(session.clone());
+        drop(guard);
+        self.link.restored();
         Ok(session)
     }
 
@@ -311,6 +319,7 @@ impl AmqpBroker {
                 closed: AtomicBool::new(false),
                 closed_tx,
                 window: tokio::sync::Mutex::new(Window::default()),
+                link: switchboard_core::Link::new(BROKER),
             }),
         })
     }
@@ -494,10 +503,15 @@ impl Broker for AmqpBroker {
         capabilities
     }
 
+    fn status(&self) -> ConnectionStatus {
+        self.inner.link.status()
+    }
+
     async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.inner.link.close();
         let flushed = self.drain().await;
         self.inner.closed_tx.send_replace(true);
         // Wait for a reconnect in progress to finish (it sees `closed`).

@@ -5,8 +5,8 @@
 use futures::StreamExt;
 use switchboard_conformance::{cases, Connector, Context, Suite};
 use switchboard_core::{
-    async_trait, Broker, Capabilities, Error, MemoryBroker, Message, Pattern, Publisher,
-    QueueGroup, Result, Subscriber, Subscription,
+    async_trait, Broker, Capabilities, ConnectionStatus, Error, MemoryBroker, Message, Pattern,
+    Publisher, QueueGroup, Result, Subscriber, Subscription,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,6 +28,8 @@ enum Fault {
     CloseKeepsSubscriptions,
     /// Claims another broker kind.
     WrongKind,
+    /// `status()` says connected after `close`.
+    StatusIgnoresClose,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +108,12 @@ impl Broker for Faulty {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
+    fn status(&self) -> ConnectionStatus {
+        if self.fault == Fault::StatusIgnoresClose {
+            return ConnectionStatus::up();
+        }
+        self.inner.status()
+    }
     async fn close(&self) -> Result<()> {
         if self.fault == Fault::CloseKeepsSubscriptions {
             // Leaves the subscriptions' routes in place.
@@ -175,4 +183,10 @@ async fn close_keeping_subscriptions_fails() {
 #[should_panic(expected = "Broker::kind()")]
 async fn wrong_kind_fails() {
     cases::capabilities_are_sane(&context(Fault::WrongKind).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "after close, status() should say closed")]
+async fn status_ignoring_close_fails() {
+    cases::close_rejects_publish_and_subscribe(&context(Fault::StatusIgnoresClose).await).await;
 }

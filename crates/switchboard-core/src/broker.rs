@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::{Capabilities, Message, Pattern, QueueGroup, Result, Subscription};
+use crate::{Capabilities, ConnectionStatus, Message, Pattern, QueueGroup, Result, Subscription};
 
 /// Publishes messages. Object-safe, so the broker can be chosen at run time.
 #[async_trait]
@@ -51,6 +51,11 @@ pub trait Broker: Publisher + Subscriber {
     /// What this broker provides.
     fn capabilities(&self) -> Capabilities;
 
+    /// The state of the connection now: up or not, and how often it was lost.
+    /// A publisher that saw `disconnects` grow while it published cannot know
+    /// whether the messages handed over around the loss reached the broker.
+    fn status(&self) -> ConnectionStatus;
+
     /// Flushes what was published, ends every subscription of this handle and
     /// closes the connection. Publishing afterwards fails with
     /// [`Error::Closed`](crate::Error::Closed); closing twice is fine.
@@ -86,6 +91,9 @@ macro_rules! forward_pointer {
             }
             fn capabilities(&self) -> Capabilities {
                 (**self).capabilities()
+            }
+            fn status(&self) -> ConnectionStatus {
+                (**self).status()
             }
             async fn close(&self) -> Result<()> {
                 (**self).close().await

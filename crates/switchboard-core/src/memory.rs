@@ -17,8 +17,8 @@ use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::{
-    Broker, Capabilities, Delivery, Error, Message, Pattern, Publisher, QueueGroup, Result,
-    Subscriber, Subscription,
+    Broker, Capabilities, ConnectionStatus, Delivery, Error, Message, Pattern, Publisher,
+    QueueGroup, Result, Subscriber, Subscription,
 };
 
 /// The broker kind and URL scheme of the in-memory broker.
@@ -334,6 +334,15 @@ impl Broker for MemoryBroker {
             native_wildcards: true,
             ordered_per_publisher: true,
             ..Capabilities::NONE
+        }
+    }
+
+    fn status(&self) -> ConnectionStatus {
+        let closed = self.closed.load(Ordering::Acquire);
+        ConnectionStatus {
+            connected: !closed,
+            closed,
+            ..ConnectionStatus::up()
         }
     }
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use switchboard_core::{
-    async_trait, BoxError, Broker, Capabilities, Error, Message, Pattern, Publisher, QueueGroup,
-    Result, Subscriber, Subscription,
+    async_trait, BoxError, Broker, Capabilities, ConnectionStatus, Error, Message, Pattern,
+    Publisher, QueueGroup, Result, Subscriber, Subscription,
 };
 
 use crate::options::{parse_url, Credentials, NatsOptions};
@@ -295,10 +295,15 @@ impl Broker for NatsBroker {
         capabilities
     }
 
+    fn status(&self) -> ConnectionStatus {
+        self.shared.registry.link.status()
+    }
+
     async fn close(&self) -> Result<()> {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.shared.registry.link.close();
         let timeout = self.shared.options.get_flush_timeout();
         let client = &self.shared.client;
         // Write out what was published, then let async-nats unsubscribe

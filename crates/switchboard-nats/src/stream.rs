@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use futures::stream::Stream;
 use futures::task::AtomicWaker;
-use switchboard_core::{Delivery, Error, Pattern, Result, Subject};
+use switchboard_core::{Delivery, Error, Link, Pattern, Result, Subject};
 use tokio::sync::watch;
 
 use crate::wire;
@@ -52,6 +52,8 @@ pub(crate) struct Registry {
     next_synthetic: AtomicU64,
     /// Becomes `true` once async-nats reports the connection closed.
     closed: watch::Sender<bool>,
+    /// The connection's state, for `Broker::status` and the outage log lines.
+    pub(crate) link: Link,
 }
 
 impl Registry {
@@ -60,6 +62,7 @@ impl Registry {
             entries: Mutex::new(HashMap::new()),
             next_synthetic: AtomicU64::new(0),
             closed: watch::channel(false).0,
+            link: Link::new(KIND),
         })
     }
 
@@ -120,14 +123,15 @@ impl Registry {
                 }
             }
             async_nats::Event::Disconnected => {
-                tracing::warn!(
-                    "nats: disconnected; reconnecting (messages published meanwhile are lost)"
-                );
+                self.link
+                    .lost("messages published until it is back are lost on core NATS");
                 for entry in self.entries().values() {
                     entry.notices.bump(&entry.notices.disconnects);
                 }
             }
-            async_nats::Event::Connected => tracing::info!("nats: connected"),
+            async_nats::Event::Connected => {
+                self.link.restored();
+            }
             async_nats::Event::Closed => {
                 tracing::debug!("nats: connection closed");
                 self.closed.send_replace(true);

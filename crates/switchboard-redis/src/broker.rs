@@ -4,8 +4,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use switchboard_core::{
-    async_trait, Broker, Capabilities, Error, Message, Pattern, Publisher, QueueGroup, Result,
-    Subscriber, Subscription,
+    async_trait, Broker, Capabilities, ConnectionStatus, Error, Message, Pattern, Publisher,
+    QueueGroup, Result, Subscriber, Subscription,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -181,7 +181,12 @@ impl Broker for RedisBroker {
     /// bounded by [`RedisOptions::flush_timeout`]; if it times out, close
     /// returns that [`Error::Timeout`] and drops the publishing connection
     /// (publishes still unanswered may or may not have been delivered).
+    fn status(&self) -> ConnectionStatus {
+        self.inner.publisher.link.status()
+    }
+
     async fn close(&self) -> Result<()> {
+        self.inner.publisher.link.close();
         let writer = match self.inner.writer.lock() {
             Ok(mut w) => w.take(),
             Err(poisoned) => poisoned.into_inner().take(),

@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     max_payload: usize,
     /// How long `flush` waits for the replies.
     flush_timeout: Duration,
+    /// The publishing connection's state, for `Broker::status`.
+    pub(crate) link: switchboard_core::Link,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -214,6 +216,7 @@ pub(crate) fn start(
         answered: watch::Sender::new(0),
         max_payload,
         flush_timeout: options.flush_timeout,
+        link: switchboard_core::Link::new(crate::BROKER),
     });
     let task = tokio::spawn(run(shared.clone(), conn, target, options));
     (shared, task)
@@ -237,7 +240,7 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
                     .await
                 {
                     Ok(c) => {
-                        tracing::info!(url = %switchboard_core::redact_url(&target.url), "redis: publisher reconnected");
+                        shared.link.restored();
                         lock(&shared.state).down = None;
                         backoff = options.reconnect_min;
                         c
@@ -333,7 +336,7 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
             );
         }
         shared.answered.send_replace(written);
-        tracing::warn!(%reason, "redis: publisher connection lost; reconnecting");
+        shared.link.lost(format_args!("publisher: {reason}"));
         if !wait_or_shutdown(&shared, Duration::ZERO).await {
             return;
         }

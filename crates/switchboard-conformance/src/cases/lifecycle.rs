@@ -53,13 +53,24 @@ pub async fn capabilities_are_sane(ctx: &Context) {
     );
 }
 
-/// After `close()`: closing again is `Ok`; `publish` fails with
+/// A fresh connection's `status()` says connected; after `close()` it says
+/// closed. After `close()`: closing again is `Ok`; `publish` fails with
 /// [`ErrorKind::Closed`]; so do `subscribe` and `subscribe_group` (the latter
 /// may say Unsupported instead where queue groups are); `flush` is `Ok` or
 /// Closed; none of them hang.
 pub async fn close_rejects_publish_and_subscribe(ctx: &Context) {
     let connection = ctx.connect().await;
+    let status = connection.status();
+    assert!(
+        status.connected && !status.closed && status.disconnects == 0,
+        "a fresh connection should report connected, not closed, no disconnects: {status:?}"
+    );
     close(&connection).await;
+    let status = connection.status();
+    assert!(
+        status.closed && !status.connected,
+        "after close, status() should say closed and not connected: {status:?}"
+    );
     // Closing twice is fine.
     close(&connection).await;
 

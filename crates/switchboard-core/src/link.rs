@@ -1,0 +1,178 @@
+//! The state of a broker connection, as adapters report it and users read it.
+//!
+//! Adapters keep one [`Link`] per connection and tell it when the connection
+//! is lost and when it is back; [`Broker::status`](crate::Broker::status) returns its
+//! [`ConnectionStatus`]. The same two log lines are written on every broker —
+//! one warning when the link is lost, one line when it is back with how long
+//! it was down — instead of one warning per failed reconnect attempt.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+/// What a broker handle knows of its connection now.
+///
+/// ```
+/// use switchboard_core::{Broker, MemoryBroker};
+/// let broker = MemoryBroker::new();
+/// let status = broker.status();
+/// assert!(status.connected);
+/// assert_eq!(status.disconnects, 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ConnectionStatus {
+    /// Whether the connection is up now (false while reconnecting and after `close`).
+    pub connected: bool,
+    /// How many times the connection was lost since it was made. Messages
+    /// handed to the client around a loss may not have reached the broker.
+    pub disconnects: u64,
+    /// Whether the handle was closed.
+    pub closed: bool,
+}
+
+impl ConnectionStatus {
+    /// The status of a connection that never fails (the in-memory broker).
+    pub const fn up() -> Self {
+        ConnectionStatus {
+            connected: true,
+            disconnects: 0,
+            closed: false,
+        }
+    }
+}
+
+/// The link state one adapter connection keeps: whether it is up, how often it
+/// was lost, since when it is down. Cheap to share (`Arc<Link>`); every method
+/// only does bookkeeping and never waits, so it can be called from a client
+/// library's event callback.
+pub struct Link {
+    broker: &'static str,
+    connected: AtomicBool,
+    closed: AtomicBool,
+    disconnects: AtomicU64,
+    down_since: Mutex<Option<Instant>>,
+    changes: watch::Sender<ConnectionStatus>,
+}
+
+impl Link {
+    /// A link that is up (adapters create it once connected).
+    pub fn new(broker: &'static str) -> Self {
+        Link {
+            broker,
+            connected: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            disconnects: AtomicU64::new(0),
+            down_since: Mutex::new(None),
+            changes: watch::Sender::new(ConnectionStatus::up()),
+        }
+    }
+
+    /// The status now.
+    pub fn status(&self) -> ConnectionStatus {
+        ConnectionStatus {
+            connected: self.connected.load(Ordering::Acquire)
+                && !self.closed.load(Ordering::Acquire),
+            disconnects: self.disconnects.load(Ordering::Acquire),
+            closed: self.closed.load(Ordering::Acquire),
+        }
+    }
+
+    /// A receiver that sees every change of [`Link::status`], for health checks.
+    pub fn watch(&self) -> watch::Receiver<ConnectionStatus> {
+        self.changes.subscribe()
+    }
+
+    /// The connection was lost (`reason` says how). Logs one warning per
+    /// outage; returns `true` if the link was up until now.
+    pub fn lost(&self, reason: impl fmt::Display) -> bool {
+        if self.closed.load(Ordering::Acquire) || !self.connected.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        self.disconnects.fetch_add(1, Ordering::AcqRel);
+        *self.down_since() = Some(Instant::now());
+        tracing::warn!(
+            broker = self.broker,
+            "{}: connection lost ({reason}); reconnecting",
+            self.broker
+        );
+        self.publish();
+        true
+    }
+
+    /// The connection is back (and, where the adapter does it, subscriptions
+    /// are renewed). Logs one line with how long it was down; returns that
+    /// duration if the link was down until now.
+    pub fn restored(&self) -> Option<Duration> {
+        if self.connected.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let down = self.down_since().take().map(|since| since.elapsed());
+        match down {
+            Some(down) => tracing::warn!(
+                broker = self.broker,
+                "{}: reconnected after {:.1?}",
+                self.broker,
+                down
+            ),
+            None => tracing::warn!(broker = self.broker, "{}: reconnected", self.broker),
+        }
+        self.publish();
+        down
+    }
+
+    /// The handle was closed on purpose: no more warnings, `connected` is false.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.publish();
+    }
+
+    fn down_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        match self.down_since.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn publish(&self) {
+        self.changes.send_replace(self.status());
+    }
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link")
+            .field("broker", &self.broker)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_outages_once_each() {
+        let link = Link::new("test");
+        let mut changes = link.watch();
+        assert!(link.status().connected);
+        assert!(link.lost("reset"));
+        assert!(!link.lost("reset again"), "still the same outage");
+        assert_eq!(link.status().disconnects, 1);
+        assert!(!link.status().connected);
+        assert!(changes.has_changed().unwrap());
+        assert!(link.restored().is_some());
+        assert!(link.restored().is_none(), "already up");
+        assert!(link.lost("again"));
+        assert_eq!(link.status().disconnects, 2);
+        link.close();
+        assert!(!link.lost("after close"), "closing is not an outage");
+        let status = link.status();
+        assert!(status.closed && !status.connected);
+        assert!(changes.borrow_and_update().closed);
+    }
+}
