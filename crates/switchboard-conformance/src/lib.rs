@@ -160,6 +160,7 @@ macro_rules! suite {
             publish_without_subscribers_succeeds
             no_delivery_before_subscribe
             ack_and_nack
+            dropped_delivery_is_redelivered
             close_rejects_publish_and_subscribe
             close_ends_subscriptions
             close_flushes_pending_publishes

@@ -5,8 +5,8 @@
 use futures::StreamExt;
 use switchboard_conformance::{cases, Connector, Context, Suite};
 use switchboard_core::{
-    async_trait, Broker, Capabilities, ConnectionStatus, Error, MemoryBroker, Message, Pattern,
-    Publisher, QueueGroup, Result, Subscriber, Subscription,
+    async_trait, Acknowledge, Broker, Capabilities, ConnectionStatus, Delivery, Error,
+    MemoryBroker, Message, Pattern, Publisher, QueueGroup, Result, Subscriber, Subscription,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -189,4 +189,119 @@ async fn wrong_kind_fails() {
 #[should_panic(expected = "after close, status() should say closed")]
 async fn status_ignoring_close_fails() {
     cases::close_rejects_publish_and_subscribe(&context(Fault::StatusIgnoresClose).await).await;
+}
+
+/// The AMQP adapter with one bug: a delivery dropped without `ack`/`nack` is
+/// acknowledged (the contract says it stays unacknowledged, so the broker
+/// redelivers it). The in-memory broker does not redeliver, so this bug is
+/// planted on RabbitMQ.
+#[derive(Debug, Clone)]
+struct AcksOnDrop(switchboard_amqp::AmqpBroker);
+
+/// Settles through the real delivery; acknowledges it when dropped unsettled.
+#[derive(Debug)]
+struct AckOnDrop(Option<Delivery>);
+
+#[async_trait]
+impl Acknowledge for AckOnDrop {
+    async fn ack(mut self: Box<Self>) -> Result<()> {
+        match self.0.take() {
+            Some(mut delivery) => delivery.ack().await,
+            None => Ok(()),
+        }
+    }
+    async fn nack(mut self: Box<Self>, requeue: bool) -> Result<()> {
+        match self.0.take() {
+            Some(mut delivery) if requeue => delivery.nack().await,
+            Some(mut delivery) => delivery.reject().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AckOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut delivery) = self.0.take() {
+            tokio::spawn(async move {
+                let _ = delivery.ack().await;
+            });
+        }
+    }
+}
+
+fn acking_on_drop(subscription: Subscription) -> Subscription {
+    let pattern = subscription.pattern().clone();
+    let group = subscription.group().cloned();
+    let stream = subscription.map(|item| {
+        item.map(|delivery| {
+            let (message, redelivered) = (delivery.message().clone(), delivery.redelivered());
+            Delivery::with_acker(message, Box::new(AckOnDrop(Some(delivery))), redelivered)
+        })
+    });
+    Subscription::new(pattern, group, stream)
+}
+
+#[async_trait]
+impl Publisher for AcksOnDrop {
+    async fn publish(&self, message: Message) -> Result<()> {
+        self.0.publish(message).await
+    }
+    async fn flush(&self) -> Result<()> {
+        self.0.flush().await
+    }
+}
+
+#[async_trait]
+impl Subscriber for AcksOnDrop {
+    async fn subscribe(&self, pattern: &Pattern) -> Result<Subscription> {
+        Ok(acking_on_drop(self.0.subscribe(pattern).await?))
+    }
+    async fn subscribe_group(&self, pattern: &Pattern, group: &QueueGroup) -> Result<Subscription> {
+        Ok(acking_on_drop(self.0.subscribe_group(pattern, group).await?))
+    }
+}
+
+#[async_trait]
+impl Broker for AcksOnDrop {
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    fn status(&self) -> ConnectionStatus {
+        self.0.status()
+    }
+    async fn close(&self) -> Result<()> {
+        self.0.close().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acking_on_drop_fails() {
+    let suite = Suite::new(
+        "amqp",
+        "SWITCHBOARD_AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        Connector::new(|url: String| async move {
+            Ok(AcksOnDrop(switchboard_amqp::connect(&url).await?))
+        }),
+    );
+    // Skipped (or failed, when brokers are required) without RabbitMQ.
+    let Some(ctx) = suite.context("catches_bugs").await else {
+        return;
+    };
+    let case = tokio::spawn(async move {
+        cases::dropped_delivery_is_redelivered(&ctx).await;
+    });
+    let panic = case
+        .await
+        .expect_err("dropped_delivery_is_redelivered passed an adapter that acknowledges on drop")
+        .into_panic();
+    let text = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(text.contains("NOT REDELIVERED"), "failed otherwise: {text}");
 }

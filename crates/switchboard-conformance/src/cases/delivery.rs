@@ -1,4 +1,5 @@
-//! Delivery guarantees: order, no silent loss, flush, acknowledgement.
+//! Delivery guarantees: order, no silent loss, flush, acknowledgement, and
+//! redelivery of what was dropped unacknowledged.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,8 +11,10 @@ use switchboard_core::ErrorKind;
 use tokio::time::{timeout, Instant};
 
 use super::payload::assert_same;
-use super::{assert_each_once, flush, msg, number_of, numbered, publish, subscribe};
-use crate::{expect_silence, recv, recv_n, recv_unacked, Context, SILENCE};
+use super::{
+    assert_each_once, close, flush, msg, number_of, numbered, publish, subscribe, subscribe_group,
+};
+use crate::{expect_silence, recv, recv_n, recv_unacked, Context, RECEIVE_TIMEOUT, SILENCE};
 
 /// Messages [`no_silent_loss_under_flood`] publishes.
 pub const FLOOD_MESSAGES: u32 = 200_000;
@@ -349,4 +352,95 @@ pub async fn ack_and_nack(ctx: &Context) {
     publish(&publisher, last.clone()).await;
     flush(&publisher).await;
     assert_same(&recv(&mut subscription).await, &last);
+}
+
+/// The delivery contract: a [`Delivery`](switchboard_core::Delivery) dropped
+/// without `ack`, `nack` or `reject` is **not** acknowledged, so the broker
+/// delivers it again.
+///
+/// With `capabilities.redelivery` and `capabilities.queue_groups`, twice —
+/// once closing the first member's subscription, once closing its whole
+/// connection (as a crashed consumer would): a member of a queue group
+/// receives a message and drops the delivery unsettled; a second member joins
+/// the group, the first goes away, and the second receives the same message
+/// with `redelivered() == true`, acknowledges it, and nothing else arrives.
+/// An adapter that acknowledges on drop loses the message here.
+///
+/// Without redelivery: a dropped delivery is simply gone — the subscription
+/// is not stalled by it (the next message arrives) and the dropped one does
+/// not come back. Prints a `skipped:` line for the part not checked.
+pub async fn dropped_delivery_is_redelivered(ctx: &Context) {
+    let capabilities = ctx.capabilities();
+    if !capabilities.redelivery {
+        let subject = ctx.subject("dropped");
+        let mut subscription = subscribe(ctx.broker(), &subject.clone().into()).await;
+        publish(ctx.broker(), msg(subject.clone(), "dropped")).await;
+        flush(ctx.broker()).await;
+        drop(recv_unacked(&mut subscription).await);
+        let next = msg(subject, "after the dropped one");
+        publish(ctx.broker(), next.clone()).await;
+        flush(ctx.broker()).await;
+        assert_same(&recv(&mut subscription).await, &next);
+        expect_silence(&mut subscription, SILENCE).await;
+        ctx.skip("capabilities.redelivery is false: checked a dropped delivery neither stalls the subscription nor comes back");
+        return;
+    }
+    if !capabilities.queue_groups {
+        ctx.skip("capabilities.queue_groups is false: no other member to receive a dropped delivery again");
+        return;
+    }
+    let publisher = ctx.connect().await;
+    let stays = ctx.connect().await;
+    for how in ["subscription", "connection"] {
+        let pattern = ctx.pattern(&format!("dropped.{how}"));
+        let group = ctx.group(&format!("dropped-{how}"));
+        let subject = ctx.subject(&format!("dropped.{how}"));
+        let leaves = if how == "connection" {
+            ctx.connect().await
+        } else {
+            Arc::clone(ctx.broker())
+        };
+        let mut first = subscribe_group(&leaves, &pattern, &group).await;
+        let message = msg(subject, format!("dropped, then the {how} closed"));
+        publish(&publisher, message.clone()).await;
+        flush(&publisher).await;
+        let delivery = recv_unacked(&mut first).await;
+        assert_same(&delivery, &message);
+        assert!(
+            !delivery.redelivered(),
+            "a first delivery is marked redelivered"
+        );
+        drop(delivery);
+        // Joins after the message was taken, so the message can reach it only
+        // as a redelivery.
+        let mut second = subscribe_group(&stays, &pattern, &group).await;
+        if how == "connection" {
+            close(&leaves).await;
+            drop(first);
+        } else {
+            timeout(RECEIVE_TIMEOUT, first.close())
+                .await
+                .expect("Subscription::close did not resolve")
+                .expect("Subscription::close failed");
+        }
+        let mut again = match timeout(RECEIVE_TIMEOUT, second.next()).await {
+            Ok(Some(Ok(delivery))) => delivery,
+            Ok(Some(Err(error))) => panic!(
+                "the other group member yielded an error instead of the redelivery: {error}"
+            ),
+            Ok(None) => panic!("the other group member's subscription ended"),
+            Err(_) => panic!(
+                "NOT REDELIVERED: a delivery dropped without ack or nack did not reach the \
+                 group's other member within {RECEIVE_TIMEOUT:?} after the first member's {how} \
+                 closed; a dropped delivery must stay unacknowledged (was it acknowledged on drop?)"
+            ),
+        };
+        assert_same(&again, &message);
+        assert!(
+            again.redelivered(),
+            "the message dropped without ack came again but says redelivered() == false"
+        );
+        again.ack().await.expect("acknowledging the redelivery");
+        expect_silence(&mut second, SILENCE).await;
+    }
 }

@@ -27,7 +27,7 @@ mod payload;
 mod routing;
 
 pub use delivery::{
-    ack_and_nack, flush_then_all_deliverable, no_delivery_before_subscribe,
+    ack_and_nack, dropped_delivery_is_redelivered, flush_then_all_deliverable, no_delivery_before_subscribe,
     no_loss_with_concurrent_publishers, no_silent_loss_under_flood, no_silent_loss_with,
     ordered_per_publisher, publish_without_subscribers_succeeds, FLOOD_MESSAGES,
 };
@@ -81,6 +81,7 @@ pub const ALL: &[&str] = &[
     "publish_without_subscribers_succeeds",
     "no_delivery_before_subscribe",
     "ack_and_nack",
+    "dropped_delivery_is_redelivered",
     "close_rejects_publish_and_subscribe",
     "close_ends_subscriptions",
     "close_flushes_pending_publishes",
