@@ -82,12 +82,31 @@
 //! [`Delivery::ack`](switchboard_core::Delivery::ack) is `basic.ack`,
 //! `nack` is `basic.nack` with requeue (the message comes again, with
 //! `redelivered()` true), `reject` is `basic.nack` without requeue (dropped,
-//! or dead-lettered if the queue is so configured). **A delivery dropped
-//! without `ack`, `nack` or `reject` is acknowledged**, so a subscriber that
-//! only reads never stalls on a full prefetch window; call `nack` to have a
-//! message again. Deliveries not yet settled when the subscription's channel
-//! closes (subscription closed, connection lost) are redelivered by the server.
+//! or dead-lettered if the queue is so configured).
 //!
+//! **A delivery dropped without `ack`, `nack` or `reject` is not
+//! acknowledged** (as in lapin, and as at-least-once consumers expect): the
+//! message stays unacknowledged on the subscription's channel — RabbitMQ
+//! neither redelivers it nor counts it as handled while that channel is open.
+//! When the channel closes (the subscription is closed or dropped, the broker
+//! handle is closed, the connection is lost, the process dies) RabbitMQ puts
+//! every unacknowledged message back in its queue, at its place, marked
+//! `redelivered`:
+//!
+//! - in a queue group, the group's queue outlives one member, so another
+//!   member (or the same one after resubscribing) receives it again with
+//!   `redelivered() == true`;
+//! - a fan-out subscription's queue is its own and is deleted with it, so a
+//!   message it dropped is gone when it closes (there is no persistence).
+//!
+//! Unacknowledged deliveries count against the prefetch limit: a subscriber
+//! that keeps dropping deliveries receives `prefetch` (256 by default) of them
+//! and then nothing more until it closes. The adapter logs one warning per
+//! subscription the first time a delivery is dropped unsettled.
+//! [`Delivery::into_message`](switchboard_core::Delivery::into_message) drops
+//! the acknowledgement handle the same way. A delivery whose routing key the
+//! pattern does not match (see the wire mapping) is acknowledged and skipped.
+
 //! # Publishing and confirms
 //!
 //! Publisher confirms are on. `publish` hands the message to lapin's I/O loop

@@ -2,6 +2,7 @@
 //! re-declared after a lost connection.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -93,6 +94,7 @@ pub(crate) async fn subscribe(
         consumer: Some(consumer),
         current: current.clone(),
         backoff: BACKOFF_START,
+        dropped_unsettled: Arc::default(),
     };
     let stream = futures::stream::unfold(state, |mut state| async move {
         let item = state.next_item().await?;
@@ -234,6 +236,8 @@ struct State {
     current: Current,
     closed: watch::Receiver<bool>,
     backoff: Duration,
+    /// Set once a delivery of this subscription was dropped unsettled (warned once).
+    dropped_unsettled: Arc<AtomicBool>,
 }
 
 impl State {
@@ -323,15 +327,22 @@ impl State {
         let acker = AmqpAcker {
             acker: Some(acker),
             subject: message.subject().clone(),
+            dropped_unsettled: self.dropped_unsettled.clone(),
+            prefetch: self.inner.config.options.prefetch,
         };
         Some(Delivery::with_acker(message, Box::new(acker), redelivered))
     }
 }
 
-/// Acknowledges one delivery on its channel. Dropped unused, it acknowledges.
+/// Acknowledges one delivery on its channel. Dropped unused, it does nothing:
+/// the message stays unacknowledged on the channel, and RabbitMQ requeues it
+/// when the channel closes.
 struct AmqpAcker {
     acker: Option<Acker>,
     subject: Subject,
+    /// The subscription's "a delivery was dropped unsettled" flag, to warn once.
+    dropped_unsettled: Arc<AtomicBool>,
+    prefetch: u16,
 }
 
 impl fmt::Debug for AmqpAcker {
@@ -395,10 +406,16 @@ impl Acknowledge for AmqpAcker {
 
 impl Drop for AmqpAcker {
     fn drop(&mut self) {
-        if let Some(acker) = self.acker.take() {
-            // The first poll hands the ack to lapin's I/O loop; nobody needs to
-            // wait for it to be written.
-            let _ = acker.ack(BasicAckOptions::default()).now_or_never();
+        // Not acknowledged (the delivery contract): the broker delivers the
+        // message again once this subscription's channel closes. Dropping
+        // deliveries is usually a forgotten `ack`, which stalls the
+        // subscription once `prefetch` of them are outstanding: say so once.
+        if self.acker.is_some() && !self.dropped_unsettled.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                subject = %self.subject,
+                prefetch = self.prefetch,
+                "an AMQP delivery was dropped without ack or nack: it stays unacknowledged and is redelivered when the subscription closes; once `prefetch` deliveries are unacknowledged the subscription receives nothing more (call ack() when a message is handled)"
+            );
         }
     }
 }

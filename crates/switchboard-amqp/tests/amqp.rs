@@ -269,7 +269,7 @@ async fn nack_redelivers_and_reject_drops() {
 }
 
 #[tokio::test]
-async fn a_dropped_delivery_is_acknowledged() {
+async fn a_dropped_delivery_is_not_acknowledged() {
     let broker = broker_or_skip!();
     let p = prefix();
     let pattern = format!("{p}.d").parse().unwrap();
@@ -281,10 +281,62 @@ async fn a_dropped_delivery_is_acknowledged() {
         .unwrap();
     broker.flush().await.unwrap();
     drop(next(&mut first).await);
-    // An unacknowledged message would move to the remaining member when the first leaves.
+    // Unacknowledged, it moves to the remaining member when the first leaves.
     let mut second = broker.subscribe_group(&pattern, &group).await.unwrap();
-    first.close().await.unwrap();
     nothing_more(&mut second).await;
+    first.close().await.unwrap();
+    let mut again = next(&mut second).await;
+    assert_eq!(again.payload_str(), Some("once"));
+    assert!(again.redelivered());
+    again.ack().await.unwrap();
+    nothing_more(&mut second).await;
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn dropped_deliveries_fill_the_prefetch_window() {
+    let broker = broker_or_skip!(&with_params(&url(), "prefetch=3"));
+    let p = prefix();
+    let mut sub = broker
+        .subscribe(&format!("{p}.w").parse().unwrap())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        broker
+            .publish(Message::new(format!("{p}.w"), format!("m{i}")).unwrap())
+            .await
+            .unwrap();
+    }
+    broker.flush().await.unwrap();
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let delivery = next(&mut sub).await;
+        assert_eq!(delivery.payload_str(), Some(format!("m{i}").as_str()));
+        held.push(delivery);
+    }
+    // Three dropped unsettled: the window is full, nothing more comes...
+    drop(held);
+    nothing_more(&mut sub).await;
+    broker.close().await.unwrap();
+    // ...and acknowledging as it goes keeps it flowing.
+    let broker = broker_or_skip!(&with_params(&url(), "prefetch=3"));
+    let mut sub = broker
+        .subscribe(&format!("{p}.w").parse().unwrap())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        broker
+            .publish(Message::new(format!("{p}.w"), format!("n{i}")).unwrap())
+            .await
+            .unwrap();
+    }
+    broker.flush().await.unwrap();
+    for i in 0..5 {
+        let mut delivery = next(&mut sub).await;
+        assert_eq!(delivery.payload_str(), Some(format!("n{i}").as_str()));
+        delivery.ack().await.unwrap();
+    }
+    nothing_more(&mut sub).await;
     broker.close().await.unwrap();
 }
 

@@ -20,7 +20,8 @@ pub struct Capabilities {
     pub native_wildcards: bool,
     /// `Delivery::ack` / `nack` reach the broker.
     pub ack: bool,
-    /// A nacked (or unacknowledged) message is delivered again.
+    /// A nacked message, or one whose delivery was dropped unacknowledged, is
+    /// delivered again (see [the delivery contract](crate::Delivery#the-delivery-contract)).
     pub redelivery: bool,
     /// Messages published while no subscriber exists are kept for later ones.
     pub persistence: bool,

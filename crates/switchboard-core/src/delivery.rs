@@ -12,6 +12,11 @@ use crate::{Message, Result};
 /// Adapters for brokers with acknowledgement implement this; on brokers without
 /// it a [`Delivery`] carries none and `ack`/`nack` do nothing (as
 /// [`Capabilities::ack`](crate::Capabilities::ack) says).
+///
+/// Dropped without `ack` or `nack`, an implementation must leave the message
+/// unacknowledged at the broker, so that it is redelivered (see
+/// [the delivery contract](Delivery#the-delivery-contract)); it must not
+/// acknowledge on drop.
 #[async_trait]
 pub trait Acknowledge: Send + Sync + fmt::Debug {
     /// Tells the broker the message was handled.
@@ -22,9 +27,33 @@ pub trait Acknowledge: Send + Sync + fmt::Debug {
 
 /// A message received on a [`Subscription`](crate::Subscription), with `ack`/`nack`.
 ///
-/// Dereferences to its [`Message`]. A delivery dropped without `ack` or `nack`
-/// is left to the broker: on brokers with acknowledgement it is redelivered
-/// when the subscription closes.
+/// Dereferences to its [`Message`].
+///
+/// # The delivery contract
+///
+/// On brokers with acknowledgement ([`Capabilities::ack`](crate::Capabilities::ack)):
+///
+/// - [`ack`](Delivery::ack) says the message was handled: the broker forgets it;
+/// - [`nack`](Delivery::nack) asks for it again: it is redelivered, with
+///   [`redelivered`](Delivery::redelivered) true;
+/// - [`reject`](Delivery::reject) drops it (or dead-letters it, where the
+///   broker is configured to);
+/// - **a delivery dropped without any of them is not acknowledged** (as in
+///   lapin, JetStream or Watermill): the broker keeps it as unacknowledged and
+///   delivers it again by its own rule — on AMQP when the subscription's
+///   channel closes (subscription closed or dropped, connection lost, process
+///   gone), to a member of the same queue group; a fan-out subscription's
+///   private queue goes away with it, and so do its unacknowledged messages.
+///
+/// So acknowledge after the work is done, not before: a crash in between
+/// means a redelivery, not a loss. Unacknowledged deliveries count against
+/// the broker's limit of deliveries in flight (AMQP's prefetch): a subscriber
+/// that never acknowledges receives that many and then nothing more.
+///
+/// On brokers without acknowledgement (NATS core, Redis PUBSUB, the memory
+/// broker) a delivery carries no handle: `ack`/`nack`/`reject` are no-ops
+/// returning `Ok`, nothing is redelivered, and dropping a delivery is fine.
+/// The conformance case `dropped_delivery_is_redelivered` checks both.
 pub struct Delivery {
     message: Message,
     acker: Option<Box<dyn Acknowledge>>,
@@ -91,7 +120,8 @@ impl Delivery {
         }
     }
 
-    /// The message, dropping the acknowledgement handle.
+    /// The message, dropping the acknowledgement handle: the message is then
+    /// neither acknowledged nor rejected (see [the delivery contract](Delivery#the-delivery-contract)).
     pub fn into_message(self) -> Message {
         self.message
     }
