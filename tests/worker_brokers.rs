@@ -1,6 +1,10 @@
 //! The worker's key behaviours on every real broker, through `switchboard::connect`:
 //! a failing-then-succeeding handler is retried and succeeds; an always-failing
-//! one is dead-lettered with the right headers after exactly N attempts.
+//! one is dead-lettered with the right headers after exactly N attempts; a
+//! failure without a dead letter is nacked and redelivered where the broker
+//! can (and logged as such), reported as not redeliverable elsewhere; the
+//! worker acknowledges only after its handler finished, so a worker that dies
+//! mid-handler leaves the message to the next one.
 //!
 //! URLs come from `SWITCHBOARD_NATS_URL`, `SWITCHBOARD_REDIS_URL` and
 //! `SWITCHBOARD_AMQP_URL` (local defaults otherwise). A broker that does not
@@ -139,6 +143,145 @@ async fn dead_letter_after_n_attempts(broker: AnyBroker) {
     broker.close().await.unwrap();
 }
 
+/// Log lines written while the returned guard lives (on this thread: the
+/// test runs a current-thread runtime, so the worker's tasks log here too).
+fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let sink = Sink(logs.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || sink.clone())
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
+}
+
+/// Without a dead letter, a failed message is nacked: where the broker
+/// redelivers it comes back (`redelivered()`), is handled, and the log says
+/// "nacked for redelivery"; elsewhere the log says the broker cannot redeliver.
+async fn failure_without_dead_letter_is_nacked(broker: AnyBroker) {
+    let (logs, _guard) = capture_logs();
+    let redelivery = broker.capabilities().redelivery;
+    let prefix = unique("nack");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let calls = seen.clone();
+    let worker = Worker::new(broker.clone())
+        .route(
+            Route::new(format!("{prefix}.jobs.*"), move |ctx: Context| {
+                calls.lock().unwrap().push(ctx.redelivered());
+                let redelivered = ctx.redelivered();
+                async move {
+                    if redelivered {
+                        Ok(())
+                    } else {
+                        Err(HandlerError::new("first try fails"))
+                    }
+                }
+            })
+            .attempts(1)
+            .no_dead_letter(),
+        )
+        .max_messages(if redelivery { 2 } else { 1 });
+    let running = worker.start().await.unwrap();
+    broker
+        .publish(Message::new(format!("{prefix}.jobs.a"), "work").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(30), running.wait())
+        .await
+        .expect("the worker finishes");
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert_eq!(summary.stats.failed, 1, "{logs}");
+    if redelivery {
+        assert_eq!(*seen.lock().unwrap(), vec![false, true]);
+        assert_eq!(summary.stats.handled, 1);
+        assert!(logs.contains("nacked for redelivery"), "{logs}");
+        assert!(!logs.contains("cannot redeliver"), "{logs}");
+    } else {
+        assert_eq!(*seen.lock().unwrap(), vec![false]);
+        assert!(logs.contains("cannot redeliver"), "{logs}");
+        assert!(!logs.contains("nacked for redelivery"), "{logs}");
+    }
+    broker.close().await.unwrap();
+}
+
+/// A worker that dies while its handler runs (its connection closes under
+/// it) has not acknowledged the message: where the broker redelivers, the
+/// next member of the queue group receives it, marked redelivered.
+async fn dying_mid_handler_leaves_the_message(broker: AnyBroker, url: String) {
+    let capabilities = broker.capabilities();
+    if !(capabilities.redelivery && capabilities.queue_groups) {
+        eprintln!(
+            "skipped: {} neither redelivers nor has queue groups: nothing is left for another worker",
+            broker.kind()
+        );
+        broker.close().await.unwrap();
+        return;
+    }
+    let prefix = unique("crash");
+    let group = format!("{prefix}-workers");
+    let started = Arc::new(tokio::sync::Notify::new());
+    let entered = started.clone();
+    let worker = Worker::new(broker.clone())
+        .route(
+            Route::new(format!("{prefix}.jobs.*"), move |_ctx: Context| {
+                entered.notify_one();
+                // Stuck until the worker goes away.
+                std::future::pending::<Result<(), HandlerError>>()
+            })
+            .group(group.clone())
+            .no_timeout(),
+        )
+        .grace_period(Duration::from_millis(100));
+    let running = worker.start().await.unwrap();
+    let other = switchboard::connect(&url).await.unwrap();
+    other
+        .publish(Message::new(format!("{prefix}.jobs.a"), "work").unwrap())
+        .await
+        .unwrap();
+    other.flush().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), started.notified())
+        .await
+        .expect("the handler starts");
+    let mut next = other
+        .subscribe_group(
+            &format!("{prefix}.jobs.*").parse().unwrap(),
+            &group.parse().unwrap(),
+        )
+        .await
+        .unwrap();
+    // The worker's connection dies under the running handler.
+    broker.close().await.unwrap();
+    let mut again = tokio::time::timeout(Duration::from_secs(10), next.next())
+        .await
+        .expect("the next group member receives the message the dead worker held")
+        .expect("subscription open")
+        .expect("no error");
+    assert_eq!(again.payload_str(), Some("work"));
+    assert!(again.redelivered());
+    again.ack().await.unwrap();
+    // The stuck handler holds the route's only slot: stop the worker (its
+    // grace period cancels the handler).
+    let summary = tokio::time::timeout(Duration::from_secs(30), running.shutdown())
+        .await
+        .expect("the worker finishes");
+    assert_eq!(summary.stats.handled, 0);
+    assert_eq!(summary.stats.unfinished, 1);
+    other.close().await.unwrap();
+}
+
 macro_rules! on_broker {
     ($module:ident, $kind:literal, $env:literal, $default:literal) => {
         mod $module {
@@ -157,6 +300,24 @@ macro_rules! on_broker {
                 let test = concat!(stringify!($module), "::dead_letter_after_n_attempts");
                 if let Some(broker) = broker_or_skip($kind, $env, $default, test).await {
                     super::dead_letter_after_n_attempts(broker).await;
+                }
+            }
+
+            // Current-thread, so that the worker's tasks log to the captured output.
+            #[tokio::test]
+            async fn failure_without_dead_letter_is_nacked() {
+                let test = concat!(stringify!($module), "::failure_without_dead_letter_is_nacked");
+                if let Some(broker) = broker_or_skip($kind, $env, $default, test).await {
+                    super::failure_without_dead_letter_is_nacked(broker).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn dying_mid_handler_leaves_the_message() {
+                let test = concat!(stringify!($module), "::dying_mid_handler_leaves_the_message");
+                if let Some(broker) = broker_or_skip($kind, $env, $default, test).await {
+                    let url = switchboard_conformance::broker_url($env, $default);
+                    super::dying_mid_handler_leaves_the_message(broker, url).await;
                 }
             }
         }

@@ -44,6 +44,14 @@
 //!   dead-lettered, nacks what failed, counts ([`Stats`]) and shuts down
 //!   gracefully, returning a [`Summary`].
 //!
+//! A message is acknowledged only once its handler stack returned: after the
+//! handler succeeded, or after its dead letter was published and flushed. A
+//! worker that dies before that has not acknowledged it, and a broker with
+//! redelivery delivers it again to the next worker of the queue group (the
+//! [delivery contract](switchboard_core::Delivery#the-delivery-contract)):
+//! at least once, so handlers should tolerate a repeat
+//! ([`Context::redelivered`] says when the broker knows it is one).
+//!
 //! Retries happen in the worker on every broker, so behaviour is the same
 //! whether or not the broker redelivers; nothing is dropped silently: a
 //! message that cannot be handled nor dead-lettered is nacked where the

@@ -589,10 +589,12 @@ impl Job {
             Err(payload) => format!("panicked: {}", panic_message(&*payload)),
         };
         shared.counters.add_failed();
+        // Read before `nack`, which takes the acknowledgement handle.
+        let requeued = shared.redelivery && delivery.is_acknowledgeable();
         if let Err(nack_error) = delivery.nack().await {
             tracing::warn!(error = %nack_error, "nack failed");
         }
-        if shared.redelivery && delivery.is_acknowledgeable() {
+        if requeued {
             tracing::warn!(%error, "handling failed; nacked for redelivery");
         } else {
             tracing::error!(%error, "handling failed and the broker cannot redeliver: the message is not handled");
