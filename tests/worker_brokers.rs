@@ -306,7 +306,10 @@ macro_rules! on_broker {
             // Current-thread, so that the worker's tasks log to the captured output.
             #[tokio::test]
             async fn failure_without_dead_letter_is_nacked() {
-                let test = concat!(stringify!($module), "::failure_without_dead_letter_is_nacked");
+                let test = concat!(
+                    stringify!($module),
+                    "::failure_without_dead_letter_is_nacked"
+                );
                 if let Some(broker) = broker_or_skip($kind, $env, $default, test).await {
                     super::failure_without_dead_letter_is_nacked(broker).await;
                 }
@@ -314,7 +317,10 @@ macro_rules! on_broker {
 
             #[tokio::test(flavor = "multi_thread")]
             async fn dying_mid_handler_leaves_the_message() {
-                let test = concat!(stringify!($module), "::dying_mid_handler_leaves_the_message");
+                let test = concat!(
+                    stringify!($module),
+                    "::dying_mid_handler_leaves_the_message"
+                );
                 if let Some(broker) = broker_or_skip($kind, $env, $default, test).await {
                     let url = switchboard_conformance::broker_url($env, $default);
                     super::dying_mid_handler_leaves_the_message(broker, url).await;

@@ -257,7 +257,9 @@ impl Subscriber for AcksOnDrop {
         Ok(acking_on_drop(self.0.subscribe(pattern).await?))
     }
     async fn subscribe_group(&self, pattern: &Pattern, group: &QueueGroup) -> Result<Subscription> {
-        Ok(acking_on_drop(self.0.subscribe_group(pattern, group).await?))
+        Ok(acking_on_drop(
+            self.0.subscribe_group(pattern, group).await?,
+        ))
     }
 }
 

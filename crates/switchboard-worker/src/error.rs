@@ -20,6 +20,10 @@ pub enum Error {
         /// What is wrong and how to fix it.
         reason: String,
     },
+    /// Routes would hand messages round in a loop (see [`find_cycle`](crate::find_cycle)):
+    /// one message would be forwarded or dead-lettered without end.
+    #[error("routes form a loop: {0}; a message entering it would go round without end — publish or dead-letter to a subject none of these routes receives, or turn the dead letter off (`Route::no_dead_letter`)")]
+    Cycle(crate::RouteCycle),
     /// Subscribing a route failed.
     #[error("cannot subscribe route {pattern:?}")]
     Subscribe {

@@ -40,6 +40,9 @@
 //! - [`Route`]: pattern, queue group, concurrency limit (a semaphore in the
 //!   router; 1 keeps order) and the default stack, outermost first:
 //!   `DeadLetter(Retry(Timeout(CatchPanic(handler))))`;
+//! - [`find_cycle`]: routes that would hand messages round in a loop (their
+//!   publish targets, declared with [`Route::publishes_to`], and dead
+//!   letters), which [`Worker::start`] refuses;
 //! - [`Worker`]: subscribes the routes, acknowledges what succeeded or was
 //!   dead-lettered, nacks what failed, counts ([`Stats`]) and shuts down
 //!   gracefully, returning a [`Summary`].
@@ -66,6 +69,7 @@
 #![forbid(unsafe_code)]
 
 mod context;
+mod cycle;
 mod error;
 mod handler;
 mod layers;
@@ -75,6 +79,7 @@ mod worker;
 
 pub use async_trait::async_trait;
 pub use context::Context;
+pub use cycle::{find_cycle, CycleStep, RouteCycle, Via};
 pub use error::{Error, HandlerError, Result};
 pub use handler::{BoxHandler, Handler, HandlerExt};
 pub use layers::{

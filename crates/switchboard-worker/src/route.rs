@@ -5,8 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_core::{Pattern, QueueGroup};
+use switchboard_core::{Pattern, QueueGroup, Subject};
 
+use crate::cycle::Via;
 use crate::{
     BoxHandler, CatchPanic, DeadLetter, DeadLetterSubject, Error, Handler, HandlerExt, Retry,
     RetryPolicy, Timeout,
@@ -48,7 +49,12 @@ enum Stack {
 /// stack returned `Ok`, nacks (or, without redelivery, reports) one that
 /// returned `Err`, and also catches panics escaping the stack.
 ///
-/// Settings are checked when the worker starts ([`Error::InvalidRoute`]).
+/// A handler that publishes declares where with [`Route::publishes_to`], so
+/// that the worker can refuse routes that would hand messages round in a loop
+/// ([`find_cycle`](crate::find_cycle)).
+///
+/// Settings are checked when the worker starts ([`Error::InvalidRoute`],
+/// [`Error::Cycle`]).
 #[derive(Clone)]
 pub struct Route {
     pub(crate) pattern: String,
@@ -56,6 +62,7 @@ pub struct Route {
     pub(crate) concurrency: usize,
     handler: BoxHandler,
     stack: Stack,
+    publishes: Vec<String>,
 }
 
 impl Route {
@@ -66,6 +73,7 @@ impl Route {
             group: None,
             concurrency: DEFAULT_CONCURRENCY,
             handler: handler.boxed(),
+            publishes: Vec::new(),
             stack: Stack::Default {
                 retry: RetryPolicy::default(),
                 timeout: Some(DEFAULT_TIMEOUT),
@@ -120,7 +128,8 @@ impl Route {
         self
     }
 
-    /// Sets the time limit of each attempt.
+    /// Sets the time limit of each attempt (above zero: a zero limit would
+    /// fail every attempt; [`Route::no_timeout`] removes the limit).
     pub fn timeout(mut self, limit: Duration) -> Self {
         if let Stack::Default { timeout, .. } = &mut self.stack {
             *timeout = Some(limit);
@@ -153,9 +162,37 @@ impl Route {
         self
     }
 
+    /// Declares that the handler publishes to `target`, a subject template in
+    /// which `{subject}` stands for the received message's subject (e.g.
+    /// `audit.{subject}`); call it once per target. The worker does not
+    /// publish for you: this tells [`Worker::start`](crate::Worker::start)
+    /// where messages go, so that it can refuse routes that feed each other
+    /// (or themselves) in a loop. A [`Route::custom`] stack that dead-letters
+    /// declares its dead-letter subject here too.
+    pub fn publishes_to(mut self, target: impl Into<String>) -> Self {
+        self.publishes.push(target.into());
+        self
+    }
+
     /// The pattern, as given.
     pub fn pattern(&self) -> &str {
         &self.pattern
+    }
+
+    /// Where this route hands messages on: the targets declared with
+    /// [`Route::publishes_to`], then the dead-letter subject of the default stack.
+    pub fn targets(&self) -> impl Iterator<Item = (Via, &str)> + '_ {
+        let dead_letter = match &self.stack {
+            Stack::Default {
+                dead_letter: Some(template),
+                ..
+            } => Some((Via::DeadLetter, template.as_str())),
+            _ => None,
+        };
+        self.publishes
+            .iter()
+            .map(|target| (Via::Publish, target.as_str()))
+            .chain(dead_letter)
     }
 
     /// Checks the settings and builds the handler stack.
@@ -169,6 +206,24 @@ impl Route {
             Some(group) => Some(QueueGroup::new(group).map_err(|e| invalid(e.to_string()))?),
             None => None,
         };
+        for target in &self.publishes {
+            if Subject::new(&target.replace("{subject}", "x")).is_err() {
+                return Err(invalid(format!(
+                    "publish target {target:?} is not a valid subject; use dot-separated tokens, optionally with `{{subject}}`, e.g. `audit.{{subject}}`"
+                )));
+            }
+        }
+        if let Stack::Default {
+            timeout: Some(limit),
+            ..
+        } = &self.stack
+        {
+            if limit.is_zero() {
+                return Err(invalid(
+                    "the timeout is zero, so every attempt would fail; give a positive limit, or none with `no_timeout()`".to_string(),
+                ));
+            }
+        }
         let handler = match &self.stack {
             Stack::Custom => self.handler.clone(),
             Stack::Default {
@@ -206,7 +261,8 @@ impl fmt::Debug for Route {
         let mut d = f.debug_struct("Route");
         d.field("pattern", &self.pattern)
             .field("group", &self.group)
-            .field("concurrency", &self.concurrency);
+            .field("concurrency", &self.concurrency)
+            .field("publishes", &self.publishes);
         match &self.stack {
             Stack::Custom => d.field("stack", &"custom"),
             Stack::Default {

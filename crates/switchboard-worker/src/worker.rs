@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::layers::panic_message;
+use crate::route::Prepared;
 use crate::stats::Counters;
-use crate::{Context, Error, Handler, Route, Stats};
+use crate::{find_cycle, Context, Error, Handler, Route, Stats};
 
 /// How long in-flight handlers may take to finish after a shutdown signal, unless set.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
@@ -139,9 +140,14 @@ impl Worker {
         self.counters.clone()
     }
 
-    /// Checks every route, subscribes them all, and starts handling messages.
-    /// Once this returns, every route receives what is published.
-    pub async fn start(self) -> Result<Running, Error> {
+    /// Checks every route — its settings ([`Error::InvalidRoute`]) and that
+    /// no routes hand messages round in a loop ([`Error::Cycle`], see
+    /// [`find_cycle`](crate::find_cycle)) — without subscribing.
+    pub fn check(&self) -> Result<(), Error> {
+        self.prepare().map(drop)
+    }
+
+    fn prepare(&self) -> Result<Vec<Prepared>, Error> {
         if self.routes.is_empty() {
             return Err(Error::NoRoutes);
         }
@@ -150,6 +156,17 @@ impl Worker {
             .iter()
             .map(Route::prepare)
             .collect::<Result<Vec<_>, _>>()?;
+        match find_cycle(&self.routes) {
+            Some(cycle) => Err(Error::Cycle(cycle)),
+            None => Ok(prepared),
+        }
+    }
+
+    /// Checks every route (as [`Worker::check`]), subscribes them all, and
+    /// starts handling messages. Once this returns, every route receives what
+    /// is published.
+    pub async fn start(self) -> Result<Running, Error> {
+        let prepared = self.prepare()?;
         let mut subscriptions = Vec::with_capacity(prepared.len());
         for route in &prepared {
             let subscribed = match &route.group {

@@ -487,3 +487,69 @@ async fn the_subscription_ending_stops_the_worker() {
     .expect("stops when its subscriptions end");
     assert_eq!(summary.reason, StopReason::SubscriptionsEnded);
 }
+
+#[tokio::test]
+async fn loops_are_refused_at_start() {
+    let broker = MemoryBroker::new();
+    let ok = |_ctx: Context| async { Ok::<_, HandlerError>(()) };
+    // Two routes forwarding to each other (publish targets declared).
+    let worker = Worker::new(broker.clone())
+        .route(Route::new("alerts.>", ok).publishes_to("audit.{subject}"))
+        .route(Route::new("audit.alerts.*", ok).publishes_to("alerts.again"));
+    let error = worker.check().unwrap_err();
+    assert!(
+        matches!(&error, Error::Cycle(cycle) if cycle.steps.len() == 2),
+        "{error}"
+    );
+    assert!(
+        error.to_string().starts_with(
+            "routes form a loop: alerts.> → (publish audit.{subject}) audit.alerts.* → (publish alerts.again) alerts.>;"
+        ),
+        "{error}"
+    );
+    assert!(matches!(worker.start().await, Err(Error::Cycle(_))));
+    // A catch-all route whose dead letter it receives itself.
+    let error = Worker::new(broker.clone())
+        .on(">", ok)
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string().split(';').next(),
+        Some("routes form a loop: > → (dead letter dlq.{subject}) >")
+    );
+    // ...and one whose dead letter another route receives, which publishes back.
+    let error = Worker::new(broker.clone())
+        .route(Route::new("jobs.*", ok).dead_letter("failed.{subject}"))
+        .route(Route::new("failed.jobs.*", ok).publishes_to("jobs.retry"))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Cycle(_)), "{error}");
+    // Without the dead letter the catch-all is fine.
+    let running = Worker::new(broker.clone())
+        .route(Route::new(">", ok).no_dead_letter())
+        .start()
+        .await
+        .unwrap();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn zero_timeout_is_refused_at_start() {
+    let broker = MemoryBroker::new();
+    let ok = |_ctx: Context| async { Ok::<_, HandlerError>(()) };
+    let error = Worker::new(broker.clone())
+        .route(Route::new("jobs", ok).timeout(Duration::ZERO))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidRoute { .. }), "{error}");
+    assert!(error.to_string().contains("timeout is zero"), "{error}");
+    let error = Worker::new(broker.clone())
+        .route(Route::new("jobs", ok).publishes_to("audit..{subject}"))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidRoute { .. }), "{error}");
+}

@@ -425,9 +425,9 @@ pub async fn dropped_delivery_is_redelivered(ctx: &Context) {
         }
         let mut again = match timeout(RECEIVE_TIMEOUT, second.next()).await {
             Ok(Some(Ok(delivery))) => delivery,
-            Ok(Some(Err(error))) => panic!(
-                "the other group member yielded an error instead of the redelivery: {error}"
-            ),
+            Ok(Some(Err(error))) => {
+                panic!("the other group member yielded an error instead of the redelivery: {error}")
+            }
             Ok(None) => panic!("the other group member's subscription ended"),
             Err(_) => panic!(
                 "NOT REDELIVERED: a delivery dropped without ack or nack did not reach the \

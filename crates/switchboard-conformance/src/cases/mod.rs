@@ -27,9 +27,10 @@ mod payload;
 mod routing;
 
 pub use delivery::{
-    ack_and_nack, dropped_delivery_is_redelivered, flush_then_all_deliverable, no_delivery_before_subscribe,
-    no_loss_with_concurrent_publishers, no_silent_loss_under_flood, no_silent_loss_with,
-    ordered_per_publisher, publish_without_subscribers_succeeds, FLOOD_MESSAGES,
+    ack_and_nack, dropped_delivery_is_redelivered, flush_then_all_deliverable,
+    no_delivery_before_subscribe, no_loss_with_concurrent_publishers, no_silent_loss_under_flood,
+    no_silent_loss_with, ordered_per_publisher, publish_without_subscribers_succeeds,
+    FLOOD_MESSAGES,
 };
 pub use groups::{
     closed_group_member_gets_nothing, queue_group_shares_messages, queue_groups_are_independent,
