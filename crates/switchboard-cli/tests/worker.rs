@@ -310,13 +310,22 @@ exec = ["sh", "-c", "echo try $SWITCHBOARD_ATTEMPT >> {tries}; echo disk full >&
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_missing_program_is_dead_lettered_without_retries() {
-    let Some(broker) = nats_or_skip("a_missing_program_is_dead_lettered_without_retries").await
+async fn a_program_gone_after_start_is_dead_lettered_without_retries() {
+    let Some(broker) =
+        nats_or_skip("a_program_gone_after_start_is_dead_lettered_without_retries").await
     else {
         return;
     };
     let prefix = unique("noprog");
     let dir = TempDir::new("noprog");
+    // It exists when the config is checked (a missing program is refused
+    // then), and is gone when the message comes.
+    let program = dir.write("gone.sh", "#!/bin/sh\nexit 0\n");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let config = dir.write(
         "reactions.toml",
         &format!(
@@ -326,8 +335,9 @@ on = "{prefix}.jobs.*"
 attempts = 5
 backoff = "10ms"
 dead_letter = "{prefix}.dead.{{subject}}"
-exec = ["switchboard-no-such-program-here"]
-"#
+exec = ["{program}"]
+"#,
+            program = program.display()
         ),
     );
     let mut dead = broker
@@ -335,6 +345,7 @@ exec = ["switchboard-no-such-program-here"]
         .await
         .unwrap();
     let worker = WorkerProcess::start(&nats_url(), &config, &["--count", "1"]);
+    std::fs::remove_file(&program).unwrap();
     publish(
         &broker,
         Message::new(format!("{prefix}.jobs.a"), "x").unwrap(),
@@ -347,7 +358,7 @@ exec = ["switchboard-no-such-program-here"]
     assert_eq!(letter.headers().get("switchboard-attempts"), Some("1"));
     let error = letter.headers().get("switchboard-error").unwrap_or("");
     assert!(
-        error.contains("cannot run \"switchboard-no-such-program-here\""),
+        error.contains(&format!("cannot run {:?}", program.display().to_string())),
         "{error}"
     );
 }
@@ -492,6 +503,71 @@ fn bad_configs_are_refused_with_file_and_line() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read the worker config"));
+}
+
+#[test]
+fn check_refuses_loops_missing_programs_and_zero_durations() {
+    let dir = TempDir::new("check");
+    let cases = [
+        (
+            "[[route]]\non = \"alerts.cpu\"\npublish = \"audit.cpu\"\n\n[[route]]\non = \"audit.cpu\"\npublish = \"alerts.cpu\"\n",
+            1,
+            "the routes on lines 1, 5 form a loop: alerts.cpu → (publish audit.cpu) audit.cpu → (publish alerts.cpu) alerts.cpu",
+        ),
+        (
+            "[[route]]\non = \"alerts.>\"\nlog = true\ndead_letter = \"alerts.dead\"\n",
+            1,
+            "the route on line 1 feeds itself: alerts.> → (dead letter alerts.dead) alerts.>",
+        ),
+        (
+            "[[route]]\non = \"a\"\nexec = [\"no-such-program-sb8\"]\n",
+            3,
+            "`exec` program \"no-such-program-sb8\" is not on PATH",
+        ),
+        (
+            "[[route]]\non = \"a\"\nlog = true\ntimeout = \"0s\"\n",
+            4,
+            "`timeout` is zero",
+        ),
+        (
+            "grace_period = \"0s\"\n\n[[route]]\non = \"a\"\nlog = true\n",
+            1,
+            "`grace_period` is zero",
+        ),
+    ];
+    for (index, (text, line, what)) in cases.into_iter().enumerate() {
+        let path = dir.write(&format!("check{index}.toml"), text);
+        for check in [true, false] {
+            let mut command = Command::new(BIN);
+            command.args(["--broker", "memory://", "worker", "--config"]);
+            command.arg(&path);
+            if check {
+                command.arg("--check");
+            }
+            let output = command.output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{text:?} was accepted");
+            let expected = format!("error: {}:{line}: ", path.display());
+            assert!(stderr.starts_with(&expected), "{text:?}: {stderr}");
+            assert!(stderr.contains(what), "{text:?}: {stderr}");
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        }
+    }
+    // A catch-all route is fine once its dead letter is off.
+    let path = dir.write(
+        "catch-all.toml",
+        "[[route]]\non = \">\"\nlog = true\ndead_letter = false\n",
+    );
+    let output = Command::new(BIN)
+        .args(["--broker", "memory://", "worker", "--check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]

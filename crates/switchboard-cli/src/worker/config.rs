@@ -1,16 +1,26 @@
 //! The reactions file of `switchboard worker`: routes from patterns to actions.
 //!
 //! ```toml
+//! grace_period = "10s"       # optional, above zero
+//!
 //! [[route]]
 //! on = "alerts.>"            # pattern, required
 //! group = "pagers"           # optional queue group
 //! concurrency = 4            # optional
 //! attempts = 3               # optional, total tries before dead-lettering
-//! backoff = "100ms"          # optional, first retry delay
-//! timeout = "5s"             # optional, per attempt
-//! dead_letter = "dlq.alerts" # optional subject ({subject} = the original)
+//! backoff = "100ms"          # optional, first retry delay ("0s" retries at once)
+//! timeout = "5s"             # optional, per attempt, above zero
+//! dead_letter = "dlq.alerts" # optional subject ({subject} = the original), or false
 //! exec = ["sh", "-c", "cat >> /tmp/alerts.log"]   # exactly one of exec / publish / log
 //! ```
+//!
+//! Everything that can be checked before the first message is checked when
+//! the file is read (so `--check` reports it too), each error one line naming
+//! `file:line`: the syntax and every value, that an `exec` program exists (on
+//! `PATH`, or at the path given; what a shell command line runs in turn is
+//! not checked), and that no routes hand messages round in a loop through
+//! their `publish` targets and dead letters (the worker library's
+//! `find_cycle`, which `Worker::start` applies as well).
 
 use std::ops::Range;
 use std::path::Path;
@@ -18,8 +28,8 @@ use std::time::Duration;
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
-use switchboard::worker::{DeadLetterSubject, Route};
-use switchboard::{Pattern, QueueGroup, Subject, Token};
+use switchboard::worker::{find_cycle, Context, DeadLetterSubject, HandlerError, Route};
+use switchboard::{Pattern, QueueGroup, Subject};
 use toml::Spanned;
 
 /// A checked reactions file.
@@ -36,7 +46,7 @@ pub(crate) struct Config {
 struct File {
     #[serde(default)]
     route: Vec<Spanned<RawRoute>>,
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(default, deserialize_with = "grace_period")]
     grace_period: Option<Duration>,
 }
 
@@ -53,10 +63,10 @@ struct RawRoute {
     attempts: Option<u32>,
     #[serde(default, deserialize_with = "duration")]
     backoff: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(default, deserialize_with = "timeout")]
     timeout: Option<Duration>,
     #[serde(default, deserialize_with = "dead_letter")]
-    dead_letter: Option<String>,
+    dead_letter: Option<DeadLetter>,
     #[serde(default, deserialize_with = "exec")]
     exec: Option<Vec<String>>,
     #[serde(default, deserialize_with = "publish")]
@@ -68,14 +78,27 @@ struct RawRoute {
 /// One route of the file, checked.
 #[derive(Debug, Clone)]
 pub(crate) struct RouteConfig {
+    /// The line of its `[[route]]` header, for messages.
+    pub(crate) line: usize,
     pub(crate) on: Pattern,
     pub(crate) group: Option<QueueGroup>,
     pub(crate) concurrency: Option<usize>,
     pub(crate) attempts: Option<u32>,
     pub(crate) backoff: Option<Duration>,
     pub(crate) timeout: Option<Duration>,
-    pub(crate) dead_letter: Option<String>,
+    /// `None`: the default, `dlq.{subject}`.
+    pub(crate) dead_letter: Option<DeadLetter>,
     pub(crate) action: Action,
+}
+
+/// A route's `dead_letter` setting, when given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DeadLetter {
+    /// Publish what finally failed to this subject template.
+    To(String),
+    /// `dead_letter = false`: no dead letter; what finally failed is nacked
+    /// (redelivered where the broker can) or reported.
+    Off,
 }
 
 /// What a route does with each message.
@@ -108,8 +131,13 @@ impl RouteConfig {
         if let Some(timeout) = self.timeout {
             route = route.timeout(timeout);
         }
-        if let Some(dead_letter) = &self.dead_letter {
-            route = route.dead_letter(dead_letter.as_str());
+        match &self.dead_letter {
+            Some(DeadLetter::To(subject)) => route = route.dead_letter(subject.as_str()),
+            Some(DeadLetter::Off) => route = route.no_dead_letter(),
+            None => {}
+        }
+        if let Action::Publish(template) = &self.action {
+            route = route.publishes_to(template.as_str());
         }
         route
     }
@@ -174,18 +202,8 @@ pub(crate) fn parse(name: &str, text: &str) -> anyhow::Result<Config> {
                 ))
             }
         };
-        if let Action::Publish(template) = &action {
-            if feeds_itself(&raw.on, template) {
-                return Err(fail(
-                    Some(span),
-                    &format!(
-                        "route on {:?} publishes to {template:?}, which its own pattern matches: every forwarded message would come back to it in an endless loop; publish to a subject outside the pattern",
-                        raw.on.as_str()
-                    ),
-                ));
-            }
-        }
         routes.push(RouteConfig {
+            line: line_of(text, span.start),
             on: raw.on,
             group: raw.group,
             concurrency: raw.concurrency,
@@ -196,26 +214,38 @@ pub(crate) fn parse(name: &str, text: &str) -> anyhow::Result<Config> {
             action,
         });
     }
+    check_loops(name, &routes)?;
     Ok(Config {
         routes,
         grace_period: file.grace_period,
     })
 }
 
-/// Whether forwarding a message the route on `pattern` received to `template`
-/// would publish a subject that `pattern` matches again. Checked on one subject
-/// the pattern matches (each wildcard taken as one token).
-fn feeds_itself(pattern: &Pattern, template: &str) -> bool {
-    let sample: Vec<&str> = pattern
-        .tokens()
+/// Refuses routes that would hand messages round in a loop, with the library's
+/// own check (the one `Worker::start` applies), naming the routes' lines.
+fn check_loops(name: &str, routes: &[RouteConfig]) -> anyhow::Result<()> {
+    let checked: Vec<Route> = routes
         .iter()
-        .map(|token| match token {
-            Token::Literal(text) => text.as_str(),
-            Token::Any | Token::Rest => "x",
-        })
+        .map(|route| route.route(|_ctx: Context| async { Ok::<_, HandlerError>(()) }))
         .collect();
-    let sample = sample.join(".");
-    pattern.matches(&template.replace("{subject}", &sample))
+    let Some(cycle) = find_cycle(&checked) else {
+        return Ok(());
+    };
+    let lines: Vec<String> = cycle
+        .steps
+        .iter()
+        .map(|step| routes[step.route].line.to_string())
+        .collect();
+    let first = lines.first().map(String::as_str).unwrap_or("1");
+    let which = if lines.len() == 1 {
+        format!("the route on line {first} feeds itself")
+    } else {
+        format!("the routes on lines {} form a loop", lines.join(", "))
+    };
+    anyhow::bail!(
+        "{name}:{first}: {which}: {cycle}; a message entering it would go round without end — \
+         publish or dead-letter to a subject none of these routes receives, or set `dead_letter = false`"
+    )
 }
 
 /// The 1-based line of byte `offset` in `text`.
@@ -267,6 +297,31 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
     })
 }
 
+/// A duration that must be above zero; `zero` says why, for the error.
+fn positive_duration<'de, D: Deserializer<'de>>(
+    d: D,
+    zero: &str,
+) -> Result<Option<Duration>, D::Error> {
+    match duration(d)? {
+        Some(value) if value.is_zero() => Err(de::Error::custom(zero)),
+        value => Ok(value),
+    }
+}
+
+fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    positive_duration(
+        d,
+        "`timeout` is zero, so every attempt would fail at once; give a positive limit such as \"5s\" (without `timeout` it is 30s)",
+    )
+}
+
+fn grace_period<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    positive_duration(
+        d,
+        "`grace_period` is zero, which leaves in-flight actions no time to finish at shutdown; give a positive duration such as \"10s\" (the default)",
+    )
+}
+
 /// Refuses a `{...}` other than `{subject}` in a subject template, such as a
 /// misspelt `{subjet}`, which would otherwise be sent as literal text.
 fn known_placeholders(key: &str, text: &str) -> Result<(), String> {
@@ -278,11 +333,19 @@ fn known_placeholders(key: &str, text: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn dead_letter<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let text = String::deserialize(d)?;
+fn dead_letter<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DeadLetter>, D::Error> {
+    let text = match toml::Value::deserialize(d)? {
+        toml::Value::String(text) => text,
+        toml::Value::Boolean(false) => return Ok(Some(DeadLetter::Off)),
+        other => {
+            return Err(de::Error::custom(format!(
+                "`dead_letter` must be a subject such as \"dlq.{{subject}}\" (the default), or false for none, not {other}"
+            )))
+        }
+    };
     known_placeholders("dead_letter", &text).map_err(de::Error::custom)?;
     DeadLetterSubject::new(text.clone())
-        .map(|_| Some(text))
+        .map(|_| Some(DeadLetter::To(text)))
         .map_err(de::Error::custom)
 }
 
@@ -295,7 +358,60 @@ fn exec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error
         Some(program) if program.trim().is_empty() => Err(de::Error::custom(
             "`exec` names no command; its first element is the program to run",
         )),
-        Some(_) => Ok(Some(argv)),
+        Some(program) => {
+            runnable(program).map_err(de::Error::custom)?;
+            Ok(Some(argv))
+        }
+    }
+}
+
+/// Checks that `program` can be started as `exec` will start it: a name
+/// without `/` is looked up on `PATH` (not checked when `PATH` is unset), a
+/// path must be an executable file (relative to the current directory).
+fn runnable(program: &str) -> Result<(), String> {
+    if program.contains('/') {
+        let path = Path::new(program);
+        if !path.exists() {
+            return Err(format!(
+                "`exec` program {program:?} does not exist{}",
+                if path.is_relative() {
+                    " (a relative path is taken from the worker's current directory)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if !is_executable(path) {
+            return Err(format!(
+                "`exec` program {program:?} is not an executable file; check the path, or make it executable (chmod +x)"
+            ));
+        }
+        return Ok(());
+    }
+    let Some(search) = std::env::var_os("PATH").filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    if std::env::split_paths(&search).any(|dir| is_executable(&dir.join(program))) {
+        return Ok(());
+    }
+    Err(format!(
+        "`exec` program {program:?} is not on PATH; install it, fix the name, or give its full path"
+    ))
+}
+
+/// Whether `path` is a file the worker may execute.
+fn is_executable(path: &Path) -> bool {
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        metadata.is_file() && metadata.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        metadata.is_file()
     }
 }
 
@@ -342,6 +458,7 @@ publish = "audit.{subject}"
 [[route]]
 on = ">"
 log = true
+dead_letter = false
 "#,
         )
         .unwrap();
@@ -360,6 +477,107 @@ log = true
             Action::Publish("audit.{subject}".into())
         );
         assert_eq!(config.routes[2].action, Action::Log);
+        assert_eq!(first.line, 4);
+        assert_eq!(first.dead_letter, Some(DeadLetter::To("dlq.alerts".into())));
+        assert_eq!(config.routes[2].dead_letter, Some(DeadLetter::Off));
+        assert_eq!(config.routes[1].dead_letter, None);
+    }
+
+    #[test]
+    fn loops_are_refused_naming_the_lines() {
+        let cases = [
+            (
+                "[[route]]\non = \"lp.>\"\npublish = \"lp.{subject}\"\n",
+                "r.toml:1: the route on line 1 feeds itself: lp.> → (publish lp.{subject}) lp.>;",
+            ),
+            (
+                "[[route]]\non = \">\"\nlog = true\n",
+                "r.toml:1: the route on line 1 feeds itself: > → (dead letter dlq.{subject}) >;",
+            ),
+            (
+                "[[route]]\non = \"alerts.>\"\nlog = true\ndead_letter = \"alerts.dead\"\n",
+                "r.toml:1: the route on line 1 feeds itself: alerts.> → (dead letter alerts.dead) alerts.>;",
+            ),
+            (
+                "[[route]]\non = \"alerts.cpu\"\npublish = \"audit.cpu\"\n\n[[route]]\non = \"audit.cpu\"\npublish = \"alerts.cpu\"\n",
+                "r.toml:1: the routes on lines 1, 5 form a loop: alerts.cpu → (publish audit.cpu) audit.cpu → (publish alerts.cpu) alerts.cpu;",
+            ),
+            (
+                "[[route]]\non = \"jobs.*\"\nlog = true\n\n[[route]]\non = \"dlq.jobs.*\"\npublish = \"jobs.retry\"\n",
+                "r.toml:1: the routes on lines 1, 5 form a loop: jobs.* → (dead letter dlq.{subject}) dlq.jobs.* → (publish jobs.retry) jobs.*;",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = error(text);
+            assert!(message.starts_with(expected), "{text:?}: got {message:?}");
+            assert!(message.contains("dead_letter = false"), "{message:?}");
+            assert!(!message.contains('\n'), "{message:?}");
+        }
+        // Chains that end are fine (`jobs.{subject}` from `dlq.jobs.*` is
+        // `jobs.dlq.jobs.*`, which `jobs.*` does not match).
+        parse(
+            "r.toml",
+            "[[route]]\non = \"jobs.*\"\nlog = true\n\n[[route]]\non = \"dlq.jobs.*\"\npublish = \"jobs.{subject}\"\n",
+        )
+        .unwrap();
+        parse(
+            "r.toml",
+            "[[route]]\non = \"alerts.>\"\npublish = \"audit.{subject}\"\n\n[[route]]\non = \"audit.>\"\nlog = true\n\n[[route]]\non = \">\"\nlog = true\ndead_letter = false\n",
+        )
+        .unwrap();
+        parse(
+            "r.toml",
+            "[[route]]\non = \"alerts.>\"\npublish = \"audit.{subject}\"\n\n[[route]]\non = \"audit.>\"\nlog = true\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn exec_programs_must_exist() {
+        let dir = std::env::temp_dir().join(format!("sb-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let plain = dir.join("not-executable.sh");
+        std::fs::write(&plain, "echo hi\n").unwrap();
+        let cases = [
+            (
+                "[[route]]\non = \"a\"\nexec = [\"no-such-program-sb8\", \"x\"]\n".to_string(),
+                "r.toml:3: `exec` program \"no-such-program-sb8\" is not on PATH".to_string(),
+            ),
+            (
+                "[[route]]\non = \"a\"\nexec = [\"/no/such/dir/prog\"]\n".to_string(),
+                "r.toml:3: `exec` program \"/no/such/dir/prog\" does not exist".to_string(),
+            ),
+            (
+                "[[route]]\non = \"a\"\nexec = [\"./no/such/prog\"]\n".to_string(),
+                "r.toml:3: `exec` program \"./no/such/prog\" does not exist (a relative path"
+                    .to_string(),
+            ),
+            (
+                format!(
+                    "[[route]]\non = \"a\"\n\nexec = [{:?}]\n",
+                    plain.display().to_string()
+                ),
+                format!(
+                    "r.toml:4: `exec` program {:?} is not an executable file",
+                    plain.display().to_string()
+                ),
+            ),
+        ];
+        for (text, expected) in &cases {
+            let message = error(text);
+            assert!(
+                message.starts_with(expected.as_str()),
+                "{text:?}: got {message:?}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        // On PATH, or a path to an executable: fine.
+        parse(
+            "r.toml",
+            "[[route]]\non = \"a\"\nexec = [\"sh\", \"-c\", \"true\"]\n",
+        )
+        .unwrap();
+        parse("r.toml", "[[route]]\non = \"a\"\nexec = [\"/bin/sh\"]\n").unwrap();
     }
 
     #[test]
@@ -407,8 +625,20 @@ log = true
                 "r.toml:4: `dead_letter` target \"dlq.{Subject}\" has an unknown placeholder",
             ),
             (
-                "[[route]]\non = \"lp.>\"\npublish = \"lp.{subject}\"\n",
-                "r.toml:1: route on \"lp.>\" publishes to \"lp.{subject}\", which its own pattern matches",
+                "[[route]]\non = \"a\"\nlog = true\ntimeout = \"0s\"\n",
+                "r.toml:4: `timeout` is zero",
+            ),
+            (
+                "grace_period = \"0ms\"\n[[route]]\non = \"a\"\nlog = true\n",
+                "r.toml:1: `grace_period` is zero",
+            ),
+            (
+                "[[route]]\non = \"a\"\nlog = true\ndead_letter = true\n",
+                "r.toml:4: `dead_letter` must be a subject",
+            ),
+            (
+                "[[route]]\non = \"a\"\nlog = true\ndead_letter = 3\n",
+                "r.toml:4: `dead_letter` must be a subject",
             ),
             ("", "r.toml: no routes"),
         ];
