@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use switchboard::worker::{
-    Context, HandlerError, Route, StopReason, Worker, ATTEMPTS_HEADER, ERROR_HEADER,
+    Context, HandlerError, Route, StopReason, Summary, Worker, ATTEMPTS_HEADER, ERROR_HEADER,
     ORIGINAL_SUBJECT_HEADER,
 };
 use switchboard::{AnyBroker, Message};
@@ -46,6 +46,19 @@ fn unique(tag: &str) -> String {
     format!("wb{}x{nanos}x{tag}", std::process::id())
 }
 
+/// Starts `worker`, publishes "work" to `<prefix>.jobs.a` and waits until the worker stops.
+async fn one_job(worker: Worker, broker: &AnyBroker, prefix: &str) -> Summary {
+    let running = worker.start().await.unwrap();
+    broker
+        .publish(Message::new(format!("{prefix}.jobs.a"), "work").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), running.wait())
+        .await
+        .expect("the worker finishes")
+}
+
 async fn retry_then_success(broker: AnyBroker) {
     let prefix = unique("retry");
     let attempts = Arc::new(Mutex::new(Vec::new()));
@@ -67,15 +80,7 @@ async fn retry_then_success(broker: AnyBroker) {
             .backoff(Duration::from_millis(10)),
         )
         .max_messages(1);
-    let running = worker.start().await.unwrap();
-    broker
-        .publish(Message::new(format!("{prefix}.jobs.a"), "work").unwrap())
-        .await
-        .unwrap();
-    broker.flush().await.unwrap();
-    let summary = tokio::time::timeout(Duration::from_secs(30), running.wait())
-        .await
-        .expect("the worker finishes");
+    let summary = one_job(worker, &broker, &prefix).await;
     assert_eq!(summary.reason, StopReason::MaxMessages);
     assert_eq!(*attempts.lock().unwrap(), vec![1, 2, 3]);
     assert_eq!(summary.stats.handled, 1);
@@ -193,15 +198,7 @@ async fn failure_without_dead_letter_is_nacked(broker: AnyBroker) {
             .no_dead_letter(),
         )
         .max_messages(if redelivery { 2 } else { 1 });
-    let running = worker.start().await.unwrap();
-    broker
-        .publish(Message::new(format!("{prefix}.jobs.a"), "work").unwrap())
-        .await
-        .unwrap();
-    broker.flush().await.unwrap();
-    let summary = tokio::time::timeout(Duration::from_secs(30), running.wait())
-        .await
-        .expect("the worker finishes");
+    let summary = one_job(worker, &broker, &prefix).await;
     let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     assert_eq!(summary.stats.failed, 1, "{logs}");
     if redelivery {

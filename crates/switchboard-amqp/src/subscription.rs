@@ -414,7 +414,7 @@ impl Drop for AmqpAcker {
             tracing::warn!(
                 subject = %self.subject,
                 prefetch = self.prefetch,
-                "an AMQP delivery was dropped without ack or nack: it stays unacknowledged and is redelivered when the subscription closes; once `prefetch` deliveries are unacknowledged the subscription receives nothing more (call ack() when a message is handled)"
+                "an AMQP delivery was dropped without ack or nack: it stays unacknowledged until the subscription's channel closes, then RabbitMQ requeues it (for the queue group's other members; a fan-out subscription's queue goes away with it); once `prefetch` deliveries are unacknowledged the subscription receives nothing more, so call ack() when a message is handled"
             );
         }
     }

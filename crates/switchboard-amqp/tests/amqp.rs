@@ -293,6 +293,17 @@ async fn a_dropped_delivery_is_not_acknowledged() {
     broker.close().await.unwrap();
 }
 
+/// Publishes `<tag>0` .. `<tag>{n-1}` to `subject` and flushes.
+async fn publish_numbered(broker: &AmqpBroker, subject: &str, tag: &str, n: usize) {
+    for i in 0..n {
+        broker
+            .publish(Message::new(subject, format!("{tag}{i}")).unwrap())
+            .await
+            .unwrap();
+    }
+    broker.flush().await.unwrap();
+}
+
 #[tokio::test]
 async fn dropped_deliveries_fill_the_prefetch_window() {
     let broker = broker_or_skip!(&with_params(&url(), "prefetch=3"));
@@ -301,13 +312,7 @@ async fn dropped_deliveries_fill_the_prefetch_window() {
         .subscribe(&format!("{p}.w").parse().unwrap())
         .await
         .unwrap();
-    for i in 0..5 {
-        broker
-            .publish(Message::new(format!("{p}.w"), format!("m{i}")).unwrap())
-            .await
-            .unwrap();
-    }
-    broker.flush().await.unwrap();
+    publish_numbered(&broker, &format!("{p}.w"), "m", 5).await;
     let mut held = Vec::new();
     for i in 0..3 {
         let delivery = next(&mut sub).await;
@@ -324,13 +329,7 @@ async fn dropped_deliveries_fill_the_prefetch_window() {
         .subscribe(&format!("{p}.w").parse().unwrap())
         .await
         .unwrap();
-    for i in 0..5 {
-        broker
-            .publish(Message::new(format!("{p}.w"), format!("n{i}")).unwrap())
-            .await
-            .unwrap();
-    }
-    broker.flush().await.unwrap();
+    publish_numbered(&broker, &format!("{p}.w"), "n", 5).await;
     for i in 0..5 {
         let mut delivery = next(&mut sub).await;
         assert_eq!(delivery.payload_str(), Some(format!("n{i}").as_str()));

@@ -454,6 +454,24 @@ exec = ["sh", "-c", "echo started > {mark}; sleep 1; cat >> {out}"]
     assert!(stderr.contains("0 unfinished"), "{stderr}");
 }
 
+/// Runs `switchboard worker --config <config> <extra>` on the memory broker and
+/// asserts it fails with one line `error: <config>:<line>: ...` containing `what`.
+fn assert_refused(config: &Path, extra: &[&str], line: usize, what: &str) {
+    let output = Command::new(BIN)
+        .args(["--broker", "memory://", "worker", "--config"])
+        .arg(config)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(config).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{text:?} was accepted");
+    let expected = format!("error: {}:{line}: ", config.display());
+    assert!(stderr.starts_with(&expected), "{text:?}: {stderr}");
+    assert!(stderr.contains(what), "{text:?}: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
 #[test]
 fn bad_configs_are_refused_with_file_and_line() {
     let dir = TempDir::new("bad");
@@ -483,17 +501,7 @@ fn bad_configs_are_refused_with_file_and_line() {
     ];
     for (index, (text, line, what)) in cases.into_iter().enumerate() {
         let path = dir.write(&format!("bad{index}.toml"), text);
-        let output = Command::new(BIN)
-            .args(["--broker", "memory://", "worker", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{text:?} was accepted");
-        let expected = format!("error: {}:{line}: ", path.display());
-        assert!(stderr.starts_with(&expected), "{text:?}: {stderr}");
-        assert!(stderr.contains(what), "{text:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert_refused(&path, &[], line, what);
     }
     let missing = dir.path("missing.toml");
     let output = Command::new(BIN)
@@ -537,21 +545,8 @@ fn check_refuses_loops_missing_programs_and_zero_durations() {
     ];
     for (index, (text, line, what)) in cases.into_iter().enumerate() {
         let path = dir.write(&format!("check{index}.toml"), text);
-        for check in [true, false] {
-            let mut command = Command::new(BIN);
-            command.args(["--broker", "memory://", "worker", "--config"]);
-            command.arg(&path);
-            if check {
-                command.arg("--check");
-            }
-            let output = command.output().unwrap();
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert!(!output.status.success(), "{text:?} was accepted");
-            let expected = format!("error: {}:{line}: ", path.display());
-            assert!(stderr.starts_with(&expected), "{text:?}: {stderr}");
-            assert!(stderr.contains(what), "{text:?}: {stderr}");
-            assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-        }
+        assert_refused(&path, &["--check"], line, what);
+        assert_refused(&path, &[], line, what);
     }
     // A catch-all route is fine once its dead letter is off.
     let path = dir.write(

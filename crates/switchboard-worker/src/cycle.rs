@@ -3,26 +3,6 @@
 //! [`find_cycle`] finds such loops from the routes' patterns and declared
 //! targets, before any message flows; [`Worker::start`](crate::Worker::start)
 //! refuses them.
-//!
-//! # What is checked
-//!
-//! Each route hands messages on to its targets: the subject templates it
-//! declared with [`Route::publishes_to`], and its dead-letter subject (with
-//! the default stack; [`Route::no_dead_letter`] removes it). A target
-//! template stands for every subject it can produce from what the route
-//! receives: `audit.{subject}` on a route over `alerts.>` produces
-//! `audit.alerts.>`. There is an edge from route A to route B when one of A's
-//! targets can produce a subject B's pattern matches; a loop is a cycle of
-//! such edges, including a route feeding itself (a dead letter its own
-//! pattern matches, as `dlq.{subject}` under `>`).
-//!
-//! The check reasons on patterns, so it is safe rather than exact: each route
-//! is taken to receive everything its pattern matches (not only what the
-//! previous route in a chain can send), and several `{subject}` in one
-//! template are taken independently. It may therefore refuse a contrived
-//! chain whose subjects could never actually line up; it never misses a loop
-//! among declared targets. What a handler publishes without declaring it is
-//! not known here.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -89,9 +69,28 @@ impl fmt::Display for RouteCycle {
 }
 
 /// The shortest loop among `routes` (the one starting earliest on a tie), or
-/// `None`. See the [module docs](self) for what is checked. Routes whose
-/// pattern or targets are invalid are left out ([`Worker::start`](crate::Worker::start)
-/// reports those first).
+/// `None`. Routes whose pattern or targets are invalid are left out
+/// ([`Worker::start`](crate::Worker::start) reports those first).
+///
+/// # What is checked
+///
+/// Each route hands messages on to its targets: the subject templates it
+/// declared with [`Route::publishes_to`], and its dead-letter subject (with
+/// the default stack; [`Route::no_dead_letter`] removes it). A target
+/// template stands for every subject it can produce from what the route
+/// receives: `audit.{subject}` on a route over `alerts.>` produces
+/// `audit.alerts.>`. There is an edge from route A to route B when one of A's
+/// targets can produce a subject B's pattern matches; a loop is a cycle of
+/// such edges, including a route feeding itself (a dead letter its own
+/// pattern matches, as `dlq.{subject}` under `>`).
+///
+/// The check reasons on patterns, so it is safe rather than exact: each route
+/// is taken to receive everything its pattern matches (not only what the
+/// previous route in a chain can send), and several `{subject}` in one
+/// template are taken independently. It may therefore refuse a contrived
+/// chain whose subjects could never actually line up; it never misses a loop
+/// among declared targets. What a handler publishes without declaring it is
+/// not known here.
 ///
 /// ```
 /// use switchboard_worker::{find_cycle, Context, HandlerError, Route};
@@ -390,8 +389,8 @@ mod tests {
         }
     }
 
-    fn ok(_ctx: Context) -> impl std::future::Future<Output = Result<(), HandlerError>> {
-        async { Ok(()) }
+    async fn ok(_ctx: Context) -> Result<(), HandlerError> {
+        Ok(())
     }
 
     #[test]
