@@ -105,6 +105,7 @@
 mod broker;
 mod options;
 mod stream;
+mod tls;
 mod wire;
 
 pub use broker::NatsBroker;

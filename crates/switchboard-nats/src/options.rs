@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use async_nats::ServerAddr;
 use switchboard_core::{Error, Result};
+use switchboard_tls::TlsOptions;
+
+use crate::tls::{apply_tls_parameter, check_tls};
 
 /// How long connecting may take before it fails, unless configured.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +46,7 @@ pub struct NatsOptions {
     flush_timeout: Duration,
     capacity: usize,
     name: Option<String>,
+    pub(crate) tls: TlsOptions,
 }
 
 impl Default for NatsOptions {
@@ -52,6 +56,7 @@ impl Default for NatsOptions {
             flush_timeout: DEFAULT_FLUSH_TIMEOUT,
             capacity: DEFAULT_CAPACITY,
             name: None,
+            tls: TlsOptions::new(),
         }
     }
 }
@@ -91,6 +96,19 @@ impl NatsOptions {
         self
     }
 
+    /// How `tls://` connections verify the server and identify the client:
+    /// CA files, a client certificate, the server name. URL: `ca=PATH`,
+    /// `cert=PATH&key=PATH`, `tls_server_name=NAME` (added to what is set here).
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS settings.
+    pub fn tls_options(&self) -> &TlsOptions {
+        &self.tls
+    }
+
     /// The connect timeout.
     pub fn get_connect_timeout(&self) -> Duration {
         self.connect_timeout
@@ -119,6 +137,7 @@ impl fmt::Debug for NatsOptions {
             .field("flush_timeout", &self.flush_timeout)
             .field("capacity", &self.capacity)
             .field("name", &self.name)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -138,7 +157,8 @@ pub(crate) struct Target {
     pub(crate) options: NatsOptions,
 }
 
-const PARAMETERS: &str = "`capacity`, `connect_timeout`, `flush_timeout` and `name`";
+const PARAMETERS: &str =
+    "`capacity`, `connect_timeout`, `flush_timeout`, `name`, and for TLS `ca`, `cert`, `key` and `tls_server_name`";
 
 /// Parses `nats://[user:password@|token@]host[:port][,nats://host2...][?param=value...]`.
 pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
@@ -200,6 +220,7 @@ pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
         let server = ServerAddr::from_url(parsed).map_err(|e| Error::invalid_url(url, e))?;
         servers.push(server);
     }
+    check_tls(url, &options, servers.iter().all(ServerAddr::tls_required))?;
     Ok(Target {
         servers,
         credentials,
@@ -208,6 +229,9 @@ pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
 }
 
 fn apply_parameter(url: &str, options: &mut NatsOptions, key: &str, value: &str) -> Result<()> {
+    if apply_tls_parameter(url, options, key, value)? {
+        return Ok(());
+    }
     match key {
         "capacity" => {
             let capacity = value
@@ -333,6 +357,27 @@ mod tests {
         );
         assert_eq!(target.options.get_flush_timeout(), Duration::from_secs(2));
         assert_eq!(target.options.get_name(), Some("api"));
+    }
+
+    #[test]
+    fn tls_keys() {
+        let target =
+            parse("tls://h:1?ca=/ca.pem&cert=/c.pem&key=/k.pem&tls_server_name=n.example").unwrap();
+        assert_eq!(
+            target.options.tls_options(),
+            &TlsOptions::new()
+                .ca("/ca.pem")
+                .client_cert("/c.pem", "/k.pem")
+                .server_name("n.example")
+        );
+        for (url, needle) in [
+            ("nats://h:1?ca=/ca.pem", "write tls:// instead of nats://"),
+            ("tls://h:1?cert=/c.pem", "without `key`"),
+            ("tls://h:1?tls_server_name=a%20b", "not a valid DNS name"),
+        ] {
+            let err = parse(url).err().unwrap().to_string();
+            assert!(err.contains(needle), "{url}: {err}");
+        }
     }
 
     #[test]

@@ -108,6 +108,7 @@ mod options;
 mod publisher;
 mod resp;
 mod subscriber;
+mod tls;
 pub mod wire;
 
 pub use broker::RedisBroker;
