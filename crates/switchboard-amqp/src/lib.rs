@@ -127,6 +127,7 @@
 mod broker;
 mod config;
 mod subscription;
+mod tls;
 mod wire;
 
 pub use broker::AmqpBroker;
@@ -135,6 +136,8 @@ pub use config::{
     DEFAULT_MAX_PAYLOAD, DEFAULT_PREFETCH, QUERY_PARAMS,
 };
 pub use subscription::GROUP_QUEUE_PREFIX;
+/// TLS settings for [`tls`](AmqpOptions::tls), the same on every adapter.
+pub use switchboard_tls::TlsOptions;
 
 use switchboard_core::Result;
 

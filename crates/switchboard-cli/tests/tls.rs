@@ -26,11 +26,15 @@ fn send_and_listen(url: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// Each command fails in one line naming `expected`, without a panic.
-fn every_command_fails_in_one_line(url: &str, expected: &str) {
+/// `send`, `listen` and `worker` each fail in one line naming `expected`, without a panic.
+fn every_command_fails_in_one_line(url: &str, pki: &Pki, expected: &str) {
+    let config = pki.dir().join("reactions.toml");
+    std::fs::write(&config, "[[route]]\non = \"a.>\"\nexec = [\"true\"]\n").unwrap();
+    let config = config.display().to_string();
     for args in [
         &["send", "--on", "a.b", "x"][..],
         &["listen", "--on", "a.>"][..],
+        &["worker", "--config", &config][..],
     ] {
         let output = run(url, args, b"");
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -45,7 +49,7 @@ fn nats_tls_without_ca_is_a_clear_error_not_a_panic() {
     let Some(server) = NatsServer::start_tls(&pki) else {
         return;
     };
-    every_command_fails_in_one_line(&server.tls_url(), "certificate is not trusted");
+    every_command_fails_in_one_line(&server.tls_url(), &pki, "certificate is not trusted");
 }
 
 #[test]
@@ -64,7 +68,7 @@ fn nats_mutual_tls_with_a_client_certificate() {
         return;
     };
     let url = format!("{}?{}", server.tls_url(), pki.ca_query());
-    every_command_fails_in_one_line(&url, "requires a client certificate");
+    every_command_fails_in_one_line(&url, &pki, "requires a client certificate");
     send_and_listen(&format!("{url}&{}", pki.client_query()));
 }
 
@@ -74,7 +78,7 @@ fn redis_tls_with_ca_sends_and_listens() {
     let Some(server) = RedisServer::start_tls(&pki) else {
         return;
     };
-    every_command_fails_in_one_line(&server.tls_url(), "certificate is not trusted");
+    every_command_fails_in_one_line(&server.tls_url(), &pki, "certificate is not trusted");
     send_and_listen(&format!("{}?{}", server.tls_url(), pki.ca_query()));
 }
 
@@ -87,7 +91,7 @@ fn amqp_tls_with_ca_sends_and_listens() {
     let pki = Pki::new();
     let proxy = TlsProxy::start(&pki, port);
     let tls = format!("amqps://guest:guest@{}", proxy.address());
-    every_command_fails_in_one_line(&tls, "certificate is not trusted");
+    every_command_fails_in_one_line(&tls, &pki, "certificate is not trusted");
     send_and_listen(&format!("{tls}?{}", pki.ca_query()));
 }
 

@@ -110,6 +110,8 @@ mod wire;
 
 pub use broker::NatsBroker;
 pub use options::{NatsOptions, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT};
+/// TLS settings for [`tls`](NatsOptions::tls), the same on every adapter.
+pub use switchboard_tls::TlsOptions;
 
 use switchboard_core::Result;
 

@@ -115,6 +115,8 @@ pub use broker::RedisBroker;
 pub use options::{
     RedisOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT, DEFAULT_SUBSCRIPTION_CAPACITY,
 };
+/// TLS settings for [`tls`](RedisOptions::tls), the same on every adapter.
+pub use switchboard_tls::TlsOptions;
 
 use switchboard_core::Result;
 
