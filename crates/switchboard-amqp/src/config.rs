@@ -243,9 +243,11 @@ impl Config {
             ..Default::default()
         };
         let mut unknown = Vec::new();
+        let mut tls_in_url = false;
         for (key, value) in parsed.query_pairs() {
             let value = value.as_ref();
             if apply_tls_parameter(url, &mut options, &key, value)? {
+                tls_in_url = true;
                 continue;
             }
             match key.as_ref() {
@@ -327,7 +329,7 @@ impl Config {
         // lapin bounds its TCP connect by this; the whole handshake is bounded by `connect`.
         query.connection_timeout = Some(options.connect_timeout.as_millis().max(1) as u64);
         let port = parsed.port().unwrap_or_else(|| scheme.default_port());
-        let tls = tls_target(url, &options, scheme.clone(), &host)?;
+        let tls = tls_target(url, &options, tls_in_url, scheme.clone(), &host)?;
         Ok(Config {
             uri: AMQPUri {
                 scheme,
@@ -439,6 +441,9 @@ mod tests {
             e.contains("cannot read the CA file /nonexistent/ca.pem"),
             "{e}"
         );
+        // Set in code, TLS settings apply to amqps:// URLs and are left unused on amqp://.
+        let coded = AmqpOptions::default().tls(TlsOptions::new().ca("/nonexistent/ca.pem"));
+        assert!(Config::parse("amqp://h", coded).unwrap().tls.is_none());
         let e = parse("amqps://h/?key=/k.pem").unwrap_err().to_string();
         assert!(e.contains("without `cert`"), "{e}");
         let e = parse("amqp://h/?exchange=amq.direct")

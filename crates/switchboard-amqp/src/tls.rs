@@ -37,17 +37,19 @@ pub(crate) fn apply_tls_parameter(
 }
 
 /// The TLS configuration for `amqps://` (the files are read now); `None` for
-/// `amqp://`, where TLS settings are refused rather than silently unused.
+/// `amqp://`, where TLS keys in the URL are refused rather than silently
+/// unused (settings from [`AmqpOptions::tls`] are left unused).
 pub(crate) fn tls_target(
     url: &str,
     options: &AmqpOptions,
+    tls_in_url: bool,
     scheme: AMQPScheme,
     host: &str,
 ) -> Result<Option<TlsTarget>> {
     let tls = &options.tls;
     tls.check().map_err(|e| Error::invalid_url(url, e))?;
     if scheme == AMQPScheme::AMQP {
-        if tls.is_configured() {
+        if tls_in_url {
             return Err(Error::invalid_url(
                 url,
                 "TLS settings (ca, cert, key, tls_server_name) need TLS: write amqps:// instead of amqp://",

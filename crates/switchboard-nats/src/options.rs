@@ -164,6 +164,7 @@ const PARAMETERS: &str =
 pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
     let mut servers = Vec::new();
     let mut credentials = Credentials::None;
+    let mut tls_in_url = false;
     for part in url.split(',') {
         let mut parsed = url::Url::parse(part.trim()).map_err(|e| {
             Error::invalid_url(url, format!("{e}; expected e.g. nats://127.0.0.1:4222"))
@@ -193,6 +194,10 @@ pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
             ));
         }
         for (key, value) in parsed.query_pairs() {
+            if apply_tls_parameter(url, &mut options, &key, &value)? {
+                tls_in_url = true;
+                continue;
+            }
             apply_parameter(url, &mut options, &key, &value)?;
         }
         let user = percent_decode(url, parsed.username())?;
@@ -220,7 +225,12 @@ pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
         let server = ServerAddr::from_url(parsed).map_err(|e| Error::invalid_url(url, e))?;
         servers.push(server);
     }
-    check_tls(url, &options, servers.iter().all(ServerAddr::tls_required))?;
+    check_tls(
+        url,
+        &options,
+        tls_in_url,
+        servers.iter().all(ServerAddr::tls_required),
+    )?;
     Ok(Target {
         servers,
         credentials,
@@ -229,9 +239,6 @@ pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
 }
 
 fn apply_parameter(url: &str, options: &mut NatsOptions, key: &str, value: &str) -> Result<()> {
-    if apply_tls_parameter(url, options, key, value)? {
-        return Ok(());
-    }
     match key {
         "capacity" => {
             let capacity = value
@@ -370,8 +377,12 @@ mod tests {
                 .client_cert("/c.pem", "/k.pem")
                 .server_name("n.example")
         );
+        // Set in code, they apply where the URL asks for TLS and are left unused elsewhere.
+        let coded = NatsOptions::new().tls(TlsOptions::new().ca("/ca.pem"));
+        assert!(parse_url("nats://h:1", coded).is_ok());
         for (url, needle) in [
             ("nats://h:1?ca=/ca.pem", "write tls:// instead of nats://"),
+            ("nats://h:1?tls_server_name=n.example", "write tls://"),
             ("tls://h:1?cert=/c.pem", "without `key`"),
             ("tls://h:1?tls_server_name=a%20b", "not a valid DNS name"),
         ] {

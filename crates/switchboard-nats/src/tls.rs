@@ -20,14 +20,21 @@ pub(crate) fn apply_tls_parameter(
         .map_err(|e| Error::invalid_url(url, e))
 }
 
-/// Refuses TLS settings that would not be used: on `nats://` servers, or
-/// contradicting each other.
-pub(crate) fn check_tls(url: &str, options: &NatsOptions, all_tls: bool) -> Result<()> {
+/// Refuses TLS settings that contradict each other, and TLS keys in a URL
+/// whose servers are not all `tls://` (they would not be used on a server
+/// that does not ask for TLS). Settings from [`NatsOptions::tls`] are kept for
+/// whichever URL asks for TLS.
+pub(crate) fn check_tls(
+    url: &str,
+    options: &NatsOptions,
+    tls_in_url: bool,
+    all_tls: bool,
+) -> Result<()> {
     options
         .tls
         .check()
         .map_err(|e| Error::invalid_url(url, e))?;
-    if options.tls.is_configured() && !all_tls {
+    if tls_in_url && !all_tls {
         return Err(Error::invalid_url(
             url,
             "TLS settings (ca, cert, key, tls_server_name) need TLS: write tls:// instead of nats://",

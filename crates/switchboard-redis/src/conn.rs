@@ -468,5 +468,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(named.tls.unwrap().name.to_str(), "cache.internal");
+        // Set in code, TLS settings apply to rediss:// URLs and are left unused on redis://.
+        let coded = switchboard_tls::TlsOptions::new().ca("/nonexistent/ca.pem");
+        assert!(Target::parse("redis://h:1", &coded).unwrap().tls.is_none());
     }
 }

@@ -24,7 +24,7 @@ pub(crate) struct TlsTarget {
 /// The TLS settings of `url`: `base` (from [`RedisOptions::tls`](crate::RedisOptions::tls))
 /// plus the URL's TLS query keys; `#insecure` accepts any certificate. Other
 /// query keys are left to the URL parser. `None` for `redis://`, where TLS
-/// keys are refused.
+/// keys in the URL are refused (settings from the options are left unused).
 pub(crate) fn tls_target(
     url: &str,
     base: &TlsOptions,
@@ -33,15 +33,16 @@ pub(crate) fn tls_target(
     insecure: bool,
 ) -> Result<Option<TlsTarget>> {
     let mut options = base.clone();
+    let mut in_url = false;
     if let Ok(parsed) = url::Url::parse(url) {
         for (key, value) in parsed.query_pairs() {
-            options
+            in_url |= options
                 .apply_query(&key, &value)
                 .map_err(|e| Error::invalid_url(url, e))?;
         }
     }
     if !tls {
-        if options.is_configured() {
+        if in_url {
             return Err(Error::invalid_url(
                 url,
                 "TLS settings (ca, cert, key, tls_server_name) need TLS: write rediss:// instead of redis://",

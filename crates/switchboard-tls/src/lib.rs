@@ -10,8 +10,9 @@
 //! | `cert=PATH`, `key=PATH` | [`client_cert`](TlsOptions::client_cert) | a client certificate (PEM chain) and its private key (PEM, PKCS#8, PKCS#1 or SEC1), for mutual TLS |
 //! | `tls_server_name=NAME` | [`server_name`](TlsOptions::server_name) | the name the server's certificate is checked against (and sent as SNI where the client allows), when it differs from the URL's host |
 //!
-//! The keys need the TLS scheme (`tls://`, `rediss://`, `amqps://`); adapters
-//! refuse them on a plain one rather than connect without TLS.
+//! The keys need the TLS scheme (`tls://`, `rediss://`, `amqps://`): adapters
+//! refuse them in a plain URL rather than connect without TLS. Options set in
+//! code apply to whichever URL asks for TLS.
 //!
 //! [`TlsOptions::client_config`] turns the options into one rustls
 //! [`ClientConfig`](rustls::ClientConfig), which every adapter hands to its
