@@ -10,7 +10,10 @@
 //!   loopback names, a client certificate, an untrusted CA) in PEM files, for
 //!   nats-server and redis-server with TLS ([`NatsServer::start_tls`],
 //!   [`RedisServer::start_mutual_tls`], …) and for [`tls_proxy`]: a
-//!   [`TlsProxy`] terminating TLS (optionally mutual) in front of a plain port.
+//!   [`TlsProxy`] terminating TLS (optionally mutual) in front of a plain port;
+//! - [`tls_checks`]: the TLS behaviour every adapter shows (`ca`, mutual TLS,
+//!   `tls_server_name`, one-line errors), checked once for all against a
+//!   listener the adapter's test starts.
 //!
 //! A fixture that cannot start (no binary on this machine) returns `None` after
 //! [`switchboard_conformance::skip_or_fail`], so a missing tool is a skip
@@ -23,6 +26,7 @@
 pub mod certs;
 pub mod process;
 pub mod proxy;
+pub mod tls_checks;
 pub mod tls_proxy;
 
 use std::net::TcpListener;
@@ -32,6 +36,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use certs::Pki;
 pub use process::{BrokerProcess, NatsServer, RedisServer};
 pub use proxy::TcpProxy;
+pub use tls_checks::{TlsChecks, TlsEndpoint};
 pub use tls_proxy::TlsProxy;
 
 /// A name (subject prefix, queue, consumer) no other test or test run uses:
