@@ -45,37 +45,7 @@ fn checks() -> TlsChecks {
     )
 }
 
-#[tokio::test]
-async fn trusts_the_ca_in_the_url() {
-    checks().trusts_the_ca_in_the_url().await;
-}
-
-#[tokio::test]
-async fn without_a_ca_the_certificate_is_not_trusted() {
-    checks().without_a_ca_the_certificate_is_not_trusted().await;
-}
-
-#[tokio::test]
-async fn the_wrong_ca_is_named() {
-    checks().the_wrong_ca_is_named().await;
-}
-
-#[tokio::test]
-async fn tls_server_name_is_checked() {
-    checks().tls_server_name_is_checked().await;
-}
-
-#[tokio::test]
-async fn mutual_tls_needs_the_client_certificate() {
-    checks().mutual_tls_needs_the_client_certificate().await;
-}
-
-#[tokio::test]
-async fn unusable_files_are_named_without_their_contents() {
-    checks()
-        .unusable_files_are_named_without_their_contents()
-        .await;
-}
+switchboard_testkit::tls_checks!(checks());
 
 #[tokio::test]
 async fn trusts_the_ca_from_the_options_builder() {

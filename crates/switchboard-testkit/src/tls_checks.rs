@@ -13,8 +13,8 @@
 //!         Connector::new(|url: String| async move { switchboard_nats::connect(&url).await }),
 //!     )
 //! }
-//! #[tokio::test]
-//! async fn trusts_the_ca_in_the_url() { checks().trusts_the_ca_in_the_url().await }
+//! // One #[tokio::test] per check:
+//! switchboard_testkit::tls_checks!(checks());
 //! ```
 
 use std::fmt;
@@ -254,4 +254,39 @@ async fn round_trip(broker: &dyn Broker) {
     if broker.capabilities().ack {
         delivery.ack().await.unwrap();
     }
+}
+
+/// Expands to one `#[tokio::test]` per shared TLS check, each calling it on
+/// the [`TlsChecks`] that `$checks` (an expression, evaluated per test) builds.
+///
+/// ```ignore
+/// switchboard_testkit::tls_checks!(checks());
+/// ```
+#[macro_export]
+macro_rules! tls_checks {
+    ($checks:expr) => {
+        $crate::__tls_checks! {
+            $checks;
+            trusts_the_ca_in_the_url
+            without_a_ca_the_certificate_is_not_trusted
+            the_wrong_ca_is_named
+            tls_server_name_is_checked
+            mutual_tls_needs_the_client_certificate
+            unusable_files_are_named_without_their_contents
+        }
+    };
+}
+
+/// Implementation detail of [`tls_checks!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __tls_checks {
+    ($checks:expr; $($check:ident)*) => {
+        $(
+            #[::tokio::test]
+            async fn $check() {
+                ($checks).$check().await;
+            }
+        )*
+    };
 }
