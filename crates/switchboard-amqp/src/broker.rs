@@ -173,7 +173,7 @@ async fn open_session(config: &Config) -> Result<Session> {
         .clone()
         .unwrap_or_else(|| "switchboard".to_string());
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    let connect = Connection::connect_uri(config.uri.clone(), properties);
+    let connect = crate::tls::connect(config.uri.clone(), config.tls.clone(), properties);
     let connection = match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(error)) => return Err(connect_error(config, error)),
@@ -260,6 +260,11 @@ pub(crate) fn amqp_error(error: &lapin::Error) -> Option<&AMQPErrorKind> {
 
 /// One line saying what went wrong while connecting and what to fix.
 fn connect_error(config: &Config, error: lapin::Error) -> Error {
+    if let (Some(_), ErrorKind::IOError(io)) = (&config.tls, error.kind()) {
+        if let Some(failure) = config.options.tls.explain(io.as_ref()) {
+            return config.connect_error(failure, Some(error));
+        }
+    }
     let user = &config.uri.authority.userinfo.username;
     let vhost = &config.uri.vhost;
     let address = config.address();

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use switchboard_core::{Error, Result};
+use switchboard_tls::TlsOptions;
 use url::Url;
 
+use crate::tls::{apply_tls_parameter, tls_target, TlsTarget};
 use crate::BROKER;
 
 /// The exchange used when the URL names none.
@@ -32,6 +34,10 @@ pub const QUERY_PARAMS: &[&str] = &[
     "frame_max",
     "channel_max",
     "auth_mechanism",
+    "ca",
+    "cert",
+    "key",
+    "tls_server_name",
 ];
 
 /// Options of an AMQP connection. Each can also be set by a URL query
@@ -54,6 +60,7 @@ pub struct AmqpOptions {
     pub(crate) confirm_window: usize,
     pub(crate) connection_name: Option<String>,
     pub(crate) max_payload: usize,
+    pub(crate) tls: TlsOptions,
 }
 
 impl Default for AmqpOptions {
@@ -65,6 +72,7 @@ impl Default for AmqpOptions {
             confirm_window: DEFAULT_CONFIRM_WINDOW,
             connection_name: None,
             max_payload: DEFAULT_MAX_PAYLOAD,
+            tls: TlsOptions::new(),
         }
     }
 }
@@ -113,6 +121,19 @@ impl AmqpOptions {
         self
     }
 
+    /// How `amqps://` connections verify the server and identify the client:
+    /// CA files, a client certificate, the server name. URL: `ca=PATH`,
+    /// `cert=PATH&key=PATH`, `tls_server_name=NAME` (added to what is set here).
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS settings.
+    pub fn tls_options(&self) -> &TlsOptions {
+        &self.tls
+    }
+
     /// The exchange name.
     pub fn exchange_name(&self) -> &str {
         &self.exchange
@@ -128,6 +149,7 @@ impl fmt::Debug for AmqpOptions {
             .field("confirm_window", &self.confirm_window)
             .field("connection_name", &self.connection_name)
             .field("max_payload", &self.max_payload)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -139,6 +161,8 @@ pub(crate) struct Config {
     /// The URL as given, password redacted, for messages.
     pub(crate) redacted: String,
     pub(crate) options: AmqpOptions,
+    /// For `amqps://`: switchboard's rustls configuration.
+    pub(crate) tls: Option<TlsTarget>,
 }
 
 impl fmt::Debug for Config {
@@ -219,8 +243,13 @@ impl Config {
             ..Default::default()
         };
         let mut unknown = Vec::new();
+        let mut tls_in_url = false;
         for (key, value) in parsed.query_pairs() {
             let value = value.as_ref();
+            if apply_tls_parameter(url, &mut options, &key, value)? {
+                tls_in_url = true;
+                continue;
+            }
             match key.as_ref() {
                 "exchange" => {
                     if value.is_empty() {
@@ -300,6 +329,7 @@ impl Config {
         // lapin bounds its TCP connect by this; the whole handshake is bounded by `connect`.
         query.connection_timeout = Some(options.connect_timeout.as_millis().max(1) as u64);
         let port = parsed.port().unwrap_or_else(|| scheme.default_port());
+        let tls = tls_target(url, &options, tls_in_url, scheme.clone(), &host)?;
         Ok(Config {
             uri: AMQPUri {
                 scheme,
@@ -313,6 +343,7 @@ impl Config {
             },
             redacted: switchboard_core::redact_url(url),
             options,
+            tls,
         })
     }
 
@@ -401,6 +432,20 @@ mod tests {
         assert!(parse("not a url").is_err());
         assert!(parse("amqp://h/a/b").is_err());
         assert!(parse("amqp://h/?exchange=").is_err());
+        let e = parse("amqp://h/?ca=/ca.pem").unwrap_err().to_string();
+        assert!(e.contains("write amqps://"), "{e}");
+        let e = parse("amqps://h/?ca=/nonexistent/ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot read the CA file /nonexistent/ca.pem"),
+            "{e}"
+        );
+        // Set in code, TLS settings apply to amqps:// URLs and are left unused on amqp://.
+        let coded = AmqpOptions::default().tls(TlsOptions::new().ca("/nonexistent/ca.pem"));
+        assert!(Config::parse("amqp://h", coded).unwrap().tls.is_none());
+        let e = parse("amqps://h/?key=/k.pem").unwrap_err().to_string();
+        assert!(e.contains("without `cert`"), "{e}");
         let e = parse("amqp://h/?exchange=amq.direct")
             .unwrap_err()
             .to_string();

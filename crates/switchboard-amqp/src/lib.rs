@@ -31,9 +31,26 @@
 //! | `connection_name` | the name RabbitMQ shows for the connection | `switchboard` |
 //! | `max_payload` | the largest payload `publish` accepts (the server's `max_message_size`) | 134217728 |
 //! | `heartbeat`, `frame_max`, `channel_max`, `auth_mechanism` | passed to the AMQP handshake (lapin) | server's |
+//! | `ca` | `amqps://`: a PEM file of CAs to trust instead of the platform's store (repeatable; `ca=system` adds the store) | the platform's store |
+//! | `cert`, `key` | `amqps://`: a client certificate and its key (PEM), for mutual TLS | none |
+//! | `tls_server_name` | `amqps://`: the name the server's certificate is checked against (and sent as SNI), when not the host | the host |
 //!
 //! Any other parameter is an error naming it. [`AmqpOptions`] with
 //! [`AmqpBroker::connect_with`] sets the same from code; the URL wins.
+//!
+//! # TLS
+//!
+//! `amqps://host:5671/%2f?ca=/etc/rabbitmq/ca.pem&cert=/etc/rabbitmq/client.pem&key=/etc/rabbitmq/client-key.pem`
+//! verifies RabbitMQ against a private CA and presents a client certificate.
+//! The keys are the same on every switchboard adapter ([`TlsOptions`], also
+//! [`AmqpOptions::tls`]); in the URL they are refused on `amqp://` (settings
+//! made in code apply to `amqps://` URLs only). The connection is
+//! opened with `switchboard-tls`' rustls configuration (ring provider) through
+//! lapin's connector, not lapin's default TLS setup, so verification and
+//! errors are the same as on NATS and Redis: a failed handshake is one line
+//! saying whether the certificate is not trusted (naming the CA files or the
+//! system store), the host name does not match, the server requires a client
+//! certificate or refused the one given, or the port does not speak TLS.
 //!
 //! Connecting fails within the connect timeout with one
 //! [`Error::Connect`](switchboard_core::Error::Connect) line naming the URL
@@ -146,6 +163,7 @@
 mod broker;
 mod config;
 mod subscription;
+mod tls;
 mod wire;
 
 pub use broker::AmqpBroker;
@@ -154,6 +172,8 @@ pub use config::{
     DEFAULT_MAX_PAYLOAD, DEFAULT_PREFETCH, QUERY_PARAMS,
 };
 pub use subscription::GROUP_QUEUE_PREFIX;
+/// TLS settings for [`tls`](AmqpOptions::tls), the same on every adapter.
+pub use switchboard_tls::TlsOptions;
 
 use switchboard_core::Result;
 

@@ -82,6 +82,10 @@ fn init_logging(verbose: u8) {
 /// Parses the command line, runs the command and turns its outcome into an exit
 /// code: errors are printed as one line on stderr.
 pub fn main() -> ExitCode {
+    // One crypto provider for every TLS client in the process, including the
+    // raw clients `bench` drives (async-nats, redis-rs, lapin), which ask
+    // rustls for the process default.
+    switchboard_tls::install_default_provider();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -80,6 +80,11 @@ impl NatsBroker {
         if let Some(name) = options.get_name() {
             connect = connect.name(name);
         }
+        let tls_required = target
+            .servers
+            .iter()
+            .all(async_nats::ServerAddr::tls_required);
+        let connect = crate::tls::configure(url, connect, &options.tls, tls_required)?;
         let timeout = options.get_connect_timeout();
         let client = match tokio::time::timeout(timeout, connect.connect(target.servers)).await {
             Ok(Ok(client)) => client,
@@ -342,6 +347,9 @@ fn connect_error(url: &str, options: &NatsOptions, error: async_nats::ConnectErr
     let io_kind = std::error::Error::source(&error)
         .and_then(|source| source.downcast_ref::<std::io::Error>())
         .map(std::io::Error::kind);
+    if let Some(failure) = options.tls.explain(&error) {
+        return Error::connect(KIND, url, failure, Some(boxed(error)));
+    }
     let reason = match (error.kind(), io_kind) {
         (Kind::AuthorizationViolation, _) => {
             "authorization failed: the server rejected the credentials; check the user:password or token in the URL".to_string()

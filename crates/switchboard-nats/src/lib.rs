@@ -24,6 +24,29 @@
 //! - options in the query, e.g. `nats://host?capacity=65536&connect_timeout=2s&name=api`;
 //!   an unknown parameter is an error naming it.
 //!
+//! # TLS
+//!
+//! `tls://` requires TLS; the server is verified against the platform's trust
+//! store unless the URL (or [`NatsOptions::tls`]) names CA files. The keys are
+//! the same on every switchboard adapter (see [`TlsOptions`]):
+//!
+//! - `tls://host:4222?ca=/etc/nats/ca.pem`: a private CA (`ca=system` adds the platform's store);
+//! - `tls://host:4222?ca=/etc/nats/ca.pem&cert=/etc/nats/client.pem&key=/etc/nats/client-key.pem`:
+//!   mutual TLS (`verify: true` in the server's `tls {}` block);
+//! - `tls://10.0.0.7:4222?ca=…&tls_server_name=nats.internal`: the certificate
+//!   names `nats.internal`, not the address connected to (checked against that
+//!   name; async-nats sends no SNI for an IP address).
+//!
+//! TLS keys in a `nats://` URL are refused (write `tls://`); settings made in
+//! code with [`NatsOptions::tls`] apply whenever TLS is used. A failed handshake is one
+//! [`Error::Connect`](switchboard_core::Error::Connect) line saying which: the
+//! certificate is not trusted (naming the CA files or the system store), the
+//! host name does not match (with the names the certificate holds), the server
+//! requires a client certificate or refused the one given, the port does not
+//! speak TLS; a file that cannot be read is named. The rustls configuration is
+//! built by `switchboard-tls` with the ring provider and handed to async-nats,
+//! so a program linking another rustls provider too does not panic.
+//!
 //! # Options ([`NatsOptions`])
 //!
 //! | option | URL | default | |
@@ -105,10 +128,13 @@
 mod broker;
 mod options;
 mod stream;
+mod tls;
 mod wire;
 
 pub use broker::NatsBroker;
 pub use options::{NatsOptions, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT};
+/// TLS settings for [`tls`](NatsOptions::tls), the same on every adapter.
+pub use switchboard_tls::TlsOptions;
 
 use switchboard_core::Result;
 

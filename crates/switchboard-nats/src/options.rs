@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use async_nats::ServerAddr;
 use switchboard_core::{Error, Result};
+use switchboard_tls::TlsOptions;
+
+use crate::tls::{apply_tls_parameter, check_tls};
 
 /// How long connecting may take before it fails, unless configured.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +46,7 @@ pub struct NatsOptions {
     flush_timeout: Duration,
     capacity: usize,
     name: Option<String>,
+    pub(crate) tls: TlsOptions,
 }
 
 impl Default for NatsOptions {
@@ -52,6 +56,7 @@ impl Default for NatsOptions {
             flush_timeout: DEFAULT_FLUSH_TIMEOUT,
             capacity: DEFAULT_CAPACITY,
             name: None,
+            tls: TlsOptions::new(),
         }
     }
 }
@@ -91,6 +96,19 @@ impl NatsOptions {
         self
     }
 
+    /// How `tls://` connections verify the server and identify the client:
+    /// CA files, a client certificate, the server name. URL: `ca=PATH`,
+    /// `cert=PATH&key=PATH`, `tls_server_name=NAME` (added to what is set here).
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS settings.
+    pub fn tls_options(&self) -> &TlsOptions {
+        &self.tls
+    }
+
     /// The connect timeout.
     pub fn get_connect_timeout(&self) -> Duration {
         self.connect_timeout
@@ -119,6 +137,7 @@ impl fmt::Debug for NatsOptions {
             .field("flush_timeout", &self.flush_timeout)
             .field("capacity", &self.capacity)
             .field("name", &self.name)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -138,12 +157,14 @@ pub(crate) struct Target {
     pub(crate) options: NatsOptions,
 }
 
-const PARAMETERS: &str = "`capacity`, `connect_timeout`, `flush_timeout` and `name`";
+const PARAMETERS: &str =
+    "`capacity`, `connect_timeout`, `flush_timeout`, `name`, and for TLS `ca`, `cert`, `key` and `tls_server_name`";
 
 /// Parses `nats://[user:password@|token@]host[:port][,nats://host2...][?param=value...]`.
 pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
     let mut servers = Vec::new();
     let mut credentials = Credentials::None;
+    let mut tls_in_url = false;
     for part in url.split(',') {
         let mut parsed = url::Url::parse(part.trim()).map_err(|e| {
             Error::invalid_url(url, format!("{e}; expected e.g. nats://127.0.0.1:4222"))
@@ -173,6 +194,10 @@ pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
             ));
         }
         for (key, value) in parsed.query_pairs() {
+            if apply_tls_parameter(url, &mut options, &key, &value)? {
+                tls_in_url = true;
+                continue;
+            }
             apply_parameter(url, &mut options, &key, &value)?;
         }
         let user = percent_decode(url, parsed.username())?;
@@ -200,6 +225,12 @@ pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
         let server = ServerAddr::from_url(parsed).map_err(|e| Error::invalid_url(url, e))?;
         servers.push(server);
     }
+    check_tls(
+        url,
+        &options,
+        tls_in_url,
+        servers.iter().all(ServerAddr::tls_required),
+    )?;
     Ok(Target {
         servers,
         credentials,
@@ -333,6 +364,31 @@ mod tests {
         );
         assert_eq!(target.options.get_flush_timeout(), Duration::from_secs(2));
         assert_eq!(target.options.get_name(), Some("api"));
+    }
+
+    #[test]
+    fn tls_keys() {
+        let target =
+            parse("tls://h:1?ca=/ca.pem&cert=/c.pem&key=/k.pem&tls_server_name=n.example").unwrap();
+        assert_eq!(
+            target.options.tls_options(),
+            &TlsOptions::new()
+                .ca("/ca.pem")
+                .client_cert("/c.pem", "/k.pem")
+                .server_name("n.example")
+        );
+        // Set in code, they apply where the URL asks for TLS and are left unused elsewhere.
+        let coded = NatsOptions::new().tls(TlsOptions::new().ca("/ca.pem"));
+        assert!(parse_url("nats://h:1", coded).is_ok());
+        for (url, needle) in [
+            ("nats://h:1?ca=/ca.pem", "write tls:// instead of nats://"),
+            ("nats://h:1?tls_server_name=n.example", "write tls://"),
+            ("tls://h:1?cert=/c.pem", "without `key`"),
+            ("tls://h:1?tls_server_name=a%20b", "not a valid DNS name"),
+        ] {
+            let err = parse(url).err().unwrap().to_string();
+            assert!(err.contains(needle), "{url}: {err}");
+        }
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl fmt::Debug for RedisBroker {
 
 impl RedisBroker {
     pub(crate) async fn connect_with(url: &str, options: RedisOptions) -> Result<Self> {
-        let target = Target::parse(url)?;
+        let target = Target::parse(url, &options.tls)?;
         let mut conn = target
             .connect(options.connect_timeout, &options.client_name)
             .await?;

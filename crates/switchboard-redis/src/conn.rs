@@ -4,7 +4,6 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::resp::{self, Frame};
+use crate::tls::{tls_target, TlsTarget};
 use crate::BROKER;
 
 /// Idle time before the kernel sends the first TCP keepalive probe.
@@ -61,11 +61,6 @@ pub(crate) struct Target {
     db: i64,
 }
 
-#[derive(Clone)]
-struct TlsTarget {
-    config: Arc<rustls::ClientConfig>,
-}
-
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Target")
@@ -76,8 +71,9 @@ impl fmt::Debug for Target {
 }
 
 impl Target {
-    /// Reads a `redis://` or `rediss://` URL the way redis-rs does.
-    pub(crate) fn parse(url: &str) -> Result<Self> {
+    /// Reads a `redis://` or `rediss://` URL the way redis-rs does, plus the
+    /// TLS query keys on top of `tls` (see [`tls_target`]).
+    pub(crate) fn parse(url: &str, tls: &switchboard_tls::TlsOptions) -> Result<Self> {
         let scheme = url.split("://").next().unwrap_or("");
         if !crate::SCHEMES.contains(&scheme) || !url.contains("://") {
             return Err(Error::invalid_url(
@@ -96,7 +92,11 @@ impl Target {
         })?;
         let settings = info.redis_settings();
         let (host, port, tls) = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => (host.clone(), *port, None),
+            ConnectionAddr::Tcp(host, port) => (
+                host.clone(),
+                *port,
+                tls_target(url, tls, host, false, false)?,
+            ),
             ConnectionAddr::TcpTls {
                 host,
                 port,
@@ -105,10 +105,7 @@ impl Target {
             } => (
                 host.clone(),
                 *port,
-                Some(TlsTarget {
-                    config: tls_config(*insecure)
-                        .map_err(|e| Error::invalid_url(url, format!("cannot set up TLS: {e}")))?,
-                }),
+                tls_target(url, tls, host, true, *insecure)?,
             ),
             _ => {
                 return Err(Error::invalid_url(
@@ -180,18 +177,19 @@ impl Target {
         let stream = match &self.tls {
             None => Stream::Tcp(tcp),
             Some(tls) => {
-                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
-                    .map_err(|e| self.error(format!("invalid TLS server name: {e}"), None))?;
                 let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-                let stream = connector.connect(name, tcp).await.map_err(|e| {
-                    self.error(
-                        format!(
-                            "TLS handshake failed ({e}); does the server speak TLS on this port (tls-port), and is its certificate valid for {:?}?",
-                            self.host
-                        ),
-                        Some(Box::new(e)),
-                    )
-                })?;
+                let stream = connector
+                    .connect(tls.name.clone(), tcp)
+                    .await
+                    .map_err(|e| {
+                        let reason = match tls.options.explain(&e) {
+                            Some(failure) => failure.to_string(),
+                            None => format!(
+                                "TLS handshake failed ({e}); does the server speak TLS on this port (tls-port)?"
+                            ),
+                        };
+                        self.error(reason, Some(Box::new(e)))
+                    })?;
                 Stream::Tls(Box::new(stream))
             }
         };
@@ -205,6 +203,11 @@ impl Target {
 
     async fn handshake(&self, conn: &mut Conn, client_name: &str) -> Result<()> {
         let io_error = |e: io::Error| {
+            // With TLS 1.3 a refused client certificate shows only now, as
+            // the server's alert on the first read after the handshake.
+            if let Some(failure) = self.tls.as_ref().and_then(|tls| tls.options.explain(&e)) {
+                return self.error(failure, Some(Box::new(e)));
+            }
             self.error(
                 format!("the server closed the connection during the handshake ({e}); is it a Redis server{}?", if self.tls.is_none() { " (a TLS-only server needs rediss://)" } else { "" }),
                 Some(Box::new(e)),
@@ -261,73 +264,6 @@ impl Target {
             tracing::debug!(error = %text, "CLIENT SETNAME refused");
         }
         Ok(())
-    }
-}
-
-fn tls_config(insecure: bool) -> std::result::Result<Arc<rustls::ClientConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let config = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth()
-    } else {
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    Ok(Arc::new(config))
-}
-
-/// Accepts any server certificate: what `rediss://...#insecure` asks for.
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -438,20 +374,25 @@ impl Conn {
 mod tests {
     use super::*;
 
+    fn parse(url: &str) -> Result<Target> {
+        Target::parse(url, &switchboard_tls::TlsOptions::new())
+    }
+
     #[test]
     fn reads_urls_like_redis_rs() {
-        let t = Target::parse("redis://:secret@127.0.0.1:6380/3").unwrap();
+        let t = parse("redis://:secret@127.0.0.1:6380/3").unwrap();
         assert_eq!(t.host, "127.0.0.1");
         assert_eq!(t.port, 6380);
         assert_eq!(t.password.as_deref(), Some("secret"));
         assert_eq!(t.db, 3);
         assert!(t.tls.is_none());
         assert!(!format!("{t:?}").contains("secret"));
-        let t = Target::parse("rediss://user:pw@example.com").unwrap();
+        let t = parse("rediss://user:pw@example.com").unwrap();
         assert_eq!(t.port, 6379);
         assert_eq!(t.username.as_deref(), Some("user"));
         assert!(t.tls.is_some());
-        assert!(Target::parse("rediss://example.com/#insecure").is_ok());
+        let t = parse("rediss://example.com/#insecure").unwrap();
+        assert!(t.tls.unwrap().options.accepts_invalid_certs());
     }
 
     /// Every connection gets TCP keepalive: checked on the socket itself, after
@@ -469,7 +410,7 @@ mod tests {
             // Keep the connection open until the client is done.
             let _ = socket.read(&mut buf).await;
         });
-        let target = Target::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+        let target = parse(&format!("redis://127.0.0.1:{port}")).unwrap();
         let conn = target
             .connect(Duration::from_secs(5), "keepalive-test")
             .await
@@ -497,9 +438,38 @@ mod tests {
             "redis://:pw@h:notaport",
             "redis://h/x",
         ] {
-            let e = Target::parse(bad).unwrap_err();
+            let e = parse(bad).unwrap_err();
             assert!(matches!(e, Error::InvalidUrl { .. }), "{bad}: {e}");
             assert!(!e.to_string().contains("pw@"), "{e}");
         }
+    }
+
+    #[test]
+    fn tls_keys_from_the_url_and_the_options() {
+        let t = parse("rediss://h:1?ca=/nonexistent/ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            t.contains("cannot read the CA file /nonexistent/ca.pem"),
+            "{t}"
+        );
+        let e = parse("redis://h:1?ca=/ca.pem").unwrap_err();
+        assert!(matches!(e, Error::InvalidUrl { .. }), "{e}");
+        assert!(e.to_string().contains("write rediss://"), "{e}");
+        let e = parse("rediss://h:1?cert=/c.pem").unwrap_err().to_string();
+        assert!(e.contains("without `key`"), "{e}");
+        let e = parse("rediss://h:1/?ca=/ca.pem#insecure")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("contradicts"), "{e}");
+        let named = Target::parse(
+            "rediss://127.0.0.1:1",
+            &switchboard_tls::TlsOptions::new().server_name("cache.internal"),
+        )
+        .unwrap();
+        assert_eq!(named.tls.unwrap().name.to_str(), "cache.internal");
+        // Set in code, TLS settings apply to rediss:// URLs and are left unused on redis://.
+        let coded = switchboard_tls::TlsOptions::new().ca("/nonexistent/ca.pem");
+        assert!(Target::parse("redis://h:1", &coded).unwrap().tls.is_none());
     }
 }

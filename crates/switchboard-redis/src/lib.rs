@@ -16,19 +16,42 @@
 //!
 //! - `redis://host[:port][/database]` — plain TCP, port 6379 by default;
 //! - `redis://[user]:password@host[:port][/database]` — `AUTH` (with a user for ACLs);
-//! - `rediss://...` — TLS, checked against the web PKI roots;
-//!   `rediss://...#insecure` skips certificate verification.
+//! - `rediss://...` — TLS, checked against the platform's trust store;
+//!   `rediss://...#insecure` skips certificate verification (the handshake's
+//!   signatures are still checked).
+//!
+//! # TLS
+//!
+//! The TLS query keys are the same on every switchboard adapter (see
+//! [`TlsOptions`], also settable with [`RedisOptions::tls`]):
+//!
+//! - `rediss://host:6380?ca=/etc/redis/ca.pem`: a private CA instead of the
+//!   platform's store (`ca=system` adds the store back);
+//! - `rediss://host:6380?ca=/etc/redis/ca.pem&cert=/etc/redis/client.pem&key=/etc/redis/client-key.pem`:
+//!   mutual TLS (`tls-auth-clients yes`, Redis's default);
+//! - `rediss://10.0.0.7:6380?ca=…&tls_server_name=redis.internal`: verify (and
+//!   send as SNI) a name the certificate holds instead of the address.
+//!
+//! TLS keys in a `redis://` URL are refused (write `rediss://`); settings made
+//! in code apply to `rediss://` URLs only. A failed handshake is
+//! one [`Error::Connect`](switchboard_core::Error::Connect) line saying which:
+//! the certificate is not trusted (naming the CA files or the system store), the
+//! host name does not match, the server requires a client certificate or
+//! refused the one given; a file that cannot be read is named. The rustls
+//! configuration (ring provider) is built once per broker by `switchboard-tls`
+//! and reused on every reconnection.
 //!
 //! Connecting is bounded by a timeout (5 s, see [`RedisOptions`]); failures are
 //! [`Error::Connect`](switchboard_core::Error::Connect) with the password
 //! redacted and a hint (`is redis-server running?`, check the password, ...).
 //!
-//! The URL carries no adapter options (redis-rs reads it); the rest is set on
-//! [`RedisOptions`]:
+//! Apart from the TLS keys the URL carries no adapter options (redis-rs reads
+//! it); the rest is set on [`RedisOptions`]:
 //!
 //! | option | default | |
 //! |---|---|---|
 //! | [`connect_timeout`](RedisOptions::connect_timeout) | 5 s | TCP, TLS, `AUTH`, `SELECT` |
+//! | [`tls`](RedisOptions::tls) | the platform's trust store | CA files, client certificate, server name (also the URL keys above) |
 //! | [`flush_timeout`](RedisOptions::flush_timeout) | 10 s | how long `flush` (and `close`) wait for Redis's replies |
 //! | [`client_name`](RedisOptions::client_name) | `switchboard` | the name in `CLIENT LIST` |
 //! | [`subscription_capacity`](RedisOptions::subscription_capacity) | 2^20 | deliveries buffered per subscription |
@@ -108,12 +131,15 @@ mod options;
 mod publisher;
 mod resp;
 mod subscriber;
+mod tls;
 pub mod wire;
 
 pub use broker::RedisBroker;
 pub use options::{
     RedisOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT, DEFAULT_SUBSCRIPTION_CAPACITY,
 };
+/// TLS settings for [`tls`](RedisOptions::tls), the same on every adapter.
+pub use switchboard_tls::TlsOptions;
 
 use switchboard_core::Result;
 

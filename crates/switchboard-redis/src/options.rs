@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use switchboard_core::Result;
+use switchboard_tls::TlsOptions;
 
 use crate::RedisBroker;
 
@@ -46,6 +47,7 @@ pub struct RedisOptions {
     pub(crate) subscription_capacity: usize,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
+    pub(crate) tls: TlsOptions,
 }
 
 impl Default for RedisOptions {
@@ -57,6 +59,7 @@ impl Default for RedisOptions {
             subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            tls: TlsOptions::new(),
         }
     }
 }
@@ -118,6 +121,19 @@ impl RedisOptions {
         self.reconnect_min = min;
         self.reconnect_max = max.max(min);
         self
+    }
+
+    /// How `rediss://` connections verify the server and identify the client:
+    /// CA files, a client certificate, the server name. URL: `ca=PATH`,
+    /// `cert=PATH&key=PATH`, `tls_server_name=NAME` (added to what is set here).
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS settings.
+    pub fn tls_options(&self) -> &TlsOptions {
+        &self.tls
     }
 
     /// Connects to a `redis://` or `rediss://` URL with these options.

@@ -5,7 +5,15 @@
 //!   private loopback ports, killed by pid on drop, restartable, pausable
 //!   (`SIGSTOP`) to freeze a live connection;
 //! - [`proxy`]: a TCP proxy the test controls, to freeze a link (bytes stop
-//!   flowing, sockets stay open) or cut it (every connection reset).
+//!   flowing, sockets stay open) or cut it (every connection reset);
+//! - [`certs`]: a [`Pki`] made per test (a CA, a server certificate for the
+//!   loopback names, a client certificate, an untrusted CA) in PEM files, for
+//!   nats-server and redis-server with TLS ([`NatsServer::start_tls`],
+//!   [`RedisServer::start_mutual_tls`], …) and for [`tls_proxy`]: a
+//!   [`TlsProxy`] terminating TLS (optionally mutual) in front of a plain port;
+//! - [`tls_checks`]: the TLS behaviour every adapter shows (`ca`, mutual TLS,
+//!   `tls_server_name`, one-line errors), checked once for all against a
+//!   listener the adapter's test starts.
 //!
 //! A fixture that cannot start (no binary on this machine) returns `None` after
 //! [`switchboard_conformance::skip_or_fail`], so a missing tool is a skip
@@ -15,15 +23,21 @@
 // Test fixtures: a fixture that cannot do its job must fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod certs;
 pub mod process;
 pub mod proxy;
+pub mod tls_checks;
+pub mod tls_proxy;
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use certs::Pki;
 pub use process::{BrokerProcess, NatsServer, RedisServer};
 pub use proxy::TcpProxy;
+pub use tls_checks::{TlsChecks, TlsEndpoint};
+pub use tls_proxy::TlsProxy;
 
 /// A name (subject prefix, queue, consumer) no other test or test run uses:
 /// `sbtest.<test>.p<pid>n<nanos>c<counter>`. Valid as a subject prefix on every broker.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::certs::Pki;
 use crate::free_port;
 
 /// How long a server may take to listen after it was started.
@@ -190,9 +191,38 @@ impl NatsServer {
             .map(|process| NatsServer { process })
     }
 
+    /// One serving TLS only (a `tls {}` block in a config file written to
+    /// the PKI's directory), with [`Pki::server_cert`]; no client certificate asked.
+    pub fn start_tls(pki: &Pki) -> Option<Self> {
+        Self::start_with_tls_block(pki, false)
+    }
+
+    /// One requiring mutual TLS: clients must present a certificate signed by [`Pki::ca`].
+    pub fn start_mutual_tls(pki: &Pki) -> Option<Self> {
+        Self::start_with_tls_block(pki, true)
+    }
+
+    fn start_with_tls_block(pki: &Pki, verify: bool) -> Option<Self> {
+        let port = free_port();
+        let config = pki.dir().join(format!("nats-{port}.conf"));
+        let block = format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: {verify}\n  timeout: 5\n}}\n",
+            pki.server_cert().display().to_string(),
+            pki.server_key().display().to_string(),
+            pki.ca().display().to_string(),
+        );
+        std::fs::write(&config, block).expect("writing the nats-server TLS config");
+        Self::start_on(port, &["-c", &config.display().to_string()])
+    }
+
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.process.port())
+    }
+
+    /// `tls://127.0.0.1:PORT`.
+    pub fn tls_url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.process.port())
     }
 
     /// The port.
@@ -216,19 +246,61 @@ impl RedisServer {
 
     /// Starts one on `port`.
     pub fn start_on(port: u16, args: &[&str]) -> Option<Self> {
-        let mut all: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+        Self::launch(port, &["--port", &port.to_string()], args)
+    }
+
+    /// One serving TLS only (`--tls-port`, no plain port) with
+    /// [`Pki::server_cert`]; no client certificate asked. `None` (after a
+    /// skip, or a failure in CI) if this redis-server was built without TLS.
+    pub fn start_tls(pki: &Pki) -> Option<Self> {
+        Self::start_with_tls(pki, false)
+    }
+
+    /// One requiring mutual TLS: clients must present a certificate signed by [`Pki::ca`].
+    pub fn start_mutual_tls(pki: &Pki) -> Option<Self> {
+        Self::start_with_tls(pki, true)
+    }
+
+    fn start_with_tls(pki: &Pki, mutual: bool) -> Option<Self> {
+        if !redis_has_tls() {
+            switchboard_conformance::skip_or_fail(format_args!(
+                "redis-server: this build has no TLS support (`--tls-port`)"
+            ));
+            return None;
+        }
+        let port = free_port();
+        let (cert, key, ca) = (
+            pki.server_cert().display().to_string(),
+            pki.server_key().display().to_string(),
+            pki.ca().display().to_string(),
+        );
+        Self::launch(
+            port,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                if mutual { "yes" } else { "no" },
+            ],
+            &[],
+        )
+    }
+
+    fn launch(port: u16, listen: &[&str], args: &[&str]) -> Option<Self> {
+        let mut all: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
+        all.extend(
+            ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+                .iter()
+                .map(|a| a.to_string()),
+        );
         all.extend(args.iter().map(|a| a.to_string()));
         BrokerProcess::start("redis-server", "redis-server", all, port)
             .map(|process| RedisServer { process })
@@ -239,8 +311,27 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.process.port())
     }
 
+    /// `rediss://127.0.0.1:PORT`.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.process.port())
+    }
+
     /// The port.
     pub fn port(&self) -> u16 {
         self.process.port()
     }
+}
+
+/// Whether the installed redis-server was built with TLS. A build without it
+/// refuses `--tls-port` at start-up, which would look like a server that never
+/// listens; a TLS build holds its TLS settings' names (`tls-cert-file`) in the
+/// binary, which is cheaper to check than starting one.
+fn redis_has_tls() -> bool {
+    find_program("redis-server")
+        .and_then(|path| std::fs::read(path).ok())
+        .is_some_and(|binary| {
+            binary
+                .windows(b"tls-cert-file".len())
+                .any(|window| window == b"tls-cert-file")
+        })
 }

@@ -1,0 +1,66 @@
+//! TLS for Redis: the shared `ca`, `cert`, `key` and `tls_server_name` URL
+//! keys, and the rustls configuration `rediss://` connections use.
+
+use std::sync::Arc;
+
+use switchboard_core::{Error, Result};
+use switchboard_tls::rustls::pki_types::ServerName;
+use switchboard_tls::rustls::ClientConfig;
+use switchboard_tls::TlsOptions;
+
+use crate::BROKER;
+
+/// How `rediss://` connections are opened: built once per broker, reused on
+/// every reconnection.
+#[derive(Clone)]
+pub(crate) struct TlsTarget {
+    pub(crate) config: Arc<ClientConfig>,
+    /// The name verified and sent as SNI: `tls_server_name` or the URL's host.
+    pub(crate) name: ServerName<'static>,
+    /// The settings, to explain a failed handshake.
+    pub(crate) options: TlsOptions,
+}
+
+/// The TLS settings of `url`: `base` (from [`RedisOptions::tls`](crate::RedisOptions::tls))
+/// plus the URL's TLS query keys; `#insecure` accepts any certificate. Other
+/// query keys are left to the URL parser. `None` for `redis://`, where TLS
+/// keys in the URL are refused (settings from the options are left unused).
+pub(crate) fn tls_target(
+    url: &str,
+    base: &TlsOptions,
+    host: &str,
+    tls: bool,
+    insecure: bool,
+) -> Result<Option<TlsTarget>> {
+    let mut options = base.clone();
+    let mut in_url = false;
+    if let Ok(parsed) = url::Url::parse(url) {
+        for (key, value) in parsed.query_pairs() {
+            in_url |= options
+                .apply_query(&key, &value)
+                .map_err(|e| Error::invalid_url(url, e))?;
+        }
+    }
+    if !tls {
+        if in_url {
+            return Err(Error::invalid_url(
+                url,
+                "TLS settings (ca, cert, key, tls_server_name) need TLS: write rediss:// instead of redis://",
+            ));
+        }
+        return Ok(None);
+    }
+    let options = options.danger_accept_invalid_certs(insecure || base.accepts_invalid_certs());
+    options.check().map_err(|e| Error::invalid_url(url, e))?;
+    let name = options
+        .name_for(host)
+        .map_err(|e| Error::invalid_url(url, e))?;
+    let config = options
+        .client_config()
+        .map_err(|e| Error::connect(BROKER, url, e, None))?;
+    Ok(Some(TlsTarget {
+        config,
+        name,
+        options,
+    }))
+}

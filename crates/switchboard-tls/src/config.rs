@@ -1,0 +1,220 @@
+//! Building the rustls [`ClientConfig`] from [`TlsOptions`].
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+
+use crate::verifier::{AcceptAnyCertificate, VerifyAs};
+use crate::{crypto_provider, TlsError, TlsOptions};
+
+impl TlsOptions {
+    /// A rustls client configuration from these options, with ring as its
+    /// crypto provider: the server is verified against the CA files and/or the
+    /// platform's roots by rustls' `WebPkiServerVerifier` (against
+    /// [`server_name`](Self::server_name) if set), and the client certificate
+    /// is presented when the server asks for one.
+    ///
+    /// Reads the files now; the platform's store is read once per process.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        self.check()?;
+        let provider = crypto_provider();
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = if self.accepts_invalid_certs() {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate::new(provider)))
+        } else {
+            let roots = Arc::new(self.roots()?);
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+                .build()
+                .map_err(|e| TlsError::Invalid(format!("cannot verify servers: {e}")))?;
+            match self.server_name_override() {
+                None => builder.with_webpki_verifier(webpki),
+                Some(name) => {
+                    let verifier: Arc<dyn ServerCertVerifier> =
+                        Arc::new(VerifyAs::new(webpki, self.name_for(name)?));
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(verifier)
+                }
+            }
+        };
+        let config = match self.client_cert_files() {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = read_certificates(cert, "client certificate")?;
+                let private = read_key(key)?;
+                builder.with_client_auth_cert(chain, private).map_err(|e| {
+                    TlsError::KeyMismatch {
+                        cert: cert.to_path_buf(),
+                        key: key.to_path_buf(),
+                        reason: e.to_string(),
+                    }
+                })?
+            }
+        };
+        Ok(Arc::new(config))
+    }
+
+    /// The trust anchors: the CA files and/or the platform's store.
+    fn roots(&self) -> Result<RootCertStore, TlsError> {
+        let mut store = RootCertStore::empty();
+        if self.uses_system_roots() {
+            match system_roots() {
+                Ok(system) => store.roots.extend(system.roots.iter().cloned()),
+                // With CA files as well, those alone are trusted.
+                Err(e) if !self.ca_files().is_empty() => {
+                    tracing::debug!(error = %e, "the system trust store is unusable; trusting the CA files only")
+                }
+                Err(e) => return Err(TlsError::NoRoots(e.clone())),
+            }
+        }
+        for path in self.ca_files() {
+            let (added, _) = store.add_parsable_certificates(read_certificates(path, "CA")?);
+            if added == 0 {
+                return Err(TlsError::Content {
+                    what: "CA",
+                    path: path.to_path_buf(),
+                    problem: "holds no certificate usable as a CA".into(),
+                });
+            }
+        }
+        Ok(store)
+    }
+}
+
+/// The platform's trust store, read once per process (rustls-native-certs:
+/// the OpenSSL certificate file and directory on Linux, `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` if set, the keychain on macOS, the system store on Windows).
+fn system_roots() -> Result<&'static RootCertStore, &'static String> {
+    static ROOTS: OnceLock<Result<RootCertStore, String>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut store = RootCertStore::empty();
+            let (added, _) = store.add_parsable_certificates(found.certs);
+            for error in &found.errors {
+                tracing::debug!(%error, "reading the system trust store");
+            }
+            if added > 0 {
+                Ok(store)
+            } else if found.errors.is_empty() {
+                Err("it is empty".to_string())
+            } else {
+                Err(found
+                    .errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "))
+            }
+        })
+        .as_ref()
+}
+
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Every certificate in a PEM file; at least one.
+fn read_certificates(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path, what)?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Content {
+            what,
+            path: path.to_path_buf(),
+            problem: format!("is not valid PEM ({e})"),
+        })?;
+    if certificates.is_empty() {
+        return Err(TlsError::Content {
+            what,
+            path: path.to_path_buf(),
+            problem: "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+        });
+    }
+    Ok(certificates)
+}
+
+/// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path, "client key")?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Content {
+        what: "client key",
+        path: path.to_path_buf(),
+        problem: match e {
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "holds no PEM private key (-----BEGIN PRIVATE KEY-----)".to_string()
+            }
+            other => format!("is not a valid PEM private key ({other})"),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("switchboard-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_default_trusts_the_system_store() {
+        // Every machine that runs the tests has a CA bundle (the Debian
+        // ca-certificates package); without one this says so in one line.
+        match TlsOptions::new().client_config() {
+            Ok(_) => {}
+            Err(e) => assert!(e.to_string().contains("ca=/path/to/ca.pem"), "{e}"),
+        }
+    }
+
+    #[test]
+    fn file_problems_name_the_file() {
+        let missing = TlsOptions::new().ca("/nonexistent/ca.pem");
+        let error = missing.client_config().unwrap_err().to_string();
+        assert!(
+            error.contains("cannot read the CA file /nonexistent/ca.pem"),
+            "{error}"
+        );
+        let empty = temp_file("empty.pem", "no pem here\n");
+        let error = TlsOptions::new()
+            .ca(&empty)
+            .client_config()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("holds no PEM certificate"), "{error}");
+        let error = TlsOptions::new()
+            .client_cert("/nonexistent/client.pem", &empty)
+            .client_config()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("client certificate file"), "{error}");
+    }
+
+    #[test]
+    fn a_key_file_without_a_key_says_so_and_not_what_it_holds() {
+        let secret = "-----BEGIN CERTIFICATE-----\nc2VjcmV0LXRleHQ=\n-----END CERTIFICATE-----\n";
+        let not_a_key = temp_file("not-a-key.pem", secret);
+        let error = read_key(&not_a_key).unwrap_err().to_string();
+        assert!(error.contains("holds no PEM private key"), "{error}");
+        assert!(!error.contains("c2VjcmV0"), "{error}");
+    }
+}
