@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
@@ -11,8 +12,8 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
 use lapin::{ExchangeKind, PublisherConfirm};
 use switchboard_core::{
-    async_trait, Broker, Capabilities, ConnectionStatus, Error, Message, Pattern, Publisher,
-    QueueGroup, Result, Subject, Subscriber, Subscription,
+    async_trait, Broker, Capabilities, ConnectionStatus, Durable, Error, Message, Pattern,
+    Publisher, QueueGroup, Result, Subject, Subscriber, Subscription,
 };
 use tokio::sync::watch;
 
@@ -486,6 +487,17 @@ impl Subscriber for AmqpBroker {
     async fn subscribe_group(&self, pattern: &Pattern, group: &QueueGroup) -> Result<Subscription> {
         subscription::subscribe(self.inner.clone(), pattern.clone(), Some(group.clone())).await
     }
+
+    async fn subscribe_durable(
+        &self,
+        _pattern: &Pattern,
+        _durable: &Durable,
+    ) -> Result<Subscription> {
+        Err(Error::unsupported(
+            BROKER,
+            "durable subscriptions (not yet)",
+        ))
+    }
 }
 
 #[async_trait]
@@ -506,6 +518,16 @@ impl Broker for AmqpBroker {
         capabilities.ordered_per_publisher = true;
         capabilities.max_payload = Some(self.inner.config.options.max_payload);
         capabilities
+    }
+
+    async fn request(&self, message: Message, _timeout: Duration) -> Result<Message> {
+        Err(Error::unsupported(
+            BROKER,
+            format!(
+                "request/reply (a request on {:?}; not yet)",
+                message.subject().as_str()
+            ),
+        ))
     }
 
     fn status(&self) -> ConnectionStatus {

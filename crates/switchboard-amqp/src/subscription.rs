@@ -402,6 +402,17 @@ impl Acknowledge for AmqpAcker {
             None => Ok(()),
         }
     }
+
+    fn supports_delay(&self) -> bool {
+        false
+    }
+
+    async fn nack_with_delay(self: Box<Self>, _delay: std::time::Duration) -> Result<()> {
+        Err(Error::unsupported(
+            BROKER,
+            "delayed redelivery (nack with a delay)",
+        ))
+    }
 }
 
 impl Drop for AmqpAcker {

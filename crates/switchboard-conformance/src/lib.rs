@@ -166,6 +166,8 @@ macro_rules! suite {
             close_flushes_pending_publishes
             close_leaves_other_connections_working
             invalid_input_is_rejected
+            request_gets_the_reply
+            request_without_responders_fails
         }
     };
 }

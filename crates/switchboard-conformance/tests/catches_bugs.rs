@@ -3,9 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use futures::StreamExt;
+use std::time::Duration;
 use switchboard_conformance::{cases, Connector, Context, Suite};
+
 use switchboard_core::{
-    async_trait, Acknowledge, Broker, Capabilities, ConnectionStatus, Delivery, Error,
+    async_trait, Acknowledge, Broker, Capabilities, ConnectionStatus, Delivery, Durable, Error,
     MemoryBroker, Message, Pattern, Publisher, QueueGroup, Result, Subscriber, Subscription,
 };
 
@@ -30,6 +32,8 @@ enum Fault {
     WrongKind,
     /// `status()` says connected after `close`.
     StatusIgnoresClose,
+    /// Loses the headers of a reply.
+    DropsReplyHeaders,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +98,13 @@ impl Subscriber for Faulty {
             self.inner.subscribe_group(pattern, group).await
         }
     }
+    async fn subscribe_durable(
+        &self,
+        pattern: &Pattern,
+        durable: &Durable,
+    ) -> Result<Subscription> {
+        self.inner.subscribe_durable(pattern, durable).await
+    }
 }
 
 #[async_trait]
@@ -107,6 +118,13 @@ impl Broker for Faulty {
     }
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
+    }
+    async fn request(&self, message: Message, timeout: Duration) -> Result<Message> {
+        let reply = self.inner.request(message, timeout).await?;
+        if self.fault == Fault::DropsReplyHeaders {
+            return Ok(reply.with_headers(switchboard_core::Headers::new()));
+        }
+        Ok(reply)
     }
     fn status(&self) -> ConnectionStatus {
         if self.fault == Fault::StatusIgnoresClose {
@@ -191,6 +209,12 @@ async fn status_ignoring_close_fails() {
     cases::close_rejects_publish_and_subscribe(&context(Fault::StatusIgnoresClose).await).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "the reply's header was lost")]
+async fn dropped_reply_headers_fail() {
+    cases::request_gets_the_reply(&context(Fault::DropsReplyHeaders).await).await;
+}
+
 /// The AMQP adapter with one bug: a delivery dropped without `ack`/`nack` is
 /// acknowledged (the contract says it stays unacknowledged, so the broker
 /// redelivers it). The in-memory broker does not redeliver, so this bug is
@@ -216,6 +240,12 @@ impl Acknowledge for AckOnDrop {
             Some(mut delivery) => delivery.reject().await,
             None => Ok(()),
         }
+    }
+    fn supports_delay(&self) -> bool {
+        false
+    }
+    async fn nack_with_delay(self: Box<Self>, _delay: Duration) -> Result<()> {
+        Err(Error::unsupported("amqp", "nack with a delay"))
     }
 }
 
@@ -261,6 +291,15 @@ impl Subscriber for AcksOnDrop {
             self.0.subscribe_group(pattern, group).await?,
         ))
     }
+    async fn subscribe_durable(
+        &self,
+        pattern: &Pattern,
+        durable: &Durable,
+    ) -> Result<Subscription> {
+        Ok(acking_on_drop(
+            self.0.subscribe_durable(pattern, durable).await?,
+        ))
+    }
 }
 
 #[async_trait]
@@ -273,6 +312,9 @@ impl Broker for AcksOnDrop {
     }
     fn status(&self) -> ConnectionStatus {
         self.0.status()
+    }
+    async fn request(&self, message: Message, timeout: Duration) -> Result<Message> {
+        self.0.request(message, timeout).await
     }
     async fn close(&self) -> Result<()> {
         self.0.close().await

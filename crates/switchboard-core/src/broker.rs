@@ -2,10 +2,13 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Capabilities, ConnectionStatus, Message, Pattern, QueueGroup, Result, Subscription};
+use crate::{
+    Capabilities, ConnectionStatus, Durable, Message, Pattern, QueueGroup, Result, Subscription,
+};
 
 /// Publishes messages. Object-safe, so the broker can be chosen at run time.
 #[async_trait]
@@ -37,6 +40,18 @@ pub trait Subscriber: Send + Sync + Debug {
     /// Returns [`Error::Unsupported`](crate::Error::Unsupported) where the broker has
     /// no queue groups ([`Capabilities::queue_groups`]).
     async fn subscribe_group(&self, pattern: &Pattern, group: &QueueGroup) -> Result<Subscription>;
+
+    /// Subscribes to the durable consumer `durable` over `pattern`, creating it
+    /// on first use and resuming it afterwards (see [`Durable`]): messages
+    /// published while no member is subscribed are kept and delivered when one
+    /// is back; a delivery is removed only once acknowledged, and delivered
+    /// again after a `nack` or when not acknowledged within its `ack_wait`.
+    /// Members of one durable consumer share its messages.
+    ///
+    /// Returns [`Error::Unsupported`](crate::Error::Unsupported) where the
+    /// broker has no durable mode ([`Capabilities::durable`]).
+    async fn subscribe_durable(&self, pattern: &Pattern, durable: &Durable)
+        -> Result<Subscription>;
 }
 
 /// A connection to one broker: publish, subscribe, declare what it provides, close.
@@ -50,6 +65,17 @@ pub trait Broker: Publisher + Subscriber {
 
     /// What this broker provides.
     fn capabilities(&self) -> Capabilities;
+
+    /// Publishes `message` as a request and waits up to `timeout` for the
+    /// first reply, which a subscriber sends with
+    /// [`Delivery::reply`](crate::Delivery::reply).
+    ///
+    /// Fails with [`Error::NoResponders`](crate::Error::NoResponders) where the
+    /// broker can tell that nobody is subscribed, with
+    /// [`Error::Timeout`](crate::Error::Timeout) when no reply came in time,
+    /// and with [`Error::Unsupported`](crate::Error::Unsupported) where the
+    /// broker has no request/reply ([`Capabilities::request_reply`]).
+    async fn request(&self, message: Message, timeout: Duration) -> Result<Message>;
 
     /// The state of the connection now: up or not, and how often it was lost.
     /// A publisher that saw `disconnects` grow while it published cannot know
@@ -82,6 +108,9 @@ macro_rules! forward_pointer {
             async fn subscribe_group(&self, pattern: &Pattern, group: &QueueGroup) -> Result<Subscription> {
                 (**self).subscribe_group(pattern, group).await
             }
+            async fn subscribe_durable(&self, pattern: &Pattern, durable: &Durable) -> Result<Subscription> {
+                (**self).subscribe_durable(pattern, durable).await
+            }
         }
 
         #[async_trait]
@@ -94,6 +123,9 @@ macro_rules! forward_pointer {
             }
             fn status(&self) -> ConnectionStatus {
                 (**self).status()
+            }
+            async fn request(&self, message: Message, timeout: Duration) -> Result<Message> {
+                (**self).request(message, timeout).await
             }
             async fn close(&self) -> Result<()> {
                 (**self).close().await

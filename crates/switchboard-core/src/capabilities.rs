@@ -27,6 +27,21 @@ pub struct Capabilities {
     pub persistence: bool,
     /// Messages from one publisher on one subject reach a subscriber in publish order.
     pub ordered_per_publisher: bool,
+    /// `subscribe_durable` works: a named consumer whose messages are kept while
+    /// it is away, delivered when it is back and removed when acknowledged.
+    pub durable: bool,
+    /// Messages kept for durable consumers survive a restart of the broker
+    /// (false for the in-memory broker: they live as long as the process).
+    pub durable_storage: bool,
+    /// Deliveries say how many times they were delivered
+    /// ([`Delivery::delivery_count`](crate::Delivery::delivery_count)).
+    pub delivery_count: bool,
+    /// [`Delivery::nack_with_delay`](crate::Delivery::nack_with_delay) delivers
+    /// the message again after the delay.
+    pub nack_delay: bool,
+    /// [`Broker::request`](crate::Broker::request) and
+    /// [`Delivery::reply`](crate::Delivery::reply) work.
+    pub request_reply: bool,
     /// Largest payload accepted, in bytes, if the broker has a limit.
     pub max_payload: Option<usize>,
 }
@@ -42,6 +57,11 @@ impl Capabilities {
         redelivery: false,
         persistence: false,
         ordered_per_publisher: false,
+        durable: false,
+        durable_storage: false,
+        delivery_count: false,
+        nack_delay: false,
+        request_reply: false,
         max_payload: None,
     };
 }

@@ -2,10 +2,12 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
-use crate::{Message, Result};
+use crate::{Error, Headers, Message, Result};
 
 /// How an adapter acknowledges or rejects one delivery at its broker.
 ///
@@ -23,6 +25,24 @@ pub trait Acknowledge: Send + Sync + fmt::Debug {
     async fn ack(self: Box<Self>) -> Result<()>;
     /// Tells the broker the message was not handled; `requeue` asks for redelivery.
     async fn nack(self: Box<Self>, requeue: bool) -> Result<()>;
+
+    /// Whether [`Acknowledge::nack_with_delay`] is supported: checked before
+    /// the handle is given up, so an unsupported delay leaves the message unsettled.
+    fn supports_delay(&self) -> bool;
+
+    /// Asks for redelivery after `delay`. Only called where
+    /// [`Acknowledge::supports_delay`] is true.
+    async fn nack_with_delay(self: Box<Self>, delay: Duration) -> Result<()>;
+}
+
+/// How an adapter answers a request: sends a reply to whoever asked.
+///
+/// A [`Delivery`] of a message sent with [`Broker::request`](crate::Broker::request)
+/// carries one; [`Delivery::reply`] uses it.
+#[async_trait]
+pub trait Reply: Send + Sync + fmt::Debug {
+    /// Sends `payload` with `headers` back to the requester.
+    async fn reply(&self, payload: Bytes, headers: Headers) -> Result<()>;
 }
 
 /// A message received on a [`Subscription`](crate::Subscription), with `ack`/`nack`.
@@ -58,6 +78,8 @@ pub struct Delivery {
     message: Message,
     acker: Option<Box<dyn Acknowledge>>,
     redelivered: bool,
+    delivery_count: Option<u32>,
+    replier: Option<Box<dyn Reply>>,
 }
 
 impl Delivery {
@@ -67,6 +89,8 @@ impl Delivery {
             message,
             acker: None,
             redelivered: false,
+            delivery_count: None,
+            replier: None,
         }
     }
 
@@ -77,7 +101,24 @@ impl Delivery {
             message,
             acker: Some(acker),
             redelivered,
+            delivery_count: None,
+            replier: None,
         }
+    }
+
+    /// Sets how many times the broker delivered this message, this time
+    /// included (1 on the first delivery); a count above 1 also marks it
+    /// [`redelivered`](Delivery::redelivered).
+    pub fn with_delivery_count(mut self, count: u32) -> Self {
+        self.delivery_count = Some(count);
+        self.redelivered |= count > 1;
+        self
+    }
+
+    /// Makes this delivery a request that [`Delivery::reply`] answers through `replier`.
+    pub fn with_replier(mut self, replier: Box<dyn Reply>) -> Self {
+        self.replier = Some(replier);
+        self
     }
 
     /// The message.
@@ -88,6 +129,38 @@ impl Delivery {
     /// Whether the broker says it delivered this message before.
     pub fn redelivered(&self) -> bool {
         self.redelivered
+    }
+
+    /// How many times the broker delivered this message, this time included,
+    /// where it counts ([`Capabilities::delivery_count`](crate::Capabilities::delivery_count)).
+    pub fn delivery_count(&self) -> Option<u32> {
+        self.delivery_count
+    }
+
+    /// Whether the message is a request that expects a [`reply`](Delivery::reply).
+    pub fn is_request(&self) -> bool {
+        self.replier.is_some()
+    }
+
+    /// Answers a request (see [`Broker::request`](crate::Broker::request)) with
+    /// `payload`. Fails with [`Error::Unsupported`] when the message is not a
+    /// request; may be called more than once (the requester takes the first).
+    pub async fn reply(&self, payload: impl Into<Bytes>) -> Result<()> {
+        self.reply_with(payload, Headers::new()).await
+    }
+
+    /// Answers a request with `payload` and `headers`.
+    pub async fn reply_with(&self, payload: impl Into<Bytes>, headers: Headers) -> Result<()> {
+        match &self.replier {
+            Some(replier) => replier.reply(payload.into(), headers).await,
+            None => Err(Error::Unsupported {
+                broker: "switchboard",
+                feature: format!(
+                    "replying to a message on {:?} that is not a request (no one waits for an answer)",
+                    self.message.subject().as_str()
+                ),
+            }),
+        }
     }
 
     /// Whether `ack`/`nack` reach a broker (false on brokers without acknowledgement).
@@ -108,6 +181,25 @@ impl Delivery {
     pub async fn nack(&mut self) -> Result<()> {
         match self.acker.take() {
             Some(acker) => acker.nack(true).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Rejects the message and asks the broker to deliver it again after
+    /// `delay` ([`Capabilities::nack_delay`](crate::Capabilities::nack_delay)).
+    /// Where the broker cannot delay a redelivery this fails with
+    /// [`Error::Unsupported`] and leaves the message unsettled, so the caller
+    /// can still [`nack`](Delivery::nack) it. A no-op on brokers without acknowledgement.
+    pub async fn nack_with_delay(&mut self, delay: Duration) -> Result<()> {
+        match self.acker.take() {
+            Some(acker) if acker.supports_delay() => acker.nack_with_delay(delay).await,
+            Some(acker) => {
+                self.acker = Some(acker);
+                Err(Error::Unsupported {
+                    broker: "switchboard",
+                    feature: "delayed redelivery (nack with a delay) on this broker".into(),
+                })
+            }
             None => Ok(()),
         }
     }
@@ -140,6 +232,8 @@ impl fmt::Debug for Delivery {
             .field("message", &self.message)
             .field("acknowledgeable", &self.acker.is_some())
             .field("redelivered", &self.redelivered)
+            .field("delivery_count", &self.delivery_count)
+            .field("request", &self.replier.is_some())
             .finish()
     }
 }

@@ -40,6 +40,14 @@ pub enum Error {
         /// What is wrong with it and how to fix it.
         reason: String,
     },
+    /// A durable consumer's (or member's) name is malformed.
+    #[error("invalid durable consumer name {name:?}: {reason}")]
+    InvalidDurable {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it and how to fix it.
+        reason: String,
+    },
     /// A header name or value is malformed.
     #[error("invalid header {name:?}: {reason}")]
     InvalidHeader {
@@ -176,6 +184,16 @@ pub enum Error {
         /// The broker kind.
         broker: &'static str,
     },
+    /// A request found nobody subscribed to answer it.
+    #[error(
+        "{broker}: no responders for a request on {subject:?}: nothing is subscribed to answer it"
+    )]
+    NoResponders {
+        /// The broker kind.
+        broker: &'static str,
+        /// The subject of the request.
+        subject: String,
+    },
     /// A payload could not be encoded or decoded as JSON.
     #[error("JSON payload on {subject:?}: {source}")]
     Json {
@@ -213,6 +231,8 @@ pub enum ErrorKind {
     Lost,
     /// The handle is closed.
     Closed,
+    /// A request had nobody to answer it.
+    NoResponders,
     /// JSON encoding or decoding failed.
     Json,
     /// An operation timed out.
@@ -233,6 +253,7 @@ impl Error {
             Error::InvalidSubject { .. }
             | Error::InvalidPattern { .. }
             | Error::InvalidGroup { .. }
+            | Error::InvalidDurable { .. }
             | Error::InvalidHeader { .. }
             | Error::InvalidUrl { .. }
             | Error::UnknownScheme { .. }
@@ -245,6 +266,7 @@ impl Error {
             | Error::Ack { .. } => ErrorKind::Broker,
             Error::Lost { .. } | Error::Disconnected { .. } => ErrorKind::Lost,
             Error::Closed { .. } => ErrorKind::Closed,
+            Error::NoResponders { .. } => ErrorKind::NoResponders,
             Error::Json { .. } => ErrorKind::Json,
             Error::Timeout { .. } => ErrorKind::Timeout,
         }

@@ -17,6 +17,7 @@
 mod broker;
 mod capabilities;
 mod delivery;
+mod durable;
 mod error;
 mod headers;
 mod link;
@@ -28,7 +29,8 @@ mod subscription;
 
 pub use broker::{Broker, Publisher, Subscriber};
 pub use capabilities::Capabilities;
-pub use delivery::{Acknowledge, Delivery};
+pub use delivery::{Acknowledge, Delivery, Reply};
+pub use durable::{ConsumerName, Durable, DEFAULT_ACK_WAIT};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use headers::{Headers, Iter as HeaderIter, MAX_HEADER_NAME_LEN};
 pub use link::{ConnectionStatus, Link};

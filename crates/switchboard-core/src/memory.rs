@@ -11,14 +11,16 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    Broker, Capabilities, ConnectionStatus, Delivery, Error, Message, Pattern, Publisher,
-    QueueGroup, Result, Subscriber, Subscription,
+    Broker, Capabilities, ConnectionStatus, Delivery, Durable, Error, Headers, Message, Pattern,
+    Publisher, QueueGroup, Reply, Result, Subscriber, Subscription,
 };
 
 /// The broker kind and URL scheme of the in-memory broker.
@@ -32,7 +34,38 @@ struct Route {
     handle: u64,
     pattern: Pattern,
     group: Option<QueueGroup>,
-    sender: mpsc::Sender<Message>,
+    sender: mpsc::Sender<Envelope>,
+}
+
+/// What travels through the hub: a message, and for a request where to answer.
+struct Envelope {
+    message: Message,
+    reply: Option<ReplySlot>,
+}
+
+/// Where the first reply to a request goes; later replies find it taken.
+type ReplySlot = Arc<Mutex<Option<oneshot::Sender<Message>>>>;
+
+/// Answers a memory request: the first reply wins.
+#[derive(Debug)]
+struct MemoryReply {
+    slot: ReplySlot,
+    subject: crate::Subject,
+}
+
+#[async_trait]
+impl Reply for MemoryReply {
+    async fn reply(&self, payload: Bytes, headers: Headers) -> Result<()> {
+        let sender = match self.slot.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(sender) = sender {
+            // The requester may have given up (timed out): nothing to tell.
+            let _ = sender.send(Message::from_parts(self.subject.clone(), payload, headers));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -59,12 +92,12 @@ impl Hub {
     /// The senders `subject` goes to: every matching fan-out route, and one
     /// member per matching queue group (rotating), with the group's other
     /// members as fallbacks should that one have gone away meanwhile.
-    fn targets(&self, subject: &str) -> Vec<Vec<mpsc::Sender<Message>>> {
+    fn targets(&self, subject: &str) -> Vec<Vec<mpsc::Sender<Envelope>>> {
         let Ok(routes) = self.routes.read() else {
             return Vec::new();
         };
         let mut targets = Vec::new();
-        let mut groups: Vec<(&QueueGroup, Vec<mpsc::Sender<Message>>)> = Vec::new();
+        let mut groups: Vec<(&QueueGroup, Vec<mpsc::Sender<Envelope>>)> = Vec::new();
         for route in routes.iter().filter(|r| r.pattern.matches(subject)) {
             match &route.group {
                 None => targets.push(vec![route.sender.clone()]),
@@ -246,12 +279,19 @@ impl Drop for Unroute {
 }
 
 fn deliveries(
-    receiver: mpsc::Receiver<Message>,
+    receiver: mpsc::Receiver<Envelope>,
     guard: Unroute,
 ) -> impl Stream<Item = Result<Delivery>> + Send {
     stream::unfold((receiver, guard), |(mut receiver, guard)| async move {
-        let message = receiver.recv().await?;
-        Some((Ok(Delivery::new(message)), (receiver, guard)))
+        let Envelope { message, reply } = receiver.recv().await?;
+        let delivery = match reply {
+            None => Delivery::new(message),
+            Some(slot) => {
+                let subject = message.subject().clone();
+                Delivery::new(message).with_replier(Box::new(MemoryReply { slot, subject }))
+            }
+        };
+        Some((Ok(delivery), (receiver, guard)))
     })
     .fuse()
 }
@@ -272,12 +312,14 @@ impl fmt::Debug for MemoryBroker {
     }
 }
 
-#[async_trait]
-impl Publisher for MemoryBroker {
-    async fn publish(&self, message: Message) -> Result<()> {
+impl MemoryBroker {
+    /// Sends `message` to every matching fan-out subscription and one member
+    /// of each matching group; returns how many subscriptions it reached.
+    async fn deliver(&self, message: Message, reply: Option<ReplySlot>) -> Result<usize> {
         self.check_open()?;
         let targets = self.hub.targets(message.subject().as_str());
         let last = targets.len().saturating_sub(1);
+        let mut reached = 0;
         let mut message = Some(message);
         for (index, candidates) in targets.into_iter().enumerate() {
             for sender in candidates {
@@ -289,18 +331,32 @@ impl Publisher for MemoryBroker {
                     (false, None) => None,
                 };
                 let Some(copy) = copy else { break };
-                match sender.send(copy).await {
-                    Ok(()) => break,
+                let envelope = Envelope {
+                    message: copy,
+                    reply: reply.clone(),
+                };
+                match sender.send(envelope).await {
+                    Ok(()) => {
+                        reached += 1;
+                        break;
+                    }
                     // That member went away since the lookup: try the next of its group.
                     Err(mpsc::error::SendError(back)) => {
                         if index == last {
-                            message = Some(back);
+                            message = Some(back.message);
                         }
                     }
                 }
             }
         }
-        Ok(())
+        Ok(reached)
+    }
+}
+
+#[async_trait]
+impl Publisher for MemoryBroker {
+    async fn publish(&self, message: Message) -> Result<()> {
+        self.deliver(message, None).await.map(drop)
     }
 
     async fn flush(&self) -> Result<()> {
@@ -318,6 +374,15 @@ impl Subscriber for MemoryBroker {
     async fn subscribe_group(&self, pattern: &Pattern, group: &QueueGroup) -> Result<Subscription> {
         self.route(pattern, Some(group))
     }
+
+    async fn subscribe_durable(
+        &self,
+        _pattern: &Pattern,
+        _durable: &Durable,
+    ) -> Result<Subscription> {
+        self.check_open()?;
+        Err(Error::unsupported(MEMORY_SCHEME, "durable subscriptions"))
+    }
 }
 
 #[async_trait]
@@ -333,7 +398,29 @@ impl Broker for MemoryBroker {
             headers: true,
             native_wildcards: true,
             ordered_per_publisher: true,
+            request_reply: true,
             ..Capabilities::NONE
+        }
+    }
+
+    async fn request(&self, message: Message, timeout: Duration) -> Result<Message> {
+        let subject = message.subject().to_string();
+        let (sender, receiver) = oneshot::channel();
+        let slot: ReplySlot = Arc::new(Mutex::new(Some(sender)));
+        if self.deliver(message, Some(slot)).await? == 0 {
+            return Err(Error::NoResponders {
+                broker: MEMORY_SCHEME,
+                subject,
+            });
+        }
+        match tokio::time::timeout(timeout, receiver).await {
+            Ok(Ok(reply)) => Ok(reply),
+            // Every delivery of the request was dropped without a reply.
+            Ok(Err(_)) | Err(_) => Err(Error::Timeout {
+                broker: MEMORY_SCHEME,
+                operation: format!("waiting for a reply to a request on {subject:?}"),
+                after: timeout,
+            }),
         }
     }
 

@@ -3,12 +3,13 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use switchboard_core::{
-    async_trait, BoxError, Broker, Capabilities, ConnectionStatus, Error, Message, Pattern,
-    Publisher, QueueGroup, Result, Subscriber, Subscription,
+    async_trait, BoxError, Broker, Capabilities, ConnectionStatus, Durable, Error, Message,
+    Pattern, Publisher, QueueGroup, Result, Subscriber, Subscription,
 };
 
 use crate::options::{parse_url, Credentials, NatsOptions};
@@ -280,6 +281,14 @@ impl Subscriber for NatsBroker {
     async fn subscribe_group(&self, pattern: &Pattern, group: &QueueGroup) -> Result<Subscription> {
         self.subscribe_to(pattern, Some(group)).await
     }
+
+    async fn subscribe_durable(
+        &self,
+        _pattern: &Pattern,
+        _durable: &Durable,
+    ) -> Result<Subscription> {
+        Err(Error::unsupported(KIND, "durable subscriptions (not yet)"))
+    }
 }
 
 #[async_trait]
@@ -298,6 +307,16 @@ impl Broker for NatsBroker {
         capabilities.ordered_per_publisher = true;
         capabilities.max_payload = Some(self.shared.client.max_payload());
         capabilities
+    }
+
+    async fn request(&self, message: Message, _timeout: Duration) -> Result<Message> {
+        Err(Error::unsupported(
+            KIND,
+            format!(
+                "request/reply (a request on {:?}; not yet)",
+                message.subject().as_str()
+            ),
+        ))
     }
 
     fn status(&self) -> ConnectionStatus {

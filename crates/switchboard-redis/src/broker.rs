@@ -2,10 +2,11 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use switchboard_core::{
-    async_trait, Broker, Capabilities, ConnectionStatus, Error, Message, Pattern, Publisher,
-    QueueGroup, Result, Subscriber, Subscription,
+    async_trait, Broker, Capabilities, ConnectionStatus, Durable, Error, Message, Pattern,
+    Publisher, QueueGroup, Result, Subscriber, Subscription,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -159,6 +160,17 @@ impl Subscriber for RedisBroker {
             "queue groups (Redis PUBSUB delivers every message to every subscriber)",
         ))
     }
+
+    async fn subscribe_durable(
+        &self,
+        _pattern: &Pattern,
+        _durable: &Durable,
+    ) -> Result<Subscription> {
+        Err(Error::unsupported(
+            BROKER,
+            "durable subscriptions (not yet)",
+        ))
+    }
 }
 
 #[async_trait]
@@ -181,6 +193,16 @@ impl Broker for RedisBroker {
     /// bounded by [`RedisOptions::flush_timeout`]; if it times out, close
     /// returns that [`Error::Timeout`] and drops the publishing connection
     /// (publishes still unanswered may or may not have been delivered).
+    async fn request(&self, message: Message, _timeout: Duration) -> Result<Message> {
+        Err(Error::unsupported(
+            BROKER,
+            format!(
+                "request/reply (a request on {:?}; not yet)",
+                message.subject().as_str()
+            ),
+        ))
+    }
+
     fn status(&self) -> ConnectionStatus {
         self.inner.publisher.link.status()
     }

@@ -24,6 +24,7 @@ mod groups;
 mod headers;
 mod lifecycle;
 mod payload;
+mod request;
 mod routing;
 
 pub use delivery::{
@@ -44,6 +45,7 @@ pub use lifecycle::{
 pub use payload::{
     payload_binary, payload_empty, payload_limit_is_exact, payload_one_mebibyte, payload_utf8,
 };
+pub use request::{request_gets_the_reply, request_without_responders_fails};
 pub use routing::{
     cross_connection_delivery, fan_out_to_every_subscriber, many_subscriptions_on_one_connection,
     resubscribe_after_close, subject_at_max_length, subjects_stay_separate,
@@ -88,6 +90,8 @@ pub const ALL: &[&str] = &[
     "close_flushes_pending_publishes",
     "close_leaves_other_connections_working",
     "invalid_input_is_rejected",
+    "request_gets_the_reply",
+    "request_without_responders_fails",
 ];
 
 /// Subscribes, failing the case (with the broker's error) if it fails or hangs.
