@@ -10,7 +10,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod bench;
 mod connection;
 mod demo;
 mod format;
@@ -46,7 +45,7 @@ pub enum Command {
     /// Run reactions from a config file: exec a command, forward, or log, with retries and dead letters.
     Worker(worker::WorkerArgs),
     /// Measure throughput and latency across brokers, against raw-client baselines.
-    Bench(bench::BenchArgs),
+    Bench(switchboard_bench::BenchArgs),
     /// Run the alert/reaction scenario in one process (in-memory broker by default).
     Demo(demo::DemoArgs),
 }
@@ -110,7 +109,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => send::run(&url, args).await,
         Command::Listen(args) => listen::run(&url, args).await,
         Command::Worker(args) => worker::run(&url, args).await,
-        Command::Bench(args) => bench::run(cli.broker.as_deref(), args).await,
+        Command::Bench(args) => switchboard_bench::run(cli.broker.as_deref(), args).await,
         Command::Demo(args) => demo::run(cli.broker.as_deref().unwrap_or("memory://"), args).await,
     }
 }

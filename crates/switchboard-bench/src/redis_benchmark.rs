@@ -1,8 +1,8 @@
 //! The `--redis-benchmark` row: Redis's own load generator publishing from one
 //! pipelined connection, the ceiling a single Redis connection reaches.
 
-use super::report::Row;
-use super::{Mode, Target};
+use crate::report::Row;
+use crate::{Mode, Target};
 
 /// Commands `redis-benchmark` keeps in flight on its one connection.
 const PIPELINE: u32 = 256;

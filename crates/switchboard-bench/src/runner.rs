@@ -9,11 +9,11 @@ use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use tokio::sync::{oneshot, watch};
 
-use super::client::{self, Client, Receiver, PROGRESS_STEP};
-use super::cpu::CpuClock;
-use super::payload::{self, Stamp, MEASURED_PUBLISHER, WARMUP_PUBLISHER};
-use super::report::{Latency, Row};
-use super::{Implementation, Mode, Target};
+use crate::client::{self, Client, Receiver, PROGRESS_STEP};
+use crate::cpu::CpuClock;
+use crate::payload::{self, Stamp, MEASURED_PUBLISHER, WARMUP_PUBLISHER};
+use crate::report::{Latency, Row};
+use crate::{Implementation, Mode, Target};
 
 /// Everything one run needs to know.
 #[derive(Debug, Clone)]

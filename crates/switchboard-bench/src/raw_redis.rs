@@ -20,8 +20,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult};
 use tokio::sync::Mutex;
 
-use super::client::{Burst, Client, Receiver};
-use super::payload::Stamp;
+use crate::client::{Burst, Client, Receiver};
+use crate::payload::Stamp;
 
 /// PUBLISH commands in flight at most on the publishing connection.
 pub(crate) const WINDOW: usize = 256;

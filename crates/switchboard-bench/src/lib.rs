@@ -6,6 +6,8 @@
 //! time; see `payload`) so loss, duplicates and reordering are counted, never
 //! hidden. Latency runs send on a fixed schedule from a dedicated thread and
 //! measure from the *intended* send time (no coordinated omission).
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -201,7 +203,7 @@ pub struct BenchArgs {
 }
 
 /// Runs `switchboard bench`.
-pub(crate) async fn run(brokers: Option<&str>, args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(brokers: Option<&str>, args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(small) = args.size.iter().find(|s| **s < payload::HEADER_LEN) {
         anyhow::bail!(
             "--size {small} is too small: every message carries a {}-byte header (sequence number and send time)",

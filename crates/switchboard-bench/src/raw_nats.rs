@@ -10,8 +10,8 @@ use std::time::Instant;
 use indicatif::ProgressBar;
 use switchboard::Bytes;
 
-use super::client::{Burst, Client, Receiver};
-use super::payload::Stamp;
+use crate::client::{Burst, Client, Receiver};
+use crate::payload::Stamp;
 
 /// How long `flush` waits for the server's echo.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::runner::RunSpec;
-use super::{Implementation, Mode};
+use crate::runner::RunSpec;
+use crate::{Implementation, Mode};
 
 /// Latency percentiles of a run, in microseconds.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::report::Row;
-use super::Implementation;
+use crate::report::Row;
+use crate::Implementation;
 
 const SWITCHBOARD: RGBColor = RGBColor(31, 119, 180);
 const RAW: RGBColor = RGBColor(255, 127, 14);

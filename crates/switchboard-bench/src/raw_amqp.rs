@@ -18,8 +18,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
 use tokio::sync::Mutex;
 
-use super::client::{Burst, Client, Receiver};
-use super::payload::Stamp;
+use crate::client::{Burst, Client, Receiver};
+use crate::payload::Stamp;
 
 /// Publisher confirms outstanding at most.
 pub(crate) const WINDOW: usize = 256;

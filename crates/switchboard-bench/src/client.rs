@@ -9,8 +9,8 @@ use futures::stream::{BoxStream, StreamExt};
 use indicatif::ProgressBar;
 use switchboard::{AnyBroker, Bytes, Headers, Message, Pattern, QueueGroup, Subject};
 
-use super::payload::{self, Stamp};
-use super::{raw_amqp, raw_nats, raw_redis, Implementation, Target};
+use crate::payload::{self, Stamp};
+use crate::{raw_amqp, raw_nats, raw_redis, Implementation, Target};
 
 /// What a subscription yields: the header of each message, or an error to count.
 pub(crate) type Receiver = BoxStream<'static, Result<Stamp, String>>;
