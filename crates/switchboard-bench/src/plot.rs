@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
+use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
 
 use crate::report::Row;
-use crate::Implementation;
+use crate::target::Implementation;
 
 const SWITCHBOARD: RGBColor = RGBColor(31, 119, 180);
 const RAW: RGBColor = RGBColor(255, 127, 14);
@@ -19,20 +20,20 @@ const PERCENTILES: [(&str, RGBColor); 4] = [
 ];
 
 /// Draws the plot of `rows` into the SVG file `path`.
-pub(crate) fn draw(rows: &[Row], path: &Path) -> anyhow::Result<()> {
+pub(crate) fn draw(rows: &[Row], path: &Path) -> Result<(), PlotError> {
     let root = SVGBackend::new(path, (1600, 1000)).into_drawing_area();
-    root.fill(&WHITE).map_err(to_anyhow)?;
+    root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(520);
     throughput(&top, rows)?;
     latency(&bottom, rows)?;
-    root.present().map_err(to_anyhow)?;
+    root.present()?;
     drop(root);
     start_rotated_labels(path)
 }
 
 /// plotters centres rotated axis labels on their tick, so half of each label
 /// would sit inside the chart: anchor them at their start instead (below the axis).
-fn start_rotated_labels(path: &Path) -> anyhow::Result<()> {
+fn start_rotated_labels(path: &Path) -> Result<(), PlotError> {
     let svg = std::fs::read_to_string(path)?;
     let fixed: Vec<String> = svg
         .lines()
@@ -48,8 +49,15 @@ fn start_rotated_labels(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn to_anyhow<E: std::fmt::Debug>(error: E) -> anyhow::Error {
-    anyhow::anyhow!("{error:?}")
+/// Why the plot could not be drawn.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlotError {
+    /// plotters failed, usually because the file cannot be written.
+    #[error(transparent)]
+    Draw(#[from] DrawingAreaErrorKind<std::io::Error>),
+    /// Reading the SVG back or rewriting it failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// Distinct values in first-seen order.
@@ -80,7 +88,7 @@ fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
 fn throughput(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     rows: &[Row],
-) -> anyhow::Result<()> {
+) -> Result<(), PlotError> {
     let rows: Vec<&Row> = rows
         .iter()
         .filter(|r| r.is_ok() && r.mode != "latency" && r.msgs_per_s.is_some())
@@ -103,8 +111,7 @@ fn throughput(
         .margin(10)
         .x_label_area_size(110)
         .y_label_area_size(80)
-        .build_cartesian_2d(0f64..groups.len().max(1) as f64, y.clone().log_scale())
-        .map_err(to_anyhow)?;
+        .build_cartesian_2d(0f64..groups.len().max(1) as f64, y.clone().log_scale())?;
     let labels = groups.clone();
     chart
         .configure_mesh()
@@ -127,8 +134,7 @@ fn throughput(
         )
         .y_desc("messages per second")
         .y_label_formatter(&|v| format!("{v:.0e}"))
-        .draw()
-        .map_err(to_anyhow)?;
+        .draw()?;
     let width = 0.8 / bars.len() as f64;
     for (slot, (implementation, color)) in bars.iter().enumerate() {
         let rects: Vec<Rectangle<(f64, f64)>> = rows
@@ -149,8 +155,7 @@ fn throughput(
             continue;
         }
         chart
-            .draw_series(rects)
-            .map_err(to_anyhow)?
+            .draw_series(rects)?
             .label(*implementation)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
@@ -159,15 +164,14 @@ fn throughput(
         .position(SeriesLabelPosition::UpperMiddle)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(to_anyhow)?;
+        .draw()?;
     Ok(())
 }
 
 fn latency(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     rows: &[Row],
-) -> anyhow::Result<()> {
+) -> Result<(), PlotError> {
     let rows: Vec<&Row> = rows
         .iter()
         .filter(|r| r.is_ok() && r.latency.is_some())
@@ -190,7 +194,7 @@ fn latency(
         .x_label_area_size(60)
         .y_label_area_size(80)
         .build_cartesian_2d(0f64..groups.len().max(1) as f64, y.clone().log_scale())
-        .map_err(to_anyhow)?;
+        ?;
     let labels = groups.clone();
     chart
         .configure_mesh()
@@ -208,8 +212,7 @@ fn latency(
         })
         .y_desc("microseconds")
         .y_label_formatter(&|v| format!("{v:.0}"))
-        .draw()
-        .map_err(to_anyhow)?;
+        .draw()?;
     let width = 0.8 / 8.0;
     for (k, (name, color)) in PERCENTILES.iter().enumerate() {
         let mut rects = Vec::new();
@@ -241,8 +244,7 @@ fn latency(
         }
         let color = *color;
         chart
-            .draw_series(rects)
-            .map_err(to_anyhow)?
+            .draw_series(rects)?
             .label(*name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
@@ -250,7 +252,6 @@ fn latency(
         .configure_series_labels()
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(to_anyhow)?;
+        .draw()?;
     Ok(())
 }

@@ -3,14 +3,14 @@
 //! time counts until the server has everything), a subscription buffer large
 //! enough for a burst.
 
-use anyhow::Context as _;
-use futures::stream::StreamExt;
 use std::time::Instant;
 
+use futures::stream::StreamExt;
 use indicatif::ProgressBar;
 use switchboard::Bytes;
 
 use crate::client::{Burst, Client, Receiver};
+use crate::error::RunError;
 use crate::payload::Stamp;
 
 /// How long `flush` waits for the server's echo.
@@ -27,12 +27,16 @@ pub(crate) struct RawNats {
 }
 
 impl RawNats {
-    pub(crate) async fn connect(url: &str, subject: &str) -> anyhow::Result<Self> {
+    /// Connects to `url` with the same subscription buffer as the adapter.
+    pub(crate) async fn connect(url: &str, subject: &str) -> Result<Self, RunError> {
         let client = async_nats::ConnectOptions::new()
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .connect(url)
             .await
-            .with_context(|| format!("raw async-nats cannot connect to {url}"))?;
+            .map_err(|source| RunError::NatsConnect {
+                url: url.to_string(),
+                source,
+            })?;
         Ok(RawNats {
             client,
             subject: async_nats::Subject::from(subject),
@@ -49,7 +53,7 @@ impl Client for RawNats {
         count: u64,
         deadline: Option<Instant>,
         progress: &ProgressBar,
-    ) -> anyhow::Result<u64> {
+    ) -> Result<u64, RunError> {
         let mut burst = Burst::new(publisher, size, count, deadline, progress);
         while let Some(payload) = burst.next_payload() {
             self.client
@@ -59,14 +63,14 @@ impl Client for RawNats {
         Ok(burst.sent())
     }
 
-    async fn publish_one(&self, payload: &[u8]) -> anyhow::Result<()> {
+    async fn publish_one(&self, payload: &[u8]) -> Result<(), RunError> {
         self.client
             .publish(self.subject.clone(), Bytes::copy_from_slice(payload))
             .await?;
         Ok(())
     }
 
-    async fn flush(&self) -> anyhow::Result<()> {
+    async fn flush(&self) -> Result<(), RunError> {
         // `Client::flush` only writes the client's buffer to the socket. To
         // know the server has everything (as the adapter's flush does), echo
         // one message through the server after the burst: it processes a
@@ -77,12 +81,12 @@ impl Client for RawNats {
         self.client.flush().await?;
         match tokio::time::timeout(FLUSH_TIMEOUT, echo.next()).await {
             Ok(Some(_)) => Ok(()),
-            Ok(None) => anyhow::bail!("the NATS connection closed during flush"),
-            Err(_) => anyhow::bail!("the NATS server did not answer within {FLUSH_TIMEOUT:?}"),
+            Ok(None) => Err(RunError::NatsClosed),
+            Err(_) => Err(RunError::NatsFlushTimeout(FLUSH_TIMEOUT)),
         }
     }
 
-    async fn subscribe(&self, group: Option<&str>) -> anyhow::Result<Receiver> {
+    async fn subscribe(&self, group: Option<&str>) -> Result<Receiver, RunError> {
         let subscriber = match group {
             Some(group) => {
                 self.client

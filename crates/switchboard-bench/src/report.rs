@@ -2,12 +2,14 @@
 //! stdout and the JSON file.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::runner::RunSpec;
-use crate::{Implementation, Mode};
+use crate::target::Implementation;
+use crate::{Error, Mode};
 
 /// Latency percentiles of a run, in microseconds.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
@@ -340,15 +342,51 @@ pub(crate) fn table(rows: &[Row]) -> String {
 
 /// The JSON document: what ran, where, and one object per run in `runs`.
 #[derive(Debug, Serialize)]
-pub(crate) struct Document<'a> {
+struct Document<'a> {
     /// The switchboard version that measured.
-    pub(crate) switchboard_version: &'static str,
+    switchboard_version: &'static str,
     /// The command line.
-    pub(crate) command: String,
+    command: String,
     /// When the bench started (seconds since the Unix epoch).
-    pub(crate) started_unix_s: u64,
+    started_unix_s: u64,
     /// `uname -srm`-like machine description and CPU count.
-    pub(crate) machine: String,
+    machine: String,
     /// One object per run.
-    pub(crate) runs: &'a [Row],
+    runs: &'a [Row],
+}
+
+/// Writes `rows` as the JSON document to `path`; `started` is when the bench
+/// started (seconds since the Unix epoch).
+pub(crate) fn write_json(rows: &[Row], path: &Path, started: u64) -> Result<(), Error> {
+    let document = Document {
+        switchboard_version: env!("CARGO_PKG_VERSION"),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        started_unix_s: started,
+        machine: machine(),
+        runs: rows,
+    };
+    let json = serde_json::to_string_pretty(&document).map_err(Error::Json)?;
+    std::fs::write(path, json + "\n").map_err(|source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The OS, architecture, CPU count and model, and kernel of this machine.
+fn machine() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let kernel = read("/proc/sys/kernel/osrelease");
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{} {}, {cpus} CPUs ({cpu}), Linux {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        kernel.trim()
+    )
 }

@@ -11,9 +11,11 @@ use tokio::sync::{oneshot, watch};
 
 use crate::client::{self, Client, Receiver, PROGRESS_STEP};
 use crate::cpu::CpuClock;
+use crate::error::RunError;
 use crate::payload::{self, Stamp, MEASURED_PUBLISHER, WARMUP_PUBLISHER};
 use crate::report::{Latency, Row};
-use crate::{Implementation, Mode, Target};
+use crate::target::{Implementation, Target};
+use crate::Mode;
 
 /// Everything one run needs to know.
 #[derive(Debug, Clone)]
@@ -44,12 +46,7 @@ pub(crate) async fn run(spec: &RunSpec, progress: &ProgressBar) -> Row {
         _ => throughput(spec, progress, &mut row).await,
     };
     if let Err(error) = outcome {
-        let status = if error.downcast_ref::<Unsupported>().is_some() {
-            "unsupported"
-        } else {
-            "error"
-        };
-        row.fail(status, format!("{error:#}"));
+        row.fail(error.status(), error.note());
     }
     row
 }
@@ -78,12 +75,12 @@ struct Setup {
     receivers: Vec<Receiver>,
 }
 
-async fn setup(spec: &RunSpec, subscribers: usize, group: bool) -> anyhow::Result<Setup> {
+async fn setup(spec: &RunSpec, subscribers: usize, group: bool) -> Result<Setup, RunError> {
     let (subject, group_name) = fresh_subject(spec);
     let publisher: Arc<dyn Client> =
         Arc::from(client::connect(spec.implementation, &spec.target, &subject).await?);
     if group && !publisher.queue_groups() {
-        anyhow::bail!(Unsupported);
+        return Err(RunError::NoQueueGroups);
     }
     let mut clients = Vec::with_capacity(subscribers);
     let mut receivers = Vec::with_capacity(subscribers);
@@ -101,18 +98,6 @@ async fn setup(spec: &RunSpec, subscribers: usize, group: bool) -> anyhow::Resul
         receivers,
     })
 }
-
-/// Marks a workload the broker cannot do (no queue groups): reported as `unsupported`.
-#[derive(Debug)]
-pub(crate) struct Unsupported;
-
-impl std::fmt::Display for Unsupported {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("no queue groups on this broker")
-    }
-}
-
-impl std::error::Error for Unsupported {}
 
 impl Setup {
     async fn close(self) {
@@ -136,7 +121,7 @@ struct Seen {
     reordered: u64,
     duplicates: u64,
     errors: u64,
-    first_error: Option<String>,
+    first_error: Option<RunError>,
     first: Option<Instant>,
     last: Option<Instant>,
     histogram: Option<Histogram<u64>>,
@@ -314,13 +299,13 @@ struct Totals {
     reordered: u64,
     duplicates: u64,
     errors: u64,
-    first_error: Option<String>,
+    first_error: Option<RunError>,
     first: Option<Instant>,
     last: Option<Instant>,
     histogram: Option<Histogram<u64>>,
 }
 
-async fn join(handles: Vec<tokio::task::JoinHandle<Seen>>) -> anyhow::Result<Totals> {
+async fn join(handles: Vec<tokio::task::JoinHandle<Seen>>) -> Result<Totals, RunError> {
     let mut totals = Totals {
         received: 0,
         reordered: 0,
@@ -365,7 +350,7 @@ fn subscribers_for(spec: &RunSpec) -> usize {
     }
 }
 
-async fn throughput(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> anyhow::Result<()> {
+async fn throughput(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Result<(), RunError> {
     let group = spec.mode == Mode::Group;
     let subscribers = subscribers_for(spec);
     let setup = setup(spec, subscribers, group).await?;
@@ -401,16 +386,11 @@ async fn throughput(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> an
             .publish_burst(MEASURED_PUBLISHER, spec.size, spec.msgs, deadline, progress)
             .await?;
         publisher.flush().await?;
-        anyhow::Ok(n)
+        Ok::<_, RunError>(n)
     })
     .await;
     let flushed = Instant::now();
-    let published = published.unwrap_or_else(|_| {
-        Err(anyhow::anyhow!(
-            "publishing did not finish within {:?}",
-            spec.timeout
-        ))
-    });
+    let published = published.unwrap_or(Err(RunError::PublishTimeout(spec.timeout)));
     let published = match published {
         Ok(n) => n,
         Err(error) => {
@@ -491,7 +471,7 @@ fn pace(
     count: u64,
     size: usize,
     progress: ProgressBar,
-) -> anyhow::Result<Paced> {
+) -> Result<Paced, RunError> {
     // Thread sleeps overshoot by the kernel's timer slack (50 µs by default);
     // on Linux this thread lowers its own to 1 µs so it can sleep until just
     // before each send instead of spinning a core away from the brokers.
@@ -542,7 +522,7 @@ fn pace(
     })
 }
 
-async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> anyhow::Result<()> {
+async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Result<(), RunError> {
     let setup = setup(spec, 1, false).await?;
     let base = Instant::now();
     let count = (spec.rate as f64 * spec.duration.as_secs_f64()).round() as u64;
@@ -575,11 +555,9 @@ async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> anyho
         });
     if let Err(error) = thread {
         setup.close().await;
-        anyhow::bail!("cannot start the pacing thread: {error}");
+        return Err(RunError::PacerStart(error));
     }
-    let paced = done_rx
-        .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the pacing thread stopped")));
+    let paced = done_rx.await.unwrap_or(Err(RunError::PacerStopped));
     let paced = match paced {
         Ok(paced) => paced,
         Err(error) => {
