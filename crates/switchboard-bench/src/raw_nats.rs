@@ -34,7 +34,7 @@ impl RawNats {
             .connect(url)
             .await
             .map_err(|source| RunError::NatsConnect {
-                url: url.to_string(),
+                url: switchboard::redact_url(url),
                 source,
             })?;
         Ok(RawNats {

@@ -48,7 +48,7 @@ impl RawRedis {
     /// Connects the publishing connection to `url`.
     pub(crate) async fn connect(url: &str, channel: &str) -> Result<Self, RunError> {
         let client = redis::Client::open(url).map_err(|source| RunError::RedisUrl {
-            url: url.to_string(),
+            url: switchboard::redact_url(url),
             source,
         })?;
         let config = AsyncConnectionConfig::new()
@@ -60,7 +60,7 @@ impl RawRedis {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|source| RunError::RedisConnect {
-                url: url.to_string(),
+                url: switchboard::redact_url(url),
                 source,
             })?;
         Ok(RawRedis {

@@ -153,6 +153,30 @@ async fn a_broker_that_does_not_answer_gets_unavailable_rows_and_the_others_stil
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_in_broker_urls_never_reach_the_results() {
+    let json = temp("secret.json");
+    let runs = bench(
+        "nats://bob:hunter2@127.0.0.1:1,redis://:hunter2@127.0.0.1:1,amqp://bob:hunter2@127.0.0.1:1,memory",
+        &["--mode", "pub", "--size", "16", "--msgs", "100"],
+        &json,
+    )
+    .await;
+    let unavailable: Vec<&Value> = runs
+        .iter()
+        .filter(|r| r["status"] == "unavailable")
+        .collect();
+    // switchboard and raw on each of the three brokers.
+    assert_eq!(unavailable.len(), 6, "{runs:?}");
+    for run in &runs {
+        let text = run.to_string();
+        assert!(!text.contains("hunter2"), "password in {text}");
+    }
+    for run in unavailable {
+        assert!(run["note"].as_str().unwrap().contains("***"), "{run}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_arguments_are_refused_before_anything_runs() {
     let cases: [(&str, &[&str]); 3] = [
         ("memory", &["--size", "16,8"]),

@@ -29,7 +29,7 @@ fn bench_prints_the_table_warns_once_and_writes_json_and_svg() {
     let plot = temp("smoke.svg");
     let output = bench(&[
         "--broker",
-        "nats://127.0.0.1:1,memory",
+        "nats://bob:hunter2@127.0.0.1:1,memory",
         "--mode",
         "pub,latency",
         "--size",
@@ -49,8 +49,10 @@ fn bench_prints_the_table_warns_once_and_writes_json_and_svg() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    // One warning for the broker that does not answer.
+    // One warning for the broker that does not answer, its password redacted.
     assert_eq!(stderr.matches("warning:").count(), 1, "{stderr}");
+    assert!(stderr.contains("nats://bob:***@127.0.0.1:1"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
     assert!(stdout.starts_with("broker"), "{stdout}");
     assert!(stdout.contains("msgs/s"), "{stdout}");
     for row in ["memory  pub", "memory  latency", "nats    pub"] {
