@@ -1,8 +1,11 @@
 //! `--plot FILE.svg`: throughput (switchboard next to raw, per broker, mode and
 //! size) above latency percentiles (per broker and size), on log scales.
 
+use std::ops::Range;
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
 
@@ -71,7 +74,9 @@ fn distinct<T: PartialEq>(items: impl Iterator<Item = T>) -> Vec<T> {
     out
 }
 
-fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+/// A log axis from the power of ten below the smallest positive value to the
+/// one above the largest (at least one decade).
+fn log_range(values: impl Iterator<Item = f64>) -> Range<f64> {
     let (mut low, mut high) = (f64::MAX, 0.0_f64);
     for v in values.filter(|v| *v > 0.0) {
         low = low.min(v);
@@ -85,10 +90,94 @@ fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     low..high.max(low * 10.0)
 }
 
-fn throughput(
-    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
-    rows: &[Row],
+/// How one bar chart looks, where the two charts differ.
+struct Layout {
+    caption: String,
+    /// The label under each group of bars, left to right.
+    groups: Vec<String>,
+    /// The y axis, drawn on a log scale.
+    y: Range<f64>,
+    y_desc: &'static str,
+    y_format: fn(&f64) -> String,
+    /// Room below the axis for the group labels.
+    x_label_area: u32,
+    /// Group labels written downwards (long ones), instead of across.
+    rotate_labels: bool,
+}
+
+type Chart<'a, 'p> = ChartContext<'a, SVGBackend<'p>, Cartesian2d<RangedCoordf64, LogCoord<f64>>>;
+
+/// An empty chart on `area`: one slot per group on x (bar `k` of a group at
+/// `group + 0.1 + k × width`), its label under the slot's centre, a log y axis.
+fn bar_chart<'a, 'p>(
+    area: &'a DrawingArea<SVGBackend<'p>, Shift>,
+    layout: &Layout,
+) -> Result<Chart<'a, 'p>, PlotError> {
+    let slots = layout.groups.len().max(1);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&layout.caption, ("sans-serif", 22))
+        .margin(10)
+        .x_label_area_size(layout.x_label_area)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..slots as f64, layout.y.clone().log_scale())?;
+    let label = |x: &f64| {
+        let index = x.floor() as usize;
+        if (x - index as f64 - 0.5).abs() > 0.01 {
+            return String::new();
+        }
+        layout.groups.get(index).cloned().unwrap_or_default()
+    };
+    let rotated = ("sans-serif", 12)
+        .into_font()
+        .transform(FontTransform::Rotate90);
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_x_mesh()
+        .x_labels(slots * 2 + 1)
+        .x_label_formatter(&label)
+        .y_desc(layout.y_desc)
+        .y_label_formatter(&layout.y_format);
+    if layout.rotate_labels {
+        mesh.x_label_style(rotated);
+    }
+    mesh.draw()?;
+    Ok(chart)
+}
+
+/// Draws one series of bars, named `name` in the legend in `color`; nothing
+/// (and no legend entry) when there are no bars.
+fn bars(
+    chart: &mut Chart<'_, '_>,
+    rects: Vec<Rectangle<(f64, f64)>>,
+    name: &str,
+    color: RGBColor,
 ) -> Result<(), PlotError> {
+    if rects.is_empty() {
+        return Ok(());
+    }
+    chart
+        .draw_series(rects)?
+        .label(name)
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+    Ok(())
+}
+
+/// Draws the legend of the series drawn so far.
+fn legend<'a, 'p: 'a>(
+    chart: &mut Chart<'a, 'p>,
+    position: SeriesLabelPosition,
+) -> Result<(), PlotError> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
+    Ok(())
+}
+
+/// Throughput bars: one group per broker, mode and size; switchboard, raw and
+/// `redis-benchmark` side by side.
+fn throughput(area: &DrawingArea<SVGBackend<'_>, Shift>, rows: &[Row]) -> Result<(), PlotError> {
     let rows: Vec<&Row> = rows
         .iter()
         .filter(|r| r.is_ok() && r.mode != "latency" && r.msgs_per_s.is_some())
@@ -97,46 +186,26 @@ fn throughput(
         rows.iter()
             .map(|r| (r.broker.as_str(), r.mode.as_str(), r.size)),
     );
-    let bars = [
+    let layout = Layout {
+        caption: "Throughput (msg/s, log scale): switchboard vs raw client".to_string(),
+        groups: groups
+            .iter()
+            .map(|(b, m, s)| format!("{b} {m} {s}B"))
+            .collect(),
+        y: log_range(rows.iter().filter_map(|r| r.msgs_per_s)),
+        y_desc: "messages per second",
+        y_format: |v| format!("{v:.0e}"),
+        x_label_area: 110,
+        rotate_labels: true,
+    };
+    let mut chart = bar_chart(area, &layout)?;
+    let series = [
         (Implementation::Switchboard.name(), SWITCHBOARD),
         (Implementation::Raw.name(), RAW),
         ("redis-benchmark", REFERENCE),
     ];
-    let y = log_range(rows.iter().filter_map(|r| r.msgs_per_s));
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            "Throughput (msg/s, log scale): switchboard vs raw client",
-            ("sans-serif", 22),
-        )
-        .margin(10)
-        .x_label_area_size(110)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0f64..groups.len().max(1) as f64, y.clone().log_scale())?;
-    let labels = groups.clone();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(groups.len().max(1) * 2 + 1)
-        .x_label_formatter(&|x| {
-            let index = x.floor() as usize;
-            if (x - index as f64 - 0.5).abs() > 0.01 {
-                return String::new();
-            }
-            labels
-                .get(index)
-                .map(|(b, m, s)| format!("{b} {m} {s}B"))
-                .unwrap_or_default()
-        })
-        .x_label_style(
-            ("sans-serif", 12)
-                .into_font()
-                .transform(FontTransform::Rotate90),
-        )
-        .y_desc("messages per second")
-        .y_label_formatter(&|v| format!("{v:.0e}"))
-        .draw()?;
-    let width = 0.8 / bars.len() as f64;
-    for (slot, (implementation, color)) in bars.iter().enumerate() {
+    let width = 0.8 / series.len() as f64;
+    for (slot, (implementation, color)) in series.iter().enumerate() {
         let rects: Vec<Rectangle<(f64, f64)>> = rows
             .iter()
             .filter(|r| r.implementation == *implementation)
@@ -146,73 +215,41 @@ fn throughput(
                     .position(|g| *g == (r.broker.as_str(), r.mode.as_str(), r.size))?;
                 let left = g as f64 + 0.1 + slot as f64 * width;
                 Some(Rectangle::new(
-                    [(left, y.start), (left + width * 0.95, r.msgs_per_s?)],
+                    [(left, layout.y.start), (left + width * 0.95, r.msgs_per_s?)],
                     color.filled(),
                 ))
             })
             .collect();
-        if rects.is_empty() {
-            continue;
-        }
-        chart
-            .draw_series(rects)?
-            .label(*implementation)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        bars(&mut chart, rects, implementation, *color)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperMiddle)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::UpperMiddle)
 }
 
-fn latency(
-    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
-    rows: &[Row],
-) -> Result<(), PlotError> {
+/// Latency percentiles: one group per broker and size; p50 to p99.9 of
+/// switchboard (solid), then of the raw client (light).
+fn latency(area: &DrawingArea<SVGBackend<'_>, Shift>, rows: &[Row]) -> Result<(), PlotError> {
     let rows: Vec<&Row> = rows
         .iter()
         .filter(|r| r.is_ok() && r.latency.is_some())
         .collect();
     let groups = distinct(rows.iter().map(|r| (r.broker.as_str(), r.size)));
-    let y = log_range(
-        rows.iter()
-            .filter_map(|r| r.latency)
-            .flat_map(|l| [l.p50_us, l.p90_us, l.p99_us, l.p999_us]),
-    );
     let rate = rows.iter().find_map(|r| r.rate).unwrap_or(0);
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!(
-                "One-way latency at {rate} msg/s (µs, log scale; from intended send time): solid = switchboard, light = raw"
-            ),
-            ("sans-serif", 22),
-        )
-        .margin(10)
-        .x_label_area_size(60)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0f64..groups.len().max(1) as f64, y.clone().log_scale())
-        ?;
-    let labels = groups.clone();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(groups.len().max(1) * 2 + 1)
-        .x_label_formatter(&|x| {
-            let index = x.floor() as usize;
-            if (x - index as f64 - 0.5).abs() > 0.01 {
-                return String::new();
-            }
-            labels
-                .get(index)
-                .map(|(b, s)| format!("{b} {s}B"))
-                .unwrap_or_default()
-        })
-        .y_desc("microseconds")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .draw()?;
+    let layout = Layout {
+        caption: format!(
+            "One-way latency at {rate} msg/s (µs, log scale; from intended send time): solid = switchboard, light = raw"
+        ),
+        groups: groups.iter().map(|(b, s)| format!("{b} {s}B")).collect(),
+        y: log_range(
+            rows.iter()
+                .filter_map(|r| r.latency)
+                .flat_map(|l| [l.p50_us, l.p90_us, l.p99_us, l.p999_us]),
+        ),
+        y_desc: "microseconds",
+        y_format: |v| format!("{v:.0}"),
+        x_label_area: 60,
+        rotate_labels: false,
+    };
+    let mut chart = bar_chart(area, &layout)?;
     let width = 0.8 / 8.0;
     for (k, (name, color)) in PERCENTILES.iter().enumerate() {
         let mut rects = Vec::new();
@@ -235,23 +272,14 @@ fn latency(
                 .unwrap_or(0.0);
             let left = g as f64 + 0.1 + slot as f64 * width;
             rects.push(Rectangle::new(
-                [(left, y.start), (left + width * 0.9, value.max(y.start))],
+                [
+                    (left, layout.y.start),
+                    (left + width * 0.9, value.max(layout.y.start)),
+                ],
                 style,
             ));
         }
-        if rects.is_empty() {
-            continue;
-        }
-        let color = *color;
-        chart
-            .draw_series(rects)?
-            .label(*name)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        bars(&mut chart, rects, name, *color)?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::MiddleRight)
 }
