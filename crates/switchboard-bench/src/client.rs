@@ -34,8 +34,9 @@ fn step(seq: u64, deadline: Option<Instant>, progress: &ProgressBar) -> bool {
 /// buffer of `size` bytes; the burst ends after `count` messages or, checked every
 /// [`PROGRESS_STEP`] messages, once `deadline` has passed.
 ///
+/// The runner makes the burst; each client's `publish_burst` is the loop
+///
 /// ```text
-/// let mut burst = Burst::new(publisher, size, count, deadline, progress);
 /// while let Some(payload) = burst.next_payload() {
 ///     publish(payload).await?; // an error ends the burst
 /// }
@@ -107,17 +108,9 @@ impl<'a> Burst<'a> {
 /// bound to the run's subject.
 #[switchboard::async_trait]
 pub(crate) trait Client: Send + Sync + fmt::Debug {
-    /// Publishes `count` messages of `size` bytes from `publisher` (sequence
-    /// numbers from 0) as fast as the client allows, stopping early at
-    /// `deadline`; returns how many it published. Does not flush.
-    async fn publish_burst(
-        &self,
-        publisher: u16,
-        size: usize,
-        count: u64,
-        deadline: Option<Instant>,
-        progress: &ProgressBar,
-    ) -> Result<u64, RunError>;
+    /// Publishes the messages of `burst` as fast as the client allows;
+    /// returns how many it published. Does not flush.
+    async fn publish_burst(&self, burst: Burst<'_>) -> Result<u64, RunError>;
 
     /// Publishes one payload (latency runs), without waiting a round trip.
     async fn publish_one(&self, payload: &[u8]) -> Result<(), RunError>;
@@ -192,15 +185,7 @@ impl SwitchboardClient {
 
 #[switchboard::async_trait]
 impl Client for SwitchboardClient {
-    async fn publish_burst(
-        &self,
-        publisher: u16,
-        size: usize,
-        count: u64,
-        deadline: Option<Instant>,
-        progress: &ProgressBar,
-    ) -> Result<u64, RunError> {
-        let mut burst = Burst::new(publisher, size, count, deadline, progress);
+    async fn publish_burst(&self, mut burst: Burst<'_>) -> Result<u64, RunError> {
         while let Some(payload) = burst.next_payload() {
             self.broker.publish(self.message(payload)).await?;
         }

@@ -5,10 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use std::time::Instant;
-
 use futures::stream::StreamExt;
-use indicatif::ProgressBar;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
@@ -101,15 +98,7 @@ fn check(confirmation: lapin::Confirmation) -> Result<(), RunError> {
 
 #[switchboard::async_trait]
 impl Client for RawAmqp {
-    async fn publish_burst(
-        &self,
-        publisher: u16,
-        size: usize,
-        count: u64,
-        deadline: Option<Instant>,
-        progress: &ProgressBar,
-    ) -> Result<u64, RunError> {
-        let mut burst = Burst::new(publisher, size, count, deadline, progress);
+    async fn publish_burst(&self, mut burst: Burst<'_>) -> Result<u64, RunError> {
         let mut pending = self.pending.lock().await;
         while let Some(payload) = burst.next_payload() {
             self.publish(&mut pending, payload).await?;

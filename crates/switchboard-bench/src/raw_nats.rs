@@ -3,10 +3,7 @@
 //! time counts until the server has everything), a subscription buffer large
 //! enough for a burst.
 
-use std::time::Instant;
-
 use futures::stream::StreamExt;
-use indicatif::ProgressBar;
 use switchboard::Bytes;
 
 use crate::client::{Burst, Client, Receiver};
@@ -46,15 +43,7 @@ impl RawNats {
 
 #[switchboard::async_trait]
 impl Client for RawNats {
-    async fn publish_burst(
-        &self,
-        publisher: u16,
-        size: usize,
-        count: u64,
-        deadline: Option<Instant>,
-        progress: &ProgressBar,
-    ) -> Result<u64, RunError> {
-        let mut burst = Burst::new(publisher, size, count, deadline, progress);
+    async fn publish_burst(&self, mut burst: Burst<'_>) -> Result<u64, RunError> {
         while let Some(payload) = burst.next_payload() {
             self.client
                 .publish(self.subject.clone(), Bytes::copy_from_slice(payload))

@@ -8,11 +8,10 @@
 //! does not keep, so this baseline reorders a few percent of the messages; the
 //! bench counts them in the `reordered` column.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
-use indicatif::ProgressBar;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult};
 use tokio::sync::Mutex;
@@ -110,15 +109,7 @@ async fn drain(in_flight: &mut InFlight) -> Result<(), RunError> {
 
 #[switchboard::async_trait]
 impl Client for RawRedis {
-    async fn publish_burst(
-        &self,
-        publisher: u16,
-        size: usize,
-        count: u64,
-        deadline: Option<Instant>,
-        progress: &ProgressBar,
-    ) -> Result<u64, RunError> {
-        let mut burst = Burst::new(publisher, size, count, deadline, progress);
+    async fn publish_burst(&self, mut burst: Burst<'_>) -> Result<u64, RunError> {
         let mut in_flight = InFlight::new();
         while let Some(payload) = burst.next_payload() {
             push(&mut in_flight, self.publish_future(payload)).await?;

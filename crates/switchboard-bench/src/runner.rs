@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use tokio::sync::{oneshot, watch};
 
-use crate::client::{self, Client, Receiver, PROGRESS_STEP};
+use crate::client::{self, Burst, Client, Receiver, PROGRESS_STEP};
 use crate::cpu::CpuClock;
 use crate::error::RunError;
 use crate::payload::{self, Stamp, MEASURED_PUBLISHER, WARMUP_PUBLISHER};
@@ -68,14 +68,19 @@ fn fresh_subject(spec: &RunSpec) -> (String, String) {
     )
 }
 
-/// The roles of a run, connected and subscribed.
+/// The connections of a run's roles: the publisher and the subscribers.
 struct Setup {
     publisher: Arc<dyn Client>,
     subscribers: Vec<Box<dyn Client>>,
-    receivers: Vec<Receiver>,
 }
 
-async fn setup(spec: &RunSpec, subscribers: usize, group: bool) -> Result<Setup, RunError> {
+/// Connects the publisher and `subscribers` subscribers (in one queue group
+/// if `group`) to a fresh subject; returns them and the subscriptions.
+async fn setup(
+    spec: &RunSpec,
+    subscribers: usize,
+    group: bool,
+) -> Result<(Setup, Vec<Receiver>), RunError> {
     let (subject, group_name) = fresh_subject(spec);
     let publisher: Arc<dyn Client> =
         Arc::from(client::connect(spec.implementation, &spec.target, &subject).await?);
@@ -92,16 +97,15 @@ async fn setup(spec: &RunSpec, subscribers: usize, group: bool) -> Result<Setup,
         clients.push(client);
         receivers.push(receiver);
     }
-    Ok(Setup {
+    let setup = Setup {
         publisher,
         subscribers: clients,
-        receivers,
-    })
+    };
+    Ok((setup, receivers))
 }
 
 impl Setup {
     async fn close(self) {
-        drop(self.receivers);
         self.publisher.close().await;
         for subscriber in self.subscribers {
             subscriber.close().await;
@@ -115,7 +119,8 @@ struct Pool {
     done: watch::Sender<bool>,
 }
 
-/// What one subscriber saw.
+/// What one subscriber saw, or — [`Seen::add`]ed up — every subscriber of a run.
+#[derive(Default)]
 struct Seen {
     received: u64,
     reordered: u64,
@@ -171,14 +176,8 @@ async fn consume(
     expected: u64,
 ) -> Seen {
     let mut seen = Seen {
-        received: 0,
-        reordered: 0,
-        duplicates: 0,
-        errors: 0,
-        first_error: None,
-        first: None,
-        last: None,
         histogram: if latency { new_histogram() } else { None },
+        ..Seen::default()
     };
     let mut set = SeenSet {
         bits: vec![0; (expected.min(SeenSet::MAX) / 64 + 1) as usize],
@@ -255,91 +254,95 @@ fn record(
     }
 }
 
-/// Starts one consumer task per receiver; group members share one pool.
-fn spawn_consumers(
-    receivers: Vec<Receiver>,
-    group: bool,
-    target: &watch::Receiver<Option<u64>>,
-    spec: &RunSpec,
-    base: Instant,
-    latency: bool,
-    expected_each: u64,
-) -> Vec<tokio::task::JoinHandle<Seen>> {
-    let new_pool = || {
-        Arc::new(Pool {
-            received: AtomicU64::new(0),
-            done: watch::channel(false).0,
-        })
-    };
-    let shared = new_pool();
-    receivers
-        .into_iter()
-        .map(|receiver| {
-            let pool = if group {
-                Arc::clone(&shared)
-            } else {
-                new_pool()
-            };
-            tokio::spawn(consume(
-                receiver,
-                pool,
-                target.clone(),
-                spec.idle,
-                base,
-                latency,
-                expected_each,
-            ))
-        })
-        .collect()
+/// The subscriber side of a run: one consumer task per subscription, told
+/// how many measured messages to wait for once the publisher is done.
+struct Consumers {
+    goal: watch::Sender<Option<u64>>,
+    tasks: Vec<tokio::task::JoinHandle<Seen>>,
 }
 
-/// Totals over every subscriber of a run.
-struct Totals {
-    received: u64,
-    reordered: u64,
-    duplicates: u64,
-    errors: u64,
-    first_error: Option<RunError>,
-    first: Option<Instant>,
-    last: Option<Instant>,
-    histogram: Option<Histogram<u64>>,
-}
+impl Consumers {
+    /// Starts one consumer task per receiver; group members share one pool.
+    fn start(
+        receivers: Vec<Receiver>,
+        group: bool,
+        spec: &RunSpec,
+        base: Instant,
+        latency: bool,
+        expected_each: u64,
+    ) -> Consumers {
+        let (goal, target) = watch::channel(None);
+        let new_pool = || {
+            Arc::new(Pool {
+                received: AtomicU64::new(0),
+                done: watch::channel(false).0,
+            })
+        };
+        let shared = new_pool();
+        let tasks = receivers
+            .into_iter()
+            .map(|receiver| {
+                let pool = if group {
+                    Arc::clone(&shared)
+                } else {
+                    new_pool()
+                };
+                tokio::spawn(consume(
+                    receiver,
+                    pool,
+                    target.clone(),
+                    spec.idle,
+                    base,
+                    latency,
+                    expected_each,
+                ))
+            })
+            .collect();
+        Consumers { goal, tasks }
+    }
 
-async fn join(handles: Vec<tokio::task::JoinHandle<Seen>>) -> Result<Totals, RunError> {
-    let mut totals = Totals {
-        received: 0,
-        reordered: 0,
-        duplicates: 0,
-        errors: 0,
-        first_error: None,
-        first: None,
-        last: None,
-        histogram: None,
-    };
-    for handle in handles {
-        let seen = handle.await?;
-        totals.received += seen.received;
-        totals.reordered += seen.reordered;
-        totals.duplicates += seen.duplicates;
-        totals.errors += seen.errors;
-        if totals.first_error.is_none() {
-            totals.first_error = seen.first_error;
+    /// The publisher sent `sent` measured messages: waits until they arrived
+    /// (or nothing did for the idle timeout) and adds up what each consumer saw.
+    async fn finish(self, sent: u64) -> Result<Seen, RunError> {
+        let _ = self.goal.send(Some(sent));
+        let mut totals = Seen::default();
+        for task in self.tasks {
+            totals.add(task.await?);
         }
-        totals.first = match (totals.first, seen.first) {
+        Ok(totals)
+    }
+
+    /// The publisher failed: the consumers stop without waiting.
+    fn abort(self) {
+        let _ = self.goal.send(Some(0));
+    }
+}
+
+impl Seen {
+    /// Adds what another subscriber saw: counts summed, the earliest first
+    /// receipt, the latest last one, histograms merged, the first error kept.
+    fn add(&mut self, other: Seen) {
+        self.received += other.received;
+        self.reordered += other.reordered;
+        self.duplicates += other.duplicates;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.first = match (self.first, other.first) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        totals.last = totals.last.max(seen.last);
-        if let Some(h) = seen.histogram {
-            match totals.histogram.as_mut() {
+        self.last = self.last.max(other.last);
+        if let Some(h) = other.histogram {
+            match self.histogram.as_mut() {
                 Some(total) => {
                     let _ = total.add(&h);
                 }
-                None => totals.histogram = Some(h),
+                None => self.histogram = Some(h),
             }
         }
     }
-    Ok(totals)
 }
 
 fn subscribers_for(spec: &RunSpec) -> usize {
@@ -353,26 +356,21 @@ fn subscribers_for(spec: &RunSpec) -> usize {
 async fn throughput(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Result<(), RunError> {
     let group = spec.mode == Mode::Group;
     let subscribers = subscribers_for(spec);
-    let setup = setup(spec, subscribers, group).await?;
+    let (setup, receivers) = setup(spec, subscribers, group).await?;
     let base = Instant::now();
-    let (target_tx, target_rx) = watch::channel(None);
-    let mut receivers = setup.receivers;
-    let handles = spawn_consumers(
-        std::mem::take(&mut receivers),
-        group,
-        &target_rx,
-        spec,
-        base,
-        false,
-        spec.msgs,
-    );
+    let consumers = Consumers::start(receivers, group, spec, base, false, spec.msgs);
     let publisher = Arc::clone(&setup.publisher);
-    let setup = Setup { receivers, ..setup };
 
     // Warm-up: same connection, same subject, skipped by receivers.
     let hidden = ProgressBar::hidden();
     publisher
-        .publish_burst(WARMUP_PUBLISHER, spec.size, spec.warmup, None, &hidden)
+        .publish_burst(Burst::new(
+            WARMUP_PUBLISHER,
+            spec.size,
+            spec.warmup,
+            None,
+            &hidden,
+        ))
         .await?;
     publisher.flush().await?;
 
@@ -383,7 +381,13 @@ async fn throughput(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Re
     let deadline = spec.time.map(|t| start + t);
     let published = tokio::time::timeout(spec.timeout, async {
         let n = publisher
-            .publish_burst(MEASURED_PUBLISHER, spec.size, spec.msgs, deadline, progress)
+            .publish_burst(Burst::new(
+                MEASURED_PUBLISHER,
+                spec.size,
+                spec.msgs,
+                deadline,
+                progress,
+            ))
             .await?;
         publisher.flush().await?;
         Ok::<_, RunError>(n)
@@ -394,14 +398,13 @@ async fn throughput(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Re
     let published = match published {
         Ok(n) => n,
         Err(error) => {
-            let _ = target_tx.send(Some(0));
+            consumers.abort();
             setup.close().await;
             return Err(error);
         }
     };
     progress.set_position(published);
-    let _ = target_tx.send(Some(published));
-    let totals = join(handles).await?;
+    let totals = consumers.finish(published).await?;
     let cpu_s = cpu.elapsed_s();
     setup.close().await;
 
@@ -523,37 +526,27 @@ fn pace(
 }
 
 async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Result<(), RunError> {
-    let setup = setup(spec, 1, false).await?;
+    let (setup, receivers) = setup(spec, 1, false).await?;
     let base = Instant::now();
     let count = (spec.rate as f64 * spec.duration.as_secs_f64()).round() as u64;
     let warmup = (spec.rate as f64 * spec.latency_warmup.as_secs_f64()).round() as u64;
-    let (target_tx, target_rx) = watch::channel(None);
-    let mut receivers = setup.receivers;
-    let handles = spawn_consumers(
-        std::mem::take(&mut receivers),
-        false,
-        &target_rx,
-        spec,
-        base,
-        true,
-        count,
-    );
-    let setup = Setup { receivers, ..setup };
+    let consumers = Consumers::start(receivers, false, spec, base, true, count);
     progress.set_length(count);
     progress.set_position(0);
     let cpu = CpuClock::start();
     let (done_tx, done_rx) = oneshot::channel();
     let runtime = tokio::runtime::Handle::current();
     let publisher = Arc::clone(&setup.publisher);
-    let (rate, size, bar) = (spec.rate, spec.size, progress.clone());
+    let (per_second, size, bar) = (spec.rate, spec.size, progress.clone());
     let thread = std::thread::Builder::new()
         .name("bench-pacer".into())
         .spawn(move || {
             let _ = done_tx.send(pace(
-                runtime, publisher, base, rate, warmup, count, size, bar,
+                runtime, publisher, base, per_second, warmup, count, size, bar,
             ));
         });
     if let Err(error) = thread {
+        consumers.abort();
         setup.close().await;
         return Err(RunError::PacerStart(error));
     }
@@ -561,14 +554,13 @@ async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Resul
     let paced = match paced {
         Ok(paced) => paced,
         Err(error) => {
-            let _ = target_tx.send(Some(0));
+            consumers.abort();
             setup.close().await;
             return Err(error);
         }
     };
     progress.set_position(paced.sent);
-    let _ = target_tx.send(Some(paced.sent));
-    let totals = join(handles).await?;
+    let totals = consumers.finish(paced.sent).await?;
     row.cpu_s = cpu.elapsed_s();
     setup.close().await;
 
@@ -583,8 +575,8 @@ async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Resul
     row.rate = Some(spec.rate);
     let elapsed = paced.elapsed.as_secs_f64();
     row.elapsed_s = Some(elapsed);
-    row.achieved_rate = rate_of(paced.sent + warmup, elapsed);
-    row.msgs_per_s = rate_of(paced.sent + warmup, elapsed);
+    row.achieved_rate = rate(paced.sent + warmup, elapsed);
+    row.msgs_per_s = row.achieved_rate;
     row.mb_per_s = row.msgs_per_s.map(|r| r * spec.size as f64 / 1e6);
     if let Some(histogram) = totals.histogram.filter(|h| !h.is_empty()) {
         row.latency = Some(Latency::from_histogram(&histogram));
@@ -603,8 +595,4 @@ async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Resul
         row.note = Some(notes.join("; "));
     }
     Ok(())
-}
-
-fn rate_of(messages: u64, secs: f64) -> Option<f64> {
-    rate(messages, secs)
 }
