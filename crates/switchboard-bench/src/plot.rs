@@ -283,3 +283,83 @@ fn latency(area: &DrawingArea<SVGBackend<'_>, Shift>, rows: &[Row]) -> Result<()
     }
     legend(&mut chart, SeriesLabelPosition::MiddleRight)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Latency;
+    use crate::Mode;
+
+    fn rows() -> Vec<Row> {
+        let mut rows = Vec::new();
+        for (implementation, factor) in [("switchboard", 1.1), ("raw", 1.0)] {
+            let mut row = Row::blank("nats", "nats://h:4222", Mode::Pub, 16, implementation);
+            row.msgs_per_s = Some(1e6 / factor);
+            rows.push(row);
+            let mut row = Row::blank("nats", "nats://h:4222", Mode::Latency, 16, implementation);
+            row.rate = Some(10_000);
+            row.msgs_per_s = Some(10_000.0);
+            row.latency = Some(Latency {
+                p50_us: 80.0 * factor,
+                p90_us: 120.0 * factor,
+                p99_us: 400.0 * factor,
+                p999_us: 900.0 * factor,
+                max_us: 1000.0 * factor,
+            });
+            rows.push(row);
+        }
+        let mut failed = Row::blank("redis", "redis://h:6379", Mode::Pub, 16, "switchboard");
+        failed.fail("unavailable", "no answer".to_string());
+        rows.push(failed);
+        rows
+    }
+
+    /// The text of every `<text>` element, and whether it is rotated and anchored at its start.
+    fn texts(svg: &str) -> Vec<(String, bool, bool)> {
+        let lines: Vec<&str> = svg.lines().collect();
+        lines
+            .windows(2)
+            .filter(|pair| pair[0].starts_with("<text"))
+            .map(|pair| {
+                (
+                    pair[1].trim().to_string(),
+                    pair[0].contains("transform=\"rotate(90,"),
+                    pair[0].contains("text-anchor=\"start\""),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn draws_throughput_above_latency_with_labels_below_the_bars() {
+        let path =
+            std::env::temp_dir().join(format!("switchboard-bench-plot-{}.svg", std::process::id()));
+        draw(&rows(), &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let texts = texts(&svg);
+        let has = |text: &str| texts.iter().any(|(t, _, _)| t == text);
+        assert!(has(
+            "Throughput (msg/s, log scale): switchboard vs raw client"
+        ));
+        assert!(texts
+            .iter()
+            .any(|(t, _, _)| t.starts_with("One-way latency at 10000 msg/s")));
+        // Group labels: rotated under the throughput bars, across under the latency ones.
+        assert!(texts.contains(&("nats pub 16B".to_string(), true, true)));
+        assert!(texts.contains(&("nats 16B".to_string(), false, false)));
+        assert!(texts
+            .iter()
+            .filter(|(_, rotated, _)| *rotated)
+            .all(|(_, _, start)| *start));
+        // A legend entry per series drawn, none for series without bars.
+        for legend in ["switchboard", "raw", "p50", "p90", "p99", "p99.9"] {
+            assert!(has(legend), "no legend {legend}");
+        }
+        assert!(!has("redis-benchmark"));
+        assert!(
+            !texts.iter().any(|(t, _, _)| t.starts_with("redis")),
+            "failed rows are not drawn"
+        );
+    }
+}
