@@ -33,8 +33,9 @@ impl Mode {
     }
 }
 
-/// Arguments of `switchboard bench`. The brokers are the global `--broker`,
-/// here a comma-separated list of kinds or URLs (default: nats,redis,amqp,memory).
+/// The flags of `switchboard bench`. The brokers are not among them: they are
+/// the CLI's global `--broker` (a comma-separated list of kinds or URLs,
+/// default nats,redis,amqp,memory), which [`run`](crate::run) takes beside these.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Brokers: the global --broker takes a comma-separated list of kinds or URLs \
