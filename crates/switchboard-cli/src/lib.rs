@@ -2,7 +2,9 @@
 //! on any broker, chosen by `--broker` or `BROKER_URL`.
 //!
 //! The binary in `src/main.rs` only calls [`main`]; each subcommand is a module
-//! with its arguments and a `run` function.
+//! with its arguments and a `run` function, except `bench`, whose arguments and
+//! `run` are the `switchboard-bench` crate's (it brings the raw broker clients
+//! and the plotting the other commands do not need).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -10,7 +12,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod bench;
 mod connection;
 mod demo;
 mod format;
@@ -46,7 +47,7 @@ pub enum Command {
     /// Run reactions from a config file: exec a command, forward, or log, with retries and dead letters.
     Worker(worker::WorkerArgs),
     /// Measure throughput and latency across brokers, against raw-client baselines.
-    Bench(bench::BenchArgs),
+    Bench(switchboard_bench::BenchArgs),
     /// Run the alert/reaction scenario in one process (in-memory broker by default).
     Demo(demo::DemoArgs),
 }
@@ -114,7 +115,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => send::run(&url, args).await,
         Command::Listen(args) => listen::run(&url, args).await,
         Command::Worker(args) => worker::run(&url, args).await,
-        Command::Bench(args) => bench::run(cli.broker.as_deref(), args).await,
+        Command::Bench(args) => {
+            switchboard_bench::run(cli.broker.as_deref(), args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo(args) => demo::run(cli.broker.as_deref().unwrap_or("memory://"), args).await,
     }
 }

@@ -1,6 +1,8 @@
 //! The bench payload: a 16-byte header (publisher id + sequence number, intended
 //! send time) followed by filler up to the requested size.
 
+use crate::error::RunError;
+
 /// The smallest payload the bench sends: the header must fit.
 pub(crate) const HEADER_LEN: usize = 16;
 
@@ -28,19 +30,21 @@ pub(crate) struct Stamp {
 
 impl Stamp {
     /// Reads the header of `payload`; fails on a payload the bench did not send.
-    pub(crate) fn parse(payload: &[u8]) -> Result<Stamp, String> {
-        let (Some(word), Some(intended)) = (payload.get(0..8), payload.get(8..16)) else {
-            return Err(format!(
-                "a {}-byte message is shorter than the bench header ({HEADER_LEN} bytes)",
-                payload.len()
-            ));
+    pub(crate) fn parse(payload: &[u8]) -> Result<Stamp, RunError> {
+        let (Some(word), Some(intended)) = (
+            payload.first_chunk::<8>(),
+            payload.get(8..).and_then(<[u8]>::first_chunk::<8>),
+        ) else {
+            return Err(RunError::NotBench {
+                len: payload.len(),
+                header: HEADER_LEN,
+            });
         };
-        let word = u64::from_le_bytes(word.try_into().map_err(|_| "short header")?);
-        let intended_ns = u64::from_le_bytes(intended.try_into().map_err(|_| "short header")?);
+        let word = u64::from_le_bytes(*word);
         Ok(Stamp {
             publisher: (word >> SEQ_BITS) as u16,
             seq: word & SEQ_MASK,
-            intended_ns,
+            intended_ns: u64::from_le_bytes(*intended),
             len: payload.len(),
         })
     }

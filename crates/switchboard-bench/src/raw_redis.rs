@@ -10,18 +10,15 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
-use std::time::Instant;
-
-use indicatif::ProgressBar;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult};
 use tokio::sync::Mutex;
 
-use super::client::{Burst, Client, Receiver};
-use super::payload::Stamp;
+use crate::client::{Burst, Client, Receiver};
+use crate::error::RunError;
+use crate::payload::Stamp;
 
 /// PUBLISH commands in flight at most on the publishing connection.
 pub(crate) const WINDOW: usize = 256;
@@ -47,8 +44,12 @@ impl std::fmt::Debug for RawRedis {
 }
 
 impl RawRedis {
-    pub(crate) async fn connect(url: &str, channel: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).with_context(|| format!("raw redis URL {url}"))?;
+    /// Connects the publishing connection to `url`.
+    pub(crate) async fn connect(url: &str, channel: &str) -> Result<Self, RunError> {
+        let client = redis::Client::open(url).map_err(|source| RunError::RedisUrl {
+            url: switchboard::redact_url(url),
+            source,
+        })?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             // No per-command timer: with 256 commands in flight a timer each
@@ -57,7 +58,10 @@ impl RawRedis {
         let conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .with_context(|| format!("raw redis-rs cannot connect to {url}"))?;
+            .map_err(|source| RunError::RedisConnect {
+                url: switchboard::redact_url(url),
+                source,
+            })?;
         Ok(RawRedis {
             client,
             conn,
@@ -83,7 +87,7 @@ impl RawRedis {
 async fn push(
     in_flight: &mut InFlight,
     future: BoxFuture<'static, RedisResult<()>>,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     in_flight.push(future);
     while let Some(Some(reply)) = in_flight.next().now_or_never() {
         reply?;
@@ -96,7 +100,7 @@ async fn push(
     Ok(())
 }
 
-async fn drain(in_flight: &mut InFlight) -> anyhow::Result<()> {
+async fn drain(in_flight: &mut InFlight) -> Result<(), RunError> {
     while let Some(reply) = in_flight.next().await {
         reply?;
     }
@@ -105,15 +109,7 @@ async fn drain(in_flight: &mut InFlight) -> anyhow::Result<()> {
 
 #[switchboard::async_trait]
 impl Client for RawRedis {
-    async fn publish_burst(
-        &self,
-        publisher: u16,
-        size: usize,
-        count: u64,
-        deadline: Option<Instant>,
-        progress: &ProgressBar,
-    ) -> anyhow::Result<u64> {
-        let mut burst = Burst::new(publisher, size, count, deadline, progress);
+    async fn publish_burst(&self, mut burst: Burst<'_>) -> Result<u64, RunError> {
         let mut in_flight = InFlight::new();
         while let Some(payload) = burst.next_payload() {
             push(&mut in_flight, self.publish_future(payload)).await?;
@@ -122,18 +118,18 @@ impl Client for RawRedis {
         Ok(burst.sent())
     }
 
-    async fn publish_one(&self, payload: &[u8]) -> anyhow::Result<()> {
+    async fn publish_one(&self, payload: &[u8]) -> Result<(), RunError> {
         let future = self.publish_future(payload);
         push(&mut *self.pending.lock().await, future).await
     }
 
-    async fn flush(&self) -> anyhow::Result<()> {
+    async fn flush(&self) -> Result<(), RunError> {
         drain(&mut *self.pending.lock().await).await
     }
 
-    async fn subscribe(&self, group: Option<&str>) -> anyhow::Result<Receiver> {
+    async fn subscribe(&self, group: Option<&str>) -> Result<Receiver, RunError> {
         if group.is_some() {
-            anyhow::bail!("Redis PUBSUB has no queue groups");
+            return Err(RunError::NoQueueGroups);
         }
         let mut pubsub = self.client.get_async_pubsub().await?;
         pubsub.subscribe(&self.channel).await?;

@@ -9,11 +9,13 @@ use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use tokio::sync::{oneshot, watch};
 
-use super::client::{self, Client, Receiver, PROGRESS_STEP};
-use super::cpu::CpuClock;
-use super::payload::{self, Stamp, MEASURED_PUBLISHER, WARMUP_PUBLISHER};
-use super::report::{Latency, Row};
-use super::{Implementation, Mode, Target};
+use crate::client::{self, Burst, Client, Receiver, PROGRESS_STEP};
+use crate::cpu::CpuClock;
+use crate::error::RunError;
+use crate::payload::{self, Stamp, MEASURED_PUBLISHER, WARMUP_PUBLISHER};
+use crate::report::{Latency, Row};
+use crate::target::{Implementation, Target};
+use crate::Mode;
 
 /// Everything one run needs to know.
 #[derive(Debug, Clone)]
@@ -44,12 +46,7 @@ pub(crate) async fn run(spec: &RunSpec, progress: &ProgressBar) -> Row {
         _ => throughput(spec, progress, &mut row).await,
     };
     if let Err(error) = outcome {
-        let status = if error.downcast_ref::<Unsupported>().is_some() {
-            "unsupported"
-        } else {
-            "error"
-        };
-        row.fail(status, format!("{error:#}"));
+        row.fail(error.status(), error.note());
     }
     row
 }
@@ -71,19 +68,24 @@ fn fresh_subject(spec: &RunSpec) -> (String, String) {
     )
 }
 
-/// The roles of a run, connected and subscribed.
+/// The connections of a run's roles: the publisher and the subscribers.
 struct Setup {
     publisher: Arc<dyn Client>,
     subscribers: Vec<Box<dyn Client>>,
-    receivers: Vec<Receiver>,
 }
 
-async fn setup(spec: &RunSpec, subscribers: usize, group: bool) -> anyhow::Result<Setup> {
+/// Connects the publisher and `subscribers` subscribers (in one queue group
+/// if `group`) to a fresh subject; returns them and the subscriptions.
+async fn setup(
+    spec: &RunSpec,
+    subscribers: usize,
+    group: bool,
+) -> Result<(Setup, Vec<Receiver>), RunError> {
     let (subject, group_name) = fresh_subject(spec);
     let publisher: Arc<dyn Client> =
         Arc::from(client::connect(spec.implementation, &spec.target, &subject).await?);
     if group && !publisher.queue_groups() {
-        anyhow::bail!(Unsupported);
+        return Err(RunError::NoQueueGroups);
     }
     let mut clients = Vec::with_capacity(subscribers);
     let mut receivers = Vec::with_capacity(subscribers);
@@ -95,28 +97,15 @@ async fn setup(spec: &RunSpec, subscribers: usize, group: bool) -> anyhow::Resul
         clients.push(client);
         receivers.push(receiver);
     }
-    Ok(Setup {
+    let setup = Setup {
         publisher,
         subscribers: clients,
-        receivers,
-    })
+    };
+    Ok((setup, receivers))
 }
-
-/// Marks a workload the broker cannot do (no queue groups): reported as `unsupported`.
-#[derive(Debug)]
-pub(crate) struct Unsupported;
-
-impl std::fmt::Display for Unsupported {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("no queue groups on this broker")
-    }
-}
-
-impl std::error::Error for Unsupported {}
 
 impl Setup {
     async fn close(self) {
-        drop(self.receivers);
         self.publisher.close().await;
         for subscriber in self.subscribers {
             subscriber.close().await;
@@ -130,13 +119,14 @@ struct Pool {
     done: watch::Sender<bool>,
 }
 
-/// What one subscriber saw.
+/// What one subscriber saw, or — [`Seen::add`]ed up — every subscriber of a run.
+#[derive(Default)]
 struct Seen {
     received: u64,
     reordered: u64,
     duplicates: u64,
     errors: u64,
-    first_error: Option<String>,
+    first_error: Option<RunError>,
     first: Option<Instant>,
     last: Option<Instant>,
     histogram: Option<Histogram<u64>>,
@@ -186,14 +176,8 @@ async fn consume(
     expected: u64,
 ) -> Seen {
     let mut seen = Seen {
-        received: 0,
-        reordered: 0,
-        duplicates: 0,
-        errors: 0,
-        first_error: None,
-        first: None,
-        last: None,
         histogram: if latency { new_histogram() } else { None },
+        ..Seen::default()
     };
     let mut set = SeenSet {
         bits: vec![0; (expected.min(SeenSet::MAX) / 64 + 1) as usize],
@@ -270,91 +254,95 @@ fn record(
     }
 }
 
-/// Starts one consumer task per receiver; group members share one pool.
-fn spawn_consumers(
-    receivers: Vec<Receiver>,
-    group: bool,
-    target: &watch::Receiver<Option<u64>>,
-    spec: &RunSpec,
-    base: Instant,
-    latency: bool,
-    expected_each: u64,
-) -> Vec<tokio::task::JoinHandle<Seen>> {
-    let new_pool = || {
-        Arc::new(Pool {
-            received: AtomicU64::new(0),
-            done: watch::channel(false).0,
-        })
-    };
-    let shared = new_pool();
-    receivers
-        .into_iter()
-        .map(|receiver| {
-            let pool = if group {
-                Arc::clone(&shared)
-            } else {
-                new_pool()
-            };
-            tokio::spawn(consume(
-                receiver,
-                pool,
-                target.clone(),
-                spec.idle,
-                base,
-                latency,
-                expected_each,
-            ))
-        })
-        .collect()
+/// The subscriber side of a run: one consumer task per subscription, told
+/// how many measured messages to wait for once the publisher is done.
+struct Consumers {
+    goal: watch::Sender<Option<u64>>,
+    tasks: Vec<tokio::task::JoinHandle<Seen>>,
 }
 
-/// Totals over every subscriber of a run.
-struct Totals {
-    received: u64,
-    reordered: u64,
-    duplicates: u64,
-    errors: u64,
-    first_error: Option<String>,
-    first: Option<Instant>,
-    last: Option<Instant>,
-    histogram: Option<Histogram<u64>>,
-}
+impl Consumers {
+    /// Starts one consumer task per receiver; group members share one pool.
+    fn start(
+        receivers: Vec<Receiver>,
+        group: bool,
+        spec: &RunSpec,
+        base: Instant,
+        latency: bool,
+        expected_each: u64,
+    ) -> Consumers {
+        let (goal, target) = watch::channel(None);
+        let new_pool = || {
+            Arc::new(Pool {
+                received: AtomicU64::new(0),
+                done: watch::channel(false).0,
+            })
+        };
+        let shared = new_pool();
+        let tasks = receivers
+            .into_iter()
+            .map(|receiver| {
+                let pool = if group {
+                    Arc::clone(&shared)
+                } else {
+                    new_pool()
+                };
+                tokio::spawn(consume(
+                    receiver,
+                    pool,
+                    target.clone(),
+                    spec.idle,
+                    base,
+                    latency,
+                    expected_each,
+                ))
+            })
+            .collect();
+        Consumers { goal, tasks }
+    }
 
-async fn join(handles: Vec<tokio::task::JoinHandle<Seen>>) -> anyhow::Result<Totals> {
-    let mut totals = Totals {
-        received: 0,
-        reordered: 0,
-        duplicates: 0,
-        errors: 0,
-        first_error: None,
-        first: None,
-        last: None,
-        histogram: None,
-    };
-    for handle in handles {
-        let seen = handle.await?;
-        totals.received += seen.received;
-        totals.reordered += seen.reordered;
-        totals.duplicates += seen.duplicates;
-        totals.errors += seen.errors;
-        if totals.first_error.is_none() {
-            totals.first_error = seen.first_error;
+    /// The publisher sent `sent` measured messages: waits until they arrived
+    /// (or nothing did for the idle timeout) and adds up what each consumer saw.
+    async fn finish(self, sent: u64) -> Result<Seen, RunError> {
+        let _ = self.goal.send(Some(sent));
+        let mut totals = Seen::default();
+        for task in self.tasks {
+            totals.add(task.await?);
         }
-        totals.first = match (totals.first, seen.first) {
+        Ok(totals)
+    }
+
+    /// The publisher failed: the consumers stop without waiting.
+    fn abort(self) {
+        let _ = self.goal.send(Some(0));
+    }
+}
+
+impl Seen {
+    /// Adds what another subscriber saw: counts summed, the earliest first
+    /// receipt, the latest last one, histograms merged, the first error kept.
+    fn add(&mut self, other: Seen) {
+        self.received += other.received;
+        self.reordered += other.reordered;
+        self.duplicates += other.duplicates;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.first = match (self.first, other.first) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        totals.last = totals.last.max(seen.last);
-        if let Some(h) = seen.histogram {
-            match totals.histogram.as_mut() {
+        self.last = self.last.max(other.last);
+        if let Some(h) = other.histogram {
+            match self.histogram.as_mut() {
                 Some(total) => {
                     let _ = total.add(&h);
                 }
-                None => totals.histogram = Some(h),
+                None => self.histogram = Some(h),
             }
         }
     }
-    Ok(totals)
 }
 
 fn subscribers_for(spec: &RunSpec) -> usize {
@@ -365,29 +353,24 @@ fn subscribers_for(spec: &RunSpec) -> usize {
     }
 }
 
-async fn throughput(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> anyhow::Result<()> {
+async fn throughput(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Result<(), RunError> {
     let group = spec.mode == Mode::Group;
     let subscribers = subscribers_for(spec);
-    let setup = setup(spec, subscribers, group).await?;
+    let (setup, receivers) = setup(spec, subscribers, group).await?;
     let base = Instant::now();
-    let (target_tx, target_rx) = watch::channel(None);
-    let mut receivers = setup.receivers;
-    let handles = spawn_consumers(
-        std::mem::take(&mut receivers),
-        group,
-        &target_rx,
-        spec,
-        base,
-        false,
-        spec.msgs,
-    );
+    let consumers = Consumers::start(receivers, group, spec, base, false, spec.msgs);
     let publisher = Arc::clone(&setup.publisher);
-    let setup = Setup { receivers, ..setup };
 
     // Warm-up: same connection, same subject, skipped by receivers.
     let hidden = ProgressBar::hidden();
     publisher
-        .publish_burst(WARMUP_PUBLISHER, spec.size, spec.warmup, None, &hidden)
+        .publish_burst(Burst::new(
+            WARMUP_PUBLISHER,
+            spec.size,
+            spec.warmup,
+            None,
+            &hidden,
+        ))
         .await?;
     publisher.flush().await?;
 
@@ -398,30 +381,30 @@ async fn throughput(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> an
     let deadline = spec.time.map(|t| start + t);
     let published = tokio::time::timeout(spec.timeout, async {
         let n = publisher
-            .publish_burst(MEASURED_PUBLISHER, spec.size, spec.msgs, deadline, progress)
+            .publish_burst(Burst::new(
+                MEASURED_PUBLISHER,
+                spec.size,
+                spec.msgs,
+                deadline,
+                progress,
+            ))
             .await?;
         publisher.flush().await?;
-        anyhow::Ok(n)
+        Ok::<_, RunError>(n)
     })
     .await;
     let flushed = Instant::now();
-    let published = published.unwrap_or_else(|_| {
-        Err(anyhow::anyhow!(
-            "publishing did not finish within {:?}",
-            spec.timeout
-        ))
-    });
+    let published = published.unwrap_or(Err(RunError::PublishTimeout(spec.timeout)));
     let published = match published {
         Ok(n) => n,
         Err(error) => {
-            let _ = target_tx.send(Some(0));
+            consumers.abort();
             setup.close().await;
             return Err(error);
         }
     };
     progress.set_position(published);
-    let _ = target_tx.send(Some(published));
-    let totals = join(handles).await?;
+    let totals = consumers.finish(published).await?;
     let cpu_s = cpu.elapsed_s();
     setup.close().await;
 
@@ -491,7 +474,7 @@ fn pace(
     count: u64,
     size: usize,
     progress: ProgressBar,
-) -> anyhow::Result<Paced> {
+) -> Result<Paced, RunError> {
     // Thread sleeps overshoot by the kernel's timer slack (50 µs by default);
     // on Linux this thread lowers its own to 1 µs so it can sleep until just
     // before each send instead of spinning a core away from the brokers.
@@ -542,55 +525,42 @@ fn pace(
     })
 }
 
-async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> anyhow::Result<()> {
-    let setup = setup(spec, 1, false).await?;
+async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Result<(), RunError> {
+    let (setup, receivers) = setup(spec, 1, false).await?;
     let base = Instant::now();
     let count = (spec.rate as f64 * spec.duration.as_secs_f64()).round() as u64;
     let warmup = (spec.rate as f64 * spec.latency_warmup.as_secs_f64()).round() as u64;
-    let (target_tx, target_rx) = watch::channel(None);
-    let mut receivers = setup.receivers;
-    let handles = spawn_consumers(
-        std::mem::take(&mut receivers),
-        false,
-        &target_rx,
-        spec,
-        base,
-        true,
-        count,
-    );
-    let setup = Setup { receivers, ..setup };
+    let consumers = Consumers::start(receivers, false, spec, base, true, count);
     progress.set_length(count);
     progress.set_position(0);
     let cpu = CpuClock::start();
     let (done_tx, done_rx) = oneshot::channel();
     let runtime = tokio::runtime::Handle::current();
     let publisher = Arc::clone(&setup.publisher);
-    let (rate, size, bar) = (spec.rate, spec.size, progress.clone());
+    let (per_second, size, bar) = (spec.rate, spec.size, progress.clone());
     let thread = std::thread::Builder::new()
         .name("bench-pacer".into())
         .spawn(move || {
             let _ = done_tx.send(pace(
-                runtime, publisher, base, rate, warmup, count, size, bar,
+                runtime, publisher, base, per_second, warmup, count, size, bar,
             ));
         });
     if let Err(error) = thread {
+        consumers.abort();
         setup.close().await;
-        anyhow::bail!("cannot start the pacing thread: {error}");
+        return Err(RunError::PacerStart(error));
     }
-    let paced = done_rx
-        .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the pacing thread stopped")));
+    let paced = done_rx.await.unwrap_or(Err(RunError::PacerStopped));
     let paced = match paced {
         Ok(paced) => paced,
         Err(error) => {
-            let _ = target_tx.send(Some(0));
+            consumers.abort();
             setup.close().await;
             return Err(error);
         }
     };
     progress.set_position(paced.sent);
-    let _ = target_tx.send(Some(paced.sent));
-    let totals = join(handles).await?;
+    let totals = consumers.finish(paced.sent).await?;
     row.cpu_s = cpu.elapsed_s();
     setup.close().await;
 
@@ -605,8 +575,8 @@ async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> anyho
     row.rate = Some(spec.rate);
     let elapsed = paced.elapsed.as_secs_f64();
     row.elapsed_s = Some(elapsed);
-    row.achieved_rate = rate_of(paced.sent + warmup, elapsed);
-    row.msgs_per_s = rate_of(paced.sent + warmup, elapsed);
+    row.achieved_rate = rate(paced.sent + warmup, elapsed);
+    row.msgs_per_s = row.achieved_rate;
     row.mb_per_s = row.msgs_per_s.map(|r| r * spec.size as f64 / 1e6);
     if let Some(histogram) = totals.histogram.filter(|h| !h.is_empty()) {
         row.latency = Some(Latency::from_histogram(&histogram));
@@ -625,8 +595,4 @@ async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> anyho
         row.note = Some(notes.join("; "));
     }
     Ok(())
-}
-
-fn rate_of(messages: u64, secs: f64) -> Option<f64> {
-    rate(messages, secs)
 }

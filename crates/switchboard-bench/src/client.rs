@@ -4,16 +4,17 @@
 use std::fmt;
 use std::time::Instant;
 
-use anyhow::Context as _;
 use futures::stream::{BoxStream, StreamExt};
 use indicatif::ProgressBar;
 use switchboard::{AnyBroker, Bytes, Headers, Message, Pattern, QueueGroup, Subject};
 
-use super::payload::{self, Stamp};
-use super::{raw_amqp, raw_nats, raw_redis, Implementation, Target};
+use crate::error::RunError;
+use crate::payload::{self, Stamp};
+use crate::target::{Implementation, Target};
+use crate::{raw_amqp, raw_nats, raw_redis};
 
 /// What a subscription yields: the header of each message, or an error to count.
-pub(crate) type Receiver = BoxStream<'static, Result<Stamp, String>>;
+pub(crate) type Receiver = BoxStream<'static, Result<Stamp, RunError>>;
 
 /// Messages between two progress bar updates.
 pub(crate) const PROGRESS_STEP: u64 = 1024;
@@ -33,8 +34,9 @@ fn step(seq: u64, deadline: Option<Instant>, progress: &ProgressBar) -> bool {
 /// buffer of `size` bytes; the burst ends after `count` messages or, checked every
 /// [`PROGRESS_STEP`] messages, once `deadline` has passed.
 ///
+/// The runner makes the burst; each client's `publish_burst` is the loop
+///
 /// ```text
-/// let mut burst = Burst::new(publisher, size, count, deadline, progress);
 /// while let Some(payload) = burst.next_payload() {
 ///     publish(payload).await?; // an error ends the burst
 /// }
@@ -106,27 +108,19 @@ impl<'a> Burst<'a> {
 /// bound to the run's subject.
 #[switchboard::async_trait]
 pub(crate) trait Client: Send + Sync + fmt::Debug {
-    /// Publishes `count` messages of `size` bytes from `publisher` (sequence
-    /// numbers from 0) as fast as the client allows, stopping early at
-    /// `deadline`; returns how many it published. Does not flush.
-    async fn publish_burst(
-        &self,
-        publisher: u16,
-        size: usize,
-        count: u64,
-        deadline: Option<Instant>,
-        progress: &ProgressBar,
-    ) -> anyhow::Result<u64>;
+    /// Publishes the messages of `burst` as fast as the client allows;
+    /// returns how many it published. Does not flush.
+    async fn publish_burst(&self, burst: Burst<'_>) -> Result<u64, RunError>;
 
     /// Publishes one payload (latency runs), without waiting a round trip.
-    async fn publish_one(&self, payload: &[u8]) -> anyhow::Result<()>;
+    async fn publish_one(&self, payload: &[u8]) -> Result<(), RunError>;
 
     /// Resolves once the broker has everything published before (confirms included).
-    async fn flush(&self) -> anyhow::Result<()>;
+    async fn flush(&self) -> Result<(), RunError>;
 
     /// Subscribes to the run's subject, in queue group `group` if given; once
     /// this resolves, messages published afterwards are received.
-    async fn subscribe(&self, group: Option<&str>) -> anyhow::Result<Receiver>;
+    async fn subscribe(&self, group: Option<&str>) -> Result<Receiver, RunError>;
 
     /// Whether queue groups are available (otherwise `group` runs are unsupported).
     fn queue_groups(&self) -> bool;
@@ -140,7 +134,7 @@ pub(crate) async fn connect(
     implementation: Implementation,
     target: &Target,
     subject: &str,
-) -> anyhow::Result<Box<dyn Client>> {
+) -> Result<Box<dyn Client>, RunError> {
     match implementation {
         Implementation::Switchboard => {
             Ok(Box::new(SwitchboardClient::connect(target, subject).await?))
@@ -155,7 +149,7 @@ pub(crate) async fn connect(
             "amqp" => Ok(Box::new(
                 raw_amqp::RawAmqp::connect(&target.url, subject).await?,
             )),
-            other => anyhow::bail!("no raw client for {other}"),
+            other => Err(RunError::NoRawClient(other.to_string())),
         },
     }
 }
@@ -169,7 +163,7 @@ pub(crate) struct SwitchboardClient {
 }
 
 impl SwitchboardClient {
-    async fn connect(target: &Target, subject: &str) -> anyhow::Result<Self> {
+    async fn connect(target: &Target, subject: &str) -> Result<Self, RunError> {
         let broker = switchboard::connect(&target.url).await?;
         let subject = Subject::new(subject)?;
         let pattern = Pattern::from(subject.clone());
@@ -191,30 +185,22 @@ impl SwitchboardClient {
 
 #[switchboard::async_trait]
 impl Client for SwitchboardClient {
-    async fn publish_burst(
-        &self,
-        publisher: u16,
-        size: usize,
-        count: u64,
-        deadline: Option<Instant>,
-        progress: &ProgressBar,
-    ) -> anyhow::Result<u64> {
-        let mut burst = Burst::new(publisher, size, count, deadline, progress);
+    async fn publish_burst(&self, mut burst: Burst<'_>) -> Result<u64, RunError> {
         while let Some(payload) = burst.next_payload() {
             self.broker.publish(self.message(payload)).await?;
         }
         Ok(burst.sent())
     }
 
-    async fn publish_one(&self, payload: &[u8]) -> anyhow::Result<()> {
+    async fn publish_one(&self, payload: &[u8]) -> Result<(), RunError> {
         Ok(self.broker.publish(self.message(payload)).await?)
     }
 
-    async fn flush(&self) -> anyhow::Result<()> {
+    async fn flush(&self) -> Result<(), RunError> {
         Ok(self.broker.flush().await?)
     }
 
-    async fn subscribe(&self, group: Option<&str>) -> anyhow::Result<Receiver> {
+    async fn subscribe(&self, group: Option<&str>) -> Result<Receiver, RunError> {
         let subscription = match group {
             Some(group) => {
                 let group = QueueGroup::new(group)?;
@@ -222,20 +208,23 @@ impl Client for SwitchboardClient {
             }
             None => self.broker.subscribe(&self.pattern).await,
         }
-        .with_context(|| format!("subscribing to {}", self.pattern))?;
+        .map_err(|source| RunError::Subscribe {
+            pattern: self.pattern.to_string(),
+            source,
+        })?;
         if !self.broker.capabilities().ack {
             // Nothing to acknowledge: as lean as the raw clients' `map`.
             return Ok(subscription
-                .map(|delivery| Stamp::parse(delivery.map_err(|e| e.to_string())?.payload()))
+                .map(|delivery| Stamp::parse(delivery?.payload()))
                 .boxed());
         }
         Ok(subscription
             .then(|delivery| async move {
-                let mut delivery = delivery.map_err(|e| e.to_string())?;
+                let mut delivery = delivery?;
                 // Brokers with acknowledgement (AMQP) get one ack per message,
                 // as a program handling each delivery would send.
                 if delivery.is_acknowledgeable() {
-                    delivery.ack().await.map_err(|e| e.to_string())?;
+                    delivery.ack().await?;
                 }
                 Stamp::parse(delivery.payload())
             })

@@ -5,11 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use futures::stream::StreamExt;
-use std::time::Instant;
-
-use indicatif::ProgressBar;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
@@ -18,8 +14,9 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
 use tokio::sync::Mutex;
 
-use super::client::{Burst, Client, Receiver};
-use super::payload::Stamp;
+use crate::client::{Burst, Client, Receiver};
+use crate::error::RunError;
+use crate::payload::Stamp;
 
 /// Publisher confirms outstanding at most.
 pub(crate) const WINDOW: usize = 256;
@@ -47,14 +44,13 @@ impl std::fmt::Debug for RawAmqp {
 }
 
 impl RawAmqp {
-    pub(crate) async fn connect(url: &str, routing_key: &str) -> anyhow::Result<Self> {
+    /// Connects to `url` and opens a channel with publisher confirms.
+    pub(crate) async fn connect(url: &str, routing_key: &str) -> Result<Self, RunError> {
         let connection = Connection::connect(url, ConnectionProperties::default())
             .await
-            .with_context(|| {
-                format!(
-                    "raw lapin cannot connect to {}",
-                    switchboard::redact_url(url)
-                )
+            .map_err(|source| RunError::AmqpConnect {
+                url: switchboard::redact_url(url),
+                source,
             })?;
         let channel = connection.create_channel().await?;
         channel
@@ -72,7 +68,7 @@ impl RawAmqp {
         &self,
         pending: &mut VecDeque<PublisherConfirm>,
         payload: &[u8],
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), RunError> {
         let confirm = self
             .channel
             .basic_publish(
@@ -93,24 +89,16 @@ impl RawAmqp {
     }
 }
 
-fn check(confirmation: lapin::Confirmation) -> anyhow::Result<()> {
+fn check(confirmation: lapin::Confirmation) -> Result<(), RunError> {
     if confirmation.is_nack() {
-        anyhow::bail!("RabbitMQ nacked a message");
+        return Err(RunError::AmqpNack);
     }
     Ok(())
 }
 
 #[switchboard::async_trait]
 impl Client for RawAmqp {
-    async fn publish_burst(
-        &self,
-        publisher: u16,
-        size: usize,
-        count: u64,
-        deadline: Option<Instant>,
-        progress: &ProgressBar,
-    ) -> anyhow::Result<u64> {
-        let mut burst = Burst::new(publisher, size, count, deadline, progress);
+    async fn publish_burst(&self, mut burst: Burst<'_>) -> Result<u64, RunError> {
         let mut pending = self.pending.lock().await;
         while let Some(payload) = burst.next_payload() {
             self.publish(&mut pending, payload).await?;
@@ -118,12 +106,12 @@ impl Client for RawAmqp {
         Ok(burst.sent())
     }
 
-    async fn publish_one(&self, payload: &[u8]) -> anyhow::Result<()> {
+    async fn publish_one(&self, payload: &[u8]) -> Result<(), RunError> {
         let mut pending = self.pending.lock().await;
         self.publish(&mut pending, payload).await
     }
 
-    async fn flush(&self) -> anyhow::Result<()> {
+    async fn flush(&self) -> Result<(), RunError> {
         let mut pending = self.pending.lock().await;
         while let Some(confirm) = pending.pop_front() {
             check(confirm.await?)?;
@@ -131,7 +119,7 @@ impl Client for RawAmqp {
         Ok(())
     }
 
-    async fn subscribe(&self, group: Option<&str>) -> anyhow::Result<Receiver> {
+    async fn subscribe(&self, group: Option<&str>) -> Result<Receiver, RunError> {
         let channel = self.connection.create_channel().await?;
         channel
             .basic_qos(PREFETCH, BasicQosOptions::default())
@@ -181,12 +169,8 @@ impl Client for RawAmqp {
             .then(move |delivery| {
                 let _keep = Arc::clone(&keep);
                 async move {
-                    let delivery = delivery.map_err(|e| e.to_string())?;
-                    delivery
-                        .acker
-                        .ack(BasicAckOptions::default())
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let delivery = delivery?;
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
                     Stamp::parse(&delivery.data)
                 }
             })

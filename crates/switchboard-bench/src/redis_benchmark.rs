@@ -1,8 +1,10 @@
 //! The `--redis-benchmark` row: Redis's own load generator publishing from one
 //! pipelined connection, the ceiling a single Redis connection reaches.
 
-use super::report::Row;
-use super::{Mode, Target};
+use crate::error::RunError;
+use crate::report::Row;
+use crate::target::Target;
+use crate::Mode;
 
 /// Commands `redis-benchmark` keeps in flight on its one connection.
 const PIPELINE: u32 = 256;
@@ -27,7 +29,7 @@ pub(crate) async fn run(target: &Target, size: usize, msgs: u64) -> Row {
                 "redis-benchmark -c 1 -P {PIPELINE} -n {msgs} PUBLISH (client CPU not measured)"
             ));
         }
-        Err(error) => row.fail("error", format!("redis-benchmark: {error:#}")),
+        Err(error) => row.fail("error", format!("redis-benchmark: {}", error.note())),
     }
     row
 }
@@ -51,7 +53,7 @@ fn endpoint(url: &str) -> (String, String, Option<String>) {
     (host.to_string(), port.to_string(), password)
 }
 
-async fn measure(url: &str, size: usize, msgs: u64) -> anyhow::Result<f64> {
+async fn measure(url: &str, size: usize, msgs: u64) -> Result<f64, RunError> {
     let (host, port, password) = endpoint(url);
     let mut command = tokio::process::Command::new("redis-benchmark");
     command.args(["-h", &host, "-p", &port, "-c", "1", "-q", "--csv"]);
@@ -63,16 +65,15 @@ async fn measure(url: &str, size: usize, msgs: u64) -> anyhow::Result<f64> {
     let output = command
         .output()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot run redis-benchmark (is it installed?): {e}"))?;
+        .map_err(RunError::RedisBenchmarkSpawn)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
-        anyhow::bail!(
-            "exited with {}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        return Err(RunError::RedisBenchmarkExit {
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
     }
-    parse_rps(&stdout).ok_or_else(|| anyhow::anyhow!("cannot read its output: {}", stdout.trim()))
+    parse_rps(&stdout).ok_or_else(|| RunError::RedisBenchmarkOutput(stdout.trim().to_string()))
 }
 
 /// The requests per second in `redis-benchmark --csv` output (second field of

@@ -2,12 +2,14 @@
 //! stdout and the JSON file.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::runner::RunSpec;
-use super::{Implementation, Mode};
+use crate::runner::RunSpec;
+use crate::target::Implementation;
+use crate::{Error, Mode};
 
 /// Latency percentiles of a run, in microseconds.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
@@ -340,15 +342,160 @@ pub(crate) fn table(rows: &[Row]) -> String {
 
 /// The JSON document: what ran, where, and one object per run in `runs`.
 #[derive(Debug, Serialize)]
-pub(crate) struct Document<'a> {
+struct Document<'a> {
     /// The switchboard version that measured.
-    pub(crate) switchboard_version: &'static str,
+    switchboard_version: &'static str,
     /// The command line.
-    pub(crate) command: String,
+    command: String,
     /// When the bench started (seconds since the Unix epoch).
-    pub(crate) started_unix_s: u64,
+    started_unix_s: u64,
     /// `uname -srm`-like machine description and CPU count.
-    pub(crate) machine: String,
+    machine: String,
     /// One object per run.
-    pub(crate) runs: &'a [Row],
+    runs: &'a [Row],
+}
+
+/// Writes `rows` as the JSON document to `path`; `started` is when the bench
+/// started (seconds since the Unix epoch).
+pub(crate) fn write_json(rows: &[Row], path: &Path, started: u64) -> Result<(), Error> {
+    let document = Document {
+        switchboard_version: env!("CARGO_PKG_VERSION"),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        started_unix_s: started,
+        machine: machine(),
+        runs: rows,
+    };
+    let json = serde_json::to_string_pretty(&document).map_err(Error::Json)?;
+    std::fs::write(path, json + "\n").map_err(|source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The OS, architecture, CPU count and model, and kernel of this machine.
+fn machine() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let kernel = read("/proc/sys/kernel/osrelease");
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{} {}, {cpus} CPUs ({cpu}), Linux {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        kernel.trim()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throughput(implementation: &str, msgs_per_s: f64) -> Row {
+        let mut row = Row::blank("nats", "nats://u:pw@h:4222", Mode::Pub, 16, implementation);
+        row.messages = 1000;
+        row.msgs_per_s = Some(msgs_per_s);
+        row
+    }
+
+    fn latency(implementation: &str, p99_us: f64) -> Row {
+        let mut row = Row::blank("nats", "nats://h:4222", Mode::Latency, 16, implementation);
+        row.latency = Some(Latency {
+            p50_us: p99_us / 4.0,
+            p90_us: p99_us / 2.0,
+            p99_us,
+            p999_us: p99_us * 2.0,
+            max_us: p99_us * 3.0,
+        });
+        row
+    }
+
+    #[test]
+    fn ratios_compare_switchboard_with_raw_on_the_same_workload() {
+        let mut failed = throughput("raw", 0.0);
+        failed.mode = Mode::Pubsub.name().to_string();
+        failed.fail("error", "boom".to_string());
+        let mut no_twin = throughput("switchboard", 50.0);
+        no_twin.mode = Mode::Pubsub.name().to_string();
+        let mut rows = vec![
+            throughput("switchboard", 90.0),
+            throughput("raw", 100.0),
+            latency("switchboard", 440.0),
+            latency("raw", 400.0),
+            no_twin,
+            failed,
+        ];
+        add_ratios(&mut rows);
+        let ratios: Vec<(Option<f64>, Option<&str>)> =
+            rows.iter().map(|r| (r.ratio, r.ratio_of)).collect();
+        assert_eq!(
+            ratios,
+            [
+                (Some(0.9), Some("msgs_per_s")),
+                (None, None),
+                (Some(1.1), Some("p99_us")),
+                (None, None),
+                (None, None),
+                (None, None),
+            ]
+        );
+        assert_eq!(rows[0].url, "nats://u:***@h:4222", "password redacted");
+    }
+
+    #[test]
+    fn median_is_the_middle_run_or_the_first_failure() {
+        let row = median(vec![
+            throughput("raw", 3.0),
+            throughput("raw", 1.0),
+            throughput("raw", 2.0),
+        ])
+        .unwrap();
+        assert_eq!((row.msgs_per_s, row.repeats), (Some(2.0), 3));
+        // Latency: ranked by p99, lower is better but the middle is the middle.
+        let row = median(vec![
+            latency("raw", 30.0),
+            latency("raw", 10.0),
+            latency("raw", 20.0),
+        ])
+        .unwrap();
+        assert_eq!(row.latency.map(|l| l.p99_us), Some(20.0));
+        let mut failed = throughput("raw", 0.0);
+        failed.fail("error", "boom".to_string());
+        let row = median(vec![throughput("raw", 1.0), failed]).unwrap();
+        assert_eq!(row.status, "error");
+        assert!(median(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn the_table_right_aligns_numbers_and_lists_notes_below() {
+        let mut unavailable = throughput("raw", 0.0);
+        unavailable.fail("unavailable", "no answer within 10s".to_string());
+        let mut rows = vec![
+            throughput("switchboard", 1_234_567.0),
+            latency("switchboard", 12_345.0),
+            unavailable,
+        ];
+        rows[0].lost = 3;
+        let table = table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5, "{table}");
+        assert!(
+            lines[0].starts_with("broker  mode     size  impl"),
+            "{table}"
+        );
+        assert!(lines[1].contains("1,234,567"), "{table}");
+        assert!(lines[1].contains("  3  "), "lost: {table}");
+        // Latencies of 10 ms and more in ms, the others in µs.
+        assert!(lines[2].contains("3086  "), "{table}");
+        assert!(lines[2].contains("12.3ms"), "{table}");
+        assert!(lines[3].contains("unavailable"), "{table}");
+        assert_eq!(
+            lines[4], "note: nats pub 16B raw: no answer within 10s",
+            "{table}"
+        );
+    }
 }

@@ -3,15 +3,12 @@
 //! time counts until the server has everything), a subscription buffer large
 //! enough for a burst.
 
-use anyhow::Context as _;
 use futures::stream::StreamExt;
-use std::time::Instant;
-
-use indicatif::ProgressBar;
 use switchboard::Bytes;
 
-use super::client::{Burst, Client, Receiver};
-use super::payload::Stamp;
+use crate::client::{Burst, Client, Receiver};
+use crate::error::RunError;
+use crate::payload::Stamp;
 
 /// How long `flush` waits for the server's echo.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -27,12 +24,16 @@ pub(crate) struct RawNats {
 }
 
 impl RawNats {
-    pub(crate) async fn connect(url: &str, subject: &str) -> anyhow::Result<Self> {
+    /// Connects to `url` with the same subscription buffer as the adapter.
+    pub(crate) async fn connect(url: &str, subject: &str) -> Result<Self, RunError> {
         let client = async_nats::ConnectOptions::new()
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .connect(url)
             .await
-            .with_context(|| format!("raw async-nats cannot connect to {url}"))?;
+            .map_err(|source| RunError::NatsConnect {
+                url: switchboard::redact_url(url),
+                source,
+            })?;
         Ok(RawNats {
             client,
             subject: async_nats::Subject::from(subject),
@@ -42,15 +43,7 @@ impl RawNats {
 
 #[switchboard::async_trait]
 impl Client for RawNats {
-    async fn publish_burst(
-        &self,
-        publisher: u16,
-        size: usize,
-        count: u64,
-        deadline: Option<Instant>,
-        progress: &ProgressBar,
-    ) -> anyhow::Result<u64> {
-        let mut burst = Burst::new(publisher, size, count, deadline, progress);
+    async fn publish_burst(&self, mut burst: Burst<'_>) -> Result<u64, RunError> {
         while let Some(payload) = burst.next_payload() {
             self.client
                 .publish(self.subject.clone(), Bytes::copy_from_slice(payload))
@@ -59,14 +52,14 @@ impl Client for RawNats {
         Ok(burst.sent())
     }
 
-    async fn publish_one(&self, payload: &[u8]) -> anyhow::Result<()> {
+    async fn publish_one(&self, payload: &[u8]) -> Result<(), RunError> {
         self.client
             .publish(self.subject.clone(), Bytes::copy_from_slice(payload))
             .await?;
         Ok(())
     }
 
-    async fn flush(&self) -> anyhow::Result<()> {
+    async fn flush(&self) -> Result<(), RunError> {
         // `Client::flush` only writes the client's buffer to the socket. To
         // know the server has everything (as the adapter's flush does), echo
         // one message through the server after the burst: it processes a
@@ -77,12 +70,12 @@ impl Client for RawNats {
         self.client.flush().await?;
         match tokio::time::timeout(FLUSH_TIMEOUT, echo.next()).await {
             Ok(Some(_)) => Ok(()),
-            Ok(None) => anyhow::bail!("the NATS connection closed during flush"),
-            Err(_) => anyhow::bail!("the NATS server did not answer within {FLUSH_TIMEOUT:?}"),
+            Ok(None) => Err(RunError::NatsClosed),
+            Err(_) => Err(RunError::NatsFlushTimeout(FLUSH_TIMEOUT)),
         }
     }
 
-    async fn subscribe(&self, group: Option<&str>) -> anyhow::Result<Receiver> {
+    async fn subscribe(&self, group: Option<&str>) -> Result<Receiver, RunError> {
         let subscriber = match group {
             Some(group) => {
                 self.client

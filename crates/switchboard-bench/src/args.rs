@@ -1,0 +1,115 @@
+//! The arguments of `switchboard bench`, as clap parses them: the CLI embeds
+//! [`BenchArgs`] as its `bench` subcommand, so the flags, their defaults and
+//! their help live once, next to the code that reads them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Mode {
+    /// Publish only, no subscriber: until the broker has everything (flush/confirms).
+    Pub,
+    /// One publisher, one subscriber.
+    Pubsub,
+    /// One publisher, `--subscribers` subscribers each receiving every message.
+    Fanout,
+    /// One publisher, a queue group of `--subscribers` sharing the messages.
+    Group,
+    /// One publisher at a fixed `--rate`, one subscriber; one-way latency.
+    Latency,
+}
+
+impl Mode {
+    /// The mode's name on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Pub => "pub",
+            Mode::Pubsub => "pubsub",
+            Mode::Fanout => "fanout",
+            Mode::Group => "group",
+            Mode::Latency => "latency",
+        }
+    }
+}
+
+/// The flags of `switchboard bench`. The brokers are not among them: they are
+/// the CLI's global `--broker` (a comma-separated list of kinds or URLs,
+/// default nats,redis,amqp,memory), which [`run`](crate::run) takes beside these.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Brokers: the global --broker takes a comma-separated list of kinds or URLs \
+(default: nats,redis,amqp,memory), run one after another. Results: a table on stdout; \
+progress on stderr."
+)]
+pub struct BenchArgs {
+    /// Workloads, comma-separated: pub, pubsub, fanout, group, latency.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "pub,pubsub,fanout,group,latency"
+    )]
+    pub mode: Vec<Mode>,
+
+    /// Payload sizes in bytes, comma-separated (at least 16: the bench header).
+    #[arg(long, value_delimiter = ',', default_value = "16,128,1024")]
+    pub size: Vec<usize>,
+
+    /// Measured messages per throughput run [default: 200000; 30000 on amqp].
+    #[arg(long, value_name = "N")]
+    pub msgs: Option<u64>,
+
+    /// Throughput runs publish for this long instead of a message count (e.g. 5s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub time: Option<Duration>,
+
+    /// Warm-up messages before each throughput run [default: a tenth of --msgs, at most 20000].
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<u64>,
+
+    /// Subscribers of `fanout` and members of `group`.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub subscribers: usize,
+
+    /// Latency runs: messages per second, sent on a fixed schedule.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub rate: u64,
+
+    /// Latency runs: how long to send (after a warm-up of a fifth of it, at most 1s).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// Subscribers stop waiting once nothing arrived for this long after the publisher finished.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Give up a run whose publishing takes longer than this.
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Run each workload K times (switchboard and raw alternating) and report the median.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub repeat: usize,
+
+    /// Skip the raw-client baselines.
+    #[arg(long)]
+    pub no_raw: bool,
+
+    /// Also run `redis-benchmark -c 1 -P 256 PUBLISH` (one connection, pipelined)
+    /// against each Redis broker, as an extra row per size.
+    #[arg(long)]
+    pub redis_benchmark: bool,
+
+    /// Write the results as JSON (one object per run under `runs`).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Draw throughput and latency per broker, switchboard next to raw, as SVG.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+
+    /// Exit non-zero if any run failed, any broker did not answer, or any message was lost.
+    #[arg(long)]
+    pub strict: bool,
+}
