@@ -134,33 +134,61 @@ impl NatsBroker {
     /// async-nats' `Client::flush` only writes the buffer to the socket, and it
     /// has no public PING, hence the echo. The echo is visible to other
     /// subscribers of `_INBOX.>` (or `>`), like any request/reply inbox traffic.
+    ///
+    /// The whole round trip is bounded by the flush timeout: while the
+    /// connection is down async-nats takes no commands and answers no flush.
     async fn round_trip(&self) -> std::result::Result<(), (String, Option<BoxError>)> {
         let client = &self.shared.client;
-        let inbox = client.new_inbox();
-        let mut echo = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| ("the client is gone".to_string(), Some(boxed(e))))?;
-        client
-            .publish(inbox, Bytes::new())
-            .await
-            .map_err(|e| ("the client is gone".to_string(), Some(boxed(e))))?;
-        client
-            .flush()
-            .await
-            .map_err(|e| ("writing to the server failed".to_string(), Some(boxed(e))))?;
         let timeout = self.shared.options.get_flush_timeout();
-        match tokio::time::timeout(timeout, echo.next()).await {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(("the connection was closed".to_string(), None)),
+        let inbox = client.new_inbox();
+        let echoed = async {
+            let mut echo = client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| ("the client is gone".to_string(), Some(boxed(e))))?;
+            client
+                .publish(inbox.clone(), Bytes::new())
+                .await
+                .map_err(|e| ("the client is gone".to_string(), Some(boxed(e))))?;
+            client
+                .flush()
+                .await
+                .map_err(|e| ("writing to the server failed".to_string(), Some(boxed(e))))?;
+            match echo.next().await {
+                Some(_) => Ok(()),
+                None => Err(("the connection was closed".to_string(), None)),
+            }
+        };
+        match tokio::time::timeout(timeout, echoed).await {
+            Ok(result) => result,
+            Err(_) if !self.shared.registry.link.status().connected => Err((
+                format!(
+                    "the connection to the server is down and did not come back within {timeout:?} (the client keeps reconnecting); messages published since it broke may not have reached the server"
+                ),
+                None,
+            )),
             Err(_) => Err((
                 format!(
-                    "the server did not answer within {timeout:?} (is the connection down, or may this client not publish and subscribe to {:?}?)",
-                    client.new_inbox()
+                    "the server did not answer within {timeout:?} (is the link frozen, or may this client not publish and subscribe to {inbox:?}?)"
                 ),
                 None,
             )),
         }
+    }
+
+    /// Awaits `handing`, a hand-over to async-nats' command queue, for at most
+    /// the flush timeout; `None` if it did not finish. The queue is only full
+    /// while the connection is down (async-nats takes no commands while it
+    /// reconnects) or the server reads slower than we publish, so the first
+    /// poll almost always finishes it and no timer is made.
+    async fn hand_over<F: std::future::Future>(&self, handing: F) -> Option<F::Output> {
+        let mut handing = std::pin::pin!(handing);
+        if let Some(output) = futures::future::poll_immediate(handing.as_mut()).await {
+            return Some(output);
+        }
+        tokio::time::timeout(self.shared.options.get_flush_timeout(), handing)
+            .await
+            .ok()
     }
 
     async fn subscribe_to(
@@ -198,13 +226,27 @@ impl NatsBroker {
             .await
             .map_err(|(reason, source)| failed(reason, source))?;
         let client = self.shared.client.clone();
+        let registry = self.shared.registry.clone();
+        let timeout = self.shared.options.get_flush_timeout();
+        let unsubscribing = pattern.clone();
         Ok(
             Subscription::new(pattern.clone(), group.cloned(), stream).with_close(move || {
                 Box::pin(async move {
+                    // While the connection is down (or closed) there is nothing
+                    // to end: the server forgot the subscription with the
+                    // connection, and async-nats does not renew a dropped one.
+                    if !registry.link.status().connected {
+                        return Ok(());
+                    }
                     // Dropping the stream queued the UNSUB; this writes it out.
-                    // A closed client has no subscriptions left to end.
-                    let _ = client.flush().await;
-                    Ok(())
+                    match tokio::time::timeout(timeout, client.flush()).await {
+                        Ok(_) => Ok(()),
+                        Err(_) => Err(Error::Timeout {
+                            broker: KIND,
+                            operation: format!("unsubscribing from {:?}", unsubscribing.as_str()),
+                            after: timeout,
+                        }),
+                    }
                 })
             }),
         )
@@ -228,12 +270,13 @@ impl Publisher for NatsBroker {
         self.check_open()?;
         let (subject, payload, headers) = message.into_parts();
         let max = self.shared.client.max_payload();
-        let result = if headers.is_empty() {
+        let client = &self.shared.client;
+        let handed = if headers.is_empty() {
             if payload.len() > max {
                 return Err(too_large(&subject, payload.len(), max));
             }
             let nats_subject = wire::nats_subject(&subject)?;
-            self.shared.client.publish(nats_subject, payload).await
+            self.hand_over(client.publish(nats_subject, payload)).await
         } else {
             let (map, header_size) = wire::nats_headers(&headers)?;
             let size = header_size + payload.len();
@@ -241,17 +284,33 @@ impl Publisher for NatsBroker {
                 return Err(too_large(&subject, size, max));
             }
             let nats_subject = wire::nats_subject(&subject)?;
-            self.shared
-                .client
-                .publish_with_headers(nats_subject, map, payload)
+            self.hand_over(client.publish_with_headers(nats_subject, map, payload))
                 .await
         };
-        result.map_err(|e| Error::Publish {
+        let failed = |reason: String, source: Option<BoxError>| Error::Publish {
             broker: KIND,
             subject: subject.to_string(),
-            reason: e.to_string(),
-            source: Some(boxed(e)),
-        })
+            reason,
+            source,
+        };
+        match handed {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(failed(e.to_string(), Some(boxed(e)))),
+            None => {
+                let timeout = self.shared.options.get_flush_timeout();
+                let why = if self.shared.registry.link.status().connected {
+                    "the server does not read as fast as messages are published"
+                } else {
+                    "the connection to the server is down and the client is reconnecting"
+                };
+                Err(failed(
+                    format!(
+                        "the client's send queue stayed full for {timeout:?} ({why}); the message was not sent"
+                    ),
+                    None,
+                ))
+            }
+        }
     }
 
     async fn flush(&self) -> Result<()> {
@@ -303,23 +362,42 @@ impl Broker for NatsBroker {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        let was_connected = self.shared.registry.link.status().connected;
         self.shared.registry.link.close();
         let timeout = self.shared.options.get_flush_timeout();
+        // Everything below shares one deadline: while the connection is down
+        // (or frozen) async-nats neither flushes nor reports the end of a drain.
+        let deadline = tokio::time::Instant::now() + timeout;
         let client = &self.shared.client;
         // Write out what was published, then let async-nats unsubscribe
         // everything, deliver what is in flight and close the connection;
         // every subscription stream ends after its buffered messages.
-        let flushed = client.flush().await;
-        let drained = client.drain().await;
-        if drained.is_ok() {
-            // The wait is bounded in case the `Closed` event was dropped.
-            let _ = tokio::time::timeout(timeout, self.shared.registry.wait_closed()).await;
+        let flushed = tokio::time::timeout_at(deadline, client.flush()).await;
+        let drained = tokio::time::timeout_at(deadline, client.drain()).await;
+        if let Ok(Ok(())) = drained {
+            // Bounded too in case the `Closed` event was dropped.
+            let _ = tokio::time::timeout_at(deadline, self.shared.registry.wait_closed()).await;
         }
-        flushed.map_err(|e| Error::Flush {
-            broker: KIND,
-            reason: format!("while closing: {e}"),
-            source: Some(boxed(e)),
-        })
+        match flushed {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Flush {
+                broker: KIND,
+                reason: format!("while closing: {e}"),
+                source: Some(boxed(e)),
+            }),
+            Err(_) => Err(Error::Flush {
+                broker: KIND,
+                reason: format!(
+                    "while closing: {} within {timeout:?}; messages published since may not have reached the server",
+                    if was_connected {
+                        "the server did not take what was published"
+                    } else {
+                        "the connection was down and did not come back"
+                    }
+                ),
+                source: None,
+            }),
+        }
     }
 }
 
