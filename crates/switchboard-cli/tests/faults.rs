@@ -8,39 +8,18 @@ mod harness;
 
 use std::io::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use harness::{broker_url, error_lines, unique_prefix, Listener, Process, Stdout, PATIENCE};
+use harness::{
+    broker_url, error_lines, unique_prefix, Listener, Process, Stdout, TempDir, PATIENCE,
+};
 use switchboard_testkit::{NatsServer, TcpProxy};
 
 /// How long a stopped command may take to exit before the test calls it a hang.
 const EXIT_PATIENCE: Duration = Duration::from_secs(15);
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(unique_prefix(tag));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn write(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Writes numbered lines to `stdin` until stopped or the pipe breaks, one
 /// every `pause` (none when zero); counts them.
@@ -149,6 +128,31 @@ fn send_across_a_nats_restart_warns_that_messages_may_be_lost() {
         .find(|line| line.contains(&format!("sent {sent} message(s)")))
         .unwrap_or_else(|| panic!("no summary for {sent} lines: {stderr}"));
     assert!(summary.contains("1 reconnect"), "{summary}");
+}
+
+#[test]
+fn send_across_a_cut_amqp_link_warns_that_messages_may_be_lost() {
+    let Some(url) = broker_url("amqp", "send_across_a_cut_amqp_link") else {
+        return;
+    };
+    let (proxy, url) = through_proxy(&url);
+    let subject = unique_prefix("cut");
+    let mut send = Process::start(&["--broker", &url, "send", "--on", &subject], Stdout::Read);
+    let feeder = Feeder::start(send.stdin(), Duration::from_millis(1));
+    feeder.wait_written(200);
+    proxy.cut();
+    // The next publish finds the connection gone and reconnects.
+    send.wait_stderr("connection lost", PATIENCE);
+    std::thread::sleep(Duration::from_millis(500));
+    feeder.finish();
+    let (_status, _stdout, stderr) = send.wait(EXIT_PATIENCE);
+    // Confirms outstanding at the cut may fail the final flush too; either
+    // way the reconnect is reported.
+    assert!(
+        stderr.contains("time(s) while sending"),
+        "no warning about the reconnect: {stderr}"
+    );
+    assert!(stderr.contains("may not have reached"), "{stderr}");
 }
 
 fn log_worker(url: &str, dir: &TempDir, subject: &str, stdout: Stdout) -> Process {

@@ -7,39 +7,14 @@
 mod harness;
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harness::{broker_url, unique_prefix, Listener, Process, Stdout, PATIENCE};
+use harness::{broker_url, unique_prefix, Listener, Process, Stdout, TempDir, PATIENCE};
 use switchboard::Message;
 
 /// How long a stopped command may take to exit before the test calls it a hang.
 const EXIT_PATIENCE: Duration = Duration::from_secs(15);
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(unique_prefix(tag));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.path(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Publishes `count` messages of `size` bytes on `subject` and flushes.
 fn publish_many(url: &str, subject: &str, count: usize, size: usize) {
@@ -118,10 +93,6 @@ fn listen_with_a_full_stdout_pipe_stops_on_sigterm() {
     assert!(stderr.contains("after printing"), "{stderr}");
 }
 
-fn worker_config(dir: &TempDir, body: &str) -> PathBuf {
-    dir.write("reactions.toml", body)
-}
-
 #[test]
 fn worker_with_a_full_stdout_pipe_stops_within_its_grace_period() {
     let Some(url) = broker_url("nats", "worker_with_a_full_stdout_pipe") else {
@@ -129,14 +100,13 @@ fn worker_with_a_full_stdout_pipe_stops_within_its_grace_period() {
     };
     let subject = unique_prefix("wfullpipe");
     let dir = TempDir::new("wfullpipe");
-    let config = worker_config(
-        &dir,
+    let config = dir.write(
+        "reactions.toml",
         &format!("[[route]]\non = \"{subject}\"\nlog = true\nconcurrency = 4\n"),
     );
-    let config = config.to_str().unwrap();
     let worker = Process::start(
         &[
-            "--broker", &url, "worker", "--config", config, "--grace", "2s",
+            "--broker", &url, "worker", "--config", &config, "--grace", "2s",
         ],
         Stdout::Unread,
     );
@@ -201,8 +171,8 @@ fn a_second_ctrl_c_kills_running_exec_commands_before_exiting() {
     let subject = unique_prefix("twice");
     let dir = TempDir::new("twice");
     let pid_file = dir.path("pid");
-    let config = worker_config(
-        &dir,
+    let config = dir.write(
+        "reactions.toml",
         &format!(
             "[[route]]\non = \"{subject}\"\nexec = [\"sh\", \"-c\", \"echo $$ > {}.tmp; mv {}.tmp {}; exec sleep 300\"]\n",
             pid_file.display(),
@@ -210,10 +180,9 @@ fn a_second_ctrl_c_kills_running_exec_commands_before_exiting() {
             pid_file.display()
         ),
     );
-    let config = config.to_str().unwrap();
     let worker = Process::start(
         &[
-            "--broker", &url, "worker", "--config", config, "--grace", "60s",
+            "--broker", &url, "worker", "--config", &config, "--grace", "60s",
         ],
         Stdout::Read,
     );
