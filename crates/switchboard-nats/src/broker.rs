@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::Either;
 use futures::StreamExt;
 use switchboard_core::{
-    async_trait, BoxError, Broker, Capabilities, ConnectionStatus, Error, Message, Pattern,
+    async_trait, BoxError, Broker, Capabilities, ConnectionStatus, Error, Link, Message, Pattern,
     Publisher, QueueGroup, Result, Subscriber, Subscription,
 };
 
@@ -176,21 +177,6 @@ impl NatsBroker {
         }
     }
 
-    /// Awaits `handing`, a hand-over to async-nats' command queue, for at most
-    /// the flush timeout; `None` if it did not finish. The queue is only full
-    /// while the connection is down (async-nats takes no commands while it
-    /// reconnects) or the server reads slower than we publish, so the first
-    /// poll almost always finishes it and no timer is made.
-    async fn hand_over<F: std::future::Future>(&self, handing: F) -> Option<F::Output> {
-        let mut handing = std::pin::pin!(handing);
-        if let Some(output) = futures::future::poll_immediate(handing.as_mut()).await {
-            return Some(output);
-        }
-        tokio::time::timeout(self.shared.options.get_flush_timeout(), handing)
-            .await
-            .ok()
-    }
-
     async fn subscribe_to(
         &self,
         pattern: &Pattern,
@@ -270,22 +256,36 @@ impl Publisher for NatsBroker {
         self.check_open()?;
         let (subject, payload, headers) = message.into_parts();
         let max = self.shared.client.max_payload();
-        let client = &self.shared.client;
-        let handed = if headers.is_empty() {
+        let headers = if headers.is_empty() {
             if payload.len() > max {
                 return Err(too_large(&subject, payload.len(), max));
             }
-            let nats_subject = wire::nats_subject(&subject)?;
-            self.hand_over(client.publish(nats_subject, payload)).await
+            None
         } else {
             let (map, header_size) = wire::nats_headers(&headers)?;
             let size = header_size + payload.len();
             if size > max {
                 return Err(too_large(&subject, size, max));
             }
-            let nats_subject = wire::nats_subject(&subject)?;
-            self.hand_over(client.publish_with_headers(nats_subject, map, payload))
-                .await
+            Some(map)
+        };
+        let nats_subject = wire::nats_subject(&subject)?;
+        let client = &self.shared.client;
+        // Built in place, and awaited here rather than in a helper taking it
+        // by value: this future is boxed on every call, and a copy of the
+        // client's future would make it larger (and slower to allocate).
+        let mut handing = std::pin::pin!(match headers {
+            None => Either::Left(client.publish(nats_subject, payload)),
+            Some(map) => Either::Right(client.publish_with_headers(nats_subject, map, payload)),
+        });
+        // Polled with this task's context: if async-nats' queue is full, the
+        // task is now registered to be woken when there is room.
+        let handed = match futures::future::poll_immediate(handing.as_mut()).await {
+            Some(handed) => Some(handed),
+            None => {
+                let timeout = self.shared.options.get_flush_timeout();
+                Box::pin(wait_for_room(handing, &self.shared.registry.link, timeout)).await
+            }
         };
         let failed = |reason: String, source: Option<BoxError>| Error::Publish {
             broker: KIND,
@@ -298,14 +298,9 @@ impl Publisher for NatsBroker {
             Some(Err(e)) => Err(failed(e.to_string(), Some(boxed(e)))),
             None => {
                 let timeout = self.shared.options.get_flush_timeout();
-                let why = if self.shared.registry.link.status().connected {
-                    "the server does not read as fast as messages are published"
-                } else {
-                    "the connection to the server is down and the client is reconnecting"
-                };
                 Err(failed(
                     format!(
-                        "the client's send queue stayed full for {timeout:?} ({why}); the message was not sent"
+                        "the connection to the server is down and the client's send queue stayed full for {timeout:?} while it reconnects; the message was not sent"
                     ),
                     None,
                 ))
@@ -397,6 +392,51 @@ impl Broker for NatsBroker {
                 ),
                 source: None,
             }),
+        }
+    }
+}
+
+/// Awaits `handing`, a publish that found async-nats' command queue full;
+/// `None` if the connection was down for `timeout` meanwhile.
+///
+/// The queue is full whenever messages come faster than the connection
+/// writes them: waiting for room is then normal and must stay about as cheap
+/// as in async-nats itself, so no timer is made for it (and this runs out of
+/// line, boxed, so that `publish`'s own future stays small). It is also full
+/// while the connection is down (async-nats takes no commands while it
+/// reconnects), and that wait could last forever: so the wait watches the
+/// link, and only once the link is down does `timeout` run.
+async fn wait_for_room<F: std::future::Future>(
+    mut handing: std::pin::Pin<&mut F>,
+    link: &Link,
+    timeout: std::time::Duration,
+) -> Option<F::Output> {
+    use std::future::Future as _;
+    use std::task::Poll;
+    let mut link = link.watch();
+    // `handing` was just polled: it need not be polled again until woken
+    // (a second poll would take the queue's lock for nothing).
+    let mut just_polled = true;
+    loop {
+        if !link.borrow_and_update().connected {
+            return tokio::time::timeout(timeout, handing).await.ok();
+        }
+        let mut changed = std::pin::pin!(link.changed());
+        let woken = std::future::poll_fn(|cx| {
+            if !std::mem::take(&mut just_polled) {
+                if let Poll::Ready(output) = handing.as_mut().poll(cx) {
+                    return Poll::Ready(Some(output));
+                }
+            }
+            match changed.as_mut().poll(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(None),
+                // The link's sender lives as long as the registry: never.
+                Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        if let Some(output) = woken {
+            return Some(output);
         }
     }
 }

@@ -30,7 +30,7 @@
 //! |---|---|---|---|
 //! | [`connect_timeout`](NatsOptions::connect_timeout) | `connect_timeout=5s` | 5 s | TCP + TLS + handshake; then connecting fails saying why |
 //! | [`capacity`](NatsOptions::capacity) | `capacity=N` | 2^20 ([`DEFAULT_CAPACITY`]) | messages each subscription buffers while its reader is behind |
-//! | [`flush_timeout`](NatsOptions::flush_timeout) | `flush_timeout=10s` | 10 s | the most `flush`, `subscribe`, `close`, `Subscription::close` and a `publish` into a full client queue wait for the server |
+//! | [`flush_timeout`](NatsOptions::flush_timeout) | `flush_timeout=10s` | 10 s | the most `flush`, `subscribe`, `close` and `Subscription::close` wait for the server, and a `publish` into a full client queue while the connection is down |
 //! | [`name`](NatsOptions::name) | `name=api` | none | connection name shown by the server |
 //!
 //! Connecting fails at once, with a reason, when nothing answers (`nothing answers
@@ -65,11 +65,12 @@
 //!   instead of being skipped silently.
 //!
 //! `publish` hands the message to the client without waiting a round trip
-//! (async-nats queues it and writes it out); only when that queue is full (the
-//! connection is down and async-nats is reconnecting, or the server reads slower
-//! than messages come) does it wait, for at most the flush timeout, then fail with
+//! (async-nats queues it and writes it out); when that queue is full it waits for
+//! room, as async-nats does. While the connection is down async-nats takes
+//! nothing from the queue, so that wait is bounded: once the connection has
+//! been down for the flush timeout, `publish` fails with
 //! [`Error::Publish`](switchboard_core::Error::Publish) saying the message was not
-//! sent. A publisher that sees [`status`](switchboard_core::Broker::status)`().disconnects`
+//! sent (a frozen link counts as down once async-nats' pings notice it). A publisher that sees [`status`](switchboard_core::Broker::status)`().disconnects`
 //! grow cannot know whether the messages it handed over before the loss arrived.
 //! A payload (plus headers) over the server's `max_payload` fails with
 //! [`Error::PayloadTooLarge`](switchboard_core::Error::PayloadTooLarge) before

@@ -10,7 +10,8 @@ use switchboard_core::{Error, Result};
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long [`flush`](switchboard_core::Publisher::flush), `subscribe`, `close`
-/// and a `publish` into a full client queue wait for the server, unless configured.
+/// and a `publish` into a full client queue with the connection down wait for
+/// the server, unless configured.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Messages each subscription buffers in the client before async-nats drops
@@ -71,9 +72,9 @@ impl NatsOptions {
     }
 
     /// How long `flush` and `subscribe` wait for the server to answer their
-    /// round trip; also the most `close`, `Subscription::close` and a `publish`
-    /// waiting for room in the client's queue (full while the connection is
-    /// down) take. URL: `flush_timeout=10s`.
+    /// round trip; also the most `close` and `Subscription::close` take, and
+    /// how long a `publish` waits for room in the client's queue while the
+    /// connection is down. URL: `flush_timeout=10s`.
     pub fn flush_timeout(mut self, timeout: Duration) -> Self {
         self.flush_timeout = timeout;
         self

@@ -104,7 +104,9 @@ impl Worker {
         self
     }
 
-    /// How long in-flight handlers may take to finish after shutdown is asked.
+    /// How long the shutdown may take once asked: in-flight handlers finish
+    /// within it, and flushing and closing get what they leave of it (see
+    /// [`Running::wait`]).
     pub fn grace_period(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
