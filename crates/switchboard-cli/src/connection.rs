@@ -38,23 +38,27 @@ pub(crate) fn warn_if_in_process(broker: &AnyBroker) {
     }
 }
 
-/// Flushes what `broker` was given, then closes it, each within [`SHUTDOWN_DEADLINE`].
+/// Flushes what `broker` was given, then closes it, both within
+/// [`SHUTDOWN_DEADLINE`] (a broker that is down or a frozen link never answers).
 pub(crate) async fn flush_and_close(broker: &AnyBroker) -> anyhow::Result<()> {
-    within(broker.kind(), "flush", broker.flush()).await?;
-    close(broker).await
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
+    within(broker.kind(), "flush", deadline, broker.flush()).await?;
+    within(broker.kind(), "close", deadline, broker.close()).await
 }
 
 /// Closes `broker` within [`SHUTDOWN_DEADLINE`].
 pub(crate) async fn close(broker: &AnyBroker) -> anyhow::Result<()> {
-    within(broker.kind(), "close", broker.close()).await
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
+    within(broker.kind(), "close", deadline, broker.close()).await
 }
 
 async fn within(
     kind: &str,
     operation: &str,
+    deadline: tokio::time::Instant,
     future: impl std::future::Future<Output = switchboard::Result<()>>,
 ) -> anyhow::Result<()> {
-    match tokio::time::timeout(SHUTDOWN_DEADLINE, future).await {
+    match tokio::time::timeout_at(deadline, future).await {
         Ok(result) => result.map_err(one_line),
         Err(_) => anyhow::bail!(
             "{kind}: {operation} did not finish within {}s",

@@ -17,6 +17,8 @@ mod demo;
 mod format;
 mod listen;
 mod send;
+mod signals;
+mod stdout;
 mod worker;
 
 /// Write event-driven programs once, run them on any broker.
@@ -99,7 +101,12 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Whatever still runs is not waited for: a blocking read of stdin (tokio
+    // cannot cancel it) or a client's reconnect loop would keep the process
+    // alive after the command has finished and said so.
+    runtime.shutdown_background();
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");

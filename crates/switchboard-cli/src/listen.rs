@@ -1,13 +1,16 @@
 //! `switchboard listen`: print every message whose subject matches a pattern.
 
-use std::io::Write as _;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use futures::StreamExt as _;
 use switchboard::{AnyBroker, Pattern, QueueGroup, Subscription};
 
 use crate::connection;
 use crate::format::Format;
+use crate::signals::{Signal, Signals};
+use crate::stdout::Stdout;
 
 const OUTPUT_HELP: &str = "\
 Output (stdout, one line per message, flushed at once):
@@ -24,6 +27,15 @@ stderr: a message sent after that line is received. Warnings (lost messages,
 reconnects) go to stderr too. Exits 0 after --count messages, on Ctrl-C or
 SIGTERM (after unsubscribing), or when stdout is closed (`| head -1`); exits 1
 if the broker ends the subscription.
+
+A signal stops `listen` whatever the broker, the link or stdout do: lines are
+written by a thread of their own, so a reader that stopped reading does not
+keep `listen` from stopping; the last line on stderr says how many messages
+were printed (and how many were received but not printed). Unsubscribing is
+skipped when the connection is down and given up after 5s on a link that does
+not answer. A second signal exits at once with 130 (Ctrl-C) or 143 (SIGTERM).
+On brokers that acknowledge, a message is acknowledged only once its line was
+written.
 
 Examples:
   switchboard listen --on 'alerts.>'
@@ -52,12 +64,22 @@ pub struct ListenArgs {
     pub(crate) format: Format,
 }
 
+/// How long `listen` gives stdout to take the lines already received when a
+/// signal stops it: a reader that keeps up takes them at once, one that stopped
+/// reading would never.
+const STDOUT_PATIENCE: Duration = Duration::from_millis(200);
+
+/// How long unsubscribing and closing the connection may take once `listen`
+/// stops, together: a frozen link never answers, while a healthy but busy
+/// broker may take a second or two.
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Why listening stopped.
 enum Stop {
     /// `--count` messages were printed.
     Count,
-    /// A signal asked to stop; holds its name.
-    Signal(&'static str),
+    /// A signal asked to stop.
+    Signal(Signal),
     /// Whoever read stdout went away.
     StdoutClosed,
     /// The subscription's stream ended.
@@ -71,14 +93,15 @@ pub(crate) async fn run(url: &str, args: ListenArgs) -> anyhow::Result<ExitCode>
     let group = args.group.as_deref().map(QueueGroup::new).transpose()?;
     // Installed before the ready line, so a signal right after it is ours to handle.
     let mut signals = Signals::install()?;
+    let stdout = Stdout::start().context("cannot start writing to stdout")?;
 
     let subscribing = subscribe(url, &pattern, group.as_ref());
     let (broker, mut subscription) = tokio::select! {
         subscribed = subscribing => subscribed?,
-        name = signals.recv() => {
+        signal = signals.recv() => {
             // Dropping the connection attempt is all the cleaning up there is.
-            eprintln!("caught {name} before the subscription was ready: stopped");
-            return Ok(ExitCode::from(130));
+            eprintln!("caught {signal} before the subscription was ready: stopped");
+            return Ok(signal.exit_code());
         }
     };
     let shown_url = connection::display_url(url);
@@ -88,29 +111,54 @@ pub(crate) async fn run(url: &str, args: ListenArgs) -> anyhow::Result<ExitCode>
         .unwrap_or_default();
     eprintln!("listening on '{pattern}'{in_group} at {shown_url} (Ctrl-C to stop)");
 
-    let stop = receive(&mut subscription, args.format, args.count, &mut signals).await;
+    let mut received = 0u64;
+    let stop = receive(
+        &mut subscription,
+        &stdout,
+        args.format,
+        args.count,
+        &mut signals,
+        &mut received,
+    )
+    .await;
     match stop {
         Ok(Stop::Count) | Ok(Stop::StdoutClosed) => {
-            if let Err(error) = unsubscribe(subscription, &broker).await {
-                tracing::warn!("{error:#}");
+            match unsubscribe(subscription, &broker).await {
+                Ok(Cleanup::Unsubscribed) => {}
+                Ok(Cleanup::LinkDown) => tracing::warn!(
+                    "the connection to {shown_url} is down: nothing to unsubscribe from"
+                ),
+                Err(error) => tracing::warn!("{error:#}"),
             }
             Ok(ExitCode::SUCCESS)
         }
-        Ok(Stop::Signal(name)) => {
+        Ok(Stop::Signal(signal)) => {
+            // Lines still queued get out now unless stdout is not being read.
+            let _ = tokio::time::timeout(STDOUT_PATIENCE, stdout.finish()).await;
+            let printed = stdout.printed();
+            let what = if printed < received {
+                format!(
+                    "after printing {printed} of {received} message(s) received (stdout was not being read)"
+                )
+            } else {
+                format!("after printing {printed} message(s)")
+            };
             tokio::select! {
                 cleaned = unsubscribe(subscription, &broker) => match cleaned {
-                    Ok(()) => eprintln!("caught {name}: unsubscribed from '{pattern}'"),
-                    Err(error) => eprintln!("caught {name}: warning: unsubscribing from '{pattern}' failed: {error:#}"),
+                    Ok(Cleanup::Unsubscribed) => eprintln!("caught {signal} {what}: unsubscribed from '{pattern}'"),
+                    Ok(Cleanup::LinkDown) => eprintln!("caught {signal} {what}: the connection is down, so there was nothing to unsubscribe from"),
+                    Err(error) => eprintln!("caught {signal} {what}: warning: unsubscribing from '{pattern}': {error:#}"),
                 },
                 second = signals.recv() => {
-                    eprintln!("caught {second} again: exiting without unsubscribing");
-                    return Ok(ExitCode::from(130));
+                    eprintln!("caught {signal} {what}; caught {second} again: exiting without unsubscribing");
+                    return Ok(second.exit_code());
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Ok(Stop::Ended) => {
-            let _ = connection::close(&broker).await;
+            let _ = tokio::time::timeout(CLEANUP_DEADLINE, stdout.finish()).await;
+            let _ = tokio::time::timeout(CLEANUP_DEADLINE, connection::close(&broker)).await;
             anyhow::bail!(
                 "the subscription to '{pattern}' at {shown_url} ended: the broker or connection closed it"
             )
@@ -143,17 +191,22 @@ async fn subscribe(
     }
 }
 
-/// Prints deliveries until one of the [`Stop`] reasons.
+/// Prints deliveries until one of the [`Stop`] reasons; counts in `received`
+/// the lines handed to stdout. A signal wins over a broker that sends nothing
+/// and over a stdout nobody reads.
 async fn receive(
     subscription: &mut Subscription,
+    stdout: &Stdout,
     format: Format,
     count: Option<u64>,
     signals: &mut Signals,
+    received: &mut u64,
 ) -> anyhow::Result<Stop> {
-    let mut received = 0u64;
     loop {
         let item = tokio::select! {
-            name = signals.recv() => return Ok(Stop::Signal(name)),
+            signal = signals.recv() => return Ok(Stop::Signal(signal)),
+            // A reader that went away is noticed while waiting for messages.
+            error = stdout.failed() => return stdout_failed(error),
             item = subscription.next() => item,
         };
         let mut delivery = match item {
@@ -165,81 +218,76 @@ async fn receive(
             Some(Ok(delivery)) => delivery,
         };
         let line = format.line(delivery.message());
-        if let Err(error) = print_line(&line) {
-            if error.kind() == std::io::ErrorKind::BrokenPipe {
-                return Ok(Stop::StdoutClosed);
+        // A message the broker would redeliver is acknowledged only once its
+        // line is out; the others need not wait for the writer.
+        let acknowledgeable = delivery.is_acknowledgeable();
+        let printed = async {
+            if acknowledgeable {
+                stdout.print_and_wait(line).await
+            } else {
+                stdout.print(line).await
             }
-            return Err(anyhow::Error::new(error).context("cannot write to stdout"));
+        };
+        let printed = tokio::select! {
+            signal = signals.recv() => return Ok(Stop::Signal(signal)),
+            printed = printed => printed,
+        };
+        if let Err(error) = printed {
+            return stdout_failed(error);
         }
+        *received += 1;
         if let Err(error) = delivery.ack().await {
             eprintln!("warning: {:#}", connection::one_line(error));
         }
-        received += 1;
-        if Some(received) == count {
-            return Ok(Stop::Count);
+        if Some(*received) == count {
+            let finished = tokio::select! {
+                signal = signals.recv() => return Ok(Stop::Signal(signal)),
+                finished = stdout.finish() => finished,
+            };
+            return match finished {
+                Ok(()) => Ok(Stop::Count),
+                Err(error) => stdout_failed(error),
+            };
         }
     }
 }
 
-/// Writes `line` and a line break to stdout and flushes, so pipes see it at once.
-fn print_line(line: &str) -> std::io::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(line.as_bytes())?;
-    stdout.write_all(b"\n")?;
-    stdout.flush()
+/// A failed write: a reader that went away (`| head -1`) ends `listen` quietly.
+fn stdout_failed(error: std::io::Error) -> anyhow::Result<Stop> {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(Stop::StdoutClosed)
+    } else {
+        Err(anyhow::Error::new(error).context("cannot write to stdout"))
+    }
 }
 
-/// Ends the subscription and closes the connection, each within the shutdown deadline.
-async fn unsubscribe(subscription: Subscription, broker: &AnyBroker) -> anyhow::Result<()> {
-    let closed = tokio::time::timeout(connection::SHUTDOWN_DEADLINE, subscription.close()).await;
-    let close_broker = connection::close(broker).await;
-    match closed {
-        Ok(result) => result.map_err(connection::one_line)?,
+/// How [`unsubscribe`] ended.
+enum Cleanup {
+    /// The broker was told, and the connection closed.
+    Unsubscribed,
+    /// The connection was down: the broker forgot the subscription with it.
+    LinkDown,
+}
+
+/// Ends the subscription and closes the connection, both within
+/// [`CLEANUP_DEADLINE`]. With the connection down there is nothing to
+/// unsubscribe from, so nothing is waited for.
+async fn unsubscribe(subscription: Subscription, broker: &AnyBroker) -> anyhow::Result<Cleanup> {
+    if !broker.status().connected {
+        return Ok(Cleanup::LinkDown);
+    }
+    let cleanup = async {
+        let closed = subscription.close().await;
+        let close_broker = broker.close().await;
+        closed.map_err(connection::one_line)?;
+        close_broker.map_err(connection::one_line)
+    };
+    match tokio::time::timeout(CLEANUP_DEADLINE, cleanup).await {
+        Ok(result) => result.map(|()| Cleanup::Unsubscribed),
         Err(_) => anyhow::bail!(
-            "unsubscribing did not finish within {}s",
-            connection::SHUTDOWN_DEADLINE.as_secs()
+            "no answer from the {} broker within {}s (is the link frozen?)",
+            broker.kind(),
+            CLEANUP_DEADLINE.as_secs()
         ),
-    }
-    close_broker
-}
-
-/// The signals that stop `listen`: Ctrl-C (SIGINT) and SIGTERM.
-struct Signals {
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    /// Starts catching the signals now (rather than when first awaited).
-    fn install() -> anyhow::Result<Self> {
-        #[cfg(unix)]
-        {
-            use anyhow::Context as _;
-            use tokio::signal::unix::{signal, SignalKind};
-            Ok(Signals {
-                interrupt: signal(SignalKind::interrupt()).context("cannot catch Ctrl-C")?,
-                terminate: signal(SignalKind::terminate()).context("cannot catch SIGTERM")?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(Signals {})
-    }
-
-    /// Waits for the next signal and returns its name.
-    async fn recv(&mut self) -> &'static str {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                _ = self.interrupt.recv() => "Ctrl-C",
-                _ = self.terminate.recv() => "SIGTERM",
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            "Ctrl-C"
-        }
     }
 }

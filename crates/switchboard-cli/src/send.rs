@@ -3,12 +3,18 @@
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use switchboard::{AnyBroker, Bytes, Headers, Message, Subject};
 use tokio::io::AsyncBufReadExt as _;
 
 use crate::connection;
+use crate::signals::{Signal, Signals};
+
+/// How long closing may take after publishing failed: the link is broken,
+/// so nothing is flushed, and the broker is only told goodbye if it answers.
+const CLOSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 const EXAMPLES: &str = "\
 Examples:
@@ -16,7 +22,18 @@ Examples:
   tail -f alerts.log | switchboard send --on alerts.log      # one message per line
   switchboard --broker redis send --on reports.daily --file report.pdf
 
-Prints nothing on success; -v reports how many messages were sent (on stderr).";
+Prints nothing on success; -v reports how many messages were sent (on stderr).
+
+Exit status and what is reported (on stderr):
+  0    everything was handed to the broker's client and flushed. If the
+       connection was lost and re-made meanwhile, a warning says so: messages
+       handed over before a reconnect may not have reached the broker.
+  1    one `error:` line. If publishing failed (e.g. the broker went away and
+       the client could not take a message within the flush timeout), it says
+       how many lines were handed to the client before (their delivery is
+       unknown) and that the rest of stdin was not sent.
+  130  Ctrl-C, 143 SIGTERM: stops reading, flushes what was sent (within 10s),
+       says how many messages were sent. A second signal exits at once.";
 
 /// Arguments of `switchboard send`.
 #[derive(Debug, clap::Args)]
@@ -48,46 +65,112 @@ enum Source {
     StdinLines,
 }
 
+/// How publishing ended.
+enum Published {
+    /// Everything was handed to the client.
+    All(u64),
+    /// A signal stopped it after this many messages.
+    Interrupted(u64, Signal),
+    /// Publishing message `count + 1` failed: the broker or the link is in
+    /// trouble, so what was handed over before cannot be confirmed either.
+    Failed(u64, anyhow::Error),
+    /// Stopped after `count` messages by a bad line (e.g. too large) or by
+    /// stdin failing; what was handed over can still be flushed.
+    Stopped(u64, anyhow::Error),
+}
+
 /// Runs `switchboard send`.
 pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
     // Everything the user typed is checked before connecting.
     let subject = Subject::new(&args.on)?;
     let headers = parse_headers(&args.headers)?;
-    let source = match (args.message, args.file) {
-        (Some(message), _) => Source::One(Bytes::from(message)),
-        (None, Some(path)) if path.as_os_str() == "-" => {
-            let mut bytes = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut bytes)
-                .await
-                .context("cannot read stdin")?;
-            Source::One(Bytes::from(bytes))
-        }
-        (None, Some(path)) => Source::One(Bytes::from(
-            tokio::fs::read(&path)
-                .await
-                .with_context(|| format!("cannot read {}", path.display()))?,
-        )),
-        (None, None) => Source::StdinLines,
-    };
-
-    let broker = connection::connect(url).await?;
-    connection::warn_if_in_process(&broker);
-    let published = publish_all(&broker, &subject, &headers, source).await;
-    let shut = connection::flush_and_close(&broker).await;
-    let count = match (published, shut) {
-        (Ok(count), Ok(())) => count,
-        (Err(error), shut) => {
-            if let Err(shut) = shut {
-                tracing::warn!("{shut:#}");
+    // From here on a signal stops `send` the way it says, not the default way.
+    let mut signals = Signals::install()?;
+    let reading = async {
+        anyhow::Ok(match (args.message, args.file) {
+            (Some(message), _) => Source::One(Bytes::from(message)),
+            (None, Some(path)) if path.as_os_str() == "-" => {
+                let mut bytes = Vec::new();
+                tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut bytes)
+                    .await
+                    .context("cannot read stdin")?;
+                Source::One(Bytes::from(bytes))
             }
-            return Err(error);
-        }
-        (Ok(_), Err(error)) => return Err(error),
+            (None, Some(path)) => Source::One(Bytes::from(
+                tokio::fs::read(&path)
+                    .await
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            )),
+            (None, None) => Source::StdinLines,
+        })
     };
-    tracing::info!(
-        "sent {count} message(s) to '{subject}' at {}",
-        connection::display_url(url)
+    let prepared =
+        async { Ok::<_, anyhow::Error>((reading.await?, connection::connect(url).await?)) };
+    let (source, broker) = tokio::select! {
+        prepared = prepared => prepared?,
+        signal = signals.recv() => {
+            eprintln!("caught {signal}: interrupted before sending anything");
+            return Ok(signal.exit_code());
+        }
+    };
+    connection::warn_if_in_process(&broker);
+    let shown_url = connection::display_url(url);
+    let disconnects = broker.status().disconnects;
+
+    let published = publish_all(&broker, &subject, &headers, source, &mut signals).await;
+    let (count, interrupted, stopped) = match published {
+        Published::All(count) => (count, None, None),
+        Published::Interrupted(count, signal) => (count, Some(signal), None),
+        Published::Stopped(count, error) => (count, None, Some(error)),
+        Published::Failed(count, error) => {
+            // The link is broken: waiting for a flush would only wait longer.
+            let _ = tokio::time::timeout(CLOSE_AFTER_FAILURE, broker.close()).await;
+            if count == 0 {
+                return Err(error);
+            }
+            return Err(anyhow::anyhow!(
+                "{error:#}; {count} earlier line(s) were handed to the client, but whether they reached the broker is unknown; the rest of stdin was not sent"
+            ));
+        }
+    };
+    let flushed = tokio::select! {
+        flushed = connection::flush_and_close(&broker) => flushed,
+        signal = signals.recv() => {
+            eprintln!("caught {signal} while flushing: {count} message(s) were handed to the client; whether they all reached the broker is unknown");
+            return Ok(signal.exit_code());
+        }
+    };
+    let lost = broker.status().disconnects.saturating_sub(disconnects);
+    if lost > 0 {
+        eprintln!(
+            "warning: the connection to {shown_url} was lost {lost} time(s) while sending and the client reconnected: messages handed to the client before a reconnect may not have reached the broker ({count} message(s) sent in all)"
+        );
+    }
+    let reconnects = match lost {
+        0 => String::new(),
+        n => format!("; {n} reconnect(s) meanwhile: delivery of the messages handed over before a reconnect is unknown"),
+    };
+    let unknown = format!(
+        "{count} message(s) were handed to the client; whether they all reached the broker is unknown"
     );
+    if let Some(signal) = interrupted {
+        match flushed {
+            Ok(()) => eprintln!(
+                "caught {signal}: interrupted; sent {count} message(s) to '{subject}' at {shown_url} (flushed){reconnects}"
+            ),
+            Err(error) => eprintln!("caught {signal}: interrupted; {unknown}: {error:#}"),
+        }
+        return Ok(signal.exit_code());
+    }
+    if let Err(error) = flushed {
+        return Err(error.context(unknown));
+    }
+    if let Some(error) = stopped {
+        return Err(error.context(format!(
+            "sent {count} message(s) to '{subject}', then stopped"
+        )));
+    }
+    tracing::info!("sent {count} message(s) to '{subject}' at {shown_url}{reconnects}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -112,21 +195,25 @@ fn parse_headers(args: &[String]) -> anyhow::Result<Headers> {
     Ok(headers)
 }
 
-/// Publishes what `source` holds and returns how many messages were handed to the broker.
+/// Publishes what `source` holds until it ends, a signal comes or publishing
+/// fails; says how many messages were handed to the broker's client.
 async fn publish_all(
     broker: &AnyBroker,
     subject: &Subject,
     headers: &Headers,
     source: Source,
-) -> anyhow::Result<u64> {
+    signals: &mut Signals,
+) -> Published {
     let message = |payload: Bytes| Message::from_parts(subject.clone(), payload, headers.clone());
     match source {
         Source::One(payload) => {
-            broker
-                .publish(message(payload))
-                .await
-                .map_err(connection::one_line)?;
-            Ok(1)
+            tokio::select! {
+                published = broker.publish(message(payload)) => match published {
+                    Ok(()) => Published::All(1),
+                    Err(error) => Published::Failed(0, connection::one_line(error)),
+                },
+                signal = signals.recv() => Published::Interrupted(0, signal),
+            }
         }
         Source::StdinLines => {
             let stdin = tokio::io::stdin();
@@ -138,12 +225,20 @@ async fn publish_all(
             let mut count = 0u64;
             loop {
                 line.clear();
-                let read = reader
-                    .read_until(b'\n', &mut line)
-                    .await
-                    .context("cannot read stdin")?;
-                if read == 0 {
-                    return Ok(count);
+                let read = tokio::select! {
+                    biased;
+                    read = reader.read_until(b'\n', &mut line) => read,
+                    signal = signals.recv() => return Published::Interrupted(count, signal),
+                };
+                match read {
+                    Ok(0) => return Published::All(count),
+                    Ok(_) => {}
+                    Err(error) => {
+                        return Published::Stopped(
+                            count,
+                            anyhow::Error::new(error).context("cannot read stdin"),
+                        )
+                    }
                 }
                 if line.last() == Some(&b'\n') {
                     line.pop();
@@ -151,11 +246,23 @@ async fn publish_all(
                         line.pop();
                     }
                 }
-                broker
-                    .publish(message(Bytes::copy_from_slice(&line)))
-                    .await
-                    .map_err(connection::one_line)
-                    .with_context(|| format!("line {} of stdin", count + 1))?;
+                // Waits only while the client's queue is full (a broker that is
+                // down or slow); a signal stops that wait too.
+                let published = tokio::select! {
+                    biased;
+                    published = broker.publish(message(Bytes::copy_from_slice(&line))) => published,
+                    signal = signals.recv() => return Published::Interrupted(count, signal),
+                };
+                if let Err(error) = published {
+                    let bad_line = error.kind() == switchboard::ErrorKind::InvalidInput;
+                    let error =
+                        connection::one_line(error).context(format!("line {} of stdin", count + 1));
+                    return if bad_line {
+                        Published::Stopped(count, error)
+                    } else {
+                        Published::Failed(count, error)
+                    };
+                }
                 count += 1;
             }
         }

@@ -6,15 +6,35 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use switchboard::worker::{Summary, Worker};
+use anyhow::Context as _;
+use switchboard::worker::{Running, Summary, Worker};
+use tokio::sync::watch;
 
 use crate::connection;
+use crate::signals::{Signal, Signals};
+use crate::stdout::Stdout;
 
 mod action;
 mod config;
 
+const SIGNALS_HELP: &str = "\
+Stopping:
+  Ctrl-C or SIGTERM shuts down gracefully: no new message is taken, in-flight
+  actions get the grace period to finish (then they are cancelled, an `exec`
+  command with its whole process group), what they published is flushed, and
+  the subscriptions and the connection are closed, all within the grace period
+  whatever the broker or the link does (a cancelled action may add a second to
+  give its message back). Exits 0 with a summary on stderr.
+  A second Ctrl-C or SIGTERM kills the running `exec` commands' process groups
+  and exits at once with 130 (Ctrl-C) or 143 (SIGTERM).
+  `log` lines are written by a thread of their own: a stdout nobody reads holds
+  those actions (until the grace period cancels them), never the shutdown.
+
+Exits 1 with one `error:` line if the config or the broker is wrong.";
+
 /// Arguments of `switchboard worker`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = SIGNALS_HELP)]
 pub struct WorkerArgs {
     /// The reactions file (TOML): `[[route]]` tables with `on` and one of `exec`, `publish`, `log`.
     #[arg(long, short, value_name = "FILE")]
@@ -34,41 +54,6 @@ pub struct WorkerArgs {
     pub check: bool,
 }
 
-/// Resolves on Ctrl-C or SIGTERM; a second one exits at once.
-async fn shutdown_signal() {
-    wait_signal().await;
-    eprintln!("worker: shutting down (waiting for in-flight actions; Ctrl-C again to quit now)");
-    tokio::spawn(async {
-        wait_signal().await;
-        eprintln!("worker: quitting without waiting");
-        std::process::exit(130);
-    });
-}
-
-async fn wait_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
-}
-
 /// Runs `switchboard worker`.
 pub(crate) async fn run(url: &str, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // A bad config is refused before connecting anywhere.
@@ -82,6 +67,49 @@ pub(crate) async fn run(url: &str, args: WorkerArgs) -> anyhow::Result<ExitCode>
         return Ok(ExitCode::SUCCESS);
     }
     let shown_url = connection::display_url(url);
+    let grace = args
+        .grace
+        .or(config.grace_period)
+        .unwrap_or(switchboard::worker::DEFAULT_GRACE_PERIOD);
+    let children = action::Children::default();
+    let stopping = watch_signals(Signals::install()?, grace, children.clone());
+    let stdout = Stdout::start().context("cannot start writing to stdout")?;
+    let starting = start(url, &args, &config, grace, &children, &stdout);
+    let mut first = stopping.clone();
+    let running = tokio::select! {
+        running = starting => running?,
+        _ = first.wait_for(Option::is_some) => {
+            // The signal task has said which signal it was.
+            let signal = stopping.borrow().unwrap_or(Signal::Interrupt);
+            eprintln!("worker: stopped before it was ready");
+            return Ok(signal.exit_code());
+        }
+    };
+    let routes = config.routes.len();
+    eprintln!(
+        "worker ready: {routes} route{} on {shown_url} (Ctrl-C to stop)",
+        if routes == 1 { "" } else { "s" }
+    );
+    let mut first = stopping.clone();
+    let signalled = async move {
+        // The sender lives as long as the signal task, which never ends.
+        let _ = first.wait_for(Option::is_some).await;
+    };
+    let summary: Summary = running.run_until(signalled).await;
+    // What went wrong while shutting down was logged as it happened.
+    eprintln!("{summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects, checks the routes against the broker and starts the worker.
+async fn start(
+    url: &str,
+    args: &WorkerArgs,
+    config: &config::Config,
+    grace: Duration,
+    children: &action::Children,
+    stdout: &Stdout,
+) -> anyhow::Result<Running> {
     let broker = connection::connect(url).await?;
     if let Some(route) = config.routes.iter().find(|route| route.group.is_some()) {
         if !broker.capabilities().queue_groups {
@@ -94,30 +122,44 @@ pub(crate) async fn run(url: &str, args: WorkerArgs) -> anyhow::Result<ExitCode>
             );
         }
     }
-    let mut worker = Worker::new(broker.clone());
+    // The worker closes the connection at the end of its shutdown, within the
+    // grace period like the rest of it.
+    let mut worker = Worker::new(broker).grace_period(grace).close_broker(true);
     for route in &config.routes {
-        let handler = action::handler(route.on.as_str(), &route.action);
+        let handler = action::handler(route.on.as_str(), &route.action, children, stdout);
         worker = worker.route(route.route(handler));
-    }
-    if let Some(grace) = args.grace.or(config.grace_period) {
-        worker = worker.grace_period(grace);
     }
     if let Some(count) = args.count {
         worker = worker.max_messages(count);
     }
-    let routes = config.routes.len();
-    let running = worker.start().await?;
-    eprintln!(
-        "worker ready: {routes} route{} on {shown_url} (Ctrl-C to stop)",
-        if routes == 1 { "" } else { "s" }
-    );
-    let summary: Summary = running.run_until(shutdown_signal()).await;
-    eprintln!("{summary}");
-    for error in &summary.errors {
-        eprintln!("worker: {error}");
-    }
-    if let Err(error) = broker.close().await {
-        eprintln!("worker: closing the broker connection failed: {error}");
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(worker.start().await?)
+}
+
+/// Watches for stop signals on a task of its own: the first one is published
+/// on the returned channel (the worker then shuts down gracefully, within
+/// `grace`); a second one kills the running `exec` commands and exits at once
+/// with 130 (Ctrl-C) or 143 (SIGTERM).
+fn watch_signals(
+    mut signals: Signals,
+    grace: Duration,
+    children: action::Children,
+) -> watch::Receiver<Option<Signal>> {
+    let (sender, receiver) = watch::channel(None);
+    tokio::spawn(async move {
+        let first = signals.recv().await;
+        eprintln!(
+            "worker: caught {first}: shutting down (in-flight actions get up to {}; Ctrl-C again to quit now)",
+            humantime::format_duration(grace)
+        );
+        sender.send_replace(Some(first));
+        let second = signals.recv().await;
+        let killed = children.kill_all();
+        let commands = match killed {
+            0 => String::new(),
+            n => format!(", killed {n} running command(s)"),
+        };
+        eprintln!("worker: caught {second} again: quitting without waiting{commands}");
+        std::process::exit(second.exit_status().into());
+    });
+    receiver
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::Either;
 use futures::StreamExt;
 use switchboard_core::{
-    async_trait, BoxError, Broker, Capabilities, ConnectionStatus, Durable, Error, Message,
+    async_trait, BoxError, Broker, Capabilities, ConnectionStatus, Durable, Error, Link, Message,
     Pattern, Publisher, QueueGroup, Result, Subscriber, Subscription,
 };
 
@@ -140,29 +141,42 @@ impl NatsBroker {
     /// async-nats' `Client::flush` only writes the buffer to the socket, and it
     /// has no public PING, hence the echo. The echo is visible to other
     /// subscribers of `_INBOX.>` (or `>`), like any request/reply inbox traffic.
+    ///
+    /// The whole round trip is bounded by the flush timeout: while the
+    /// connection is down async-nats takes no commands and answers no flush.
     async fn round_trip(&self) -> std::result::Result<(), (String, Option<BoxError>)> {
         let client = &self.shared.client;
-        let inbox = client.new_inbox();
-        let mut echo = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| ("the client is gone".to_string(), Some(boxed(e))))?;
-        client
-            .publish(inbox, Bytes::new())
-            .await
-            .map_err(|e| ("the client is gone".to_string(), Some(boxed(e))))?;
-        client
-            .flush()
-            .await
-            .map_err(|e| ("writing to the server failed".to_string(), Some(boxed(e))))?;
         let timeout = self.shared.options.get_flush_timeout();
-        match tokio::time::timeout(timeout, echo.next()).await {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(("the connection was closed".to_string(), None)),
+        let inbox = client.new_inbox();
+        let echoed = async {
+            let mut echo = client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| ("the client is gone".to_string(), Some(boxed(e))))?;
+            client
+                .publish(inbox.clone(), Bytes::new())
+                .await
+                .map_err(|e| ("the client is gone".to_string(), Some(boxed(e))))?;
+            client
+                .flush()
+                .await
+                .map_err(|e| ("writing to the server failed".to_string(), Some(boxed(e))))?;
+            match echo.next().await {
+                Some(_) => Ok(()),
+                None => Err(("the connection was closed".to_string(), None)),
+            }
+        };
+        match tokio::time::timeout(timeout, echoed).await {
+            Ok(result) => result,
+            Err(_) if !self.shared.registry.link.status().connected => Err((
+                format!(
+                    "the connection to the server is down and did not come back within {timeout:?} (the client keeps reconnecting); messages published since it broke may not have reached the server"
+                ),
+                None,
+            )),
             Err(_) => Err((
                 format!(
-                    "the server did not answer within {timeout:?} (is the connection down, or may this client not publish and subscribe to {:?}?)",
-                    client.new_inbox()
+                    "the server did not answer within {timeout:?} (is the link frozen, or may this client not publish and subscribe to {inbox:?}?)"
                 ),
                 None,
             )),
@@ -204,13 +218,27 @@ impl NatsBroker {
             .await
             .map_err(|(reason, source)| failed(reason, source))?;
         let client = self.shared.client.clone();
+        let registry = self.shared.registry.clone();
+        let timeout = self.shared.options.get_flush_timeout();
+        let unsubscribing = pattern.clone();
         Ok(
             Subscription::new(pattern.clone(), group.cloned(), stream).with_close(move || {
                 Box::pin(async move {
+                    // While the connection is down (or closed) there is nothing
+                    // to end: the server forgot the subscription with the
+                    // connection, and async-nats does not renew a dropped one.
+                    if !registry.link.status().connected {
+                        return Ok(());
+                    }
                     // Dropping the stream queued the UNSUB; this writes it out.
-                    // A closed client has no subscriptions left to end.
-                    let _ = client.flush().await;
-                    Ok(())
+                    match tokio::time::timeout(timeout, client.flush()).await {
+                        Ok(_) => Ok(()),
+                        Err(_) => Err(Error::Timeout {
+                            broker: KIND,
+                            operation: format!("unsubscribing from {:?}", unsubscribing.as_str()),
+                            after: timeout,
+                        }),
+                    }
                 })
             }),
         )
@@ -234,30 +262,56 @@ impl Publisher for NatsBroker {
         self.check_open()?;
         let (subject, payload, headers) = message.into_parts();
         let max = self.shared.client.max_payload();
-        let result = if headers.is_empty() {
+        let headers = if headers.is_empty() {
             if payload.len() > max {
                 return Err(too_large(&subject, payload.len(), max));
             }
-            let nats_subject = wire::nats_subject(&subject)?;
-            self.shared.client.publish(nats_subject, payload).await
+            None
         } else {
             let (map, header_size) = wire::nats_headers(&headers)?;
             let size = header_size + payload.len();
             if size > max {
                 return Err(too_large(&subject, size, max));
             }
-            let nats_subject = wire::nats_subject(&subject)?;
-            self.shared
-                .client
-                .publish_with_headers(nats_subject, map, payload)
-                .await
+            Some(map)
         };
-        result.map_err(|e| Error::Publish {
+        let nats_subject = wire::nats_subject(&subject)?;
+        let client = &self.shared.client;
+        // Built in place, and awaited here rather than in a helper taking it
+        // by value: this future is boxed on every call, and a copy of the
+        // client's future would make it larger (and slower to allocate).
+        let mut handing = std::pin::pin!(match headers {
+            None => Either::Left(client.publish(nats_subject, payload)),
+            Some(map) => Either::Right(client.publish_with_headers(nats_subject, map, payload)),
+        });
+        // Polled with this task's context: if async-nats' queue is full, the
+        // task is now registered to be woken when there is room.
+        let handed = match futures::future::poll_immediate(handing.as_mut()).await {
+            Some(handed) => Some(handed),
+            None => {
+                let timeout = self.shared.options.get_flush_timeout();
+                Box::pin(wait_for_room(handing, &self.shared.registry.link, timeout)).await
+            }
+        };
+        let failed = |reason: String, source: Option<BoxError>| Error::Publish {
             broker: KIND,
             subject: subject.to_string(),
-            reason: e.to_string(),
-            source: Some(boxed(e)),
-        })
+            reason,
+            source,
+        };
+        match handed {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(failed(e.to_string(), Some(boxed(e)))),
+            None => {
+                let timeout = self.shared.options.get_flush_timeout();
+                Err(failed(
+                    format!(
+                        "the connection to the server is down and the client's send queue stayed full for {timeout:?} while it reconnects; the message was not sent"
+                    ),
+                    None,
+                ))
+            }
+        }
     }
 
     async fn flush(&self) -> Result<()> {
@@ -327,23 +381,87 @@ impl Broker for NatsBroker {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        let was_connected = self.shared.registry.link.status().connected;
         self.shared.registry.link.close();
         let timeout = self.shared.options.get_flush_timeout();
+        // Everything below shares one deadline: while the connection is down
+        // (or frozen) async-nats neither flushes nor reports the end of a drain.
+        let deadline = tokio::time::Instant::now() + timeout;
         let client = &self.shared.client;
         // Write out what was published, then let async-nats unsubscribe
         // everything, deliver what is in flight and close the connection;
         // every subscription stream ends after its buffered messages.
-        let flushed = client.flush().await;
-        let drained = client.drain().await;
-        if drained.is_ok() {
-            // The wait is bounded in case the `Closed` event was dropped.
-            let _ = tokio::time::timeout(timeout, self.shared.registry.wait_closed()).await;
+        let flushed = tokio::time::timeout_at(deadline, client.flush()).await;
+        let drained = tokio::time::timeout_at(deadline, client.drain()).await;
+        if let Ok(Ok(())) = drained {
+            // Bounded too in case the `Closed` event was dropped.
+            let _ = tokio::time::timeout_at(deadline, self.shared.registry.wait_closed()).await;
         }
-        flushed.map_err(|e| Error::Flush {
-            broker: KIND,
-            reason: format!("while closing: {e}"),
-            source: Some(boxed(e)),
+        match flushed {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Flush {
+                broker: KIND,
+                reason: format!("while closing: {e}"),
+                source: Some(boxed(e)),
+            }),
+            Err(_) => Err(Error::Flush {
+                broker: KIND,
+                reason: format!(
+                    "while closing: {} within {timeout:?}; messages published since may not have reached the server",
+                    if was_connected {
+                        "the server did not take what was published"
+                    } else {
+                        "the connection was down and did not come back"
+                    }
+                ),
+                source: None,
+            }),
+        }
+    }
+}
+
+/// Awaits `handing`, a publish that found async-nats' command queue full;
+/// `None` if the connection was down for `timeout` meanwhile.
+///
+/// The queue is full whenever messages come faster than the connection
+/// writes them: waiting for room is then normal and must stay about as cheap
+/// as in async-nats itself, so no timer is made for it (and this runs out of
+/// line, boxed, so that `publish`'s own future stays small). It is also full
+/// while the connection is down (async-nats takes no commands while it
+/// reconnects), and that wait could last forever: so the wait watches the
+/// link, and only once the link is down does `timeout` run.
+async fn wait_for_room<F: std::future::Future>(
+    mut handing: std::pin::Pin<&mut F>,
+    link: &Link,
+    timeout: std::time::Duration,
+) -> Option<F::Output> {
+    use std::future::Future as _;
+    use std::task::Poll;
+    let mut link = link.watch();
+    // `handing` was just polled: it need not be polled again until woken
+    // (a second poll would take the queue's lock for nothing).
+    let mut just_polled = true;
+    loop {
+        if !link.borrow_and_update().connected {
+            return tokio::time::timeout(timeout, handing).await.ok();
+        }
+        let mut changed = std::pin::pin!(link.changed());
+        let woken = std::future::poll_fn(|cx| {
+            if !std::mem::take(&mut just_polled) {
+                if let Poll::Ready(output) = handing.as_mut().poll(cx) {
+                    return Poll::Ready(Some(output));
+                }
+            }
+            match changed.as_mut().poll(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(None),
+                // The link's sender lives as long as the registry: never.
+                Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
+            }
         })
+        .await;
+        if let Some(output) = woken {
+            return Some(output);
+        }
     }
 }
 

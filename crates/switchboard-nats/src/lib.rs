@@ -53,7 +53,7 @@
 //! |---|---|---|---|
 //! | [`connect_timeout`](NatsOptions::connect_timeout) | `connect_timeout=5s` | 5 s | TCP + TLS + handshake; then connecting fails saying why |
 //! | [`capacity`](NatsOptions::capacity) | `capacity=N` | 2^20 ([`DEFAULT_CAPACITY`]) | messages each subscription buffers while its reader is behind |
-//! | [`flush_timeout`](NatsOptions::flush_timeout) | `flush_timeout=10s` | 10 s | how long `flush`/`subscribe` wait for the server |
+//! | [`flush_timeout`](NatsOptions::flush_timeout) | `flush_timeout=10s` | 10 s | the most `flush`, `subscribe`, `close` and `Subscription::close` wait for the server, and a `publish` into a full client queue while the connection is down |
 //! | [`name`](NatsOptions::name) | `name=api` | none | connection name shown by the server |
 //!
 //! Connecting fails at once, with a reason, when nothing answers (`nothing answers
@@ -87,8 +87,15 @@
 //!   [`Error::InvalidSubject`](switchboard_core::Error::InvalidSubject) item
 //!   instead of being skipped silently.
 //!
-//! `publish` hands the message to the client without waiting a round trip;
-//! a payload (plus headers) over the server's `max_payload` fails with
+//! `publish` hands the message to the client without waiting a round trip
+//! (async-nats queues it and writes it out); when that queue is full it waits for
+//! room, as async-nats does. While the connection is down async-nats takes
+//! nothing from the queue, so that wait is bounded: once the connection has
+//! been down for the flush timeout, `publish` fails with
+//! [`Error::Publish`](switchboard_core::Error::Publish) saying the message was not
+//! sent (a frozen link counts as down once async-nats' pings notice it). A publisher that sees [`status`](switchboard_core::Broker::status)`().disconnects`
+//! grow cannot know whether the messages it handed over before the loss arrived.
+//! A payload (plus headers) over the server's `max_payload` fails with
 //! [`Error::PayloadTooLarge`](switchboard_core::Error::PayloadTooLarge) before
 //! anything is sent. `flush` and `subscribe` do wait a round trip: async-nats'
 //! own flush only writes to the socket and it has no public `PING`, so the
@@ -121,6 +128,15 @@
 //! [`Error::Closed`](switchboard_core::Error::Closed). Dropping a
 //! [`Subscription`](switchboard_core::Subscription) unsubscribes;
 //! `Subscription::close` also waits until the `UNSUB` is written.
+//!
+//! Nothing waits forever on a server that is gone or a frozen link: `flush`,
+//! `subscribe`, `close` and `Subscription::close` each give up after the flush
+//! timeout (`close` fails with [`Error::Flush`](switchboard_core::Error::Flush),
+//! `Subscription::close` with [`Error::Timeout`](switchboard_core::Error::Timeout)).
+//! While the connection is down `Subscription::close` returns at once: the
+//! server forgot the subscription with the connection. async-nats' own
+//! reconnect loop cannot be stopped while the server is unreachable; it ends
+//! with the process.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, unreachable_pub)]

@@ -12,8 +12,9 @@ use crate::tls::{apply_tls_parameter, check_tls};
 /// How long connecting may take before it fails, unless configured.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long [`flush`](switchboard_core::Publisher::flush) and `subscribe` wait for
-/// the server's answer, unless configured.
+/// How long [`flush`](switchboard_core::Publisher::flush), `subscribe`, `close`
+/// and a `publish` into a full client queue with the connection down wait for
+/// the server, unless configured.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Messages each subscription buffers in the client before async-nats drops
@@ -76,7 +77,9 @@ impl NatsOptions {
     }
 
     /// How long `flush` and `subscribe` wait for the server to answer their
-    /// round trip. URL: `flush_timeout=10s`.
+    /// round trip; also the most `close` and `Subscription::close` take, and
+    /// how long a `publish` waits for room in the client's queue while the
+    /// connection is down. URL: `flush_timeout=10s`.
     pub fn flush_timeout(mut self, timeout: Duration) -> Self {
         self.flush_timeout = timeout;
         self

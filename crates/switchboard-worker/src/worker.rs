@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
@@ -24,6 +24,10 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 
 /// Most buffered messages looked at (and nacked) per route at shutdown.
 const MAX_DRAIN: usize = 10_000;
+
+/// How long handlers cancelled at the end of the grace period may take to
+/// give their message back (a nack on a dead link may never finish).
+const GIVE_BACK_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Reacts to messages: routes patterns to handlers on one broker.
 ///
@@ -101,7 +105,9 @@ impl Worker {
         self
     }
 
-    /// How long in-flight handlers may take to finish after shutdown is asked.
+    /// How long the shutdown may take once asked: in-flight handlers finish
+    /// within it, and flushing and closing get what they leave of it (see
+    /// [`Running::wait`]).
     pub fn grace_period(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
@@ -190,6 +196,7 @@ impl Worker {
             unfinished: Mutex::new(Vec::new()),
             active: AtomicUsize::new(prepared.len()),
             ended: CancellationToken::new(),
+            deadline: OnceLock::new(),
         });
         let mut loops = JoinSet::new();
         for (route, subscription) in prepared.into_iter().zip(subscriptions) {
@@ -253,9 +260,20 @@ struct Shared {
     /// Route loops still running; `ended` is cancelled when it reaches 0.
     active: AtomicUsize,
     ended: CancellationToken,
+    /// When the shutdown must be over: set by the first route loop that
+    /// stops on `stop` (or by `Running::wait` if none did), to that moment
+    /// plus the grace period.
+    deadline: OnceLock<tokio::time::Instant>,
 }
 
 impl Shared {
+    /// The end of the grace period, counted from the first call.
+    fn deadline(&self) -> tokio::time::Instant {
+        *self
+            .deadline
+            .get_or_init(|| tokio::time::Instant::now() + self.grace)
+    }
+
     fn record_unfinished(&self, unfinished: Unfinished) {
         self.counters.add_unfinished();
         match self.unfinished.lock() {
@@ -321,6 +339,15 @@ impl Running {
     /// Waits until the worker stops — [`shutdown_token`](Running::shutdown_token)
     /// cancelled, `max_messages` done, or every subscription ended — and
     /// finishes the shutdown.
+    ///
+    /// The whole shutdown fits in the [grace period](Worker::grace_period),
+    /// counted from when the worker stopped taking messages, whatever the
+    /// broker or the link does: in-flight handlers get what it leaves, then
+    /// flushing, closing the subscriptions and (with
+    /// [`close_broker`](Worker::close_broker)) the broker get what is left of
+    /// it; a step that does not finish in time is abandoned and listed in
+    /// [`Summary::errors`]. Handlers cancelled at the end of the grace period
+    /// get at most one more second to give their message back.
     pub async fn wait(mut self) -> Summary {
         let mut subscriptions = Vec::with_capacity(self.routes);
         let mut errors = Vec::new();
@@ -330,21 +357,37 @@ impl Running {
                 Err(error) => errors.push(format!("a route task failed: {error}")),
             }
         }
+        let deadline = self.shared.deadline();
+        let grace = self.shared.grace;
+        let late =
+            |what: &str| format!("{what} did not finish within the grace period ({grace:?})");
         let broker = &self.shared.broker;
-        if let Err(error) = broker.flush().await {
-            errors.push(format!("flushing what handlers published failed: {error}"));
+        // Handlers publish only for messages they took: with none taken there
+        // is nothing to flush (and a broker that is down need not be waited for).
+        if self.shared.counters.snapshot().received > 0 {
+            match tokio::time::timeout_at(deadline, broker.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    errors.push(format!("flushing what handlers published failed: {error}"))
+                }
+                Err(_) => errors.push(late("flushing what handlers published")),
+            }
         }
         for subscription in subscriptions {
             let pattern = subscription.pattern().to_string();
-            if let Err(error) = subscription.close().await {
-                errors.push(format!(
+            match tokio::time::timeout_at(deadline, subscription.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => errors.push(format!(
                     "closing the subscription to {pattern:?} failed: {error}"
-                ));
+                )),
+                Err(_) => errors.push(late(&format!("closing the subscription to {pattern:?}"))),
             }
         }
         if self.close_broker {
-            if let Err(error) = broker.close().await {
-                errors.push(format!("closing the broker failed: {error}"));
+            match tokio::time::timeout_at(deadline, broker.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => errors.push(format!("closing the broker failed: {error}")),
+                Err(_) => errors.push(late("closing the broker")),
             }
         }
         let reason = if self.shutdown.is_cancelled() {
@@ -512,7 +555,15 @@ impl RouteTask {
                 drop(permit);
             });
         }
-        // Stopped taking: what the subscription already buffered is given back.
+        // Stopped taking. On shutdown the grace period started when the
+        // first route stopped and is the same for all; a route whose own
+        // subscription ended gives its handlers a grace period of their own.
+        let deadline = if shared.stop.is_cancelled() {
+            shared.deadline()
+        } else {
+            tokio::time::Instant::now() + shared.grace
+        };
+        // What the subscription already buffered is given back.
         for _ in 0..MAX_DRAIN {
             match subscription.next().now_or_never() {
                 Some(Some(Ok(delivery))) => self.give_back(delivery, false).await,
@@ -520,7 +571,6 @@ impl RouteTask {
                 Some(None) | None => break,
             }
         }
-        let deadline = tokio::time::Instant::now() + shared.grace;
         let finished = tokio::time::timeout_at(deadline, async {
             while tasks.join_next().await.is_some() {}
         })
@@ -528,7 +578,14 @@ impl RouteTask {
         if finished.is_err() {
             tracing::warn!(route = %self.name, grace = ?shared.grace, "grace period over; cancelling unfinished handlers");
             abort.cancel();
-            while tasks.join_next().await.is_some() {}
+            let given_back = tokio::time::timeout(GIVE_BACK_PATIENCE, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if given_back.is_err() {
+                tracing::warn!(route = %self.name, "handlers still giving their message back after the grace period; abandoned");
+                tasks.abort_all();
+            }
         }
         if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             shared.ended.cancel();

@@ -1,8 +1,8 @@
 //! The actions a route of `switchboard worker` runs: exec, publish, log.
 
-use std::io::Write;
+use std::collections::HashSet;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use switchboard::worker::{async_trait, Context, Handler, HandlerError};
 use switchboard::{Message, Subject};
@@ -10,19 +10,70 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use super::config::Action;
+use crate::stdout::Stdout;
 
-/// The handler for `action` on the route `route` (its pattern, used as log prefix).
-pub(crate) fn handler(route: &str, action: &Action) -> Arc<dyn Handler> {
+/// The handler for `action` on the route `route` (its pattern, used as log
+/// prefix). `exec` commands are registered in `children` while they run; `log`
+/// lines go to `stdout`.
+pub(crate) fn handler(
+    route: &str,
+    action: &Action,
+    children: &Children,
+    stdout: &Stdout,
+) -> Arc<dyn Handler> {
     match action {
         Action::Exec(argv) => Arc::new(Exec {
             route: route.to_string(),
             argv: argv.clone(),
+            children: children.clone(),
         }),
         Action::Publish(template) => Arc::new(Forward {
             template: template.clone(),
         }),
-        Action::Log => Arc::new(Log),
+        Action::Log => Arc::new(Log {
+            stdout: stdout.clone(),
+        }),
     }
+}
+
+/// The process groups of the `exec` commands running now. Each command is
+/// killed with its group when its attempt is cancelled; a worker that quits at
+/// once (a second Ctrl-C) runs no destructor, so it kills them all through
+/// this list before exiting.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Children {
+    groups: Arc<Mutex<HashSet<u32>>>,
+}
+
+impl Children {
+    fn groups(&self) -> MutexGuard<'_, HashSet<u32>> {
+        match self.groups.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Kills the process group of every command still running (SIGKILL);
+    /// returns how many there were.
+    pub(crate) fn kill_all(&self) -> usize {
+        let groups: Vec<u32> = self.groups().drain().collect();
+        kill_groups(&groups);
+        groups.len()
+    }
+}
+
+/// `kill -KILL -- -PGID...`: each command and whatever it started.
+fn kill_groups(groups: &[u32]) {
+    if groups.is_empty() {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--"])
+        .args(groups.iter().map(|pgid| format!("-{pgid}")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// The environment variable name for header `name`: `SWITCHBOARD_HEADER_` then
@@ -49,21 +100,42 @@ pub(crate) fn header_env_name(name: &str) -> String {
 struct Exec {
     route: String,
     argv: Vec<String>,
+    children: Children,
 }
 
-/// Kills the command's process group unless it was disarmed (the command exited).
-struct KillGroup(Option<u32>);
+/// Kills the command's process group unless it was disarmed (the command
+/// exited), and keeps it listed in [`Children`] meanwhile.
+struct KillGroup {
+    pgid: Option<u32>,
+    children: Children,
+}
+
+impl KillGroup {
+    fn arm(pgid: Option<u32>, children: &Children) -> Self {
+        if let Some(pgid) = pgid {
+            children.groups().insert(pgid);
+        }
+        KillGroup {
+            pgid,
+            children: children.clone(),
+        }
+    }
+
+    /// The command exited by itself: nothing to kill.
+    fn disarm(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            self.children.groups().remove(&pgid);
+        }
+    }
+}
 
 impl Drop for KillGroup {
     fn drop(&mut self) {
-        if let Some(pid) = self.0.take() {
-            // `kill -KILL -- -PGID` reaches the command and whatever it started.
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+        if let Some(pgid) = self.pgid.take() {
+            // Not listed any more means `kill_all` has killed it already.
+            if self.children.groups().remove(&pgid) {
+                kill_groups(&[pgid]);
+            }
         }
     }
 }
@@ -120,9 +192,9 @@ impl Handler for Exec {
             }
         })?;
         #[cfg(unix)]
-        let mut guard = KillGroup(child.id());
+        let mut guard = KillGroup::arm(child.id(), &self.children);
         #[cfg(not(unix))]
-        let mut guard = KillGroup(None);
+        let mut guard = KillGroup::arm(None, &self.children);
 
         let stdin = child.stdin.take();
         let payload = ctx.payload().clone();
@@ -150,7 +222,7 @@ impl Handler for Exec {
         let status = status.map_err(|error| {
             HandlerError::new(format!("waiting for {program:?} failed: {error}"))
         })?;
-        guard.0 = None;
+        guard.disarm();
         if status.success() {
             return Ok(());
         }
@@ -188,8 +260,13 @@ impl Handler for Forward {
 }
 
 /// Prints each message as one line on stdout: `[subject] payload {k=v ...}`.
+/// The line is written by the stdout thread and the handler succeeds once it
+/// is out, so a full stdout pipe holds the handler (which a shutdown can
+/// cancel), never the runtime.
 #[derive(Debug)]
-struct Log;
+struct Log {
+    stdout: Stdout,
+}
 
 /// The text line for a message, exactly as `switchboard listen` prints it.
 pub(crate) fn log_line(message: &Message) -> String {
@@ -199,10 +276,9 @@ pub(crate) fn log_line(message: &Message) -> String {
 #[async_trait]
 impl Handler for Log {
     async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
-        let line = log_line(ctx.message());
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{line}")
-            .and_then(|()| stdout.flush())
+        self.stdout
+            .print_and_wait(log_line(ctx.message()))
+            .await
             .map_err(|error| HandlerError::new(format!("cannot write to stdout: {error}")))
     }
 }

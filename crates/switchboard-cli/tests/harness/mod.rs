@@ -234,12 +234,7 @@ impl Listener {
 
     /// Sends signal `name` (`INT`, `TERM`) with the `kill` command.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} failed");
+        switchboard_testkit::process::signal(self.child.id(), name);
     }
 
     /// Waits for it to exit; returns its status and complete stderr.
@@ -285,4 +280,187 @@ pub fn assert_one_error_line(stderr: &str, expected: &str) {
         lines[0].contains(expected),
         "expected {expected:?} in: {stderr}"
     );
+}
+
+/// What a [`Process`] does with the command's stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdout {
+    /// Read it all (returned by [`Process::wait`]).
+    Read,
+    /// Keep the pipe open and never read it: once the pipe buffer is full,
+    /// every write blocks, as with a reader that stopped reading.
+    Unread,
+}
+
+/// A `switchboard` process of a fault test: stdin piped (take it with
+/// [`Process::stdin`]), stderr collected line by line, signals sent by pid,
+/// killed on drop if it is still running.
+pub struct Process {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    stderr: Arc<Mutex<String>>,
+    stderr_lines: Receiver<String>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    unread: Option<std::process::ChildStdout>,
+}
+
+impl Process {
+    /// Starts `switchboard ARGS...` (pass `--broker` in `args`).
+    pub fn start(args: &[&str], stdout: Stdout) -> Process {
+        let mut child = switchboard()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (sender, stderr_lines) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let collected = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                {
+                    let mut text = collected.lock().unwrap();
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+                let _ = sender.send(line);
+            }
+        });
+        let pipe = child.stdout.take().unwrap();
+        let (stdout, unread) = match stdout {
+            Stdout::Read => {
+                let mut pipe = pipe;
+                let reader = std::thread::spawn(move || {
+                    let mut text = String::new();
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+                    text
+                });
+                (Some(reader), None)
+            }
+            Stdout::Unread => (None, Some(pipe)),
+        };
+        Process {
+            child,
+            stdin,
+            stderr,
+            stderr_lines,
+            stdout,
+            unread,
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its stdin (once); dropping it closes the pipe.
+    pub fn stdin(&mut self) -> std::process::ChildStdin {
+        self.stdin.take().expect("stdin taken once")
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for a stderr line containing `needle`, failing the test after `patience`.
+    pub fn wait_stderr(&self, needle: &str, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => continue,
+                Err(_) => panic!(
+                    "no stderr line with {needle:?} within {patience:?}; stderr:\n{}",
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Sends signal `name` (`INT`, `TERM`) with the `kill` command.
+    pub fn signal(&self, name: &str) {
+        switchboard_testkit::process::signal(self.child.id(), name);
+    }
+
+    /// Waits for it to exit within `limit` (else kills it and fails the test);
+    /// returns its status, stdout (empty unless read) and complete stderr.
+    pub fn wait(mut self, limit: Duration) -> (ExitStatus, String, String) {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "switchboard did not exit within {limit:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        drop(self.unread.take());
+        let stdout = self
+            .stdout
+            .take()
+            .map(|reader| reader.join().unwrap())
+            .unwrap_or_default();
+        // Let the stderr thread read the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        (status, stdout, self.stderr())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique_prefix(tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// The path of `name` in it.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+
+    /// Writes `text` to `name` in it; returns the path as text, for arguments.
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The lines of `stderr` that start with `error:`.
+pub fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|line| line.starts_with("error:"))
+        .collect()
 }

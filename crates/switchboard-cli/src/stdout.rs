@@ -1,0 +1,147 @@
+//! Standard output written by a thread of its own.
+//!
+//! A write to a pipe whose reader stopped reading blocks until the reader
+//! reads again, possibly forever. Written from the async runtime, that would
+//! stall the thread that also has to notice Ctrl-C or SIGTERM; written here,
+//! only this thread waits, the command can still stop, and it can tell how
+//! many lines did get out. Lines are flushed as soon as they are written (a
+//! reader sees each at once); lines queued while the writer is busy go out
+//! together in one write.
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{mpsc, oneshot};
+
+/// Lines queued for the writer thread before `print` waits for room.
+const QUEUE: usize = 256;
+
+/// Most bytes the writer thread gathers into one write.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// A handle on the stdout writer thread; clones share it.
+#[derive(Debug, Clone)]
+pub(crate) struct Stdout {
+    queue: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Lines written and flushed so far.
+    printed: AtomicU64,
+    /// Why writing stopped, once it did (the thread has ended then).
+    failure: OnceLock<(std::io::ErrorKind, String)>,
+}
+
+impl Shared {
+    fn failure(&self) -> std::io::Error {
+        match self.failure.get() {
+            Some((kind, text)) => std::io::Error::new(*kind, text.clone()),
+            None => std::io::Error::other("the stdout writer stopped"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Job {
+    /// A line, without its line break; `None` only marks a point in the queue.
+    line: Option<String>,
+    /// Told once everything up to this job was written and flushed.
+    written: Option<oneshot::Sender<()>>,
+}
+
+impl Stdout {
+    /// Starts the writer thread.
+    pub(crate) fn start() -> std::io::Result<Self> {
+        let (queue, jobs) = mpsc::channel(QUEUE);
+        let shared = Arc::new(Shared::default());
+        let writer = shared.clone();
+        std::thread::Builder::new()
+            .name("stdout".into())
+            .spawn(move || write_lines(jobs, &writer))?;
+        Ok(Stdout { queue, shared })
+    }
+
+    /// Queues `line` (a line break is added) and returns at once, unless the
+    /// queue is full. Fails if an earlier write failed (e.g. `BrokenPipe`: the
+    /// reader went away).
+    pub(crate) async fn print(&self, line: String) -> std::io::Result<()> {
+        self.send(Some(line), None).await.map(drop)
+    }
+
+    /// Queues `line` and waits until it was written and flushed, for callers
+    /// that acknowledge a message only once it was printed.
+    pub(crate) async fn print_and_wait(&self, line: String) -> std::io::Result<()> {
+        let (written, done) = oneshot::channel();
+        self.send(Some(line), Some(written)).await?;
+        done.await.map_err(|_| self.shared.failure())
+    }
+
+    /// Waits until every line queued so far was written and flushed.
+    pub(crate) async fn finish(&self) -> std::io::Result<()> {
+        let (written, done) = oneshot::channel();
+        self.send(None, Some(written)).await?;
+        done.await.map_err(|_| self.shared.failure())
+    }
+
+    /// Resolves once writing has failed (e.g. `BrokenPipe`: the reader went
+    /// away), with why; pending forever while all is well.
+    pub(crate) async fn failed(&self) -> std::io::Error {
+        // The writer thread drops the queue's receiving end only when it stops.
+        self.queue.closed().await;
+        self.shared.failure()
+    }
+
+    /// How many lines were written and flushed so far.
+    pub(crate) fn printed(&self) -> u64 {
+        self.shared.printed.load(Ordering::Acquire)
+    }
+
+    async fn send(
+        &self,
+        line: Option<String>,
+        written: Option<oneshot::Sender<()>>,
+    ) -> std::io::Result<()> {
+        self.queue
+            .send(Job { line, written })
+            .await
+            .map_err(|_| self.shared.failure())
+    }
+}
+
+/// The writer thread: takes what is queued, writes it in one go, flushes.
+/// Ends at the first failed write (recording why) or when every handle is gone.
+fn write_lines(mut jobs: mpsc::Receiver<Job>, shared: &Shared) {
+    let stdout = std::io::stdout();
+    let mut buffer = Vec::with_capacity(BATCH_BYTES);
+    let mut waiting = Vec::new();
+    while let Some(job) = jobs.blocking_recv() {
+        let mut lines = 0u64;
+        let mut next = Some(job);
+        while let Some(job) = next.take() {
+            if let Some(line) = job.line {
+                buffer.extend_from_slice(line.as_bytes());
+                buffer.push(b'\n');
+                lines += 1;
+            }
+            waiting.extend(job.written);
+            if buffer.len() < BATCH_BYTES {
+                next = jobs.try_recv().ok();
+            }
+        }
+        if !buffer.is_empty() {
+            let mut out = stdout.lock();
+            if let Err(error) = out.write_all(&buffer).and_then(|()| out.flush()) {
+                let _ = shared.failure.set((error.kind(), error.to_string()));
+                return;
+            }
+            buffer.clear();
+        }
+        shared.printed.fetch_add(lines, Ordering::AcqRel);
+        for written in waiting.drain(..) {
+            let _ = written.send(());
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Broker faults against the real binary: a nats-server of the test's own
+//! killed or restarted mid-stream, links frozen by a proxy the test controls
+//! (in front of the shared brokers, which are never touched). Every bound is a
+//! generous "does not hang", never a speed check.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
+
+mod harness;
+
+use std::io::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use harness::{
+    broker_url, error_lines, unique_prefix, Listener, Process, Stdout, TempDir, PATIENCE,
+};
+use switchboard_testkit::{NatsServer, TcpProxy};
+
+/// How long a stopped command may take to exit before the test calls it a hang.
+const EXIT_PATIENCE: Duration = Duration::from_secs(15);
+
+/// Writes numbered lines to `stdin` until stopped or the pipe breaks, one
+/// every `pause` (none when zero); counts them.
+struct Feeder {
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Feeder {
+    fn start(mut stdin: std::process::ChildStdin, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
+        let (stopping, counting) = (stop.clone(), written.clone());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stopping.load(Ordering::SeqCst) {
+                n += 1;
+                if writeln!(stdin, "line {n}").is_err() {
+                    return;
+                }
+                if !pause.is_zero() {
+                    let _ = stdin.flush();
+                    std::thread::sleep(pause);
+                }
+                counting.store(n, Ordering::SeqCst);
+            }
+            // Dropping stdin ends `send`'s input.
+        });
+        Feeder {
+            stop,
+            written,
+            thread: Some(thread),
+        }
+    }
+
+    fn wait_written(&self, lines: u64) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.written.load(Ordering::SeqCst) < lines {
+            assert!(Instant::now() < deadline, "send does not read its input");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops writing and closes the pipe; returns how many lines were written.
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+        self.written.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn send_ends_within_its_flush_timeout_when_nats_dies_mid_stream() {
+    let Some(mut server) = NatsServer::start(&[]) else {
+        return;
+    };
+    let url = format!("{}?flush_timeout=2s", server.url());
+    let mut send = Process::start(&["--broker", &url, "send", "--on", "a.b"], Stdout::Read);
+    let feeder = Feeder::start(send.stdin(), Duration::ZERO);
+    feeder.wait_written(20_000);
+    server.process.kill();
+    let (status, _stdout, stderr) = send.wait(Duration::from_secs(30));
+    drop(feeder);
+    assert!(!status.success(), "{status}; {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors = error_lines(&stderr);
+    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+    assert!(errors[0].contains("handed to the client"), "{stderr}");
+    assert!(errors[0].contains("unknown"), "{stderr}");
+}
+
+#[test]
+fn send_across_a_nats_restart_warns_that_messages_may_be_lost() {
+    let Some(mut server) = NatsServer::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let mut send = Process::start(
+        &["--broker", &url, "-v", "send", "--on", "a.b"],
+        Stdout::Read,
+    );
+    let feeder = Feeder::start(send.stdin(), Duration::from_millis(1));
+    feeder.wait_written(200);
+    server.process.restart();
+    send.wait_stderr("reconnected", PATIENCE);
+    let sent = feeder.finish();
+    let (status, _stdout, stderr) = send.wait(EXIT_PATIENCE);
+    assert!(status.success(), "{status}; {stderr}");
+    assert!(
+        stderr.contains("lost 1 time(s) while sending"),
+        "no warning about the reconnect: {stderr}"
+    );
+    assert!(stderr.contains("may not have reached"), "{stderr}");
+    // -v's summary says it too.
+    let summary = stderr
+        .lines()
+        .find(|line| line.contains(&format!("sent {sent} message(s)")))
+        .unwrap_or_else(|| panic!("no summary for {sent} lines: {stderr}"));
+    assert!(summary.contains("1 reconnect"), "{summary}");
+}
+
+#[test]
+fn send_across_a_cut_amqp_link_warns_that_messages_may_be_lost() {
+    let Some(url) = broker_url("amqp", "send_across_a_cut_amqp_link") else {
+        return;
+    };
+    let (proxy, url) = through_proxy(&url);
+    let subject = unique_prefix("cut");
+    let mut send = Process::start(&["--broker", &url, "send", "--on", &subject], Stdout::Read);
+    let feeder = Feeder::start(send.stdin(), Duration::from_millis(1));
+    feeder.wait_written(200);
+    proxy.cut();
+    // The next publish finds the connection gone and reconnects.
+    send.wait_stderr("connection lost", PATIENCE);
+    std::thread::sleep(Duration::from_millis(500));
+    feeder.finish();
+    let (_status, _stdout, stderr) = send.wait(EXIT_PATIENCE);
+    // Confirms outstanding at the cut may fail the final flush too; either
+    // way the reconnect is reported.
+    assert!(
+        stderr.contains("time(s) while sending"),
+        "no warning about the reconnect: {stderr}"
+    );
+    assert!(stderr.contains("may not have reached"), "{stderr}");
+}
+
+fn log_worker(url: &str, dir: &TempDir, subject: &str, stdout: Stdout) -> Process {
+    let config = dir.write(
+        "reactions.toml",
+        &format!("[[route]]\non = \"{subject}\"\nlog = true\n"),
+    );
+    let worker = Process::start(
+        &[
+            "--broker", url, "worker", "--config", &config, "--grace", "2s",
+        ],
+        stdout,
+    );
+    worker.wait_stderr("worker ready", PATIENCE);
+    worker
+}
+
+#[test]
+fn worker_stops_within_its_grace_period_when_nats_is_unreachable() {
+    let Some(mut server) = NatsServer::start(&[]) else {
+        return;
+    };
+    let dir = TempDir::new("unreachable");
+    let worker = log_worker(&server.url(), &dir, "jobs.>", Stdout::Read);
+    server.process.kill();
+    worker.wait_stderr("connection lost", PATIENCE);
+    worker.signal("TERM");
+    let (status, _stdout, stderr) = worker.wait(EXIT_PATIENCE);
+    assert!(status.success(), "{status}; {stderr}");
+    assert!(stderr.contains("worker stopped"), "{stderr}");
+}
+
+#[test]
+fn listen_stops_at_once_when_nats_is_down() {
+    let Some(mut server) = NatsServer::start(&[]) else {
+        return;
+    };
+    let listen = Listener::start(&server.url(), &["--on", "a.>"]).unwrap();
+    server.process.kill();
+    let deadline = Instant::now() + PATIENCE;
+    while !listen.stderr().contains("connection lost") {
+        assert!(Instant::now() < deadline, "{}", listen.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    listen.signal("TERM");
+    let (status, stderr) = listen.wait(Duration::from_secs(12));
+    assert!(status.success(), "{status}; {stderr}");
+    assert!(stderr.contains("caught SIGTERM"), "{stderr}");
+}
+
+/// `url` with its host and port replaced by a proxy's, and the proxy.
+fn through_proxy(url: &str) -> (TcpProxy, String) {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, address) = match authority.rsplit_once('@') {
+        Some((userinfo, address)) => (format!("{userinfo}@"), address),
+        None => (String::new(), authority),
+    };
+    let target: SocketAddr = address.to_socket_addrs().unwrap().next().unwrap();
+    let proxy = TcpProxy::start(target);
+    let url = format!("{scheme}://{userinfo}{}{tail}", proxy.address());
+    (proxy, url)
+}
+
+fn worker_over_a_frozen_link(kind: &str) {
+    let Some(url) = broker_url(kind, "worker_over_a_frozen_link") else {
+        return;
+    };
+    let (proxy, url) = through_proxy(&url);
+    let dir = TempDir::new("frozen");
+    let worker = log_worker(&url, &dir, &unique_prefix("frozen"), Stdout::Read);
+    proxy.freeze();
+    std::thread::sleep(Duration::from_millis(200));
+    worker.signal("TERM");
+    let (status, _stdout, stderr) = worker.wait(EXIT_PATIENCE);
+    assert!(status.success(), "{status}; {stderr}");
+    assert!(stderr.contains("worker stopped"), "{stderr}");
+}
+
+fn listen_over_a_frozen_link(kind: &str) {
+    let Some(url) = broker_url(kind, "listen_over_a_frozen_link") else {
+        return;
+    };
+    let (proxy, url) = through_proxy(&url);
+    let subject = unique_prefix("frozen");
+    let listen = Listener::start(&url, &["--on", &subject]).unwrap();
+    proxy.freeze();
+    std::thread::sleep(Duration::from_millis(200));
+    listen.signal("INT");
+    let (status, stderr) = listen.wait(EXIT_PATIENCE);
+    assert!(status.success(), "{status}; {stderr}");
+    assert!(stderr.contains("caught Ctrl-C"), "{stderr}");
+}
+
+macro_rules! frozen_on_every_broker {
+    ($($kind:ident),*) => {$(
+        mod $kind {
+            #[test]
+            fn worker_stops_within_its_grace_period_over_a_frozen_link() {
+                super::worker_over_a_frozen_link(stringify!($kind));
+            }
+            #[test]
+            fn listen_stops_over_a_frozen_link() {
+                super::listen_over_a_frozen_link(stringify!($kind));
+            }
+        }
+    )*};
+}
+
+frozen_on_every_broker!(nats, redis, amqp);
