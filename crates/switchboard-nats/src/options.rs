@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_nats::ServerAddr;
+use switchboard_core::options::{self, Query};
 use switchboard_core::{Error, Result};
 
 /// How long connecting may take before it fails, unless configured.
@@ -24,8 +25,15 @@ pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// the whole buffer holds about `capacity × (200 B + payload)` of memory.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
+/// How soon a connection that passes nothing is declared dead, unless
+/// configured: 15 s, as on every broker ([`options::DEFAULT_KEEPALIVE`]).
+pub const DEFAULT_KEEPALIVE: Duration = options::DEFAULT_KEEPALIVE;
+
+/// The URL query keys the NATS adapter takes.
+pub const QUERY_KEYS: &[&str] = options::COMMON;
+
 /// Options of a NATS connection. Every option can also be set in the URL's
-/// query (`nats://host:4222?capacity=65536&connect_timeout=2s&name=api`);
+/// query (`nats://host:4222?capacity=65536&connect_timeout=2s&keepalive=10s&name=api`);
 /// values in the URL win over the ones set here.
 ///
 /// ```
@@ -43,6 +51,7 @@ pub struct NatsOptions {
     flush_timeout: Duration,
     capacity: usize,
     name: Option<String>,
+    keepalive: Option<Duration>,
 }
 
 impl Default for NatsOptions {
@@ -52,13 +61,14 @@ impl Default for NatsOptions {
             flush_timeout: DEFAULT_FLUSH_TIMEOUT,
             capacity: DEFAULT_CAPACITY,
             name: None,
+            keepalive: Some(DEFAULT_KEEPALIVE),
         }
     }
 }
 
 impl NatsOptions {
     /// The defaults: [`DEFAULT_CONNECT_TIMEOUT`], [`DEFAULT_FLUSH_TIMEOUT`],
-    /// [`DEFAULT_CAPACITY`], no connection name.
+    /// [`DEFAULT_CAPACITY`], [`DEFAULT_KEEPALIVE`], no connection name.
     pub fn new() -> Self {
         Self::default()
     }
@@ -91,6 +101,22 @@ impl NatsOptions {
         self
     }
 
+    /// How soon a connection that passes nothing is declared dead: the client
+    /// PINGs the server when it has heard nothing for a third of this, and
+    /// after three PINGs without an answer it drops the connection, reports
+    /// [`Error::Disconnected`] on every subscription and reconnects. `None`
+    /// leaves async-nats' own setting (a PING a minute: about 3 minutes).
+    /// URL: `keepalive=15s`, `keepalive=off`.
+    pub fn keepalive(mut self, keepalive: Option<Duration>) -> Self {
+        self.keepalive = keepalive.filter(|k| !k.is_zero());
+        self
+    }
+
+    /// The dead-link timeout, `None` when off.
+    pub fn get_keepalive(&self) -> Option<Duration> {
+        self.keepalive
+    }
+
     /// The connect timeout.
     pub fn get_connect_timeout(&self) -> Duration {
         self.connect_timeout
@@ -119,6 +145,7 @@ impl fmt::Debug for NatsOptions {
             .field("flush_timeout", &self.flush_timeout)
             .field("capacity", &self.capacity)
             .field("name", &self.name)
+            .field("keepalive", &self.keepalive)
             .finish()
     }
 }
@@ -137,8 +164,6 @@ pub(crate) struct Target {
     pub(crate) credentials: Credentials,
     pub(crate) options: NatsOptions,
 }
-
-const PARAMETERS: &str = "`capacity`, `connect_timeout`, `flush_timeout` and `name`";
 
 /// Parses `nats://[user:password@|token@]host[:port][,nats://host2...][?param=value...]`.
 pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
@@ -172,13 +197,11 @@ pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
                 ),
             ));
         }
-        for (key, value) in parsed.query_pairs() {
-            apply_parameter(url, &mut options, &key, &value)?;
-        }
-        let user = percent_decode(url, parsed.username())?;
+        apply_query(&Query::parse(url, &parsed, QUERY_KEYS)?, &mut options)?;
+        let user = options::decode(url, "user name", parsed.username())?;
         let password = parsed
             .password()
-            .map(|p| percent_decode(url, p))
+            .map(|p| options::decode(url, "password", p))
             .transpose()?;
         let found = match (user.is_empty(), password) {
             (true, None) => Credentials::None,
@@ -207,83 +230,23 @@ pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
     })
 }
 
-fn apply_parameter(url: &str, options: &mut NatsOptions, key: &str, value: &str) -> Result<()> {
-    match key {
-        "capacity" => {
-            let capacity = value
-                .parse::<usize>()
-                .ok()
-                .filter(|c| *c > 0)
-                .ok_or_else(|| {
-                    Error::invalid_url(
-                        url,
-                        format!("`capacity={value}` must be a whole number above 0"),
-                    )
-                })?;
-            options.capacity = capacity;
-        }
-        "connect_timeout" => options.connect_timeout = parse_duration(url, key, value)?,
-        "flush_timeout" => options.flush_timeout = parse_duration(url, key, value)?,
-        "name" => options.name = Some(value.to_string()),
-        other => {
-            return Err(Error::invalid_url(
-                url,
-                format!("unknown parameter `{other}`; the NATS adapter takes {PARAMETERS}"),
-            ))
-        }
+fn apply_query(query: &Query, options: &mut NatsOptions) -> Result<()> {
+    if let Some(capacity) = query.count(options::CAPACITY)? {
+        options.capacity = capacity;
+    }
+    if let Some(timeout) = query.duration(options::CONNECT_TIMEOUT)? {
+        options.connect_timeout = timeout;
+    }
+    if let Some(timeout) = query.duration(options::FLUSH_TIMEOUT)? {
+        options.flush_timeout = timeout;
+    }
+    if let Some(name) = query.text(options::NAME) {
+        options.name = Some(name.to_string());
+    }
+    if let Some(keepalive) = query.keepalive()? {
+        options.keepalive = keepalive;
     }
     Ok(())
-}
-
-/// `250ms`, `5s` or `2m`.
-fn parse_duration(url: &str, key: &str, value: &str) -> Result<Duration> {
-    let invalid = || {
-        Error::invalid_url(
-            url,
-            format!("`{key}={value}` must be a duration with a unit, e.g. `500ms`, `5s` or `1m`"),
-        )
-    };
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(invalid)?;
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number.saturating_mul(60))),
-        _ => Err(invalid()),
-    }
-}
-
-/// Decodes `%XX` escapes of a URL's user or password.
-fn percent_decode(url: &str, text: &str) -> Result<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'%' => {
-                let hex = text
-                    .get(index + 1..index + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| {
-                        Error::invalid_url(
-                            url,
-                            "a `%` in the credentials is not followed by two hex digits",
-                        )
-                    })?;
-                out.push(hex);
-                index += 3;
-            }
-            byte => {
-                out.push(byte);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8(out)
-        .map_err(|_| Error::invalid_url(url, "the credentials are not UTF-8 once decoded"))
 }
 
 #[cfg(test)]
@@ -323,9 +286,10 @@ mod tests {
 
     #[test]
     fn query_parameters() {
-        let target =
-            parse("nats://h:1?capacity=16&connect_timeout=250ms&flush_timeout=2s&name=api")
-                .unwrap();
+        let target = parse(
+            "nats://h:1?capacity=16&connect_timeout=250ms&flush_timeout=2s&name=api&keepalive=3s",
+        )
+        .unwrap();
         assert_eq!(target.options.get_capacity(), 16);
         assert_eq!(
             target.options.get_connect_timeout(),
@@ -333,6 +297,10 @@ mod tests {
         );
         assert_eq!(target.options.get_flush_timeout(), Duration::from_secs(2));
         assert_eq!(target.options.get_name(), Some("api"));
+        assert_eq!(target.options.get_keepalive(), Some(Duration::from_secs(3)));
+        assert_eq!(NatsOptions::new().get_keepalive(), Some(DEFAULT_KEEPALIVE));
+        let target = parse("nats://h?keepalive=off").unwrap();
+        assert_eq!(target.options.get_keepalive(), None);
     }
 
     #[test]
@@ -352,7 +320,9 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         for (url, needle) in [
             ("nats://h?capacity=0", "capacity=0"),
-            ("nats://h?connect_timeout=5", "duration with a unit"),
+            ("nats://h?connect_timeout=5", "with a unit"),
+            ("nats://u:p%zz@h", "`%zz`"),
+            ("nats://h?name=%g0", "`%g0`"),
             ("redis://h", "not a NATS scheme"),
             ("nats://h/path", "no path"),
             ("nats://", "no host"),

@@ -9,14 +9,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use redis::{ConnectionAddr, IntoConnectionInfo};
-use switchboard_core::{Error, Result};
+use switchboard_core::options::{self, Query};
+use switchboard_core::{ConnectKind, Error, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::options::RedisOptions;
 use crate::resp::{self, Frame};
 use crate::BROKER;
+
+/// The port of a URL that names none.
+const DEFAULT_PORT: u16 = 6379;
 
 /// Idle time before the kernel sends the first TCP keepalive probe.
 pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
@@ -76,67 +80,86 @@ impl fmt::Debug for Target {
 }
 
 impl Target {
-    /// Reads a `redis://` or `rediss://` URL the way redis-rs does.
-    pub(crate) fn parse(url: &str) -> Result<Self> {
-        let scheme = url.split("://").next().unwrap_or("");
-        if !crate::SCHEMES.contains(&scheme) || !url.contains("://") {
-            return Err(Error::invalid_url(
-                url,
-                "a Redis URL starts with redis:// (or rediss:// for TLS), e.g. redis://127.0.0.1:6379",
-            ));
-        }
-        let info = url.into_connection_info().map_err(|e| {
-            Error::invalid_url(
-                url,
-                format!(
-                    "{}; the form is redis[s]://[[user]:password@]host[:port][/database]",
-                    e.detail().unwrap_or("it is not a valid Redis URL")
-                ),
-            )
-        })?;
-        let settings = info.redis_settings();
-        let (host, port, tls) = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => (host.clone(), *port, None),
-            ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure,
-                ..
-            } => (
-                host.clone(),
-                *port,
-                Some(TlsTarget {
-                    config: tls_config(*insecure)
-                        .map_err(|e| Error::invalid_url(url, format!("cannot set up TLS: {e}")))?,
-                }),
-            ),
+    /// Reads a `redis[s]://[[user]:password@]host[:port][/database][?query][#insecure]`
+    /// URL; the query's options are applied to `options`.
+    pub(crate) fn parse(url: &str, options: &mut RedisOptions) -> Result<Self> {
+        const FORM: &str = "the form is redis[s]://[[user]:password@]host[:port][/database]";
+        let parsed =
+            url::Url::parse(url).map_err(|e| Error::invalid_url(url, format!("{e}; {FORM}")))?;
+        let tls = match parsed.scheme() {
+            "redis" => false,
+            "rediss" => true,
             _ => {
                 return Err(Error::invalid_url(
                     url,
-                    "only TCP addresses are supported (redis:// or rediss://)",
+                    "a Redis URL starts with redis:// (or rediss:// for TLS), e.g. redis://127.0.0.1:6379",
                 ))
             }
         };
+        let host = match parsed.host_str() {
+            Some(host) if !host.is_empty() => host.trim_start_matches('[').trim_end_matches(']'),
+            _ => {
+                return Err(Error::invalid_url(
+                    url,
+                    format!("the URL names no host; {FORM}"),
+                ))
+            }
+        }
+        .to_string();
+        let insecure = match (parsed.fragment(), tls) {
+            (None, _) => false,
+            (Some("insecure"), true) => true,
+            (Some(other), _) => {
+                return Err(Error::invalid_url(
+                    url,
+                    format!("unknown fragment `#{other}`; only rediss:// URLs take one, `#insecure` (no certificate check)"),
+                ))
+            }
+        };
+        let db = match parsed.path().trim_matches('/') {
+            "" => 0,
+            path => path.parse::<i64>().map_err(|_| {
+                Error::invalid_url(
+                    url,
+                    format!("the database `{path}` is not a number; {FORM}"),
+                )
+            })?,
+        };
+        let username = match parsed.username() {
+            "" => None,
+            user => Some(options::decode(url, "user name", user)?),
+        };
+        let password = parsed
+            .password()
+            .map(|p| options::decode(url, "password", p))
+            .transpose()?;
+        options.apply(&Query::parse(url, &parsed, crate::QUERY_KEYS)?)?;
+        let tls = if tls {
+            Some(TlsTarget {
+                config: tls_config(insecure)
+                    .map_err(|e| Error::invalid_url(url, format!("cannot set up TLS: {e}")))?,
+            })
+        } else {
+            None
+        };
         Ok(Target {
             url: url.to_string(),
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            port,
+            port: parsed.port().unwrap_or(DEFAULT_PORT),
+            host,
             tls,
-            username: settings.username().map(str::to_string),
-            password: settings.password().map(str::to_string),
-            db: settings.db(),
+            username,
+            password,
+            db,
         })
     }
 
-    fn error(
+    pub(crate) fn error(
         &self,
+        kind: ConnectKind,
         reason: impl fmt::Display,
         source: Option<switchboard_core::BoxError>,
     ) -> Error {
-        Error::connect(BROKER, &self.url, reason, source)
+        Error::connect(BROKER, &self.url, kind, reason, source)
     }
 
     /// Opens a connection and runs the handshake, all within `timeout`.
@@ -144,6 +167,7 @@ impl Target {
         match tokio::time::timeout(timeout, self.connect_inner(client_name)).await {
             Ok(result) => result,
             Err(_) => Err(self.error(
+                ConnectKind::Timeout,
                 format!(
                     "no answer within {timeout:?}; is the host reachable, the port right{}?",
                     if self.tls.is_some() {
@@ -161,32 +185,46 @@ impl Target {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| {
-                let reason = match e.kind() {
-                    io::ErrorKind::ConnectionRefused => {
-                        "nothing answers (connection refused); is redis-server running?".to_string()
-                    }
-                    _ if e.to_string().contains("lookup") || e.to_string().contains("resolve") => {
+                let (kind, reason) = match e.kind() {
+                    io::ErrorKind::ConnectionRefused => (
+                        ConnectKind::Refused,
+                        "nothing answers (connection refused); is redis-server running?"
+                            .to_string(),
+                    ),
+                    // tokio says so in text only.
+                    _ if e.to_string().contains("lookup") || e.to_string().contains("resolve") => (
+                        ConnectKind::Dns,
+                        format!("cannot resolve host {:?}; check the host name", self.host),
+                    ),
+                    _ => (
+                        ConnectKind::Other,
                         format!(
-                            "cannot resolve host {:?} ({e}); check the host name",
-                            self.host
-                        )
-                    }
-                    _ => format!("{e}; is the host reachable?"),
+                            "cannot reach {}:{}; is the host reachable?",
+                            self.host, self.port
+                        ),
+                    ),
                 };
-                self.error(reason, Some(Box::new(e)))
+                self.error(kind, reason, Some(Box::new(e)))
             })?;
         let _ = tcp.set_nodelay(true);
         set_keepalive(&tcp);
         let stream = match &self.tls {
             None => Stream::Tcp(tcp),
             Some(tls) => {
-                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
-                    .map_err(|e| self.error(format!("invalid TLS server name: {e}"), None))?;
+                let name =
+                    rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
+                        self.error(
+                            ConnectKind::Tls,
+                            format!("{:?} cannot be a TLS server name", self.host),
+                            Some(Box::new(e)),
+                        )
+                    })?;
                 let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
                 let stream = connector.connect(name, tcp).await.map_err(|e| {
                     self.error(
+                        ConnectKind::Tls,
                         format!(
-                            "TLS handshake failed ({e}); does the server speak TLS on this port (tls-port), and is its certificate valid for {:?}?",
+                            "TLS handshake failed; does the server speak TLS on this port (tls-port), and is its certificate valid for {:?}?",
                             self.host
                         ),
                         Some(Box::new(e)),
@@ -205,8 +243,21 @@ impl Target {
 
     async fn handshake(&self, conn: &mut Conn, client_name: &str) -> Result<()> {
         let io_error = |e: io::Error| {
+            let kind = if e.kind() == io::ErrorKind::InvalidData {
+                ConnectKind::Protocol
+            } else {
+                ConnectKind::Other
+            };
             self.error(
-                format!("the server closed the connection during the handshake ({e}); is it a Redis server{}?", if self.tls.is_none() { " (a TLS-only server needs rediss://)" } else { "" }),
+                kind,
+                format!(
+                    "the handshake failed; is it a Redis server{}?",
+                    if self.tls.is_none() {
+                        " (a TLS-only server needs rediss://)"
+                    } else {
+                        ""
+                    }
+                ),
                 Some(Box::new(e)),
             )
         };
@@ -223,7 +274,11 @@ impl Target {
                 } else {
                     "check the user and password in the URL (redis://[user]:PASSWORD@host:port)"
                 };
-                return Err(self.error(format!("authentication failed ({text}); {hint}"), None));
+                return Err(self.error(
+                    ConnectKind::Auth,
+                    format!("authentication failed ({text}); {hint}"),
+                    None,
+                ));
             }
         }
         if self.db != 0 {
@@ -234,6 +289,7 @@ impl Target {
                 .map_err(io_error)?
             {
                 return Err(self.error(
+                    ConnectKind::Protocol,
                     format!(
                         "cannot select database {} ({}); use a database below the server's `databases` setting",
                         self.db,
@@ -253,6 +309,7 @@ impl Target {
             let text = String::from_utf8_lossy(&e);
             if text.starts_with("NOAUTH") {
                 return Err(self.error(
+                    ConnectKind::Auth,
                     format!("authentication required ({text}); put the password in the URL: redis://[user]:PASSWORD@host:port"),
                     None,
                 ));
@@ -396,7 +453,16 @@ impl Conn {
         self.read_frame().await
     }
 
-    /// Reads the next frame.
+    /// Sends one command without waiting for its reply.
+    pub(crate) async fn send(&mut self, args: &[&[u8]]) -> io::Result<()> {
+        let mut out = Vec::new();
+        resp::encode_command(&mut out, args);
+        self.stream.write_all(&out).await?;
+        self.stream.flush().await
+    }
+
+    /// Reads the next frame. Cancel-safe: bytes read before a cancellation
+    /// stay in the buffer for the next call.
     pub(crate) async fn read_frame(&mut self) -> io::Result<Frame> {
         loop {
             match resp::parse(&mut self.buf) {
@@ -438,20 +504,46 @@ impl Conn {
 mod tests {
     use super::*;
 
+    fn parse(url: &str) -> Result<Target> {
+        Target::parse(url, &mut RedisOptions::new())
+    }
+
     #[test]
     fn reads_urls_like_redis_rs() {
-        let t = Target::parse("redis://:secret@127.0.0.1:6380/3").unwrap();
+        let t = parse("redis://:secret@127.0.0.1:6380/3").unwrap();
         assert_eq!(t.host, "127.0.0.1");
         assert_eq!(t.port, 6380);
         assert_eq!(t.password.as_deref(), Some("secret"));
         assert_eq!(t.db, 3);
         assert!(t.tls.is_none());
         assert!(!format!("{t:?}").contains("secret"));
-        let t = Target::parse("rediss://user:pw@example.com").unwrap();
+        let t = parse("rediss://user:pw@example.com").unwrap();
         assert_eq!(t.port, 6379);
         assert_eq!(t.username.as_deref(), Some("user"));
         assert!(t.tls.is_some());
-        assert!(Target::parse("rediss://example.com/#insecure").is_ok());
+        assert!(parse("rediss://example.com/#insecure").is_ok());
+        let t = parse("redis://:p%40ss%3Aw@[::1]:6380").unwrap();
+        assert_eq!(t.password.as_deref(), Some("p@ss:w"));
+        assert_eq!(t.host, "::1");
+    }
+
+    #[test]
+    fn the_query_sets_options() {
+        let mut options = RedisOptions::new().client_name("code");
+        Target::parse(
+            "redis://h?connect_timeout=2s&flush_timeout=3s&capacity=7&name=url+name&keepalive=off",
+            &mut options,
+        )
+        .unwrap();
+        assert_eq!(options.connect_timeout, Duration::from_secs(2));
+        assert_eq!(options.flush_timeout, Duration::from_secs(3));
+        assert_eq!(options.subscription_capacity, 7);
+        assert_eq!(options.client_name, "url-name");
+        assert_eq!(options.keepalive, None);
+        assert_eq!(
+            RedisOptions::new().keepalive,
+            Some(crate::DEFAULT_KEEPALIVE)
+        );
     }
 
     /// Every connection gets TCP keepalive: checked on the socket itself, after
@@ -469,7 +561,7 @@ mod tests {
             // Keep the connection open until the client is done.
             let _ = socket.read(&mut buf).await;
         });
-        let target = Target::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+        let target = parse(&format!("redis://127.0.0.1:{port}")).unwrap();
         let conn = target
             .connect(Duration::from_secs(5), "keepalive-test")
             .await
@@ -491,14 +583,20 @@ mod tests {
 
     #[test]
     fn malformed_urls_say_so() {
-        for bad in [
-            "nats://x",
-            "127.0.0.1:6379",
-            "redis://:pw@h:notaport",
-            "redis://h/x",
+        for (bad, needle) in [
+            ("nats://x", "redis://"),
+            ("127.0.0.1:6379", "the form is"),
+            ("redis://:pw@h:notaport", "the form is"),
+            ("redis://h/x", "`x` is not a number"),
+            ("redis://:pw@h?foo=1", "unknown parameter `foo`"),
+            ("redis://:pw@h?capacity=0", "`capacity=0`"),
+            ("redis://:p%zz@h", "`%zz`"),
+            ("redis://h#insecure", "only rediss://"),
+            ("rediss://h#secure", "`#secure`"),
         ] {
-            let e = Target::parse(bad).unwrap_err();
+            let e = parse(bad).unwrap_err();
             assert!(matches!(e, Error::InvalidUrl { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains(needle), "{bad}: {e}");
             assert!(!e.to_string().contains("pw@"), "{e}");
         }
     }

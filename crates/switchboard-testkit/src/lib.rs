@@ -5,7 +5,8 @@
 //!   private loopback ports, killed by pid on drop, restartable, pausable
 //!   (`SIGSTOP`) to freeze a live connection;
 //! - [`proxy`]: a TCP proxy the test controls, to freeze a link (bytes stop
-//!   flowing, sockets stay open) or cut it (every connection reset).
+//!   flowing, sockets stay open) or cut it (every connection reset);
+//! - [`errors`]: checks on how an error reads with its chain of sources.
 //!
 //! A fixture that cannot start (no binary on this machine) returns `None` after
 //! [`switchboard_conformance::skip_or_fail`], so a missing tool is a skip
@@ -15,6 +16,7 @@
 // Test fixtures: a fixture that cannot do its job must fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod errors;
 pub mod process;
 pub mod proxy;
 
@@ -22,6 +24,7 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use errors::assert_chain_does_not_repeat;
 pub use process::{BrokerProcess, NatsServer, RedisServer};
 pub use proxy::TcpProxy;
 
