@@ -7,7 +7,12 @@
 //! - a [`Subscription`] is a `Stream` of [`Delivery`]s, filtered by a [`Pattern`]
 //!   with one wildcard syntax on every broker;
 //! - [`Capabilities`] says what a broker really provides, and [`Error`] says
-//!   what went wrong, naming the broker, subject or URL.
+//!   what went wrong, naming the broker, subject or URL (a connect error's
+//!   [`ConnectKind`] says whether trying again can help);
+//! - [`options`] reads the URL query keys every adapter shares
+//!   (`connect_timeout`, `flush_timeout`, `capacity`, `name`, `keepalive`), and
+//!   [`Link`] / [`SubscriptionLink`] keep and log the state of connections and
+//!   subscriptions the same way on every broker.
 //!
 //! Most programs depend on the `switchboard` facade, which re-exports this
 //! crate and picks an adapter from a URL.
