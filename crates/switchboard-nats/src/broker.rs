@@ -8,10 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use switchboard_core::{
-    async_trait, BoxError, Broker, Capabilities, ConnectionStatus, Durable, Error, Message,
-    Pattern, Publisher, QueueGroup, Result, Subscriber, Subscription,
+    async_trait, BoxError, Broker, Capabilities, ConnectKind, ConnectionStatus, Durable, Error,
+    Message, Pattern, Publisher, QueueGroup, Result, Subscriber, Subscription,
 };
 
+use crate::error::{connect_error, ClientError};
 use crate::options::{parse_url, Credentials, NatsOptions};
 use crate::stream::{NatsStream, Registry};
 use crate::{wire, KIND};
@@ -81,11 +82,17 @@ impl NatsBroker {
         if let Some(name) = options.get_name() {
             connect = connect.name(name);
         }
+        if let Some(keepalive) = options.get_keepalive() {
+            // async-nats PINGs after a ping interval without hearing from the
+            // server, and drops the connection at the third PING in a row
+            // without an answer: a silent link is detected after 3 intervals.
+            connect = connect.ping_interval((keepalive / 3).max(Duration::from_millis(1)));
+        }
         let tls_required = target
             .servers
             .iter()
             .all(async_nats::ServerAddr::tls_required);
-        let connect = crate::tls::configure(url, connect, &options.tls, tls_required)?;
+        connect = crate::tls::configure(url, connect, &options.tls, tls_required)?;
         let timeout = options.get_connect_timeout();
         let client = match tokio::time::timeout(timeout, connect.connect(target.servers)).await {
             Ok(Ok(client)) => client,
@@ -94,6 +101,7 @@ impl NatsBroker {
                 return Err(Error::connect(
                     KIND,
                     url,
+                    ConnectKind::Timeout,
                     format!(
                     "timed out after {timeout:?}; is the host reachable and running nats-server?"
                 ),
@@ -143,18 +151,24 @@ impl NatsBroker {
     async fn round_trip(&self) -> std::result::Result<(), (String, Option<BoxError>)> {
         let client = &self.shared.client;
         let inbox = client.new_inbox();
-        let mut echo = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| ("the client is gone".to_string(), Some(boxed(e))))?;
-        client
-            .publish(inbox, Bytes::new())
-            .await
-            .map_err(|e| ("the client is gone".to_string(), Some(boxed(e))))?;
-        client
-            .flush()
-            .await
-            .map_err(|e| ("writing to the server failed".to_string(), Some(boxed(e))))?;
+        let mut echo = client.subscribe(inbox.clone()).await.map_err(|e| {
+            (
+                "the client is gone".to_string(),
+                Some(ClientError::boxed(e)),
+            )
+        })?;
+        client.publish(inbox, Bytes::new()).await.map_err(|e| {
+            (
+                "the client is gone".to_string(),
+                Some(ClientError::boxed(e)),
+            )
+        })?;
+        client.flush().await.map_err(|e| {
+            (
+                "writing to the server failed".to_string(),
+                Some(ClientError::boxed(e)),
+            )
+        })?;
         let timeout = self.shared.options.get_flush_timeout();
         match tokio::time::timeout(timeout, echo.next()).await {
             Ok(Some(_)) => Ok(()),
@@ -191,7 +205,12 @@ impl NatsBroker {
                     .await
             }
         }
-        .map_err(|e| failed(e.to_string(), Some(boxed(e))))?;
+        .map_err(|e| {
+            failed(
+                "the client did not take the subscription".to_string(),
+                Some(ClientError::boxed(e)),
+            )
+        })?;
         let stream = NatsStream::new(
             subscriber,
             &self.shared.registry,
@@ -255,8 +274,8 @@ impl Publisher for NatsBroker {
         result.map_err(|e| Error::Publish {
             broker: KIND,
             subject: subject.to_string(),
-            reason: e.to_string(),
-            source: Some(boxed(e)),
+            reason: "the client did not take the message".to_string(),
+            source: Some(ClientError::boxed(e)),
         })
     }
 
@@ -341,14 +360,10 @@ impl Broker for NatsBroker {
         }
         flushed.map_err(|e| Error::Flush {
             broker: KIND,
-            reason: format!("while closing: {e}"),
-            source: Some(boxed(e)),
+            reason: "writing out what was published failed while closing".to_string(),
+            source: Some(ClientError::boxed(e)),
         })
     }
-}
-
-fn boxed(error: impl std::error::Error + Send + Sync + 'static) -> BoxError {
-    Box::new(error)
 }
 
 fn too_large(subject: &switchboard_core::Subject, size: usize, max: usize) -> Error {
@@ -358,32 +373,4 @@ fn too_large(subject: &switchboard_core::Subject, size: usize, max: usize) -> Er
         size,
         max,
     }
-}
-
-/// A connect error that says what went wrong and what to check.
-fn connect_error(url: &str, options: &NatsOptions, error: async_nats::ConnectError) -> Error {
-    use async_nats::ConnectErrorKind as Kind;
-    let io_kind = std::error::Error::source(&error)
-        .and_then(|source| source.downcast_ref::<std::io::Error>())
-        .map(std::io::Error::kind);
-    if let Some(failure) = options.tls.explain(&error) {
-        return Error::connect(KIND, url, failure, Some(boxed(error)));
-    }
-    let reason = match (error.kind(), io_kind) {
-        (Kind::AuthorizationViolation, _) => {
-            "authorization failed: the server rejected the credentials; check the user:password or token in the URL".to_string()
-        }
-        (Kind::Authentication, _) => format!("authentication failed: {error}"),
-        (Kind::TimedOut, _) => format!(
-            "timed out after {:?}: something accepted the connection but did not complete a NATS handshake; is it a NATS server, and does it expect TLS (tls://)?",
-            options.get_connect_timeout()
-        ),
-        (Kind::Io, Some(std::io::ErrorKind::ConnectionRefused)) => {
-            "nothing answers (connection refused); is nats-server running?".to_string()
-        }
-        (Kind::Dns, _) => format!("cannot resolve the host: {error}"),
-        (Kind::Tls, _) => format!("TLS failed: {error}; use tls:// only if the server has TLS enabled"),
-        (_, _) => error.to_string(),
-    };
-    Error::connect(KIND, url, reason, Some(boxed(error)))
 }
