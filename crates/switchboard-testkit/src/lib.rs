@@ -11,7 +11,7 @@
 //!   nats-server and redis-server with TLS ([`NatsServer::start_tls`],
 //!   [`RedisServer::start_mutual_tls`], …) and for [`tls_proxy`]: a
 //!   [`TlsProxy`] terminating TLS (optionally mutual) in front of a plain port;
-//! - [`tls_checks`]: the TLS behaviour every adapter shows (`ca`, mutual TLS,
+//! - [`tls_checks`](mod@tls_checks): the TLS behaviour every adapter shows (`ca`, mutual TLS,
 //!   `tls_server_name`, one-line errors), checked once for all against a
 //!   listener the adapter's test starts;
 //! - [`errors`]: checks on how an error reads with its chain of sources.
