@@ -6,18 +6,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use lapin::{ExchangeKind, PublisherConfirm};
 use switchboard_core::{
-    async_trait, Broker, Capabilities, ConnectionStatus, Durable, Error, Message, Pattern,
-    Publisher, QueueGroup, Result, Subject, Subscriber, Subscription,
+    async_trait, Broker, Capabilities, ConnectKind, ConnectionStatus, Durable, Error, Link,
+    Message, Pattern, Publisher, QueueGroup, Result, Subject, Subscriber, Subscription,
 };
 use tokio::sync::watch;
 
 use crate::config::{AmqpOptions, Config};
+use crate::error::{amqp_error, connect_error, ClientError};
 use crate::{subscription, wire, BROKER};
 
 /// A connection to RabbitMQ (or another AMQP 0-9-1 broker) through one topic
@@ -72,8 +74,9 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     closed_tx: watch::Sender<bool>,
     window: tokio::sync::Mutex<Window>,
-    /// The connection's state, for `Broker::status`.
-    link: switchboard_core::Link,
+    /// The connection's state, for `Broker::status`; also told by each
+    /// connection's event watcher when lapin gives the connection up.
+    link: Arc<Link>,
 }
 
 impl Inner {
@@ -139,7 +142,7 @@ impl Inner {
                     publisher,
                 }
             }
-            _ => open_session(&self.config).await?,
+            _ => open_session(&self.config, &self.link).await?,
         };
         let session = Arc::new(session);
         if self.is_closed() {
@@ -165,8 +168,10 @@ impl Inner {
     }
 }
 
-/// Connects with a bounded time, opens the publishing channel and checks the exchange.
-async fn open_session(config: &Config) -> Result<Session> {
+/// Connects with a bounded time, opens the publishing channel and checks the
+/// exchange. `link` hears when lapin gives the connection up (a missed
+/// heartbeat, a reset), at once rather than at the next publish.
+async fn open_session(config: &Config, link: &Arc<Link>) -> Result<Session> {
     let timeout = config.options.connect_timeout;
     let name = config
         .options
@@ -180,6 +185,7 @@ async fn open_session(config: &Config) -> Result<Session> {
         Ok(Err(error)) => return Err(connect_error(config, error)),
         Err(_) => {
             return Err(config.connect_error(
+                ConnectKind::Timeout,
                 format!(
                     "no AMQP answer from {} within {timeout:?}; check the host and port, that RabbitMQ is running and reachable, and for amqps:// that the port speaks TLS",
                     config.address()
@@ -188,9 +194,11 @@ async fn open_session(config: &Config) -> Result<Session> {
             ))
         }
     };
+    watch_connection(&connection, link);
     let publisher = match tokio::time::timeout(timeout, open_publisher(config, &connection)).await {
         Ok(result) => result,
         Err(_) => Err(config.connect_error(
+            ConnectKind::Timeout,
             format!("the broker did not open a channel within {timeout:?}"),
             None,
         )),
@@ -207,10 +215,40 @@ async fn open_session(config: &Config) -> Result<Session> {
     }
 }
 
+/// Tells `link` when lapin reports the connection failed. The task ends with
+/// the connection (its event stream ends when lapin drops it).
+fn watch_connection(connection: &Connection, link: &Arc<Link>) {
+    let mut events = connection.events_listener();
+    let status = connection.status().clone();
+    let link = Arc::downgrade(link);
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            let lapin::Event::Error(error) = event else {
+                continue;
+            };
+            // A channel's error (a subscription's queue deleted, say) is not
+            // the connection's.
+            if status.connected() {
+                continue;
+            }
+            match link.upgrade() {
+                Some(link) => {
+                    link.lost(error);
+                }
+                None => return,
+            }
+        }
+    });
+}
+
 /// Opens a channel in confirm mode and makes sure the exchange exists.
 async fn open_publisher(config: &Config, connection: &Connection) -> Result<Channel> {
     let channel_error = |error: lapin::Error| {
-        config.connect_error(format!("cannot open a channel: {error}"), Some(error))
+        config.connect_error(
+            ConnectKind::Other,
+            "cannot open a channel",
+            Some(ClientError::boxed(error)),
+        )
     };
     let channel = connection.create_channel().await.map_err(channel_error)?;
     let exchange = config.options.exchange.as_str();
@@ -230,81 +268,26 @@ async fn open_publisher(config: &Config, connection: &Connection) -> Result<Chan
         )
         .await
         .map_err(|error| {
-            let reason = match amqp_error(&error) {
-                Some(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) => format!(
+            let (kind, reason) = match amqp_error(&error) {
+                Some(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) => (ConnectKind::Protocol, format!(
                     "exchange `{exchange}` does not exist; names starting with amq. are reserved, use amq.topic or another name switchboard can declare"
-                ),
-                Some(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) => format!(
+                )),
+                Some(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) => (ConnectKind::Protocol, format!(
                     "exchange `{exchange}` exists but is not a durable topic exchange; switchboard needs a topic exchange, use another ?exchange="
-                ),
-                Some(AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)) => format!(
+                )),
+                Some(AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)) => (ConnectKind::Auth, format!(
                     "user `{}` may not declare exchange `{exchange}`; grant configure permission or use amq.topic",
                     config.uri.authority.userinfo.username
-                ),
-                _ => format!("cannot declare exchange `{exchange}`: {error}"),
+                )),
+                _ => (ConnectKind::Other, format!("cannot declare exchange `{exchange}`")),
             };
-            config.connect_error(reason, Some(error))
+            config.connect_error(kind, reason, Some(ClientError::boxed(error)))
         })?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(channel_error)?;
     Ok(channel)
-}
-
-pub(crate) fn amqp_error(error: &lapin::Error) -> Option<&AMQPErrorKind> {
-    match error.kind() {
-        ErrorKind::ProtocolError(e) => Some(e.kind()),
-        _ => None,
-    }
-}
-
-/// One line saying what went wrong while connecting and what to fix.
-fn connect_error(config: &Config, error: lapin::Error) -> Error {
-    if let (Some(_), ErrorKind::IOError(io)) = (&config.tls, error.kind()) {
-        if let Some(failure) = config.options.tls.explain(io.as_ref()) {
-            return config.connect_error(failure, Some(error));
-        }
-    }
-    let user = &config.uri.authority.userinfo.username;
-    let vhost = &config.uri.vhost;
-    let address = config.address();
-    let reason = match error.kind() {
-        ErrorKind::IOError(io) => match io.kind() {
-            std::io::ErrorKind::ConnectionRefused => format!(
-                "connection refused by {address}; check the host and port and that RabbitMQ is running"
-            ),
-            std::io::ErrorKind::TimedOut => {
-                format!("no answer from {address}; check the host, port and firewall")
-            }
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof => format!(
-                "{address} closed the connection during the handshake; check the port speaks AMQP 0-9-1 (amqps:// needs the TLS port, usually 5671)"
-            ),
-            _ => format!("cannot reach {address}: {io}"),
-        },
-        ErrorKind::ProtocolError(e) => match e.kind() {
-            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => format!(
-                "authentication failed for user `{user}`; check the user name and password in the URL"
-            ),
-            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => format!(
-                "vhost `{vhost}` does not exist or user `{user}` may not use it; check the vhost in the URL path (`/` is written %2f) or grant access with `rabbitmqctl set_permissions -p {vhost} {user} '.*' '.*' '.*'`"
-            ),
-            _ => format!("the broker refused the connection: {}", e.get_message()),
-        },
-        ErrorKind::InvalidProtocolVersion(_) | ErrorKind::ParsingError(_) => format!(
-            "{address} does not speak AMQP 0-9-1; check the port (5672 for amqp://, 5671 for amqps://)"
-        ),
-        ErrorKind::InvalidConnectionState(_) => format!(
-            "{address} closed the connection during the handshake; check the user name, password and vhost, and that the port speaks AMQP 0-9-1"
-        ),
-        _ => error.to_string(),
-    };
-    // lapin's parser errors are debug dumps that help no user: the reason says it all.
-    let source = match error.kind() {
-        ErrorKind::InvalidProtocolVersion(_) | ErrorKind::ParsingError(_) => None,
-        _ => Some(error),
-    };
-    config.connect_error(reason, source)
 }
 
 impl AmqpBroker {
@@ -314,7 +297,8 @@ impl AmqpBroker {
         let config = Config::parse(url, options)?;
         let exchange = ShortString::try_new(config.options.exchange.clone())
             .map_err(|_| Error::invalid_url(url, "the exchange name is longer than 255 bytes"))?;
-        let session = open_session(&config).await?;
+        let link = Arc::new(Link::new(BROKER));
+        let session = open_session(&config, &link).await?;
         let (closed_tx, _) = watch::channel(false);
         Ok(AmqpBroker {
             inner: Arc::new(Inner {
@@ -325,7 +309,7 @@ impl AmqpBroker {
                 closed: AtomicBool::new(false),
                 closed_tx,
                 window: tokio::sync::Mutex::new(Window::default()),
-                link: switchboard_core::Link::new(BROKER),
+                link,
             }),
         })
     }
@@ -336,17 +320,37 @@ impl AmqpBroker {
     }
 
     /// Awaits every confirm in the window; failures as one error.
+    ///
+    /// Bounded by the flush timeout: what is not confirmed by then goes back
+    /// to the window (ahead of later publishes), with the failures seen so
+    /// far, for the next flush.
     async fn drain(&self) -> Result<()> {
-        let (pending, mut failures) = {
+        let after = self.inner.config.options.flush_timeout;
+        let deadline = tokio::time::Instant::now() + after;
+        let (mut pending, mut failures) = {
             let mut window = self.inner.window.lock().await;
             (
                 std::mem::take(&mut window.pending),
                 std::mem::take(&mut window.failures),
             )
         };
-        for pending in pending {
-            if let Some(failure) = settle(pending).await {
-                failures.push(failure);
+        while let Some(mut next) = pending.pop_front() {
+            match tokio::time::timeout_at(deadline, &mut next.confirm).await {
+                Ok(outcome) => failures.extend(failure(&next.subject, outcome)),
+                Err(_) => {
+                    pending.push_front(next);
+                    let mut window = self.inner.window.lock().await;
+                    while let Some(unconfirmed) = pending.pop_back() {
+                        window.pending.push_front(unconfirmed);
+                    }
+                    failures.append(&mut window.failures);
+                    window.failures = failures;
+                    return Err(Error::Timeout {
+                        broker: BROKER,
+                        operation: "flush".to_string(),
+                        after,
+                    });
+                }
             }
         }
         match failures.len() {
@@ -379,7 +383,7 @@ impl AmqpBroker {
             Err(Error::Closed { broker }) => return Err(Error::Closed { broker }),
             Err(error) => {
                 return Err(publish_error(
-                    format!("not connected, and reconnecting failed: {error}"),
+                    "not connected, and reconnecting failed".to_string(),
                     Some(Box::new(error)),
                 ))
             }
@@ -403,11 +407,8 @@ impl AmqpBroker {
             .await
             .map_err(|error| {
                 publish_error(
-                    format!(
-                        "the connection to {} failed: {error}",
-                        self.inner.config.redacted
-                    ),
-                    Some(Box::new(error)),
+                    format!("the connection to {} failed", self.inner.config.redacted),
+                    Some(ClientError::boxed(error)),
                 )
             })
     }
@@ -415,20 +416,25 @@ impl AmqpBroker {
 
 /// The outcome of one confirm: `None` when acked, else what went wrong.
 async fn settle(pending: Pending) -> Option<String> {
-    match pending.confirm.await {
+    failure(&pending.subject, pending.confirm.await)
+}
+
+/// What went wrong with the message to `subject`, given its confirm; `None` when acked.
+fn failure(subject: &Subject, outcome: lapin::Result<Confirmation>) -> Option<String> {
+    match outcome {
         Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => None,
         Ok(Confirmation::Ack(Some(returned))) => Some(format!(
             "message to {:?} was returned: {}",
-            pending.subject.as_str(),
+            subject.as_str(),
             returned.reply_text
         )),
         Ok(Confirmation::Nack(_)) => Some(format!(
             "message to {:?} was nacked (the broker could not take it)",
-            pending.subject.as_str()
+            subject.as_str()
         )),
         Err(error) => Some(format!(
             "message to {:?}: the connection or channel failed before the broker confirmed it ({error}); it may or may not have been delivered",
-            pending.subject.as_str()
+            subject.as_str()
         )),
     }
 }

@@ -4,7 +4,8 @@ use std::fmt;
 use std::time::Duration;
 
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
-use switchboard_core::{Error, Result};
+use switchboard_core::options::{self, Query};
+use switchboard_core::{BoxError, ConnectKind, Error, Result};
 use switchboard_tls::TlsOptions;
 use url::Url;
 
@@ -21,19 +22,32 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONFIRM_WINDOW: usize = 256;
 /// RabbitMQ's default `max_message_size` (128 MiB).
 pub const DEFAULT_MAX_PAYLOAD: usize = 134_217_728;
+/// How long `flush` waits for the broker's confirms, unless configured.
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How soon a connection that passes nothing is declared dead, unless
+/// configured: 15 s, as on every broker ([`options::DEFAULT_KEEPALIVE`]).
+pub const DEFAULT_KEEPALIVE: Duration = options::DEFAULT_KEEPALIVE;
 
-/// The query parameters [`connect`](crate::connect) accepts.
+/// The query parameters [`connect`](crate::connect) accepts: the keys every
+/// adapter shares (`connect_timeout`, `flush_timeout`, `name`, `keepalive`),
+/// AMQP's own, the older spellings `connection_timeout` (milliseconds)
+/// and `connection_name`, which still work, and on `amqps://` URLs the TLS
+/// keys ([`switchboard_tls::QUERY_KEYS`]).
 pub const QUERY_PARAMS: &[&str] = &[
+    options::CONNECT_TIMEOUT,
+    options::FLUSH_TIMEOUT,
+    options::NAME,
+    options::KEEPALIVE,
     "exchange",
     "prefetch",
-    "connection_timeout",
     "confirm_window",
-    "connection_name",
     "max_payload",
     "heartbeat",
     "frame_max",
     "channel_max",
     "auth_mechanism",
+    "connection_timeout",
+    "connection_name",
     "ca",
     "cert",
     "key",
@@ -60,6 +74,8 @@ pub struct AmqpOptions {
     pub(crate) confirm_window: usize,
     pub(crate) connection_name: Option<String>,
     pub(crate) max_payload: usize,
+    pub(crate) flush_timeout: Duration,
+    pub(crate) keepalive: Option<Duration>,
     pub(crate) tls: TlsOptions,
 }
 
@@ -72,6 +88,8 @@ impl Default for AmqpOptions {
             confirm_window: DEFAULT_CONFIRM_WINDOW,
             connection_name: None,
             max_payload: DEFAULT_MAX_PAYLOAD,
+            flush_timeout: DEFAULT_FLUSH_TIMEOUT,
+            keepalive: Some(DEFAULT_KEEPALIVE),
             tls: TlsOptions::new(),
         }
     }
@@ -94,7 +112,8 @@ impl AmqpOptions {
     }
 
     /// How long connecting (and reconnecting, and declaring a subscription's
-    /// queue) may take before failing (default 5 s; URL `?connection_timeout=` in ms).
+    /// queue) may take before failing (default 5 s; URL `?connect_timeout=5s`,
+    /// or the older `?connection_timeout=` in milliseconds).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -108,7 +127,8 @@ impl AmqpOptions {
     }
 
     /// The connection name RabbitMQ shows (`rabbitmqctl list_connections
-    /// client_properties`, management UI); default `switchboard`; URL `?connection_name=`.
+    /// client_properties`, management UI); default `switchboard`; URL `?name=`
+    /// (or the older `?connection_name=`).
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.connection_name = Some(name.into());
         self
@@ -118,6 +138,28 @@ impl AmqpOptions {
     /// `max_message_size` (default 128 MiB, RabbitMQ's default; URL `?max_payload=`).
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
+        self
+    }
+
+    /// How long `flush` (and the flush in `close`) waits for the broker's
+    /// confirms before failing with [`Error::Timeout`]; the confirms not seen
+    /// yet stay counted, so a later `flush` waits for them again (default
+    /// 10 s; URL `?flush_timeout=10s`).
+    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
+        self.flush_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How soon a connection that passes nothing is declared dead: it is the
+    /// AMQP heartbeat, whole seconds, at half of it (RabbitMQ and lapin give a
+    /// connection up after two heartbeats without a frame). A dead connection
+    /// makes every subscription yield
+    /// [`Error::Disconnected`](switchboard_core::Error::Disconnected) and
+    /// resubscribe. `None` takes the broker's heartbeat (RabbitMQ: 60 s, so
+    /// about 2 minutes). Default 15 s; URL `?keepalive=15s`, `?keepalive=off`
+    /// (or lapin's `?heartbeat=` in seconds, which wins).
+    pub fn keepalive(mut self, keepalive: Option<Duration>) -> Self {
+        self.keepalive = keepalive.filter(|k| !k.is_zero());
         self
     }
 
@@ -149,6 +191,8 @@ impl fmt::Debug for AmqpOptions {
             .field("confirm_window", &self.confirm_window)
             .field("connection_name", &self.connection_name)
             .field("max_payload", &self.max_payload)
+            .field("flush_timeout", &self.flush_timeout)
+            .field("keepalive", &self.keepalive)
             .field("tls", &self.tls)
             .finish()
     }
@@ -173,15 +217,6 @@ impl fmt::Debug for Config {
             .field("options", &self.options)
             .finish()
     }
-}
-
-fn parse_num<T: std::str::FromStr>(url: &str, key: &str, value: &str, what: &str) -> Result<T> {
-    value.parse().map_err(|_| {
-        Error::invalid_url(
-            url,
-            format!("query parameter `{key}={value}` must be {what}"),
-        )
-    })
 }
 
 impl Config {
@@ -212,17 +247,13 @@ impl Config {
             }
         }
         .to_string();
-        let decode = |s: &str, what: &str| -> Result<String> {
-            percent_decode(s)
-                .ok_or_else(|| Error::invalid_url(url, format!("the {what} is not valid UTF-8")))
-        };
         let username = match parsed.username() {
             "" => "guest".to_string(),
-            u => decode(u, "user name")?,
+            u => options::decode(url, "user name", u)?,
         };
         let password = match parsed.password() {
             None => "guest".to_string(),
-            Some(p) => decode(p, "password")?,
+            Some(p) => options::decode(url, "password", p)?,
         };
         // `amqp://host`, `amqp://host/` and `amqp://host/%2f` all mean the default vhost `/`.
         let vhost = match parsed.path() {
@@ -235,82 +266,25 @@ impl Config {
                         "the vhost must be one path segment; write `/` inside it as %2f",
                     ));
                 }
-                decode(raw, "vhost")?
+                options::decode(url, "vhost", raw)?
             }
         };
+        let query = Query::parse(url, &parsed, QUERY_PARAMS)?;
+        let heartbeat = apply_query(&query, &mut options)?;
+        let mut tls_in_url = false;
+        for (key, value) in query.pairs() {
+            tls_in_url |= apply_tls_parameter(url, &mut options, key, value)?;
+        }
         let mut query = AMQPQueryString {
-            connection_timeout: None,
+            heartbeat,
+            frame_max: query.parse_as("frame_max", "a number of bytes")?,
+            channel_max: query.parse_as("channel_max", "a number of channels")?,
+            auth_mechanism: query.parse_as(
+                "auth_mechanism",
+                "one of plain, amqplain, external or anonymous",
+            )?,
             ..Default::default()
         };
-        let mut unknown = Vec::new();
-        let mut tls_in_url = false;
-        for (key, value) in parsed.query_pairs() {
-            let value = value.as_ref();
-            if apply_tls_parameter(url, &mut options, &key, value)? {
-                tls_in_url = true;
-                continue;
-            }
-            match key.as_ref() {
-                "exchange" => {
-                    if value.is_empty() {
-                        return Err(Error::invalid_url(
-                            url,
-                            "`exchange=` is empty; the default exchange cannot route by topic, name a topic exchange such as amq.topic",
-                        ));
-                    }
-                    options.exchange = value.to_string();
-                }
-                "prefetch" => {
-                    options.prefetch = parse_num(url, &key, value, "a number from 0 to 65535")?
-                }
-                "connection_timeout" => {
-                    let ms: u64 = parse_num(url, &key, value, "a number of milliseconds")?;
-                    options.connect_timeout = Duration::from_millis(ms);
-                }
-                "confirm_window" => {
-                    let n: usize = parse_num(url, &key, value, "a number of messages (at least 1)")?;
-                    options.confirm_window = n.max(1);
-                }
-                "connection_name" => options.connection_name = Some(value.to_string()),
-                "max_payload" => {
-                    options.max_payload = parse_num(url, &key, value, "a number of bytes")?
-                }
-                "heartbeat" => {
-                    query.heartbeat = Some(parse_num(url, &key, value, "a number of seconds")?)
-                }
-                "frame_max" => {
-                    query.frame_max = Some(parse_num(url, &key, value, "a number of bytes")?)
-                }
-                "channel_max" => {
-                    query.channel_max = Some(parse_num(url, &key, value, "a number of channels")?)
-                }
-                "auth_mechanism" => {
-                    query.auth_mechanism = Some(value.parse().map_err(|_| {
-                        Error::invalid_url(
-                            url,
-                            format!(
-                                "`auth_mechanism={value}` is unknown; use plain, amqplain, external or anonymous"
-                            ),
-                        )
-                    })?)
-                }
-                other => unknown.push(other.to_string()),
-            }
-        }
-        if !unknown.is_empty() {
-            return Err(Error::invalid_url(
-                url,
-                format!(
-                    "unknown query parameter(s) {}; accepted: {}",
-                    unknown
-                        .iter()
-                        .map(|k| format!("`{k}`"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    QUERY_PARAMS.join(", ")
-                ),
-            ));
-        }
         if options.exchange.starts_with("amq.") && options.exchange != DEFAULT_EXCHANGE {
             return Err(Error::invalid_url(
                 url,
@@ -354,35 +328,77 @@ impl Config {
 
     pub(crate) fn connect_error(
         &self,
+        kind: ConnectKind,
         reason: impl fmt::Display,
-        source: Option<lapin::Error>,
+        source: Option<BoxError>,
     ) -> Error {
         Error::Connect {
             broker: BROKER,
             url: self.redacted.clone(),
+            kind,
             reason: reason.to_string(),
-            source: source.map(|e| Box::new(e) as switchboard_core::BoxError),
+            source,
         }
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+/// Applies the query to `options`; returns the AMQP heartbeat to ask for (in
+/// seconds; `None`: the broker's).
+fn apply_query(query: &Query, options: &mut AmqpOptions) -> Result<Option<u16>> {
+    if let Some(exchange) = query.text("exchange") {
+        if exchange.is_empty() {
+            return Err(query.invalid(
+                "exchange",
+                exchange,
+                "a topic exchange's name such as amq.topic (the default exchange cannot route by topic)",
+            ));
         }
-        out.push(bytes[i]);
-        i += 1;
+        options.exchange = exchange.to_string();
     }
-    String::from_utf8(out).ok()
+    if let Some(prefetch) = query.parse_as("prefetch", "a number from 0 to 65535")? {
+        options.prefetch = prefetch;
+    }
+    if let Some(ms) = query.parse_as::<u64>("connection_timeout", "a number of milliseconds")? {
+        options.connect_timeout = Duration::from_millis(ms.max(1));
+    }
+    if let Some(timeout) = query.duration(options::CONNECT_TIMEOUT)? {
+        options.connect_timeout = timeout;
+    }
+    if let Some(timeout) = query.duration(options::FLUSH_TIMEOUT)? {
+        options.flush_timeout = timeout;
+    }
+    if let Some(window) = query.count("confirm_window")? {
+        options.confirm_window = window;
+    }
+    if let Some(name) = query
+        .text(options::NAME)
+        .or_else(|| query.text("connection_name"))
+    {
+        options.connection_name = Some(name.to_string());
+    }
+    if let Some(max) = query.parse_as("max_payload", "a number of bytes")? {
+        options.max_payload = max;
+    }
+    if let Some(keepalive) = query.keepalive()? {
+        options.keepalive = keepalive;
+    }
+    let heartbeat = query.parse_as::<u16>("heartbeat", "a number of seconds (0 to 65535)")?;
+    if heartbeat.is_some() && query.has(options::KEEPALIVE) {
+        return Err(query.invalid(
+            "heartbeat",
+            query.text("heartbeat").unwrap_or_default(),
+            "left out when `keepalive` is given (keepalive sets the heartbeat)",
+        ));
+    }
+    Ok(heartbeat.or_else(|| options.keepalive.map(heartbeat_for)))
+}
+
+/// The AMQP heartbeat (whole seconds, at least 1) that notices a dead link
+/// after about `keepalive`: both ends give up after two silent heartbeats.
+pub(crate) fn heartbeat_for(keepalive: Duration) -> u16 {
+    u16::try_from(keepalive.as_secs() / 2)
+        .unwrap_or(u16::MAX)
+        .max(1)
 }
 
 #[cfg(test)]
@@ -409,6 +425,30 @@ mod tests {
         assert_eq!(c.uri.query.heartbeat, Some(30));
         assert_eq!(c.options.connect_timeout, Duration::from_millis(1500));
         assert!(!format!("{c:?}").contains("p@ss"));
+        // The keys every adapter shares, with humantime durations.
+        let c =
+            parse("amqp://h/?connect_timeout=2s&flush_timeout=3s&name=api&keepalive=10s").unwrap();
+        assert_eq!(c.options.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.options.flush_timeout, Duration::from_secs(3));
+        assert_eq!(c.options.connection_name.as_deref(), Some("api"));
+        assert_eq!(c.uri.query.heartbeat, Some(5));
+        assert_eq!(parse("amqp://h").unwrap().uri.query.heartbeat, Some(7));
+        assert_eq!(
+            parse("amqp://h?keepalive=off").unwrap().uri.query.heartbeat,
+            None
+        );
+        assert_eq!(
+            parse("amqp://h?keepalive=1s").unwrap().uri.query.heartbeat,
+            Some(1)
+        );
+        assert_eq!(
+            parse("amqp://h?connection_name=old")
+                .unwrap()
+                .options
+                .connection_name
+                .as_deref(),
+            Some("old")
+        );
         assert_eq!(parse("amqp://h").unwrap().uri.vhost, "/");
         assert_eq!(parse("amqp://h/").unwrap().uri.vhost, "/");
         assert_eq!(
@@ -422,8 +462,27 @@ mod tests {
         let e = parse("amqp://u:secret@h/?exchnage=x&foo=1")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("`exchnage`") && e.contains("`foo`"), "{e}");
+        assert!(e.contains("`exchnage`") && e.contains("`prefetch`"), "{e}");
+        assert!(
+            e.contains("`ca`, `cert`, `key` and `tls_server_name`"),
+            "{e}"
+        );
         assert!(!e.contains("secret"), "{e}");
+        for key in options::COMMON.iter().chain(&switchboard_tls::QUERY_KEYS) {
+            if *key != options::CAPACITY {
+                assert!(QUERY_PARAMS.contains(key), "{key}");
+            }
+        }
+        for (url, needle) in [
+            ("amqp://h/%zz", "`%zz`"),
+            ("amqp://u:p%2@h/", "`%2`"),
+            ("amqp://h/?connect_timeout=5000", "`connect_timeout=5000`"),
+            ("amqp://h/?keepalive=5s&heartbeat=3", "`heartbeat=3`"),
+            ("amqp://h/?auth_mechanism=magic", "`auth_mechanism=magic`"),
+        ] {
+            let e = parse(url).unwrap_err().to_string();
+            assert!(e.contains(needle), "{url}: {e}");
+        }
         let e = parse("amqp://h/?prefetch=lots").unwrap_err().to_string();
         assert!(e.contains("prefetch=lots"), "{e}");
         let e = parse("http://h/").unwrap_err().to_string();
@@ -444,6 +503,11 @@ mod tests {
         // Set in code, TLS settings apply to amqps:// URLs and are left unused on amqp://.
         let coded = AmqpOptions::default().tls(TlsOptions::new().ca("/nonexistent/ca.pem"));
         assert!(Config::parse("amqp://h", coded).unwrap().tls.is_none());
+        // `ca` may be repeated; every file is kept, in order.
+        let e = parse("amqps://h/?ca=/nonexistent/a.pem&ca=/nonexistent/b.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/a.pem"), "{e}");
         let e = parse("amqps://h/?key=/k.pem").unwrap_err().to_string();
         assert!(e.contains("without `cert`"), "{e}");
         let e = parse("amqp://h/?exchange=amq.direct")

@@ -22,21 +22,29 @@
 //! path segment, percent-encoded: `/%2f` is the vhost `/`, and so are an
 //! empty path and `/` alone (a vhost named `""` cannot be reached).
 //!
+//! The keys every switchboard adapter shares ([`switchboard_core::options`]),
+//! with the same units, and AMQP's own:
+//!
 //! | parameter | meaning | default |
 //! |---|---|---|
+//! | `connect_timeout` | time allowed for connecting, reconnecting, declaring a subscription (`5s`, `500ms`) | 5 s |
+//! | `flush_timeout` | how long `flush` (and `close`) wait for the broker's confirms | 10 s |
+//! | `name` | the name RabbitMQ shows for the connection | `switchboard` |
+//! | `keepalive` | a connection silent this long is declared dead: the AMQP heartbeat, at half of it in whole seconds; `off` takes the broker's (RabbitMQ: 60 s, so about 2 minutes) | 15 s |
 //! | `exchange` | the topic exchange published to and bound to; another name is declared (durable, topic) if missing; other `amq.*` names are refused | `amq.topic` |
 //! | `prefetch` | unacknowledged deliveries one subscription holds (`basic.qos`); 0 = unlimited | 256 |
-//! | `connection_timeout` | ms allowed for connecting, reconnecting, declaring a subscription | 5000 |
 //! | `confirm_window` | publishes that may await their confirm before `publish` waits | 256 |
-//! | `connection_name` | the name RabbitMQ shows for the connection | `switchboard` |
 //! | `max_payload` | the largest payload `publish` accepts (the server's `max_message_size`) | 134217728 |
-//! | `heartbeat`, `frame_max`, `channel_max`, `auth_mechanism` | passed to the AMQP handshake (lapin) | server's |
+//! | `heartbeat`, `frame_max`, `channel_max`, `auth_mechanism` | passed to the AMQP handshake (lapin); `heartbeat` (seconds) instead of `keepalive` | server's |
 //! | `ca` | `amqps://`: a PEM file of CAs to trust instead of the platform's store (repeatable; `ca=system` adds the store) | the platform's store |
 //! | `cert`, `key` | `amqps://`: a client certificate and its key (PEM), for mutual TLS | none |
 //! | `tls_server_name` | `amqps://`: the name the server's certificate is checked against (and sent as SNI), when not the host | the host |
 //!
-//! Any other parameter is an error naming it. [`AmqpOptions`] with
-//! [`AmqpBroker::connect_with`] sets the same from code; the URL wins.
+//! The older spellings `connection_timeout` (in milliseconds) and
+//! `connection_name` still work. Any other parameter, or a `%` that is not a
+//! percent-escape (in the user, password, vhost or query), is an error naming
+//! it. [`AmqpOptions`] with [`AmqpBroker::connect_with`] sets the same from
+//! code; the URL wins.
 //!
 //! # TLS
 //!
@@ -56,7 +64,10 @@
 //! [`Error::Connect`](switchboard_core::Error::Connect) line naming the URL
 //! (password redacted) and what to fix: a refused or silent port, a wrong user
 //! or password, an unknown vhost or one the user may not use, an exchange that
-//! does not exist or is not a topic exchange.
+//! does not exist or is not a topic exchange. Its
+//! [`ConnectKind`](switchboard_core::ConnectKind) says which; a wrong password
+//! (`Auth`), an unknown vhost or exchange (`Protocol`) or a failed TLS
+//! handshake (`Tls`) are not [temporary](switchboard_core::Error::is_temporary).
 //!
 //! # Wire mapping
 //!
@@ -75,7 +86,11 @@
 //!   bare prefix). Every delivery is checked against
 //!   [`Pattern::matches`](switchboard_core::Pattern::matches) as well (a
 //!   literal `#` token would be a wildcard to AMQP); one that does not match
-//!   is acknowledged and skipped.
+//!   is acknowledged and skipped. A delivery whose routing key is not a valid
+//!   subject (a plain client can publish with any key, e.g. `a.bad key`) is
+//!   rejected (so a dead-letter exchange can keep it) and yields an
+//!   [`Error::InvalidSubject`](switchboard_core::Error::InvalidSubject) item
+//!   naming the key; the stream goes on.
 //!
 //! # Subscriptions and queue groups
 //!
@@ -132,17 +147,28 @@
 //! [`flush`](switchboard_core::Publisher::flush) returns once every earlier
 //! publish is confirmed, and fails naming the messages the broker nacked or
 //! that a lost connection left unconfirmed (they may or may not have arrived).
+//! It waits at most `flush_timeout`, then fails with
+//! [`Error::Timeout`](switchboard_core::Error::Timeout); the confirms not seen
+//! yet stay counted for the next flush.
 //!
 //! # Lost connections
 //!
 //! Each subscription whose channel or connection is lost yields one
 //! [`Error::Disconnected`](switchboard_core::Error::Disconnected) item, then
 //! reconnects with backoff (100 ms doubling to 5 s) and declares its queue,
-//! binding and consumer again; the stream goes on. Messages published while it
-//! was away are missed (its queue was deleted with the connection). A
-//! `publish` that finds the connection lost reconnects (once, within the
-//! connect timeout) before failing with
-//! [`Error::Publish`](switchboard_core::Error::Publish).
+//! binding and consumer again, logging one line when it is back
+//! (`amqp: resubscribed to 'alerts.>' after 1.2s`; failed attempts only at
+//! debug level); the stream goes on. Messages published while it was away are
+//! missed (its queue was deleted with the connection). A `publish` that finds
+//! the connection lost reconnects (once, within the connect timeout) before
+//! failing with [`Error::Publish`](switchboard_core::Error::Publish).
+//!
+//! A connection that stops passing bytes without closing (a frozen peer, a
+//! dropped NAT entry) is noticed by the AMQP heartbeat: with `keepalive=D`
+//! (15 s by default) the heartbeat is `D/2`, and lapin gives the connection up
+//! after two heartbeats without a frame, so after about `D`;
+//! [`Broker::status`](switchboard_core::Broker::status) says so at once, and
+//! every subscription reports and resubscribes as above.
 //!
 //! `close` flushes, then closes the connection (which cancels every consumer
 //! and requeues what was not acknowledged); every subscription's stream ends.
@@ -162,6 +188,7 @@
 
 mod broker;
 mod config;
+mod error;
 mod subscription;
 mod tls;
 mod wire;
@@ -169,7 +196,7 @@ mod wire;
 pub use broker::AmqpBroker;
 pub use config::{
     AmqpOptions, DEFAULT_CONFIRM_WINDOW, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EXCHANGE,
-    DEFAULT_MAX_PAYLOAD, DEFAULT_PREFETCH, QUERY_PARAMS,
+    DEFAULT_FLUSH_TIMEOUT, DEFAULT_KEEPALIVE, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFETCH, QUERY_PARAMS,
 };
 pub use subscription::GROUP_QUEUE_PREFIX;
 /// TLS settings for [`tls`](AmqpOptions::tls), the same on every adapter.

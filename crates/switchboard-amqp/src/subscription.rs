@@ -16,11 +16,12 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, Channel, Consumer};
 use switchboard_core::{
     async_trait, Acknowledge, Bytes, Delivery, Error, Message, Pattern, QueueGroup, Result,
-    Subject, Subscription,
+    Subject, Subscription, SubscriptionLink,
 };
 use tokio::sync::watch;
 
-use crate::broker::{amqp_error, Inner};
+use crate::broker::Inner;
+use crate::error::{amqp_error, ClientError};
 use crate::{wire, BROKER};
 
 /// The prefix of a queue group's queue name: `switchboard.group.<group>@<exchange>`.
@@ -83,12 +84,13 @@ pub(crate) async fn subscribe(
             error => Error::Subscribe {
                 broker: BROKER,
                 pattern: pattern.to_string(),
-                reason: error.to_string(),
+                reason: "not connected, and connecting failed".to_string(),
                 source: Some(Box::new(error)),
             },
         })?;
     let state = State {
         closed: inner.closed_signal(),
+        link: SubscriptionLink::new(BROKER, &pattern),
         inner,
         topology,
         consumer: Some(consumer),
@@ -209,22 +211,22 @@ async fn declare(inner: &Inner, topology: &Topology, current: &Current) -> Resul
         }
         let reason = match amqp_error(&error) {
             Some(AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)) => format!(
-                "user `{}` may not declare, bind or consume the queue: {error}; grant configure/read permissions on the vhost",
+                "user `{}` may not declare, bind or consume the queue; grant configure/read permissions on the vhost",
                 inner.config.uri.authority.userinfo.username
             ),
-            Some(AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)) => format!(
-                "the queue is exclusive to another connection: {error}"
-            ),
-            Some(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) => format!(
-                "a queue of the same name exists with other settings (switchboard declares group queues non-durable and auto-delete): {error}"
-            ),
-            _ => error.to_string(),
+            Some(AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)) => {
+                "the queue is exclusive to another connection".to_string()
+            }
+            Some(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) => {
+                "a queue of the same name exists with other settings (switchboard declares group queues non-durable and auto-delete)".to_string()
+            }
+            _ => "declaring, binding or consuming the queue failed".to_string(),
         };
         return Err(Error::Subscribe {
             broker: BROKER,
             pattern: topology.pattern.to_string(),
             reason,
-            source: Some(Box::new(error)),
+            source: Some(ClientError::boxed(error)),
         });
     }
 }
@@ -238,6 +240,8 @@ struct State {
     backoff: Duration,
     /// Set once a delivery of this subscription was dropped unsettled (warned once).
     dropped_unsettled: Arc<AtomicBool>,
+    /// The subscription's outages, for the one "resubscribed" log line.
+    link: SubscriptionLink,
 }
 
 impl State {
@@ -252,8 +256,8 @@ impl State {
             };
             let reason = match consumer.next().await {
                 Some(Ok(delivery)) => {
-                    if let Some(delivery) = self.convert(delivery) {
-                        return Some(Ok(delivery));
+                    if let Some(item) = self.convert(delivery) {
+                        return Some(item);
                     }
                     continue;
                 }
@@ -265,12 +269,12 @@ impl State {
             if self.inner.is_closed() {
                 return None;
             }
-            tracing::warn!(pattern = %self.topology.pattern, %reason, "AMQP subscription lost, resubscribing");
+            self.link.lost(&reason);
             return Some(Err(Error::Disconnected {
                 broker: BROKER,
                 reason: format!(
-                    "{reason}; resubscribing to {:?} (messages published meanwhile may be missed)",
-                    self.topology.pattern.as_str()
+                    "the subscription to '{}' lost its channel ({reason}); resubscribing. Messages published until it is back may be missed",
+                    self.topology.pattern
                 ),
             }));
         }
@@ -281,15 +285,13 @@ impl State {
         loop {
             match declare(&self.inner, &self.topology, &self.current).await {
                 Ok(consumer) => {
-                    tracing::info!(pattern = %self.topology.pattern, "AMQP subscription restored");
+                    self.link.resubscribed();
                     self.consumer = Some(consumer);
                     self.backoff = BACKOFF_START;
                     return Some(());
                 }
                 Err(Error::Closed { .. }) => return None,
-                Err(error) => {
-                    tracing::warn!(%error, retry_in = ?self.backoff, "AMQP resubscribe failed");
-                }
+                Err(error) => self.link.retry_failed(&error, self.backoff),
             }
             let sleep = tokio::time::sleep(self.backoff);
             self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
@@ -300,9 +302,13 @@ impl State {
         }
     }
 
-    /// A delivery for the user, or `None` (acknowledged and skipped) when its
-    /// routing key does not match the pattern.
-    fn convert(&self, delivery: lapin::message::Delivery) -> Option<Delivery> {
+    /// The item for a delivery: the delivery itself; an
+    /// [`Error::InvalidSubject`] for a routing key that is not a valid subject
+    /// (a plain client can publish with any key), the message being rejected
+    /// so a dead-letter exchange can keep it; or `None` (acknowledged and
+    /// skipped) for a valid subject the pattern does not match (a binding key
+    /// is wider than a pattern: a literal `#` token is a wildcard to AMQP).
+    fn convert(&self, delivery: lapin::message::Delivery) -> Option<Result<Delivery>> {
         let lapin::message::Delivery {
             routing_key,
             redelivered,
@@ -313,13 +319,32 @@ impl State {
         } = delivery;
         let subject = match Subject::new(routing_key.as_str()) {
             Ok(subject) if self.topology.pattern.matches(subject.as_str()) => subject,
-            _ => {
+            Ok(_) => {
                 tracing::trace!(
                     routing_key = routing_key.as_str(),
                     "skipping a delivery the pattern does not match"
                 );
                 let _ = acker.ack(BasicAckOptions::default()).now_or_never();
                 return None;
+            }
+            Err(error) => {
+                let reject = BasicNackOptions {
+                    requeue: false,
+                    multiple: false,
+                };
+                let _ = acker.nack(reject).now_or_never();
+                let why = match error {
+                    Error::InvalidSubject { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                return Some(Err(Error::InvalidSubject {
+                    subject: routing_key.as_str().to_string(),
+                    reason: format!(
+                        "a message received from amqp for subscription '{}' with routing key {:?} cannot be delivered ({why}); it was rejected",
+                        self.topology.pattern,
+                        routing_key.as_str()
+                    ),
+                }));
             }
         };
         let headers = wire::from_field_table(properties.headers().as_ref());
@@ -330,7 +355,11 @@ impl State {
             dropped_unsettled: self.dropped_unsettled.clone(),
             prefetch: self.inner.config.options.prefetch,
         };
-        Some(Delivery::with_acker(message, Box::new(acker), redelivered))
+        Some(Ok(Delivery::with_acker(
+            message,
+            Box::new(acker),
+            redelivered,
+        )))
     }
 }
 

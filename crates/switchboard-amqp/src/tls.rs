@@ -7,7 +7,7 @@ use std::sync::Arc;
 use lapin::tcp::{AMQPUriTcpExt, RustlsConnector};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
-use switchboard_core::{Error, Result};
+use switchboard_core::{ConnectKind, Error, Result};
 use switchboard_tls::rustls::ClientConfig;
 
 use crate::config::AmqpOptions;
@@ -64,7 +64,7 @@ pub(crate) fn tls_target(
         .into_owned();
     let config = tls
         .client_config()
-        .map_err(|e| Error::connect(BROKER, url, e, None))?;
+        .map_err(|e| Error::connect(BROKER, url, ConnectKind::Tls, e, None))?;
     Ok(Some(TlsTarget { config, name }))
 }
 

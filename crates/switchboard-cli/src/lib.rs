@@ -16,6 +16,7 @@ mod connection;
 mod demo;
 mod format;
 mod listen;
+mod logging;
 mod send;
 mod signals;
 mod stdout;
@@ -31,6 +32,7 @@ pub struct Cli {
     pub broker: Option<String>,
 
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    /// Client libraries' traces that carry credentials are never shown.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
@@ -63,25 +65,6 @@ impl Cli {
     }
 }
 
-fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    // Client libraries log connection failures that switchboard already reports
-    // as one `error:` line, so they stay quiet unless asked for with -vv or RUST_LOG.
-    let default = match verbose {
-        0 => "warn,lapin=off,async_nats=off",
-        1 => "info,lapin=warn,async_nats=warn",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // Logs go to stderr so stdout stays the command's data.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// Parses the command line, runs the command and turns its outcome into an exit
 /// code: errors are printed as one line on stderr.
 pub fn main() -> ExitCode {
@@ -90,7 +73,7 @@ pub fn main() -> ExitCode {
     // rustls for the process default.
     switchboard_tls::install_default_provider();
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    logging::init(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

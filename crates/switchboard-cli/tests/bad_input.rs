@@ -208,3 +208,42 @@ fn missing_file_is_one_line_without_connecting() {
         "cannot read /nonexistent/switchboard-test",
     );
 }
+
+/// The same rule on every broker: an unknown query key or a `%` that is not
+/// a percent-escape is one line naming it, before anything is sent.
+#[test]
+fn unknown_url_keys_and_bad_escapes_are_one_line_on_every_broker() {
+    for broker in [
+        "nats://127.0.0.1:1?foo=1",
+        "redis://127.0.0.1:1?foo=1",
+        "amqp://guest:guest@127.0.0.1:1/%2f?foo=1",
+        "memory://?foo=1",
+    ] {
+        fails(
+            &["--broker", broker, "send", "--on", "a", "x"],
+            1,
+            "unknown parameter `foo`",
+        );
+    }
+    for (broker, escape) in [
+        ("amqp://guest:guest@127.0.0.1:1/%zz", "`%zz`"),
+        ("amqp://guest:p%zzw@127.0.0.1:1/%2f", "`%zz`"),
+        ("redis://:p%zzw@127.0.0.1:1", "`%zz`"),
+        ("nats://u:p%zzw@127.0.0.1:1", "`%zz`"),
+        ("nats://127.0.0.1:1?name=%zz", "`%zz`"),
+    ] {
+        fails(&["--broker", broker, "listen", "--on", "a"], 1, escape);
+    }
+    // Durations have units on every broker.
+    for broker in [
+        "nats://127.0.0.1:1?connect_timeout=5",
+        "redis://127.0.0.1:1?connect_timeout=5",
+        "amqp://127.0.0.1:1?connect_timeout=5",
+    ] {
+        fails(
+            &["--broker", broker, "send", "--on", "a", "x"],
+            1,
+            "`connect_timeout=5` must be a duration",
+        );
+    }
+}

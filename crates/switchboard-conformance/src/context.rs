@@ -328,6 +328,7 @@ mod tests {
                 Err::<switchboard_core::MemoryBroker, _>(Error::connect(
                     "nowhere",
                     &url,
+                    switchboard_core::ConnectKind::Refused,
                     "connection refused",
                     None,
                 ))

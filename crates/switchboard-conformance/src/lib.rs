@@ -60,8 +60,8 @@ pub use context::{
     REQUIRE_BROKERS_ENV,
 };
 pub use receive::{
-    collect_for, expect_end, expect_silence, gather, recv, recv_n, recv_unacked, FLUSH_TIMEOUT,
-    RECEIVE_TIMEOUT, SILENCE,
+    collect_for, expect_disconnected, expect_end, expect_silence, gather, publish_until_received,
+    recv, recv_n, recv_unacked, FLUSH_TIMEOUT, RECEIVE_TIMEOUT, SILENCE,
 };
 
 /// Re-exported so the [`suite!`] expansion and extra tests name the same versions.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use switchboard_core::{Delivery, Subscription};
+use switchboard_core::{Delivery, Error, Message, Publisher, Subscription};
 use tokio::time::{timeout, Instant};
 
 /// Longest wait for the next expected delivery.
@@ -182,6 +182,76 @@ pub async fn expect_end(subscription: &mut Subscription, within: Duration) {
                 "subscription {} did not end within {within:?}",
                 describe(subscription)
             ),
+        }
+    }
+}
+
+/// Waits for the [`Error::Disconnected`] item an outage (a frozen or cut
+/// link, a broker restart) must bring, from broker `broker`, and returns how
+/// long it took and its reason. Panics if anything else comes first, or
+/// nothing within `within`.
+pub async fn expect_disconnected(
+    subscription: &mut Subscription,
+    broker: &str,
+    within: Duration,
+) -> (Duration, String) {
+    let started = Instant::now();
+    match timeout(within, subscription.next()).await {
+        Ok(Some(Err(Error::Disconnected {
+            broker: reported,
+            reason,
+        }))) => {
+            assert_eq!(reported, broker, "the broker the report names");
+            (started.elapsed(), reason)
+        }
+        Ok(other) => panic!(
+            "subscription {}: expected a Disconnected item, got {other:?}",
+            describe(subscription)
+        ),
+        Err(_) => panic!(
+            "subscription {}: no Disconnected item within {within:?}",
+            describe(subscription)
+        ),
+    }
+}
+
+/// Publishes a message on `subject` with `publisher` (again every 300 ms)
+/// until `subscription` receives one, and returns it acknowledged: for
+/// checking that a subscription (and a publisher) recovered from an outage.
+/// Publish failures and error items on the way (the outage's own) are
+/// printed and tolerated. Panics if nothing arrives within `within` or the
+/// stream ends.
+pub async fn publish_until_received(
+    publisher: &dyn Publisher,
+    subscription: &mut Subscription,
+    subject: &str,
+    within: Duration,
+) -> Delivery {
+    let deadline = Instant::now() + within;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "subscription {}: nothing on {subject:?} within {within:?}",
+            describe(subscription)
+        );
+        let message = Message::new(subject, "again").expect("a valid subject");
+        if let Err(error) = publisher.publish(message).await {
+            eprintln!("publishing while recovering: {error}");
+        }
+        if let Err(error) = publisher.flush().await {
+            eprintln!("flushing while recovering: {error}");
+        }
+        match timeout(Duration::from_millis(300), subscription.next()).await {
+            Ok(Some(Ok(mut delivery))) => {
+                delivery.ack().await.expect("ack");
+                return delivery;
+            }
+            Ok(Some(Err(error))) => eprintln!("error item while recovering: {error}"),
+            Ok(None) => panic!(
+                "subscription {} ended while recovering",
+                describe(subscription)
+            ),
+            Err(_) => {}
         }
     }
 }

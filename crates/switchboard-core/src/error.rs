@@ -75,13 +75,18 @@ pub enum Error {
         supported: String,
     },
     /// Connecting to the broker failed (refused, timed out, authentication, TLS).
+    ///
+    /// `kind` says which, for callers that retry: see [`ConnectKind::is_temporary`].
     #[error("{broker}: cannot connect to {url}: {reason}")]
     Connect {
         /// The broker kind (`nats`, `redis`, `amqp`, `memory`).
         broker: &'static str,
         /// The URL, password redacted.
         url: String,
-        /// What went wrong, with a hint where one helps.
+        /// What kind of failure it was.
+        kind: ConnectKind,
+        /// What went wrong, with a hint where one helps. It does not repeat
+        /// the text of `source`, which follows it in a full report.
         reason: String,
         /// The client library's error, if any.
         #[source]
@@ -159,13 +164,17 @@ pub enum Error {
         reason: String,
     },
     /// Messages for a subscription were lost (for example a client-side buffer overflowed).
-    #[error("{broker}: {count} message(s) lost on subscription {pattern:?}: {reason}")]
+    ///
+    /// Shown as `N message(s) lost` when the adapter knows how many, and as
+    /// `an unknown number of messages lost` when it does not (`count` 0): a
+    /// count is never a guess.
+    #[error("{broker}: {} lost on subscription {pattern:?}: {reason}", LostCount(*.count))]
     Lost {
         /// The broker kind.
         broker: &'static str,
         /// The subscription's pattern.
         pattern: String,
-        /// How many were lost, as far as the client knows (0 when unknown).
+        /// Exactly how many were lost, or 0 when the client cannot know.
         count: u64,
         /// Why, and how to avoid it.
         reason: String,
@@ -213,6 +222,67 @@ pub enum Error {
         /// How long was waited.
         after: std::time::Duration,
     },
+}
+
+/// What kind of failure an [`Error::Connect`] is, for callers that decide
+/// whether to try again: a refused port or a timeout may pass, a wrong
+/// password or a TLS mismatch will not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectKind {
+    /// Nothing listens on the port (connection refused or reset at once).
+    Refused,
+    /// No answer in time.
+    Timeout,
+    /// The server rejected the credentials, or requires some.
+    Auth,
+    /// The TLS handshake failed (no TLS on the port, a certificate not trusted).
+    Tls,
+    /// Something answered that does not speak the broker's protocol, or the
+    /// server refused the request itself (an unknown vhost or database).
+    Protocol,
+    /// The host name cannot be resolved.
+    Dns,
+    /// Anything else (I/O errors, a connection lost during the handshake).
+    Other,
+}
+
+impl ConnectKind {
+    /// Whether connecting again may succeed without changing the URL or the
+    /// server's configuration: true for refused, timed out, DNS and other
+    /// failures; false for authentication, TLS and protocol failures.
+    pub fn is_temporary(self) -> bool {
+        !matches!(
+            self,
+            ConnectKind::Auth | ConnectKind::Tls | ConnectKind::Protocol
+        )
+    }
+}
+
+impl fmt::Display for ConnectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnectKind::Refused => "refused",
+            ConnectKind::Timeout => "timeout",
+            ConnectKind::Auth => "authentication",
+            ConnectKind::Tls => "TLS",
+            ConnectKind::Protocol => "protocol",
+            ConnectKind::Dns => "DNS",
+            ConnectKind::Other => "other",
+        })
+    }
+}
+
+/// How [`Error::Lost`] shows its count.
+struct LostCount(u64);
+
+impl fmt::Display for LostCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => f.write_str("an unknown number of messages"),
+            n => write!(f, "{n} message(s)"),
+        }
+    }
 }
 
 /// The category of an [`Error`], for callers that branch on what kind of thing went wrong.
@@ -272,12 +342,25 @@ impl Error {
         }
     }
 
-    /// Whether trying the same operation again may succeed (connection trouble, timeouts).
+    /// Whether trying the same operation again may succeed (connection trouble,
+    /// timeouts). A connect error is temporary only if its [`ConnectKind`] is:
+    /// a wrong password or a TLS mismatch stays wrong however often it is tried.
     pub fn is_temporary(&self) -> bool {
-        matches!(
-            self.kind(),
-            ErrorKind::Broker | ErrorKind::Lost | ErrorKind::Timeout | ErrorKind::Connect
-        )
+        match self {
+            Error::Connect { kind, .. } => kind.is_temporary(),
+            _ => matches!(
+                self.kind(),
+                ErrorKind::Broker | ErrorKind::Lost | ErrorKind::Timeout
+            ),
+        }
+    }
+
+    /// The kind of a connect error; `None` for every other error.
+    pub fn connect_kind(&self) -> Option<ConnectKind> {
+        match self {
+            Error::Connect { kind, .. } => Some(*kind),
+            _ => None,
+        }
     }
 
     /// Shorthand for [`Error::Unsupported`].
@@ -289,15 +372,18 @@ impl Error {
     }
 
     /// Shorthand for [`Error::Connect`], redacting the password in `url`.
+    /// `reason` should not repeat `source`'s text: reports show both.
     pub fn connect(
         broker: &'static str,
         url: &str,
+        kind: ConnectKind,
         reason: impl fmt::Display,
         source: Option<BoxError>,
     ) -> Self {
         Error::Connect {
             broker,
             url: crate::redact_url(url),
+            kind,
             reason: reason.to_string(),
             source,
         }
@@ -309,5 +395,48 @@ impl Error {
             url: crate::redact_url(url),
             reason: reason.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_errors_are_temporary_by_kind() {
+        let error = |kind| Error::connect("test", "test://u:pw@h", kind, "failed", None);
+        for kind in [
+            ConnectKind::Refused,
+            ConnectKind::Timeout,
+            ConnectKind::Dns,
+            ConnectKind::Other,
+        ] {
+            assert!(error(kind).is_temporary(), "{kind}");
+        }
+        for kind in [ConnectKind::Auth, ConnectKind::Tls, ConnectKind::Protocol] {
+            let error = error(kind);
+            assert!(!error.is_temporary(), "{kind}");
+            assert_eq!(error.connect_kind(), Some(kind));
+            assert_eq!(error.kind(), ErrorKind::Connect);
+        }
+        assert!(!error(ConnectKind::Auth).to_string().contains("pw"));
+    }
+
+    #[test]
+    fn an_unknown_loss_says_so() {
+        let lost = |count| Error::Lost {
+            broker: "test",
+            pattern: "a.>".into(),
+            count,
+            reason: "why".into(),
+        };
+        assert_eq!(
+            lost(0).to_string(),
+            "test: an unknown number of messages lost on subscription \"a.>\": why"
+        );
+        assert_eq!(
+            lost(3).to_string(),
+            "test: 3 message(s) lost on subscription \"a.>\": why"
+        );
     }
 }

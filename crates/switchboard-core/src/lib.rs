@@ -7,7 +7,12 @@
 //! - a [`Subscription`] is a `Stream` of [`Delivery`]s, filtered by a [`Pattern`]
 //!   with one wildcard syntax on every broker;
 //! - [`Capabilities`] says what a broker really provides, and [`Error`] says
-//!   what went wrong, naming the broker, subject or URL.
+//!   what went wrong, naming the broker, subject or URL (a connect error's
+//!   [`ConnectKind`] says whether trying again can help);
+//! - [`options`] reads the URL query keys every adapter shares
+//!   (`connect_timeout`, `flush_timeout`, `capacity`, `name`, `keepalive`), and
+//!   [`Link`] / [`SubscriptionLink`] keep and log the state of connections and
+//!   subscriptions the same way on every broker.
 //!
 //! Most programs depend on the `switchboard` facade, which re-exports this
 //! crate and picks an adapter from a URL.
@@ -23,6 +28,7 @@ mod headers;
 mod link;
 pub mod memory;
 mod message;
+pub mod options;
 mod redact;
 mod subject;
 mod subscription;
@@ -31,9 +37,9 @@ pub use broker::{Broker, Publisher, Subscriber};
 pub use capabilities::Capabilities;
 pub use delivery::{Acknowledge, Delivery, Reply};
 pub use durable::{ConsumerName, Durable, DEFAULT_ACK_WAIT};
-pub use error::{BoxError, Error, ErrorKind, Result};
+pub use error::{BoxError, ConnectKind, Error, ErrorKind, Result};
 pub use headers::{Headers, Iter as HeaderIter, MAX_HEADER_NAME_LEN};
-pub use link::{ConnectionStatus, Link};
+pub use link::{ConnectionStatus, Link, SubscriptionLink};
 pub use memory::MemoryBroker;
 pub use message::Message;
 pub use redact::redact_url;

@@ -5,6 +5,12 @@
 //! [`ConnectionStatus`]. The same two log lines are written on every broker —
 //! one warning when the link is lost, one line when it is back with how long
 //! it was down — instead of one warning per failed reconnect attempt.
+//!
+//! Each subscription keeps a [`SubscriptionLink`] as well: its stream reports
+//! the loss as an [`Error::Disconnected`](crate::Error::Disconnected) item, and
+//! the link logs one line when the subscription is back
+//! (`redis: resubscribed to 'alerts.>' after 1.2s`). Failed attempts in
+//! between are logged at debug level only.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -142,6 +148,76 @@ impl Link {
     }
 }
 
+/// One subscription's outages, for adapters that resubscribe after a lost
+/// connection: it remembers since when the subscription is down and logs one
+/// line when it is back. The loss itself is the subscription's
+/// [`Error::Disconnected`](crate::Error::Disconnected) item, so it is only
+/// logged at debug level here.
+#[derive(Debug)]
+pub struct SubscriptionLink {
+    broker: &'static str,
+    pattern: String,
+    down_since: Option<Instant>,
+}
+
+impl SubscriptionLink {
+    /// The link of a subscription to `pattern` that is up.
+    pub fn new(broker: &'static str, pattern: impl fmt::Display) -> Self {
+        SubscriptionLink {
+            broker,
+            pattern: pattern.to_string(),
+            down_since: None,
+        }
+    }
+
+    /// The subscription lost its connection (`reason` says how). Returns
+    /// `true` if it was up until now, i.e. this starts an outage the stream
+    /// should report once.
+    pub fn lost(&mut self, reason: impl fmt::Display) -> bool {
+        if self.down_since.is_some() {
+            return false;
+        }
+        self.down_since = Some(Instant::now());
+        tracing::debug!(
+            broker = self.broker,
+            "{}: subscription to '{}' lost ({reason})",
+            self.broker,
+            self.pattern
+        );
+        true
+    }
+
+    /// An attempt to subscribe again failed; logged at debug level, since the
+    /// outage was reported once already.
+    pub fn retry_failed(&self, error: impl fmt::Display, retry_in: Duration) {
+        tracing::debug!(
+            broker = self.broker,
+            "{}: resubscribing to '{}' failed ({error}); retrying in {retry_in:.1?}",
+            self.broker,
+            self.pattern
+        );
+    }
+
+    /// Whether the subscription is down now.
+    pub fn is_down(&self) -> bool {
+        self.down_since.is_some()
+    }
+
+    /// The subscription is back. Logs one line with how long it was down;
+    /// returns that duration if it was down until now.
+    pub fn resubscribed(&mut self) -> Option<Duration> {
+        let down = self.down_since.take()?.elapsed();
+        tracing::warn!(
+            broker = self.broker,
+            "{}: resubscribed to '{}' after {:.1?}",
+            self.broker,
+            self.pattern,
+            down
+        );
+        Some(down)
+    }
+}
+
 impl fmt::Debug for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Link")
@@ -174,5 +250,18 @@ mod tests {
         let status = link.status();
         assert!(status.closed && !status.connected);
         assert!(changes.borrow_and_update().closed);
+    }
+
+    #[test]
+    fn a_subscription_outage_is_reported_once_and_ends_once() {
+        let mut link = SubscriptionLink::new("test", "a.>");
+        assert!(!link.is_down());
+        assert!(link.resubscribed().is_none(), "it was never down");
+        assert!(link.lost("reset"));
+        assert!(!link.lost("refused"), "the same outage");
+        assert!(link.is_down());
+        assert!(link.resubscribed().is_some());
+        assert!(link.resubscribed().is_none());
+        assert!(link.lost("again"), "a new outage");
     }
 }

@@ -189,21 +189,10 @@ impl MemoryBroker {
             return Err(Error::invalid_url(url, "the scheme must be `memory`"));
         }
         let name = parsed.host_str().unwrap_or("");
+        let query = crate::options::Query::parse(url, &parsed, &[crate::options::CAPACITY])?;
         let mut broker = Self::named(name);
-        for (key, value) in parsed.query_pairs() {
-            match &*key {
-                "capacity" => {
-                    broker.capacity = value.parse().ok().filter(|c| *c > 0).ok_or_else(|| {
-                        Error::invalid_url(url, "`capacity` must be a whole number above 0")
-                    })?
-                }
-                other => {
-                    return Err(Error::invalid_url(
-                        url,
-                        format!("unknown parameter `{other}`; the memory broker takes `capacity`"),
-                    ))
-                }
-            }
+        if let Some(capacity) = query.count(crate::options::CAPACITY)? {
+            broker.capacity = capacity;
         }
         Ok(broker)
     }

@@ -9,10 +9,11 @@ use bytes::Bytes;
 use futures::future::Either;
 use futures::StreamExt;
 use switchboard_core::{
-    async_trait, BoxError, Broker, Capabilities, ConnectionStatus, Durable, Error, Link, Message,
-    Pattern, Publisher, QueueGroup, Result, Subscriber, Subscription,
+    async_trait, BoxError, Broker, Capabilities, ConnectKind, ConnectionStatus, Durable, Error,
+    Link, Message, Pattern, Publisher, QueueGroup, Result, Subscriber, Subscription,
 };
 
+use crate::error::{connect_error, ClientError};
 use crate::options::{parse_url, Credentials, NatsOptions};
 use crate::stream::{NatsStream, Registry};
 use crate::{wire, KIND};
@@ -82,11 +83,17 @@ impl NatsBroker {
         if let Some(name) = options.get_name() {
             connect = connect.name(name);
         }
+        if let Some(keepalive) = options.get_keepalive() {
+            // async-nats PINGs after a ping interval without hearing from the
+            // server, and drops the connection at the third PING in a row
+            // without an answer: a silent link is detected after 3 intervals.
+            connect = connect.ping_interval((keepalive / 3).max(Duration::from_millis(1)));
+        }
         let tls_required = target
             .servers
             .iter()
             .all(async_nats::ServerAddr::tls_required);
-        let connect = crate::tls::configure(url, connect, &options.tls, tls_required)?;
+        connect = crate::tls::configure(url, connect, &options.tls, tls_required)?;
         let timeout = options.get_connect_timeout();
         let client = match tokio::time::timeout(timeout, connect.connect(target.servers)).await {
             Ok(Ok(client)) => client,
@@ -95,6 +102,7 @@ impl NatsBroker {
                 return Err(Error::connect(
                     KIND,
                     url,
+                    ConnectKind::Timeout,
                     format!(
                     "timed out after {timeout:?}; is the host reachable and running nats-server?"
                 ),
@@ -149,18 +157,27 @@ impl NatsBroker {
         let timeout = self.shared.options.get_flush_timeout();
         let inbox = client.new_inbox();
         let echoed = async {
-            let mut echo = client
-                .subscribe(inbox.clone())
-                .await
-                .map_err(|e| ("the client is gone".to_string(), Some(boxed(e))))?;
+            let mut echo = client.subscribe(inbox.clone()).await.map_err(|e| {
+                (
+                    "the client is gone".to_string(),
+                    Some(ClientError::boxed(e)),
+                )
+            })?;
             client
                 .publish(inbox.clone(), Bytes::new())
                 .await
-                .map_err(|e| ("the client is gone".to_string(), Some(boxed(e))))?;
-            client
-                .flush()
-                .await
-                .map_err(|e| ("writing to the server failed".to_string(), Some(boxed(e))))?;
+                .map_err(|e| {
+                    (
+                        "the client is gone".to_string(),
+                        Some(ClientError::boxed(e)),
+                    )
+                })?;
+            client.flush().await.map_err(|e| {
+                (
+                    "writing to the server failed".to_string(),
+                    Some(ClientError::boxed(e)),
+                )
+            })?;
             match echo.next().await {
                 Some(_) => Ok(()),
                 None => Err(("the connection was closed".to_string(), None)),
@@ -205,7 +222,12 @@ impl NatsBroker {
                     .await
             }
         }
-        .map_err(|e| failed(e.to_string(), Some(boxed(e))))?;
+        .map_err(|e| {
+            failed(
+                "the client did not take the subscription".to_string(),
+                Some(ClientError::boxed(e)),
+            )
+        })?;
         let stream = NatsStream::new(
             subscriber,
             &self.shared.registry,
@@ -301,7 +323,10 @@ impl Publisher for NatsBroker {
         };
         match handed {
             Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(failed(e.to_string(), Some(boxed(e)))),
+            Some(Err(e)) => Err(failed(
+                "the client did not take the message".to_string(),
+                Some(ClientError::boxed(e)),
+            )),
             None => {
                 let timeout = self.shared.options.get_flush_timeout();
                 Err(failed(
@@ -401,8 +426,8 @@ impl Broker for NatsBroker {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::Flush {
                 broker: KIND,
-                reason: format!("while closing: {e}"),
-                source: Some(boxed(e)),
+                reason: "writing out what was published failed while closing".to_string(),
+                source: Some(ClientError::boxed(e)),
             }),
             Err(_) => Err(Error::Flush {
                 broker: KIND,
@@ -465,10 +490,6 @@ async fn wait_for_room<F: std::future::Future>(
     }
 }
 
-fn boxed(error: impl std::error::Error + Send + Sync + 'static) -> BoxError {
-    Box::new(error)
-}
-
 fn too_large(subject: &switchboard_core::Subject, size: usize, max: usize) -> Error {
     Error::PayloadTooLarge {
         broker: KIND,
@@ -476,32 +497,4 @@ fn too_large(subject: &switchboard_core::Subject, size: usize, max: usize) -> Er
         size,
         max,
     }
-}
-
-/// A connect error that says what went wrong and what to check.
-fn connect_error(url: &str, options: &NatsOptions, error: async_nats::ConnectError) -> Error {
-    use async_nats::ConnectErrorKind as Kind;
-    let io_kind = std::error::Error::source(&error)
-        .and_then(|source| source.downcast_ref::<std::io::Error>())
-        .map(std::io::Error::kind);
-    if let Some(failure) = options.tls.explain(&error) {
-        return Error::connect(KIND, url, failure, Some(boxed(error)));
-    }
-    let reason = match (error.kind(), io_kind) {
-        (Kind::AuthorizationViolation, _) => {
-            "authorization failed: the server rejected the credentials; check the user:password or token in the URL".to_string()
-        }
-        (Kind::Authentication, _) => format!("authentication failed: {error}"),
-        (Kind::TimedOut, _) => format!(
-            "timed out after {:?}: something accepted the connection but did not complete a NATS handshake; is it a NATS server, and does it expect TLS (tls://)?",
-            options.get_connect_timeout()
-        ),
-        (Kind::Io, Some(std::io::ErrorKind::ConnectionRefused)) => {
-            "nothing answers (connection refused); is nats-server running?".to_string()
-        }
-        (Kind::Dns, _) => format!("cannot resolve the host: {error}"),
-        (Kind::Tls, _) => format!("TLS failed: {error}; use tls:// only if the server has TLS enabled"),
-        (_, _) => error.to_string(),
-    };
-    Error::connect(KIND, url, reason, Some(boxed(error)))
 }

@@ -20,9 +20,12 @@
 //! - `nats://host[:port]` (port 4222 by default), `tls://host[:port]` (TLS required);
 //! - `nats://user:password@host`, `nats://TOKEN@host` (percent-encode `@`, `:`, `/`
 //!   in credentials); passwords and tokens are redacted in every error;
-//! - several servers: `nats://a:4222,nats://b:4222` (credentials from the first that has them);
-//! - options in the query, e.g. `nats://host?capacity=65536&connect_timeout=2s&name=api`;
-//!   an unknown parameter is an error naming it.
+//! - several servers: `nats://a:4222,nats://b:4222` (credentials from the first that has them;
+//!   every server's password or token is redacted);
+//! - options in the query, e.g. `nats://host?capacity=65536&connect_timeout=2s&name=api`,
+//!   with the keys and units every switchboard adapter shares
+//!   ([`switchboard_core::options`]); an unknown parameter, or a `%` that is not a
+//!   percent-escape, is an error naming it.
 //!
 //! # TLS
 //!
@@ -55,12 +58,28 @@
 //! | [`capacity`](NatsOptions::capacity) | `capacity=N` | 2^20 ([`DEFAULT_CAPACITY`]) | messages each subscription buffers while its reader is behind |
 //! | [`flush_timeout`](NatsOptions::flush_timeout) | `flush_timeout=10s` | 10 s | the most `flush`, `subscribe`, `close` and `Subscription::close` wait for the server, and a `publish` into a full client queue while the connection is down |
 //! | [`name`](NatsOptions::name) | `name=api` | none | connection name shown by the server |
+//! | [`keepalive`](NatsOptions::keepalive) | `keepalive=15s`, `keepalive=off` | 15 s ([`DEFAULT_KEEPALIVE`]) | a link that passes nothing this long is dropped and reconnected |
+//! | [`tls`](NatsOptions::tls) | `ca=`, `cert=`, `key=`, `tls_server_name=` (`tls://` only) | the platform's trust store | see [TLS](#tls) |
 //!
 //! Connecting fails at once, with a reason, when nothing answers (`nothing answers
 //! (connection refused); is nats-server running?`), on a timeout, or when the
 //! server rejects the credentials (`authorization failed`): there is no silent
-//! retry at start-up. Once connected, async-nats reconnects and resubscribes by
-//! itself, forever.
+//! retry at start-up. The error's [`ConnectKind`](switchboard_core::ConnectKind)
+//! says which (`Refused`, `Timeout`, `Auth`, `Tls`, `Protocol`, `Dns`), and
+//! [`is_temporary`](switchboard_core::Error::is_temporary) is false for a
+//! rejected password, a TLS failure or a peer that is not a NATS server. Once
+//! connected, async-nats reconnects and resubscribes by itself, forever.
+//!
+//! # Dead links
+//!
+//! A connection can stop passing bytes without closing (a frozen peer, a
+//! dropped NAT entry). With `keepalive=D` (15 s by default) the client sends a
+//! PING after `D/3` without hearing from the server and drops the connection
+//! at the third unanswered one, so such a link is noticed after about `D`:
+//! every subscription yields [`Error::Disconnected`](switchboard_core::Error::Disconnected),
+//! [`Broker::status`](switchboard_core::Broker::status) says disconnected, and
+//! async-nats reconnects. `keepalive=off` leaves async-nats' own PING a
+//! minute (about 3 minutes to notice).
 //!
 //! # Capabilities
 //!
@@ -108,15 +127,19 @@
 //!
 //! async-nats gives each subscription a bounded buffer ([`capacity`](NatsOptions::capacity));
 //! when a subscriber falls that far behind, async-nats drops messages and
-//! emits only a `SlowConsumer` event. The adapter maps that event to the
+//! emits only a `SlowConsumer` event, without a count, through a bounded queue
+//! that itself overflows in a flood. The adapter maps that event to the
 //! subscription it concerns and the stream yields an
-//! [`Error::Lost`](switchboard_core::Error::Lost) item (its `count` is a lower
-//! bound: async-nats reports drops through a bounded event queue), then goes on.
+//! [`Error::Lost`](switchboard_core::Error::Lost) item with `count` 0, shown as
+//! "an unknown number of messages lost": how many is not known, and no guess
+//! is shown as a count. Then the stream goes on.
 //! When the connection breaks, every live subscription yields an
 //! [`Error::Disconnected`](switchboard_core::Error::Disconnected) item (messages
 //! published meanwhile are lost on core NATS), and keeps receiving once
-//! async-nats has reconnected and resubscribed. Either `Err` item comes as soon
-//! as the adapter learns of it, possibly ahead of messages buffered before.
+//! async-nats has reconnected and resubscribed; one line is logged per
+//! subscription then (`nats: resubscribed to 'alerts.>' after 1.2s`). Either
+//! `Err` item comes as soon as the adapter learns of it, possibly ahead of
+//! messages buffered before.
 //! Should async-nats' own event queue overflow (a flood of drops), a
 //! `Disconnected` event could be lost with it; that is async-nats' limit.
 //!
@@ -142,13 +165,17 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 mod broker;
+mod error;
 mod options;
 mod stream;
 mod tls;
 mod wire;
 
 pub use broker::NatsBroker;
-pub use options::{NatsOptions, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT};
+pub use options::{
+    NatsOptions, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT,
+    DEFAULT_KEEPALIVE, QUERY_KEYS,
+};
 /// TLS settings for [`tls`](NatsOptions::tls), the same on every adapter.
 pub use switchboard_tls::TlsOptions;
 

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_nats::ServerAddr;
+use switchboard_core::options::{self, Query};
 use switchboard_core::{Error, Result};
 use switchboard_tls::TlsOptions;
 
@@ -28,8 +29,27 @@ pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// the whole buffer holds about `capacity × (200 B + payload)` of memory.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
+/// How soon a connection that passes nothing is declared dead, unless
+/// configured: 15 s, as on every broker ([`options::DEFAULT_KEEPALIVE`]).
+pub const DEFAULT_KEEPALIVE: Duration = options::DEFAULT_KEEPALIVE;
+
+/// The URL query keys the NATS adapter takes: the ones every adapter shares
+/// ([`options::COMMON`]) and, on `tls://` URLs, the TLS ones
+/// ([`switchboard_tls::QUERY_KEYS`]).
+pub const QUERY_KEYS: &[&str] = &[
+    options::CONNECT_TIMEOUT,
+    options::FLUSH_TIMEOUT,
+    options::CAPACITY,
+    options::NAME,
+    options::KEEPALIVE,
+    "ca",
+    "cert",
+    "key",
+    "tls_server_name",
+];
+
 /// Options of a NATS connection. Every option can also be set in the URL's
-/// query (`nats://host:4222?capacity=65536&connect_timeout=2s&name=api`);
+/// query (`nats://host:4222?capacity=65536&connect_timeout=2s&keepalive=10s&name=api`);
 /// values in the URL win over the ones set here.
 ///
 /// ```
@@ -47,6 +67,7 @@ pub struct NatsOptions {
     flush_timeout: Duration,
     capacity: usize,
     name: Option<String>,
+    keepalive: Option<Duration>,
     pub(crate) tls: TlsOptions,
 }
 
@@ -57,6 +78,7 @@ impl Default for NatsOptions {
             flush_timeout: DEFAULT_FLUSH_TIMEOUT,
             capacity: DEFAULT_CAPACITY,
             name: None,
+            keepalive: Some(DEFAULT_KEEPALIVE),
             tls: TlsOptions::new(),
         }
     }
@@ -64,7 +86,7 @@ impl Default for NatsOptions {
 
 impl NatsOptions {
     /// The defaults: [`DEFAULT_CONNECT_TIMEOUT`], [`DEFAULT_FLUSH_TIMEOUT`],
-    /// [`DEFAULT_CAPACITY`], no connection name.
+    /// [`DEFAULT_CAPACITY`], [`DEFAULT_KEEPALIVE`], no connection name.
     pub fn new() -> Self {
         Self::default()
     }
@@ -97,6 +119,22 @@ impl NatsOptions {
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
+    }
+
+    /// How soon a connection that passes nothing is declared dead: the client
+    /// PINGs the server when it has heard nothing for a third of this, and
+    /// after three PINGs without an answer it drops the connection, reports
+    /// [`Error::Disconnected`] on every subscription and reconnects. `None`
+    /// leaves async-nats' own setting (a PING a minute: about 3 minutes).
+    /// URL: `keepalive=15s`, `keepalive=off`.
+    pub fn keepalive(mut self, keepalive: Option<Duration>) -> Self {
+        self.keepalive = keepalive.filter(|k| !k.is_zero());
+        self
+    }
+
+    /// The dead-link timeout, `None` when off.
+    pub fn get_keepalive(&self) -> Option<Duration> {
+        self.keepalive
     }
 
     /// How `tls://` connections verify the server and identify the client:
@@ -140,6 +178,7 @@ impl fmt::Debug for NatsOptions {
             .field("flush_timeout", &self.flush_timeout)
             .field("capacity", &self.capacity)
             .field("name", &self.name)
+            .field("keepalive", &self.keepalive)
             .field("tls", &self.tls)
             .finish()
     }
@@ -159,9 +198,6 @@ pub(crate) struct Target {
     pub(crate) credentials: Credentials,
     pub(crate) options: NatsOptions,
 }
-
-const PARAMETERS: &str =
-    "`capacity`, `connect_timeout`, `flush_timeout`, `name`, and for TLS `ca`, `cert`, `key` and `tls_server_name`";
 
 /// Parses `nats://[user:password@|token@]host[:port][,nats://host2...][?param=value...]`.
 pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
@@ -196,17 +232,15 @@ pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
                 ),
             ));
         }
-        for (key, value) in parsed.query_pairs() {
-            if apply_tls_parameter(url, &mut options, &key, &value)? {
-                tls_in_url = true;
-                continue;
-            }
-            apply_parameter(url, &mut options, &key, &value)?;
+        let query = Query::parse(url, &parsed, QUERY_KEYS)?;
+        for (key, value) in query.pairs() {
+            tls_in_url |= apply_tls_parameter(url, &mut options, key, value)?;
         }
-        let user = percent_decode(url, parsed.username())?;
+        apply_query(&query, &mut options)?;
+        let user = options::decode(url, "user name", parsed.username())?;
         let password = parsed
             .password()
-            .map(|p| percent_decode(url, p))
+            .map(|p| options::decode(url, "password", p))
             .transpose()?;
         let found = match (user.is_empty(), password) {
             (true, None) => Credentials::None,
@@ -241,83 +275,23 @@ pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
     })
 }
 
-fn apply_parameter(url: &str, options: &mut NatsOptions, key: &str, value: &str) -> Result<()> {
-    match key {
-        "capacity" => {
-            let capacity = value
-                .parse::<usize>()
-                .ok()
-                .filter(|c| *c > 0)
-                .ok_or_else(|| {
-                    Error::invalid_url(
-                        url,
-                        format!("`capacity={value}` must be a whole number above 0"),
-                    )
-                })?;
-            options.capacity = capacity;
-        }
-        "connect_timeout" => options.connect_timeout = parse_duration(url, key, value)?,
-        "flush_timeout" => options.flush_timeout = parse_duration(url, key, value)?,
-        "name" => options.name = Some(value.to_string()),
-        other => {
-            return Err(Error::invalid_url(
-                url,
-                format!("unknown parameter `{other}`; the NATS adapter takes {PARAMETERS}"),
-            ))
-        }
+fn apply_query(query: &Query, options: &mut NatsOptions) -> Result<()> {
+    if let Some(capacity) = query.count(options::CAPACITY)? {
+        options.capacity = capacity;
+    }
+    if let Some(timeout) = query.duration(options::CONNECT_TIMEOUT)? {
+        options.connect_timeout = timeout;
+    }
+    if let Some(timeout) = query.duration(options::FLUSH_TIMEOUT)? {
+        options.flush_timeout = timeout;
+    }
+    if let Some(name) = query.text(options::NAME) {
+        options.name = Some(name.to_string());
+    }
+    if let Some(keepalive) = query.keepalive()? {
+        options.keepalive = keepalive;
     }
     Ok(())
-}
-
-/// `250ms`, `5s` or `2m`.
-fn parse_duration(url: &str, key: &str, value: &str) -> Result<Duration> {
-    let invalid = || {
-        Error::invalid_url(
-            url,
-            format!("`{key}={value}` must be a duration with a unit, e.g. `500ms`, `5s` or `1m`"),
-        )
-    };
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(invalid)?;
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number.saturating_mul(60))),
-        _ => Err(invalid()),
-    }
-}
-
-/// Decodes `%XX` escapes of a URL's user or password.
-fn percent_decode(url: &str, text: &str) -> Result<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'%' => {
-                let hex = text
-                    .get(index + 1..index + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| {
-                        Error::invalid_url(
-                            url,
-                            "a `%` in the credentials is not followed by two hex digits",
-                        )
-                    })?;
-                out.push(hex);
-                index += 3;
-            }
-            byte => {
-                out.push(byte);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8(out)
-        .map_err(|_| Error::invalid_url(url, "the credentials are not UTF-8 once decoded"))
 }
 
 #[cfg(test)]
@@ -357,9 +331,10 @@ mod tests {
 
     #[test]
     fn query_parameters() {
-        let target =
-            parse("nats://h:1?capacity=16&connect_timeout=250ms&flush_timeout=2s&name=api")
-                .unwrap();
+        let target = parse(
+            "nats://h:1?capacity=16&connect_timeout=250ms&flush_timeout=2s&name=api&keepalive=3s",
+        )
+        .unwrap();
         assert_eq!(target.options.get_capacity(), 16);
         assert_eq!(
             target.options.get_connect_timeout(),
@@ -367,10 +342,17 @@ mod tests {
         );
         assert_eq!(target.options.get_flush_timeout(), Duration::from_secs(2));
         assert_eq!(target.options.get_name(), Some("api"));
+        assert_eq!(target.options.get_keepalive(), Some(Duration::from_secs(3)));
+        assert_eq!(NatsOptions::new().get_keepalive(), Some(DEFAULT_KEEPALIVE));
+        let target = parse("nats://h?keepalive=off").unwrap();
+        assert_eq!(target.options.get_keepalive(), None);
     }
 
     #[test]
     fn tls_keys() {
+        for key in options::COMMON.iter().chain(&switchboard_tls::QUERY_KEYS) {
+            assert!(QUERY_KEYS.contains(key), "{key}");
+        }
         let target =
             parse("tls://h:1?ca=/ca.pem&cert=/c.pem&key=/k.pem&tls_server_name=n.example").unwrap();
         assert_eq!(
@@ -379,6 +361,15 @@ mod tests {
                 .ca("/ca.pem")
                 .client_cert("/c.pem", "/k.pem")
                 .server_name("n.example")
+        );
+        // `ca` may be repeated, and is decoded like every other value.
+        let target = parse("tls://h:1?ca=/a.pem&ca=/b%20c.pem&ca=system").unwrap();
+        assert_eq!(
+            target.options.tls_options(),
+            &TlsOptions::new()
+                .ca("/a.pem")
+                .ca("/b c.pem")
+                .system_roots(true)
         );
         // Set in code, they apply where the URL asks for TLS and are left unused elsewhere.
         let coded = NatsOptions::new().tls(TlsOptions::new().ca("/ca.pem"));
@@ -411,7 +402,9 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         for (url, needle) in [
             ("nats://h?capacity=0", "capacity=0"),
-            ("nats://h?connect_timeout=5", "duration with a unit"),
+            ("nats://h?connect_timeout=5", "with a unit"),
+            ("nats://u:p%zz@h", "`%zz`"),
+            ("nats://h?name=%g0", "`%g0`"),
             ("redis://h", "not a NATS scheme"),
             ("nats://h/path", "no path"),
             ("nats://", "no host"),

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use futures::stream::Stream;
 use futures::task::AtomicWaker;
-use switchboard_core::{Delivery, Error, Link, Pattern, Result, Subject};
+use switchboard_core::{Delivery, Error, Link, Pattern, Result, Subject, SubscriptionLink};
 use tokio::sync::watch;
 
 use crate::wire;
@@ -44,6 +44,8 @@ struct Entry {
     /// Whether the key is the async-nats sid, so `SlowConsumer(sid)` can be
     /// matched to exactly this subscription.
     exact: bool,
+    /// The subscription's outages, for the "resubscribed" log line.
+    link: SubscriptionLink,
 }
 
 /// Live subscriptions of one connection, shared with its event callback.
@@ -73,8 +75,8 @@ impl Registry {
         }
     }
 
-    /// Registers a subscription; `sid` is its async-nats sid when known.
-    fn register(&self, sid: Option<u64>) -> (u64, Arc<Notices>) {
+    /// Registers a subscription to `pattern`; `sid` is its async-nats sid when known.
+    fn register(&self, sid: Option<u64>, pattern: &Pattern) -> (u64, Arc<Notices>) {
         let notices = Arc::new(Notices::default());
         let (key, exact) = match sid {
             Some(sid) => (sid, true),
@@ -88,6 +90,7 @@ impl Registry {
             Entry {
                 notices: notices.clone(),
                 exact,
+                link: SubscriptionLink::new(KIND, pattern),
             },
         );
         (key, notices)
@@ -125,12 +128,17 @@ impl Registry {
             async_nats::Event::Disconnected => {
                 self.link
                     .lost("messages published until it is back are lost on core NATS");
-                for entry in self.entries().values() {
+                for entry in self.entries().values_mut() {
+                    entry.link.lost("the connection broke");
                     entry.notices.bump(&entry.notices.disconnects);
                 }
             }
             async_nats::Event::Connected => {
                 self.link.restored();
+                // async-nats sends every SUB again right after this event.
+                for entry in self.entries().values_mut() {
+                    entry.link.resubscribed();
+                }
             }
             async_nats::Event::Closed => {
                 tracing::debug!("nats: connection closed");
@@ -140,7 +148,13 @@ impl Registry {
                 tracing::warn!(%error, "nats: the server reported an error");
             }
             async_nats::Event::ClientError(error) => {
-                tracing::warn!(%error, "nats: client error");
+                // While reconnecting, async-nats reports every failed attempt;
+                // the outage itself was reported once already.
+                if self.link.status().connected {
+                    tracing::warn!(%error, "nats: client error");
+                } else {
+                    tracing::debug!(%error, "nats: reconnecting failed");
+                }
             }
             other => tracing::info!(event = %other, "nats: connection event"),
         }
@@ -205,7 +219,7 @@ impl NatsStream {
         pattern: Pattern,
         capacity: usize,
     ) -> Self {
-        let (key, notices) = registry.register(sid_of(&inner));
+        let (key, notices) = registry.register(sid_of(&inner), &pattern);
         NatsStream {
             inner,
             notices,
@@ -239,14 +253,16 @@ impl NatsStream {
         }
         let lost = self.notices.lost.load(Ordering::Relaxed);
         if lost != self.seen_lost {
-            let count = lost - self.seen_lost;
             self.seen_lost = lost;
+            // async-nats drops without counting, and its drop reports travel
+            // through a bounded queue that overflows in the very floods that
+            // cause drops: any number shown would be a guess.
             return Some(Error::Lost {
                 broker: KIND,
                 pattern: self.pattern.as_str().to_string(),
-                count,
+                count: 0,
                 reason: format!(
-                    "the client buffer of {} messages for this subscription was full because it was not read fast enough, so async-nats dropped messages (at least this many: drops are reported through a bounded event queue); read faster or raise `capacity` (NatsOptions::capacity or ?capacity= in the URL)",
+                    "the client buffer of {} messages for this subscription was full because it was not read fast enough, so async-nats dropped messages without counting them; read faster or raise `capacity` (NatsOptions::capacity or ?capacity= in the URL)",
                     self.capacity
                 ),
             });

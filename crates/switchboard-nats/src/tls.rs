@@ -1,7 +1,7 @@
 //! TLS for NATS: the shared `ca`, `cert`, `key` and `tls_server_name` URL
 //! keys, and handing switchboard's rustls configuration to async-nats.
 
-use switchboard_core::{Error, Result};
+use switchboard_core::{ConnectKind, Error, Result};
 use switchboard_tls::TlsOptions;
 
 use crate::options::NatsOptions;
@@ -62,7 +62,7 @@ pub(crate) fn configure(
                 connect
             })
         }
-        Err(e) if tls_required => Err(Error::connect(crate::KIND, url, e, None)),
+        Err(e) if tls_required => Err(Error::connect(crate::KIND, url, ConnectKind::Tls, e, None)),
         Err(e) => {
             tracing::debug!(error = %e, "no TLS configuration for a nats:// URL");
             Ok(connect)

@@ -6,8 +6,9 @@ mod server;
 use std::time::{Duration, Instant};
 
 use server::NatsServer;
-use switchboard_core::{Broker, ErrorKind, Message, Publisher};
+use switchboard_core::{Broker, ConnectKind, ErrorKind, Message, Publisher};
 use switchboard_nats::NatsOptions;
+use switchboard_testkit::assert_chain_does_not_repeat;
 
 #[tokio::test]
 async fn refused_port_says_nothing_answers() {
@@ -22,6 +23,9 @@ async fn refused_port_says_nothing_answers() {
         format!("nats: cannot connect to {url}: nothing answers (connection refused); is nats-server running?")
     );
     assert!(started.elapsed() < Duration::from_secs(3), "failed fast");
+    assert_eq!(err.connect_kind(), Some(ConnectKind::Refused));
+    assert!(err.is_temporary(), "a refused port may answer later");
+    assert_chain_does_not_repeat(&err);
 }
 
 #[tokio::test]
@@ -45,6 +49,8 @@ async fn silent_peer_times_out() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(err.kind(), ErrorKind::Connect);
     assert!(err.to_string().contains("timed out"), "{err}");
+    assert_eq!(err.connect_kind(), Some(ConnectKind::Timeout));
+    assert!(err.is_temporary());
     keep.abort();
 }
 
@@ -60,6 +66,9 @@ async fn bad_credentials_say_authorization_failed_and_are_redacted() {
     assert!(text.contains("authorization failed"), "{text}");
     assert!(!text.contains("wrong-pass"), "{text}");
     assert!(text.contains("alice:***@"), "{text}");
+    assert_eq!(err.connect_kind(), Some(ConnectKind::Auth));
+    assert!(!err.is_temporary(), "a wrong password stays wrong");
+    assert_chain_does_not_repeat(&err);
 
     // No credentials at all: also an authorization failure.
     let err = switchboard_nats::connect(&server.url()).await.unwrap_err();
@@ -90,6 +99,28 @@ async fn token_in_the_url() {
     let err = switchboard_nats::connect(&bad).await.unwrap_err();
     assert!(err.to_string().contains("authorization failed"), "{err}");
     assert!(!err.to_string().contains("nope"), "{err}");
+    assert_eq!(err.connect_kind(), Some(ConnectKind::Auth));
+    assert!(!err.is_temporary());
+}
+
+/// Something that is not a NATS server answers: a protocol error, not worth retrying.
+#[tokio::test]
+async fn a_peer_speaking_another_protocol_is_a_protocol_error() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let serve = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            use tokio::io::AsyncWriteExt;
+            let _ = socket.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        }
+    });
+    let err = switchboard_nats::connect(&format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.connect_kind(), Some(ConnectKind::Protocol), "{err}");
+    assert!(!err.is_temporary());
+    assert_chain_does_not_repeat(&err);
+    serve.abort();
 }
 
 #[tokio::test]

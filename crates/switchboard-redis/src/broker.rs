@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchboard_core::{
-    async_trait, Broker, Capabilities, ConnectionStatus, Durable, Error, Message, Pattern,
-    Publisher, QueueGroup, Result, Subscriber, Subscription,
+    async_trait, Broker, Capabilities, ConnectKind, ConnectionStatus, Durable, Error, Message,
+    Pattern, Publisher, QueueGroup, Result, Subscriber, Subscription,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -65,8 +65,8 @@ impl fmt::Debug for RedisBroker {
 }
 
 impl RedisBroker {
-    pub(crate) async fn connect_with(url: &str, options: RedisOptions) -> Result<Self> {
-        let target = Target::parse(url, &options.tls)?;
+    pub(crate) async fn connect_with(url: &str, mut options: RedisOptions) -> Result<Self> {
+        let target = Target::parse(url, &mut options)?;
         let mut conn = target
             .connect(options.connect_timeout, &options.client_name)
             .await?;
@@ -82,10 +82,9 @@ impl RedisBroker {
                 .and_then(Frame::bytes)
                 .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()),
             Ok(Err(e)) => {
-                return Err(Error::connect(
-                    BROKER,
-                    url,
-                    format!("the connection broke right after the handshake ({e})"),
+                return Err(target.error(
+                    ConnectKind::Other,
+                    "the connection broke right after the handshake",
                     Some(Box::new(e)),
                 ))
             }
@@ -105,7 +104,7 @@ impl RedisBroker {
         })
     }
 
-    /// The options this broker was connected with.
+    /// The options this broker was connected with (the URL's query applied).
     pub fn options(&self) -> &RedisOptions {
         &self.inner.options
     }

@@ -8,15 +8,20 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use redis::{ConnectionAddr, IntoConnectionInfo};
-use switchboard_core::{Error, Result};
+use switchboard_core::options::{self, Query};
+use switchboard_core::{ConnectKind, Error, Result};
+use switchboard_tls::TlsFailure;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::options::RedisOptions;
 use crate::resp::{self, Frame};
 use crate::tls::{tls_target, TlsTarget};
 use crate::BROKER;
+
+/// The port of a URL that names none.
+const DEFAULT_PORT: u16 = 6379;
 
 /// Idle time before the kernel sends the first TCP keepalive probe.
 pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
@@ -71,69 +76,80 @@ impl fmt::Debug for Target {
 }
 
 impl Target {
-    /// Reads a `redis://` or `rediss://` URL the way redis-rs does, plus the
-    /// TLS query keys on top of `tls` (see [`tls_target`]).
-    pub(crate) fn parse(url: &str, tls: &switchboard_tls::TlsOptions) -> Result<Self> {
-        let scheme = url.split("://").next().unwrap_or("");
-        if !crate::SCHEMES.contains(&scheme) || !url.contains("://") {
-            return Err(Error::invalid_url(
-                url,
-                "a Redis URL starts with redis:// (or rediss:// for TLS), e.g. redis://127.0.0.1:6379",
-            ));
-        }
-        let info = url.into_connection_info().map_err(|e| {
-            Error::invalid_url(
-                url,
-                format!(
-                    "{}; the form is redis[s]://[[user]:password@]host[:port][/database]",
-                    e.detail().unwrap_or("it is not a valid Redis URL")
-                ),
-            )
-        })?;
-        let settings = info.redis_settings();
-        let (host, port, tls) = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => (
-                host.clone(),
-                *port,
-                tls_target(url, tls, host, false, false)?,
-            ),
-            ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure,
-                ..
-            } => (
-                host.clone(),
-                *port,
-                tls_target(url, tls, host, true, *insecure)?,
-            ),
+    /// Reads a `redis[s]://[[user]:password@]host[:port][/database][?query][#insecure]`
+    /// URL; the query's options are applied to `options`.
+    pub(crate) fn parse(url: &str, options: &mut RedisOptions) -> Result<Self> {
+        const FORM: &str = "the form is redis[s]://[[user]:password@]host[:port][/database]";
+        let parsed =
+            url::Url::parse(url).map_err(|e| Error::invalid_url(url, format!("{e}; {FORM}")))?;
+        let tls = match parsed.scheme() {
+            "redis" => false,
+            "rediss" => true,
             _ => {
                 return Err(Error::invalid_url(
                     url,
-                    "only TCP addresses are supported (redis:// or rediss://)",
+                    "a Redis URL starts with redis:// (or rediss:// for TLS), e.g. redis://127.0.0.1:6379",
                 ))
             }
         };
+        let host = match parsed.host_str() {
+            Some(host) if !host.is_empty() => host.trim_start_matches('[').trim_end_matches(']'),
+            _ => {
+                return Err(Error::invalid_url(
+                    url,
+                    format!("the URL names no host; {FORM}"),
+                ))
+            }
+        }
+        .to_string();
+        let insecure = match (parsed.fragment(), tls) {
+            (None, _) => false,
+            (Some("insecure"), true) => true,
+            (Some(other), _) => {
+                return Err(Error::invalid_url(
+                    url,
+                    format!("unknown fragment `#{other}`; only rediss:// URLs take one, `#insecure` (no certificate check)"),
+                ))
+            }
+        };
+        let db = match parsed.path().trim_matches('/') {
+            "" => 0,
+            path => path.parse::<i64>().map_err(|_| {
+                Error::invalid_url(
+                    url,
+                    format!("the database `{path}` is not a number; {FORM}"),
+                )
+            })?,
+        };
+        let username = match parsed.username() {
+            "" => None,
+            user => Some(options::decode(url, "user name", user)?),
+        };
+        let password = parsed
+            .password()
+            .map(|p| options::decode(url, "password", p))
+            .transpose()?;
+        let query = Query::parse(url, &parsed, crate::QUERY_KEYS)?;
+        options.apply(&query)?;
+        let tls = tls_target(url, &query, &options.tls, &host, tls, insecure)?;
         Ok(Target {
             url: url.to_string(),
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            port,
+            port: parsed.port().unwrap_or(DEFAULT_PORT),
+            host,
             tls,
-            username: settings.username().map(str::to_string),
-            password: settings.password().map(str::to_string),
-            db: settings.db(),
+            username,
+            password,
+            db,
         })
     }
 
-    fn error(
+    pub(crate) fn error(
         &self,
+        kind: ConnectKind,
         reason: impl fmt::Display,
         source: Option<switchboard_core::BoxError>,
     ) -> Error {
-        Error::connect(BROKER, &self.url, reason, source)
+        Error::connect(BROKER, &self.url, kind, reason, source)
     }
 
     /// Opens a connection and runs the handshake, all within `timeout`.
@@ -141,6 +157,7 @@ impl Target {
         match tokio::time::timeout(timeout, self.connect_inner(client_name)).await {
             Ok(result) => result,
             Err(_) => Err(self.error(
+                ConnectKind::Timeout,
                 format!(
                     "no answer within {timeout:?}; is the host reachable, the port right{}?",
                     if self.tls.is_some() {
@@ -158,19 +175,26 @@ impl Target {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| {
-                let reason = match e.kind() {
-                    io::ErrorKind::ConnectionRefused => {
-                        "nothing answers (connection refused); is redis-server running?".to_string()
-                    }
-                    _ if e.to_string().contains("lookup") || e.to_string().contains("resolve") => {
+                let (kind, reason) = match e.kind() {
+                    io::ErrorKind::ConnectionRefused => (
+                        ConnectKind::Refused,
+                        "nothing answers (connection refused); is redis-server running?"
+                            .to_string(),
+                    ),
+                    // tokio says so in text only.
+                    _ if e.to_string().contains("lookup") || e.to_string().contains("resolve") => (
+                        ConnectKind::Dns,
+                        format!("cannot resolve host {:?}; check the host name", self.host),
+                    ),
+                    _ => (
+                        ConnectKind::Other,
                         format!(
-                            "cannot resolve host {:?} ({e}); check the host name",
-                            self.host
-                        )
-                    }
-                    _ => format!("{e}; is the host reachable?"),
+                            "cannot reach {}:{}; is the host reachable?",
+                            self.host, self.port
+                        ),
+                    ),
                 };
-                self.error(reason, Some(Box::new(e)))
+                self.error(kind, reason, Some(Box::new(e)))
             })?;
         let _ = tcp.set_nodelay(true);
         set_keepalive(&tcp);
@@ -182,13 +206,16 @@ impl Target {
                     .connect(tls.name.clone(), tcp)
                     .await
                     .map_err(|e| {
+                        // rustls' own text follows as the source: a failure
+                        // with no more precise meaning gets a reason that
+                        // does not repeat it.
                         let reason = match tls.options.explain(&e) {
-                            Some(failure) => failure.to_string(),
-                            None => format!(
-                                "TLS handshake failed ({e}); does the server speak TLS on this port (tls-port)?"
-                            ),
+                            Some(failure) if !matches!(failure, TlsFailure::Other { .. }) => {
+                                failure.to_string()
+                            }
+                            _ => "TLS handshake failed; does the server speak TLS on this port (tls-port)?".to_string(),
                         };
-                        self.error(reason, Some(Box::new(e)))
+                        self.error(ConnectKind::Tls, reason, Some(Box::new(e)))
                     })?;
                 Stream::Tls(Box::new(stream))
             }
@@ -206,10 +233,23 @@ impl Target {
             // With TLS 1.3 a refused client certificate shows only now, as
             // the server's alert on the first read after the handshake.
             if let Some(failure) = self.tls.as_ref().and_then(|tls| tls.options.explain(&e)) {
-                return self.error(failure, Some(Box::new(e)));
+                return self.error(ConnectKind::Tls, failure, Some(Box::new(e)));
             }
+            let kind = if e.kind() == io::ErrorKind::InvalidData {
+                ConnectKind::Protocol
+            } else {
+                ConnectKind::Other
+            };
             self.error(
-                format!("the server closed the connection during the handshake ({e}); is it a Redis server{}?", if self.tls.is_none() { " (a TLS-only server needs rediss://)" } else { "" }),
+                kind,
+                format!(
+                    "the handshake failed; is it a Redis server{}?",
+                    if self.tls.is_none() {
+                        " (a TLS-only server needs rediss://)"
+                    } else {
+                        ""
+                    }
+                ),
                 Some(Box::new(e)),
             )
         };
@@ -226,7 +266,11 @@ impl Target {
                 } else {
                     "check the user and password in the URL (redis://[user]:PASSWORD@host:port)"
                 };
-                return Err(self.error(format!("authentication failed ({text}); {hint}"), None));
+                return Err(self.error(
+                    ConnectKind::Auth,
+                    format!("authentication failed ({text}); {hint}"),
+                    None,
+                ));
             }
         }
         if self.db != 0 {
@@ -237,6 +281,7 @@ impl Target {
                 .map_err(io_error)?
             {
                 return Err(self.error(
+                    ConnectKind::Protocol,
                     format!(
                         "cannot select database {} ({}); use a database below the server's `databases` setting",
                         self.db,
@@ -256,6 +301,7 @@ impl Target {
             let text = String::from_utf8_lossy(&e);
             if text.starts_with("NOAUTH") {
                 return Err(self.error(
+                    ConnectKind::Auth,
                     format!("authentication required ({text}); put the password in the URL: redis://[user]:PASSWORD@host:port"),
                     None,
                 ));
@@ -332,7 +378,16 @@ impl Conn {
         self.read_frame().await
     }
 
-    /// Reads the next frame.
+    /// Sends one command without waiting for its reply.
+    pub(crate) async fn send(&mut self, args: &[&[u8]]) -> io::Result<()> {
+        let mut out = Vec::new();
+        resp::encode_command(&mut out, args);
+        self.stream.write_all(&out).await?;
+        self.stream.flush().await
+    }
+
+    /// Reads the next frame. Cancel-safe: bytes read before a cancellation
+    /// stay in the buffer for the next call.
     pub(crate) async fn read_frame(&mut self) -> io::Result<Frame> {
         loop {
             match resp::parse(&mut self.buf) {
@@ -375,7 +430,7 @@ mod tests {
     use super::*;
 
     fn parse(url: &str) -> Result<Target> {
-        Target::parse(url, &switchboard_tls::TlsOptions::new())
+        Target::parse(url, &mut RedisOptions::new())
     }
 
     #[test]
@@ -393,6 +448,28 @@ mod tests {
         assert!(t.tls.is_some());
         let t = parse("rediss://example.com/#insecure").unwrap();
         assert!(t.tls.unwrap().options.accepts_invalid_certs());
+        let t = parse("redis://:p%40ss%3Aw@[::1]:6380").unwrap();
+        assert_eq!(t.password.as_deref(), Some("p@ss:w"));
+        assert_eq!(t.host, "::1");
+    }
+
+    #[test]
+    fn the_query_sets_options() {
+        let mut options = RedisOptions::new().client_name("code");
+        Target::parse(
+            "redis://h?connect_timeout=2s&flush_timeout=3s&capacity=7&name=url+name&keepalive=off",
+            &mut options,
+        )
+        .unwrap();
+        assert_eq!(options.connect_timeout, Duration::from_secs(2));
+        assert_eq!(options.flush_timeout, Duration::from_secs(3));
+        assert_eq!(options.subscription_capacity, 7);
+        assert_eq!(options.client_name, "url-name");
+        assert_eq!(options.keepalive, None);
+        assert_eq!(
+            RedisOptions::new().keepalive,
+            Some(crate::DEFAULT_KEEPALIVE)
+        );
     }
 
     /// Every connection gets TCP keepalive: checked on the socket itself, after
@@ -432,14 +509,20 @@ mod tests {
 
     #[test]
     fn malformed_urls_say_so() {
-        for bad in [
-            "nats://x",
-            "127.0.0.1:6379",
-            "redis://:pw@h:notaport",
-            "redis://h/x",
+        for (bad, needle) in [
+            ("nats://x", "redis://"),
+            ("127.0.0.1:6379", "the form is"),
+            ("redis://:pw@h:notaport", "the form is"),
+            ("redis://h/x", "`x` is not a number"),
+            ("redis://:pw@h?foo=1", "unknown parameter `foo`"),
+            ("redis://:pw@h?capacity=0", "`capacity=0`"),
+            ("redis://:p%zz@h", "`%zz`"),
+            ("redis://h#insecure", "only rediss://"),
+            ("rediss://h#secure", "`#secure`"),
         ] {
             let e = parse(bad).unwrap_err();
             assert!(matches!(e, Error::InvalidUrl { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains(needle), "{bad}: {e}");
             assert!(!e.to_string().contains("pw@"), "{e}");
         }
     }
@@ -464,12 +547,33 @@ mod tests {
         assert!(e.contains("contradicts"), "{e}");
         let named = Target::parse(
             "rediss://127.0.0.1:1",
-            &switchboard_tls::TlsOptions::new().server_name("cache.internal"),
+            &mut RedisOptions::new()
+                .tls(switchboard_tls::TlsOptions::new().server_name("cache.internal")),
         )
         .unwrap();
         assert_eq!(named.tls.unwrap().name.to_str(), "cache.internal");
         // Set in code, TLS settings apply to rediss:// URLs and are left unused on redis://.
-        let coded = switchboard_tls::TlsOptions::new().ca("/nonexistent/ca.pem");
-        assert!(Target::parse("redis://h:1", &coded).unwrap().tls.is_none());
+        let mut coded =
+            RedisOptions::new().tls(switchboard_tls::TlsOptions::new().ca("/nonexistent/ca.pem"));
+        assert!(Target::parse("redis://h:1", &mut coded)
+            .unwrap()
+            .tls
+            .is_none());
+        // `ca` may be repeated; every file is kept, in order.
+        let e = parse("rediss://h:1?ca=/nonexistent/a.pem&ca=/nonexistent/b.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/a.pem"), "{e}");
+        // The TLS keys are among the keys an unknown one is told about.
+        let e = parse("rediss://h:1?cafile=/ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`ca`, `cert`, `key` and `tls_server_name`"),
+            "{e}"
+        );
+        for key in switchboard_tls::QUERY_KEYS {
+            assert!(crate::QUERY_KEYS.contains(&key), "{key}");
+        }
     }
 }

@@ -12,13 +12,16 @@
 //!
 //! # URLs
 //!
-//! Read by redis-rs, as any redis-rs program reads them:
-//!
 //! - `redis://host[:port][/database]` — plain TCP, port 6379 by default;
 //! - `redis://[user]:password@host[:port][/database]` — `AUTH` (with a user for ACLs);
+//!   percent-encode `@`, `:` and `/` in the password;
 //! - `rediss://...` — TLS, checked against the platform's trust store;
 //!   `rediss://...#insecure` skips certificate verification (the handshake's
-//!   signatures are still checked).
+//!   signatures are still checked);
+//! - options in the query, with the keys and units every switchboard adapter
+//!   shares ([`switchboard_core::options`]), e.g.
+//!   `redis://host?connect_timeout=2s&capacity=65536&name=billing`, and on
+//!   `rediss://` the TLS keys below.
 //!
 //! # TLS
 //!
@@ -26,7 +29,7 @@
 //! [`TlsOptions`], also settable with [`RedisOptions::tls`]):
 //!
 //! - `rediss://host:6380?ca=/etc/redis/ca.pem`: a private CA instead of the
-//!   platform's store (`ca=system` adds the store back);
+//!   platform's store (`ca=system` adds the store back; `ca` may be repeated);
 //! - `rediss://host:6380?ca=/etc/redis/ca.pem&cert=/etc/redis/client.pem&key=/etc/redis/client-key.pem`:
 //!   mutual TLS (`tls-auth-clients yes`, Redis's default);
 //! - `rediss://10.0.0.7:6380?ca=…&tls_server_name=redis.internal`: verify (and
@@ -34,28 +37,34 @@
 //!
 //! TLS keys in a `redis://` URL are refused (write `rediss://`); settings made
 //! in code apply to `rediss://` URLs only. A failed handshake is
-//! one [`Error::Connect`](switchboard_core::Error::Connect) line saying which:
+//! one [`Error::Connect`](switchboard_core::Error::Connect) line of kind
+//! [`Tls`](switchboard_core::ConnectKind::Tls) saying which:
 //! the certificate is not trusted (naming the CA files or the system store), the
 //! host name does not match, the server requires a client certificate or
 //! refused the one given; a file that cannot be read is named. The rustls
 //! configuration (ring provider) is built once per broker by `switchboard-tls`
 //! and reused on every reconnection.
 //!
-//! Connecting is bounded by a timeout (5 s, see [`RedisOptions`]); failures are
+//! An unknown query key, a fragment other than `#insecure` on `rediss://`, or
+//! a `%` that is not a percent-escape is an
+//! [`Error::InvalidUrl`](switchboard_core::Error::InvalidUrl) naming it.
+//! Connecting is bounded by a timeout (5 s); failures are
 //! [`Error::Connect`](switchboard_core::Error::Connect) with the password
-//! redacted and a hint (`is redis-server running?`, check the password, ...).
+//! redacted, a hint (`is redis-server running?`, check the password, ...) and
+//! a [`ConnectKind`](switchboard_core::ConnectKind): a wrong or missing
+//! password (`Auth`), a failed TLS handshake (`Tls`) or a database the server
+//! does not have (`Protocol`) are not
+//! [temporary](switchboard_core::Error::is_temporary).
 //!
-//! Apart from the TLS keys the URL carries no adapter options (redis-rs reads
-//! it); the rest is set on [`RedisOptions`]:
-//!
-//! | option | default | |
-//! |---|---|---|
-//! | [`connect_timeout`](RedisOptions::connect_timeout) | 5 s | TCP, TLS, `AUTH`, `SELECT` |
-//! | [`tls`](RedisOptions::tls) | the platform's trust store | CA files, client certificate, server name (also the URL keys above) |
-//! | [`flush_timeout`](RedisOptions::flush_timeout) | 10 s | how long `flush` (and `close`) wait for Redis's replies |
-//! | [`client_name`](RedisOptions::client_name) | `switchboard` | the name in `CLIENT LIST` |
-//! | [`subscription_capacity`](RedisOptions::subscription_capacity) | 2^20 | deliveries buffered per subscription |
-//! | [`reconnect_backoff`](RedisOptions::reconnect_backoff) | 100 ms to 5 s | delay between reconnection attempts |
+//! | option | URL | default | |
+//! |---|---|---|---|
+//! | [`connect_timeout`](RedisOptions::connect_timeout) | `connect_timeout=5s` | 5 s | TCP, TLS, `AUTH`, `SELECT` |
+//! | [`tls`](RedisOptions::tls) | `ca=`, `cert=`, `key=`, `tls_server_name=` (`rediss://` only) | the platform's trust store | CA files, client certificate, server name (see [TLS](#tls)) |
+//! | [`flush_timeout`](RedisOptions::flush_timeout) | `flush_timeout=10s` | 10 s | how long `flush` (and `close`) wait for Redis's replies |
+//! | [`client_name`](RedisOptions::client_name) | `name=billing` | `switchboard` | the name in `CLIENT LIST` |
+//! | [`subscription_capacity`](RedisOptions::subscription_capacity) | `capacity=N` | 2^20 | deliveries buffered per subscription |
+//! | [`keepalive`](RedisOptions::keepalive) | `keepalive=15s`, `keepalive=off` | 15 s | a connection silent this long (PING unanswered) is dropped and renewed |
+//! | [`reconnect_backoff`](RedisOptions::reconnect_backoff) | | 100 ms to 5 s | delay between reconnection attempts |
 //!
 //! # Capabilities
 //!
@@ -79,8 +88,8 @@
 //! Each subscription has its own pub/sub connection, so a slow subscription
 //! affects nobody else and is reconnected on its own. Subscribing resolves once
 //! Redis confirmed the SUBSCRIBE (literal patterns) or PSUBSCRIBE. The
-//! connections speak RESP directly (redis-rs reads the URL): redis-rs's pub/sub
-//! buffers without bound, which would hide a subscriber falling behind.
+//! connections speak RESP directly rather than through redis-rs, whose
+//! pub/sub buffers without bound, which would hide a subscriber falling behind.
 //!
 //! # Slow subscribers and reconnecting
 //!
@@ -89,11 +98,19 @@
 //! keep up, the adapter stops reading the connection; if that lasts, Redis
 //! disconnects the subscriber (`client-output-buffer-limit pubsub`). Whenever a
 //! subscription's connection breaks (that, `CLIENT KILL`, a restart, the
-//! network), its stream yields an
-//! [`Error::Disconnected`](switchboard_core::Error::Disconnected) item, then the
-//! adapter reconnects and resubscribes with a backoff (100 ms doubling to 5 s)
-//! and the stream goes on. Messages published meanwhile are lost: PUBSUB keeps
-//! nothing. Nothing is ever dropped silently on the client side.
+//! network, a dead link), its stream yields one
+//! [`Error::Disconnected`](switchboard_core::Error::Disconnected) item saying
+//! the connection was lost and is being renewed (and, only if the subscriber
+//! was behind just before, that Redis disconnects subscribers that fall
+//! behind), then the adapter reconnects and resubscribes with a backoff
+//! (100 ms doubling to 5 s), logging one line when it is back
+//! (`redis: resubscribed to 'alerts.>' after 1.2s`; failed attempts only at
+//! debug level), and the stream goes on. Messages published meanwhile are
+//! lost: PUBSUB keeps nothing. Nothing is ever dropped silently on the client
+//! side: a message on a channel that is not a valid subject (a plain client
+//! can `PUBLISH 'a.bad subject' x`) is an
+//! [`Error::InvalidSubject`](switchboard_core::Error::InvalidSubject) item
+//! naming the channel, and the stream goes on.
 //!
 //! The publishing connection reconnects too: publishes in flight when it broke
 //! are reported by the next `flush`; while reconnecting fails, `publish`
@@ -101,26 +118,27 @@
 //!
 //! ## Connections that die silently
 //!
-//! A connection can die without Redis or the kernel saying so: the host
-//! vanishes, a NAT or firewall forgets the connection. Every connection the
-//! adapter opens therefore has TCP keepalive on (first probe after 15 s of
-//! silence, then every 5 s; after 3 unanswered probes the kernel fails the
-//! connection), so such a connection breaks after about 30 s and is handled
-//! as above: an idle subscription reports
-//! [`Error::Disconnected`](switchboard_core::Error::Disconnected) and
-//! resubscribes. Subscriptions do not send PING: a subscribed connection has
-//! nothing outstanding, which is exactly when keepalive probes run, and a
-//! server that is up but not answering (paused, overloaded) would not be
-//! helped by resubscribing to it.
+//! A connection can stop passing bytes without Redis or the kernel saying so:
+//! the host vanishes, a NAT or firewall forgets the connection, a proxy hangs.
+//! With `keepalive=D` (15 s by default), a subscription's connection sends
+//! `PING` after `D/3` without a frame and is given up when nothing came for
+//! `D`; the publishing connection PINGs when idle the same way, and gives up
+//! when replies are owed and nothing came for `D`. Either is then handled as
+//! above: the subscription reports `Disconnected` and resubscribes, the
+//! publishes awaiting replies are reported by `flush`, and
+//! [`Broker::status`](switchboard_core::Broker::status) says disconnected
+//! until the publishing connection is back. A subscriber that is behind is
+//! not read, so its silence is not held against the link. With
+//! `keepalive=off`, only TCP keepalive is left (on every connection: first
+//! probe after 15 s of silence, then every 5 s, 3 unanswered probes), which
+//! notices a vanished host after about 30 s but never a peer that is up and
+//! silent.
 //!
 //! `flush` waits at most [`RedisOptions::flush_timeout`] (10 s by default),
 //! then fails with [`Error::Timeout`](switchboard_core::Error::Timeout); the
 //! publishes it waited for stay counted, so a later `flush` waits for them
-//! again and reports those that failed (e.g. when keepalive has meanwhile
-//! broken the connection). Keepalive only probes a connection with nothing
-//! unacknowledged in flight: a publishing connection that dies while sending
-//! is noticed by the kernel's retransmission timeout (minutes), during which
-//! `publish` keeps buffering up to 4 MiB and then waits.
+//! again and reports those that failed (e.g. when the keepalive has meanwhile
+//! given the connection up).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, unreachable_pub)]
@@ -136,7 +154,8 @@ pub mod wire;
 
 pub use broker::RedisBroker;
 pub use options::{
-    RedisOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT, DEFAULT_SUBSCRIPTION_CAPACITY,
+    RedisOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT, DEFAULT_KEEPALIVE,
+    DEFAULT_SUBSCRIPTION_CAPACITY, QUERY_KEYS,
 };
 /// TLS settings for [`tls`](RedisOptions::tls), the same on every adapter.
 pub use switchboard_tls::TlsOptions;

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use switchboard_core::options::{self, Query};
 use switchboard_core::Result;
 use switchboard_tls::TlsOptions;
 
@@ -25,7 +26,29 @@ pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// and memory is tight.
 pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 1 << 20;
 
+/// How soon a connection that passes nothing is declared dead, unless
+/// configured: 15 s, as on every broker ([`options::DEFAULT_KEEPALIVE`]).
+pub const DEFAULT_KEEPALIVE: Duration = options::DEFAULT_KEEPALIVE;
+
+/// The URL query keys the Redis adapter takes: `connect_timeout`,
+/// `flush_timeout`, `capacity` (see [`RedisOptions::subscription_capacity`]),
+/// `name` (see [`RedisOptions::client_name`]), `keepalive` and, on `rediss://`
+/// URLs, the TLS keys ([`switchboard_tls::QUERY_KEYS`], see [`RedisOptions::tls`]).
+pub const QUERY_KEYS: &[&str] = &[
+    options::CONNECT_TIMEOUT,
+    options::FLUSH_TIMEOUT,
+    options::CAPACITY,
+    options::NAME,
+    options::KEEPALIVE,
+    "ca",
+    "cert",
+    "key",
+    "tls_server_name",
+];
+
 /// Options for [`RedisOptions::connect`]; [`connect`](crate::connect) uses the defaults.
+/// Each can also be set in the URL's query ([`QUERY_KEYS`]), which wins:
+/// `redis://host?connect_timeout=2s&capacity=65536&name=billing&keepalive=10s`.
 ///
 /// ```no_run
 /// # #[tokio::main] async fn main() -> switchboard_core::Result<()> {
@@ -47,6 +70,7 @@ pub struct RedisOptions {
     pub(crate) subscription_capacity: usize,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
+    pub(crate) keepalive: Option<Duration>,
     pub(crate) tls: TlsOptions,
 }
 
@@ -59,6 +83,7 @@ impl Default for RedisOptions {
             subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            keepalive: Some(DEFAULT_KEEPALIVE),
             tls: TlsOptions::new(),
         }
     }
@@ -67,12 +92,13 @@ impl Default for RedisOptions {
 impl RedisOptions {
     /// The defaults: 5 s connect timeout, 10 s flush timeout, client name
     /// `switchboard`, 2^20 buffered deliveries per subscription, reconnect
-    /// backoff 100 ms to 5 s.
+    /// backoff 100 ms to 5 s, a 15 s keepalive.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// How long connecting (TCP, TLS, AUTH, SELECT) may take before failing.
+    /// URL: `connect_timeout=5s`.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout.max(Duration::from_millis(1));
         self
@@ -84,9 +110,7 @@ impl RedisOptions {
     /// [`Error::Timeout`](switchboard_core::Error::Timeout) (operation
     /// `"flush"`), e.g. when the server hangs or the network silently went
     /// away; the publishes stay counted, so a later `flush` still waits for
-    /// them and reports those that failed.
-    ///
-    /// Settable here only: the URL is read by redis-rs, which has no such parameter.
+    /// them and reports those that failed. URL: `flush_timeout=10s`.
     pub fn flush_timeout(mut self, timeout: Duration) -> Self {
         self.flush_timeout = timeout.max(Duration::from_millis(1));
         self
@@ -94,7 +118,7 @@ impl RedisOptions {
 
     /// The name connections show in `CLIENT LIST`: the publishing connection
     /// uses `name`, subscription connections `name-sub`. Spaces become `-`
-    /// (Redis refuses them).
+    /// (Redis refuses them). URL: `name=billing`.
     pub fn client_name(mut self, name: impl Into<String>) -> Self {
         let name: String = name
             .into()
@@ -111,6 +135,7 @@ impl RedisOptions {
     /// the subscription's connection is not read until the application catches
     /// up; if that lasts, Redis disconnects it and the stream reports
     /// [`Error::Disconnected`](switchboard_core::Error::Disconnected).
+    /// URL: `capacity=65536`.
     pub fn subscription_capacity(mut self, capacity: usize) -> Self {
         self.subscription_capacity = capacity.max(1);
         self
@@ -134,6 +159,40 @@ impl RedisOptions {
     /// The TLS settings.
     pub fn tls_options(&self) -> &TlsOptions {
         &self.tls
+    }
+
+    /// How soon a connection that passes nothing is declared dead. A
+    /// subscription's connection sends `PING` after `keepalive / 3` of
+    /// silence and is dropped (reported as
+    /// [`Error::Disconnected`](switchboard_core::Error::Disconnected), then
+    /// resubscribed) when nothing came back for `keepalive`; the publishing
+    /// connection does the same while idle, and while publishes await their
+    /// replies. `None` leaves it to TCP keepalive (about 30 s for a vanished
+    /// host; never for a peer that is up but silent). URL: `keepalive=15s`,
+    /// `keepalive=off`.
+    pub fn keepalive(mut self, keepalive: Option<Duration>) -> Self {
+        self.keepalive = keepalive.filter(|k| !k.is_zero());
+        self
+    }
+
+    /// Applies the URL query's settings, which win over the ones set in code.
+    pub(crate) fn apply(&mut self, query: &Query) -> Result<()> {
+        if let Some(timeout) = query.duration(options::CONNECT_TIMEOUT)? {
+            *self = self.clone().connect_timeout(timeout);
+        }
+        if let Some(timeout) = query.duration(options::FLUSH_TIMEOUT)? {
+            *self = self.clone().flush_timeout(timeout);
+        }
+        if let Some(capacity) = query.count(options::CAPACITY)? {
+            self.subscription_capacity = capacity;
+        }
+        if let Some(name) = query.text(options::NAME) {
+            *self = self.clone().client_name(name);
+        }
+        if let Some(keepalive) = query.keepalive()? {
+            self.keepalive = keepalive;
+        }
+        Ok(())
     }
 
     /// Connects to a `redis://` or `rediss://` URL with these options.

@@ -3,7 +3,13 @@
 //! write (so concurrent or back-to-back publishes pipeline), and one reader
 //! counts the replies. `flush` waits until the reply count reaches the number
 //! of publishes made before it.
+//!
+//! With a keepalive, the reader gives the connection up when nothing came
+//! back for that long while replies are owed, and the writer sends a `PING`
+//! when the connection has been idle for a third of it, so an idle link that
+//! died is noticed too (its `+PONG` is not counted as a publish's reply).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,6 +24,9 @@ use crate::{resp, wire, BROKER};
 
 /// Bytes of encoded commands that may wait for the writer before `publish` waits.
 const HIGH_WATER: usize = 4 * 1024 * 1024;
+
+/// [`Shared::ping_at`] when no PING is in flight.
+const NO_PING: u64 = u64::MAX;
 
 /// A range of publishes (1-based sequence numbers, inclusive) that failed.
 #[derive(Debug)]
@@ -55,6 +64,13 @@ pub(crate) struct Shared {
     max_payload: usize,
     /// How long `flush` waits for the replies.
     flush_timeout: Duration,
+    /// How long a connection owing replies may stay silent; `None`: no limit.
+    keepalive: Option<Duration>,
+    /// How many publishes were written to a connection (the writer's count).
+    written: AtomicU64,
+    /// The number of publishes written before the PING in flight, whose
+    /// reply is the `+PONG` at that position; [`NO_PING`] when none is.
+    ping_at: AtomicU64,
     /// The publishing connection's state, for `Broker::status`.
     pub(crate) link: switchboard_core::Link,
 }
@@ -216,6 +232,9 @@ pub(crate) fn start(
         answered: watch::Sender::new(0),
         max_payload,
         flush_timeout: options.flush_timeout,
+        keepalive: options.keepalive,
+        written: AtomicU64::new(0),
+        ping_at: AtomicU64::new(NO_PING),
         link: switchboard_core::Link::new(crate::BROKER),
     });
     let task = tokio::spawn(run(shared.clone(), conn, target, options));
@@ -258,6 +277,7 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
                                 format!("not sent, Redis is unreachable: {reason}"),
                             );
                             written = queued;
+                            shared.written.store(written, Ordering::Release);
                             state.down = Some(reason);
                         }
                         shared.answered.send_replace(written);
@@ -272,6 +292,7 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
             }
         };
         let (reader, mut writer, rbuf) = current.split();
+        shared.ping_at.store(NO_PING, Ordering::Release);
         let (dead_tx, mut dead_rx) = oneshot::channel();
         // Aborted on drop, so the reader never outlives this task (which
         // `close` may abort when Redis does not answer).
@@ -292,6 +313,7 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
                 } else {
                     std::mem::swap(&mut state.buf, &mut chunk);
                     written = state.queued;
+                    shared.written.store(written, Ordering::Release);
                     false
                 }
             };
@@ -300,9 +322,31 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
                     let _ = writer.shutdown().await;
                     return;
                 }
+                let idle = shared.keepalive.map(|keepalive| keepalive / 3);
                 tokio::select! {
                     _ = shared.wake.notified() => continue,
                     reason = &mut dead_rx => break reason.unwrap_or_else(|_| "reader ended".into()),
+                    _ = sleep_for(idle) => {
+                        // Idle with nothing owed: a PING proves the link alive.
+                        let owed = written > *shared.answered.borrow();
+                        if owed || shared.ping_at.load(Ordering::Acquire) != NO_PING {
+                            continue;
+                        }
+                        shared.ping_at.store(written, Ordering::Release);
+                        let mut ping = Vec::new();
+                        resp::encode_command(&mut ping, &[b"PING"]);
+                        let sent = async {
+                            writer.write_all(&ping).await?;
+                            writer.flush().await
+                        };
+                        tokio::select! {
+                            result = sent => if let Err(e) = result {
+                                break format!("write failed: {e}");
+                            },
+                            reason = &mut dead_rx => break reason.unwrap_or_else(|_| "reader ended".into()),
+                        }
+                        continue;
+                    }
                 }
             }
             shared.space.notify_waiters();
@@ -352,6 +396,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Sleeps for `delay`, or forever without one.
+async fn sleep_for(delay: Option<Duration>) {
+    match delay {
+        Some(delay) => tokio::time::sleep(delay).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sleeps for `delay`; false if the publisher is shut down (now or meanwhile).
 async fn wait_or_shutdown(shared: &Shared, delay: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + delay;
@@ -373,10 +425,19 @@ async fn read_replies(
     mut answered: u64,
     dead: oneshot::Sender<String>,
 ) {
+    // When bytes last came, or the connection last owed nothing.
+    let mut heard = tokio::time::Instant::now();
+    let check = shared.keepalive.map(|keepalive| keepalive / 3);
     let reason = 'outer: loop {
         let before = answered;
         loop {
-            match resp::parse_status(&mut buf) {
+            let status = resp::parse_status(&mut buf);
+            if matches!(status, Ok(Some(_))) && shared.ping_at.load(Ordering::Acquire) == answered {
+                // The answer to the writer's PING, not to a publish.
+                shared.ping_at.store(NO_PING, Ordering::Release);
+                continue;
+            }
+            match status {
                 Ok(Some(None)) => answered += 1,
                 Ok(Some(Some(error))) => {
                     answered += 1;
@@ -396,10 +457,25 @@ async fn read_replies(
             shared.answered.send_replace(answered);
         }
         buf.reserve(64 * 1024);
-        match reader.read_buf(&mut buf).await {
-            Ok(0) => break "the server closed the connection".to_string(),
-            Ok(_) => {}
-            Err(e) => break e.to_string(),
+        tokio::select! {
+            read = reader.read_buf(&mut buf) => match read {
+                Ok(0) => break "the server closed the connection".to_string(),
+                Ok(_) => heard = tokio::time::Instant::now(),
+                Err(e) => break e.to_string(),
+            },
+            _ = sleep_for(check) => {
+                let owed = shared.written.load(Ordering::Acquire) > answered
+                    || shared.ping_at.load(Ordering::Acquire) != NO_PING;
+                match shared.keepalive {
+                    Some(keepalive) if owed && heard.elapsed() >= keepalive => {
+                        break format!(
+                            "no answer from Redis for {keepalive:?} (keepalive)"
+                        );
+                    }
+                    _ if !owed => heard = tokio::time::Instant::now(),
+                    _ => {}
+                }
+            }
         }
     };
     let _ = dead.send(reason);

@@ -7,10 +7,20 @@
 //! (`client-output-buffer-limit pubsub`) rather than messages being dropped
 //! silently; the disconnection is reported as an `Err` item, then the task
 //! reconnects and resubscribes.
+//!
+//! While it reads, the task also watches the link: after a third of the
+//! keepalive time without a frame it sends `PING` (allowed on a subscribed
+//! connection), and a whole keepalive time without a frame means the link is
+//! dead.
+
+use std::time::Duration;
 
 use futures::stream;
-use switchboard_core::{Delivery, Error, Message, Pattern, Result, Subject, Subscription, Token};
+use switchboard_core::{
+    Delivery, Error, Message, Pattern, Result, Subject, Subscription, SubscriptionLink, Token,
+};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::conn::{Conn, Target};
 use crate::options::RedisOptions;
@@ -146,6 +156,7 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut ready = Some(ready);
+    let mut link = SubscriptionLink::new(BROKER, &pattern);
     let mut backoff = options.reconnect_min;
     loop {
         let opened = tokio::select! {
@@ -159,19 +170,17 @@ async fn run(
                     if ready.send(Ok(())).is_err() {
                         return;
                     }
-                } else {
-                    tracing::info!(%pattern, "redis: resubscribed");
                 }
+                link.resubscribed();
                 backoff = options.reconnect_min;
-                let Some(reason) = pump(conn, &pattern, &tx, &mut shutdown).await else {
+                let Some(ended) = pump(conn, &pattern, &tx, &mut shutdown, options.keepalive).await
+                else {
                     return;
                 };
-                tracing::warn!(%pattern, %reason, "redis: subscription connection lost; resubscribing");
+                link.lost(&ended.reason);
                 let report = Err(Error::Disconnected {
                     broker: BROKER,
-                    reason: format!(
-                        "the subscription to {pattern:?} lost its connection ({reason}); messages published until it is resubscribed are lost. Redis disconnects subscribers that fall behind (client-output-buffer-limit pubsub): read faster or raise that limit"
-                    ),
+                    reason: ended.describe(&pattern, options.subscription_capacity),
                 });
                 tokio::select! {
                     sent = tx.send(report) => if sent.is_err() { return },
@@ -183,7 +192,7 @@ async fn run(
                     let _ = ready.send(Err(e));
                     return;
                 }
-                tracing::warn!(%pattern, error = %e, "redis: resubscribing failed; retrying");
+                link.retry_failed(&e, backoff);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = tx.closed() => return,
@@ -202,27 +211,98 @@ async fn run(
     }
 }
 
+/// How long after having to wait for room in the buffer a lost connection is
+/// put down to the subscriber falling behind: Redis's soft output-buffer limit
+/// for pub/sub allows 60 s over it.
+const BEHIND_WINDOW: Duration = Duration::from_secs(90);
+
+/// Why a subscription's connection ended.
+struct Ended {
+    reason: String,
+    /// Whether the subscriber was behind (its buffer full) shortly before.
+    behind: bool,
+}
+
+impl Ended {
+    /// The reason of the `Disconnected` item: what happened, that the
+    /// subscription is being renewed, and the slow-subscriber hint only where
+    /// the subscriber really was behind.
+    fn describe(&self, pattern: &Pattern, capacity: usize) -> String {
+        let what = format!(
+            "the subscription to '{pattern}' lost its connection ({}); resubscribing. Messages published until it is back are lost (PUBSUB keeps nothing)",
+            self.reason
+        );
+        if self.behind {
+            format!(
+                "{what}. It was behind (its buffer of {capacity} messages was full), and Redis disconnects subscribers that fall behind (client-output-buffer-limit pubsub): read faster, raise `capacity` or that limit"
+            )
+        } else {
+            what
+        }
+    }
+}
+
 /// Forwards messages until the connection breaks (returns why) or the
-/// subscription or broker is closed (returns `None`).
+/// subscription or broker is closed (returns `None`). With a `keepalive`,
+/// sends PING after a third of it without a frame, and gives the connection
+/// up after all of it.
 async fn pump(
     mut conn: Conn,
     pattern: &Pattern,
     tx: &mpsc::Sender<Result<Delivery>>,
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<String> {
+    keepalive: Option<Duration>,
+) -> Option<Ended> {
+    let mut last_full: Option<Instant> = None;
+    let ended = |reason: String, last_full: Option<Instant>| {
+        Some(Ended {
+            reason,
+            behind: last_full.is_some_and(|at| at.elapsed() < BEHIND_WINDOW),
+        })
+    };
+    // When a frame last came (or reading resumed), and whether a PING is out since.
+    let mut heard = Instant::now();
+    let mut pinged = false;
     loop {
+        let check =
+            keepalive.map(|keepalive| heard + if pinged { keepalive } else { keepalive / 3 });
         let frame = tokio::select! {
             frame = conn.read_frame() => frame,
+            _ = sleep_until(check) => {
+                let Some(keepalive) = keepalive else { continue };
+                if pinged {
+                    return ended(
+                        format!("nothing from Redis for {keepalive:?}, not even an answer to PING (keepalive)"),
+                        last_full,
+                    );
+                }
+                pinged = true;
+                match tokio::time::timeout(keepalive, conn.send(&[b"PING"])).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => return ended(format!("sending PING failed: {e}"), last_full),
+                    Err(_) => {
+                        return ended(
+                            format!("a PING could not be sent within {keepalive:?} (keepalive)"),
+                            last_full,
+                        )
+                    }
+                }
+            }
             _ = tx.closed() => return None,
             _ = closed(shutdown) => return None,
         };
+        heard = Instant::now();
+        pinged = false;
         let items = match frame {
             Ok(Frame::Array(Some(items))) => items,
             Ok(Frame::Error(e)) => {
-                return Some(format!("Redis answered {}", String::from_utf8_lossy(&e)))
+                return ended(
+                    format!("Redis answered {}", String::from_utf8_lossy(&e)),
+                    last_full,
+                )
             }
             Ok(_) => continue,
-            Err(e) => return Some(e.to_string()),
+            Err(e) => return ended(e.to_string(), last_full),
         };
         let (channel, body) = match items.as_slice() {
             [kind, channel, body] if kind.bytes().is_some_and(|k| &k[..] == b"message") => {
@@ -231,29 +311,29 @@ async fn pump(
             [kind, _, channel, body] if kind.bytes().is_some_and(|k| &k[..] == b"pmessage") => {
                 (channel, body)
             }
-            // Subscription confirmations and the like.
+            // Subscription confirmations, PING answers and the like.
             _ => continue,
         };
         let (Some(channel), Some(body)) = (channel.bytes(), body.bytes()) else {
             continue;
         };
-        let Some(subject) = std::str::from_utf8(channel)
-            .ok()
-            .filter(|c| pattern.matches(c))
-            .and_then(|c| Subject::new(c).ok())
-        else {
+        let Some(item) = item(channel, body, pattern) else {
             continue;
         };
-        let (headers, payload) = wire::decode(body.clone());
-        let delivery = Delivery::new(Message::from_parts(subject, payload, headers));
-        let sent = match tx.try_send(Ok(delivery)) {
+        let sent = match tx.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Closed(_)) => false,
             // Full: wait without reading the socket (backpressure).
-            Err(mpsc::error::TrySendError::Full(item)) => tokio::select! {
-                sent = tx.send(item) => sent.is_ok(),
-                _ = closed(shutdown) => false,
-            },
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                last_full = Some(Instant::now());
+                let sent = tokio::select! {
+                    sent = tx.send(item) => sent.is_ok(),
+                    _ = closed(shutdown) => false,
+                };
+                // The silence while not reading was ours, not the link's.
+                heard = Instant::now();
+                sent
+            }
         };
         if !sent {
             return None;
@@ -261,9 +341,70 @@ async fn pump(
     }
 }
 
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The item for a message on `channel`: a delivery; an
+/// [`Error::InvalidSubject`] for a channel Redis delivered to this
+/// subscription that is not a valid subject (a plain client can publish to
+/// any channel); or `None` for a valid subject the pattern does not match (a
+/// glob is wider than a pattern).
+fn item(channel: &[u8], body: &bytes::Bytes, pattern: &Pattern) -> Option<Result<Delivery>> {
+    let invalid = |why: String| {
+        Some(Err(Error::InvalidSubject {
+            subject: String::from_utf8_lossy(channel).into_owned(),
+            reason: format!(
+                "a message received from redis for subscription '{pattern}' on channel {:?} cannot be delivered ({why}); it was skipped",
+                String::from_utf8_lossy(channel)
+            ),
+        }))
+    };
+    let Ok(text) = std::str::from_utf8(channel) else {
+        return invalid("the channel is not UTF-8".to_string());
+    };
+    match Subject::new(text) {
+        Ok(subject) if pattern.matches(subject.as_str()) => {
+            let (headers, payload) = wire::decode(body.clone());
+            Some(Ok(Delivery::new(Message::from_parts(
+                subject, payload, headers,
+            ))))
+        }
+        Ok(_) => None,
+        Err(Error::InvalidSubject { reason, .. }) => invalid(reason),
+        Err(other) => invalid(other.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channels_that_are_not_subjects_are_reported() {
+        let pattern = Pattern::new("a.>").unwrap();
+        let body = bytes::Bytes::from_static(b"x");
+        let delivery = item(b"a.b", &body, &pattern).unwrap().unwrap();
+        assert_eq!(delivery.subject().as_str(), "a.b");
+        assert!(
+            item(b"b.c", &body, &pattern).is_none(),
+            "not this pattern's"
+        );
+        for channel in [&b"a.bad subject"[..], b"a..b", b"a.\xff"] {
+            match item(channel, &body, &pattern) {
+                Some(Err(Error::InvalidSubject { subject, reason })) => {
+                    assert_eq!(subject, String::from_utf8_lossy(channel));
+                    assert!(reason.contains("redis"), "{reason}");
+                    assert!(reason.contains("a.>"), "{reason}");
+                }
+                other => panic!("{channel:?}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn patterns_become_escaped_globs() {

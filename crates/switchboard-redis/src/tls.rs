@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use switchboard_core::{Error, Result};
+use switchboard_core::options::Query;
+use switchboard_core::{ConnectKind, Error, Result};
 use switchboard_tls::rustls::pki_types::ServerName;
 use switchboard_tls::rustls::ClientConfig;
 use switchboard_tls::TlsOptions;
@@ -22,11 +23,13 @@ pub(crate) struct TlsTarget {
 }
 
 /// The TLS settings of `url`: `base` (from [`RedisOptions::tls`](crate::RedisOptions::tls))
-/// plus the URL's TLS query keys; `#insecure` accepts any certificate. Other
-/// query keys are left to the URL parser. `None` for `redis://`, where TLS
-/// keys in the URL are refused (settings from the options are left unused).
+/// plus the TLS keys of the URL's `query`; `#insecure` accepts any
+/// certificate. Other query keys are left to [`RedisOptions`](crate::RedisOptions).
+/// `None` for `redis://`, where TLS keys in the URL are refused (settings
+/// from the options are left unused).
 pub(crate) fn tls_target(
     url: &str,
+    query: &Query,
     base: &TlsOptions,
     host: &str,
     tls: bool,
@@ -34,12 +37,10 @@ pub(crate) fn tls_target(
 ) -> Result<Option<TlsTarget>> {
     let mut options = base.clone();
     let mut in_url = false;
-    if let Ok(parsed) = url::Url::parse(url) {
-        for (key, value) in parsed.query_pairs() {
-            in_url |= options
-                .apply_query(&key, &value)
-                .map_err(|e| Error::invalid_url(url, e))?;
-        }
+    for (key, value) in query.pairs() {
+        in_url |= options
+            .apply_query(key, value)
+            .map_err(|e| Error::invalid_url(url, e))?;
     }
     if !tls {
         if in_url {
@@ -57,7 +58,7 @@ pub(crate) fn tls_target(
         .map_err(|e| Error::invalid_url(url, e))?;
     let config = options
         .client_config()
-        .map_err(|e| Error::connect(BROKER, url, e, None))?;
+        .map_err(|e| Error::connect(BROKER, url, ConnectKind::Tls, e, None))?;
     Ok(Some(TlsTarget {
         config,
         name,

@@ -11,9 +11,10 @@
 //!   nats-server and redis-server with TLS ([`NatsServer::start_tls`],
 //!   [`RedisServer::start_mutual_tls`], …) and for [`tls_proxy`]: a
 //!   [`TlsProxy`] terminating TLS (optionally mutual) in front of a plain port;
-//! - [`tls_checks`]: the TLS behaviour every adapter shows (`ca`, mutual TLS,
+//! - [`tls_checks`](mod@tls_checks): the TLS behaviour every adapter shows (`ca`, mutual TLS,
 //!   `tls_server_name`, one-line errors), checked once for all against a
-//!   listener the adapter's test starts.
+//!   listener the adapter's test starts;
+//! - [`errors`]: checks on how an error reads with its chain of sources.
 //!
 //! A fixture that cannot start (no binary on this machine) returns `None` after
 //! [`switchboard_conformance::skip_or_fail`], so a missing tool is a skip
@@ -24,6 +25,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod certs;
+pub mod errors;
 pub mod process;
 pub mod proxy;
 pub mod tls_checks;
@@ -34,6 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use certs::Pki;
+pub use errors::assert_chain_does_not_repeat;
 pub use process::{BrokerProcess, NatsServer, RedisServer};
 pub use proxy::TcpProxy;
 pub use tls_checks::{TlsChecks, TlsEndpoint};

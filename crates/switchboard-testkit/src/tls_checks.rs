@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use switchboard_conformance::Connector;
-use switchboard_core::{Broker, ErrorKind, Message};
+use switchboard_core::{Broker, ConnectKind, ErrorKind, Message};
 
 use crate::certs::Pki;
 
@@ -201,6 +201,43 @@ impl TlsChecks {
         assert!(!text.contains(&secret), "key contents in: {text}");
     }
 
+    /// A failed handshake, however it fails (certificate not trusted, client
+    /// certificate missing or refused, the latter shown only after the
+    /// handshake with TLS 1.3), is a [`ConnectKind::Tls`] error that is not
+    /// temporary (connecting again cannot fix it), and its chain of sources
+    /// never repeats the text of the one before.
+    pub async fn handshake_failures_are_tls_and_not_temporary(&self) {
+        let pki = Pki::new();
+        let Some(endpoint) = (self.start)(&pki, false) else {
+            return;
+        };
+        self.fails_tls(&endpoint.url).await;
+        drop(endpoint);
+        let Some(endpoint) = (self.start)(&pki, true) else {
+            return;
+        };
+        let url = endpoint.url_with(&pki.ca_query());
+        self.fails_tls(&url).await;
+        self.fails_tls(&format!(
+            "{url}&cert={}&key={}",
+            pki.untrusted_client_cert().display(),
+            pki.untrusted_client_key().display()
+        ))
+        .await;
+    }
+
+    /// Connecting to `url` fails with a TLS connect error (see
+    /// [`handshake_failures_are_tls_and_not_temporary`](Self::handshake_failures_are_tls_and_not_temporary)).
+    async fn fails_tls(&self, url: &str) {
+        let error = match self.connector.connect(url).await {
+            Ok(_) => panic!("connecting to {url} should fail"),
+            Err(error) => error,
+        };
+        assert_eq!(error.connect_kind(), Some(ConnectKind::Tls), "{error}");
+        assert!(!error.is_temporary(), "{error}");
+        crate::assert_chain_does_not_repeat(&error);
+    }
+
     /// Connects to `url` and sends a message round.
     async fn works(&self, url: &str) {
         let broker = self
@@ -273,6 +310,7 @@ macro_rules! tls_checks {
             tls_server_name_is_checked
             mutual_tls_needs_the_client_certificate
             unusable_files_are_named_without_their_contents
+            handshake_failures_are_tls_and_not_temporary
         }
     };
 }
