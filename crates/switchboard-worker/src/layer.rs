@@ -13,7 +13,7 @@
 //!    `DeadLetter(Retry(Timeout(CatchPanic(handler))))`, with
 //!    [`Route::custom`](crate::Route::custom) the handler as given;
 //! 3. the handler, including whatever it was wrapped in with
-//!    [`HandlerExt::with`](crate::HandlerExt::with) — inside the default
+//!    [`HandlerExt::with`] — inside the default
 //!    stack, so once per attempt.
 //!
 //! A worker layer therefore sees each message once, after its retries and
@@ -46,7 +46,7 @@ use crate::{BoxHandler, Handler, HandlerExt};
 ///
 /// Give one to [`Worker::layer`](crate::Worker::layer) to run it on every
 /// route (it then wraps a [`BoxHandler`]), or to
-/// [`HandlerExt::with`](crate::HandlerExt::with) to wrap one handler. See
+/// [`HandlerExt::with`] to wrap one handler. See
 /// [the module docs](crate::layer) for the order layers run in.
 ///
 /// ```

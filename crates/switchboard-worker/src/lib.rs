@@ -68,7 +68,9 @@
 //! Retries happen in the worker on every broker, so behaviour is the same
 //! whether or not the broker redelivers; nothing is dropped silently: a
 //! message that cannot be handled nor dead-lettered is nacked where the
-//! broker redelivers and logged as an error otherwise.
+//! broker redelivers and logged as an error otherwise. The exception is a
+//! permanent error on a route without a dead letter: redelivering would fail
+//! the same way without end, so it is rejected and logged as an error.
 //!
 //! # Observability
 //!

@@ -12,7 +12,7 @@ use crate::Stats;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StopReason {
-    /// Shutdown was asked (signal, token, [`Running::shutdown`]).
+    /// Shutdown was asked (signal, token, [`Running::shutdown`](crate::Running::shutdown)).
     Shutdown,
     /// The `max_messages` were done.
     MaxMessages,
