@@ -16,7 +16,9 @@
 //! ```
 //!
 //! An alert whose payload contains `unreachable` fails, to show retries and
-//! the dead letter (`switchboard listen --on 'dlq.>'` shows it arrive).
+//! the dead letter (`switchboard listen --on 'dlq.>'` shows it arrive). An
+//! alert that is not UTF-8 text fails permanently: retrying cannot fix it, so
+//! it is dead-lettered at once, with `switchboard-permanent: true`.
 
 use std::time::Duration;
 
@@ -24,7 +26,9 @@ use switchboard::worker::{Context, HandlerError, Route, Worker};
 
 /// The reaction: what happens when an alert arrives.
 async fn alert_sarah_connor(ctx: Context) -> Result<(), HandlerError> {
-    let text = ctx.payload_str().unwrap_or("<binary alert>");
+    let Some(text) = ctx.payload_str() else {
+        return Err(HandlerError::permanent("the alert is not UTF-8 text"));
+    };
     let severity = ctx.headers().get("severity").unwrap_or("unknown");
     if text.contains("unreachable") {
         return Err(HandlerError::new(format!(

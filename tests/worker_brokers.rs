@@ -2,7 +2,8 @@
 //! a failing-then-succeeding handler is retried and succeeds; an always-failing
 //! one is dead-lettered with the right headers after exactly N attempts; a
 //! failure without a dead letter is nacked and redelivered where the broker
-//! can (and logged as such), reported as not redeliverable elsewhere; the
+//! can (and logged as such), reported as not redeliverable elsewhere, while
+//! one whose error is permanent is rejected without redelivery; the
 //! worker acknowledges only after its handler finished, so a worker that dies
 //! mid-handler leaves the message to the next one.
 //!
@@ -19,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use switchboard::worker::{
     Context, HandlerError, Route, StopReason, Summary, Worker, ATTEMPTS_HEADER, ERROR_HEADER,
-    ORIGINAL_SUBJECT_HEADER,
+    ORIGINAL_SUBJECT_HEADER, PERMANENT_HEADER,
 };
 use switchboard::{AnyBroker, Message};
 
@@ -137,6 +138,7 @@ async fn dead_letter_after_n_attempts(broker: AnyBroker) {
         Some(original.as_str())
     );
     assert_eq!(headers.get(ATTEMPTS_HEADER), Some("3"));
+    assert_eq!(headers.get(PERMANENT_HEADER), Some("false"));
     assert_eq!(
         headers.get(ERROR_HEADER),
         Some("backend down: connection refused")
@@ -211,6 +213,54 @@ async fn failure_without_dead_letter_is_nacked(broker: AnyBroker) {
         assert!(logs.contains("cannot redeliver"), "{logs}");
         assert!(!logs.contains("nacked for redelivery"), "{logs}");
     }
+    broker.close().await.unwrap();
+}
+
+/// Without a dead letter, a message whose error is permanent is rejected, not
+/// redelivered (it would fail again without end) and not retried: the next
+/// message is the one handled after it, and the log says so.
+async fn permanent_failure_is_not_redelivered(broker: AnyBroker) {
+    let (logs, _guard) = capture_logs();
+    let prefix = unique("perm");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let calls = seen.clone();
+    let worker = Worker::new(broker.clone())
+        .route(
+            Route::new(format!("{prefix}.jobs.*"), move |ctx: Context| {
+                let payload = ctx.payload_str().unwrap_or_default().to_string();
+                calls.lock().unwrap().push(payload.clone());
+                async move {
+                    if payload == "malformed" {
+                        Err(HandlerError::permanent("cannot parse the job"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .attempts(3)
+            .backoff(Duration::from_millis(10))
+            .no_dead_letter(),
+        )
+        .max_messages(2);
+    let running = worker.start().await.unwrap();
+    for payload in ["malformed", "fine"] {
+        broker
+            .publish(Message::new(format!("{prefix}.jobs.a"), payload).unwrap())
+            .await
+            .unwrap();
+    }
+    broker.flush().await.unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(30), running.wait())
+        .await
+        .expect("the worker finishes");
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert_eq!(*seen.lock().unwrap(), ["malformed", "fine"], "{logs}");
+    assert_eq!(summary.stats.permanent, 1);
+    assert_eq!(summary.stats.failed, 1);
+    assert_eq!(summary.stats.handled, 1);
+    assert_eq!(summary.stats.retried, 0);
+    assert!(logs.contains("rejected without redelivery"), "{logs}");
+    assert!(!logs.contains("nacked for redelivery"), "{logs}");
     broker.close().await.unwrap();
 }
 
@@ -309,6 +359,18 @@ macro_rules! on_broker {
                 );
                 if let Some(broker) = broker_or_skip($kind, $env, $default, test).await {
                     super::failure_without_dead_letter_is_nacked(broker).await;
+                }
+            }
+
+            // Current-thread, so that the worker's tasks log to the captured output.
+            #[tokio::test]
+            async fn permanent_failure_is_not_redelivered() {
+                let test = concat!(
+                    stringify!($module),
+                    "::permanent_failure_is_not_redelivered"
+                );
+                if let Some(broker) = broker_or_skip($kind, $env, $default, test).await {
+                    super::permanent_failure_is_not_redelivered(broker).await;
                 }
             }
 

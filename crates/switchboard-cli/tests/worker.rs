@@ -297,6 +297,7 @@ exec = ["sh", "-c", "echo try $SWITCHBOARD_ATTEMPT >> {tries}; echo disk full >&
         Some(original.as_str())
     );
     assert_eq!(headers.get("switchboard-attempts"), Some("3"));
+    assert_eq!(headers.get("switchboard-permanent"), Some("false"));
     assert_eq!(
         headers.get("switchboard-error"),
         Some("command \"sh\" exited with code 3: disk full")
@@ -356,6 +357,7 @@ exec = ["{program}"]
     assert!(status.success(), "{status}; stderr:\n{stderr}");
     // It can never start, so it is not tried 5 times.
     assert_eq!(letter.headers().get("switchboard-attempts"), Some("1"));
+    assert_eq!(letter.headers().get("switchboard-permanent"), Some("true"));
     let error = letter.headers().get("switchboard-error").unwrap_or("");
     assert!(
         error.contains(&format!("cannot run {:?}", program.display().to_string())),

@@ -4,6 +4,8 @@
 //! - [`Message`] (a [`Subject`], a payload and [`Headers`]) is what travels;
 //! - [`Publisher`], [`Subscriber`] and [`Broker`] are the object-safe traits
 //!   adapters implement, so the broker can be chosen at run time;
+//!   [`SubscriberExt`] and [`PublisherExt`] add conveniences for every broker
+//!   (`broker.subscribe_to("alerts.>")`, `broker.publish_to("alerts.cpu", "…")`);
 //! - a [`Subscription`] is a `Stream` of [`Delivery`]s, filtered by a [`Pattern`]
 //!   with one wildcard syntax on every broker;
 //! - [`Capabilities`] says what a broker really provides, and [`Error`] says
@@ -24,6 +26,7 @@ mod capabilities;
 mod delivery;
 mod durable;
 mod error;
+mod ext;
 mod headers;
 mod link;
 pub mod memory;
@@ -38,6 +41,7 @@ pub use capabilities::Capabilities;
 pub use delivery::{Acknowledge, Delivery, Reply};
 pub use durable::{ConsumerName, Durable, DEFAULT_ACK_WAIT};
 pub use error::{BoxError, ConnectKind, Error, ErrorKind, Result};
+pub use ext::{PublisherExt, SubscriberExt};
 pub use headers::{Headers, Iter as HeaderIter, MAX_HEADER_NAME_LEN};
 pub use link::{ConnectionStatus, Link, SubscriptionLink};
 pub use memory::MemoryBroker;

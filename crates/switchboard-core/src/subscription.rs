@@ -16,17 +16,28 @@ pub type CloseFuture = BoxFuture<'static, Result<()>>;
 ///
 /// An `Err` item reports lost messages or a broken connection; the stream goes
 /// on after it where the adapter recovers, and ends when the subscription is
-/// closed or its broker handle is closed. Dropping the subscription
-/// unsubscribes; [`Subscription::close`] does so and waits for the broker.
+/// closed or its broker handle is closed. So a receive loop reports an `Err`
+/// item and goes on — `let delivery = item?;` would end the loop at the first
+/// recoverable [`Error::Disconnected`](crate::Error::Disconnected). Dropping
+/// the subscription unsubscribes; [`Subscription::close`] does so and waits
+/// for the broker.
 ///
 /// ```no_run
 /// # async fn run(broker: &dyn switchboard_core::Broker) -> switchboard_core::Result<()> {
 /// use futures::StreamExt;
-/// let mut alerts = broker.subscribe(&"alerts.>".parse()?).await?;
-/// while let Some(delivery) = alerts.next().await {
-///     let mut delivery = delivery?;
-///     println!("{}: {:?}", delivery.subject(), delivery.payload_str());
-///     delivery.ack().await?;
+/// use switchboard_core::SubscriberExt;
+///
+/// let mut alerts = broker.subscribe_to("alerts.>").await?;
+/// while let Some(item) = alerts.next().await {
+///     match item {
+///         Ok(mut delivery) => {
+///             println!("{}: {:?}", delivery.subject(), delivery.payload_str());
+///             if let Err(error) = delivery.ack().await {
+///                 eprintln!("warning: {error}");
+///             }
+///         }
+///         Err(error) => eprintln!("warning: {error}"),
+///     }
 /// }
 /// # Ok(()) }
 /// ```

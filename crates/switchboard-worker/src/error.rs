@@ -46,6 +46,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// [`Timeout`](crate::Timeout), [`Panicked`](HandlerError::Panicked) from
 /// [`CatchPanic`](crate::CatchPanic), [`Exhausted`](HandlerError::Exhausted)
 /// from [`Retry`](crate::Retry).
+///
+/// An error is either temporary (trying again may succeed) or
+/// [permanent](HandlerError::is_permanent): [`Retry`](crate::Retry) does not
+/// retry a permanent error, and [`DeadLetter`](crate::DeadLetter) marks its
+/// letter with [`PERMANENT_HEADER`](crate::PERMANENT_HEADER).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandlerError {
@@ -68,41 +73,76 @@ pub enum HandlerError {
         /// The panic message, if it was text.
         message: String,
     },
-    /// [`Retry`](crate::Retry) gave up: every attempt failed.
-    #[error("gave up after {attempts} attempt(s): {last}")]
+    /// [`Retry`](crate::Retry) gave up: every attempt failed, or one failed
+    /// with a permanent error.
+    #[error("{}", gave_up(*attempts, last))]
     Exhausted {
         /// How many attempts were made.
         attempts: u32,
         /// The error of the last attempt.
         last: Box<HandlerError>,
     },
-    /// A broker operation of the handler or a layer failed (e.g. publishing).
+    /// A switchboard operation of the handler or a layer failed (publishing,
+    /// decoding a payload...): permanent when the error is not
+    /// [temporary](switchboard_core::Error::is_temporary) — an invalid
+    /// subject or header, a payload that does not decode, an unsupported
+    /// feature, a closed broker handle.
     #[error("{0}")]
     Broker(switchboard_core::Error),
 }
 
+/// How [`HandlerError::Exhausted`] reads.
+fn gave_up(attempts: u32, last: &HandlerError) -> String {
+    if last.is_permanent() {
+        format!("gave up after {attempts} attempt(s), not retrying a permanent error: {last}")
+    } else {
+        format!("gave up after {attempts} attempt(s): {last}")
+    }
+}
+
 impl HandlerError {
-    /// A retryable failure from any error (or a `String`/`&str`). A boxed
+    /// A failure from any error (or a `String`/`&str`): temporary, unless it
+    /// is a switchboard [`Error`](switchboard_core::Error) that is not
+    /// temporary (it becomes [`HandlerError::Broker`]). A boxed
     /// `HandlerError` is unboxed rather than wrapped.
     pub fn new(error: impl Into<BoxError>) -> Self {
         let error: BoxError = error.into();
-        match error.downcast::<HandlerError>() {
-            Ok(handler_error) => *handler_error,
+        let error = match error.downcast::<HandlerError>() {
+            Ok(handler_error) => return *handler_error,
+            Err(other) => other,
+        };
+        match error.downcast::<switchboard_core::Error>() {
+            Ok(switchboard_error) => HandlerError::Broker(*switchboard_error),
             Err(other) => HandlerError::Failed(other),
         }
     }
 
-    /// A failure that must not be retried.
+    /// A failure that must not be retried: the input is wrong, and handling
+    /// it again would fail again.
     pub fn permanent(error: impl Into<BoxError>) -> Self {
         HandlerError::Permanent(error.into())
     }
 
-    /// Whether trying again may help ([`Retry`](crate::Retry) asks this).
+    /// Whether retrying cannot help: a [`Permanent`](HandlerError::Permanent)
+    /// error, a switchboard error that is not
+    /// [temporary](switchboard_core::Error::is_temporary), or an
+    /// [`Exhausted`](HandlerError::Exhausted) whose last error is one of those.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            HandlerError::Permanent(_) => true,
+            HandlerError::Broker(error) => !error.is_temporary(),
+            HandlerError::Exhausted { last, .. } => last.is_permanent(),
+            HandlerError::Failed(_)
+            | HandlerError::Timeout { .. }
+            | HandlerError::Panicked { .. } => false,
+        }
+    }
+
+    /// Whether trying again may help ([`Retry`](crate::Retry) asks this): not
+    /// [permanent](HandlerError::is_permanent), and not already given up on
+    /// by a `Retry`.
     pub fn is_retryable(&self) -> bool {
-        !matches!(
-            self,
-            HandlerError::Permanent(_) | HandlerError::Exhausted { .. }
-        )
+        !self.is_permanent() && !matches!(self, HandlerError::Exhausted { .. })
     }
 
     /// How many attempts were made, if a [`Retry`](crate::Retry) layer counted them.
@@ -190,5 +230,38 @@ mod tests {
             HandlerError::Timeout { .. }
         ));
         assert!(matches!(HandlerError::new("boom"), HandlerError::Failed(_)));
+    }
+
+    #[test]
+    fn switchboard_errors_are_permanent_unless_temporary() {
+        let invalid = switchboard_core::Subject::new("a..b").unwrap_err();
+        let from_box = HandlerError::new(invalid);
+        assert!(matches!(from_box, HandlerError::Broker(_)));
+        assert!(from_box.is_permanent());
+        assert!(!from_box.is_retryable());
+        let lost = HandlerError::from(switchboard_core::Error::Disconnected {
+            broker: "memory",
+            reason: "test".into(),
+        });
+        assert!(!lost.is_permanent());
+        assert!(lost.is_retryable());
+        assert!(HandlerError::permanent("bad input").is_permanent());
+        assert!(!HandlerError::new("flaky").is_permanent());
+        let gave_up = HandlerError::Exhausted {
+            attempts: 1,
+            last: Box::new(HandlerError::permanent("bad input")),
+        };
+        assert!(gave_up.is_permanent());
+        assert_eq!(
+            gave_up.to_string(),
+            "gave up after 1 attempt(s), not retrying a permanent error: bad input"
+        );
+        let gave_up = HandlerError::Exhausted {
+            attempts: 3,
+            last: Box::new(HandlerError::new("flaky")),
+        };
+        assert!(!gave_up.is_permanent());
+        assert!(!gave_up.is_retryable());
+        assert_eq!(gave_up.to_string(), "gave up after 3 attempt(s): flaky");
     }
 }

@@ -1,5 +1,8 @@
 //! The [`Handler`] trait, its implementation for async closures, and
 //! [`HandlerExt`] to wrap handlers in layers.
+//!
+//! A handler takes a [`Context`] (the raw message); adapters that decode the
+//! payload for a typed function are handlers too, built on the same trait.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use switchboard_core::BoxError;
 
-use crate::{CatchPanic, Context, DeadLetter, HandlerError, Retry, RetryPolicy, Timeout};
+use crate::{CatchPanic, Context, DeadLetter, HandlerError, Layer, Retry, RetryPolicy, Timeout};
 
 /// Handles one message. Returning `Ok` means done (the worker acknowledges it);
 /// `Err` means this attempt failed (layers retry, dead-letter...).
@@ -63,6 +66,13 @@ pub type BoxHandler = Arc<dyn Handler>;
 /// `handler.catch_panic().timeout(d).retry(policy).dead_letter()` is the
 /// default stack of a [`Route`](crate::Route), innermost first.
 pub trait HandlerExt: Handler + Sized {
+    /// Wraps this handler in `layer` (any [`Layer`]). Given to
+    /// [`Route::new`](crate::Route::new), the result sits inside the default
+    /// stack, so the layer runs on every attempt.
+    fn with<L: Layer<Self>>(self, layer: L) -> L::Handler {
+        layer.layer(self)
+    }
+
     /// Fails an attempt that takes longer than `after` (see [`Timeout`]).
     fn timeout(self, after: Duration) -> Timeout<Self> {
         Timeout::new(self, after)

@@ -32,20 +32,30 @@
 //!
 //! - [`Handler`]: `async fn call(&self, ctx: Context) -> Result<(), HandlerError>`,
 //!   implemented by async closures and your own types;
-//! - layers, each a `Handler` wrapping another, usable alone, reordered or
-//!   replaced: [`Retry`] (exponential backoff with jitter), [`Timeout`]
-//!   (per attempt), [`CatchPanic`] and [`DeadLetter`] (to `dlq.<subject>` with
-//!   [`ORIGINAL_SUBJECT_HEADER`], [`ATTEMPTS_HEADER`] and [`ERROR_HEADER`]);
-//!   [`HandlerExt`] chains them;
+//! - [`HandlerError`]: temporary (retried) or
+//!   [permanent](HandlerError::is_permanent) — [`HandlerError::permanent`],
+//!   or a switchboard error that is not temporary, such as a payload that
+//!   does not decode — which is not retried;
+//! - [`Layer`]s, middleware in the shape of tower's: each wraps a `Handler`
+//!   in another, usable alone, reordered or replaced. One module each:
+//!   [`Retry`] (exponential backoff with jitter, permanent errors not
+//!   retried), [`Timeout`] (per attempt), [`CatchPanic`] and [`DeadLetter`]
+//!   (to `dlq.<subject>` with [`ORIGINAL_SUBJECT_HEADER`],
+//!   [`ATTEMPTS_HEADER`], [`ERROR_HEADER`] and [`PERMANENT_HEADER`]);
+//!   [`layer_fn`] makes your own; [`HandlerExt`] chains them;
 //! - [`Route`]: pattern, queue group, concurrency limit (a semaphore in the
 //!   router; 1 keeps order) and the default stack, outermost first:
-//!   `DeadLetter(Retry(Timeout(CatchPanic(handler))))`;
+//!   `DeadLetter(Retry(Timeout(CatchPanic(handler))))`; [`Route::custom`]
+//!   takes a stack you built (and refuses the default stack's setters);
+//! - [`Worker::layer`]: middleware on every route, outside each route's
+//!   stack, the first added outermost ([where layers go](layer#where-layers-go));
 //! - [`find_cycle`]: routes that would hand messages round in a loop (their
 //!   publish targets, declared with [`Route::publishes_to`], and dead
 //!   letters), which [`Worker::start`] refuses;
 //! - [`Worker`]: subscribes the routes, acknowledges what succeeded or was
-//!   dead-lettered, nacks what failed, counts ([`Stats`]) and shuts down
-//!   gracefully, returning a [`Summary`].
+//!   dead-lettered, nacks what failed (rejects it, without redelivery, when
+//!   the error is permanent), counts ([`Stats`]) and shuts down gracefully,
+//!   returning a [`Summary`].
 //!
 //! A message is acknowledged only once its handler stack returned: after the
 //! handler succeeded, or after its dead letter was published and flushed. A
@@ -58,7 +68,9 @@
 //! Retries happen in the worker on every broker, so behaviour is the same
 //! whether or not the broker redelivers; nothing is dropped silently: a
 //! message that cannot be handled nor dead-lettered is nacked where the
-//! broker redelivers and logged as an error otherwise.
+//! broker redelivers and logged as an error otherwise. The exception is a
+//! permanent error on a route without a dead letter: redelivering would fail
+//! the same way without end, so it is rejected and logged as an error.
 //!
 //! # Observability
 //!
@@ -72,9 +84,12 @@ mod context;
 mod cycle;
 mod error;
 mod handler;
-mod layers;
+pub mod layer;
 mod route;
+mod route_loop;
+mod running;
 mod stats;
+mod summary;
 mod worker;
 
 pub use async_trait::async_trait;
@@ -82,10 +97,13 @@ pub use context::Context;
 pub use cycle::{find_cycle, CycleStep, RouteCycle, Via};
 pub use error::{Error, HandlerError, Result};
 pub use handler::{BoxHandler, Handler, HandlerExt};
-pub use layers::{
-    CatchPanic, DeadLetter, DeadLetterSubject, Retry, RetryPolicy, Timeout, ATTEMPTS_HEADER,
-    ERROR_HEADER, MAX_ERROR_HEADER_LEN, ORIGINAL_SUBJECT_HEADER, ROUTE_HEADER,
+pub use layer::{
+    layer_fn, CatchPanic, CatchPanicLayer, DeadLetter, DeadLetterLayer, DeadLetterSubject, Layer,
+    LayerFn, Retry, RetryLayer, RetryPolicy, Timeout, TimeoutLayer, ATTEMPTS_HEADER, ERROR_HEADER,
+    MAX_ERROR_HEADER_LEN, ORIGINAL_SUBJECT_HEADER, PERMANENT_HEADER, ROUTE_HEADER,
 };
 pub use route::{Route, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT};
+pub use running::Running;
 pub use stats::{Counters, Stats};
-pub use worker::{Running, StopReason, Summary, Unfinished, Worker, DEFAULT_GRACE_PERIOD};
+pub use summary::{StopReason, Summary, Unfinished};
+pub use worker::{Worker, DEFAULT_GRACE_PERIOD};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use switchboard_core::{Pattern, QueueGroup, Subject};
 
 use crate::cycle::Via;
+use crate::layer::BoxLayer;
 use crate::{
     BoxHandler, CatchPanic, DeadLetter, DeadLetterSubject, Error, Handler, HandlerExt, Retry,
     RetryPolicy, Timeout,
@@ -21,13 +22,41 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 enum Stack {
     /// The handler gets the default layers, configured by the route's settings.
-    Default {
-        retry: RetryPolicy,
-        timeout: Option<Duration>,
-        dead_letter: Option<String>,
-    },
-    /// The handler is used as given.
-    Custom,
+    Default(Settings),
+    /// The handler is used as given; `refused` lists the default-stack
+    /// setters called anyway, which [`Route::prepare`] refuses.
+    Custom { refused: Vec<&'static str> },
+}
+
+/// The settings of a route's default stack.
+#[derive(Debug, Clone)]
+struct Settings {
+    retry: RetryPolicy,
+    timeout: Option<Duration>,
+    dead_letter: Option<String>,
+}
+
+impl Settings {
+    /// `handler` in the default stack these settings describe, or why they are invalid.
+    fn wrap(&self, handler: BoxHandler) -> Result<BoxHandler, String> {
+        let inner = CatchPanic::new(handler);
+        let timed: BoxHandler = match self.timeout {
+            Some(limit) if limit.is_zero() => {
+                return Err("the timeout is zero, so every attempt would fail; give a positive limit, or none with `no_timeout()`".to_string());
+            }
+            Some(limit) => Timeout::new(inner, limit).boxed(),
+            None => inner.boxed(),
+        };
+        let retried = Retry::new(timed, self.retry);
+        Ok(match &self.dead_letter {
+            Some(template) => {
+                let subject =
+                    DeadLetterSubject::new(template.clone()).map_err(|e| e.to_string())?;
+                DeadLetter::new(retried).to(subject).boxed()
+            }
+            None => retried.boxed(),
+        })
+    }
 }
 
 /// A route of a [`Worker`](crate::Worker): messages matching `pattern` go to
@@ -45,9 +74,12 @@ enum Stack {
 ///
 /// [`Route::custom`] uses the handler exactly as given, to order or replace
 /// layers yourself (e.g. `h.catch_panic().timeout(d).retry(p).dead_letter()`
-/// is the default stack). Either way the router acknowledges a message whose
-/// stack returned `Ok`, nacks (or, without redelivery, reports) one that
-/// returned `Err`, and also catches panics escaping the stack.
+/// is the default stack); the setters of the default stack are refused on it.
+/// Either way the [`Worker::layer`](crate::Worker::layer)s wrap the route's
+/// stack (see [where layers go](crate::layer#where-layers-go)), and the
+/// router acknowledges a message whose stack returned `Ok`, nacks (or,
+/// without redelivery, reports) one that returned `Err`, and also catches
+/// panics escaping the stack.
 ///
 /// A handler that publishes declares where with [`Route::publishes_to`], so
 /// that the worker can refuse routes that would hand messages round in a loop
@@ -74,19 +106,26 @@ impl Route {
             concurrency: DEFAULT_CONCURRENCY,
             handler: handler.boxed(),
             publishes: Vec::new(),
-            stack: Stack::Default {
+            stack: Stack::Default(Settings {
                 retry: RetryPolicy::default(),
                 timeout: Some(DEFAULT_TIMEOUT),
                 dead_letter: Some(DeadLetterSubject::DEFAULT.to_string()),
-            },
+            }),
         }
     }
 
-    /// A route to `handler` used as given: no layer is added, and the retry,
-    /// timeout and dead-letter settings below do nothing.
+    /// A route to `handler` used as given: no layer is added. The settings
+    /// of the default stack ([`Route::retry`], [`Route::attempts`],
+    /// [`Route::backoff`], [`Route::timeout`], [`Route::no_timeout`],
+    /// [`Route::dead_letter`], [`Route::no_dead_letter`]) would do nothing
+    /// here, so the worker refuses to start with them
+    /// ([`Error::InvalidRoute`] naming the setter): wrap the handler in the
+    /// layers you want instead.
     pub fn custom(pattern: impl Into<String>, handler: impl Handler) -> Self {
         Route {
-            stack: Stack::Custom,
+            stack: Stack::Custom {
+                refused: Vec::new(),
+            },
             ..Route::new(pattern, handler)
         }
     }
@@ -106,24 +145,24 @@ impl Route {
 
     /// Sets the retry policy.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        if let Stack::Default { retry, .. } = &mut self.stack {
-            *retry = policy;
+        if let Some(stack) = self.default_stack("retry") {
+            stack.retry = policy;
         }
         self
     }
 
     /// Sets the total number of attempts before dead-lettering (at least 1).
     pub fn attempts(mut self, attempts: u32) -> Self {
-        if let Stack::Default { retry, .. } = &mut self.stack {
-            *retry = retry.attempts(attempts);
+        if let Some(stack) = self.default_stack("attempts") {
+            stack.retry = stack.retry.attempts(attempts);
         }
         self
     }
 
     /// Sets the wait before the first retry (it doubles after each).
     pub fn backoff(mut self, initial: Duration) -> Self {
-        if let Stack::Default { retry, .. } = &mut self.stack {
-            *retry = retry.backoff(initial);
+        if let Some(stack) = self.default_stack("backoff") {
+            stack.retry = stack.retry.backoff(initial);
         }
         self
     }
@@ -131,35 +170,51 @@ impl Route {
     /// Sets the time limit of each attempt (above zero: a zero limit would
     /// fail every attempt; [`Route::no_timeout`] removes the limit).
     pub fn timeout(mut self, limit: Duration) -> Self {
-        if let Stack::Default { timeout, .. } = &mut self.stack {
-            *timeout = Some(limit);
+        if let Some(stack) = self.default_stack("timeout") {
+            stack.timeout = Some(limit);
         }
         self
     }
 
     /// Removes the time limit of attempts.
     pub fn no_timeout(mut self) -> Self {
-        if let Stack::Default { timeout, .. } = &mut self.stack {
-            *timeout = None;
+        if let Some(stack) = self.default_stack("no_timeout") {
+            stack.timeout = None;
         }
         self
     }
 
     /// Sets the dead-letter subject; `{subject}` stands for the message's subject.
     pub fn dead_letter(mut self, subject: impl Into<String>) -> Self {
-        if let Stack::Default { dead_letter, .. } = &mut self.stack {
-            *dead_letter = Some(subject.into());
+        if let Some(stack) = self.default_stack("dead_letter") {
+            stack.dead_letter = Some(subject.into());
         }
         self
     }
 
     /// Does not dead-letter: a message whose attempts all failed is nacked
-    /// (redelivered where the broker can) or reported.
+    /// (redelivered where the broker can) or reported; one whose error is
+    /// [permanent](crate::HandlerError::is_permanent) is rejected without
+    /// redelivery, and reported.
     pub fn no_dead_letter(mut self) -> Self {
-        if let Stack::Default { dead_letter, .. } = &mut self.stack {
-            *dead_letter = None;
+        if let Some(stack) = self.default_stack("no_dead_letter") {
+            stack.dead_letter = None;
         }
         self
+    }
+
+    /// The settings of the default stack, or `None` on a custom route, which
+    /// then records that `setter` was called so that starting refuses it.
+    fn default_stack(&mut self, setter: &'static str) -> Option<&mut Settings> {
+        match &mut self.stack {
+            Stack::Default(settings) => Some(settings),
+            Stack::Custom { refused } => {
+                if !refused.contains(&setter) {
+                    refused.push(setter);
+                }
+                None
+            }
+        }
     }
 
     /// Declares that the handler publishes to `target`, a subject template in
@@ -183,10 +238,10 @@ impl Route {
     /// [`Route::publishes_to`], then the dead-letter subject of the default stack.
     pub fn targets(&self) -> impl Iterator<Item = (Via, &str)> + '_ {
         let dead_letter = match &self.stack {
-            Stack::Default {
+            Stack::Default(Settings {
                 dead_letter: Some(template),
                 ..
-            } => Some((Via::DeadLetter, template.as_str())),
+            }) => Some((Via::DeadLetter, template.as_str())),
             _ => None,
         };
         self.publishes
@@ -195,8 +250,9 @@ impl Route {
             .chain(dead_letter)
     }
 
-    /// Checks the settings and builds the handler stack.
-    pub(crate) fn prepare(&self) -> Result<Prepared, Error> {
+    /// Checks the settings and builds the handler stack, inside `layers`
+    /// (the first outermost).
+    pub(crate) fn prepare(&self, layers: &[BoxLayer]) -> Result<Prepared, Error> {
         let invalid = |reason: String| Error::InvalidRoute {
             pattern: self.pattern.clone(),
             reason,
@@ -213,45 +269,22 @@ impl Route {
                 )));
             }
         }
-        if let Stack::Default {
-            timeout: Some(limit),
-            ..
-        } = &self.stack
-        {
-            if limit.is_zero() {
-                return Err(invalid(
-                    "the timeout is zero, so every attempt would fail; give a positive limit, or none with `no_timeout()`".to_string(),
-                ));
+        let stack = match &self.stack {
+            Stack::Custom { refused } if !refused.is_empty() => {
+                let setters: Vec<String> = refused.iter().map(|s| format!("`{s}`")).collect();
+                return Err(invalid(format!(
+                    "{} would do nothing on a custom route (`Route::custom` uses the handler as given); wrap the handler in the layers you want instead, e.g. `handler.catch_panic().timeout(limit).retry(policy).dead_letter()`, or use `Route::new` for the default stack",
+                    setters.join(", ")
+                )));
             }
-        }
-        let handler = match &self.stack {
-            Stack::Custom => self.handler.clone(),
-            Stack::Default {
-                retry,
-                timeout,
-                dead_letter,
-            } => {
-                let inner = CatchPanic::new(self.handler.clone());
-                let timed: BoxHandler = match timeout {
-                    Some(limit) => Timeout::new(inner, *limit).boxed(),
-                    None => inner.boxed(),
-                };
-                let retried = Retry::new(timed, *retry);
-                match dead_letter {
-                    Some(template) => {
-                        let subject = DeadLetterSubject::new(template.clone())
-                            .map_err(|e| invalid(e.to_string()))?;
-                        DeadLetter::new(retried).to(subject).boxed()
-                    }
-                    None => retried.boxed(),
-                }
-            }
+            Stack::Custom { .. } => self.handler.clone(),
+            Stack::Default(settings) => settings.wrap(self.handler.clone()).map_err(invalid)?,
         };
         Ok(Prepared {
             pattern,
             group,
             concurrency: self.concurrency.max(1),
-            handler,
+            handler: BoxLayer::wrap_all(layers, stack),
         })
     }
 }
@@ -264,15 +297,11 @@ impl fmt::Debug for Route {
             .field("concurrency", &self.concurrency)
             .field("publishes", &self.publishes);
         match &self.stack {
-            Stack::Custom => d.field("stack", &"custom"),
-            Stack::Default {
-                retry,
-                timeout,
-                dead_letter,
-            } => d
-                .field("retry", retry)
-                .field("timeout", timeout)
-                .field("dead_letter", dead_letter),
+            Stack::Custom { .. } => d.field("stack", &"custom"),
+            Stack::Default(settings) => d
+                .field("retry", &settings.retry)
+                .field("timeout", &settings.timeout)
+                .field("dead_letter", &settings.dead_letter),
         };
         d.finish_non_exhaustive()
     }

@@ -10,6 +10,7 @@ pub struct Counters {
     handled: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
+    permanent: AtomicU64,
     dead_lettered: AtomicU64,
     timed_out: AtomicU64,
     panicked: AtomicU64,
@@ -27,10 +28,15 @@ pub struct Stats {
     pub handled: u64,
     /// Messages whose handling ended in an error that no layer resolved (no
     /// dead-letter layer, or publishing the dead letter failed): nacked where
-    /// the broker can redeliver, otherwise reported in the log.
+    /// the broker can redeliver (rejected without redelivery when the error
+    /// is permanent), and reported in the log.
     pub failed: u64,
     /// Retries: attempts made after a failed one.
     pub retried: u64,
+    /// Messages given up on because an attempt failed with a permanent error
+    /// (see [`HandlerError::is_permanent`](crate::HandlerError::is_permanent)),
+    /// so they were not retried.
+    pub permanent: u64,
     /// Messages published to a dead-letter subject.
     pub dead_lettered: u64,
     /// Attempts cancelled by a timeout.
@@ -57,13 +63,14 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} received, {} handled ({} succeeded, {} dead-lettered), {} failed, {} retried, {} timed out, {} panicked, {} unfinished",
+            "{} received, {} handled ({} succeeded, {} dead-lettered), {} failed, {} retried, {} permanent (not retried), {} timed out, {} panicked, {} unfinished",
             self.received,
             self.handled,
             self.succeeded(),
             self.dead_lettered,
             self.failed,
             self.retried,
+            self.permanent,
             self.timed_out,
             self.panicked,
             self.unfinished
@@ -90,6 +97,8 @@ impl Counters {
         add_failed => failed,
         /// Counts a retry.
         add_retried => retried,
+        /// Counts a message given up on because of a permanent error.
+        add_permanent => permanent,
         /// Counts a dead letter published.
         add_dead_lettered => dead_lettered,
         /// Counts a timed-out attempt.
@@ -108,6 +117,7 @@ impl Counters {
             handled: get(&self.handled),
             failed: get(&self.failed),
             retried: get(&self.retried),
+            permanent: get(&self.permanent),
             dead_lettered: get(&self.dead_lettered),
             timed_out: get(&self.timed_out),
             panicked: get(&self.panicked),

@@ -8,8 +8,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use switchboard_core::{Broker, MemoryBroker, Message, Publisher, Subscriber, Subscription};
 use switchboard_worker::{
-    Context, Error, HandlerError, HandlerExt, RetryPolicy, Route, StopReason, Worker,
-    ATTEMPTS_HEADER, ERROR_HEADER, ORIGINAL_SUBJECT_HEADER,
+    async_trait, layer_fn, BoxHandler, Context, Error, Handler, HandlerError, HandlerExt, Layer,
+    RetryPolicy, Route, StopReason, Worker, ATTEMPTS_HEADER, ERROR_HEADER, ORIGINAL_SUBJECT_HEADER,
+    PERMANENT_HEADER,
 };
 
 const FAST: Duration = Duration::from_millis(1);
@@ -124,6 +125,7 @@ async fn always_failing_handler_is_dead_lettered_after_exactly_n_attempts() {
     let letter = next(&mut custom_dlq).await;
     assert_eq!(letter.headers().get(ATTEMPTS_HEADER), Some("1"));
     assert_eq!(letter.headers().get(ERROR_HEADER), Some("bad order"));
+    assert_eq!(letter.headers().get(PERMANENT_HEADER), Some("true"));
     assert_eq!(calls.load(Ordering::SeqCst), 5);
 
     let summary = running.wait().await;
@@ -552,4 +554,270 @@ async fn zero_timeout_is_refused_at_start() {
         .await
         .unwrap_err();
     assert!(matches!(error, Error::InvalidRoute { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn errors_that_are_not_temporary_are_attempted_once_and_dead_lettered() {
+    let broker = MemoryBroker::new();
+    let mut dlq = broker.subscribe(&"dlq.>".parse().unwrap()).await.unwrap();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (c1, c2, c3) = (calls.clone(), calls.clone(), calls.clone());
+    let worker = Worker::new(broker.clone())
+        // A payload that does not decode: `?` turns the JSON error into a HandlerError.
+        .route(
+            Route::new("decode", move |ctx: Context| {
+                c1.lock().unwrap().push(format!("decode {}", ctx.attempt()));
+                async move {
+                    let _count: u32 = ctx.decode_json()?;
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .attempts(4)
+            .backoff(FAST),
+        )
+        // A switchboard error returned as is: an invalid subject to forward to.
+        .route(
+            Route::new("forward", move |ctx: Context| {
+                c2.lock()
+                    .unwrap()
+                    .push(format!("forward {}", ctx.attempt()));
+                async move {
+                    let target = Message::new("bad..subject", ctx.payload().clone())?;
+                    ctx.publish(target).await
+                }
+            })
+            .attempts(4)
+            .backoff(FAST),
+        )
+        // A temporary switchboard error is still retried.
+        .route(
+            Route::new("flaky", move |ctx: Context| {
+                c3.lock().unwrap().push(format!("flaky {}", ctx.attempt()));
+                async move {
+                    Err::<(), _>(switchboard_core::Error::Disconnected {
+                        broker: "memory",
+                        reason: "test".into(),
+                    })
+                }
+            })
+            .attempts(3)
+            .backoff(FAST),
+        )
+        .max_messages(3);
+    let running = worker.start().await.unwrap();
+    for subject in ["decode", "forward", "flaky"] {
+        broker
+            .publish(Message::new(subject, "not json").unwrap())
+            .await
+            .unwrap();
+    }
+    let summary = running.wait().await;
+    let mut letters = Vec::new();
+    for _ in 0..3 {
+        letters.push(next(&mut dlq).await);
+    }
+    letters.sort_by(|a, b| a.subject().as_str().cmp(b.subject().as_str()));
+    let mut calls = calls.lock().unwrap().clone();
+    calls.sort();
+    assert_eq!(
+        calls,
+        ["decode 1", "flaky 1", "flaky 2", "flaky 3", "forward 1"]
+    );
+    // (subject, attempts, permanent, how the error starts)
+    let expected = [
+        ("dlq.decode", "1", "true", "JSON payload on \"decode\""),
+        ("dlq.flaky", "3", "false", "connection lost: test"),
+        (
+            "dlq.forward",
+            "1",
+            "true",
+            "invalid subject \"bad..subject\"",
+        ),
+    ];
+    for (letter, (subject, attempts, permanent, error)) in letters.iter().zip(expected) {
+        let headers = letter.headers();
+        assert_eq!(letter.subject().as_str(), subject);
+        assert_eq!(headers.get(ATTEMPTS_HEADER), Some(attempts), "{subject}");
+        assert_eq!(headers.get(PERMANENT_HEADER), Some(permanent), "{subject}");
+        let text = headers.get(ERROR_HEADER).unwrap();
+        assert!(text.contains(error), "{subject}: {text}");
+    }
+    assert_eq!(summary.stats.dead_lettered, 3);
+    assert_eq!(summary.stats.retried, 2);
+    assert_eq!(summary.stats.permanent, 2);
+}
+
+#[tokio::test]
+async fn a_custom_route_refuses_the_default_stack_setters() {
+    let broker = MemoryBroker::new();
+    let ok = |_ctx: Context| async { Ok::<_, HandlerError>(()) };
+    let refused = [
+        ("attempts", Route::custom("jobs", ok).attempts(5)),
+        (
+            "retry",
+            Route::custom("jobs", ok).retry(RetryPolicy::new(2)),
+        ),
+        ("backoff", Route::custom("jobs", ok).backoff(FAST)),
+        (
+            "timeout",
+            Route::custom("jobs", ok).timeout(Duration::from_secs(1)),
+        ),
+        ("no_timeout", Route::custom("jobs", ok).no_timeout()),
+        (
+            "dead_letter",
+            Route::custom("jobs", ok).dead_letter("failed"),
+        ),
+        ("no_dead_letter", Route::custom("jobs", ok).no_dead_letter()),
+    ];
+    for (setter, route) in refused {
+        let error = Worker::new(broker.clone())
+            .route(route)
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::InvalidRoute { .. }), "{error}");
+        assert!(
+            error.to_string().contains(&format!("`{setter}`")),
+            "{setter}: {error}"
+        );
+    }
+    // The settings a custom route does use are fine.
+    let running = Worker::new(broker.clone())
+        .route(
+            Route::custom("jobs", ok)
+                .group("g")
+                .concurrency(2)
+                .publishes_to("done"),
+        )
+        .start()
+        .await
+        .unwrap();
+    running.shutdown().await;
+}
+
+/// Records `<name` when a message enters and `name>` with the outcome when it leaves.
+struct Trace<H> {
+    name: &'static str,
+    log: Arc<Mutex<Vec<String>>>,
+    inner: H,
+}
+
+#[async_trait]
+impl<H: Handler> Handler for Trace<H> {
+    async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("<{} {}", self.name, ctx.subject()));
+        let result = self.inner.call(ctx).await;
+        let outcome = if result.is_ok() { "ok" } else { "err" };
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{}> {outcome}", self.name));
+        result
+    }
+}
+
+/// A [`Layer`] adding a [`Trace`].
+struct TraceLayer {
+    name: &'static str,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl<H: Handler> Layer<H> for TraceLayer {
+    type Handler = Trace<H>;
+    fn layer(&self, inner: H) -> Trace<H> {
+        Trace {
+            name: self.name,
+            log: self.log.clone(),
+            inner,
+        }
+    }
+}
+
+#[tokio::test]
+async fn worker_layers_wrap_every_route_outside_its_stack_first_added_outermost() {
+    let broker = MemoryBroker::new();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let trace = |name| TraceLayer {
+        name,
+        log: log.clone(),
+    };
+    let (l1, l2) = (log.clone(), log.clone());
+    let outer_log = log.clone();
+    let worker = Worker::new(broker.clone())
+        // Added before the routes: still applies to them.
+        .layer(trace("outer"))
+        // A default route whose first attempt fails: retried inside the layers.
+        .route(
+            // A layer given to the handler sits inside the default stack: every attempt.
+            Route::new(
+                "flaky",
+                (move |ctx: Context| {
+                    l1.lock()
+                        .unwrap()
+                        .push(format!("handler attempt {}", ctx.attempt()));
+                    async move {
+                        if ctx.attempt() == 1 {
+                            Err("first attempt fails")
+                        } else {
+                            Ok(())
+                        }
+                    }
+                })
+                .with(trace("attempt")),
+            )
+            .attempts(2)
+            .backoff(FAST),
+        )
+        .layer(layer_fn(move |inner: BoxHandler| Trace {
+            name: "inner",
+            log: outer_log.clone(),
+            inner,
+        }))
+        // A custom route gets the worker's layers too, and a failure it
+        // returns reaches them (it is not dead-lettered).
+        .route(Route::custom("custom", move |_ctx: Context| {
+            l2.lock().unwrap().push("custom handler".to_string());
+            async { Err::<(), _>(HandlerError::permanent("refused")) }
+        }))
+        .max_messages(2);
+    let running = worker.start().await.unwrap();
+    broker
+        .publish(Message::new("flaky", "x").unwrap())
+        .await
+        .unwrap();
+    wait_until("the first message is handled", || {
+        running.stats().handled == 1
+    })
+    .await;
+    broker
+        .publish(Message::new("custom", "y").unwrap())
+        .await
+        .unwrap();
+    let summary = running.wait().await;
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "<outer flaky",
+            "<inner flaky",
+            "<attempt flaky",
+            "handler attempt 1",
+            "attempt> err",
+            "<attempt flaky",
+            "handler attempt 2",
+            "attempt> ok",
+            "inner> ok",
+            "outer> ok",
+            "<outer custom",
+            "<inner custom",
+            "custom handler",
+            "inner> err",
+            "outer> err",
+        ]
+    );
+    assert_eq!(summary.stats.handled, 1);
+    assert_eq!(summary.stats.failed, 1);
+    assert_eq!(summary.stats.retried, 1);
 }

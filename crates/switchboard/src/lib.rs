@@ -8,19 +8,27 @@
 //! # #[tokio::main]
 //! # async fn main() -> switchboard::Result<()> {
 //! use futures::StreamExt;
-//! use switchboard::Message;
+//! use switchboard::{PublisherExt, SubscriberExt};
 //!
 //! // `BROKER_URL=redis://127.0.0.1:6379` or `amqp://…` or `memory://`: same code.
 //! let broker = switchboard::from_env().await?;
-//! let mut alerts = broker.subscribe(&"alerts.>".parse()?).await?;
-//! broker.publish(Message::new("alerts.cpu", "CPU at 98%")?).await?;
+//! let mut alerts = broker.subscribe_to("alerts.>").await?;
+//! broker.publish_to("alerts.cpu", "CPU at 98%").await?;
 //! broker.flush().await?;
-//! if let Some(delivery) = alerts.next().await {
-//!     println!("{}", delivery?.payload_str().unwrap_or("<binary>"));
+//! // An `Err` item says messages were lost or the connection broke: report it
+//! // and go on, the subscription continues once the adapter has reconnected.
+//! while let Some(item) = alerts.next().await {
+//!     match item {
+//!         Ok(delivery) => println!("{}", delivery.payload_str().unwrap_or("<binary>")),
+//!         Err(error) => eprintln!("warning: {error}"),
+//!     }
 //! }
 //! broker.close().await
 //! # }
 //! ```
+//!
+//! [`SubscriberExt`] and [`PublisherExt`] take patterns and subjects as text
+//! on any broker; [`Message`] adds headers.
 //!
 //! Each adapter is a cargo feature (`nats`, `redis`, `amqp`, all on by default);
 //! the in-memory broker is always there. The reaction worker (`on(pattern,

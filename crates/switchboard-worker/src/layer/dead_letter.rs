@@ -1,0 +1,154 @@
+//! [`DeadLetter`]: a message that finally failed is published to a
+//! dead-letter subject, saying why, instead of being lost or redelivered
+//! without end.
+
+use async_trait::async_trait;
+use switchboard_core::{Message, Subject};
+
+use crate::error::one_line;
+use crate::{Context, Handler, HandlerError, Layer};
+
+/// The header a dead letter carries with the subject the message was first published to.
+pub const ORIGINAL_SUBJECT_HEADER: &str = "switchboard-original-subject";
+/// The header a dead letter carries with how many attempts were made.
+pub const ATTEMPTS_HEADER: &str = "switchboard-attempts";
+/// The header a dead letter carries with the last error, as one line.
+pub const ERROR_HEADER: &str = "switchboard-error";
+/// The header a dead letter carries with the pattern of the route that gave up.
+pub const ROUTE_HEADER: &str = "switchboard-route";
+/// The header a dead letter carries with `true` when the last error was
+/// [permanent](HandlerError::is_permanent) (so it was not retried, and
+/// handling the message again as it is would fail again), else `false`.
+pub const PERMANENT_HEADER: &str = "switchboard-permanent";
+/// The longest [`ERROR_HEADER`] value, in bytes.
+pub const MAX_ERROR_HEADER_LEN: usize = 1000;
+
+/// Where [`DeadLetter`] publishes: a subject template in which `{subject}`
+/// stands for the message's subject. The default is `dlq.{subject}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterSubject(String);
+
+impl DeadLetterSubject {
+    /// The default template, `dlq.{subject}`.
+    pub const DEFAULT: &'static str = "dlq.{subject}";
+
+    /// A template; checked now when it has no `{subject}`, otherwise when used.
+    pub fn new(template: impl Into<String>) -> switchboard_core::Result<Self> {
+        let template = template.into();
+        let probe = template.replace("{subject}", "x");
+        Subject::new(&probe).map_err(|_| switchboard_core::Error::InvalidSubject {
+            subject: template.clone(),
+            reason: "not a valid dead-letter subject; use dot-separated tokens, optionally with `{subject}`, e.g. `dlq.{subject}`".into(),
+        })?;
+        Ok(DeadLetterSubject(template))
+    }
+
+    /// The subject for a message published to `original`.
+    pub fn resolve(&self, original: &Subject) -> switchboard_core::Result<Subject> {
+        Subject::new(&self.0.replace("{subject}", original.as_str()))
+    }
+
+    /// The template.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for DeadLetterSubject {
+    fn default() -> Self {
+        DeadLetterSubject(Self::DEFAULT.to_string())
+    }
+}
+
+/// When the inner handler fails, publishes the message to a dead-letter
+/// subject (payload and headers kept, plus [`ORIGINAL_SUBJECT_HEADER`],
+/// [`ATTEMPTS_HEADER`], [`ERROR_HEADER`], [`PERMANENT_HEADER`] and
+/// [`ROUTE_HEADER`]) and returns `Ok`, so the worker acknowledges the
+/// original. If publishing fails, that error is returned and the message is
+/// not acknowledged.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<H> {
+    inner: H,
+    subject: DeadLetterSubject,
+}
+
+impl<H> DeadLetter<H> {
+    /// Wraps `inner`, publishing to `dlq.<subject>`.
+    pub fn new(inner: H) -> Self {
+        DeadLetter {
+            inner,
+            subject: DeadLetterSubject::default(),
+        }
+    }
+
+    /// Publishes to `subject` instead (see [`DeadLetterSubject`]).
+    pub fn to(mut self, subject: DeadLetterSubject) -> Self {
+        self.subject = subject;
+        self
+    }
+
+    /// The dead letter for `ctx`'s message after `error`.
+    pub fn letter(&self, ctx: &Context, error: &HandlerError) -> Result<Message, HandlerError> {
+        let original = ctx.message();
+        let subject = self.subject.resolve(original.subject())?;
+        let attempts = error.attempts().unwrap_or(ctx.attempt().max(1));
+        let mut headers = original.headers().clone();
+        headers.insert(ORIGINAL_SUBJECT_HEADER, original.subject().as_str())?;
+        headers.insert(ATTEMPTS_HEADER, attempts.to_string())?;
+        headers.insert(
+            ERROR_HEADER,
+            one_line(&error.last().to_string(), MAX_ERROR_HEADER_LEN),
+        )?;
+        headers.insert(PERMANENT_HEADER, error.is_permanent().to_string())?;
+        headers.insert(ROUTE_HEADER, ctx.route())?;
+        Ok(Message::from_parts(
+            subject,
+            original.payload().clone(),
+            headers,
+        ))
+    }
+}
+
+#[async_trait]
+impl<H: Handler> Handler for DeadLetter<H> {
+    async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
+        let error = match self.inner.call(ctx.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        let letter = self.letter(&ctx, &error)?;
+        let target = letter.subject().clone();
+        ctx.publish(letter).await?;
+        // The original is acknowledged once this returns: make sure the broker has the letter.
+        ctx.broker().flush().await?;
+        ctx.counters().add_dead_lettered();
+        tracing::warn!(dead_letter = %target, permanent = error.is_permanent(), %error, "message dead-lettered");
+        Ok(())
+    }
+}
+
+/// The [`Layer`] of [`DeadLetter`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterLayer {
+    subject: DeadLetterSubject,
+}
+
+impl DeadLetterLayer {
+    /// Dead-letters to `dlq.<subject>`.
+    pub fn new() -> Self {
+        DeadLetterLayer::default()
+    }
+
+    /// Dead-letters to `subject` instead (see [`DeadLetterSubject`]).
+    pub fn to(subject: DeadLetterSubject) -> Self {
+        DeadLetterLayer { subject }
+    }
+}
+
+impl<H: Handler> Layer<H> for DeadLetterLayer {
+    type Handler = DeadLetter<H>;
+
+    fn layer(&self, inner: H) -> DeadLetter<H> {
+        DeadLetter::new(inner).to(self.subject.clone())
+    }
+}

@@ -1,0 +1,249 @@
+//! A started worker: [`Running`] holds its route loops and the state they
+//! share, and runs the shutdown — flush, unsubscribe, close — within the
+//! grace period.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use switchboard_core::{Broker, Delivery, Subscription};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::route::Prepared;
+use crate::route_loop::RouteTask;
+use crate::stats::Counters;
+use crate::{Stats, StopReason, Summary, Unfinished};
+
+/// What a [`Worker`](crate::Worker) hands on when it starts.
+pub(crate) struct Launch {
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) grace: Duration,
+    pub(crate) max_messages: Option<u64>,
+    pub(crate) close_broker: bool,
+}
+
+/// State shared by the route loops of one running worker.
+pub(crate) struct Shared {
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) counters: Arc<Counters>,
+    /// Cancelled on shutdown or when `max_messages` were taken: stop taking.
+    pub(crate) stop: CancellationToken,
+    pub(crate) grace: Duration,
+    pub(crate) max_messages: Option<u64>,
+    pub(crate) taken: AtomicU64,
+    pub(crate) redelivery: bool,
+    pub(crate) unfinished: Mutex<Vec<Unfinished>>,
+    /// Route loops still running; `ended` is cancelled when it reaches 0.
+    pub(crate) active: AtomicUsize,
+    pub(crate) ended: CancellationToken,
+    /// When the shutdown must be over: set by the first route loop that
+    /// stops on `stop` (or by `Running::wait` if none did), to that moment
+    /// plus the grace period.
+    pub(crate) deadline: OnceLock<tokio::time::Instant>,
+}
+
+impl Shared {
+    /// The end of the grace period, counted from the first call.
+    pub(crate) fn deadline(&self) -> tokio::time::Instant {
+        *self
+            .deadline
+            .get_or_init(|| tokio::time::Instant::now() + self.grace)
+    }
+
+    /// Nacks a delivery the worker will not finish, and records it as unfinished.
+    pub(crate) async fn give_back(&self, route: &str, delivery: &mut Delivery, started: bool) {
+        let requeued = self.redelivery && delivery.is_acknowledgeable();
+        if let Err(error) = delivery.nack().await {
+            tracing::warn!(route, subject = %delivery.subject(), %error, "nack failed");
+        }
+        if !requeued {
+            tracing::warn!(route, subject = %delivery.subject(), "message left unhandled at shutdown; the broker cannot redeliver it");
+        }
+        self.counters.add_unfinished();
+        let unfinished = Unfinished {
+            route: route.to_string(),
+            subject: delivery.subject().clone(),
+            started,
+            requeued,
+        };
+        match self.unfinished.lock() {
+            Ok(mut list) => list.push(unfinished),
+            Err(poisoned) => poisoned.into_inner().push(unfinished),
+        }
+    }
+}
+
+/// A started worker: its routes are subscribed and handling messages.
+pub struct Running {
+    routes: usize,
+    loops: JoinSet<Subscription>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    close_broker: bool,
+    started: Instant,
+}
+
+impl Running {
+    /// Spawns one loop per subscribed route.
+    pub(crate) fn spawn(launch: Launch, routes: Vec<(Prepared, Subscription)>) -> Running {
+        let shared = Arc::new(Shared {
+            redelivery: launch.broker.capabilities().redelivery,
+            broker: launch.broker,
+            counters: launch.counters,
+            stop: launch.shutdown.child_token(),
+            grace: launch.grace,
+            max_messages: launch.max_messages,
+            taken: AtomicU64::new(0),
+            unfinished: Mutex::new(Vec::new()),
+            active: AtomicUsize::new(routes.len()),
+            ended: CancellationToken::new(),
+            deadline: OnceLock::new(),
+        });
+        let mut loops = JoinSet::new();
+        for (route, subscription) in routes {
+            let task = RouteTask::new(route, shared.clone());
+            loops.spawn(task.run(subscription));
+        }
+        Running {
+            routes: loops.len(),
+            loops,
+            shared,
+            shutdown: launch.shutdown,
+            close_broker: launch.close_broker,
+            started: Instant::now(),
+        }
+    }
+
+    /// How many routes are subscribed.
+    pub fn routes(&self) -> usize {
+        self.routes
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The live counters.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.shared.counters.clone()
+    }
+
+    /// Cancel this token to shut the worker down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Shuts down now, gracefully, and returns the summary.
+    pub async fn shutdown(self) -> Summary {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Runs until `signal` resolves (or the worker stops by itself), then
+    /// shuts down gracefully.
+    pub async fn run_until<F>(self, signal: F) -> Summary
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let shutdown = self.shutdown.clone();
+        let stop = self.shared.stop.clone();
+        tokio::select! {
+            _ = signal => shutdown.cancel(),
+            _ = stop.cancelled() => {}
+            _ = self.shared.ended.cancelled() => {}
+        }
+        self.wait().await
+    }
+
+    /// Waits until the worker stops — [`shutdown_token`](Running::shutdown_token)
+    /// cancelled, `max_messages` done, or every subscription ended — and
+    /// finishes the shutdown.
+    ///
+    /// The whole shutdown fits in the [grace period](crate::Worker::grace_period),
+    /// counted from when the worker stopped taking messages, whatever the
+    /// broker or the link does: in-flight handlers get what it leaves, then
+    /// flushing, closing the subscriptions and (with
+    /// [`close_broker`](crate::Worker::close_broker)) the broker get what is left of
+    /// it; a step that does not finish in time is abandoned and listed in
+    /// [`Summary::errors`]. Handlers cancelled at the end of the grace period
+    /// get at most one more second to give their message back.
+    pub async fn wait(mut self) -> Summary {
+        let mut subscriptions = Vec::with_capacity(self.routes);
+        let mut errors = Vec::new();
+        while let Some(joined) = self.loops.join_next().await {
+            match joined {
+                Ok(subscription) => subscriptions.push(subscription),
+                Err(error) => errors.push(format!("a route task failed: {error}")),
+            }
+        }
+        let deadline = self.shared.deadline();
+        let grace = self.shared.grace;
+        let late =
+            |what: &str| format!("{what} did not finish within the grace period ({grace:?})");
+        let broker = &self.shared.broker;
+        // Handlers publish only for messages they took: with none taken there
+        // is nothing to flush (and a broker that is down need not be waited for).
+        if self.shared.counters.snapshot().received > 0 {
+            match tokio::time::timeout_at(deadline, broker.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    errors.push(format!("flushing what handlers published failed: {error}"))
+                }
+                Err(_) => errors.push(late("flushing what handlers published")),
+            }
+        }
+        for subscription in subscriptions {
+            let pattern = subscription.pattern().to_string();
+            match tokio::time::timeout_at(deadline, subscription.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => errors.push(format!(
+                    "closing the subscription to {pattern:?} failed: {error}"
+                )),
+                Err(_) => errors.push(late(&format!("closing the subscription to {pattern:?}"))),
+            }
+        }
+        if self.close_broker {
+            match tokio::time::timeout_at(deadline, broker.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => errors.push(format!("closing the broker failed: {error}")),
+                Err(_) => errors.push(late("closing the broker")),
+            }
+        }
+        let reason = if self.shutdown.is_cancelled() {
+            StopReason::Shutdown
+        } else if self.shared.stop.is_cancelled() {
+            StopReason::MaxMessages
+        } else {
+            StopReason::SubscriptionsEnded
+        };
+        let unfinished = match self.shared.unfinished.lock() {
+            Ok(mut list) => std::mem::take(&mut *list),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for error in &errors {
+            tracing::warn!("{error}");
+        }
+        Summary {
+            stats: self.shared.counters.snapshot(),
+            unfinished,
+            reason,
+            errors,
+            elapsed: self.started.elapsed(),
+        }
+    }
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running")
+            .field("routes", &self.routes)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
