@@ -343,14 +343,15 @@ impl Error {
     }
 
     /// Whether trying the same operation again may succeed (connection trouble,
-    /// timeouts). A connect error is temporary only if its [`ConnectKind`] is:
+    /// timeouts, a request nobody answered yet). A connect error is temporary
+    /// only if its [`ConnectKind`] is:
     /// a wrong password or a TLS mismatch stays wrong however often it is tried.
     pub fn is_temporary(&self) -> bool {
         match self {
             Error::Connect { kind, .. } => kind.is_temporary(),
             _ => matches!(
                 self.kind(),
-                ErrorKind::Broker | ErrorKind::Lost | ErrorKind::Timeout
+                ErrorKind::Broker | ErrorKind::Lost | ErrorKind::Timeout | ErrorKind::NoResponders
             ),
         }
     }
