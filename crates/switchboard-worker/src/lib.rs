@@ -80,7 +80,10 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod asyncapi;
+pub mod codec;
 mod context;
+mod contract;
 mod cycle;
 mod error;
 mod handler;
@@ -88,11 +91,20 @@ pub mod layer;
 mod route;
 mod route_loop;
 mod running;
+pub mod schema;
 mod stats;
 mod summary;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod typed;
 mod worker;
 
 pub use async_trait::async_trait;
+#[cfg(feature = "cbor")]
+pub use codec::Cbor;
+#[cfg(feature = "msgpack")]
+pub use codec::MessagePack;
+pub use codec::UnknownContentType;
 pub use context::Context;
 pub use cycle::{find_cycle, CycleStep, RouteCycle, Via};
 pub use error::{Error, HandlerError, Result};
@@ -104,6 +116,10 @@ pub use layer::{
 };
 pub use route::{Route, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT};
 pub use running::Running;
+pub use schema::{Schema, SchemaError, SchemaViolation};
 pub use stats::{Counters, Stats};
 pub use summary::{StopReason, Summary, Unfinished};
+/// Core's codec trait and JSON, so that typed routes need one import.
+pub use switchboard_core::{Codec, Json};
+pub use typed::{DecodeError, IntoReply, Typed, TypedFn};
 pub use worker::{Worker, DEFAULT_GRACE_PERIOD};
