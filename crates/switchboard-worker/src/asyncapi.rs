@@ -349,10 +349,7 @@ impl Builder {
             };
             let pattern_text = template.replace("{subject}", route.pattern());
             let (prefix, letter) = match via {
-                Via::DeadLetter => (
-                    "dead_letter",
-                    Some(self.dead_letter(route, message.as_ref())),
-                ),
+                Via::DeadLetter => ("dead_letter", Some(self.dead_letter(message.as_ref()))),
                 _ => ("send", None),
             };
             let target = self.channel(&address, &pattern_text, letter.clone());
@@ -412,7 +409,7 @@ impl Builder {
     }
 
     /// The dead letter of a route that receives `message`.
-    fn dead_letter(&mut self, route: &Route, message: Option<&(String, Value)>) -> (String, Value) {
+    fn dead_letter(&mut self, message: Option<&(String, Value)>) -> (String, Value) {
         self.schemas
             .entry(DEAD_LETTER_HEADERS.to_string())
             .or_insert_with(dead_letter_headers);
@@ -423,10 +420,9 @@ impl Builder {
         letter.insert("name".into(), Value::from(name.as_str()));
         letter.insert(
             "summary".into(),
-            Value::from(format!(
-                "A message route `{}` gave up on, with why",
-                route.pattern()
-            )),
+            Value::from(
+                "A message a route gave up on: the original payload and headers, plus why in the switchboard-* headers",
+            ),
         );
         letter.insert(
             "headers".into(),
