@@ -2,6 +2,7 @@
 //! forward to another subject, or log — with retries, dead letters,
 //! concurrency limits and graceful shutdown (the `switchboard::worker` library).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -71,8 +72,17 @@ pub(crate) async fn run(url: &str, args: WorkerArgs) -> anyhow::Result<ExitCode>
     let config = config::load(&args.config)?;
     if args.asyncapi {
         let document = asyncapi::render(url, &args.config, &config, args.format)?;
-        print!("{document}");
-        return Ok(ExitCode::SUCCESS);
+        let mut stdout = std::io::stdout().lock();
+        match stdout
+            .write_all(document.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            // A reader that stopped early (`| head`) is not an error.
+            Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+                anyhow::bail!("cannot write the AsyncAPI document to stdout: {error}")
+            }
+            _ => return Ok(ExitCode::SUCCESS),
+        }
     }
     if args.check {
         eprintln!(

@@ -410,9 +410,9 @@ impl Published {
     ///
     /// Unless there is exactly one, listing what was published.
     #[track_caller]
-    pub fn one(&self) -> &Message {
-        match self.messages.as_slice() {
-            [one] => one,
+    pub fn one(mut self) -> Message {
+        match self.messages.len() {
+            1 => self.messages.remove(0),
             _ => panic!("{}", self.unexpected("exactly one message")),
         }
     }

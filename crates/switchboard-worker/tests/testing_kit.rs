@@ -150,8 +150,7 @@ async fn a_worker_built_for_another_broker_runs_on_the_test_broker() {
     let letter = broker
         .published_on("dlq.alerts.robot")
         .with_header(PERMANENT_HEADER, "true")
-        .one()
-        .clone();
+        .one();
     assert_eq!(letter.payload_str(), Some("not JSON"));
     assert_eq!(worker.stats().decode_failed, 1);
 }
