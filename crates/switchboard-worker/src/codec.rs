@@ -1,5 +1,5 @@
-//! The codecs this crate adds to core's [`Json`] — [`MessagePack`] (cargo
-//! feature `msgpack`) and [`Cbor`] (feature `cbor`) — and how a route picks
+//! The codecs this crate adds to core's [`Json`] — `MessagePack` (cargo
+//! feature `msgpack`) and `Cbor` (feature `cbor`) — and how a route picks
 //! the codec of each message from its `content-type` header.
 //!
 //! # Which codec reads a message

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::codec::Formats;
-use crate::typed::DecodeError;
+use crate::typed::read;
 use crate::{BoxHandler, Context, Handler, HandlerError, Route};
 
 /// Most violations listed in a [`SchemaViolation`].
@@ -36,7 +36,7 @@ const MAX_VIOLATIONS: usize = 5;
 ///
 /// The draft is the one its `$schema` names (draft 4, 6, 7, 2019-09 or
 /// 2020-12), 2020-12 without one. AsyncAPI 3.0 documents describe payloads
-/// with draft-07 schemas, which is what [`Schema::of`] generates.
+/// with draft-07 schemas, which is what `Schema::of` (feature `schemars`) generates.
 ///
 /// ```
 /// use switchboard_worker::Schema;
@@ -255,14 +255,9 @@ pub(crate) struct Validate {
 #[async_trait]
 impl Handler for Validate {
     async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
-        let target = || format!("a value to check against schema {:?}", self.schema.name());
-        let format = match self.formats.pick(ctx.message()) {
-            Ok(format) => *format,
-            Err(unknown) => return Err(DecodeError::fail(&ctx, target(), unknown)),
-        };
-        let value = format
-            .decode(ctx.message())
-            .map_err(|error| DecodeError::fail(&ctx, target(), error))?;
+        let (_, value) = read(&self.formats, &ctx, || {
+            format!("a value to check against schema {:?}", self.schema.name())
+        })?;
         if let Err(violation) = self.schema.check(&value) {
             ctx.counters().add_decode_failed();
             return Err(HandlerError::permanent(violation));

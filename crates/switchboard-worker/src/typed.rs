@@ -103,13 +103,35 @@ pub struct DecodeError {
 
 impl DecodeError {
     /// Counts the failure and makes it a permanent handler error.
-    pub(crate) fn fail(ctx: &Context, target: String, source: impl Into<BoxError>) -> HandlerError {
+    fn fail(ctx: &Context, target: String, source: impl Into<BoxError>) -> HandlerError {
         ctx.counters().add_decode_failed();
         HandlerError::permanent(DecodeError {
             target,
             source: source.into(),
         })
     }
+}
+
+/// Reads `ctx`'s payload with the codec of `formats` its `content-type`
+/// picks, as `target` (for the error); returns the codec too. A failure is
+/// counted and permanent.
+pub(crate) fn read<T, R>(
+    formats: &Formats<T, R>,
+    ctx: &Context,
+    target: impl Fn() -> String,
+) -> Result<(Format<T, R>, T), HandlerError>
+where
+    T: DeserializeOwned,
+    R: Serialize,
+{
+    let format = match formats.pick(ctx.message()) {
+        Ok(format) => *format,
+        Err(unknown) => return Err(DecodeError::fail(ctx, target(), unknown)),
+    };
+    let value = format
+        .decode(ctx.message())
+        .map_err(|error| DecodeError::fail(ctx, target(), error))?;
+    Ok((format, value))
 }
 
 /// A [`Handler`] that decodes each payload as a `T` with codec `C` (or the
@@ -174,14 +196,9 @@ where
     F: TypedFn<T>,
 {
     async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
-        let target = || std::any::type_name::<T>().to_string();
-        let format = match self.formats.pick(ctx.message()) {
-            Ok(format) => *format,
-            Err(unknown) => return Err(DecodeError::fail(&ctx, target(), unknown)),
-        };
-        let value = format
-            .decode(ctx.message())
-            .map_err(|error| DecodeError::fail(&ctx, target(), error))?;
+        let (format, value) = read(&self.formats, &ctx, || {
+            std::any::type_name::<T>().to_string()
+        })?;
         let outcome = (self.handler)(value, ctx.clone())
             .await
             .map_err(HandlerError::new)?;
