@@ -19,10 +19,15 @@
 //! the dead letter (`switchboard listen --on 'dlq.>'` shows it arrive). An
 //! alert that is not UTF-8 text fails permanently: retrying cannot fix it, so
 //! it is dead-lettered at once, with `switchboard-permanent: true`.
+//!
+//! `tests/alert_sarah_connor.rs` unit-tests these reactions with
+//! `switchboard::testing`, without a server. `examples/typed_alert.rs` is the
+//! typed version, with JSON alerts.
 
 use std::time::Duration;
 
 use switchboard::worker::{Context, HandlerError, Route, Worker};
+use switchboard::Broker;
 
 /// The reaction: what happens when an alert arrives.
 async fn alert_sarah_connor(ctx: Context) -> Result<(), HandlerError> {
@@ -43,10 +48,10 @@ async fn alert_sarah_connor(ctx: Context) -> Result<(), HandlerError> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let broker = switchboard::from_env().await?;
-    let worker = Worker::new(broker.clone())
+/// The reactions, on any broker: the program runs them on `BROKER_URL`, the
+/// tests on `switchboard::testing::TestBroker`.
+pub fn reactions(broker: impl Broker + 'static) -> Worker {
+    Worker::new(broker)
         .on("some_event", alert_sarah_connor)
         .route(
             Route::new("alerts.>", alert_sarah_connor)
@@ -55,8 +60,13 @@ async fn main() -> anyhow::Result<()> {
                 .backoff(Duration::from_millis(200))
                 .timeout(Duration::from_secs(5)),
         )
-        .grace_period(Duration::from_secs(10));
-    let running = worker.start().await?;
+        .grace_period(Duration::from_secs(10))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let broker = switchboard::from_env().await?;
+    let running = reactions(broker.clone()).start().await?;
     println!(
         "waiting for incoming messages on 'some_event' and 'alerts.>' via {} (Ctrl-C to stop)",
         switchboard::redact_url(&switchboard::url_from_env())

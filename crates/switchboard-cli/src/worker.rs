@@ -2,6 +2,7 @@
 //! forward to another subject, or log — with retries, dead letters,
 //! concurrency limits and graceful shutdown (the `switchboard::worker` library).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use crate::signals::{Signal, Signals};
 use crate::stdout::Stdout;
 
 mod action;
+mod asyncapi;
 mod config;
 
 const SIGNALS_HELP: &str = "\
@@ -52,12 +54,36 @@ pub struct WorkerArgs {
     /// Only check the config file, then exit.
     #[arg(long)]
     pub check: bool,
+
+    /// Print the AsyncAPI 3.0 document of the routes (the broker from
+    /// --broker/BROKER_URL as its server, credentials left out), then exit
+    /// without connecting.
+    #[arg(long, conflicts_with = "check")]
+    pub asyncapi: bool,
+
+    /// The --asyncapi document's format.
+    #[arg(long, value_enum, default_value_t = asyncapi::Format::Yaml, requires = "asyncapi")]
+    pub format: asyncapi::Format,
 }
 
 /// Runs `switchboard worker`.
 pub(crate) async fn run(url: &str, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // A bad config is refused before connecting anywhere.
     let config = config::load(&args.config)?;
+    if args.asyncapi {
+        let document = asyncapi::render(url, &args.config, &config, args.format)?;
+        let mut stdout = std::io::stdout().lock();
+        match stdout
+            .write_all(document.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            // A reader that stopped early (`| head`) is not an error.
+            Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+                anyhow::bail!("cannot write the AsyncAPI document to stdout: {error}")
+            }
+            _ => return Ok(ExitCode::SUCCESS),
+        }
+    }
     if args.check {
         eprintln!(
             "{}: ok, {} route(s)",

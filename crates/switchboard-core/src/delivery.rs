@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -79,7 +80,7 @@ pub struct Delivery {
     acker: Option<Box<dyn Acknowledge>>,
     redelivered: bool,
     delivery_count: Option<u32>,
-    replier: Option<Box<dyn Reply>>,
+    replier: Option<Arc<dyn Reply>>,
 }
 
 impl Delivery {
@@ -117,7 +118,7 @@ impl Delivery {
 
     /// Makes this delivery a request that [`Delivery::reply`] answers through `replier`.
     pub fn with_replier(mut self, replier: Box<dyn Reply>) -> Self {
-        self.replier = Some(replier);
+        self.replier = Some(Arc::from(replier));
         self
     }
 
@@ -140,6 +141,13 @@ impl Delivery {
     /// Whether the message is a request that expects a [`reply`](Delivery::reply).
     pub fn is_request(&self) -> bool {
         self.replier.is_some()
+    }
+
+    /// The handle that answers this request, for code that answers after the
+    /// delivery is gone (the worker hands it to handlers in their context);
+    /// `None` when the message is not a request.
+    pub fn replier(&self) -> Option<Arc<dyn Reply>> {
+        self.replier.clone()
     }
 
     /// Answers a request (see [`Broker::request`](crate::Broker::request)) with

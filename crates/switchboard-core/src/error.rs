@@ -212,6 +212,18 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A payload could not be encoded or decoded with a [`Codec`](crate::Codec)
+    /// other than JSON (whose errors are [`Error::Json`]), such as MessagePack or CBOR.
+    #[error("{codec} payload on {subject:?}: {source}")]
+    Codec {
+        /// The codec's name ([`Codec::NAME`](crate::Codec::NAME)).
+        codec: &'static str,
+        /// The subject of the message.
+        subject: String,
+        /// The codec's error.
+        #[source]
+        source: BoxError,
+    },
     /// An operation did not finish in time.
     #[error("{broker}: {operation} timed out after {after:?}")]
     Timeout {
@@ -305,6 +317,8 @@ pub enum ErrorKind {
     NoResponders,
     /// JSON encoding or decoding failed.
     Json,
+    /// Encoding or decoding with another [`Codec`](crate::Codec) failed.
+    Codec,
     /// An operation timed out.
     Timeout,
 }
@@ -338,6 +352,7 @@ impl Error {
             Error::Closed { .. } => ErrorKind::Closed,
             Error::NoResponders { .. } => ErrorKind::NoResponders,
             Error::Json { .. } => ErrorKind::Json,
+            Error::Codec { .. } => ErrorKind::Codec,
             Error::Timeout { .. } => ErrorKind::Timeout,
         }
     }

@@ -7,7 +7,11 @@
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use crate::{Durable, Message, Pattern, Publisher, QueueGroup, Result, Subscriber, Subscription};
+use serde::Serialize;
+
+use crate::{
+    Codec, Durable, Json, Message, Pattern, Publisher, QueueGroup, Result, Subscriber, Subscription,
+};
 
 /// Subscribes with patterns and group names given as text, parsed (and
 /// refused with [`Error::InvalidPattern`](crate::Error::InvalidPattern) or
@@ -75,14 +79,55 @@ pub trait SubscriberExt: Subscriber {
 
 impl<T: Subscriber + ?Sized> SubscriberExt for T {}
 
-/// Publishes a payload to a subject given as text, checked (and refused with
+/// Publishes a payload, or a value written by a [`Codec`], to a subject given
+/// as text, checked (and refused with
 /// [`Error::InvalidSubject`](crate::Error::InvalidSubject)) before anything
 /// reaches the broker. Implemented for every [`Publisher`]; build a
 /// [`Message`] to add headers.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> switchboard_core::Result<()> {
+/// use switchboard_core::{MemoryBroker, PublisherExt};
+///
+/// #[derive(serde::Serialize)]
+/// struct Alert<'a> { robot: &'a str, severity: &'a str }
+///
+/// let broker = MemoryBroker::new(); // or the `Arc<dyn Broker>` of `switchboard::connect`
+/// broker.publish_to("alerts.cpu", "CPU at 98%").await?;
+/// // `{"robot":"T-800","severity":"high"}` with `content-type: application/json`
+/// broker.publish_json("alerts.robot", &Alert { robot: "T-800", severity: "high" }).await?;
+/// # Ok(()) }
+/// ```
 pub trait PublisherExt: Publisher {
     /// [`Publisher::publish`]es `payload` on `subject`, without headers.
     fn publish_to(&self, subject: &str, payload: impl Into<Bytes>) -> BoxFuture<'_, Result<()>> {
         let message = Message::new(subject, payload);
+        Box::pin(async move { self.publish(message?).await })
+    }
+
+    /// [`Publisher::publish`]es `value` as JSON on `subject`, with
+    /// `content-type: application/json` (see [`Message::json`]).
+    fn publish_json<T: Serialize + ?Sized>(
+        &self,
+        subject: &str,
+        value: &T,
+    ) -> BoxFuture<'_, Result<()>> {
+        self.publish_encoded(subject, value, Json)
+    }
+
+    /// [`Publisher::publish`]es `value` written by `codec` on `subject`, with
+    /// `content-type` set to the codec's media type (see [`Message::encode`]),
+    /// e.g. `broker.publish_encoded("alerts.robot", &alert, MessagePack)` with
+    /// the worker's `msgpack` feature.
+    fn publish_encoded<T: Serialize + ?Sized>(
+        &self,
+        subject: &str,
+        value: &T,
+        codec: impl Codec,
+    ) -> BoxFuture<'_, Result<()>> {
+        // Encoded now, so the future does not borrow `value`.
+        let message = Message::encode(subject, value, codec);
         Box::pin(async move { self.publish(message?).await })
     }
 }

@@ -2,6 +2,8 @@
 //! implements, and the in-memory broker.
 //!
 //! - [`Message`] (a [`Subject`], a payload and [`Headers`]) is what travels;
+//!   a [`Codec`] ([`Json`] built in) writes and reads `serde` values as
+//!   payloads, naming its media type in the `content-type` header;
 //! - [`Publisher`], [`Subscriber`] and [`Broker`] are the object-safe traits
 //!   adapters implement, so the broker can be chosen at run time;
 //!   [`SubscriberExt`] and [`PublisherExt`] add conveniences for every broker
@@ -23,6 +25,7 @@
 
 mod broker;
 mod capabilities;
+pub mod codec;
 mod delivery;
 mod durable;
 mod error;
@@ -38,6 +41,7 @@ mod subscription;
 
 pub use broker::{Broker, Publisher, Subscriber};
 pub use capabilities::Capabilities;
+pub use codec::{Codec, Json, CONTENT_TYPE_HEADER};
 pub use delivery::{Acknowledge, Delivery, Reply};
 pub use durable::{ConsumerName, Durable, DEFAULT_ACK_WAIT};
 pub use error::{BoxError, ConnectKind, Error, ErrorKind, Result};

@@ -207,6 +207,33 @@ impl MemoryBroker {
         }
     }
 
+    /// Another handle on the same hub, like a second connection to one
+    /// server: it shares the hub's subscriptions and messages, but has its
+    /// own subscriptions, its own [`MemoryBroker::buffered`] count and its
+    /// own `close`.
+    pub fn new_handle(&self) -> Self {
+        MemoryBroker {
+            capacity: self.capacity,
+            ..Self::on_hub(self.hub.clone(), &self.name)
+        }
+    }
+
+    /// How many messages wait in the buffers of this handle's subscriptions,
+    /// delivered but not yet taken by their readers. With the readers'
+    /// own count of what they took and finished, this tells when every
+    /// message published so far has been dealt with (what
+    /// `switchboard::testing` waits for), without sleeping.
+    pub fn buffered(&self) -> usize {
+        let Ok(routes) = self.hub.routes.read() else {
+            return 0;
+        };
+        routes
+            .iter()
+            .filter(|route| route.handle == self.handle)
+            .map(|route| route.sender.max_capacity() - route.sender.capacity())
+            .sum()
+    }
+
     /// Sets how many messages each new subscription buffers before publishers wait.
     pub fn with_capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);

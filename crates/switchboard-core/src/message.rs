@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{Error, Headers, Result, Subject};
+use crate::{Error, Headers, Json, Result, Subject};
 
 /// A message: the subject it is published to, an opaque payload and [`Headers`].
 ///
@@ -49,7 +49,8 @@ impl Message {
     }
 
     /// A message whose payload is `value` encoded as JSON, with a
-    /// `content-type: application/json` header.
+    /// `content-type: application/json` header (see [`Message::encode`] for
+    /// other [`Codec`](crate::Codec)s).
     ///
     /// ```
     /// use switchboard_core::Message;
@@ -65,26 +66,12 @@ impl Message {
         Error: From<S::Error>,
         T: Serialize + ?Sized,
     {
-        let subject = subject.try_into()?;
-        let payload = serde_json::to_vec(value).map_err(|source| Error::Json {
-            subject: subject.to_string(),
-            source,
-        })?;
-        let mut headers = Headers::new();
-        headers.insert("content-type", "application/json")?;
-        Ok(Message {
-            subject,
-            payload: payload.into(),
-            headers,
-        })
+        Message::encode(subject, value, Json)
     }
 
-    /// Decodes the payload as JSON.
+    /// Decodes the payload as JSON (whatever its `content-type` says).
     pub fn decode_json<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.payload).map_err(|source| Error::Json {
-            subject: self.subject.to_string(),
-            source,
-        })
+        self.decode(Json)
     }
 
     /// Adds or replaces a header (builder style).

@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use switchboard_core::{Broker, Message};
+use switchboard_core::{Broker, Bytes, Headers, Message, Reply};
 
 use crate::stats::Counters;
 
@@ -22,6 +22,7 @@ pub struct Context {
     route: Arc<str>,
     broker: Arc<dyn Broker>,
     counters: Arc<Counters>,
+    replier: Option<Arc<dyn Reply>>,
 }
 
 impl Context {
@@ -35,6 +36,7 @@ impl Context {
             redelivered: false,
             broker,
             counters: Arc::default(),
+            replier: None,
         }
     }
 
@@ -44,6 +46,7 @@ impl Context {
         route: Arc<str>,
         broker: Arc<dyn Broker>,
         counters: Arc<Counters>,
+        replier: Option<Arc<dyn Reply>>,
     ) -> Self {
         Context {
             message: Arc::new(message),
@@ -52,7 +55,15 @@ impl Context {
             route,
             broker,
             counters,
+            replier,
         }
+    }
+
+    /// The same message as a request that `replier` answers (the worker sets
+    /// it from the delivery; e.g. to call a handler directly in a test).
+    pub fn with_replier(mut self, replier: Arc<dyn Reply>) -> Self {
+        self.replier = Some(replier);
+        self
     }
 
     /// The same message with another attempt number (what [`Retry`](crate::Retry) passes on).
@@ -91,6 +102,39 @@ impl Context {
         self.broker.publish(message).await
     }
 
+    /// Whether the message is a request that expects a reply
+    /// ([`Broker::request`](switchboard_core::Broker::request)).
+    pub fn is_request(&self) -> bool {
+        self.replier.is_some()
+    }
+
+    /// Answers the request with `payload` (see [`Context::reply_with`]).
+    pub async fn reply(&self, payload: impl Into<Bytes>) -> switchboard_core::Result<()> {
+        self.reply_with(payload, Headers::new()).await
+    }
+
+    /// Answers the request with `payload` and `headers`. Fails with
+    /// [`Error::Unsupported`](switchboard_core::Error::Unsupported) when the
+    /// message is not a request; may be called more than once (the requester
+    /// takes the first reply). A typed handler replies by returning
+    /// `Ok(Some(reply))` (see [`IntoReply`](crate::IntoReply)).
+    pub async fn reply_with(
+        &self,
+        payload: impl Into<Bytes>,
+        headers: Headers,
+    ) -> switchboard_core::Result<()> {
+        match &self.replier {
+            Some(replier) => replier.reply(payload.into(), headers).await,
+            None => Err(switchboard_core::Error::Unsupported {
+                broker: self.broker.kind(),
+                feature: format!(
+                    "replying to a message on {:?} that is not a request (no one waits for an answer)",
+                    self.message.subject().as_str()
+                ),
+            }),
+        }
+    }
+
     /// The worker's counters (layers add to them).
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -111,6 +155,7 @@ impl fmt::Debug for Context {
             .field("subject", self.message.subject())
             .field("attempt", &self.attempt)
             .field("redelivered", &self.redelivered)
+            .field("request", &self.replier.is_some())
             .field("broker", &self.broker.kind())
             .finish_non_exhaustive()
     }

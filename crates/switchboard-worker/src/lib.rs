@@ -57,6 +57,47 @@
 //!   the error is permanent), counts ([`Stats`]) and shuts down gracefully,
 //!   returning a [`Summary`].
 //!
+//! # Typed reactions, a contract, a test kit
+//!
+//! - [`typed`]: [`Worker::on_json::<T>`](Worker::on_json) (and
+//!   [`Worker::on_typed::<C, T>`](Worker::on_typed) for any [`Codec`]) hands
+//!   the handler the payload decoded as a `T`; a payload that does not decode
+//!   is dead-lettered at once, never retried ([`Stats::decode_failed`]);
+//!   returning `Ok(Some(reply))` answers a request;
+//! - [`codec`]: JSON always, `MessagePack` (feature `msgpack`) and
+//!   `Cbor` (feature `cbor`), picked per message from its `content-type`;
+//!   publish typed values with `PublisherExt::publish_json` /
+//!   `publish_encoded`;
+//! - [`schema`]: a route's JSON Schema ([`Route::schema`], or
+//!   `Route::schema_of::<T>` from a type deriving
+//!   `schemars::JsonSchema`, feature `schemars`) checks every payload;
+//! - [`asyncapi`]: the AsyncAPI 3.0 document of the routes;
+//! - `testing` (feature `testing`): a recording in-memory broker that runs a
+//!   worker until idle, to unit-test reactions without a server.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use serde::Deserialize;
+//! use switchboard_core::{MemoryBroker, PublisherExt};
+//! use switchboard_worker::{HandlerError, Worker};
+//!
+//! #[derive(Deserialize)]
+//! struct Alert { robot: String }
+//!
+//! let broker = MemoryBroker::new();
+//! let worker = Worker::new(broker.clone())
+//!     .on_json::<Alert>("alerts.>", |alert, _ctx| async move {
+//!         println!("{} sighted -> alerting Sarah Connor!", alert.robot);
+//!         Ok::<_, HandlerError>(())
+//!     })
+//!     .max_messages(1);
+//! let running = worker.start().await?;
+//! broker.publish_json("alerts.robot", &serde_json::json!({ "robot": "T-800" })).await?;
+//! assert_eq!(running.wait().await.stats.succeeded(), 1);
+//! # Ok(()) }
+//! ```
+//!
 //! A message is acknowledged only once its handler stack returned: after the
 //! handler succeeded, or after its dead letter was published and flushed. A
 //! worker that dies before that has not acknowledged it, and a broker with
@@ -80,7 +121,10 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod asyncapi;
+pub mod codec;
 mod context;
+mod contract;
 mod cycle;
 mod error;
 mod handler;
@@ -88,11 +132,20 @@ pub mod layer;
 mod route;
 mod route_loop;
 mod running;
+pub mod schema;
 mod stats;
 mod summary;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod typed;
 mod worker;
 
 pub use async_trait::async_trait;
+#[cfg(feature = "cbor")]
+pub use codec::Cbor;
+#[cfg(feature = "msgpack")]
+pub use codec::MessagePack;
+pub use codec::UnknownContentType;
 pub use context::Context;
 pub use cycle::{find_cycle, CycleStep, RouteCycle, Via};
 pub use error::{Error, HandlerError, Result};
@@ -104,6 +157,10 @@ pub use layer::{
 };
 pub use route::{Route, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT};
 pub use running::Running;
+pub use schema::{Schema, SchemaError, SchemaViolation};
 pub use stats::{Counters, Stats};
 pub use summary::{StopReason, Summary, Unfinished};
+/// Core's codec trait and JSON, so that typed routes need one import.
+pub use switchboard_core::{Codec, Json};
+pub use typed::{DecodeError, IntoReply, Typed, TypedFn};
 pub use worker::{Worker, DEFAULT_GRACE_PERIOD};

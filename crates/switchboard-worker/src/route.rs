@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use switchboard_core::{Pattern, QueueGroup, Subject};
 
+use crate::contract::Contract;
 use crate::cycle::Via;
 use crate::layer::BoxLayer;
 use crate::{
@@ -95,6 +96,8 @@ pub struct Route {
     handler: BoxHandler,
     stack: Stack,
     publishes: Vec<String>,
+    /// Its payloads' codec, type and schema (see `Route::typed`, `Route::schema`).
+    pub(crate) contract: Contract,
 }
 
 impl Route {
@@ -106,6 +109,7 @@ impl Route {
             concurrency: DEFAULT_CONCURRENCY,
             handler: handler.boxed(),
             publishes: Vec::new(),
+            contract: Contract::default(),
             stack: Stack::Default(Settings {
                 retry: RetryPolicy::default(),
                 timeout: Some(DEFAULT_TIMEOUT),
@@ -237,17 +241,24 @@ impl Route {
     /// Where this route hands messages on: the targets declared with
     /// [`Route::publishes_to`], then the dead-letter subject of the default stack.
     pub fn targets(&self) -> impl Iterator<Item = (Via, &str)> + '_ {
-        let dead_letter = match &self.stack {
-            Stack::Default(Settings {
-                dead_letter: Some(template),
-                ..
-            }) => Some((Via::DeadLetter, template.as_str())),
-            _ => None,
-        };
+        let dead_letter = self
+            .dead_letter_target()
+            .map(|template| (Via::DeadLetter, template));
         self.publishes
             .iter()
             .map(|target| (Via::Publish, target.as_str()))
             .chain(dead_letter)
+    }
+
+    /// The dead-letter subject template of the default stack, if it dead-letters.
+    pub(crate) fn dead_letter_target(&self) -> Option<&str> {
+        match &self.stack {
+            Stack::Default(Settings {
+                dead_letter: Some(template),
+                ..
+            }) => Some(template.as_str()),
+            _ => None,
+        }
     }
 
     /// Checks the settings and builds the handler stack, inside `layers`
@@ -269,6 +280,8 @@ impl Route {
                 )));
             }
         }
+        // The schema check (if any) is the innermost layer: run on each attempt.
+        let handler = self.contract.wrap(self.handler.clone()).map_err(invalid)?;
         let stack = match &self.stack {
             Stack::Custom { refused } if !refused.is_empty() => {
                 let setters: Vec<String> = refused.iter().map(|s| format!("`{s}`")).collect();
@@ -277,8 +290,8 @@ impl Route {
                     setters.join(", ")
                 )));
             }
-            Stack::Custom { .. } => self.handler.clone(),
-            Stack::Default(settings) => settings.wrap(self.handler.clone()).map_err(invalid)?,
+            Stack::Custom { .. } => handler,
+            Stack::Default(settings) => settings.wrap(handler).map_err(invalid)?,
         };
         Ok(Prepared {
             pattern,
@@ -295,7 +308,8 @@ impl fmt::Debug for Route {
         d.field("pattern", &self.pattern)
             .field("group", &self.group)
             .field("concurrency", &self.concurrency)
-            .field("publishes", &self.publishes);
+            .field("publishes", &self.publishes)
+            .field("contract", &self.contract);
         match &self.stack {
             Stack::Custom { .. } => d.field("stack", &"custom"),
             Stack::Default(settings) => d

@@ -175,6 +175,7 @@ impl Job {
             self.route.clone(),
             shared.broker.clone(),
             shared.counters.clone(),
+            delivery.replier(),
         );
         let call = AssertUnwindSafe(self.handler.call(ctx))
             .catch_unwind()

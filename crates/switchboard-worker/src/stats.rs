@@ -1,6 +1,8 @@
 //! Counters of what the worker did, and their snapshot.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::Notify;
 
 /// The worker's live counters (atomics), shared by the router and the layers.
 /// Read them with [`Counters::snapshot`] or [`Worker::stats`](crate::Worker::stats).
@@ -15,6 +17,11 @@ pub struct Counters {
     timed_out: AtomicU64,
     panicked: AtomicU64,
     unfinished: AtomicU64,
+    decode_failed: AtomicU64,
+    /// Whether someone waits on `settled` (only `testing` does).
+    watched: AtomicBool,
+    /// Notified each time a message is done with (handled, failed or unfinished).
+    settled: Notify,
 }
 
 /// The counters at one moment.
@@ -45,6 +52,12 @@ pub struct Stats {
     pub panicked: u64,
     /// Messages left unfinished at shutdown (nacked where the broker supports it).
     pub unfinished: u64,
+    /// Messages whose payload could not be read as the route declares it: it
+    /// did not decode into the typed handler's type (or its `content-type`
+    /// names no codec the route has), or it did not match the route's
+    /// schema. Such failures are permanent, so these are also counted in
+    /// [`permanent`](Stats::permanent).
+    pub decode_failed: u64,
 }
 
 impl Stats {
@@ -63,7 +76,7 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} received, {} handled ({} succeeded, {} dead-lettered), {} failed, {} retried, {} permanent (not retried), {} timed out, {} panicked, {} unfinished",
+            "{} received, {} handled ({} succeeded, {} dead-lettered), {} failed, {} retried, {} permanent (not retried; {} not decodable), {} timed out, {} panicked, {} unfinished",
             self.received,
             self.handled,
             self.succeeded(),
@@ -71,6 +84,7 @@ impl std::fmt::Display for Stats {
             self.failed,
             self.retried,
             self.permanent,
+            self.decode_failed,
             self.timed_out,
             self.panicked,
             self.unfinished
@@ -91,10 +105,6 @@ impl Counters {
     incr! {
         /// Counts a message taken from a subscription.
         add_received => received,
-        /// Counts a message handled and acknowledged.
-        add_handled => handled,
-        /// Counts a message that ended in an unresolved error.
-        add_failed => failed,
         /// Counts a retry.
         add_retried => retried,
         /// Counts a message given up on because of a permanent error.
@@ -105,8 +115,48 @@ impl Counters {
         add_timed_out => timed_out,
         /// Counts a panicked attempt.
         add_panicked => panicked,
-        /// Counts a message left unfinished at shutdown.
-        add_unfinished => unfinished,
+        /// Counts a payload that could not be read as the route declares it.
+        add_decode_failed => decode_failed,
+    }
+
+    /// Counts a message handled and acknowledged.
+    pub fn add_handled(&self) {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        self.settle();
+    }
+
+    /// Counts a message that ended in an unresolved error.
+    pub fn add_failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.settle();
+    }
+
+    /// Counts a message left unfinished at shutdown.
+    pub fn add_unfinished(&self) {
+        self.unfinished.fetch_add(1, Ordering::Relaxed);
+        self.settle();
+    }
+
+    /// Wakes whoever waits for messages to be done with (a cheap load otherwise).
+    fn settle(&self) {
+        if self.watched.load(Ordering::Acquire) {
+            self.settled.notify_waiters();
+        }
+    }
+
+    /// The notification of messages being done with, from now on.
+    #[cfg(feature = "testing")]
+    pub(crate) fn watch(&self) -> &Notify {
+        self.watched.store(true, Ordering::Release);
+        &self.settled
+    }
+
+    /// How many messages are done with: handled, failed or left unfinished.
+    #[cfg(feature = "testing")]
+    pub(crate) fn settled(&self) -> u64 {
+        self.handled.load(Ordering::SeqCst)
+            + self.failed.load(Ordering::SeqCst)
+            + self.unfinished.load(Ordering::SeqCst)
     }
 
     /// The counters now.
@@ -122,6 +172,7 @@ impl Counters {
             timed_out: get(&self.timed_out),
             panicked: get(&self.panicked),
             unfinished: get(&self.unfinished),
+            decode_failed: get(&self.decode_failed),
         }
     }
 }

@@ -166,6 +166,13 @@ impl Worker {
         self
     }
 
+    /// The same worker on `broker` (what `testing::TestBroker::start` runs it on).
+    #[cfg(feature = "testing")]
+    pub(crate) fn on_broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = broker;
+        self
+    }
+
     /// The routes, in the order added.
     pub fn routes(&self) -> &[Route] {
         &self.routes

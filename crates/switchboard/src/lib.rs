@@ -32,8 +32,11 @@
 //!
 //! Each adapter is a cargo feature (`nats`, `redis`, `amqp`, all on by default);
 //! the in-memory broker is always there. The reaction worker (`on(pattern,
-//! handler)` with retries, dead letters and graceful shutdown) is the `worker`
-//! feature, re-exported as [`worker`].
+//! handler)` with retries, dead letters and graceful shutdown, typed
+//! `on_json::<T>` routes, schemas and an AsyncAPI document) is the `worker`
+//! feature, re-exported as [`worker`]; its codecs `msgpack` and `cbor`,
+//! `schemars` (schemas from types) and `testing` (`switchboard::testing`,
+//! unit tests for reactions without a server) are features too, off by default.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -49,6 +52,8 @@ pub use switchboard_nats as nats;
 pub use switchboard_redis as redis;
 #[cfg(feature = "worker")]
 pub use switchboard_worker as worker;
+#[cfg(feature = "testing")]
+pub use switchboard_worker::testing;
 
 /// A broker chosen at run time: usable as `dyn Publisher`, `dyn Subscriber` and `dyn Broker`.
 pub type AnyBroker = Arc<dyn Broker>;

@@ -11,8 +11,19 @@
 //! backoff = "100ms"          # optional, first retry delay ("0s" retries at once)
 //! timeout = "5s"             # optional, per attempt, above zero
 //! dead_letter = "dlq.alerts" # optional subject ({subject} = the original), or false
+//! schema = "alert.schema.json"  # optional JSON Schema every payload must match
 //! exec = ["sh", "-c", "cat >> /tmp/alerts.log"]   # exactly one of exec / publish / log
+//!
+//! [asyncapi]                 # optional, for `--asyncapi`
+//! title = "Sarah Connor's pager"
+//! version = "1.0.0"
+//! description = "Reactions to robots."
 //! ```
+//!
+//! A `schema` path is relative to the file's directory. The schema is read
+//! and compiled with the file, so `--check` reports a missing or invalid one;
+//! payloads that do not match it are dead-lettered at once (the worker
+//! library's `Route::schema`).
 //!
 //! Everything that can be checked before the first message is checked when
 //! the file is read (so `--check` reports it too), each error one line naming
@@ -23,12 +34,12 @@
 //! `find_cycle`, which `Worker::start` applies as well).
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
-use switchboard::worker::{find_cycle, Context, DeadLetterSubject, HandlerError, Route};
+use switchboard::worker::{find_cycle, Context, DeadLetterSubject, HandlerError, Route, Schema};
 use switchboard::{Pattern, QueueGroup, Subject};
 use toml::Spanned;
 
@@ -39,6 +50,20 @@ pub(crate) struct Config {
     pub(crate) routes: Vec<RouteConfig>,
     /// How long in-flight actions may take to finish at shutdown, if set in the file.
     pub(crate) grace_period: Option<Duration>,
+    /// The `[asyncapi]` table: what `--asyncapi` says about the file.
+    pub(crate) asyncapi: AsyncApiInfo,
+}
+
+/// The `[asyncapi]` table of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AsyncApiInfo {
+    /// The document's title (default: the file's name).
+    pub(crate) title: Option<String>,
+    /// The API's version (default: 0.0.0).
+    pub(crate) version: Option<String>,
+    /// What the reactions are for.
+    pub(crate) description: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -48,6 +73,8 @@ struct File {
     route: Vec<Spanned<RawRoute>>,
     #[serde(default, deserialize_with = "grace_period")]
     grace_period: Option<Duration>,
+    #[serde(default)]
+    asyncapi: AsyncApiInfo,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +100,8 @@ struct RawRoute {
     publish: Option<String>,
     #[serde(default)]
     log: Option<bool>,
+    #[serde(default)]
+    schema: Option<Spanned<PathBuf>>,
 }
 
 /// One route of the file, checked.
@@ -88,6 +117,8 @@ pub(crate) struct RouteConfig {
     pub(crate) timeout: Option<Duration>,
     /// `None`: the default, `dlq.{subject}`.
     pub(crate) dead_letter: Option<DeadLetter>,
+    /// The payload schema, read and compiled.
+    pub(crate) schema: Option<Schema>,
     pub(crate) action: Action,
 }
 
@@ -139,7 +170,26 @@ impl RouteConfig {
         if let Action::Publish(template) = &self.action {
             route = route.publishes_to(template.as_str());
         }
-        route
+        if let Some(schema) = &self.schema {
+            route = route.schema(schema.clone());
+        }
+        route.describe(self.action.describe())
+    }
+}
+
+impl Action {
+    /// What the action does, in words (the route's AsyncAPI description).
+    /// An `exec` is named by its program alone: its arguments may hold
+    /// secrets, and the document is meant to be shared.
+    fn describe(&self) -> String {
+        match self {
+            Action::Exec(argv) => format!(
+                "Runs `{}` with the payload on stdin.",
+                argv.first().map(String::as_str).unwrap_or("")
+            ),
+            Action::Publish(template) => format!("Forwards the message to `{template}`."),
+            Action::Log => "Prints the message on stdout.".to_string(),
+        }
     }
 }
 
@@ -148,11 +198,20 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<Config> {
     let text = std::fs::read_to_string(path).map_err(|error| {
         anyhow::anyhow!("{}: cannot read the worker config: {error}", path.display())
     })?;
-    parse(&path.display().to_string(), &text)
+    let base = path.parent().unwrap_or(Path::new(""));
+    parse_in(&path.display().to_string(), &text, base)
 }
 
-/// Parses and checks a reactions file; `name` is used in error messages.
+/// Parses and checks a reactions file; `name` is used in error messages,
+/// `schema` paths are relative to the current directory.
+#[cfg(test)]
 pub(crate) fn parse(name: &str, text: &str) -> anyhow::Result<Config> {
+    parse_in(name, text, Path::new(""))
+}
+
+/// Parses and checks a reactions file; `name` is used in error messages,
+/// `schema` paths are relative to `base`.
+pub(crate) fn parse_in(name: &str, text: &str, base: &Path) -> anyhow::Result<Config> {
     let fail = |span: Option<Range<usize>>, message: &str| {
         let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
         match span {
@@ -202,6 +261,15 @@ pub(crate) fn parse(name: &str, text: &str) -> anyhow::Result<Config> {
                 ))
             }
         };
+        let schema = match raw.schema {
+            Some(path) => {
+                let at = path.span();
+                let compiled = Schema::from_file(base.join(path.into_inner()))
+                    .map_err(|error| fail(Some(at), &error.to_string()))?;
+                Some(compiled)
+            }
+            None => None,
+        };
         routes.push(RouteConfig {
             line: line_of(text, span.start),
             on: raw.on,
@@ -211,6 +279,7 @@ pub(crate) fn parse(name: &str, text: &str) -> anyhow::Result<Config> {
             backoff: raw.backoff,
             timeout: raw.timeout,
             dead_letter: raw.dead_letter,
+            schema,
             action,
         });
     }
@@ -218,6 +287,7 @@ pub(crate) fn parse(name: &str, text: &str) -> anyhow::Result<Config> {
     Ok(Config {
         routes,
         grace_period: file.grace_period,
+        asyncapi: file.asyncapi,
     })
 }
 
@@ -481,6 +551,30 @@ dead_letter = false
         assert_eq!(first.dead_letter, Some(DeadLetter::To("dlq.alerts".into())));
         assert_eq!(config.routes[2].dead_letter, Some(DeadLetter::Off));
         assert_eq!(config.routes[1].dead_letter, None);
+    }
+
+    #[test]
+    fn schemas_are_read_from_the_files_directory() {
+        let dir = std::env::temp_dir().join(format!("sb-config-schema-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("alert.schema.json"), r#"{ "type": "object" }"#).unwrap();
+        let text = "[asyncapi]\ntitle = \"Pager\"\n\n[[route]]\non = \"a\"\nlog = true\nschema = \"alert.schema.json\"\n";
+        let config = parse_in("r.toml", text, &dir).unwrap();
+        assert_eq!(config.routes[0].schema.as_ref().unwrap().name(), "alert");
+        assert_eq!(config.asyncapi.title.as_deref(), Some("Pager"));
+        let message = parse("r.toml", text).unwrap_err().to_string();
+        assert!(
+            message.starts_with("r.toml:7: schema file alert.schema.json: cannot read it"),
+            "{message}"
+        );
+        let message = parse_in("r.toml", "[asyncapi]\ntitel = \"x\"\n", &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("r.toml:2: unknown field `titel`"),
+            "{message}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
