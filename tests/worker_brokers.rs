@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use switchboard::worker::{
@@ -23,6 +23,7 @@ use switchboard::worker::{
     ORIGINAL_SUBJECT_HEADER, PERMANENT_HEADER,
 };
 use switchboard::{AnyBroker, Message};
+use switchboard_testkit::unique;
 
 async fn broker_or_skip(kind: &str, env: &str, default: &str, test: &str) -> Option<AnyBroker> {
     let url = switchboard_conformance::broker_url(env, default);
@@ -37,14 +38,6 @@ async fn broker_or_skip(kind: &str, env: &str, default: &str, test: &str) -> Opt
             None
         }
     }
-}
-
-fn unique(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("wb{}x{nanos}x{tag}", std::process::id())
 }
 
 /// Starts `worker`, publishes "work" to `<prefix>.jobs.a` and waits until the worker stops.

@@ -8,7 +8,8 @@ use lapin::ErrorKind;
 use switchboard_core::{BoxError, ConnectKind, Error};
 use switchboard_tls::TlsFailure;
 
-use crate::config::Config;
+use crate::options::Config;
+use crate::KIND;
 
 /// A lapin error as a `source`: shown without the text of the error under it
 /// (`IO error` rather than `IO error: connection refused`), which is its own
@@ -44,6 +45,24 @@ impl fmt::Debug for ClientError {
 impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         std::error::Error::source(&self.0)
+    }
+}
+
+impl Config {
+    /// A connect error for this URL (password redacted).
+    pub(crate) fn connect_error(
+        &self,
+        kind: ConnectKind,
+        reason: impl fmt::Display,
+        source: Option<BoxError>,
+    ) -> Error {
+        Error::Connect {
+            broker: KIND,
+            url: self.redacted.clone(),
+            kind,
+            reason: reason.to_string(),
+            source,
+        }
     }
 }
 
@@ -144,4 +163,45 @@ fn tls_failed(address: &str) -> String {
     format!(
         "the TLS handshake with {address} failed; use amqps:// only on a TLS port (usually 5671), and check the certificate"
     )
+}
+
+/// Declaring (or, for `amq.*`, checking) the exchange failed.
+pub(crate) fn exchange_error(config: &Config, exchange: &str, error: lapin::Error) -> Error {
+    let (kind, reason) = match amqp_error(&error) {
+        Some(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) => (ConnectKind::Protocol, format!(
+            "exchange `{exchange}` does not exist; names starting with amq. are reserved, use amq.topic or another name switchboard can declare"
+        )),
+        Some(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) => (ConnectKind::Protocol, format!(
+            "exchange `{exchange}` exists but is not a durable topic exchange; switchboard needs a topic exchange, use another ?exchange="
+        )),
+        Some(AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)) => (ConnectKind::Auth, format!(
+            "user `{}` may not declare exchange `{exchange}`; grant configure permission or use amq.topic",
+            config.uri.authority.userinfo.username
+        )),
+        _ => (ConnectKind::Other, format!("cannot declare exchange `{exchange}`")),
+    };
+    config.connect_error(kind, reason, Some(ClientError::boxed(error)))
+}
+
+/// Declaring, binding or consuming a subscription's queue failed.
+pub(crate) fn declare_error(config: &Config, pattern: &str, error: lapin::Error) -> Error {
+    let reason = match amqp_error(&error) {
+        Some(AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)) => format!(
+            "user `{}` may not declare, bind or consume the queue; grant configure/read permissions on the vhost",
+            config.uri.authority.userinfo.username
+        ),
+        Some(AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)) => {
+            "the queue is exclusive to another connection".to_string()
+        }
+        Some(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) => {
+            "a queue of the same name exists with other settings (switchboard declares group queues non-durable and auto-delete)".to_string()
+        }
+        _ => "declaring, binding or consuming the queue failed".to_string(),
+    };
+    Error::Subscribe {
+        broker: KIND,
+        pattern: pattern.to_string(),
+        reason,
+        source: Some(ClientError::boxed(error)),
+    }
 }

@@ -4,15 +4,34 @@
 //! # #[tokio::main]
 //! # async fn main() -> switchboard_core::Result<()> {
 //! use futures::StreamExt;
-//! use switchboard_core::{Message, Publisher, Subscriber};
+//! use switchboard_core::{Publisher, PublisherExt, SubscriberExt};
 //! let broker = switchboard_amqp::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
-//! let mut alerts = broker.subscribe(&"alerts.>".parse()?).await?;
-//! broker.publish(Message::new("alerts.cpu", "CPU at 98%")?).await?;
+//! let mut alerts = broker.subscribe_to("alerts.>").await?;
+//! broker.publish_to("alerts.cpu", "CPU at 98%").await?;
 //! broker.flush().await?; // the broker confirmed it
-//! let mut delivery = alerts.next().await.expect("a delivery")?;
-//! delivery.ack().await?;
+//! // An `Err` item says the subscription lost its channel (it resubscribes)
+//! // or a routing key was not a subject: report it and go on.
+//! while let Some(item) = alerts.next().await {
+//!     match item {
+//!         Ok(mut delivery) => {
+//!             println!("{:?}", delivery.payload_str());
+//!             if let Err(error) = delivery.ack().await {
+//!                 eprintln!("warning: {error}");
+//!             }
+//!         }
+//!         Err(error) => eprintln!("warning: {error}"),
+//!     }
+//! }
 //! # Ok(()) }
 //! ```
+//!
+//! The crate has the layout of every switchboard adapter: `options` (the
+//! [`AmqpOptions`] builder and URL parsing), `connection` (the connection and
+//! its publishing channel, opened again after a loss), `broker`
+//! ([`AmqpBroker`]), `publisher` (the confirm window), `subscription`
+//! (queues, consumers and acknowledgements), `wire` (subjects, patterns and
+//! headers in AMQP terms), `error` (lapin errors as switchboard errors) and
+//! `tls`; [`DRIVER`] is its entry for `switchboard::connect`.
 //!
 //! # URLs
 //!
@@ -28,7 +47,7 @@
 //! | parameter | meaning | default |
 //! |---|---|---|
 //! | `connect_timeout` | time allowed for connecting, reconnecting, declaring a subscription (`5s`, `500ms`) | 5 s |
-//! | `flush_timeout` | how long `flush` (and `close`) wait for the broker's confirms | 10 s |
+//! | `flush_timeout` | how long `flush` waits for the broker's confirms; also bounds `close` and `Subscription::close` | 10 s |
 //! | `name` | the name RabbitMQ shows for the connection | `switchboard` |
 //! | `keepalive` | a connection silent this long is declared dead: the AMQP heartbeat, at half of it in whole seconds; `off` takes the broker's (RabbitMQ: 60 s, so about 2 minutes) | 15 s |
 //! | `exchange` | the topic exchange published to and bound to; another name is declared (durable, topic) if missing; other `amq.*` names are refused | `amq.topic` |
@@ -44,7 +63,9 @@
 //! `connection_name` still work. Any other parameter, or a `%` that is not a
 //! percent-escape (in the user, password, vhost or query), is an error naming
 //! it. [`AmqpOptions`] with [`AmqpBroker::connect_with`] sets the same from
-//! code; the URL wins.
+//! code (builder methods named after the options, public fields to read them,
+//! as on every switchboard adapter), plus
+//! [`reconnect_backoff`](AmqpOptions::reconnect_backoff); the URL wins.
 //!
 //! # TLS
 //!
@@ -155,7 +176,8 @@
 //!
 //! Each subscription whose channel or connection is lost yields one
 //! [`Error::Disconnected`](switchboard_core::Error::Disconnected) item, then
-//! reconnects with backoff (100 ms doubling to 5 s) and declares its queue,
+//! reconnects with backoff (100 ms doubling to 5 s,
+//! [`AmqpOptions::reconnect_backoff`]) and declares its queue,
 //! binding and consumer again, logging one line when it is back
 //! (`amqp: resubscribed to 'alerts.>' after 1.2s`; failed attempts only at
 //! debug level); the stream goes on. Messages published while it was away are
@@ -167,12 +189,16 @@
 //! dropped NAT entry) is noticed by the AMQP heartbeat: with `keepalive=D`
 //! (15 s by default) the heartbeat is `D/2`, and lapin gives the connection up
 //! after two heartbeats without a frame, so after about `D`;
-//! [`Broker::status`](switchboard_core::Broker::status) says so at once, and
+//! [`Broker::status`] says so at once, and
 //! every subscription reports and resubscribes as above.
 //!
 //! `close` flushes, then closes the connection (which cancels every consumer
 //! and requeues what was not acknowledged); every subscription's stream ends.
 //! Publishing afterwards fails with `Error::Closed`; closing twice is fine.
+//! Nothing waits forever on a frozen link: `close` as a whole, and
+//! `Subscription::close` (which closes the subscription's channel), give up
+//! after `flush_timeout` (the latter with
+//! [`Error::Timeout`](switchboard_core::Error::Timeout)).
 //!
 //! # Capabilities
 //!
@@ -187,28 +213,42 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 mod broker;
-mod config;
+mod connection;
 mod error;
+mod options;
+mod publisher;
 mod subscription;
 mod tls;
 mod wire;
 
+use std::sync::Arc;
+
 pub use broker::AmqpBroker;
-pub use config::{
+pub use options::{
     AmqpOptions, DEFAULT_CONFIRM_WINDOW, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EXCHANGE,
-    DEFAULT_FLUSH_TIMEOUT, DEFAULT_KEEPALIVE, DEFAULT_MAX_PAYLOAD, DEFAULT_PREFETCH, QUERY_PARAMS,
+    DEFAULT_FLUSH_TIMEOUT, DEFAULT_KEEPALIVE, DEFAULT_MAX_PAYLOAD, DEFAULT_NAME, DEFAULT_PREFETCH,
+    QUERY_KEYS,
 };
 pub use subscription::GROUP_QUEUE_PREFIX;
 /// TLS settings for [`tls`](AmqpOptions::tls), the same on every adapter.
 pub use switchboard_tls::TlsOptions;
 
-use switchboard_core::Result;
+use switchboard_core::{Broker, Driver, Result};
 
-/// The broker kind this adapter reports.
-pub const BROKER: &str = "amqp";
+/// The broker kind, as [`Broker::kind`] returns it.
+pub const KIND: &str = "amqp";
 
-/// The URL schemes this adapter connects to.
+/// The URL schemes this adapter connects to: `amqp` and `amqps` (TLS).
 pub const SCHEMES: &[&str] = &["amqp", "amqps"];
+
+/// The URL the bare kind `amqp` stands for: the local RabbitMQ as `guest`, vhost `/`.
+pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// This adapter's entry for the `switchboard` facade's registry (registered
+/// there when its `amqp` feature is on).
+pub const DRIVER: Driver = Driver::new(KIND, SCHEMES, DEFAULT_URL, |url| {
+    Box::pin(async move { Ok(Arc::new(connect(url).await?) as Arc<dyn Broker>) })
+});
 
 /// Connects to the AMQP broker at `url` with the default [`AmqpOptions`]
 /// (the URL's query parameters applied). See the [crate docs](crate).
@@ -220,5 +260,5 @@ pub const SCHEMES: &[&str] = &["amqp", "amqps"];
 /// # Ok(()) }
 /// ```
 pub async fn connect(url: &str) -> Result<AmqpBroker> {
-    AmqpBroker::connect_with(url, AmqpOptions::default()).await
+    AmqpBroker::connect_with(url, AmqpOptions::new()).await
 }

@@ -4,7 +4,6 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
@@ -15,20 +14,17 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, Channel, Consumer};
 use switchboard_core::{
-    async_trait, Acknowledge, Bytes, Delivery, Error, Message, Pattern, QueueGroup, Result,
-    Subject, Subscription, SubscriptionLink,
+    async_trait, Acknowledge, Attempts, Bytes, Delivery, Error, Message, Pattern, QueueGroup,
+    Result, Subject, Subscription, SubscriptionLink,
 };
 use tokio::sync::watch;
 
-use crate::broker::Inner;
-use crate::error::{amqp_error, ClientError};
-use crate::{wire, BROKER};
+use crate::connection::Sessions;
+use crate::error::{amqp_error, declare_error};
+use crate::{wire, KIND};
 
 /// The prefix of a queue group's queue name: `switchboard.group.<group>@<exchange>`.
 pub const GROUP_QUEUE_PREFIX: &str = "switchboard.group.";
-
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// What to declare, bind and consume, again after every reconnect.
 struct Topology {
@@ -50,12 +46,12 @@ fn set_current(current: &Current, channel: Option<Channel>) {
 }
 
 pub(crate) async fn subscribe(
-    inner: Arc<Inner>,
+    inner: Arc<Sessions>,
     pattern: Pattern,
     group: Option<QueueGroup>,
 ) -> Result<Subscription> {
     if inner.is_closed() {
-        return Err(Error::Closed { broker: BROKER });
+        return Err(Error::Closed { broker: KIND });
     }
     let binding = wire::binding_key(&pattern)?;
     let group_queue = match &group {
@@ -82,26 +78,29 @@ pub(crate) async fn subscribe(
         .map_err(|error| match error {
             Error::Closed { .. } | Error::Subscribe { .. } => error,
             error => Error::Subscribe {
-                broker: BROKER,
+                broker: KIND,
                 pattern: pattern.to_string(),
                 reason: "not connected, and connecting failed".to_string(),
                 source: Some(Box::new(error)),
             },
         })?;
+    let backoff = inner.config.options.reconnect_backoff.attempts();
     let state = State {
         closed: inner.closed_signal(),
-        link: SubscriptionLink::new(BROKER, &pattern),
+        link: SubscriptionLink::new(KIND, &pattern),
         inner,
         topology,
         consumer: Some(consumer),
         current: current.clone(),
-        backoff: BACKOFF_START,
+        backoff,
         dropped_unsettled: Arc::default(),
     };
+    let close_timeout = state.inner.config.options.flush_timeout;
     let stream = futures::stream::unfold(state, |mut state| async move {
         let item = state.next_item().await?;
         Some((item, state))
     });
+    let closing = pattern.clone();
     Ok(
         Subscription::new(pattern, group, stream).with_close(move || {
             Box::pin(async move {
@@ -112,16 +111,24 @@ pub(crate) async fn subscribe(
                     };
                     guard.take()
                 };
-                if let Some(channel) = channel {
-                    if channel.status().connected() {
-                        // Closing the channel cancels the consumer; the server
-                        // requeues what was delivered and not acknowledged.
-                        if let Err(error) = channel.close(200, "OK".into()).await {
-                            tracing::debug!(%error, "closing a subscription's AMQP channel");
-                        }
+                let Some(channel) = channel.filter(|c| c.status().connected()) else {
+                    return Ok(());
+                };
+                // Closing the channel cancels the consumer; the server
+                // requeues what was delivered and not acknowledged. A frozen
+                // link never confirms: the wait is bounded, as on every broker.
+                match tokio::time::timeout(close_timeout, channel.close(200, "OK".into())).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "closing a subscription's AMQP channel");
+                        Ok(())
                     }
+                    Err(_) => Err(Error::Timeout {
+                        broker: KIND,
+                        operation: format!("unsubscribing from {:?}", closing.as_str()),
+                        after: close_timeout,
+                    }),
                 }
-                Ok(())
             })
         }),
     )
@@ -129,7 +136,7 @@ pub(crate) async fn subscribe(
 
 /// Opens a channel, sets the prefetch, declares and binds the queue and starts
 /// consuming; resolves once the server confirmed each step.
-async fn declare(inner: &Inner, topology: &Topology, current: &Current) -> Result<Consumer> {
+async fn declare(inner: &Sessions, topology: &Topology, current: &Current) -> Result<Consumer> {
     let timeout = inner.config.options.connect_timeout;
     let mut attempt = 0;
     loop {
@@ -191,7 +198,7 @@ async fn declare(inner: &Inner, topology: &Topology, current: &Current) -> Resul
             Ok(Err(error)) => error,
             Err(_) => {
                 return Err(Error::Timeout {
-                    broker: BROKER,
+                    broker: KIND,
                     operation: format!(
                         "declaring and binding the queue for {:?}",
                         topology.pattern.as_str()
@@ -209,35 +216,21 @@ async fn declare(inner: &Inner, topology: &Topology, current: &Current) -> Resul
         if vanished && attempt < 3 {
             continue;
         }
-        let reason = match amqp_error(&error) {
-            Some(AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)) => format!(
-                "user `{}` may not declare, bind or consume the queue; grant configure/read permissions on the vhost",
-                inner.config.uri.authority.userinfo.username
-            ),
-            Some(AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)) => {
-                "the queue is exclusive to another connection".to_string()
-            }
-            Some(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) => {
-                "a queue of the same name exists with other settings (switchboard declares group queues non-durable and auto-delete)".to_string()
-            }
-            _ => "declaring, binding or consuming the queue failed".to_string(),
-        };
-        return Err(Error::Subscribe {
-            broker: BROKER,
-            pattern: topology.pattern.to_string(),
-            reason,
-            source: Some(ClientError::boxed(error)),
-        });
+        return Err(declare_error(
+            &inner.config,
+            topology.pattern.as_str(),
+            error,
+        ));
     }
 }
 
 struct State {
-    inner: Arc<Inner>,
+    inner: Arc<Sessions>,
     topology: Topology,
     consumer: Option<Consumer>,
     current: Current,
     closed: watch::Receiver<bool>,
-    backoff: Duration,
+    backoff: Attempts,
     /// Set once a delivery of this subscription was dropped unsettled (warned once).
     dropped_unsettled: Arc<AtomicBool>,
     /// The subscription's outages, for the one "resubscribed" log line.
@@ -271,7 +264,7 @@ impl State {
             }
             self.link.lost(&reason);
             return Some(Err(Error::Disconnected {
-                broker: BROKER,
+                broker: KIND,
                 reason: format!(
                     "the subscription to '{}' lost its channel ({reason}); resubscribing. Messages published until it is back may be missed",
                     self.topology.pattern
@@ -283,18 +276,21 @@ impl State {
     /// Declares the topology again, with backoff; `None` once the broker is closed.
     async fn resubscribe(&mut self) -> Option<()> {
         loop {
-            match declare(&self.inner, &self.topology, &self.current).await {
+            let delay = match declare(&self.inner, &self.topology, &self.current).await {
                 Ok(consumer) => {
                     self.link.resubscribed();
                     self.consumer = Some(consumer);
-                    self.backoff = BACKOFF_START;
+                    self.backoff.succeeded();
                     return Some(());
                 }
                 Err(Error::Closed { .. }) => return None,
-                Err(error) => self.link.retry_failed(&error, self.backoff),
-            }
-            let sleep = tokio::time::sleep(self.backoff);
-            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                Err(error) => {
+                    let delay = self.backoff.failed();
+                    self.link.retry_failed(&error, delay);
+                    delay
+                }
+            };
+            let sleep = tokio::time::sleep(delay);
             tokio::select! {
                 _ = sleep => {}
                 _ = self.closed.wait_for(|closed| *closed) => return None,
@@ -386,7 +382,7 @@ impl fmt::Debug for AmqpAcker {
 impl AmqpAcker {
     fn error(&self, action: &'static str, reason: String) -> Error {
         Error::Ack {
-            broker: BROKER,
+            broker: KIND,
             action,
             subject: self.subject.to_string(),
             reason,
@@ -438,7 +434,7 @@ impl Acknowledge for AmqpAcker {
 
     async fn nack_with_delay(self: Box<Self>, _delay: std::time::Duration) -> Result<()> {
         Err(Error::unsupported(
-            BROKER,
+            KIND,
             "delayed redelivery (nack with a delay)",
         ))
     }

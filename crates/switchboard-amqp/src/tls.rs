@@ -1,5 +1,5 @@
-//! TLS for AMQP: the shared `ca`, `cert`, `key` and `tls_server_name` URL
-//! keys, and opening `amqps://` connections with switchboard's rustls
+//! TLS for AMQP: the configuration of `amqps://` URLs (the shared `ca`,
+//! `cert`, `key` and `tls_server_name` keys), and opening `amqps://` connections with switchboard's rustls
 //! configuration instead of lapin's default one.
 
 use std::sync::Arc;
@@ -10,8 +10,8 @@ use lapin::{Connection, ConnectionProperties};
 use switchboard_core::{ConnectKind, Error, Result};
 use switchboard_tls::rustls::ClientConfig;
 
-use crate::config::AmqpOptions;
-use crate::BROKER;
+use crate::options::AmqpOptions;
+use crate::KIND;
 
 /// How `amqps://` connections are opened: built once when the URL is read,
 /// reused on every reconnection.
@@ -20,20 +20,6 @@ pub(crate) struct TlsTarget {
     config: Arc<ClientConfig>,
     /// The name verified and sent as SNI: `tls_server_name` or the URL's host.
     name: String,
-}
-
-/// Applies one of the shared TLS query keys (see [`switchboard_tls::QUERY_KEYS`]);
-/// `Ok(false)` if `key` is not one.
-pub(crate) fn apply_tls_parameter(
-    url: &str,
-    options: &mut AmqpOptions,
-    key: &str,
-    value: &str,
-) -> Result<bool> {
-    options
-        .tls
-        .apply_query(key, value)
-        .map_err(|e| Error::invalid_url(url, e))
 }
 
 /// The TLS configuration for `amqps://` (the files are read now); `None` for
@@ -47,13 +33,10 @@ pub(crate) fn tls_target(
     host: &str,
 ) -> Result<Option<TlsTarget>> {
     let tls = &options.tls;
-    tls.check().map_err(|e| Error::invalid_url(url, e))?;
+    tls.check_url(url)?;
     if scheme == AMQPScheme::AMQP {
         if tls_in_url {
-            return Err(Error::invalid_url(
-                url,
-                "TLS settings (ca, cert, key, tls_server_name) need TLS: write amqps:// instead of amqp://",
-            ));
+            return Err(switchboard_tls::keys_need_tls(url, "amqps://", "amqp://"));
         }
         return Ok(None);
     }
@@ -64,7 +47,7 @@ pub(crate) fn tls_target(
         .into_owned();
     let config = tls
         .client_config()
-        .map_err(|e| Error::connect(BROKER, url, ConnectKind::Tls, e, None))?;
+        .map_err(|e| Error::connect(KIND, url, ConnectKind::Tls, e, None))?;
     Ok(Some(TlsTarget { config, name }))
 }
 

@@ -4,7 +4,7 @@
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use switchboard_core::{Error, Headers, Pattern, Token};
 
-use crate::BROKER;
+use crate::KIND;
 
 /// The binding key for `pattern`: literals and `*` as they are, a trailing `>`
 /// as `*.#` (one or more tokens: `#` alone would also match zero).
@@ -20,7 +20,7 @@ pub(crate) fn binding_key(pattern: &Pattern) -> Result<ShortString, Error> {
         .collect::<Vec<_>>()
         .join(".");
     ShortString::try_new(key).map_err(|_| Error::Subscribe {
-        broker: BROKER,
+        broker: KIND,
         pattern: pattern.to_string(),
         reason: "the AMQP binding key (a trailing `>` becomes `*.#`) is longer than 255 bytes; use a shorter pattern".to_string(),
         source: None,

@@ -27,15 +27,6 @@ fn with_params(url: &str, params: &str) -> String {
     format!("{url}{sep}{params}")
 }
 
-/// A subject prefix no other run shares.
-fn prefix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("t{}x{}", std::process::id(), nanos % 1_000_000_000_000)
-}
-
 /// Connects, or says why the test is skipped (fails instead when brokers are required).
 async fn broker_at(url: &str) -> Option<AmqpBroker> {
     match switchboard_amqp::connect(url).await {
@@ -82,7 +73,8 @@ async fn nothing_more(sub: &mut Subscription) {
 #[tokio::test]
 async fn raw_publish_with_headers_arrives_as_headers_and_exact_bytes() {
     let broker = broker_or_skip!();
-    let p = prefix();
+    let p =
+        switchboard_testkit::unique("raw_publish_with_headers_arrives_as_headers_and_exact_bytes");
     let mut sub = broker
         .subscribe(&format!("{p}.raw.>").parse().unwrap())
         .await
@@ -125,7 +117,7 @@ async fn raw_publish_with_headers_arrives_as_headers_and_exact_bytes() {
 #[tokio::test]
 async fn switchboard_publish_is_plain_amqp_to_a_raw_consumer() {
     let broker = broker_or_skip!();
-    let p = prefix();
+    let p = switchboard_testkit::unique("switchboard_publish_is_plain_amqp_to_a_raw_consumer");
     let raw = raw_connection().await;
     let channel = raw.create_channel().await.unwrap();
     let queue = channel
@@ -210,7 +202,7 @@ async fn switchboard_publish_is_plain_amqp_to_a_raw_consumer() {
 #[tokio::test]
 async fn tail_wildcard_needs_a_token_and_literal_hash_is_literal() {
     let broker = broker_or_skip!();
-    let p = prefix();
+    let p = switchboard_testkit::unique("tail_wildcard_needs_a_token_and_literal_hash_is_literal");
     let mut tail = broker
         .subscribe(&format!("{p}.a.>").parse().unwrap())
         .await
@@ -247,7 +239,7 @@ async fn tail_wildcard_needs_a_token_and_literal_hash_is_literal() {
 #[tokio::test]
 async fn nack_redelivers_and_reject_drops() {
     let broker = broker_or_skip!();
-    let p = prefix();
+    let p = switchboard_testkit::unique("nack_redelivers_and_reject_drops");
     let mut sub = broker
         .subscribe(&format!("{p}.n").parse().unwrap())
         .await
@@ -271,7 +263,7 @@ async fn nack_redelivers_and_reject_drops() {
 #[tokio::test]
 async fn a_dropped_delivery_is_not_acknowledged() {
     let broker = broker_or_skip!();
-    let p = prefix();
+    let p = switchboard_testkit::unique("a_dropped_delivery_is_not_acknowledged");
     let pattern = format!("{p}.d").parse().unwrap();
     let group = format!("{p}-g").parse().unwrap();
     let mut first = broker.subscribe_group(&pattern, &group).await.unwrap();
@@ -307,7 +299,7 @@ async fn publish_numbered(broker: &AmqpBroker, subject: &str, tag: &str, n: usiz
 #[tokio::test]
 async fn dropped_deliveries_fill_the_prefetch_window() {
     let broker = broker_or_skip!(&with_params(&url(), "prefetch=3"));
-    let p = prefix();
+    let p = switchboard_testkit::unique("dropped_deliveries_fill_the_prefetch_window");
     let mut sub = broker
         .subscribe(&format!("{p}.w").parse().unwrap())
         .await
@@ -342,7 +334,7 @@ async fn dropped_deliveries_fill_the_prefetch_window() {
 #[tokio::test]
 async fn queue_group_members_share_and_fan_out_still_gets_all() {
     let broker = broker_or_skip!();
-    let p = prefix();
+    let p = switchboard_testkit::unique("queue_group_members_share_and_fan_out_still_gets_all");
     let pattern = format!("{p}.q.*").parse().unwrap();
     let group = "workers".parse().unwrap();
     let mut a = broker.subscribe_group(&pattern, &group).await.unwrap();
@@ -401,13 +393,16 @@ fn kill_connection(name: &str) -> bool {
 
 #[tokio::test]
 async fn lost_connection_is_reported_and_recovered() {
-    let name = format!("switchboard-test-{}", prefix());
+    let name = format!(
+        "switchboard-test-{}",
+        switchboard_testkit::unique("lost_connection_is_reported_and_recovered")
+    );
     let broker = broker_or_skip!(&with_params(&url(), &format!("connection_name={name}")));
     if rabbitmqctl(&["status"]).is_none() {
         println!("skipped: rabbitmqctl cannot reach the broker to close connections");
         return;
     }
-    let p = prefix();
+    let p = switchboard_testkit::unique("lost_connection_is_reported_and_recovered");
     let mut sub = broker
         .subscribe(&format!("{p}.r.>").parse().unwrap())
         .await
@@ -561,7 +556,7 @@ async fn unresponsive_port_times_out() {
 
 #[tokio::test]
 async fn own_exchange_is_declared_and_used() {
-    let p = prefix();
+    let p = switchboard_testkit::unique("own_exchange_is_declared_and_used");
     let broker = broker_or_skip!(&with_params(
         &url(),
         &format!("exchange=switchboard.test.{p}")
@@ -592,7 +587,7 @@ async fn own_exchange_is_declared_and_used() {
 #[tokio::test]
 async fn close_ends_subscriptions_and_refuses_publishing() {
     let broker = broker_or_skip!();
-    let p = prefix();
+    let p = switchboard_testkit::unique("close_ends_subscriptions_and_refuses_publishing");
     let mut sub = broker
         .subscribe(&format!("{p}.c").parse().unwrap())
         .await
@@ -653,7 +648,7 @@ async fn publish_throughput_vs_raw_lapin() {
     let batches = 10;
     let batch = n / batches;
     let broker = broker_or_skip!();
-    let p = prefix();
+    let p = switchboard_testkit::unique("publish_throughput_vs_raw_lapin");
     let payload = vec![7u8; 64];
     let raw = raw_connection().await;
     let channel = raw.create_channel().await.unwrap();

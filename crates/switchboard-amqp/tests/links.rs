@@ -124,6 +124,46 @@ async fn flush_is_bounded_by_its_timeout_and_keeps_counting() {
     broker.close().await.unwrap();
 }
 
+/// Far above the flush timeout the test sets: past it, the call hangs.
+const HANG: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn closing_over_a_frozen_link_is_bounded_by_the_flush_timeout() {
+    let Some((direct, address)) = broker_address().await else {
+        return;
+    };
+    direct.close().await.unwrap();
+    let proxy = TcpProxy::start(address);
+    // No heartbeat of ours: RabbitMQ's (60 s) would end the wait otherwise.
+    let broker =
+        switchboard_amqp::connect(&url_at(&proxy.address(), "keepalive=off&flush_timeout=1s"))
+            .await
+            .unwrap();
+    let subject = unique("closefrozen");
+    let sub = broker.subscribe(&subject.parse().unwrap()).await.unwrap();
+
+    proxy.freeze();
+    let started = Instant::now();
+    let closed = timeout(HANG, sub.close())
+        .await
+        .expect("Subscription::close is bounded");
+    eprintln!(
+        "Subscription::close after {:?}: {closed:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(&closed, Err(Error::Timeout { broker: "amqp", .. })),
+        "{closed:?}"
+    );
+    let started = Instant::now();
+    let closed = timeout(HANG, broker.close())
+        .await
+        .expect("Broker::close is bounded");
+    eprintln!("Broker::close after {:?}: {closed:?}", started.elapsed());
+    assert!(!broker.status().connected);
+    proxy.thaw();
+}
+
 #[tokio::test]
 async fn a_routing_key_that_is_not_a_subject_is_an_error_item_and_the_stream_goes_on() {
     let Some((broker, _)) = broker_address().await else {

@@ -164,6 +164,10 @@ pub(crate) enum RunError {
     /// `redis-benchmark` printed something other than its CSV.
     #[error("cannot read its output: {0}")]
     RedisBenchmarkOutput(String),
+    /// The server wants the password, which `redis-benchmark` was given only
+    /// in `REDISCLI_AUTH` (on its command line `ps` would show it) and did not read.
+    #[error("the server refused it without a password ({0}): it gets the URL's password in REDISCLI_AUTH, never with -a where `ps` would show it, and this redis-benchmark does not read REDISCLI_AUTH")]
+    RedisBenchmarkAuth(String),
 }
 
 impl RunError {

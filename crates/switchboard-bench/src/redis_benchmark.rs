@@ -34,33 +34,57 @@ pub(crate) async fn run(target: &Target, size: usize, msgs: u64) -> Row {
     row
 }
 
-/// Host, port and password of a `redis://[user[:password]@]host[:port][/db]` URL.
-fn endpoint(url: &str) -> (String, String, Option<String>) {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
-    let password = userinfo
-        .map(|u| u.split_once(':').map_or(u, |(_, p)| p).to_string())
-        .filter(|p| !p.is_empty());
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !p.is_empty() => (h, p),
-        _ => (hostport, "6379"),
-    };
-    let host = if host.is_empty() { "127.0.0.1" } else { host };
-    (host.to_string(), port.to_string(), password)
+/// Where `redis-benchmark` connects: a `redis://[[user]:password@]host[:port]`
+/// URL read with the same parsing and strict percent-decoding as the adapter's.
+#[derive(Debug, PartialEq, Eq)]
+struct Endpoint {
+    host: String,
+    port: u16,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+impl Endpoint {
+    fn parse(url: &str) -> Result<Self, RunError> {
+        let parsed = url::Url::parse(url).map_err(|e| switchboard::Error::invalid_url(url, e))?;
+        let user = match parsed.username() {
+            "" => None,
+            user => Some(switchboard::options::decode(url, "user name", user)?),
+        };
+        let password = parsed
+            .password()
+            .map(|p| switchboard::options::decode(url, "password", p))
+            .transpose()?;
+        Ok(Endpoint {
+            host: parsed
+                .host_str()
+                .filter(|h| !h.is_empty())
+                .unwrap_or("127.0.0.1")
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: parsed.port().unwrap_or(6379),
+            user,
+            password,
+        })
+    }
 }
 
 async fn measure(url: &str, size: usize, msgs: u64) -> Result<f64, RunError> {
-    let (host, port, password) = endpoint(url);
+    let endpoint = Endpoint::parse(url)?;
     let mut command = tokio::process::Command::new("redis-benchmark");
-    command.args(["-h", &host, "-p", &port, "-c", "1", "-q", "--csv"]);
+    command.args(["-h", &endpoint.host, "-p", &endpoint.port.to_string()]);
+    command.args(["-c", "1", "-q", "--csv"]);
     command.args(["-P", &PIPELINE.to_string(), "-n", &msgs.to_string()]);
-    if let Some(password) = password {
-        command.args(["-a", &password]);
+    if let Some(user) = &endpoint.user {
+        command.args(["--user", user]);
     }
+    // In the environment, never with `-a`: arguments show in `ps`. (Builds
+    // that read only `-a` then fail with NOAUTH, reported as such.)
+    match &endpoint.password {
+        Some(password) => command.env("REDISCLI_AUTH", password),
+        None => command.env_remove("REDISCLI_AUTH"),
+    };
     command.args(["PUBLISH", "bench.redis-benchmark", &"x".repeat(size)]);
     let output = command
         .output()
@@ -73,7 +97,15 @@ async fn measure(url: &str, size: usize, msgs: u64) -> Result<f64, RunError> {
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
     }
-    parse_rps(&stdout).ok_or_else(|| RunError::RedisBenchmarkOutput(stdout.trim().to_string()))
+    parse_rps(&stdout).ok_or_else(|| {
+        let output = stdout.trim().to_string();
+        match output.lines().find(|line| line.contains("NOAUTH")) {
+            Some(refusal) if endpoint.password.is_some() => {
+                RunError::RedisBenchmarkAuth(refusal.trim().to_string())
+            }
+            _ => RunError::RedisBenchmarkOutput(output),
+        }
+    })
 }
 
 /// The requests per second in `redis-benchmark --csv` output (second field of
@@ -94,13 +126,32 @@ mod tests {
         let csv =
             "\"test\",\"rps\",\"avg_latency_ms\"\n\"PUBLISH chan x\",\"1962666.75\",\"0.118\"\n";
         assert_eq!(parse_rps(csv), Some(1_962_666.75));
+        let endpoint = |url| Endpoint::parse(url).unwrap();
         assert_eq!(
-            endpoint("redis://:pw@h:7000/0"),
-            ("h".into(), "7000".into(), Some("pw".into()))
+            endpoint("redis://:p%40ss@h:7000/0"),
+            Endpoint {
+                host: "h".into(),
+                port: 7000,
+                user: None,
+                password: Some("p@ss".into())
+            }
         );
         assert_eq!(
             endpoint("redis://127.0.0.1"),
-            ("127.0.0.1".into(), "6379".into(), None)
+            Endpoint {
+                host: "127.0.0.1".into(),
+                port: 6379,
+                user: None,
+                password: None
+            }
         );
+        // A lone user name is a user, not a password.
+        assert_eq!(endpoint("redis://alice@h").user.as_deref(), Some("alice"));
+        assert_eq!(endpoint("redis://alice@h").password, None);
+        assert_eq!(
+            endpoint("redis://alice:pw@[::1]:7000").host,
+            "::1".to_string()
+        );
+        assert!(Endpoint::parse("redis://:p%zz@h").is_err());
     }
 }

@@ -57,10 +57,10 @@ impl Target {
             .split_once("://")
             .map_or("", |(s, _)| s)
             .to_ascii_lowercase();
-        let kind = switchboard::KINDS
-            .iter()
-            .find(|k| k.schemes.contains(&scheme.as_str()))
-            .map_or(scheme, |k| k.name.to_string());
+        let kind = switchboard::drivers()
+            .into_iter()
+            .find(|d| d.takes_scheme(&scheme))
+            .map_or(scheme, |d| d.kind().to_string());
         Target { kind, url }
     }
 

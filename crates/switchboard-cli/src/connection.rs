@@ -31,7 +31,7 @@ pub(crate) async fn connect(kind_or_url: &str) -> anyhow::Result<AnyBroker> {
 
 /// Warns that `memory://` does not reach other processes, for `send` and `listen`.
 pub(crate) fn warn_if_in_process(broker: &AnyBroker) {
-    if broker.kind() == switchboard::memory::MEMORY_SCHEME {
+    if broker.kind() == switchboard::memory::KIND {
         eprintln!(
             "note: the memory broker only connects this process; use --broker nats, redis or amqp to reach other programs"
         );

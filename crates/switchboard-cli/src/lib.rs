@@ -5,6 +5,27 @@
 //! with its arguments and a `run` function, except `bench`, whose arguments and
 //! `run` are the `switchboard-bench` crate's (it brings the raw broker clients
 //! and the plotting the other commands do not need).
+//!
+//! `--broker` takes a URL whose scheme picks the adapter, or a bare kind
+//! standing for its default URL, from the drivers the `switchboard` facade
+//! knows: the built-in adapters and any registered with
+//! [`switchboard::register`]. A binary that links a third-party adapter
+//! registers it, then runs this crate's [`main`]; `--broker mybroker://…`
+//! (and `--broker mybroker`) then work in every command:
+//!
+//! ```ignore
+//! // src/main.rs of a `switchboard` command that knows one more broker
+//! fn main() -> std::process::ExitCode {
+//!     if let Err(error) = switchboard::register(my_adapter::DRIVER) {
+//!         eprintln!("error: {error}");
+//!         return std::process::ExitCode::FAILURE;
+//!     }
+//!     switchboard_cli::main()
+//! }
+//! ```
+//!
+//! The workspace's `switchboard-echo` crate is such a binary, tested with
+//! `demo` and `send` through its adapter.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -26,7 +47,8 @@ mod worker;
 #[derive(Debug, Parser)]
 #[command(name = "switchboard", version, about, long_about = None)]
 pub struct Cli {
-    /// Broker kind (nats, redis, amqp, memory) or URL (nats://, redis://, amqp://, memory://).
+    /// Broker kind (nats, redis, amqp, memory, or a registered adapter's) or URL
+    /// (nats://, tls://, redis://, rediss://, amqp://, amqps://, memory://, …).
     /// Defaults to nats://127.0.0.1:4222, or memory:// for `demo`.
     #[arg(long, global = true, env = "BROKER_URL", value_name = "KIND|URL")]
     pub broker: Option<String>,

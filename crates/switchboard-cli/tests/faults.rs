@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use harness::{
-    broker_url, error_lines, unique_prefix, Listener, Process, Stdout, TempDir, PATIENCE,
-};
+use harness::{broker_url, error_lines, unique, Listener, Process, Stdout, TempDir, PATIENCE};
 use switchboard_testkit::{NatsServer, TcpProxy};
 
 /// How long a stopped command may take to exit before the test calls it a hang.
@@ -136,7 +134,7 @@ fn send_across_a_cut_amqp_link_warns_that_messages_may_be_lost() {
         return;
     };
     let (proxy, url) = through_proxy(&url);
-    let subject = unique_prefix("cut");
+    let subject = unique("cut");
     let mut send = Process::start(&["--broker", &url, "send", "--on", &subject], Stdout::Read);
     let feeder = Feeder::start(send.stdin(), Duration::from_millis(1));
     feeder.wait_written(200);
@@ -224,7 +222,7 @@ fn worker_over_a_frozen_link(kind: &str) {
     };
     let (proxy, url) = through_proxy(&url);
     let dir = TempDir::new("frozen");
-    let worker = log_worker(&url, &dir, &unique_prefix("frozen"), Stdout::Read);
+    let worker = log_worker(&url, &dir, &unique("frozen"), Stdout::Read);
     proxy.freeze();
     std::thread::sleep(Duration::from_millis(200));
     worker.signal("TERM");
@@ -238,7 +236,7 @@ fn listen_over_a_frozen_link(kind: &str) {
         return;
     };
     let (proxy, url) = through_proxy(&url);
-    let subject = unique_prefix("frozen");
+    let subject = unique("frozen");
     let listen = Listener::start(&url, &["--on", &subject]).unwrap();
     proxy.freeze();
     std::thread::sleep(Duration::from_millis(200));

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use harness::{unique_prefix, Listener, PATIENCE};
+use harness::{unique, Listener, PATIENCE};
 use switchboard_testkit::{NatsServer, RedisServer};
 
 /// Sends raw RESP to `port`, as `redis-cli PUBLISH channel payload` does.
@@ -68,7 +68,7 @@ fn a_redis_restart_is_reported_as_a_lost_connection_and_a_resubscription() {
     let Some(mut server) = RedisServer::start(&[]) else {
         return;
     };
-    let subject = unique_prefix("restart");
+    let subject = unique("restart");
     let listener = Listener::start(&server.url(), &["--on", &subject]).unwrap();
     server.process.kill();
     std::thread::sleep(Duration::from_millis(2500));
@@ -103,7 +103,7 @@ fn a_nats_restart_logs_one_resubscribed_line() {
     let Some(mut server) = NatsServer::start(&[]) else {
         return;
     };
-    let subject = unique_prefix("restart");
+    let subject = unique("restart");
     let listener = Listener::start(&server.url(), &["--on", &subject]).unwrap();
     server.process.kill();
     std::thread::sleep(Duration::from_millis(2500));
@@ -143,7 +143,7 @@ fn an_amqp_cut_logs_one_resubscribed_line() {
     let proxy = switchboard_testkit::TcpProxy::start(address);
     through_proxy.set_host(Some("127.0.0.1")).unwrap();
     through_proxy.set_port(Some(proxy.port())).unwrap();
-    let subject = unique_prefix("cut");
+    let subject = unique("cut");
     let listener = Listener::start(through_proxy.as_str(), &["--on", &subject]).unwrap();
     proxy.refuse();
     proxy.cut();

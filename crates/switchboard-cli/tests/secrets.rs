@@ -9,7 +9,7 @@ mod harness;
 use std::process::Stdio;
 use std::time::Duration;
 
-use harness::{broker_url, switchboard, unique_prefix, wait_output, Listener, PATIENCE};
+use harness::{broker_url, switchboard, unique, wait_output, Listener, PATIENCE};
 use switchboard_testkit::{free_port, NatsServer};
 
 /// `secret` as the byte values a `Debug` of its bytes prints, without spaces
@@ -74,7 +74,7 @@ fn amqp_passwords_stay_out_of_trace_output() {
     };
     let parsed = url::Url::parse(&url).unwrap();
     let password = parsed.password().unwrap_or("guest").to_string();
-    let subject = format!("{}.x", unique_prefix("vvv"));
+    let subject = format!("{}.x", unique("vvv"));
     for (flags, env) in [
         (vec!["-vvv"], vec![]),
         (vec![], vec![("RUST_LOG", "trace")]),
@@ -118,7 +118,7 @@ fn amqp_passwords_stay_out_of_trace_output() {
     }
 
     // listen too.
-    let pattern = format!("{}.>", unique_prefix("vvv"));
+    let pattern = format!("{}.>", unique("vvv"));
     let listener = Listener::start(&url, &["--on", &pattern, "--count", "1", "-vvv"]).unwrap();
     let output = harness::run(
         &url,
@@ -169,7 +169,7 @@ fn every_server_of_a_nats_list_is_redacted() {
     let secrets = ["Pw1first", "S3cretSecond", "Tok3nThird"];
 
     // listening on, and -v lines.
-    let subject = unique_prefix("list");
+    let subject = unique("list");
     let listener = Listener::start(&list, &["--on", &subject, "--count", "1", "-v"]).unwrap();
     let output = harness::run(&list, &["-v", "send", "--on", &subject, "hello"], b"");
     assert!(
@@ -190,7 +190,7 @@ fn every_server_of_a_nats_list_is_redacted() {
     }
 
     // worker ready.
-    let dir = std::env::temp_dir().join(unique_prefix("list-worker"));
+    let dir = std::env::temp_dir().join(unique("list-worker"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("reactions.toml");
     std::fs::write(

@@ -10,7 +10,7 @@ mod harness;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use harness::{assert_one_error_line, broker_url, send, unique_prefix, Listener, PATIENCE};
+use harness::{assert_one_error_line, broker_url, send, unique, Listener, PATIENCE};
 
 fn listener(url: &str, args: &[&str]) -> Listener {
     Listener::start(url, args).unwrap_or_else(|(status, stderr)| {
@@ -22,7 +22,7 @@ fn text_with_headers(kind: &str) {
     let Some(url) = broker_url(kind, "text_with_headers") else {
         return;
     };
-    let prefix = unique_prefix("text");
+    let prefix = unique("text");
     let pattern = format!("{prefix}.>");
     let listen = listener(&url, &["--on", &pattern, "--count", "2"]);
     let cpu = format!("{prefix}.cpu");
@@ -60,7 +60,7 @@ fn json_and_binary(kind: &str) {
     let Some(url) = broker_url(kind, "json_and_binary") else {
         return;
     };
-    let prefix = unique_prefix("json");
+    let prefix = unique("json");
     let listen = listener(
         &url,
         &[
@@ -115,7 +115,7 @@ fn stdin_lines(kind: &str) {
     let Some(url) = broker_url(kind, "stdin_lines") else {
         return;
     };
-    let subject = unique_prefix("stdin");
+    let subject = unique("stdin");
     let listen = listener(&url, &["--on", &subject, "--count", "6"]);
     // A final line break does not make an empty message...
     send(&url, &["--on", &subject], b"one\ntwo\n");
@@ -141,7 +141,7 @@ fn queue_group(kind: &str) {
     let Some(url) = broker_url(kind, "queue_group") else {
         return;
     };
-    let prefix = unique_prefix("group");
+    let prefix = unique("group");
     let pattern = format!("{prefix}.>");
     let first = match Listener::start(&url, &["--on", &pattern, "--group", "workers"]) {
         Ok(listener) => listener,
@@ -178,7 +178,7 @@ fn signal_unsubscribes(kind: &str, signal: &str) {
     let Some(url) = broker_url(kind, "signal_unsubscribes") else {
         return;
     };
-    let subject = unique_prefix("signal");
+    let subject = unique("signal");
     let listen = listener(&url, &["--on", &subject]);
     send(&url, &["--on", &subject, "before"], b"");
     assert_eq!(listen.lines(1), [format!("[{subject}] before")]);
@@ -193,7 +193,7 @@ fn stdout_closed(kind: &str) {
     let Some(url) = broker_url(kind, "stdout_closed") else {
         return;
     };
-    let subject = unique_prefix("pipe");
+    let subject = unique("pipe");
     let listen = Listener::start_reading(&url, &["--on", &subject], 1).unwrap();
     send(&url, &["--on", &subject, "first"], b"");
     assert_eq!(listen.lines(1), [format!("[{subject}] first")]);

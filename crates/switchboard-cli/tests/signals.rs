@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harness::{broker_url, unique_prefix, Listener, Process, Stdout, TempDir, PATIENCE};
+use harness::{broker_url, unique, Listener, Process, Stdout, TempDir, PATIENCE};
 use switchboard::Message;
 
 /// How long a stopped command may take to exit before the test calls it a hang.
@@ -40,7 +40,7 @@ fn send_is_interrupted(kind: &str, signal: &str, code: i32) {
     let Some(url) = broker_url(kind, "send_is_interrupted") else {
         return;
     };
-    let subject = unique_prefix("sendsig");
+    let subject = unique("sendsig");
     let listen = Listener::start(&url, &["--on", &subject]).unwrap();
     let mut send = Process::start(&["--broker", &url, "send", "--on", &subject], Stdout::Read);
     let mut stdin = send.stdin();
@@ -77,7 +77,7 @@ fn listen_with_a_full_stdout_pipe_stops_on_sigterm() {
     let Some(url) = broker_url("nats", "listen_with_a_full_stdout_pipe") else {
         return;
     };
-    let subject = unique_prefix("fullpipe");
+    let subject = unique("fullpipe");
     let listen = Process::start(
         &["--broker", &url, "listen", "--on", &subject],
         Stdout::Unread,
@@ -98,7 +98,7 @@ fn worker_with_a_full_stdout_pipe_stops_within_its_grace_period() {
     let Some(url) = broker_url("nats", "worker_with_a_full_stdout_pipe") else {
         return;
     };
-    let subject = unique_prefix("wfullpipe");
+    let subject = unique("wfullpipe");
     let dir = TempDir::new("wfullpipe");
     let config = dir.write(
         "reactions.toml",
@@ -168,7 +168,7 @@ fn a_second_ctrl_c_kills_running_exec_commands_before_exiting() {
     let Some(url) = broker_url("nats", "a_second_ctrl_c_kills_exec_commands") else {
         return;
     };
-    let subject = unique_prefix("twice");
+    let subject = unique("twice");
     let dir = TempDir::new("twice");
     let pid_file = dir.path("pid");
     let config = dir.write(

@@ -8,12 +8,12 @@
 
 mod harness;
 
-use harness::{assert_one_error_line, broker_url, run, send, unique_prefix, Listener, PATIENCE};
+use harness::{assert_one_error_line, broker_url, run, send, unique, Listener, PATIENCE};
 use switchboard_testkit::{NatsServer, Pki, RedisServer, TlsProxy};
 
 /// `send` then `listen` over `url` (with `ca=` in it): the message arrives.
 fn send_and_listen(url: &str) {
-    let prefix = unique_prefix("tls");
+    let prefix = unique("tls");
     let pattern = format!("{prefix}.>");
     let listen = Listener::start(url, &["--on", &pattern, "--count", "1"]).unwrap_or_else(
         |(status, stderr)| panic!("listen over TLS exited with {status}: {stderr}"),

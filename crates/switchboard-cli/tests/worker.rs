@@ -8,10 +8,11 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use switchboard::{AnyBroker, Message, Subscription};
+use switchboard_testkit::unique;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -31,15 +32,6 @@ async fn nats_or_skip(test: &str) -> Option<AnyBroker> {
             None
         }
     }
-}
-
-/// A name unique to this run, for subjects and files.
-fn unique(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("wt{}x{nanos}x{tag}", std::process::id())
 }
 
 /// A temporary directory removed on drop.

@@ -11,8 +11,8 @@ mod harness;
 use std::time::Duration;
 
 use harness::{
-    assert_one_error_line, broker_url, send, switchboard, unique_prefix, Listener, Process, Stdout,
-    TempDir, PATIENCE,
+    assert_one_error_line, broker_url, send, switchboard, Listener, Process, Stdout, TempDir,
+    PATIENCE,
 };
 use serde_json::Value;
 
@@ -181,7 +181,7 @@ fn schema_dead_letters(kind: &str) {
     let Some(url) = broker_url(kind, "schema_dead_letters") else {
         return;
     };
-    let prefix = unique_prefix("schema");
+    let prefix = switchboard_testkit::unique("schema");
     let dir = TempDir::new("schemaroute");
     let config = config(&dir, &format!("{prefix}.robots.>"));
     let dead = Listener::start(

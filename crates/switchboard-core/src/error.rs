@@ -74,6 +74,17 @@ pub enum Error {
         /// The schemes this build supports, comma-separated.
         supported: String,
     },
+    /// A driver was registered for a URL scheme another broker kind's driver
+    /// already takes (see `switchboard::register`).
+    #[error("cannot register the {kind} driver: the URL scheme {scheme:?} is taken by the {taken_by} driver; give the {kind} driver schemes of its own")]
+    SchemeTaken {
+        /// The scheme both drivers claim.
+        scheme: String,
+        /// The kind of the driver being registered.
+        kind: String,
+        /// The kind of the driver that has the scheme.
+        taken_by: String,
+    },
     /// Connecting to the broker failed (refused, timed out, authentication, TLS).
     ///
     /// `kind` says which, for callers that retry: see [`ConnectKind::is_temporary`].
@@ -341,6 +352,7 @@ impl Error {
             | Error::InvalidHeader { .. }
             | Error::InvalidUrl { .. }
             | Error::UnknownScheme { .. }
+            | Error::SchemeTaken { .. }
             | Error::PayloadTooLarge { .. } => ErrorKind::InvalidInput,
             Error::Connect { .. } => ErrorKind::Connect,
             Error::Unsupported { .. } => ErrorKind::Unsupported,

@@ -16,17 +16,22 @@
 //! - [`options`] reads the URL query keys every adapter shares
 //!   (`connect_timeout`, `flush_timeout`, `capacity`, `name`, `keepalive`), and
 //!   [`Link`] / [`SubscriptionLink`] keep and log the state of connections and
-//!   subscriptions the same way on every broker.
+//!   subscriptions the same way on every broker, and [`Backoff`] spaces their
+//!   reconnection attempts the same way;
+//! - a [`Driver`] (every adapter's `DRIVER`) is what `switchboard::register`
+//!   needs to reach an adapter by its URL scheme.
 //!
 //! Most programs depend on the `switchboard` facade, which re-exports this
 //! crate and picks an adapter from a URL.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod backoff;
 mod broker;
 mod capabilities;
 pub mod codec;
 mod delivery;
+mod driver;
 mod durable;
 mod error;
 mod ext;
@@ -39,10 +44,12 @@ mod redact;
 mod subject;
 mod subscription;
 
+pub use backoff::{Attempts, Backoff};
 pub use broker::{Broker, Publisher, Subscriber};
 pub use capabilities::Capabilities;
 pub use codec::{Codec, Json, CONTENT_TYPE_HEADER};
 pub use delivery::{Acknowledge, Delivery, Reply};
+pub use driver::{Connect, Driver};
 pub use durable::{ConsumerName, Durable, DEFAULT_ACK_WAIT};
 pub use error::{BoxError, ConnectKind, Error, ErrorKind, Result};
 pub use ext::{PublisherExt, SubscriberExt};

@@ -23,11 +23,23 @@ use crate::{
     Publisher, QueueGroup, Reply, Result, Subscriber, Subscription,
 };
 
-/// The broker kind and URL scheme of the in-memory broker.
-pub const MEMORY_SCHEME: &str = "memory";
+/// The broker kind, as [`Broker::kind`] returns it.
+pub const KIND: &str = "memory";
+
+/// The URL scheme of the in-memory broker: `memory://[name][?capacity=N]`.
+pub const SCHEMES: &[&str] = &["memory"];
+
+/// The URL the bare kind `memory` stands for: the process's default hub.
+pub const DEFAULT_URL: &str = "memory://";
 
 /// Messages a subscription buffers before publishers wait, unless configured.
-pub const DEFAULT_MEMORY_CAPACITY: usize = 65_536;
+pub const DEFAULT_CAPACITY: usize = 65_536;
+
+/// The in-memory broker's entry for the `switchboard` facade's registry
+/// (always registered there).
+pub const DRIVER: crate::Driver = crate::Driver::new(KIND, SCHEMES, DEFAULT_URL, |url| {
+    Box::pin(async move { Ok(Arc::new(MemoryBroker::connect(url)?) as Arc<dyn Broker>) })
+});
 
 struct Route {
     id: u64,
@@ -185,7 +197,7 @@ impl MemoryBroker {
     /// Connects from a `memory://[name][?capacity=N]` URL.
     pub fn connect(url: &str) -> Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| Error::invalid_url(url, e))?;
-        if parsed.scheme() != MEMORY_SCHEME {
+        if parsed.scheme() != KIND {
             return Err(Error::invalid_url(url, "the scheme must be `memory`"));
         }
         let name = parsed.host_str().unwrap_or("");
@@ -202,7 +214,7 @@ impl MemoryBroker {
             hub,
             name: Arc::from(name),
             handle: NEXT_HANDLE.fetch_add(1, Ordering::Relaxed) as u64,
-            capacity: DEFAULT_MEMORY_CAPACITY,
+            capacity: DEFAULT_CAPACITY,
             closed: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -242,9 +254,7 @@ impl MemoryBroker {
 
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
-            Err(Error::Closed {
-                broker: MEMORY_SCHEME,
-            })
+            Err(Error::Closed { broker: KIND })
         } else {
             Ok(())
         }
@@ -264,9 +274,7 @@ impl MemoryBroker {
         self.hub
             .routes
             .write()
-            .map_err(|_| Error::Closed {
-                broker: MEMORY_SCHEME,
-            })?
+            .map_err(|_| Error::Closed { broker: KIND })?
             .push(route);
         let guard = Unroute {
             hub: Arc::downgrade(&self.hub),
@@ -397,14 +405,14 @@ impl Subscriber for MemoryBroker {
         _durable: &Durable,
     ) -> Result<Subscription> {
         self.check_open()?;
-        Err(Error::unsupported(MEMORY_SCHEME, "durable subscriptions"))
+        Err(Error::unsupported(KIND, "durable subscriptions"))
     }
 }
 
 #[async_trait]
 impl Broker for MemoryBroker {
     fn kind(&self) -> &'static str {
-        MEMORY_SCHEME
+        KIND
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -425,7 +433,7 @@ impl Broker for MemoryBroker {
         let slot: ReplySlot = Arc::new(Mutex::new(Some(sender)));
         if self.deliver(message, Some(slot)).await? == 0 {
             return Err(Error::NoResponders {
-                broker: MEMORY_SCHEME,
+                broker: KIND,
                 subject,
             });
         }
@@ -433,7 +441,7 @@ impl Broker for MemoryBroker {
             Ok(Ok(reply)) => Ok(reply),
             // Every delivery of the request was dropped without a reply.
             Ok(Err(_)) | Err(_) => Err(Error::Timeout {
-                broker: MEMORY_SCHEME,
+                broker: KIND,
                 operation: format!("waiting for a reply to a request on {subject:?}"),
                 after: timeout,
             }),

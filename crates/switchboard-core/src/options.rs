@@ -46,6 +46,39 @@ pub const KEEPALIVE: &str = "keepalive";
 /// The keys shared by the network adapters (NATS, Redis, AMQP).
 pub const COMMON: &[&str] = &[CONNECT_TIMEOUT, FLUSH_TIMEOUT, CAPACITY, NAME, KEEPALIVE];
 
+/// `ca=PATH` (repeatable; `ca=system` adds the platform's store): CAs to trust, TLS only.
+pub const CA: &str = "ca";
+/// `cert=PATH`: a client certificate (PEM) for mutual TLS, with [`KEY`].
+pub const CERT: &str = "cert";
+/// `key=PATH`: the client certificate's private key (PEM), with [`CERT`].
+pub const KEY: &str = "key";
+/// `tls_server_name=NAME`: the name the server's certificate is checked against.
+pub const TLS_SERVER_NAME: &str = "tls_server_name";
+
+/// The TLS keys, the same on every adapter with TLS (`switchboard-tls` reads them).
+pub const TLS: &[&str] = &[CA, CERT, KEY, TLS_SERVER_NAME];
+
+/// [`COMMON`] and [`TLS`]: the keys of an adapter that takes the shared ones
+/// and nothing of its own (NATS, Redis).
+pub const COMMON_AND_TLS: &[&str] = &[
+    CONNECT_TIMEOUT,
+    FLUSH_TIMEOUT,
+    CAPACITY,
+    NAME,
+    KEEPALIVE,
+    CA,
+    CERT,
+    KEY,
+    TLS_SERVER_NAME,
+];
+
+/// How long connecting may take unless `connect_timeout` says otherwise: 5 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long `flush` (and the flush in `close`) waits unless `flush_timeout`
+/// says otherwise: 10 s.
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How soon a dead link is detected unless `keepalive` says otherwise: 15 s.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 

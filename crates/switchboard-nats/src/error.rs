@@ -92,7 +92,7 @@ pub(crate) fn connect_error(
             ConnectKind::Timeout,
             format!(
                 "timed out after {:?}: something accepted the connection but did not complete a NATS handshake; is it a NATS server, and does it expect TLS (tls://)?",
-                options.get_connect_timeout()
+                options.connect_timeout
             ),
         ),
         (Kind::Io, Some(std::io::ErrorKind::ConnectionRefused)) => (

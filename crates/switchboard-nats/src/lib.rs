@@ -1,19 +1,32 @@
 //! The NATS adapter of switchboard, on [async-nats](https://docs.rs/async-nats):
-//! core NATS publish/subscribe behind switchboard's [`Broker`](switchboard_core::Broker) traits.
+//! core NATS publish/subscribe behind switchboard's [`Broker`] traits.
 //!
 //! ```no_run
 //! # #[tokio::main]
 //! # async fn main() -> switchboard_core::Result<()> {
 //! use futures::StreamExt;
-//! use switchboard_core::{Broker, Message, Publisher, Subscriber};
+//! use switchboard_core::{Broker, Message, Publisher, SubscriberExt};
 //! let broker = switchboard_nats::connect("nats://127.0.0.1:4222").await?;
-//! let mut alerts = broker.subscribe(&"alerts.>".parse()?).await?;
+//! let mut alerts = broker.subscribe_to("alerts.>").await?;
 //! broker.publish(Message::new("alerts.cpu", "CPU at 98%")?.with_header("host", "web-1")?).await?;
-//! let delivery = alerts.next().await.expect("subscribed")?;
-//! assert_eq!(delivery.headers().get("host"), Some("web-1"));
+//! // An `Err` item says messages were lost or the link broke; the
+//! // subscription goes on once async-nats has reconnected.
+//! while let Some(item) = alerts.next().await {
+//!     match item {
+//!         Ok(delivery) => println!("{:?} from {:?}", delivery.payload_str(), delivery.headers().get("host")),
+//!         Err(error) => eprintln!("warning: {error}"),
+//!     }
+//! }
 //! broker.close().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! The crate has the layout of every switchboard adapter: `options` (the
+//! [`NatsOptions`] builder and URL parsing), `connection` (connecting, the
+//! connection's events), `broker` ([`NatsBroker`]), `publisher`,
+//! `subscription`, `wire` (the mapping to NATS messages), `error` (async-nats
+//! errors as switchboard errors) and `tls`; [`DRIVER`] is its entry for
+//! `switchboard::connect`.
 //!
 //! # URLs
 //!
@@ -60,6 +73,10 @@
 //! | [`name`](NatsOptions::name) | `name=api` | none | connection name shown by the server |
 //! | [`keepalive`](NatsOptions::keepalive) | `keepalive=15s`, `keepalive=off` | 15 s ([`DEFAULT_KEEPALIVE`]) | a link that passes nothing this long is dropped and reconnected |
 //! | [`tls`](NatsOptions::tls) | `ca=`, `cert=`, `key=`, `tls_server_name=` (`tls://` only) | the platform's trust store | see [TLS](#tls) |
+//! | [`reconnect_backoff`](NatsOptions::reconnect_backoff) | | 100 ms to 5 s ([`Backoff::DEFAULT`](switchboard_core::Backoff::DEFAULT)) | delay between reconnection attempts, the first at once |
+//!
+//! Options are set with builder methods named after them and read from
+//! [`NatsOptions`]' public fields, as on every switchboard adapter.
 //!
 //! Connecting fails at once, with a reason, when nothing answers (`nothing answers
 //! (connection refused); is nats-server running?`), on a timeout, or when the
@@ -68,7 +85,9 @@
 //! says which (`Refused`, `Timeout`, `Auth`, `Tls`, `Protocol`, `Dns`), and
 //! [`is_temporary`](switchboard_core::Error::is_temporary) is false for a
 //! rejected password, a TLS failure or a peer that is not a NATS server. Once
-//! connected, async-nats reconnects and resubscribes by itself, forever.
+//! connected, async-nats reconnects and resubscribes by itself, forever, on
+//! the same schedule as every adapter: the first attempt at once, then 100 ms
+//! doubling to 5 s ([`NatsOptions::reconnect_backoff`]).
 //!
 //! # Dead links
 //!
@@ -77,7 +96,7 @@
 //! PING after `D/3` without hearing from the server and drops the connection
 //! at the third unanswered one, so such a link is noticed after about `D`:
 //! every subscription yields [`Error::Disconnected`](switchboard_core::Error::Disconnected),
-//! [`Broker::status`](switchboard_core::Broker::status) says disconnected, and
+//! [`Broker::status`] says disconnected, and
 //! async-nats reconnects. `keepalive=off` leaves async-nats' own PING a
 //! minute (about 3 minutes to notice).
 //!
@@ -165,11 +184,15 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 mod broker;
+mod connection;
 mod error;
 mod options;
-mod stream;
+mod publisher;
+mod subscription;
 mod tls;
 mod wire;
+
+use std::sync::Arc;
 
 pub use broker::NatsBroker;
 pub use options::{
@@ -179,13 +202,22 @@ pub use options::{
 /// TLS settings for [`tls`](NatsOptions::tls), the same on every adapter.
 pub use switchboard_tls::TlsOptions;
 
-use switchboard_core::Result;
+use switchboard_core::{Broker, Driver, Result};
 
-/// The broker kind, as [`Broker::kind`](switchboard_core::Broker::kind) returns it.
+/// The broker kind, as [`Broker::kind`] returns it.
 pub const KIND: &str = "nats";
 
 /// The URL schemes this adapter connects to: `nats` and `tls` (TLS required).
 pub const SCHEMES: &[&str] = &["nats", "tls"];
+
+/// The URL the bare kind `nats` stands for: the local server on its usual port.
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// This adapter's entry for the `switchboard` facade's registry (registered
+/// there when its `nats` feature is on).
+pub const DRIVER: Driver = Driver::new(KIND, SCHEMES, DEFAULT_URL, |url| {
+    Box::pin(async move { Ok(Arc::new(connect(url).await?) as Arc<dyn Broker>) })
+});
 
 /// Connects to the NATS server at `url` with the default options (overridden
 /// by the URL's query). Same as [`NatsBroker::connect`].

@@ -1,22 +1,17 @@
 //! [`NatsOptions`] and the parsing of `nats://` / `tls://` URLs.
 
-use std::fmt;
 use std::time::Duration;
 
 use async_nats::ServerAddr;
 use switchboard_core::options::{self, Query};
-use switchboard_core::{Error, Result};
+use switchboard_core::{Backoff, Error, Result};
 use switchboard_tls::TlsOptions;
 
-use crate::tls::{apply_tls_parameter, check_tls};
+use crate::tls::check_tls;
 
-/// How long connecting may take before it fails, unless configured.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long [`flush`](switchboard_core::Publisher::flush), `subscribe`, `close`
-/// and a `publish` into a full client queue with the connection down wait for
-/// the server, unless configured.
-pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+pub use switchboard_core::options::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT, DEFAULT_KEEPALIVE,
+};
 
 /// Messages each subscription buffers in the client before async-nats drops
 /// (and switchboard reports) messages, unless configured: 2^20.
@@ -29,27 +24,15 @@ pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// the whole buffer holds about `capacity × (200 B + payload)` of memory.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
-/// How soon a connection that passes nothing is declared dead, unless
-/// configured: 15 s, as on every broker ([`options::DEFAULT_KEEPALIVE`]).
-pub const DEFAULT_KEEPALIVE: Duration = options::DEFAULT_KEEPALIVE;
-
 /// The URL query keys the NATS adapter takes: the ones every adapter shares
-/// ([`options::COMMON`]) and, on `tls://` URLs, the TLS ones
-/// ([`switchboard_tls::QUERY_KEYS`]).
-pub const QUERY_KEYS: &[&str] = &[
-    options::CONNECT_TIMEOUT,
-    options::FLUSH_TIMEOUT,
-    options::CAPACITY,
-    options::NAME,
-    options::KEEPALIVE,
-    "ca",
-    "cert",
-    "key",
-    "tls_server_name",
-];
+/// ([`options::COMMON`]) and, on `tls://` URLs, the TLS ones ([`options::TLS`]).
+pub const QUERY_KEYS: &[&str] = options::COMMON_AND_TLS;
 
-/// Options of a NATS connection. Every option can also be set in the URL's
-/// query (`nats://host:4222?capacity=65536&connect_timeout=2s&keepalive=10s&name=api`);
+/// Options of a NATS connection: set with the builder methods, each named
+/// after its option, and read from the public fields (as on every
+/// switchboard adapter). Every option but `reconnect_backoff` can also be
+/// set in the URL's query
+/// (`nats://host:4222?capacity=65536&connect_timeout=2s&keepalive=10s&name=api`);
 /// values in the URL win over the ones set here.
 ///
 /// ```
@@ -59,16 +42,36 @@ pub const QUERY_KEYS: &[&str] = &[
 ///     .connect_timeout(Duration::from_secs(2))
 ///     .capacity(100_000)
 ///     .name("billing");
-/// assert_eq!(options.get_capacity(), 100_000);
+/// assert_eq!(options.capacity, 100_000);
+/// assert_eq!(options.name.as_deref(), Some("billing"));
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NatsOptions {
-    connect_timeout: Duration,
-    flush_timeout: Duration,
-    capacity: usize,
-    name: Option<String>,
-    keepalive: Option<Duration>,
-    pub(crate) tls: TlsOptions,
+    /// How long connecting may take (TCP, TLS and the NATS handshake).
+    /// URL: `connect_timeout=5s`; default [`DEFAULT_CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// How long `flush` and `subscribe` wait for the server's round trip, and
+    /// the most `close`, `Subscription::close` and a `publish` into a full
+    /// client queue with the connection down take. URL: `flush_timeout=10s`;
+    /// default [`DEFAULT_FLUSH_TIMEOUT`].
+    pub flush_timeout: Duration,
+    /// Messages each subscription buffers in the client while its reader is
+    /// behind (0 is read as 1). URL: `capacity=N`; default [`DEFAULT_CAPACITY`].
+    pub capacity: usize,
+    /// The connection name the server shows. URL: `name=api`; default none.
+    pub name: Option<String>,
+    /// How soon a connection that passes nothing is declared dead; `None`
+    /// leaves async-nats' own ping (a minute). URL: `keepalive=15s`,
+    /// `keepalive=off`; default [`DEFAULT_KEEPALIVE`].
+    pub keepalive: Option<Duration>,
+    /// The delays between reconnection attempts (builder only); default
+    /// [`Backoff::DEFAULT`].
+    pub reconnect_backoff: Backoff,
+    /// How `tls://` connections verify the server and identify the client.
+    /// URL: `ca=`, `cert=`, `key=`, `tls_server_name=`; default the platform's
+    /// trust store.
+    pub tls: TlsOptions,
 }
 
 impl Default for NatsOptions {
@@ -79,6 +82,7 @@ impl Default for NatsOptions {
             capacity: DEFAULT_CAPACITY,
             name: None,
             keepalive: Some(DEFAULT_KEEPALIVE),
+            reconnect_backoff: Backoff::DEFAULT,
             tls: TlsOptions::new(),
         }
     }
@@ -86,7 +90,8 @@ impl Default for NatsOptions {
 
 impl NatsOptions {
     /// The defaults: [`DEFAULT_CONNECT_TIMEOUT`], [`DEFAULT_FLUSH_TIMEOUT`],
-    /// [`DEFAULT_CAPACITY`], [`DEFAULT_KEEPALIVE`], no connection name.
+    /// [`DEFAULT_CAPACITY`], [`DEFAULT_KEEPALIVE`], [`Backoff::DEFAULT`], no
+    /// connection name.
     pub fn new() -> Self {
         Self::default()
     }
@@ -132,9 +137,12 @@ impl NatsOptions {
         self
     }
 
-    /// The dead-link timeout, `None` when off.
-    pub fn get_keepalive(&self) -> Option<Duration> {
-        self.keepalive
+    /// The delays between reconnection attempts once a connection is lost:
+    /// the first at once, then `min` doubling to `max` ([`Backoff::DEFAULT`],
+    /// 100 ms to 5 s, as on every adapter). Not a URL option.
+    pub fn reconnect_backoff(mut self, backoff: Backoff) -> Self {
+        self.reconnect_backoff = backoff;
+        self
     }
 
     /// How `tls://` connections verify the server and identify the client:
@@ -143,44 +151,6 @@ impl NatsOptions {
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = tls;
         self
-    }
-
-    /// The TLS settings.
-    pub fn tls_options(&self) -> &TlsOptions {
-        &self.tls
-    }
-
-    /// The connect timeout.
-    pub fn get_connect_timeout(&self) -> Duration {
-        self.connect_timeout
-    }
-
-    /// The flush (round-trip) timeout.
-    pub fn get_flush_timeout(&self) -> Duration {
-        self.flush_timeout
-    }
-
-    /// The per-subscription buffer capacity.
-    pub fn get_capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// The connection name, if set.
-    pub fn get_name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
-}
-
-impl fmt::Debug for NatsOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NatsOptions")
-            .field("connect_timeout", &self.connect_timeout)
-            .field("flush_timeout", &self.flush_timeout)
-            .field("capacity", &self.capacity)
-            .field("name", &self.name)
-            .field("keepalive", &self.keepalive)
-            .field("tls", &self.tls)
-            .finish()
     }
 }
 
@@ -233,9 +203,7 @@ pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
             ));
         }
         let query = Query::parse(url, &parsed, QUERY_KEYS)?;
-        for (key, value) in query.pairs() {
-            tls_in_url |= apply_tls_parameter(url, &mut options, key, value)?;
-        }
+        tls_in_url |= options.tls.apply_url_query(url, &query)?;
         apply_query(&query, &mut options)?;
         let user = options::decode(url, "user name", parsed.username())?;
         let password = parsed
@@ -335,17 +303,14 @@ mod tests {
             "nats://h:1?capacity=16&connect_timeout=250ms&flush_timeout=2s&name=api&keepalive=3s",
         )
         .unwrap();
-        assert_eq!(target.options.get_capacity(), 16);
-        assert_eq!(
-            target.options.get_connect_timeout(),
-            Duration::from_millis(250)
-        );
-        assert_eq!(target.options.get_flush_timeout(), Duration::from_secs(2));
-        assert_eq!(target.options.get_name(), Some("api"));
-        assert_eq!(target.options.get_keepalive(), Some(Duration::from_secs(3)));
-        assert_eq!(NatsOptions::new().get_keepalive(), Some(DEFAULT_KEEPALIVE));
+        assert_eq!(target.options.capacity, 16);
+        assert_eq!(target.options.connect_timeout, Duration::from_millis(250));
+        assert_eq!(target.options.flush_timeout, Duration::from_secs(2));
+        assert_eq!(target.options.name.as_deref(), Some("api"));
+        assert_eq!(target.options.keepalive, Some(Duration::from_secs(3)));
+        assert_eq!(NatsOptions::new().keepalive, Some(DEFAULT_KEEPALIVE));
         let target = parse("nats://h?keepalive=off").unwrap();
-        assert_eq!(target.options.get_keepalive(), None);
+        assert_eq!(target.options.keepalive, None);
     }
 
     #[test]
@@ -356,7 +321,7 @@ mod tests {
         let target =
             parse("tls://h:1?ca=/ca.pem&cert=/c.pem&key=/k.pem&tls_server_name=n.example").unwrap();
         assert_eq!(
-            target.options.tls_options(),
+            &target.options.tls,
             &TlsOptions::new()
                 .ca("/ca.pem")
                 .client_cert("/c.pem", "/k.pem")
@@ -365,7 +330,7 @@ mod tests {
         // `ca` may be repeated, and is decoded like every other value.
         let target = parse("tls://h:1?ca=/a.pem&ca=/b%20c.pem&ca=system").unwrap();
         assert_eq!(
-            target.options.tls_options(),
+            &target.options.tls,
             &TlsOptions::new()
                 .ca("/a.pem")
                 .ca("/b c.pem")

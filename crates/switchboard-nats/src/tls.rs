@@ -1,24 +1,10 @@
-//! TLS for NATS: the shared `ca`, `cert`, `key` and `tls_server_name` URL
-//! keys, and handing switchboard's rustls configuration to async-nats.
+//! TLS for NATS: checking the shared `ca`, `cert`, `key` and
+//! `tls_server_name` URL keys against the scheme, and handing switchboard's rustls configuration to async-nats.
 
 use switchboard_core::{ConnectKind, Error, Result};
 use switchboard_tls::TlsOptions;
 
 use crate::options::NatsOptions;
-
-/// Applies one of the shared TLS query keys (see [`switchboard_tls::QUERY_KEYS`]);
-/// `Ok(false)` if `key` is not one.
-pub(crate) fn apply_tls_parameter(
-    url: &str,
-    options: &mut NatsOptions,
-    key: &str,
-    value: &str,
-) -> Result<bool> {
-    options
-        .tls
-        .apply_query(key, value)
-        .map_err(|e| Error::invalid_url(url, e))
-}
 
 /// Refuses TLS settings that contradict each other, and TLS keys in a URL
 /// whose servers are not all `tls://` (they would not be used on a server
@@ -30,15 +16,9 @@ pub(crate) fn check_tls(
     tls_in_url: bool,
     all_tls: bool,
 ) -> Result<()> {
-    options
-        .tls
-        .check()
-        .map_err(|e| Error::invalid_url(url, e))?;
+    options.tls.check_url(url)?;
     if tls_in_url && !all_tls {
-        return Err(Error::invalid_url(
-            url,
-            "TLS settings (ca, cert, key, tls_server_name) need TLS: write tls:// instead of nats://",
-        ));
+        return Err(switchboard_tls::keys_need_tls(url, "tls://", "nats://"));
     }
     Ok(())
 }

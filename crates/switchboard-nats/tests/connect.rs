@@ -5,14 +5,14 @@ mod server;
 
 use std::time::{Duration, Instant};
 
-use server::NatsServer;
 use switchboard_core::{Broker, ConnectKind, ErrorKind, Message, Publisher};
 use switchboard_nats::NatsOptions;
 use switchboard_testkit::assert_chain_does_not_repeat;
+use switchboard_testkit::NatsServer;
 
 #[tokio::test]
 async fn refused_port_says_nothing_answers() {
-    let port = server::free_port();
+    let port = switchboard_testkit::free_port();
     let url = format!("nats://127.0.0.1:{port}");
     let started = Instant::now();
     let err = switchboard_nats::connect(&url).await.unwrap_err();
@@ -59,7 +59,7 @@ async fn bad_credentials_say_authorization_failed_and_are_redacted() {
     let Some(server) = NatsServer::start(&["--user", "alice", "--pass", "s3cret"]) else {
         return;
     };
-    let url = format!("nats://alice:wrong-pass@127.0.0.1:{}", server.port);
+    let url = format!("nats://alice:wrong-pass@127.0.0.1:{}", server.port());
     let err = switchboard_nats::connect(&url).await.unwrap_err();
     let text = err.to_string();
     assert_eq!(err.kind(), ErrorKind::Connect);
@@ -75,7 +75,7 @@ async fn bad_credentials_say_authorization_failed_and_are_redacted() {
     assert!(err.to_string().contains("authorization failed"), "{err}");
 
     // The right ones work.
-    let url = format!("nats://alice:s3cret@127.0.0.1:{}", server.port);
+    let url = format!("nats://alice:s3cret@127.0.0.1:{}", server.port());
     let broker = switchboard_nats::connect(&url).await.unwrap();
     broker
         .publish(Message::new("a.b", "x").unwrap())
@@ -90,12 +90,12 @@ async fn token_in_the_url() {
     let Some(server) = NatsServer::start(&["--auth", "T0KEN"]) else {
         return;
     };
-    let good = format!("nats://T0KEN@127.0.0.1:{}", server.port);
+    let good = format!("nats://T0KEN@127.0.0.1:{}", server.port());
     let broker = switchboard_nats::connect(&good).await.unwrap();
     broker.flush().await.unwrap();
     broker.close().await.unwrap();
 
-    let bad = format!("nats://nope@127.0.0.1:{}", server.port);
+    let bad = format!("nats://nope@127.0.0.1:{}", server.port());
     let err = switchboard_nats::connect(&bad).await.unwrap_err();
     assert!(err.to_string().contains("authorization failed"), "{err}");
     assert!(!err.to_string().contains("nope"), "{err}");
@@ -142,8 +142,8 @@ async fn url_query_sets_options() {
     let broker = switchboard_nats::connect(&format!("{url}{sep}capacity=1234&name=sb-test"))
         .await
         .unwrap();
-    assert_eq!(broker.options().get_capacity(), 1234);
-    assert_eq!(broker.options().get_name(), Some("sb-test"));
+    assert_eq!(broker.options().capacity, 1234);
+    assert_eq!(broker.options().name.as_deref(), Some("sb-test"));
     assert_eq!(broker.kind(), "nats");
     broker.close().await.unwrap();
 }

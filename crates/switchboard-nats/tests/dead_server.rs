@@ -3,12 +3,10 @@
 //! close) gives up within the flush timeout instead of hanging. The bounds
 //! below are generous "does not hang" limits.
 
-mod server;
-
 use std::time::{Duration, Instant};
 
-use server::NatsServer;
 use switchboard_core::{Broker, Error, Message, Publisher, Subscriber};
+use switchboard_testkit::NatsServer;
 use tokio::time::timeout;
 
 /// Far above the 1 s flush timeout the tests set: past it, the call hangs.
@@ -32,7 +30,7 @@ async fn publish_gives_up_once_the_client_queue_is_full_and_the_server_is_gone()
     };
     let url = format!("{}?flush_timeout=1s", server.url());
     let broker = switchboard_nats::connect(&url).await.unwrap();
-    server.stop();
+    server.process.kill();
     wait_disconnected(&broker).await;
     let started = Instant::now();
     let failed = timeout(HANG, async {
@@ -74,7 +72,7 @@ async fn flush_unsubscribe_and_close_give_up_when_the_server_is_gone() {
         .publish(Message::new("dead.one", "1").unwrap())
         .await
         .unwrap();
-    server.stop();
+    server.process.kill();
     wait_disconnected(&broker).await;
 
     // The server forgot the subscription with the connection: nothing to wait for.

@@ -23,7 +23,7 @@ async fn raw(url: &str) -> async_nats::Client {
 async fn raw_publish_with_headers_reaches_switchboard() {
     let Some(url) = server::url() else { return };
     let broker = switchboard_nats::connect(&url).await.unwrap();
-    let prefix = server::unique("rawin");
+    let prefix = switchboard_testkit::unique("rawin");
     let mut sub = broker
         .subscribe(&format!("{prefix}.>").parse().unwrap())
         .await
@@ -63,7 +63,7 @@ async fn raw_publish_with_headers_reaches_switchboard() {
 async fn switchboard_publish_reaches_raw_client() {
     let Some(url) = server::url() else { return };
     let client = raw(&url).await;
-    let prefix = server::unique("rawout");
+    let prefix = switchboard_testkit::unique("rawout");
     let mut raw_sub = client.subscribe(format!("{prefix}.>")).await.unwrap();
     client.flush().await.unwrap();
     // Let the raw SUB reach the server (raw flush is socket-level only).
@@ -111,7 +111,7 @@ async fn subscribe_resolves_when_the_server_delivers() {
     let subscriber = switchboard_nats::connect(&url).await.unwrap();
     let publisher = raw(&url).await;
     for round in 0..50 {
-        let subject = format!("{}.r{round}", server::unique("ready"));
+        let subject = format!("{}.r{round}", switchboard_testkit::unique("ready"));
         let mut sub = subscriber
             .subscribe(&subject.parse().unwrap())
             .await
@@ -131,7 +131,7 @@ async fn subscribe_resolves_when_the_server_delivers() {
 async fn queue_group_shares_and_fan_out_copies() {
     let Some(url) = server::url() else { return };
     let broker = switchboard_nats::connect(&url).await.unwrap();
-    let prefix = server::unique("group");
+    let prefix = switchboard_testkit::unique("group");
     let pattern: Pattern = format!("{prefix}.*").parse().unwrap();
     let group = QueueGroup::new("workers").unwrap();
     let mut a = broker.subscribe_group(&pattern, &group).await.unwrap();
@@ -218,7 +218,7 @@ async fn capabilities_are_core_nats() {
 async fn dropping_or_closing_a_subscription_unsubscribes() {
     let Some(url) = server::url() else { return };
     let broker = switchboard_nats::connect(&url).await.unwrap();
-    let subject = server::unique("unsub");
+    let subject = switchboard_testkit::unique("unsub");
     let pattern: Pattern = subject.parse().unwrap();
     let sub = broker.subscribe(&pattern).await.unwrap();
     sub.close().await.unwrap();
@@ -237,7 +237,7 @@ async fn close_ends_subscriptions_and_refuses_publishing() {
     let Some(url) = server::url() else { return };
     let broker = switchboard_nats::connect(&url).await.unwrap();
     let clone = broker.clone();
-    let subject = server::unique("close");
+    let subject = switchboard_testkit::unique("close");
     let mut sub = broker.subscribe(&subject.parse().unwrap()).await.unwrap();
     broker
         .publish(Message::new(subject.as_str(), "last").unwrap())
@@ -266,7 +266,7 @@ async fn close_ends_subscriptions_and_refuses_publishing() {
 async fn nats_receivers_trim_header_values_so_padded_values_are_rejected() {
     let Some(url) = server::url() else { return };
     let client = raw(&url).await;
-    let subject = server::unique("trim");
+    let subject = switchboard_testkit::unique("trim");
     let mut raw_sub = client.subscribe(subject.clone()).await.unwrap();
     client.flush().await.unwrap();
     let mut headers = async_nats::HeaderMap::new();

@@ -19,7 +19,7 @@ async fn overflow_yields_lost_on_the_overflowing_subscription() {
     let broker = switchboard_nats::NatsBroker::connect_with(&url, NatsOptions::new().capacity(16))
         .await
         .unwrap();
-    let prefix = server::unique("loss");
+    let prefix = switchboard_testkit::unique("loss");
     let mut slow = broker
         .subscribe(&format!("{prefix}.flood").parse().unwrap())
         .await
@@ -109,10 +109,10 @@ async fn default_capacity_keeps_a_burst() {
     let Some(url) = server::url() else { return };
     let broker = switchboard_nats::connect(&url).await.unwrap();
     assert_eq!(
-        broker.options().get_capacity(),
+        broker.options().capacity,
         switchboard_nats::DEFAULT_CAPACITY
     );
-    let subject = server::unique("burst");
+    let subject = switchboard_testkit::unique("burst");
     let mut sub = broker.subscribe(&subject.parse().unwrap()).await.unwrap();
     const SENT: usize = 100_000;
     for i in 0..SENT {

@@ -1,13 +1,11 @@
 //! A dedicated nats-server is killed and restarted on the same port: every
 //! subscription yields `Error::Disconnected`, then keeps receiving.
 
-mod server;
-
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use server::NatsServer;
 use switchboard_core::{Broker, Error, Message, Publisher, Subscriber};
+use switchboard_testkit::NatsServer;
 use tokio::time::timeout;
 
 #[tokio::test]
@@ -39,7 +37,7 @@ async fn subscriptions_survive_a_server_restart() {
         assert_eq!(d.payload_str(), Some("1"));
     }
 
-    server.restart();
+    server.process.restart();
 
     for sub in [&mut plain, &mut grouped] {
         match timeout(Duration::from_secs(10), sub.next()).await {

@@ -11,10 +11,9 @@ use switchboard_core::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::conn::Target;
-use crate::options::RedisOptions;
+use crate::options::{RedisOptions, Target};
 use crate::resp::Frame;
-use crate::{publisher, subscriber, BROKER};
+use crate::{publisher, subscription, KIND};
 
 /// Redis's default `proto-max-bulk-len`, used when the server does not say.
 const DEFAULT_MAX_PAYLOAD: usize = 512 * 1024 * 1024;
@@ -25,12 +24,17 @@ const DEFAULT_MAX_PAYLOAD: usize = 512 * 1024 * 1024;
 /// ```no_run
 /// # #[tokio::main] async fn main() -> switchboard_core::Result<()> {
 /// use futures::StreamExt;
-/// use switchboard_core::{Message, Publisher, Subscriber};
+/// use switchboard_core::{PublisherExt, SubscriberExt};
 /// let broker = switchboard_redis::connect("redis://127.0.0.1:6379").await?;
-/// let mut alerts = broker.subscribe(&"alerts.>".parse()?).await?;
-/// broker.publish(Message::new("alerts.cpu", "CPU at 98%")?).await?;
-/// if let Some(delivery) = alerts.next().await {
-///     println!("{:?}", delivery?.payload_str());
+/// let mut alerts = broker.subscribe_to("alerts.>").await?;
+/// broker.publish_to("alerts.cpu", "CPU at 98%").await?;
+/// // An `Err` item says the subscription's connection broke (and is being
+/// // renewed) or a channel was not a subject: report it and go on.
+/// while let Some(item) = alerts.next().await {
+///     match item {
+///         Ok(delivery) => println!("{:?}", delivery.payload_str()),
+///         Err(error) => eprintln!("warning: {error}"),
+///     }
 /// }
 /// # Ok(()) }
 /// ```
@@ -58,7 +62,7 @@ impl fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBroker")
             .field("url", &switchboard_core::redact_url(&self.inner.target.url))
-            .field("client_name", &self.inner.options.client_name)
+            .field("name", &self.inner.options.client_name())
             .field("closed", &self.inner.publisher.is_closed())
             .finish()
     }
@@ -68,7 +72,7 @@ impl RedisBroker {
     pub(crate) async fn connect_with(url: &str, mut options: RedisOptions) -> Result<Self> {
         let target = Target::parse(url, &mut options)?;
         let mut conn = target
-            .connect(options.connect_timeout, &options.client_name)
+            .connect(options.connect_timeout, &options.client_name())
             .await?;
         // The server's payload limit, if it tells (CONFIG may be disabled or not permitted).
         let limit = tokio::time::timeout(
@@ -137,9 +141,9 @@ impl Subscriber for RedisBroker {
     /// confirmed the SUBSCRIBE (literal pattern) or PSUBSCRIBE (wildcards).
     async fn subscribe(&self, pattern: &Pattern) -> Result<Subscription> {
         if self.inner.publisher.is_closed() {
-            return Err(Error::Closed { broker: BROKER });
+            return Err(Error::Closed { broker: KIND });
         }
-        subscriber::subscribe(
+        subscription::subscribe(
             self.inner.target.clone(),
             self.inner.options.clone(),
             pattern,
@@ -155,7 +159,7 @@ impl Subscriber for RedisBroker {
         _group: &QueueGroup,
     ) -> Result<Subscription> {
         Err(Error::unsupported(
-            BROKER,
+            KIND,
             "queue groups (Redis PUBSUB delivers every message to every subscriber)",
         ))
     }
@@ -165,17 +169,14 @@ impl Subscriber for RedisBroker {
         _pattern: &Pattern,
         _durable: &Durable,
     ) -> Result<Subscription> {
-        Err(Error::unsupported(
-            BROKER,
-            "durable subscriptions (not yet)",
-        ))
+        Err(Error::unsupported(KIND, "durable subscriptions (not yet)"))
     }
 }
 
 #[async_trait]
 impl Broker for RedisBroker {
     fn kind(&self) -> &'static str {
-        BROKER
+        KIND
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -194,7 +195,7 @@ impl Broker for RedisBroker {
     /// (publishes still unanswered may or may not have been delivered).
     async fn request(&self, message: Message, _timeout: Duration) -> Result<Message> {
         Err(Error::unsupported(
-            BROKER,
+            KIND,
             format!(
                 "request/reply (a request on {:?}; not yet)",
                 message.subject().as_str()

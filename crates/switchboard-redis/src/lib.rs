@@ -10,6 +10,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The crate has the layout of every switchboard adapter: `options` (the
+//! [`RedisOptions`] builder and URL parsing), `connection` (connecting and the
+//! handshake), `broker` ([`RedisBroker`]), `publisher` (the pipelined
+//! publishing connection), `subscription` (one connection per
+//! subscription), [`wire`] (the header envelope), `error` (how connecting
+//! fails) and `tls`, plus `resp`, the part of the Redis protocol it speaks;
+//! [`DRIVER`] is its entry for `switchboard::connect`.
+//!
 //! # URLs
 //!
 //! - `redis://host[:port][/database]` — plain TCP, port 6379 by default;
@@ -61,10 +69,13 @@
 //! | [`connect_timeout`](RedisOptions::connect_timeout) | `connect_timeout=5s` | 5 s | TCP, TLS, `AUTH`, `SELECT` |
 //! | [`tls`](RedisOptions::tls) | `ca=`, `cert=`, `key=`, `tls_server_name=` (`rediss://` only) | the platform's trust store | CA files, client certificate, server name (see [TLS](#tls)) |
 //! | [`flush_timeout`](RedisOptions::flush_timeout) | `flush_timeout=10s` | 10 s | how long `flush` (and `close`) wait for Redis's replies |
-//! | [`client_name`](RedisOptions::client_name) | `name=billing` | `switchboard` | the name in `CLIENT LIST` |
-//! | [`subscription_capacity`](RedisOptions::subscription_capacity) | `capacity=N` | 2^20 | deliveries buffered per subscription |
+//! | [`name`](RedisOptions::name) | `name=billing` | `switchboard` | the name in `CLIENT LIST` |
+//! | [`capacity`](RedisOptions::capacity) | `capacity=N` | 2^20 | deliveries buffered per subscription |
 //! | [`keepalive`](RedisOptions::keepalive) | `keepalive=15s`, `keepalive=off` | 15 s | a connection silent this long (PING unanswered) is dropped and renewed |
-//! | [`reconnect_backoff`](RedisOptions::reconnect_backoff) | | 100 ms to 5 s | delay between reconnection attempts |
+//! | [`reconnect_backoff`](RedisOptions::reconnect_backoff) | | 100 ms to 5 s ([`Backoff::DEFAULT`](switchboard_core::Backoff::DEFAULT)) | delay between reconnection attempts |
+//!
+//! Options are set with builder methods named after them and read from
+//! [`RedisOptions`]' public fields, as on every switchboard adapter.
 //!
 //! # Capabilities
 //!
@@ -94,7 +105,7 @@
 //! # Slow subscribers and reconnecting
 //!
 //! A subscription buffers a bounded number of deliveries
-//! ([`RedisOptions::subscription_capacity`]). When the application does not
+//! ([`RedisOptions::capacity`]). When the application does not
 //! keep up, the adapter stops reading the connection; if that lasts, Redis
 //! disconnects the subscriber (`client-output-buffer-limit pubsub`). Whenever a
 //! subscription's connection breaks (that, `CLIENT KILL`, a restart, the
@@ -126,7 +137,7 @@
 //! when replies are owed and nothing came for `D`. Either is then handled as
 //! above: the subscription reports `Disconnected` and resubscribes, the
 //! publishes awaiting replies are reported by `flush`, and
-//! [`Broker::status`](switchboard_core::Broker::status) says disconnected
+//! [`Broker::status`] says disconnected
 //! until the publishing connection is back. A subscriber that is behind is
 //! not read, so its silence is not held against the link. With
 //! `keepalive=off`, only TCP keepalive is left (on every connection: first
@@ -144,29 +155,41 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 mod broker;
-mod conn;
+mod connection;
+mod error;
 mod options;
 mod publisher;
 mod resp;
-mod subscriber;
+mod subscription;
 mod tls;
 pub mod wire;
 
+use std::sync::Arc;
+
 pub use broker::RedisBroker;
 pub use options::{
-    RedisOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT, DEFAULT_KEEPALIVE,
-    DEFAULT_SUBSCRIPTION_CAPACITY, QUERY_KEYS,
+    RedisOptions, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT,
+    DEFAULT_KEEPALIVE, DEFAULT_NAME, QUERY_KEYS,
 };
 /// TLS settings for [`tls`](RedisOptions::tls), the same on every adapter.
 pub use switchboard_tls::TlsOptions;
 
-use switchboard_core::Result;
+use switchboard_core::{Broker, Driver, Result};
 
-/// The broker kind, as [`Broker::kind`](switchboard_core::Broker::kind) reports it.
-pub const BROKER: &str = "redis";
+/// The broker kind, as [`Broker::kind`] returns it.
+pub const KIND: &str = "redis";
 
 /// The URL schemes this adapter accepts: `redis` and `rediss` (TLS).
 pub const SCHEMES: &[&str] = &["redis", "rediss"];
+
+/// The URL the bare kind `redis` stands for: the local server on its usual port.
+pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+
+/// This adapter's entry for the `switchboard` facade's registry (registered
+/// there when its `redis` feature is on).
+pub const DRIVER: Driver = Driver::new(KIND, SCHEMES, DEFAULT_URL, |url| {
+    Box::pin(async move { Ok(Arc::new(connect(url).await?) as Arc<dyn Broker>) })
+});
 
 /// Connects to a `redis://` or `rediss://` URL with the default [`RedisOptions`].
 ///

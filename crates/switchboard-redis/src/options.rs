@@ -1,20 +1,18 @@
-//! Connection options.
+//! [`RedisOptions`] and the parsing of `redis://` / `rediss://` URLs.
 
+use std::fmt;
 use std::time::Duration;
 
 use switchboard_core::options::{self, Query};
-use switchboard_core::Result;
+use switchboard_core::{Backoff, Error, Result};
 use switchboard_tls::TlsOptions;
 
+use crate::tls::{tls_target, TlsTarget};
 use crate::RedisBroker;
 
-/// How long connecting (TCP, TLS and handshake) may take, unless configured.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long [`flush`](switchboard_core::Publisher::flush) waits for Redis's
-/// replies before failing with [`Error::Timeout`](switchboard_core::Error::Timeout),
-/// unless configured. 10 s, as for NATS.
-pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+pub use switchboard_core::options::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT, DEFAULT_KEEPALIVE,
+};
 
 /// Deliveries a subscription buffers before its connection stops being read, unless configured.
 ///
@@ -24,30 +22,24 @@ pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// fraction of a second; reading ahead into this buffer absorbs such bursts.
 /// The buffer holds deliveries, not bytes: lower it where messages are large
 /// and memory is tight.
-pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 1 << 20;
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
-/// How soon a connection that passes nothing is declared dead, unless
-/// configured: 15 s, as on every broker ([`options::DEFAULT_KEEPALIVE`]).
-pub const DEFAULT_KEEPALIVE: Duration = options::DEFAULT_KEEPALIVE;
+/// The connection name Redis shows (`CLIENT LIST`) unless configured.
+pub const DEFAULT_NAME: &str = "switchboard";
 
-/// The URL query keys the Redis adapter takes: `connect_timeout`,
-/// `flush_timeout`, `capacity` (see [`RedisOptions::subscription_capacity`]),
-/// `name` (see [`RedisOptions::client_name`]), `keepalive` and, on `rediss://`
-/// URLs, the TLS keys ([`switchboard_tls::QUERY_KEYS`], see [`RedisOptions::tls`]).
-pub const QUERY_KEYS: &[&str] = &[
-    options::CONNECT_TIMEOUT,
-    options::FLUSH_TIMEOUT,
-    options::CAPACITY,
-    options::NAME,
-    options::KEEPALIVE,
-    "ca",
-    "cert",
-    "key",
-    "tls_server_name",
-];
+/// The URL query keys the Redis adapter takes: the ones every adapter shares
+/// ([`options::COMMON`]) and, on `rediss://` URLs, the TLS ones
+/// ([`options::TLS`], see [`RedisOptions::tls`]).
+pub const QUERY_KEYS: &[&str] = options::COMMON_AND_TLS;
 
-/// Options for [`RedisOptions::connect`]; [`connect`](crate::connect) uses the defaults.
-/// Each can also be set in the URL's query ([`QUERY_KEYS`]), which wins:
+/// The port of a URL that names none.
+const DEFAULT_PORT: u16 = 6379;
+
+/// Options of a Redis connection: set with the builder methods, each named
+/// after its option, and read from the public fields (as on every
+/// switchboard adapter). [`connect`](crate::connect) uses the defaults. Every
+/// option but `reconnect_backoff` can also be set in the URL's query
+/// ([`QUERY_KEYS`]), which wins:
 /// `redis://host?connect_timeout=2s&capacity=65536&name=billing&keepalive=10s`.
 ///
 /// ```no_run
@@ -57,21 +49,39 @@ pub const QUERY_KEYS: &[&str] = &[
 /// let broker = RedisOptions::new()
 ///     .connect_timeout(Duration::from_secs(2))
 ///     .flush_timeout(Duration::from_secs(3))
-///     .client_name("billing")
+///     .name("billing")
 ///     .connect("redis://127.0.0.1:6379")
 ///     .await?;
+/// assert_eq!(broker.options().name.as_deref(), Some("billing"));
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RedisOptions {
-    pub(crate) connect_timeout: Duration,
-    pub(crate) flush_timeout: Duration,
-    pub(crate) client_name: String,
-    pub(crate) subscription_capacity: usize,
-    pub(crate) reconnect_min: Duration,
-    pub(crate) reconnect_max: Duration,
-    pub(crate) keepalive: Option<Duration>,
-    pub(crate) tls: TlsOptions,
+    /// How long connecting may take (TCP, TLS, `AUTH`, `SELECT`). URL:
+    /// `connect_timeout=5s`; default [`DEFAULT_CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// How long `flush` (and the flush in `close`) waits for Redis's replies.
+    /// URL: `flush_timeout=10s`; default [`DEFAULT_FLUSH_TIMEOUT`].
+    pub flush_timeout: Duration,
+    /// Deliveries each subscription buffers before its connection stops
+    /// being read (0 is read as 1). URL: `capacity=N`; default [`DEFAULT_CAPACITY`].
+    pub capacity: usize,
+    /// The name connections show in `CLIENT LIST` (subscriptions add
+    /// `-sub`; characters other than visible ASCII become `-`). URL:
+    /// `name=billing`; default [`DEFAULT_NAME`].
+    pub name: Option<String>,
+    /// How soon a connection that passes nothing is declared dead; `None`
+    /// leaves it to TCP keepalive. URL: `keepalive=15s`, `keepalive=off`;
+    /// default [`DEFAULT_KEEPALIVE`].
+    pub keepalive: Option<Duration>,
+    /// The delays between reconnection attempts (builder only); default
+    /// [`Backoff::DEFAULT`].
+    pub reconnect_backoff: Backoff,
+    /// How `rediss://` connections verify the server and identify the
+    /// client. URL: `ca=`, `cert=`, `key=`, `tls_server_name=`; default the
+    /// platform's trust store.
+    pub tls: TlsOptions,
 }
 
 impl Default for RedisOptions {
@@ -79,11 +89,10 @@ impl Default for RedisOptions {
         RedisOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             flush_timeout: DEFAULT_FLUSH_TIMEOUT,
-            client_name: "switchboard".to_string(),
-            subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(5),
+            capacity: DEFAULT_CAPACITY,
+            name: None,
             keepalive: Some(DEFAULT_KEEPALIVE),
+            reconnect_backoff: Backoff::DEFAULT,
             tls: TlsOptions::new(),
         }
     }
@@ -116,49 +125,26 @@ impl RedisOptions {
         self
     }
 
-    /// The name connections show in `CLIENT LIST`: the publishing connection
-    /// uses `name`, subscription connections `name-sub`. Spaces become `-`
-    /// (Redis refuses them). URL: `name=billing`.
-    pub fn client_name(mut self, name: impl Into<String>) -> Self {
-        let name: String = name
-            .into()
-            .chars()
-            .map(|c| if c.is_ascii_graphic() { c } else { '-' })
-            .collect();
-        if !name.is_empty() {
-            self.client_name = name;
-        }
-        self
-    }
-
     /// How many deliveries each subscription buffers. When the buffer is full
     /// the subscription's connection is not read until the application catches
     /// up; if that lasts, Redis disconnects it and the stream reports
     /// [`Error::Disconnected`](switchboard_core::Error::Disconnected).
     /// URL: `capacity=65536`.
-    pub fn subscription_capacity(mut self, capacity: usize) -> Self {
-        self.subscription_capacity = capacity.max(1);
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
         self
     }
 
-    /// The delay between reconnection attempts: starts at `min`, doubles up to `max`.
-    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.reconnect_min = min;
-        self.reconnect_max = max.max(min);
+    /// The name connections show in `CLIENT LIST`: the publishing connection
+    /// uses `name`, subscription connections `name-sub`. Spaces become `-`
+    /// (Redis refuses them); an empty name keeps the one set before.
+    /// URL: `name=billing`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        if !name.is_empty() {
+            self.name = Some(name);
+        }
         self
-    }
-
-    /// How `rediss://` connections verify the server and identify the client:
-    /// CA files, a client certificate, the server name. URL: `ca=PATH`,
-    /// `cert=PATH&key=PATH`, `tls_server_name=NAME` (added to what is set here).
-    pub fn tls(mut self, tls: TlsOptions) -> Self {
-        self.tls = tls;
-        self
-    }
-
-    /// The TLS settings.
-    pub fn tls_options(&self) -> &TlsOptions {
-        &self.tls
     }
 
     /// How soon a connection that passes nothing is declared dead. A
@@ -175,28 +161,262 @@ impl RedisOptions {
         self
     }
 
+    /// The delays between reconnection attempts of the publishing connection
+    /// and of each subscription: `min` doubling to `max` ([`Backoff::DEFAULT`],
+    /// 100 ms to 5 s, as on every adapter). Not a URL option.
+    pub fn reconnect_backoff(mut self, backoff: Backoff) -> Self {
+        self.reconnect_backoff = backoff;
+        self
+    }
+
+    /// How `rediss://` connections verify the server and identify the client:
+    /// CA files, a client certificate, the server name. URL: `ca=PATH`,
+    /// `cert=PATH&key=PATH`, `tls_server_name=NAME` (added to what is set here).
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Connects to a `redis://` or `rediss://` URL with these options.
+    pub async fn connect(&self, url: &str) -> Result<RedisBroker> {
+        RedisBroker::connect_with(url, self.clone()).await
+    }
+
+    /// The name `CLIENT SETNAME` is given: [`name`](Self::name) or
+    /// [`DEFAULT_NAME`], with anything but visible ASCII as `-`.
+    pub(crate) fn client_name(&self) -> String {
+        self.name
+            .as_deref()
+            .filter(|name| !name.is_empty())
+            .unwrap_or(DEFAULT_NAME)
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '-' })
+            .collect()
+    }
+
     /// Applies the URL query's settings, which win over the ones set in code.
-    pub(crate) fn apply(&mut self, query: &Query) -> Result<()> {
+    fn apply(&mut self, query: &Query) -> Result<()> {
         if let Some(timeout) = query.duration(options::CONNECT_TIMEOUT)? {
-            *self = self.clone().connect_timeout(timeout);
+            self.connect_timeout = timeout;
         }
         if let Some(timeout) = query.duration(options::FLUSH_TIMEOUT)? {
-            *self = self.clone().flush_timeout(timeout);
+            self.flush_timeout = timeout;
         }
         if let Some(capacity) = query.count(options::CAPACITY)? {
-            self.subscription_capacity = capacity;
+            self.capacity = capacity;
         }
-        if let Some(name) = query.text(options::NAME) {
-            *self = self.clone().client_name(name);
+        if let Some(name) = query.text(options::NAME).filter(|name| !name.is_empty()) {
+            self.name = Some(name.to_string());
         }
         if let Some(keepalive) = query.keepalive()? {
             self.keepalive = keepalive;
         }
         Ok(())
     }
+}
 
-    /// Connects to a `redis://` or `rediss://` URL with these options.
-    pub async fn connect(&self, url: &str) -> Result<RedisBroker> {
-        RedisBroker::connect_with(url, self.clone()).await
+/// Where and how to connect, read from the URL once.
+#[derive(Clone)]
+pub(crate) struct Target {
+    /// The URL as given, for error messages (redacted when shown).
+    pub(crate) url: String,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: Option<TlsTarget>,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) db: i64,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &switchboard_core::redact_url(&self.url))
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// Reads a `redis[s]://[[user]:password@]host[:port][/database][?query][#insecure]`
+    /// URL; the query's options are applied to `options`.
+    pub(crate) fn parse(url: &str, options: &mut RedisOptions) -> Result<Self> {
+        const FORM: &str = "the form is redis[s]://[[user]:password@]host[:port][/database]";
+        let parsed =
+            url::Url::parse(url).map_err(|e| Error::invalid_url(url, format!("{e}; {FORM}")))?;
+        let tls = match parsed.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            _ => {
+                return Err(Error::invalid_url(
+                    url,
+                    "a Redis URL starts with redis:// (or rediss:// for TLS), e.g. redis://127.0.0.1:6379",
+                ))
+            }
+        };
+        let host = match parsed.host_str() {
+            Some(host) if !host.is_empty() => host.trim_start_matches('[').trim_end_matches(']'),
+            _ => {
+                return Err(Error::invalid_url(
+                    url,
+                    format!("the URL names no host; {FORM}"),
+                ))
+            }
+        }
+        .to_string();
+        let insecure = match (parsed.fragment(), tls) {
+            (None, _) => false,
+            (Some("insecure"), true) => true,
+            (Some(other), _) => {
+                return Err(Error::invalid_url(
+                    url,
+                    format!("unknown fragment `#{other}`; only rediss:// URLs take one, `#insecure` (no certificate check)"),
+                ))
+            }
+        };
+        let db = match parsed.path().trim_matches('/') {
+            "" => 0,
+            path => path.parse::<i64>().map_err(|_| {
+                Error::invalid_url(
+                    url,
+                    format!("the database `{path}` is not a number; {FORM}"),
+                )
+            })?,
+        };
+        let username = match parsed.username() {
+            "" => None,
+            user => Some(options::decode(url, "user name", user)?),
+        };
+        let password = parsed
+            .password()
+            .map(|p| options::decode(url, "password", p))
+            .transpose()?;
+        let query = Query::parse(url, &parsed, QUERY_KEYS)?;
+        options.apply(&query)?;
+        let tls = tls_target(url, &query, &options.tls, &host, tls, insecure)?;
+        Ok(Target {
+            url: url.to_string(),
+            port: parsed.port().unwrap_or(DEFAULT_PORT),
+            host,
+            tls,
+            username,
+            password,
+            db,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<Target> {
+        Target::parse(url, &mut RedisOptions::new())
+    }
+
+    #[test]
+    fn reads_urls_like_redis_rs() {
+        let t = parse("redis://:secret@127.0.0.1:6380/3").unwrap();
+        assert_eq!(t.host, "127.0.0.1");
+        assert_eq!(t.port, 6380);
+        assert_eq!(t.password.as_deref(), Some("secret"));
+        assert_eq!(t.db, 3);
+        assert!(t.tls.is_none());
+        assert!(!format!("{t:?}").contains("secret"));
+        let t = parse("rediss://user:pw@example.com").unwrap();
+        assert_eq!(t.port, 6379);
+        assert_eq!(t.username.as_deref(), Some("user"));
+        assert!(t.tls.is_some());
+        let t = parse("rediss://example.com/#insecure").unwrap();
+        assert!(t.tls.unwrap().options.accepts_invalid_certs());
+        let t = parse("redis://:p%40ss%3Aw@[::1]:6380").unwrap();
+        assert_eq!(t.password.as_deref(), Some("p@ss:w"));
+        assert_eq!(t.host, "::1");
+    }
+
+    #[test]
+    fn the_query_sets_options() {
+        let mut options = RedisOptions::new().name("code");
+        Target::parse(
+            "redis://h?connect_timeout=2s&flush_timeout=3s&capacity=7&name=url+name&keepalive=off",
+            &mut options,
+        )
+        .unwrap();
+        assert_eq!(options.connect_timeout, Duration::from_secs(2));
+        assert_eq!(options.flush_timeout, Duration::from_secs(3));
+        assert_eq!(options.capacity, 7);
+        assert_eq!(options.client_name(), "url-name");
+        assert_eq!(options.keepalive, None);
+        assert_eq!(RedisOptions::new().keepalive, Some(DEFAULT_KEEPALIVE));
+    }
+
+    #[test]
+    fn malformed_urls_say_so() {
+        for (bad, needle) in [
+            ("nats://x", "redis://"),
+            ("127.0.0.1:6379", "the form is"),
+            ("redis://:pw@h:notaport", "the form is"),
+            ("redis://h/x", "`x` is not a number"),
+            ("redis://:pw@h?foo=1", "unknown parameter `foo`"),
+            ("redis://:pw@h?capacity=0", "`capacity=0`"),
+            ("redis://:p%zz@h", "`%zz`"),
+            ("redis://h#insecure", "only rediss://"),
+            ("rediss://h#secure", "`#secure`"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(matches!(e, Error::InvalidUrl { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains(needle), "{bad}: {e}");
+            assert!(!e.to_string().contains("pw@"), "{e}");
+        }
+    }
+
+    #[test]
+    fn tls_keys_from_the_url_and_the_options() {
+        let t = parse("rediss://h:1?ca=/nonexistent/ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            t.contains("cannot read the CA file /nonexistent/ca.pem"),
+            "{t}"
+        );
+        let e = parse("redis://h:1?ca=/ca.pem").unwrap_err();
+        assert!(matches!(e, Error::InvalidUrl { .. }), "{e}");
+        assert!(e.to_string().contains("write rediss://"), "{e}");
+        let e = parse("rediss://h:1?cert=/c.pem").unwrap_err().to_string();
+        assert!(e.contains("without `key`"), "{e}");
+        let e = parse("rediss://h:1/?ca=/ca.pem#insecure")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("contradicts"), "{e}");
+        let named = Target::parse(
+            "rediss://127.0.0.1:1",
+            &mut RedisOptions::new()
+                .tls(switchboard_tls::TlsOptions::new().server_name("cache.internal")),
+        )
+        .unwrap();
+        assert_eq!(named.tls.unwrap().name.to_str(), "cache.internal");
+        // Set in code, TLS settings apply to rediss:// URLs and are left unused on redis://.
+        let mut coded =
+            RedisOptions::new().tls(switchboard_tls::TlsOptions::new().ca("/nonexistent/ca.pem"));
+        assert!(Target::parse("redis://h:1", &mut coded)
+            .unwrap()
+            .tls
+            .is_none());
+        // `ca` may be repeated; every file is kept, in order.
+        let e = parse("rediss://h:1?ca=/nonexistent/a.pem&ca=/nonexistent/b.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/a.pem"), "{e}");
+        // The TLS keys are among the keys an unknown one is told about.
+        let e = parse("rediss://h:1?cafile=/ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`ca`, `cert`, `key` and `tls_server_name`"),
+            "{e}"
+        );
+        for key in switchboard_tls::QUERY_KEYS {
+            assert!(QUERY_KEYS.contains(&key), "{key}");
+        }
     }
 }

@@ -18,9 +18,9 @@ use switchboard_core::{Error, Message, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, watch, Notify};
 
-use crate::conn::{Conn, ReadHalf, Target};
-use crate::options::RedisOptions;
-use crate::{resp, wire, BROKER};
+use crate::connection::{Conn, ReadHalf};
+use crate::options::{RedisOptions, Target};
+use crate::{resp, wire, KIND};
 
 /// Bytes of encoded commands that may wait for the writer before `publish` waits.
 const HIGH_WATER: usize = 4 * 1024 * 1024;
@@ -96,7 +96,7 @@ impl Shared {
         let body_len = wire::encoded_len(headers, payload);
         if body_len > self.max_payload {
             return Err(Error::PayloadTooLarge {
-                broker: BROKER,
+                broker: KIND,
                 subject: message.subject().to_string(),
                 size: body_len,
                 max: self.max_payload,
@@ -109,11 +109,11 @@ impl Shared {
             {
                 let mut state = lock(&self.state);
                 if state.closed {
-                    return Err(Error::Closed { broker: BROKER });
+                    return Err(Error::Closed { broker: KIND });
                 }
                 if let Some(reason) = &state.down {
                     return Err(Error::Publish {
-                        broker: BROKER,
+                        broker: KIND,
                         subject: message.subject().to_string(),
                         reason: format!("not connected ({reason}); reconnecting"),
                         source: None,
@@ -145,7 +145,7 @@ impl Shared {
         let target = {
             let state = lock(&self.state);
             if state.closed && !allow_closed {
-                return Err(Error::Closed { broker: BROKER });
+                return Err(Error::Closed { broker: KIND });
             }
             state.queued
         };
@@ -154,7 +154,7 @@ impl Shared {
             Ok(Ok(_)) => {}
             Ok(Err(_)) => {
                 return Err(Error::Flush {
-                    broker: BROKER,
+                    broker: KIND,
                     reason: "the connection task ended".into(),
                     source: None,
                 })
@@ -166,7 +166,7 @@ impl Shared {
                     "redis: flush timed out waiting for replies"
                 );
                 return Err(Error::Timeout {
-                    broker: BROKER,
+                    broker: KIND,
                     operation: "flush".into(),
                     after: self.flush_timeout,
                 });
@@ -183,7 +183,7 @@ impl Shared {
             Some(first) => {
                 let count: u64 = failed.iter().map(|f| f.last - f.first + 1).sum();
                 Err(Error::Flush {
-                    broker: BROKER,
+                    broker: KIND,
                     reason: format!(
                         "{count} message(s) published before the flush failed: {}",
                         first.reason
@@ -235,7 +235,7 @@ pub(crate) fn start(
         keepalive: options.keepalive,
         written: AtomicU64::new(0),
         ping_at: AtomicU64::new(NO_PING),
-        link: switchboard_core::Link::new(crate::BROKER),
+        link: switchboard_core::Link::new(KIND),
     });
     let task = tokio::spawn(run(shared.clone(), conn, target, options));
     (shared, task)
@@ -246,7 +246,8 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
     // answered, failed, or in flight on the current one).
     let mut written: u64 = 0;
     let mut conn = Some(conn);
-    let mut backoff = options.reconnect_min;
+    let mut backoff = options.reconnect_backoff.attempts();
+    let client_name = options.client_name();
     loop {
         let current = match conn.take() {
             Some(c) => c,
@@ -254,14 +255,11 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
                 if lock(&shared.state).shutdown {
                     return;
                 }
-                match target
-                    .connect(options.connect_timeout, &options.client_name)
-                    .await
-                {
+                match target.connect(options.connect_timeout, &client_name).await {
                     Ok(c) => {
                         shared.link.restored();
                         lock(&shared.state).down = None;
-                        backoff = options.reconnect_min;
+                        backoff.succeeded();
                         c
                     }
                     Err(e) => {
@@ -282,10 +280,9 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
                         }
                         shared.answered.send_replace(written);
                         shared.space.notify_waiters();
-                        if !wait_or_shutdown(&shared, backoff).await {
+                        if !wait_or_shutdown(&shared, backoff.failed()).await {
                             return;
                         }
-                        backoff = (backoff * 2).min(options.reconnect_max);
                         continue;
                     }
                 }

@@ -9,7 +9,7 @@ use switchboard_tls::rustls::pki_types::ServerName;
 use switchboard_tls::rustls::ClientConfig;
 use switchboard_tls::TlsOptions;
 
-use crate::BROKER;
+use crate::KIND;
 
 /// How `rediss://` connections are opened: built once per broker, reused on
 /// every reconnection.
@@ -36,29 +36,21 @@ pub(crate) fn tls_target(
     insecure: bool,
 ) -> Result<Option<TlsTarget>> {
     let mut options = base.clone();
-    let mut in_url = false;
-    for (key, value) in query.pairs() {
-        in_url |= options
-            .apply_query(key, value)
-            .map_err(|e| Error::invalid_url(url, e))?;
-    }
+    let in_url = options.apply_url_query(url, query)?;
     if !tls {
         if in_url {
-            return Err(Error::invalid_url(
-                url,
-                "TLS settings (ca, cert, key, tls_server_name) need TLS: write rediss:// instead of redis://",
-            ));
+            return Err(switchboard_tls::keys_need_tls(url, "rediss://", "redis://"));
         }
         return Ok(None);
     }
     let options = options.danger_accept_invalid_certs(insecure || base.accepts_invalid_certs());
-    options.check().map_err(|e| Error::invalid_url(url, e))?;
+    options.check_url(url)?;
     let name = options
         .name_for(host)
         .map_err(|e| Error::invalid_url(url, e))?;
     let config = options
         .client_config()
-        .map_err(|e| Error::connect(BROKER, url, ConnectKind::Tls, e, None))?;
+        .map_err(|e| Error::connect(KIND, url, ConnectKind::Tls, e, None))?;
     Ok(Some(TlsTarget {
         config,
         name,

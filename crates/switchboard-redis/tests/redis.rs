@@ -7,33 +7,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use switchboard_core::{Broker, Error, Message, Pattern, Publisher, QueueGroup, Subscriber};
+use switchboard_core::{
+    Backoff, Broker, Error, Message, Pattern, Publisher, QueueGroup, Subscriber,
+};
 use switchboard_redis::{RedisBroker, RedisOptions};
+use switchboard_testkit::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(5);
 
 fn url() -> String {
     switchboard_conformance::broker_url("SWITCHBOARD_REDIS_URL", "redis://127.0.0.1:6379")
-}
-
-/// A prefix no other run uses.
-fn prefix() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "sbtest{}x{}x{}",
-        std::process::id(),
-        nanos,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// The shared server, or `None` (after printing why) when it is not there.
@@ -44,65 +31,6 @@ async fn shared(options: RedisOptions) -> Option<RedisBroker> {
             switchboard_conformance::skip_or_fail(format_args!("no Redis at {}: {e}", url()));
             None
         }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A redis-server of our own on a random loopback port, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Option<Server> {
-        let port = free_port();
-        let mut args = vec![
-            "--port".to_string(),
-            port.to_string(),
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--save".into(),
-            "".into(),
-            "--appendonly".into(),
-            "no".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let child = match Command::new("redis-server")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                switchboard_conformance::skip_or_fail(format_args!(
-                    "cannot start redis-server: {e}"
-                ));
-                return None;
-            }
-        };
-        let server = Server { child, port };
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(server)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -134,7 +62,7 @@ async fn silent(sub: &mut switchboard_core::Subscription, within: Duration) {
 
 #[tokio::test]
 async fn refused_port_is_one_clear_line() {
-    let port = free_port();
+    let port = switchboard_testkit::free_port();
     let url = format!("redis://:hunter2@127.0.0.1:{port}");
     let started = Instant::now();
     let e = switchboard_redis::connect(&url).await.unwrap_err();
@@ -179,10 +107,10 @@ async fn malformed_urls_are_invalid() {
 
 #[tokio::test]
 async fn password_errors_and_success() {
-    let Some(server) = Server::start(&["--requirepass", "s3cret"]) else {
+    let Some(server) = RedisServer::start(&["--requirepass", "s3cret"]) else {
         return;
     };
-    let port = server.port;
+    let port = server.port();
 
     let wrong = format!("redis://:wrongpw@127.0.0.1:{port}");
     let e = switchboard_redis::connect(&wrong).await.unwrap_err();
@@ -212,10 +140,10 @@ async fn password_errors_and_success() {
 
 #[tokio::test]
 async fn flush_reports_refused_publishes() {
-    let Some(server) = Server::start(&[]) else {
+    let Some(server) = RedisServer::start(&[]) else {
         return;
     };
-    let admin = format!("redis://127.0.0.1:{}", server.port);
+    let admin = format!("redis://127.0.0.1:{}", server.port());
     redis_cli(
         &admin,
         &[
@@ -223,7 +151,7 @@ async fn flush_reports_refused_publishes() {
         ],
     );
     let broker =
-        switchboard_redis::connect(&format!("redis://limited:pw@127.0.0.1:{}", server.port))
+        switchboard_redis::connect(&format!("redis://limited:pw@127.0.0.1:{}", server.port()))
             .await
             .unwrap();
     for _ in 0..3 {
@@ -245,7 +173,7 @@ async fn plain_client_publish_arrives_raw() {
     let Some(broker) = shared(RedisOptions::new()).await else {
         return;
     };
-    let p = prefix();
+    let p = switchboard_testkit::unique("plain_client_publish_arrives_raw");
     let mut sub = broker
         .subscribe(&format!("{p}.alerts.*").parse().unwrap())
         .await
@@ -276,7 +204,8 @@ async fn switchboard_publish_reaches_plain_subscriber_byte_for_byte() {
     let Some(broker) = shared(RedisOptions::new()).await else {
         return;
     };
-    let p = prefix();
+    let p =
+        switchboard_testkit::unique("switchboard_publish_reaches_plain_subscriber_byte_for_byte");
     let channel = format!("{p}.raw");
     let client = redis::Client::open(url()).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
@@ -301,7 +230,7 @@ async fn headers_and_magic_payloads_round_trip() {
     let Some(broker) = shared(RedisOptions::new()).await else {
         return;
     };
-    let p = prefix();
+    let p = switchboard_testkit::unique("headers_and_magic_payloads_round_trip");
     let mut sub = broker
         .subscribe(&format!("{p}.h").parse().unwrap())
         .await
@@ -327,7 +256,7 @@ async fn wildcards_and_glob_metacharacters() {
     let Some(broker) = shared(RedisOptions::new()).await else {
         return;
     };
-    let p = prefix();
+    let p = switchboard_testkit::unique("wildcards_and_glob_metacharacters");
     let mut star = broker
         .subscribe(&format!("{p}.a?.*").parse().unwrap())
         .await
@@ -411,7 +340,7 @@ async fn close_semantics() {
     let Some(broker) = shared(RedisOptions::new()).await else {
         return;
     };
-    let p = prefix();
+    let p = switchboard_testkit::unique("close_semantics");
     let mut sub = broker
         .subscribe(&format!("{p}.>").parse().unwrap())
         .await
@@ -468,10 +397,13 @@ fn client_ids(url: &str, name: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn killed_subscriber_reports_and_resubscribes() {
-    let p = prefix();
+    let p = switchboard_testkit::unique("killed_subscriber_reports_and_resubscribes");
     let options = RedisOptions::new()
-        .client_name(p.clone())
-        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
+        .name(p.clone())
+        .reconnect_backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(200),
+        ));
     let Some(broker) = shared(options).await else {
         return;
     };
@@ -527,13 +459,13 @@ async fn killed_subscriber_reports_and_resubscribes() {
 
 #[tokio::test]
 async fn slow_subscriber_is_reported_not_silent() {
-    let Some(server) = Server::start(&["--client-output-buffer-limit", "pubsub 64kb 32kb 1"])
+    let Some(server) = RedisServer::start(&["--client-output-buffer-limit", "pubsub 64kb 32kb 1"])
     else {
         return;
     };
-    let url = format!("redis://127.0.0.1:{}", server.port);
+    let url = format!("redis://127.0.0.1:{}", server.port());
     let broker = RedisOptions::new()
-        .subscription_capacity(16)
+        .capacity(16)
         .connect(&url)
         .await
         .unwrap();
@@ -566,37 +498,16 @@ async fn slow_subscriber_is_reported_not_silent() {
 
 /// A process stopped with SIGSTOP (its connections stay open, nothing answers)
 /// and continued when this is dropped, also when the test fails.
-struct Paused(u32);
-
-impl Paused {
-    fn new(pid: u32) -> Paused {
-        let status = Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -STOP {pid} failed");
-        Paused(pid)
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.0.to_string()])
-            .status();
-    }
-}
-
 fn is_flush_timeout(e: &Error, after: Duration) -> bool {
     matches!(e, Error::Timeout { broker: "redis", operation, after: a } if operation == "flush" && *a == after)
 }
 
 #[tokio::test]
 async fn flush_times_out_on_a_hung_server_and_keeps_counting() {
-    let Some(server) = Server::start(&[]) else {
+    let Some(mut server) = RedisServer::start(&[]) else {
         return;
     };
-    let url = format!("redis://127.0.0.1:{}", server.port);
+    let url = format!("redis://127.0.0.1:{}", server.port());
     let timeout = Duration::from_millis(700);
     let broker = RedisOptions::new()
         .flush_timeout(timeout)
@@ -612,7 +523,7 @@ async fn flush_times_out_on_a_hung_server_and_keeps_counting() {
     broker.flush().await.unwrap();
     assert_eq!(next(&mut sub).await.unwrap().payload_str(), Some("before"));
 
-    let paused = Paused::new(server.child.id());
+    server.process.pause();
     for i in 0..10 {
         broker
             .publish(Message::new("hung.n", format!("{i}")).unwrap())
@@ -635,7 +546,7 @@ async fn flush_times_out_on_a_hung_server_and_keeps_counting() {
 
     // Redis resumes: it answers everything, a later flush succeeds and every
     // message arrives, in order.
-    drop(paused);
+    server.process.resume();
     broker
         .publish(Message::new("hung.n", "after").unwrap())
         .await
@@ -648,7 +559,7 @@ async fn flush_times_out_on_a_hung_server_and_keeps_counting() {
     assert_eq!(next(&mut sub).await.unwrap().payload_str(), Some("after"));
 
     // Closing while Redis hangs is bounded by the flush timeout too.
-    let paused = Paused::new(server.child.id());
+    server.process.pause();
     broker
         .publish(Message::new("hung.n", "at close").unwrap())
         .await
@@ -660,7 +571,7 @@ async fn flush_times_out_on_a_hung_server_and_keeps_counting() {
         .unwrap_err();
     assert!(is_flush_timeout(&e, timeout), "{e:?}");
     assert!(started.elapsed() < timeout + WAIT);
-    drop(paused);
+    server.process.resume();
     broker.close().await.unwrap();
 }
 

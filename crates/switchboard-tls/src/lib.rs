@@ -11,8 +11,10 @@
 //! | `tls_server_name=NAME` | [`server_name`](TlsOptions::server_name) | the name the server's certificate is checked against (and sent as SNI where the client allows), when it differs from the URL's host |
 //!
 //! The keys need the TLS scheme (`tls://`, `rediss://`, `amqps://`): adapters
-//! refuse them in a plain URL rather than connect without TLS. Options set in
-//! code apply to whichever URL asks for TLS.
+//! refuse them in a plain URL ([`keys_need_tls`]) rather than connect
+//! without TLS. Options set in code apply to whichever URL asks for TLS.
+//! Adapters read the keys with [`TlsOptions::apply_url_query`], so a bad
+//! value is the same one-line error on every broker.
 //!
 //! [`TlsOptions::client_config`] turns the options into one rustls
 //! [`ClientConfig`](rustls::ClientConfig), which every adapter hands to its
@@ -55,12 +57,14 @@ mod error;
 mod explain;
 mod options;
 mod provider;
+mod url;
 mod verifier;
 
 pub use error::TlsError;
 pub use explain::TlsFailure;
 pub use options::{TlsOptions, QUERY_KEYS};
 pub use provider::{crypto_provider, install_default_provider};
+pub use url::keys_need_tls;
 
 /// Re-exported so adapters and users name the same rustls version.
 pub use rustls;

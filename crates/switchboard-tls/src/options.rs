@@ -4,11 +4,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::ServerName;
+use switchboard_core::options::{CA, CERT, KEY, TLS_SERVER_NAME};
 
 use crate::TlsError;
 
-/// The URL query keys [`TlsOptions::apply_query`] takes, the same on every broker.
-pub const QUERY_KEYS: [&str; 4] = ["ca", "cert", "key", "tls_server_name"];
+/// The URL query keys [`TlsOptions::apply_query`] takes, the same on every
+/// broker (named in [`switchboard_core::options`]).
+pub const QUERY_KEYS: [&str; 4] = [CA, CERT, KEY, TLS_SERVER_NAME];
 
 /// The value of `ca` that means the platform's trust store rather than a file.
 const SYSTEM: &str = "system";

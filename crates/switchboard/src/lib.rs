@@ -37,6 +37,22 @@
 //! feature, re-exported as [`worker`]; its codecs `msgpack` and `cbor`,
 //! `schemars` (schemas from types) and `testing` (`switchboard::testing`,
 //! unit tests for reactions without a server) are features too, off by default.
+//! [`prelude`] brings the traits.
+//!
+//! # Drivers
+//!
+//! [`connect`] picks the adapter by the URL's scheme from a registry of
+//! [`Driver`]s: this build's adapters are registered on first use, and a
+//! third-party adapter crate's `DRIVER` joins them with [`register`]:
+//!
+//! ```ignore
+//! switchboard::register(my_adapter::DRIVER)?;
+//! let broker = switchboard::connect("mybroker://host:1234").await?;
+//! ```
+//!
+//! [`drivers`] lists what this process knows, [`resolve_url`] turns a bare
+//! kind into its default URL, and [`supported_schemes`] is what error
+//! messages list.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -55,6 +71,11 @@ pub use switchboard_worker as worker;
 #[cfg(feature = "testing")]
 pub use switchboard_worker::testing;
 
+pub mod prelude;
+mod registry;
+
+pub use registry::{drivers, register, resolve_url, supported_schemes};
+
 /// A broker chosen at run time: usable as `dyn Publisher`, `dyn Subscriber` and `dyn Broker`.
 pub type AnyBroker = Arc<dyn Broker>;
 
@@ -64,74 +85,8 @@ pub const BROKER_URL_ENV: &str = "BROKER_URL";
 /// The URL used when [`BROKER_URL_ENV`] is not set: the local NATS server.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
-/// One broker kind this build knows: its name, URL schemes and default local URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Kind {
-    /// The kind's name, accepted alone in place of a URL (`nats`, `redis`, ...).
-    pub name: &'static str,
-    /// The URL schemes it accepts.
-    pub schemes: &'static [&'static str],
-    /// The URL a bare kind name stands for.
-    pub default_url: &'static str,
-    /// Whether this build was compiled with it.
-    pub enabled: bool,
-}
-
-/// Every broker kind switchboard knows, with whether this build has it.
-pub const KINDS: &[Kind] = &[
-    Kind {
-        name: "memory",
-        schemes: &["memory"],
-        default_url: "memory://",
-        enabled: true,
-    },
-    Kind {
-        name: "nats",
-        schemes: &["nats", "tls"],
-        default_url: "nats://127.0.0.1:4222",
-        enabled: cfg!(feature = "nats"),
-    },
-    Kind {
-        name: "redis",
-        schemes: &["redis", "rediss"],
-        default_url: "redis://127.0.0.1:6379",
-        enabled: cfg!(feature = "redis"),
-    },
-    Kind {
-        name: "amqp",
-        schemes: &["amqp", "amqps"],
-        default_url: "amqp://guest:guest@127.0.0.1:5672/%2f",
-        enabled: cfg!(feature = "amqp"),
-    },
-];
-
-/// The URL schemes this build can connect to, comma-separated, for error messages.
-pub fn supported_schemes() -> String {
-    let schemes: Vec<String> = KINDS
-        .iter()
-        .filter(|k| k.enabled)
-        .flat_map(|k| k.schemes.iter().map(|s| format!("{s}://")))
-        .collect();
-    schemes.join(", ")
-}
-
-/// Turns a bare kind (`nats`, `redis`, `amqp`, `memory`) into its default local
-/// URL; anything else is returned as it is.
-///
-/// ```
-/// assert_eq!(switchboard::resolve_url("nats"), "nats://127.0.0.1:4222");
-/// assert_eq!(switchboard::resolve_url("redis://h:1"), "redis://h:1");
-/// ```
-pub fn resolve_url(kind_or_url: &str) -> &str {
-    let trimmed = kind_or_url.trim();
-    KINDS
-        .iter()
-        .find(|k| k.name.eq_ignore_ascii_case(trimmed))
-        .map_or(trimmed, |k| k.default_url)
-}
-
 /// Connects to the broker named by `url` (or a bare kind such as `nats`), with
-/// the adapter its scheme selects.
+/// the driver its scheme selects (see [`register`]).
 ///
 /// An unknown scheme, or one whose feature this build lacks, is an
 /// [`Error::UnknownScheme`] listing what this build supports.
@@ -152,47 +107,16 @@ pub async fn connect(url: &str) -> Result<AnyBroker> {
             return Err(Error::invalid_url(
                 url,
                 format!(
-                    "expected a broker kind (memory, nats, redis, amqp) or a URL such as nats://127.0.0.1:4222; this build supports {}",
+                    "expected a broker kind ({}) or a URL such as nats://127.0.0.1:4222; this build supports {}",
+                    registry::kinds(),
                     supported_schemes()
                 ),
             ))
         }
     };
-    let kind = KINDS.iter().find(|k| k.schemes.contains(&scheme.as_str()));
-    match kind {
-        Some(kind) if kind.enabled => {}
-        Some(kind) => {
-            return Err(Error::UnknownScheme {
-                scheme,
-                url: redact_url(url),
-                supported: format!(
-                    "{} (the `{}` cargo feature of switchboard is not enabled)",
-                    supported_schemes(),
-                    kind.name
-                ),
-            })
-        }
-        None => {
-            return Err(Error::UnknownScheme {
-                scheme,
-                url: redact_url(url),
-                supported: supported_schemes(),
-            })
-        }
-    }
-    match scheme.as_str() {
-        "memory" => Ok(Arc::new(MemoryBroker::connect(url)?)),
-        #[cfg(feature = "nats")]
-        "nats" | "tls" => Ok(Arc::new(switchboard_nats::connect(url).await?)),
-        #[cfg(feature = "redis")]
-        "redis" | "rediss" => Ok(Arc::new(switchboard_redis::connect(url).await?)),
-        #[cfg(feature = "amqp")]
-        "amqp" | "amqps" => Ok(Arc::new(switchboard_amqp::connect(url).await?)),
-        _ => Err(Error::UnknownScheme {
-            scheme,
-            url: redact_url(url),
-            supported: supported_schemes(),
-        }),
+    match registry::driver_for_scheme(&scheme) {
+        Some(driver) => driver.connect(url).await,
+        None => Err(registry::unknown_scheme(scheme, url)),
     }
 }
 

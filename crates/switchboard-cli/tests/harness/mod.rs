@@ -4,10 +4,9 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How long a listener may take to say it is subscribed, or a message to arrive.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -20,18 +19,7 @@ pub fn switchboard() -> Command {
 }
 
 /// A subject prefix no other test (or test run) uses.
-pub fn unique_prefix(test: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "sbtest.{test}.p{}n{nanos}c{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub use switchboard_testkit::unique;
 
 /// The URL of broker `kind` (`nats`, `redis`, `amqp`) from `SWITCHBOARD_<KIND>_URL`,
 /// or its loopback default; `None` (after printing `skipped: ...`) when it does
@@ -433,7 +421,7 @@ pub struct TempDir(std::path::PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(unique_prefix(tag));
+        let dir = std::env::temp_dir().join(unique(tag));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }

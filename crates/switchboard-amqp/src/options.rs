@@ -5,35 +5,34 @@ use std::time::Duration;
 
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use switchboard_core::options::{self, Query};
-use switchboard_core::{BoxError, ConnectKind, Error, Result};
+use switchboard_core::{Backoff, Error, Result};
 use switchboard_tls::TlsOptions;
 use url::Url;
 
-use crate::tls::{apply_tls_parameter, tls_target, TlsTarget};
-use crate::BROKER;
+use crate::tls::{tls_target, TlsTarget};
+
+pub use switchboard_core::options::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT, DEFAULT_KEEPALIVE,
+};
 
 /// The exchange used when the URL names none.
 pub const DEFAULT_EXCHANGE: &str = "amq.topic";
 /// Unacknowledged deliveries one subscription holds at most, unless configured.
 pub const DEFAULT_PREFETCH: u16 = 256;
-/// How long connecting may take, unless configured.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Published messages awaiting their broker confirm at most, unless configured.
 pub const DEFAULT_CONFIRM_WINDOW: usize = 256;
 /// RabbitMQ's default `max_message_size` (128 MiB).
 pub const DEFAULT_MAX_PAYLOAD: usize = 134_217_728;
-/// How long `flush` waits for the broker's confirms, unless configured.
-pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
-/// How soon a connection that passes nothing is declared dead, unless
-/// configured: 15 s, as on every broker ([`options::DEFAULT_KEEPALIVE`]).
-pub const DEFAULT_KEEPALIVE: Duration = options::DEFAULT_KEEPALIVE;
+/// The connection name RabbitMQ shows unless configured.
+pub const DEFAULT_NAME: &str = "switchboard";
 
-/// The query parameters [`connect`](crate::connect) accepts: the keys every
-/// adapter shares (`connect_timeout`, `flush_timeout`, `name`, `keepalive`),
-/// AMQP's own, the older spellings `connection_timeout` (milliseconds)
-/// and `connection_name`, which still work, and on `amqps://` URLs the TLS
-/// keys ([`switchboard_tls::QUERY_KEYS`]).
-pub const QUERY_PARAMS: &[&str] = &[
+/// The query keys [`connect`](crate::connect) accepts: the keys every
+/// adapter shares but `capacity` (`connect_timeout`, `flush_timeout`,
+/// `name`, `keepalive`; `prefetch` bounds a subscription instead), AMQP's
+/// own, the older spellings `connection_timeout` (milliseconds) and
+/// `connection_name`, which still work, and on `amqps://` URLs the TLS keys
+/// ([`options::TLS`]).
+pub const QUERY_KEYS: &[&str] = &[
     options::CONNECT_TIMEOUT,
     options::FLUSH_TIMEOUT,
     options::NAME,
@@ -48,67 +47,88 @@ pub const QUERY_PARAMS: &[&str] = &[
     "auth_mechanism",
     "connection_timeout",
     "connection_name",
-    "ca",
-    "cert",
-    "key",
-    "tls_server_name",
+    options::CA,
+    options::CERT,
+    options::KEY,
+    options::TLS_SERVER_NAME,
 ];
 
-/// Options of an AMQP connection. Each can also be set by a URL query
-/// parameter of the same name, which takes precedence.
+/// Options of an AMQP connection: set with the builder methods, each named
+/// after its option, and read from the public fields (as on every
+/// switchboard adapter). Every option but `reconnect_backoff` can also be
+/// set by a URL query key of the same name, which takes precedence.
 ///
 /// ```
 /// use std::time::Duration;
 /// use switchboard_amqp::AmqpOptions;
-/// let options = AmqpOptions::default()
+/// let options = AmqpOptions::new()
 ///     .exchange("events")
 ///     .prefetch(64)
 ///     .connect_timeout(Duration::from_secs(2));
-/// assert_eq!(options.exchange_name(), "events");
+/// assert_eq!(options.exchange, "events");
+/// assert_eq!(options.prefetch, 64);
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AmqpOptions {
-    pub(crate) exchange: String,
-    pub(crate) prefetch: u16,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) confirm_window: usize,
-    pub(crate) connection_name: Option<String>,
-    pub(crate) max_payload: usize,
-    pub(crate) flush_timeout: Duration,
-    pub(crate) keepalive: Option<Duration>,
-    pub(crate) tls: TlsOptions,
+    /// How long connecting (and reconnecting, and declaring a subscription's
+    /// queue) may take. URL: `connect_timeout=5s` (or the older
+    /// `connection_timeout=` in milliseconds); default [`DEFAULT_CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// How long `flush` (and `close`, and `Subscription::close`) wait for the
+    /// broker. URL: `flush_timeout=10s`; default [`DEFAULT_FLUSH_TIMEOUT`].
+    pub flush_timeout: Duration,
+    /// The connection name RabbitMQ shows. URL: `name=api` (or the older
+    /// `connection_name=`); default [`DEFAULT_NAME`].
+    pub name: Option<String>,
+    /// How soon a connection that passes nothing is declared dead (the AMQP
+    /// heartbeat at half of it); `None` takes the broker's heartbeat. URL:
+    /// `keepalive=15s`, `keepalive=off`; default [`DEFAULT_KEEPALIVE`].
+    pub keepalive: Option<Duration>,
+    /// The delays between a subscription's reconnection attempts (builder
+    /// only); default [`Backoff::DEFAULT`].
+    pub reconnect_backoff: Backoff,
+    /// How `amqps://` connections verify the server and identify the client.
+    /// URL: `ca=`, `cert=`, `key=`, `tls_server_name=`; default the platform's
+    /// trust store.
+    pub tls: TlsOptions,
+    /// The topic exchange published to and bound to. URL: `exchange=`;
+    /// default [`DEFAULT_EXCHANGE`].
+    pub exchange: String,
+    /// Unacknowledged deliveries one subscription holds (0: no limit). URL:
+    /// `prefetch=`; default [`DEFAULT_PREFETCH`].
+    pub prefetch: u16,
+    /// Publishes that may await their confirm before `publish` waits (0 is
+    /// read as 1). URL: `confirm_window=`; default [`DEFAULT_CONFIRM_WINDOW`].
+    pub confirm_window: usize,
+    /// The largest payload `publish` accepts. URL: `max_payload=`; default
+    /// [`DEFAULT_MAX_PAYLOAD`].
+    pub max_payload: usize,
 }
 
 impl Default for AmqpOptions {
     fn default() -> Self {
         AmqpOptions {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            flush_timeout: DEFAULT_FLUSH_TIMEOUT,
+            name: None,
+            keepalive: Some(DEFAULT_KEEPALIVE),
+            reconnect_backoff: Backoff::DEFAULT,
+            tls: TlsOptions::new(),
             exchange: DEFAULT_EXCHANGE.to_string(),
             prefetch: DEFAULT_PREFETCH,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             confirm_window: DEFAULT_CONFIRM_WINDOW,
-            connection_name: None,
             max_payload: DEFAULT_MAX_PAYLOAD,
-            flush_timeout: DEFAULT_FLUSH_TIMEOUT,
-            keepalive: Some(DEFAULT_KEEPALIVE),
-            tls: TlsOptions::new(),
         }
     }
 }
 
 impl AmqpOptions {
-    /// The topic exchange to publish to and bind to (default `amq.topic`; URL `?exchange=`).
-    /// Another name is declared as a durable topic exchange; other `amq.*`
-    /// names are refused (they are the broker's own, none of them a usable topic exchange).
-    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
-        self.exchange = exchange.into();
-        self
-    }
-
-    /// The most unacknowledged deliveries a subscription holds (default 256;
-    /// URL `?prefetch=`; 0 means no limit, not recommended).
-    pub fn prefetch(mut self, prefetch: u16) -> Self {
-        self.prefetch = prefetch;
-        self
+    /// The defaults: the `amq.topic` exchange, a prefetch and confirm window
+    /// of 256, 5 s to connect, 10 s to flush, a 15 s keepalive, reconnect
+    /// backoff 100 ms to 5 s, 128 MiB payloads.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// How long connecting (and reconnecting, and declaring a subscription's
@@ -119,34 +139,21 @@ impl AmqpOptions {
         self
     }
 
-    /// How many published messages may await their broker confirm before
-    /// `publish` waits for the oldest (default 256; URL `?confirm_window=`; at least 1).
-    pub fn confirm_window(mut self, window: usize) -> Self {
-        self.confirm_window = window.max(1);
+    /// How long `flush` (and the flush in `close`) waits for the broker's
+    /// confirms before failing with [`Error::Timeout`]; the confirms not seen
+    /// yet stay counted, so a later `flush` waits for them again. Also the
+    /// most `close` and `Subscription::close` wait for the broker to confirm
+    /// the close (default 10 s; URL `?flush_timeout=10s`).
+    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
+        self.flush_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 
     /// The connection name RabbitMQ shows (`rabbitmqctl list_connections
     /// client_properties`, management UI); default `switchboard`; URL `?name=`
     /// (or the older `?connection_name=`).
-    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
-        self.connection_name = Some(name.into());
-        self
-    }
-
-    /// The largest payload `publish` accepts, matching the server's
-    /// `max_message_size` (default 128 MiB, RabbitMQ's default; URL `?max_payload=`).
-    pub fn max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = bytes;
-        self
-    }
-
-    /// How long `flush` (and the flush in `close`) waits for the broker's
-    /// confirms before failing with [`Error::Timeout`]; the confirms not seen
-    /// yet stay counted, so a later `flush` waits for them again (default
-    /// 10 s; URL `?flush_timeout=10s`).
-    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
-        self.flush_timeout = timeout.max(Duration::from_millis(1));
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
         self
     }
 
@@ -163,6 +170,14 @@ impl AmqpOptions {
         self
     }
 
+    /// The delays between a lost subscription's attempts to declare its
+    /// queue, binding and consumer again: `min` doubling to `max`
+    /// ([`Backoff::DEFAULT`], 100 ms to 5 s, as on every adapter). Not a URL option.
+    pub fn reconnect_backoff(mut self, backoff: Backoff) -> Self {
+        self.reconnect_backoff = backoff;
+        self
+    }
+
     /// How `amqps://` connections verify the server and identify the client:
     /// CA files, a client certificate, the server name. URL: `ca=PATH`,
     /// `cert=PATH&key=PATH`, `tls_server_name=NAME` (added to what is set here).
@@ -171,30 +186,33 @@ impl AmqpOptions {
         self
     }
 
-    /// The TLS settings.
-    pub fn tls_options(&self) -> &TlsOptions {
-        &self.tls
+    /// The topic exchange to publish to and bind to (default `amq.topic`; URL `?exchange=`).
+    /// Another name is declared as a durable topic exchange; other `amq.*`
+    /// names are refused (they are the broker's own, none of them a usable topic exchange).
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
     }
 
-    /// The exchange name.
-    pub fn exchange_name(&self) -> &str {
-        &self.exchange
+    /// The most unacknowledged deliveries a subscription holds (default 256;
+    /// URL `?prefetch=`; 0 means no limit, not recommended).
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch;
+        self
     }
-}
 
-impl fmt::Debug for AmqpOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmqpOptions")
-            .field("exchange", &self.exchange)
-            .field("prefetch", &self.prefetch)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("confirm_window", &self.confirm_window)
-            .field("connection_name", &self.connection_name)
-            .field("max_payload", &self.max_payload)
-            .field("flush_timeout", &self.flush_timeout)
-            .field("keepalive", &self.keepalive)
-            .field("tls", &self.tls)
-            .finish()
+    /// How many published messages may await their broker confirm before
+    /// `publish` waits for the oldest (default 256; URL `?confirm_window=`; at least 1).
+    pub fn confirm_window(mut self, window: usize) -> Self {
+        self.confirm_window = window.max(1);
+        self
+    }
+
+    /// The largest payload `publish` accepts, matching the server's
+    /// `max_message_size` (default 128 MiB, RabbitMQ's default; URL `?max_payload=`).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
     }
 }
 
@@ -269,12 +287,9 @@ impl Config {
                 options::decode(url, "vhost", raw)?
             }
         };
-        let query = Query::parse(url, &parsed, QUERY_PARAMS)?;
+        let query = Query::parse(url, &parsed, QUERY_KEYS)?;
         let heartbeat = apply_query(&query, &mut options)?;
-        let mut tls_in_url = false;
-        for (key, value) in query.pairs() {
-            tls_in_url |= apply_tls_parameter(url, &mut options, key, value)?;
-        }
+        let tls_in_url = options.tls.apply_url_query(url, &query)?;
         let mut query = AMQPQueryString {
             heartbeat,
             frame_max: query.parse_as("frame_max", "a number of bytes")?,
@@ -325,21 +340,6 @@ impl Config {
     pub(crate) fn address(&self) -> String {
         format!("{}:{}", self.uri.authority.host, self.uri.authority.port)
     }
-
-    pub(crate) fn connect_error(
-        &self,
-        kind: ConnectKind,
-        reason: impl fmt::Display,
-        source: Option<BoxError>,
-    ) -> Error {
-        Error::Connect {
-            broker: BROKER,
-            url: self.redacted.clone(),
-            kind,
-            reason: reason.to_string(),
-            source,
-        }
-    }
 }
 
 /// Applies the query to `options`; returns the AMQP heartbeat to ask for (in
@@ -374,7 +374,7 @@ fn apply_query(query: &Query, options: &mut AmqpOptions) -> Result<Option<u16>> 
         .text(options::NAME)
         .or_else(|| query.text("connection_name"))
     {
-        options.connection_name = Some(name.to_string());
+        options.name = Some(name.to_string());
     }
     if let Some(max) = query.parse_as("max_payload", "a number of bytes")? {
         options.max_payload = max;
@@ -430,7 +430,7 @@ mod tests {
             parse("amqp://h/?connect_timeout=2s&flush_timeout=3s&name=api&keepalive=10s").unwrap();
         assert_eq!(c.options.connect_timeout, Duration::from_secs(2));
         assert_eq!(c.options.flush_timeout, Duration::from_secs(3));
-        assert_eq!(c.options.connection_name.as_deref(), Some("api"));
+        assert_eq!(c.options.name.as_deref(), Some("api"));
         assert_eq!(c.uri.query.heartbeat, Some(5));
         assert_eq!(parse("amqp://h").unwrap().uri.query.heartbeat, Some(7));
         assert_eq!(
@@ -445,7 +445,7 @@ mod tests {
             parse("amqp://h?connection_name=old")
                 .unwrap()
                 .options
-                .connection_name
+                .name
                 .as_deref(),
             Some("old")
         );
@@ -470,7 +470,7 @@ mod tests {
         assert!(!e.contains("secret"), "{e}");
         for key in options::COMMON.iter().chain(&switchboard_tls::QUERY_KEYS) {
             if *key != options::CAPACITY {
-                assert!(QUERY_PARAMS.contains(key), "{key}");
+                assert!(QUERY_KEYS.contains(key), "{key}");
             }
         }
         for (url, needle) in [

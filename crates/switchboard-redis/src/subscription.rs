@@ -22,10 +22,10 @@ use switchboard_core::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::conn::{Conn, Target};
-use crate::options::RedisOptions;
+use crate::connection::Conn;
+use crate::options::{RedisOptions, Target};
 use crate::resp::Frame;
-use crate::{wire, BROKER};
+use crate::{wire, KIND};
 
 /// The Redis channel or glob a pattern subscribes to, and whether it is a glob.
 ///
@@ -72,9 +72,9 @@ pub(crate) async fn subscribe(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Subscription> {
     if *shutdown.borrow() {
-        return Err(Error::Closed { broker: BROKER });
+        return Err(Error::Closed { broker: KIND });
     }
-    let (tx, mut rx) = mpsc::channel(options.subscription_capacity);
+    let (tx, mut rx) = mpsc::channel(options.capacity.max(1));
     let (ready_tx, ready_rx) = oneshot::channel();
     let wait = options.connect_timeout * 2;
     let task = tokio::spawn(run(
@@ -86,7 +86,7 @@ pub(crate) async fn subscribe(
         shutdown,
     ));
     let subscribe_error = |reason: String| Error::Subscribe {
-        broker: BROKER,
+        broker: KIND,
         pattern: pattern.to_string(),
         reason,
         source: None,
@@ -94,7 +94,7 @@ pub(crate) async fn subscribe(
     match tokio::time::timeout(wait, ready_rx).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(e),
-        Ok(Err(_)) => return Err(Error::Closed { broker: BROKER }),
+        Ok(Err(_)) => return Err(Error::Closed { broker: KIND }),
         Err(_) => {
             task.abort();
             return Err(subscribe_error(format!(
@@ -119,10 +119,10 @@ pub(crate) async fn subscribe(
 async fn open(target: &Target, options: &RedisOptions, pattern: &Pattern) -> Result<Conn> {
     let (channel, glob) = channel_for(pattern);
     let command: &[u8] = if glob { b"PSUBSCRIBE" } else { b"SUBSCRIBE" };
-    let name = format!("{}-sub", options.client_name);
+    let name = format!("{}-sub", options.client_name());
     let mut conn = target.connect(options.connect_timeout, &name).await?;
     let failed = |reason: String| Error::Subscribe {
-        broker: BROKER,
+        broker: KIND,
         pattern: pattern.to_string(),
         reason,
         source: None,
@@ -156,8 +156,8 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut ready = Some(ready);
-    let mut link = SubscriptionLink::new(BROKER, &pattern);
-    let mut backoff = options.reconnect_min;
+    let mut link = SubscriptionLink::new(KIND, &pattern);
+    let mut backoff = options.reconnect_backoff.attempts();
     loop {
         let opened = tokio::select! {
             opened = open(&target, &options, &pattern) => opened,
@@ -172,15 +172,15 @@ async fn run(
                     }
                 }
                 link.resubscribed();
-                backoff = options.reconnect_min;
+                backoff.succeeded();
                 let Some(ended) = pump(conn, &pattern, &tx, &mut shutdown, options.keepalive).await
                 else {
                     return;
                 };
                 link.lost(&ended.reason);
                 let report = Err(Error::Disconnected {
-                    broker: BROKER,
-                    reason: ended.describe(&pattern, options.subscription_capacity),
+                    broker: KIND,
+                    reason: ended.describe(&pattern, options.capacity.max(1)),
                 });
                 tokio::select! {
                     sent = tx.send(report) => if sent.is_err() { return },
@@ -192,19 +192,19 @@ async fn run(
                     let _ = ready.send(Err(e));
                     return;
                 }
-                link.retry_failed(&e, backoff);
+                let delay = backoff.failed();
+                link.retry_failed(&e, delay);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = tx.closed() => return,
                     _ = closed(&mut shutdown) => return,
                 }
-                backoff = (backoff * 2).min(options.reconnect_max);
                 continue;
             }
         }
         // Reconnect after a short pause, so a server that keeps closing us is not hammered.
         tokio::select! {
-            _ = tokio::time::sleep(options.reconnect_min) => {}
+            _ = tokio::time::sleep(options.reconnect_backoff.min()) => {}
             _ = tx.closed() => return,
             _ = closed(&mut shutdown) => return,
         }

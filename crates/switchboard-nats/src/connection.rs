@@ -1,0 +1,303 @@
+//! Opening the connection (credentials, keepalive, reconnect schedule, TLS,
+//! a bounded handshake), the registry that turns async-nats connection
+//! events (`SlowConsumer(sid)`, `Disconnected`, `Connected`) into link state
+//! and `Err` items on the subscriptions they concern, and the round trip that
+//! proves the server has processed everything sent before.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::task::AtomicWaker;
+use futures::StreamExt;
+use switchboard_core::{BoxError, ConnectKind, Error, Link, Pattern, Result, SubscriptionLink};
+use tokio::sync::watch;
+
+use crate::error::{connect_error, ClientError};
+use crate::options::{parse_url, Credentials, NatsOptions};
+use crate::KIND;
+
+/// An open connection: the client, the registry its events go to, and the
+/// options in effect (the URL's query applied).
+pub(crate) struct Connection {
+    pub(crate) client: async_nats::Client,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) options: NatsOptions,
+}
+
+/// Connects to `url` with `options` (the URL's query overrides them). Fails
+/// fast, saying why, if nothing answers or the server rejects the
+/// credentials; once connected, async-nats reconnects by itself on
+/// [`NatsOptions::reconnect_backoff`]'s schedule.
+pub(crate) async fn open(url: &str, options: NatsOptions) -> Result<Connection> {
+    let target = parse_url(url, options)?;
+    let options = target.options;
+    let registry = Registry::new();
+    let events = registry.clone();
+    let backoff = options.reconnect_backoff;
+    let mut connect = match target.credentials {
+        Credentials::None => async_nats::ConnectOptions::new(),
+        Credentials::UserPassword(user, password) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+        Credentials::Token(token) => async_nats::ConnectOptions::with_token(token),
+    }
+    .connection_timeout(options.connect_timeout)
+    .subscription_capacity(options.capacity.max(1))
+    .reconnect_delay_callback(move |attempt| backoff.before(attempt))
+    // Subjects are validated by switchboard already.
+    .skip_subject_validation(true)
+    .event_callback(move |event| {
+        events.on_event(event);
+        std::future::ready(())
+    });
+    if let Some(name) = &options.name {
+        connect = connect.name(name);
+    }
+    if let Some(keepalive) = options.keepalive {
+        // async-nats PINGs after a ping interval without hearing from the
+        // server, and drops the connection at the third PING in a row
+        // without an answer: a silent link is detected after 3 intervals.
+        connect = connect.ping_interval((keepalive / 3).max(Duration::from_millis(1)));
+    }
+    let tls_required = target
+        .servers
+        .iter()
+        .all(async_nats::ServerAddr::tls_required);
+    connect = crate::tls::configure(url, connect, &options.tls, tls_required)?;
+    let timeout = options.connect_timeout;
+    let client = match tokio::time::timeout(timeout, connect.connect(target.servers)).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(error)) => return Err(connect_error(url, &options, error)),
+        Err(_) => {
+            return Err(Error::connect(
+                KIND,
+                url,
+                ConnectKind::Timeout,
+                format!(
+                    "timed out after {timeout:?}; is the host reachable and running nats-server?"
+                ),
+                None,
+            ))
+        }
+    };
+    Ok(Connection {
+        client,
+        registry,
+        options,
+    })
+}
+
+/// One round trip through the server: subscribes to a fresh inbox,
+/// publishes an empty message to it and waits for it to come back. The
+/// server handles a connection's commands in order, so once it is back
+/// every command sent before (SUB, PUB, UNSUB) has been processed.
+///
+/// async-nats' `Client::flush` only writes the buffer to the socket, and it
+/// has no public PING, hence the echo. The echo is visible to other
+/// subscribers of `_INBOX.>` (or `>`), like any request/reply inbox traffic.
+///
+/// The whole round trip is bounded by the flush timeout: while the
+/// connection is down async-nats takes no commands and answers no flush.
+pub(crate) async fn round_trip(
+    client: &async_nats::Client,
+    link: &Link,
+    timeout: Duration,
+) -> std::result::Result<(), (String, Option<BoxError>)> {
+    let inbox = client.new_inbox();
+    let echoed = async {
+        let mut echo = client.subscribe(inbox.clone()).await.map_err(|e| {
+            (
+                "the client is gone".to_string(),
+                Some(ClientError::boxed(e)),
+            )
+        })?;
+        client
+            .publish(inbox.clone(), Bytes::new())
+            .await
+            .map_err(|e| {
+                (
+                    "the client is gone".to_string(),
+                    Some(ClientError::boxed(e)),
+                )
+            })?;
+        client.flush().await.map_err(|e| {
+            (
+                "writing to the server failed".to_string(),
+                Some(ClientError::boxed(e)),
+            )
+        })?;
+        match echo.next().await {
+            Some(_) => Ok(()),
+            None => Err(("the connection was closed".to_string(), None)),
+        }
+    };
+    match tokio::time::timeout(timeout, echoed).await {
+            Ok(result) => result,
+            Err(_) if !link.status().connected => Err((
+                format!(
+                    "the connection to the server is down and did not come back within {timeout:?} (the client keeps reconnecting); messages published since it broke may not have reached the server"
+                ),
+                None,
+            )),
+            Err(_) => Err((
+                format!(
+                    "the server did not answer within {timeout:?} (is the link frozen, or may this client not publish and subscribe to {inbox:?}?)"
+                ),
+                None,
+            )),
+        }
+}
+
+/// Bit set on registry keys that are not async-nats sids (see [`sid_of`](crate::subscription::sid_of)).
+const SYNTHETIC: u64 = 1 << 63;
+
+/// What the event callback tells one subscription. The counters only grow;
+/// `epoch` grows after either does, so the stream's per-message check is a
+/// single atomic load.
+#[derive(Default)]
+pub(crate) struct Notices {
+    pub(crate) epoch: AtomicU64,
+    pub(crate) lost: AtomicU64,
+    pub(crate) disconnects: AtomicU64,
+    pub(crate) waker: AtomicWaker,
+}
+
+impl Notices {
+    fn bump(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+struct Entry {
+    notices: Arc<Notices>,
+    /// Whether the key is the async-nats sid, so `SlowConsumer(sid)` can be
+    /// matched to exactly this subscription.
+    exact: bool,
+    /// The subscription's outages, for the "resubscribed" log line.
+    link: SubscriptionLink,
+}
+
+/// Live subscriptions of one connection, shared with its event callback.
+pub(crate) struct Registry {
+    entries: Mutex<HashMap<u64, Entry>>,
+    next_synthetic: AtomicU64,
+    /// Becomes `true` once async-nats reports the connection closed.
+    closed: watch::Sender<bool>,
+    /// The connection's state, for `Broker::status` and the outage log lines.
+    pub(crate) link: Link,
+}
+
+impl Registry {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Registry {
+            entries: Mutex::new(HashMap::new()),
+            next_synthetic: AtomicU64::new(0),
+            closed: watch::channel(false).0,
+            link: Link::new(KIND),
+        })
+    }
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        match self.entries.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Registers a subscription to `pattern`; `sid` is its async-nats sid when known.
+    pub(crate) fn register(&self, sid: Option<u64>, pattern: &Pattern) -> (u64, Arc<Notices>) {
+        let notices = Arc::new(Notices::default());
+        let (key, exact) = match sid {
+            Some(sid) => (sid, true),
+            None => (
+                SYNTHETIC | self.next_synthetic.fetch_add(1, Ordering::Relaxed),
+                false,
+            ),
+        };
+        self.entries().insert(
+            key,
+            Entry {
+                notices: notices.clone(),
+                exact,
+                link: SubscriptionLink::new(KIND, pattern),
+            },
+        );
+        (key, notices)
+    }
+
+    pub(crate) fn remove(&self, key: u64) {
+        self.entries().remove(&key);
+    }
+
+    /// Handles one async-nats connection event. Runs on async-nats' event
+    /// task, so it only does bookkeeping and never waits.
+    pub(crate) fn on_event(&self, event: async_nats::Event) {
+        match event {
+            async_nats::Event::SlowConsumer(sid) => {
+                let entries = self.entries();
+                match entries.get(&sid) {
+                    Some(entry) if entry.exact => entry.notices.bump(&entry.notices.lost),
+                    _ => {
+                        // The sid is not one we could map: tell every
+                        // subscription whose sid is unknown, rather than nobody.
+                        let mut told = false;
+                        for entry in entries.values().filter(|e| !e.exact) {
+                            entry.notices.bump(&entry.notices.lost);
+                            told = true;
+                        }
+                        if !told {
+                            tracing::debug!(
+                                sid,
+                                "nats: slow consumer on a subscription already gone"
+                            );
+                        }
+                    }
+                }
+            }
+            async_nats::Event::Disconnected => {
+                self.link
+                    .lost("messages published until it is back are lost on core NATS");
+                for entry in self.entries().values_mut() {
+                    entry.link.lost("the connection broke");
+                    entry.notices.bump(&entry.notices.disconnects);
+                }
+            }
+            async_nats::Event::Connected => {
+                self.link.restored();
+                // async-nats sends every SUB again right after this event.
+                for entry in self.entries().values_mut() {
+                    entry.link.resubscribed();
+                }
+            }
+            async_nats::Event::Closed => {
+                tracing::debug!("nats: connection closed");
+                self.closed.send_replace(true);
+            }
+            async_nats::Event::ServerError(error) => {
+                tracing::warn!(%error, "nats: the server reported an error");
+            }
+            async_nats::Event::ClientError(error) => {
+                // While reconnecting, async-nats reports every failed attempt;
+                // the outage itself was reported once already.
+                if self.link.status().connected {
+                    tracing::warn!(%error, "nats: client error");
+                } else {
+                    tracing::debug!(%error, "nats: reconnecting failed");
+                }
+            }
+            other => tracing::info!(event = %other, "nats: connection event"),
+        }
+    }
+
+    /// Waits until async-nats reports the connection closed.
+    pub(crate) async fn wait_closed(&self) {
+        let mut closed = self.closed.subscribe();
+        // An error means the sender is gone, which cannot happen while `self` lives.
+        let _ = closed.wait_for(|closed| *closed).await;
+    }
+}

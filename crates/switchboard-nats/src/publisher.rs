@@ -1,0 +1,142 @@
+//! The publish path: a message handed to async-nats' queue without waiting a
+//! round trip, a bounded wait for room while the connection is down, and
+//! `flush` as one round trip through the server.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::future::Either;
+use switchboard_core::{BoxError, Error, Link, Message, Result, Subject};
+
+use crate::broker::Shared;
+use crate::connection::round_trip;
+use crate::error::ClientError;
+use crate::{wire, KIND};
+
+/// Hands `message` to the client (see the [crate docs](crate) on publishing).
+pub(crate) async fn publish(shared: &Shared, message: Message) -> Result<()> {
+    let (subject, payload, headers) = message.into_parts();
+    let max = shared.client.max_payload();
+    let headers = if headers.is_empty() {
+        if payload.len() > max {
+            return Err(too_large(&subject, payload.len(), max));
+        }
+        None
+    } else {
+        let (map, header_size) = wire::nats_headers(&headers)?;
+        let size = header_size + payload.len();
+        if size > max {
+            return Err(too_large(&subject, size, max));
+        }
+        Some(map)
+    };
+    let nats_subject = wire::nats_subject(&subject)?;
+    let client = &shared.client;
+    // Built in place, and awaited here rather than in a helper taking it
+    // by value: this future is boxed on every call, and a copy of the
+    // client's future would make it larger (and slower to allocate).
+    let mut handing = std::pin::pin!(match headers {
+        None => Either::Left(client.publish(nats_subject, payload)),
+        Some(map) => Either::Right(client.publish_with_headers(nats_subject, map, payload)),
+    });
+    // Polled with this task's context: if async-nats' queue is full, the
+    // task is now registered to be woken when there is room.
+    let handed = match futures::future::poll_immediate(handing.as_mut()).await {
+        Some(handed) => Some(handed),
+        None => {
+            let timeout = shared.options.flush_timeout;
+            Box::pin(wait_for_room(handing, &shared.registry.link, timeout)).await
+        }
+    };
+    let failed = |reason: String, source: Option<BoxError>| Error::Publish {
+        broker: KIND,
+        subject: subject.to_string(),
+        reason,
+        source,
+    };
+    match handed {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(failed(
+            "the client did not take the message".to_string(),
+            Some(ClientError::boxed(e)),
+        )),
+        None => {
+            let timeout = shared.options.flush_timeout;
+            Err(failed(
+                    format!(
+                        "the connection to the server is down and the client's send queue stayed full for {timeout:?} while it reconnects; the message was not sent"
+                    ),
+                    None,
+                ))
+        }
+    }
+}
+
+/// Waits until the server has processed everything published before.
+pub(crate) async fn flush(shared: &Shared) -> Result<()> {
+    round_trip(
+        &shared.client,
+        &shared.registry.link,
+        shared.options.flush_timeout,
+    )
+    .await
+    .map_err(|(reason, source)| Error::Flush {
+        broker: KIND,
+        reason,
+        source,
+    })
+}
+
+/// Awaits `handing`, a publish that found async-nats' command queue full;
+/// `None` if the connection was down for `timeout` meanwhile.
+///
+/// The queue is full whenever messages come faster than the connection
+/// writes them: waiting for room is then normal and must stay about as cheap
+/// as in async-nats itself, so no timer is made for it (and this runs out of
+/// line, boxed, so that `publish`'s own future stays small). It is also full
+/// while the connection is down (async-nats takes no commands while it
+/// reconnects), and that wait could last forever: so the wait watches the
+/// link, and only once the link is down does `timeout` run.
+async fn wait_for_room<F: Future>(
+    mut handing: Pin<&mut F>,
+    link: &Link,
+    timeout: Duration,
+) -> Option<F::Output> {
+    let mut link = link.watch();
+    // `handing` was just polled: it need not be polled again until woken
+    // (a second poll would take the queue's lock for nothing).
+    let mut just_polled = true;
+    loop {
+        if !link.borrow_and_update().connected {
+            return tokio::time::timeout(timeout, handing).await.ok();
+        }
+        let mut changed = std::pin::pin!(link.changed());
+        let woken = std::future::poll_fn(|cx| {
+            if !std::mem::take(&mut just_polled) {
+                if let Poll::Ready(output) = handing.as_mut().poll(cx) {
+                    return Poll::Ready(Some(output));
+                }
+            }
+            match changed.as_mut().poll(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(None),
+                // The link's sender lives as long as the registry: never.
+                Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        if let Some(output) = woken {
+            return Some(output);
+        }
+    }
+}
+
+fn too_large(subject: &Subject, size: usize, max: usize) -> Error {
+    Error::PayloadTooLarge {
+        broker: KIND,
+        subject: subject.to_string(),
+        size,
+        max,
+    }
+}
