@@ -121,25 +121,28 @@ impl Counters {
 
     /// Counts a message handled and acknowledged.
     pub fn add_handled(&self) {
-        self.handled.fetch_add(1, Ordering::Relaxed);
+        self.handled.fetch_add(1, Ordering::SeqCst);
         self.settle();
     }
 
     /// Counts a message that ended in an unresolved error.
     pub fn add_failed(&self) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.failed.fetch_add(1, Ordering::SeqCst);
         self.settle();
     }
 
     /// Counts a message left unfinished at shutdown.
     pub fn add_unfinished(&self) {
-        self.unfinished.fetch_add(1, Ordering::Relaxed);
+        self.unfinished.fetch_add(1, Ordering::SeqCst);
         self.settle();
     }
 
     /// Wakes whoever waits for messages to be done with (a cheap load otherwise).
     fn settle(&self) {
-        if self.watched.load(Ordering::Acquire) {
+        // SeqCst on both sides (here and in `watch`/`settled`): with weaker
+        // orderings the watcher could read the old count while this reads the
+        // old flag, and the wake-up would be lost.
+        if self.watched.load(Ordering::SeqCst) {
             self.settled.notify_waiters();
         }
     }
@@ -147,7 +150,7 @@ impl Counters {
     /// The notification of messages being done with, from now on.
     #[cfg(feature = "testing")]
     pub(crate) fn watch(&self) -> &Notify {
-        self.watched.store(true, Ordering::Release);
+        self.watched.store(true, Ordering::SeqCst);
         &self.settled
     }
 

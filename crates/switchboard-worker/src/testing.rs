@@ -215,8 +215,11 @@ impl Stream for Counted {
         if took {
             self.takes.taken.fetch_add(1, Ordering::SeqCst);
         }
-        self.takes.polling.fetch_sub(1, Ordering::SeqCst);
-        if took {
+        let last_poller = self.takes.polling.fetch_sub(1, Ordering::SeqCst) == 1;
+        // A poll that took nothing still wakes `idle` when it was the last
+        // one in flight: `idle` may have looked while it was polling, seen
+        // `polling > 0`, and be waiting for the count to fall.
+        if took || last_poller {
             self.takes.notify.notify_waiters();
         }
         polled

@@ -108,13 +108,16 @@ async fn idle_means_every_message_is_done_with_on_many_threads() {
         .await
         .unwrap();
     let mut sent = 0;
-    for round in 1..=20 {
+    // Many rounds, so that `idle` often looks while a route is polling.
+    for round in 1..=200 {
         for n in 0..25 {
             let subject = if n % 2 == 0 { "jobs.a" } else { "jobs.b" };
             broker.publish_to(subject, "work").await.unwrap();
             sent += 1;
         }
-        worker.idle().await;
+        tokio::time::timeout(Duration::from_secs(30), worker.idle())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: not idle after 30 s: {}", worker.stats()));
         let stats = worker.stats();
         assert_eq!(
             (stats.received, stats.completed()),
