@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Exchange messages between the `switchboard` CLI and plain clients written in Python.
+"""Exchange messages, requests and replies between the `switchboard` CLI and plain clients written in Python.
 
 Usage: plain_clients.py BROKER SWITCHBOARD_BINARY
 BROKER is nats, redis or amqp; URLs come from SWITCHBOARD_<BROKER>_URL with loopback
@@ -68,6 +68,46 @@ def start_listener(pattern, count):
     return proc
 
 
+def start_replier(pattern, *answer):
+    """Starts `switchboard reply --count 1` and returns it once it answers requests."""
+    proc = subprocess.Popen(
+        [BINARY, "--broker", URL, "reply", "--on", pattern, "--count", "1", *answer],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    ready = threading.Event()
+    lines = []
+
+    def watch():
+        for line in proc.stderr:
+            lines.append(line.decode(errors="replace"))
+            if "answering requests on" in lines[-1]:
+                ready.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    if not ready.wait(15):
+        proc.kill()
+        raise SystemExit(f"switchboard reply did not start: {lines}")
+    proc.lines = lines
+    return proc
+
+
+def replier_done(proc):
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return False
+    return proc.returncode == 0
+
+
+def sb_request(subject, payload, *extra):
+    """`switchboard request`, returning (exit code, the reply as JSON or None, stderr)."""
+    r = sb("request", "--on", subject, "--timeout", "10s", "--format", "json", *extra, payload)
+    reply = json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
+    return r.returncode, reply, r.stderr.decode(errors="replace")
+
+
 def listener_output(proc):
     out, _ = proc.communicate(timeout=20)
     return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
@@ -105,6 +145,26 @@ async def nats_main():
         check("binary payload arrives exactly (base64 in JSON)", base64.b64decode(got[0].get("payload_base64", "")) == binary, repr(got[0]))
         check("NATS headers arrive as headers", got[0].get("headers") == {"k": "v", "Mixed-Case": "Yes"}, repr(got[0]))
         check("text payload arrives exactly", got[1].get("payload") == TEXT and got[1].get("subject") == f"{PREFIX}.from_plain.b.c", repr(got[1]))
+
+    # plain requester -> switchboard reply
+    replier = start_replier(f"{PREFIX}.rr.>", "--echo")
+    try:
+        msg = await nc.request(f"{PREFIX}.rr.a", TEXT.encode(), timeout=10, headers={"k": "v"})
+        check("switchboard reply answers a plain request", msg.data == TEXT.encode() and (msg.headers or {}).get("k") == "v", repr((msg.data, msg.headers)))
+    except Exception as e:  # noqa: BLE001 - reported as a failed check
+        check("switchboard reply answers a plain request", False, repr(e))
+    check("reply exits 0 after --count 1", replier_done(replier), "".join(replier.lines))
+
+    # switchboard request -> plain responder
+    async def respond(msg):
+        await msg.respond(b"pong:" + msg.data)
+
+    await nc.subscribe(f"{PREFIX}.rr.plain", cb=respond)
+    await nc.flush()
+    code, reply, err = await asyncio.get_running_loop().run_in_executor(None, sb_request, f"{PREFIX}.rr.plain", "ping")
+    check("switchboard request gets a plain responder's reply", code == 0 and reply and reply.get("payload") == "pong:ping", repr((code, reply, err)))
+    code, reply, err = await asyncio.get_running_loop().run_in_executor(None, sb_request, f"{PREFIX}.rr.nobody", "ping")
+    check("a request nobody answers fails at once, naming it", code == 1 and "no responders" in err, repr((code, err)))
     await nc.close()
 
 
@@ -135,6 +195,46 @@ def redis_main():
         import base64
         check("plain binary payload arrives exactly", base64.b64decode(got[0].get("payload_base64", "")) == binary, repr(got[0]))
         check("plain 'hi' arrives as 'hi' without headers", got[1].get("payload") == "hi" and not got[1].get("headers"), repr(got[1]))
+
+    # plain requester -> switchboard reply: the inbox travels in the envelope's
+    # switchboard-reply-to header (see switchboard_redis::wire).
+    replier = start_replier(f"{PREFIX}.rr.>", "pong")
+    inbox = f"_INBOX.{uuid.uuid4().hex}"
+    ps = client.pubsub()
+    ps.subscribe(inbox)
+    ps.get_message(timeout=5)
+    receivers = client.publish(f"{PREFIX}.rr.a", b"\0SBH1\nswitchboard-reply-to: " + inbox.encode() + b"\n\nping")
+    msg = None
+    deadline = time.time() + 10
+    while msg is None and time.time() < deadline:
+        msg = ps.get_message(timeout=1)
+    check("switchboard reply answers a plain client's request", receivers == 1 and msg is not None and msg["data"] == b"pong", repr((receivers, msg)))
+    check("reply exits 0 after --count 1", replier_done(replier), "".join(replier.lines))
+
+    # switchboard request -> plain responder
+    ps = client.pubsub()
+    ps.subscribe(f"{PREFIX}.rr.plain")
+    ps.get_message(timeout=5)
+
+    def respond():
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            msg = ps.get_message(timeout=1)
+            if msg and msg["type"] == "message":
+                head, _, payload = msg["data"].partition(b"\n\n")
+                for line in head.split(b"\n")[1:]:
+                    name, _, value = line.partition(b": ")
+                    if name == b"switchboard-reply-to":
+                        client.publish(value.decode(), b"pong:" + payload)
+                return
+
+    responder = threading.Thread(target=respond, daemon=True)
+    responder.start()
+    code, reply, err = sb_request(f"{PREFIX}.rr.plain", "ping")
+    responder.join(timeout=10)
+    check("switchboard request gets a plain responder's reply", code == 0 and reply and reply.get("payload") == "pong:ping", repr((code, reply, err)))
+    code, reply, err = sb_request(f"{PREFIX}.rr.nobody", "ping")
+    check("a request nobody answers fails at once, naming it", code == 1 and "no responders" in err, repr((code, err)))
 
 
 # ---------------------------------------------------------------- AMQP
@@ -172,6 +272,38 @@ def amqp_main():
         check("plain binary payload arrives exactly", base64.b64decode(got[0].get("payload_base64", "")) == binary, repr(got[0]))
         check("AMQP headers arrive as headers", got[0].get("headers") == {"k": "v"}, repr(got[0]))
         check("plain 'hi' arrives as 'hi'", got[1].get("payload") == "hi", repr(got[1]))
+
+    # plain RPC client (direct reply-to) -> switchboard reply
+    replier = start_replier(f"{PREFIX}.rr.>", "--echo")
+    replies = []
+    ch.basic_consume("amq.rabbitmq.reply-to", lambda c, m, p, b: replies.append((p, b)), auto_ack=True)
+    ch.basic_publish("amq.topic", f"{PREFIX}.rr.a", TEXT.encode(), pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id="c-1", headers={"k": "v"}))
+    deadline = time.time() + 10
+    while not replies and time.time() < deadline:
+        conn.process_data_events(time_limit=0.2)
+    ok = bool(replies) and replies[0][1] == TEXT.encode() and replies[0][0].correlation_id == "c-1"
+    check("switchboard reply answers a plain RPC client", ok, repr(replies))
+    check("reply exits 0 after --count 1", replier_done(replier), "".join(replier.lines))
+
+    # switchboard request -> plain responder (a queue bound to the subject)
+    q = ch.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
+    ch.queue_bind(queue=q, exchange="amq.topic", routing_key=f"{PREFIX}.rr.plain")
+
+    def respond(c, method, props, body):
+        c.basic_publish("", props.reply_to, b"pong:" + body, pika.BasicProperties(correlation_id=props.correlation_id))
+        c.basic_ack(method.delivery_tag)
+
+    ch.basic_consume(q, respond)
+    result = {}
+    asking = threading.Thread(target=lambda: result.update(r=sb_request(f"{PREFIX}.rr.plain", "ping")), daemon=True)
+    asking.start()
+    deadline = time.time() + 15
+    while asking.is_alive() and time.time() < deadline:
+        conn.process_data_events(time_limit=0.2)
+    code, reply, err = result.get("r", (None, None, "no answer"))
+    check("switchboard request gets a plain responder's reply", code == 0 and reply and reply.get("payload") == "pong:ping", repr((code, reply, err)))
+    code, reply, err = sb_request(f"{PREFIX}.rr.nobody", "ping")
+    check("a request nobody answers fails at once, naming it", code == 1 and "no responders" in err, repr((code, err)))
     conn.close()
 
 

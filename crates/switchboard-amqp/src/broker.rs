@@ -13,7 +13,7 @@ use switchboard_core::{
 use crate::connection::Sessions;
 use crate::options::{AmqpOptions, Config};
 use crate::publisher::Confirms;
-use crate::{subscription, KIND};
+use crate::{request, subscription, KIND};
 
 /// A connection to RabbitMQ (or another AMQP 0-9-1 broker) through one topic
 /// exchange. Cheap to clone; clones share the connection, and closing one
@@ -123,18 +123,20 @@ impl Broker for AmqpBroker {
         capabilities.redelivery = true;
         capabilities.persistence = false;
         capabilities.ordered_per_publisher = true;
+        capabilities.request_reply = true;
         capabilities.max_payload = Some(self.options().max_payload);
         capabilities
     }
 
-    async fn request(&self, message: Message, _timeout: Duration) -> Result<Message> {
-        Err(Error::unsupported(
-            KIND,
-            format!(
-                "request/reply (a request on {:?}; not yet)",
-                message.subject().as_str()
-            ),
-        ))
+    /// Sends `message` as a request with RabbitMQ's direct reply-to and
+    /// waits up to `timeout` for the reply (see the
+    /// [crate docs](crate#requestreply)); fails at once with
+    /// [`Error::NoResponders`] when no queue is bound to its subject.
+    async fn request(&self, message: Message, timeout: Duration) -> Result<Message> {
+        if self.inner.sessions.is_closed() {
+            return Err(Error::Closed { broker: KIND });
+        }
+        request::request(&self.inner.sessions, message, timeout).await
     }
 
     fn status(&self) -> ConnectionStatus {

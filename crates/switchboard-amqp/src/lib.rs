@@ -200,11 +200,27 @@
 //! after `flush_timeout` (the latter with
 //! [`Error::Timeout`](switchboard_core::Error::Timeout)).
 //!
+//! # Request/reply
+//!
+//! [`request`](switchboard_core::Broker::request) uses RabbitMQ's direct
+//! reply-to: on a channel of its own it consumes `amq.rabbitmq.reply-to` and
+//! publishes the request (`mandatory`, confirmed) with `reply_to` and a fresh
+//! `correlation_id`; the first reply with that id is returned. No queue is
+//! declared per request. When no queue is bound to the subject RabbitMQ
+//! returns the request and it fails at once with
+//! [`Error::NoResponders`](switchboard_core::Error::NoResponders); otherwise
+//! the wait is bounded by the timeout given. A delivery with a `reply_to`
+//! property — from switchboard or any AMQP client doing RPC (pika's
+//! tutorial 6) — is a request, and
+//! [`Delivery::reply`](switchboard_core::Delivery::reply) publishes the reply
+//! to the default exchange with that routing key and the request's
+//! `correlation_id`, confirmed.
+//!
 //! # Capabilities
 //!
 //! Queue groups, native headers, native wildcards (binding keys, plus the
-//! pattern check), ack and redelivery, order per publisher: yes. Persistence:
-//! no. Largest payload: 128 MiB, RabbitMQ's default `max_message_size`
+//! pattern check), ack and redelivery, order per publisher, request/reply:
+//! yes. Persistence: no. Largest payload: 128 MiB, RabbitMQ's default `max_message_size`
 //! (`max_payload` if the server is configured otherwise).
 //!
 //! [lapin]: https://docs.rs/lapin
@@ -217,6 +233,7 @@ mod connection;
 mod error;
 mod options;
 mod publisher;
+mod request;
 mod subscription;
 mod tls;
 mod wire;

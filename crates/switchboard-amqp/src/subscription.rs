@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::connection::Sessions;
 use crate::error::{amqp_error, declare_error};
+use crate::request::AmqpReply;
 use crate::{wire, KIND};
 
 /// The prefix of a queue group's queue name: `switchboard.group.<group>@<exchange>`.
@@ -351,11 +352,15 @@ impl State {
             dropped_unsettled: self.dropped_unsettled.clone(),
             prefetch: self.inner.config.options.prefetch,
         };
-        Some(Ok(Delivery::with_acker(
-            message,
-            Box::new(acker),
-            redelivered,
-        )))
+        let delivery = Delivery::with_acker(message, Box::new(acker), redelivered);
+        Some(Ok(match properties.reply_to() {
+            None => delivery,
+            Some(reply_to) => delivery.with_replier(Box::new(AmqpReply {
+                sessions: self.inner.clone(),
+                reply_to: reply_to.clone(),
+                correlation_id: properties.correlation_id().clone(),
+            })),
+        }))
     }
 }
 

@@ -1,4 +1,5 @@
-//! The `switchboard` command line: `send`, `listen`, `worker`, `bench` and `demo`
+//! The `switchboard` command line: `send`, `listen`, `request`, `reply`,
+//! `worker`, `bench` and `demo`
 //! on any broker, chosen by `--broker` or `BROKER_URL`.
 //!
 //! The binary in `src/main.rs` only calls [`main`]; each subcommand is a module
@@ -38,6 +39,8 @@ mod demo;
 mod format;
 mod listen;
 mod logging;
+mod reply;
+mod request;
 mod send;
 mod signals;
 mod stdout;
@@ -70,6 +73,10 @@ pub enum Command {
     Send(send::SendArgs),
     /// Print messages whose subject matches a pattern.
     Listen(listen::ListenArgs),
+    /// Send a request and print the reply.
+    Request(request::RequestArgs),
+    /// Answer requests on a pattern (with a text, the request itself, or a command's output).
+    Reply(reply::ReplyArgs),
     /// Run reactions from a config file: exec a command, forward, or log, with retries and dead letters.
     Worker(worker::WorkerArgs),
     /// Measure throughput and latency across brokers, against raw-client baselines.
@@ -126,6 +133,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Send(args) => send::run(&url, args).await,
         Command::Listen(args) => listen::run(&url, args).await,
+        Command::Request(args) => request::run(&url, args).await,
+        Command::Reply(args) => reply::run(&url, args).await,
         Command::Worker(args) => worker::run(&url, args).await,
         Command::Bench(args) => {
             switchboard_bench::run(cli.broker.as_deref(), args).await?;

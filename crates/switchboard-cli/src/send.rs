@@ -175,7 +175,7 @@ pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Parses `NAME=VALUE` arguments into headers, with the core's header rules.
-fn parse_headers(args: &[String]) -> anyhow::Result<Headers> {
+pub(crate) fn parse_headers(args: &[String]) -> anyhow::Result<Headers> {
     let mut headers = Headers::new();
     for arg in args {
         let Some((name, value)) = arg.split_once('=') else {

@@ -157,18 +157,14 @@ impl Broker for NatsBroker {
         capabilities.headers = true;
         capabilities.native_wildcards = true;
         capabilities.ordered_per_publisher = true;
+        capabilities.request_reply = true;
         capabilities.max_payload = Some(self.shared.client.max_payload());
         capabilities
     }
 
-    async fn request(&self, message: Message, _timeout: Duration) -> Result<Message> {
-        Err(Error::unsupported(
-            KIND,
-            format!(
-                "request/reply (a request on {:?}; not yet)",
-                message.subject().as_str()
-            ),
-        ))
+    async fn request(&self, message: Message, timeout: Duration) -> Result<Message> {
+        self.check_open()?;
+        publisher::request(&self.shared, message, timeout).await
     }
 
     fn status(&self) -> ConnectionStatus {

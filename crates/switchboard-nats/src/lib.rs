@@ -102,8 +102,8 @@
 //!
 //! # Capabilities
 //!
-//! `queue_groups`, `native_headers`, `headers`, `native_wildcards` and
-//! `ordered_per_publisher` are true; `ack`, `redelivery` and `persistence` are
+//! `queue_groups`, `native_headers`, `headers`, `native_wildcards`,
+//! `ordered_per_publisher` and `request_reply` are true; `ack`, `redelivery` and `persistence` are
 //! false (core NATS keeps nothing; deliveries carry no acknowledgement, `ack` is a
 //! no-op); `max_payload` is the server's, from its `INFO`.
 //!
@@ -120,7 +120,10 @@
 //!   receivers trim it (MIME-style headers) and it would arrive changed;
 //! - received: a header a plain client sent several times keeps its last value;
 //!   a header switchboard does not accept (e.g. a value with NUL) is left out with
-//!   a warning; the reply subject is not carried; a message whose subject
+//!   a warning; a message with a reply subject is a request
+//!   ([`Delivery::is_request`](switchboard_core::Delivery::is_request)), from
+//!   switchboard or any NATS client (`nats req`), and
+//!   [`Delivery::reply`](switchboard_core::Delivery::reply) publishes to it; a message whose subject
 //!   switchboard does not accept (e.g. over 255 bytes) yields an
 //!   [`Error::InvalidSubject`](switchboard_core::Error::InvalidSubject) item
 //!   instead of being skipped silently.
@@ -141,6 +144,18 @@
 //! for it to come back (the server processes one connection's commands in
 //! order). Subscribers of `>` or `_INBOX.>` see these echoes, as they see any
 //! request/reply traffic.
+//!
+//! # Request/reply
+//!
+//! [`request`](switchboard_core::Broker::request) is NATS request/reply as
+//! every NATS client speaks it: the request carries a reply subject on the
+//! client's `_INBOX` and the first message published there is the reply, so
+//! a responder written with any NATS client (`nats reply`, nats-py's
+//! `msg.respond`) answers switchboard, and switchboard answers theirs. With
+//! nobody subscribed the server says so at once
+//! ([`Error::NoResponders`](switchboard_core::Error::NoResponders)); otherwise
+//! the wait is bounded by the timeout given
+//! ([`Error::Timeout`](switchboard_core::Error::Timeout)).
 //!
 //! # Loss is reported, never silent
 //!

@@ -74,6 +74,60 @@ pub(crate) async fn publish(shared: &Shared, message: Message) -> Result<()> {
     }
 }
 
+/// Sends `message` as a NATS request (a reply subject on the client's inbox)
+/// and waits up to `timeout` for the first reply. The server says at once
+/// when nothing is subscribed (no responders); the wait is bounded by
+/// `timeout` in every other case, a connection down included.
+pub(crate) async fn request(
+    shared: &Shared,
+    message: Message,
+    timeout: Duration,
+) -> Result<Message> {
+    let (subject, payload, headers) = message.into_parts();
+    let max = shared.client.max_payload();
+    let mut request = async_nats::Request::new().timeout(Some(timeout));
+    let mut size = payload.len();
+    if !headers.is_empty() {
+        let (map, header_size) = wire::nats_headers(&headers)?;
+        size += header_size;
+        request = request.headers(map);
+    }
+    if size > max {
+        return Err(too_large(&subject, size, max));
+    }
+    let request = request.payload(payload);
+    let nats_subject = wire::nats_subject(&subject)?;
+    // async-nats' own timeout starts once the request is queued; this one
+    // also covers a queue that stays full while the connection is down.
+    let sent = tokio::time::timeout(timeout, shared.client.send_request(nats_subject, request));
+    match sent.await {
+        // The reply arrives on an inbox; it is reported on the request's subject.
+        Ok(Ok(reply)) => Ok(wire::reply_message(reply, subject)),
+        Ok(Err(e)) => Err(match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => Error::NoResponders {
+                broker: KIND,
+                subject: subject.to_string(),
+            },
+            async_nats::RequestErrorKind::TimedOut => timed_out(&subject, timeout),
+            _ => Error::Publish {
+                broker: KIND,
+                subject: subject.to_string(),
+                reason: "the client did not send the request".to_string(),
+                source: Some(ClientError::boxed(e)),
+            },
+        }),
+        Err(_) => Err(timed_out(&subject, timeout)),
+    }
+}
+
+fn timed_out(subject: &Subject, after: Duration) -> Error {
+    Error::Timeout {
+        broker: KIND,
+        operation: format!("a request on {:?} (no reply)", subject.as_str()),
+        after,
+    }
+}
+
 /// Waits until the server has processed everything published before.
 pub(crate) async fn flush(shared: &Shared) -> Result<()> {
     round_trip(

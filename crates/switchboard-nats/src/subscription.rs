@@ -50,6 +50,7 @@ pub(crate) async fn subscribe(
     })?;
     let stream = NatsStream::new(
         subscriber,
+        shared.client.clone(),
         &shared.registry,
         pattern.clone(),
         shared.options.capacity.max(1),
@@ -123,6 +124,8 @@ pub(crate) fn sid_of(subscriber: &async_nats::Subscriber) -> Option<u64> {
 /// with `Err` items for what the event callback reported.
 pub(crate) struct NatsStream {
     inner: async_nats::Subscriber,
+    /// Sends the replies of the requests this stream delivers.
+    client: async_nats::Client,
     notices: Arc<Notices>,
     seen_epoch: u64,
     seen_lost: u64,
@@ -137,6 +140,7 @@ pub(crate) struct NatsStream {
 impl NatsStream {
     pub(crate) fn new(
         inner: async_nats::Subscriber,
+        client: async_nats::Client,
         registry: &Arc<Registry>,
         pattern: Pattern,
         capacity: usize,
@@ -144,6 +148,7 @@ impl NatsStream {
         let (key, notices) = registry.register(sid_of(&inner), &pattern);
         NatsStream {
             inner,
+            client,
             notices,
             seen_epoch: 0,
             seen_lost: 0,
@@ -209,6 +214,7 @@ impl Stream for NatsStream {
                         message,
                         &this.pattern,
                         &mut this.last_subject,
+                        Some(&this.client),
                     )));
                 }
                 Poll::Ready(None) => return Poll::Ready(None),

@@ -3,7 +3,12 @@
 use std::cell::RefCell;
 
 use bytes::Bytes;
-use switchboard_core::{Delivery, Error, Headers, Message, Pattern, Result, Subject};
+use switchboard_core::{
+    async_trait, Delivery, Error, Headers, Message, Pattern, Reply, Result, Subject,
+};
+
+use crate::error::ClientError;
+use crate::KIND;
 
 /// Owns a switchboard subject's text so `Bytes` can share it without copying.
 struct SubjectText(Subject);
@@ -73,7 +78,10 @@ pub(crate) fn nats_headers(headers: &Headers) -> Result<(async_nats::HeaderMap, 
 /// than 255 bytes, say) yields an [`Error::InvalidSubject`] item instead of a
 /// delivery, so the skip is visible. A header name or value switchboard does not
 /// accept (only a plain client can send one) is left out with a warning; a name
-/// sent several times keeps its last value. The reply subject is not carried.
+/// sent several times keeps its last value. A message with a reply subject (a
+/// request, from switchboard or any NATS client) is delivered as a request:
+/// [`Delivery::reply`] publishes to that subject through `client` (without
+/// one, the delivery cannot be answered).
 ///
 /// `last` is the subscription's previous subject: consecutive messages on one
 /// subject share it instead of validating and allocating it again.
@@ -81,6 +89,7 @@ pub(crate) fn delivery(
     message: async_nats::Message,
     pattern: &Pattern,
     last: &mut Option<Subject>,
+    client: Option<&async_nats::Client>,
 ) -> Result<Delivery> {
     let subject = match last {
         Some(previous) if previous.as_str() == message.subject.as_str() => previous.clone(),
@@ -99,21 +108,64 @@ pub(crate) fn delivery(
             subject
         }
     };
+    let headers = headers_of(message.headers.as_ref(), &subject);
+    let delivery = Delivery::new(Message::from_parts(subject, message.payload, headers));
+    Ok(match (message.reply, client) {
+        (Some(inbox), Some(client)) => delivery.with_replier(Box::new(NatsReply {
+            client: client.clone(),
+            inbox,
+        })),
+        _ => delivery,
+    })
+}
+
+/// The reply to a request on `subject`, as a message on that subject (it
+/// came on the requester's inbox, which is no business of the caller's).
+pub(crate) fn reply_message(reply: async_nats::Message, subject: Subject) -> Message {
+    let headers = headers_of(reply.headers.as_ref(), &subject);
+    Message::from_parts(subject, reply.payload, headers)
+}
+
+/// The headers of a received message that switchboard accepts; the others
+/// are left out with a warning, and a name sent several times keeps its last
+/// value.
+fn headers_of(map: Option<&async_nats::HeaderMap>, subject: &Subject) -> Headers {
     let mut headers = Headers::new();
-    if let Some(map) = &message.headers {
-        for (name, values) in map.iter() {
-            let Some(value) = values.last() else { continue };
-            let name: &str = name.as_ref();
-            if let Err(error) = headers.insert(name, value.as_str()) {
-                tracing::warn!(subject = %subject, %error, "nats: header left out of a received message");
-            }
+    for (name, values) in map.into_iter().flat_map(|map| map.iter()) {
+        let Some(value) = values.last() else { continue };
+        let name: &str = name.as_ref();
+        if let Err(error) = headers.insert(name, value.as_str()) {
+            tracing::warn!(subject = %subject, %error, "nats: header left out of a received message");
         }
     }
-    Ok(Delivery::new(Message::from_parts(
-        subject,
-        message.payload,
-        headers,
-    )))
+    headers
+}
+
+/// Answers a request: publishes to its reply subject (the requester's inbox).
+#[derive(Debug)]
+struct NatsReply {
+    client: async_nats::Client,
+    inbox: async_nats::Subject,
+}
+
+#[async_trait]
+impl Reply for NatsReply {
+    async fn reply(&self, payload: Bytes, headers: Headers) -> Result<()> {
+        let sent = if headers.is_empty() {
+            self.client.publish(self.inbox.clone(), payload).await
+        } else {
+            let (map, _) = nats_headers(&headers)?;
+            self.client
+                .publish_with_headers(self.inbox.clone(), map, payload)
+                .await
+        };
+        sent.map_err(|e| Error::Publish {
+            broker: KIND,
+            subject: self.inbox.to_string(),
+            reason: "the client did not take the reply".to_string(),
+            source: Some(ClientError::boxed(e)),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -170,7 +222,7 @@ mod tests {
         };
         let pattern = Pattern::new("a.>").unwrap();
         let mut last = None;
-        let delivery = delivery(message, &pattern, &mut last).unwrap();
+        let delivery = delivery(message, &pattern, &mut last, None).unwrap();
         assert_eq!(delivery.subject().as_str(), "a.b");
         assert_eq!(&delivery.payload()[..], b"\x00\xffbytes");
         assert_eq!(delivery.headers().get("k"), Some("last"));
@@ -185,7 +237,7 @@ mod tests {
             description: None,
             length: 0,
         };
-        let err = super::delivery(long, &pattern, &mut last)
+        let err = super::delivery(long, &pattern, &mut last, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("skipped"), "{err}");

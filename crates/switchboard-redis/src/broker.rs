@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::options::{RedisOptions, Target};
 use crate::resp::Frame;
-use crate::{publisher, subscription, KIND};
+use crate::{publisher, request, subscription, KIND};
 
 /// Redis's default `proto-max-bulk-len`, used when the server does not say.
 const DEFAULT_MAX_PAYLOAD: usize = 512 * 1024 * 1024;
@@ -47,6 +47,7 @@ struct Inner {
     target: Target,
     options: RedisOptions,
     publisher: Arc<publisher::Shared>,
+    requests: request::Requests,
     writer: Mutex<Option<JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
 }
@@ -102,6 +103,7 @@ impl RedisBroker {
                 target,
                 options,
                 publisher,
+                requests: request::Requests::default(),
                 writer: Mutex::new(Some(writer)),
                 shutdown: watch::Sender::new(false),
             }),
@@ -148,6 +150,7 @@ impl Subscriber for RedisBroker {
             self.inner.options.clone(),
             pattern,
             self.inner.shutdown.subscribe(),
+            self.inner.publisher.clone(),
         )
         .await
     }
@@ -184,6 +187,7 @@ impl Broker for RedisBroker {
         let mut capabilities = Capabilities::NONE;
         capabilities.headers = true;
         capabilities.ordered_per_publisher = true;
+        capabilities.request_reply = true;
         capabilities.max_payload = Some(self.inner.publisher.max_payload());
         capabilities
     }
@@ -193,14 +197,23 @@ impl Broker for RedisBroker {
     /// bounded by [`RedisOptions::flush_timeout`]; if it times out, close
     /// returns that [`Error::Timeout`] and drops the publishing connection
     /// (publishes still unanswered may or may not have been delivered).
-    async fn request(&self, message: Message, _timeout: Duration) -> Result<Message> {
-        Err(Error::unsupported(
-            KIND,
-            format!(
-                "request/reply (a request on {:?}; not yet)",
-                message.subject().as_str()
-            ),
-        ))
+    /// Sends `message` as a request and waits up to `timeout` for the first
+    /// reply (see the [crate docs](crate#requestreply)): fails at once with
+    /// [`Error::NoResponders`] when nothing is subscribed to its subject.
+    async fn request(&self, message: Message, timeout: Duration) -> Result<Message> {
+        if self.inner.publisher.is_closed() {
+            return Err(Error::Closed { broker: KIND });
+        }
+        request::request(
+            &self.inner.requests,
+            &self.inner.target,
+            &self.inner.options,
+            self.inner.shutdown.subscribe(),
+            self.inner.publisher.clone(),
+            message,
+            timeout,
+        )
+        .await
     }
 
     fn status(&self) -> ConnectionStatus {

@@ -86,7 +86,27 @@
 //! | wildcards | `*` and `>` become a PSUBSCRIBE glob; the adapter checks every message against the pattern, so `*` never spans a dot |
 //! | order | per publisher, as Redis keeps it |
 //! | ack, redelivery, persistence | no: a message published while nobody subscribes is gone |
+//! | request/reply | yes (see [Request/reply](#requestreply)) |
 //! | max payload | the server's `proto-max-bulk-len` (512 MiB by default), envelope included |
+//!
+//! # Request/reply
+//!
+//! [`request`](switchboard_core::Broker::request) subscribes to an inbox
+//! channel of its own (`_INBOX.<random>`), publishes the request with the
+//! inbox in the envelope's [`REPLY_TO`] header, and returns the first message
+//! on the inbox. PUBLISH answers with how many subscribers got the request,
+//! so a request nobody listens to fails at once with
+//! [`Error::NoResponders`](switchboard_core::Error::NoResponders); otherwise
+//! the wait is bounded by the timeout given. A delivery carrying the header
+//! is a request ([`Delivery::is_request`](switchboard_core::Delivery::is_request));
+//! the adapter takes the header out of its headers, so handlers see the same
+//! headers on every broker, and [`Delivery::reply`](switchboard_core::Delivery::reply)
+//! publishes the reply to the inbox. A plain Redis client answers a
+//! switchboard request by publishing to the channel named in that header,
+//! and asks one by setting it in the envelope. Each request opens one
+//! connection for its inbox (its PUBLISH goes through a connection the
+//! broker keeps for requests): fine for commands and queries, not meant for a
+//! stream of thousands of requests a second.
 //!
 //! # Connections
 //!
@@ -159,6 +179,7 @@ mod connection;
 mod error;
 mod options;
 mod publisher;
+mod request;
 mod resp;
 mod subscription;
 mod tls;
@@ -171,6 +192,7 @@ pub use options::{
     RedisOptions, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_KEEPALIVE, DEFAULT_NAME, QUERY_KEYS,
 };
+pub use request::REPLY_TO;
 /// TLS settings for [`tls`](RedisOptions::tls), the same on every adapter.
 pub use switchboard_tls::TlsOptions;
 

@@ -13,6 +13,7 @@
 //! connection), and a whole keepalive time without a frame means the link is
 //! dead.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream;
@@ -24,8 +25,9 @@ use tokio::time::Instant;
 
 use crate::connection::Conn;
 use crate::options::{RedisOptions, Target};
+use crate::request::{RedisReply, REPLY_TO};
 use crate::resp::Frame;
-use crate::{wire, KIND};
+use crate::{publisher, wire, KIND};
 
 /// The Redis channel or glob a pattern subscribes to, and whether it is a glob.
 ///
@@ -70,6 +72,7 @@ pub(crate) async fn subscribe(
     options: RedisOptions,
     pattern: &Pattern,
     shutdown: watch::Receiver<bool>,
+    replies: Arc<publisher::Shared>,
 ) -> Result<Subscription> {
     if *shutdown.borrow() {
         return Err(Error::Closed { broker: KIND });
@@ -84,6 +87,7 @@ pub(crate) async fn subscribe(
         tx,
         ready_tx,
         shutdown,
+        replies,
     ));
     let subscribe_error = |reason: String| Error::Subscribe {
         broker: KIND,
@@ -154,6 +158,7 @@ async fn run(
     tx: mpsc::Sender<Result<Delivery>>,
     ready: oneshot::Sender<Result<()>>,
     mut shutdown: watch::Receiver<bool>,
+    replies: Arc<publisher::Shared>,
 ) {
     let mut ready = Some(ready);
     let mut link = SubscriptionLink::new(KIND, &pattern);
@@ -173,7 +178,15 @@ async fn run(
                 }
                 link.resubscribed();
                 backoff.succeeded();
-                let Some(ended) = pump(conn, &pattern, &tx, &mut shutdown, options.keepalive).await
+                let Some(ended) = pump(
+                    conn,
+                    &pattern,
+                    &tx,
+                    &mut shutdown,
+                    options.keepalive,
+                    &replies,
+                )
+                .await
                 else {
                     return;
                 };
@@ -252,6 +265,7 @@ async fn pump(
     tx: &mpsc::Sender<Result<Delivery>>,
     shutdown: &mut watch::Receiver<bool>,
     keepalive: Option<Duration>,
+    replies: &Arc<publisher::Shared>,
 ) -> Option<Ended> {
     let mut last_full: Option<Instant> = None;
     let ended = |reason: String, last_full: Option<Instant>| {
@@ -317,7 +331,7 @@ async fn pump(
         let (Some(channel), Some(body)) = (channel.bytes(), body.bytes()) else {
             continue;
         };
-        let Some(item) = item(channel, body, pattern) else {
+        let Some(item) = item(channel, body, pattern, Some(replies)) else {
             continue;
         };
         let sent = match tx.try_send(item) {
@@ -353,8 +367,14 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// [`Error::InvalidSubject`] for a channel Redis delivered to this
 /// subscription that is not a valid subject (a plain client can publish to
 /// any channel); or `None` for a valid subject the pattern does not match (a
-/// glob is wider than a pattern).
-fn item(channel: &[u8], body: &bytes::Bytes, pattern: &Pattern) -> Option<Result<Delivery>> {
+/// glob is wider than a pattern). A message carrying a [`REPLY_TO`] inbox
+/// is a request, answered through `replies` (the broker's publisher).
+fn item(
+    channel: &[u8],
+    body: &bytes::Bytes,
+    pattern: &Pattern,
+    replies: Option<&Arc<publisher::Shared>>,
+) -> Option<Result<Delivery>> {
     let invalid = |why: String| {
         Some(Err(Error::InvalidSubject {
             subject: String::from_utf8_lossy(channel).into_owned(),
@@ -369,10 +389,28 @@ fn item(channel: &[u8], body: &bytes::Bytes, pattern: &Pattern) -> Option<Result
     };
     match Subject::new(text) {
         Ok(subject) if pattern.matches(subject.as_str()) => {
-            let (headers, payload) = wire::decode(body.clone());
-            Some(Ok(Delivery::new(Message::from_parts(
-                subject, payload, headers,
-            ))))
+            let (mut headers, payload) = wire::decode(body.clone());
+            let inbox = if headers.is_empty() {
+                None
+            } else {
+                headers.remove(REPLY_TO)
+            };
+            let delivery = Delivery::new(Message::from_parts(subject, payload, headers));
+            Some(Ok(
+                match (inbox.map(|inbox| Subject::new(&inbox)), replies) {
+                    (None, _) | (_, None) => delivery,
+                    (Some(Ok(inbox)), Some(replies)) => {
+                        delivery.with_replier(Box::new(RedisReply {
+                            publisher: replies.clone(),
+                            inbox,
+                        }))
+                    }
+                    (Some(Err(error)), _) => {
+                        tracing::warn!(subject = %delivery.subject(), %error, "redis: a request's reply channel is not a subject; it cannot be answered");
+                        delivery
+                    }
+                },
+            ))
         }
         Ok(_) => None,
         Err(Error::InvalidSubject { reason, .. }) => invalid(reason),
@@ -388,14 +426,14 @@ mod tests {
     fn channels_that_are_not_subjects_are_reported() {
         let pattern = Pattern::new("a.>").unwrap();
         let body = bytes::Bytes::from_static(b"x");
-        let delivery = item(b"a.b", &body, &pattern).unwrap().unwrap();
+        let delivery = item(b"a.b", &body, &pattern, None).unwrap().unwrap();
         assert_eq!(delivery.subject().as_str(), "a.b");
         assert!(
-            item(b"b.c", &body, &pattern).is_none(),
+            item(b"b.c", &body, &pattern, None).is_none(),
             "not this pattern's"
         );
         for channel in [&b"a.bad subject"[..], b"a..b", b"a.\xff"] {
-            match item(channel, &body, &pattern) {
+            match item(channel, &body, &pattern, None) {
                 Some(Err(Error::InvalidSubject { subject, reason })) => {
                     assert_eq!(subject, String::from_utf8_lossy(channel));
                     assert!(reason.contains("redis"), "{reason}");

@@ -1,0 +1,217 @@
+//! `switchboard reply`: answer requests on a pattern with a fixed text, the
+//! request itself, or the output of a command (natscli's `nats reply` is the
+//! model).
+
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use switchboard::{Bytes, Delivery, Pattern, QueueGroup};
+use tokio::io::AsyncWriteExt as _;
+
+use crate::connection;
+use crate::format::text_line;
+use crate::signals::Signals;
+
+const EXAMPLES: &str = "\
+Examples:
+  switchboard reply --on robots.status 'all robots nominal'
+  switchboard reply --on 'echo.>' --echo
+  switchboard --broker redis reply --on billing.quote --command 'bc -l'
+  switchboard --broker amqp reply --on jobs.resize --group resizers --count 1 --command ./resize.sh
+
+With --command, CMD runs with `sh -c` for each request: the request's payload on
+its stdin, SWITCHBOARD_SUBJECT in its environment; its stdout is the reply. A
+command that fails (non-zero exit, or still running after --command-timeout) is
+reported on stderr and the request gets no reply (the requester times out).
+Each answered request is one line on stderr. A message that was published, not
+sent as a request, is skipped with a warning. Exits 0 after --count requests or
+on Ctrl-C/SIGTERM.";
+
+/// Arguments of `switchboard reply`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct ReplyArgs {
+    /// Subject pattern of the requests to answer (`*` and `>` wildcards).
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) on: String,
+
+    /// Join queue group NAME, so several repliers share the requests.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) group: Option<String>,
+
+    /// Exit after answering N requests.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) count: Option<u64>,
+
+    /// Answer with the request's own payload and headers.
+    #[arg(long, conflicts_with_all = ["command", "text"])]
+    pub(crate) echo: bool,
+
+    /// Answer with the output of CMD (run with `sh -c`; see below).
+    #[arg(long, value_name = "CMD", conflicts_with = "text")]
+    pub(crate) command: Option<String>,
+
+    /// How long CMD may run for one request.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) command_timeout: Duration,
+
+    /// The text to answer every request with.
+    #[arg(value_name = "TEXT", required_unless_present_any = ["echo", "command"])]
+    pub(crate) text: Option<String>,
+}
+
+/// What a request is answered with.
+enum Answer {
+    Text(Bytes),
+    Echo,
+    Command { command: String, timeout: Duration },
+}
+
+/// Runs `switchboard reply`.
+pub(crate) async fn run(url: &str, args: ReplyArgs) -> anyhow::Result<ExitCode> {
+    let pattern = Pattern::new(&args.on)?;
+    let group = args.group.as_deref().map(QueueGroup::new).transpose()?;
+    let answer = match (args.echo, args.command, args.text) {
+        (true, _, _) => Answer::Echo,
+        (_, Some(command), _) => Answer::Command {
+            command,
+            timeout: args.command_timeout,
+        },
+        (_, None, text) => Answer::Text(Bytes::from(text.unwrap_or_default())),
+    };
+    let mut signals = Signals::install()?;
+    let subscribing = async {
+        let broker = connection::connect(url).await?;
+        if !broker.capabilities().request_reply {
+            anyhow::bail!(
+                "{} has no request/reply, so there is nothing to answer; use nats, redis, amqp or memory",
+                broker.kind()
+            );
+        }
+        let subscription = match &group {
+            Some(group) => broker.subscribe_group(&pattern, group).await,
+            None => broker.subscribe(&pattern).await,
+        }
+        .map_err(connection::one_line)?;
+        anyhow::Ok((broker, subscription))
+    };
+    let (broker, mut subscription) = tokio::select! {
+        subscribed = subscribing => subscribed?,
+        signal = signals.recv() => {
+            eprintln!("caught {signal} before the subscription was ready: stopped");
+            return Ok(signal.exit_code());
+        }
+    };
+    eprintln!(
+        "answering requests on '{pattern}' at {} (Ctrl-C to stop)",
+        connection::display_url(url)
+    );
+    let mut answered = 0u64;
+    let stopped_by = loop {
+        if args.count.is_some_and(|count| answered >= count) {
+            break None;
+        }
+        let next = tokio::select! {
+            next = subscription.next() => next,
+            signal = signals.recv() => break Some(signal),
+        };
+        let delivery = match next {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => {
+                eprintln!("warning: {}", connection::one_line(error));
+                continue;
+            }
+            None => {
+                let _ = connection::close(&broker).await;
+                anyhow::bail!("the broker ended the subscription to '{pattern}'");
+            }
+        };
+        tokio::select! {
+            done = answer_one(delivery, &answer) => {
+                if done {
+                    answered += 1;
+                }
+            }
+            signal = signals.recv() => break Some(signal),
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), subscription.close()).await;
+    let _ = connection::close(&broker).await;
+    eprintln!("answered {answered} request(s)");
+    Ok(stopped_by.map_or(ExitCode::SUCCESS, |signal| signal.exit_code()))
+}
+
+/// Answers one delivery; whether it was a request that got its reply.
+async fn answer_one(mut delivery: Delivery, answer: &Answer) -> bool {
+    let shown = text_line(&delivery);
+    if !delivery.is_request() {
+        eprintln!("warning: skipped {shown}: it was published, not sent as a request");
+        let _ = delivery.ack().await;
+        return false;
+    }
+    let reply = match answer {
+        Answer::Text(text) => Ok((text.clone(), Default::default())),
+        Answer::Echo => Ok((delivery.payload().clone(), delivery.headers().clone())),
+        Answer::Command { command, timeout } => run_command(command, *timeout, &delivery)
+            .await
+            .map(|output| (output, Default::default())),
+    };
+    let outcome = match reply {
+        Ok((payload, headers)) => delivery
+            .reply_with(payload, headers)
+            .await
+            .map_err(|e| connection::one_line(e).to_string()),
+        Err(error) => Err(error),
+    };
+    let _ = delivery.ack().await;
+    match outcome {
+        Ok(()) => {
+            eprintln!("answered {shown}");
+            true
+        }
+        Err(error) => {
+            eprintln!("warning: no reply to {shown}: {error}");
+            false
+        }
+    }
+}
+
+/// Runs `command` for one request; its stdout, or why it failed.
+async fn run_command(
+    command: &str,
+    timeout: Duration,
+    request: &Delivery,
+) -> Result<Bytes, String> {
+    let running = async {
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .env("SWITCHBOARD_SUBJECT", request.subject().as_str())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start sh")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A command that does not read its stdin closes it: not an error.
+            let _ = stdin.write_all(request.payload()).await;
+        }
+        let output = child
+            .wait_with_output()
+            .await
+            .context("cannot wait for the command")?;
+        if !output.status.success() {
+            anyhow::bail!("the command {command:?} failed ({})", output.status);
+        }
+        anyhow::Ok(Bytes::from(output.stdout))
+    };
+    match tokio::time::timeout(timeout, running).await {
+        Ok(result) => result.map_err(|e| format!("{e:#}")),
+        Err(_) => Err(format!(
+            "the command {command:?} was still running after {timeout:?}; it was killed"
+        )),
+    }
+}
