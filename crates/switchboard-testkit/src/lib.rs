@@ -16,6 +16,7 @@
 //!   listener the adapter's test starts;
 //! - [`nats_auth`]: NKey users and an operator-mode (JWT, `.creds`) setup
 //!   made per test, with nats-servers configured for them;
+//! - [`nats_cluster`]: a [`NatsCluster`] of nats-servers routed to each other;
 //! - [`errors`]: checks on how an error reads with its chain of sources.
 //!
 //! A fixture that cannot start (no binary on this machine) returns `None` after
@@ -29,6 +30,7 @@
 pub mod certs;
 pub mod errors;
 pub mod nats_auth;
+pub mod nats_cluster;
 pub mod process;
 pub mod proxy;
 pub mod tls_checks;
@@ -41,6 +43,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use certs::Pki;
 pub use errors::assert_chain_does_not_repeat;
 pub use nats_auth::{NatsAuth, NatsOperator, NkeyUser};
+pub use nats_cluster::NatsCluster;
 pub use process::{BrokerProcess, NatsServer, RedisServer};
 pub use proxy::TcpProxy;
 pub use tls_checks::{TlsChecks, TlsEndpoint};
