@@ -111,8 +111,16 @@ impl UnixRedis {
         let mut args = vec!["--unixsocket", &path, "--unixsocketperm", "700"];
         args.extend_from_slice(extra);
         let server = RedisServer::start(&args)?;
-        // The TCP port listens once the server is up; the socket was bound before it.
-        assert!(socket.exists(), "redis-server made no socket at {path}");
+        // redis-server opens the TCP port first, then the socket: wait until
+        // the socket accepts connections too (it exists a moment before).
+        let deadline = std::time::Instant::now() + switchboard_testkit::process::START_PATIENCE;
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen on {path}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         Some(UnixRedis { server, socket })
     }
 }
