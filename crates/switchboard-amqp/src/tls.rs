@@ -1,6 +1,7 @@
 //! TLS for AMQP: the configuration of `amqps://` URLs (the shared `ca`,
-//! `cert`, `key` and `tls_server_name` keys), and opening `amqps://` connections with switchboard's rustls
-//! configuration instead of lapin's default one.
+//! `cert`, `key` and `tls_server_name` keys), and opening connections: to
+//! the first host of the URL's list that answers, then TLS with switchboard's
+//! rustls configuration instead of lapin's default one.
 
 use std::sync::Arc;
 
