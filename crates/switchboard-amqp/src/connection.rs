@@ -197,7 +197,12 @@ async fn open_session(config: &Config, link: &Arc<Link>) -> Result<Session> {
         .clone()
         .unwrap_or_else(|| DEFAULT_NAME.to_string());
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    let connect = crate::tls::connect(config.uri.clone(), config.tls.clone(), properties);
+    let connect = crate::tls::connect(
+        config.uri.clone(),
+        config.hosts.clone(),
+        config.tls.clone(),
+        properties,
+    );
     let connection = match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(error)) => return Err(connect_error(config, error)),

@@ -89,6 +89,33 @@ pub(crate) fn connect_error(config: &Config, error: lapin::Error) -> Error {
             return config.connect_error(ConnectKind::Tls, reason, Some(ClientError::boxed(error)));
         }
     }
+    // Every host of a list failed: each with its reason, no source (it
+    // would repeat them).
+    if let ErrorKind::IOError(io) = error.kind() {
+        if let Some(failed) = io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<crate::tls::HostsFailed>())
+        {
+            let kinds: Vec<_> = failed.0.iter().map(|(_, e)| e.kind()).collect();
+            let kind = if kinds
+                .iter()
+                .all(|k| *k == std::io::ErrorKind::ConnectionRefused)
+            {
+                ConnectKind::Refused
+            } else if kinds.iter().all(|k| *k == std::io::ErrorKind::TimedOut) {
+                ConnectKind::Timeout
+            } else {
+                ConnectKind::Other
+            };
+            return config.connect_error(
+                kind,
+                format!(
+                    "no host of the list could be reached: {failed}; check the hosts and ports and that RabbitMQ runs on at least one"
+                ),
+                None,
+            );
+        }
+    }
     let user = &config.uri.authority.userinfo.username;
     let vhost = &config.uri.vhost;
     let address = config.address();

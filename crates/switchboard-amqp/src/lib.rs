@@ -41,6 +41,16 @@
 //! path segment, percent-encoded: `/%2f` is the vhost `/`, and so are an
 //! empty path and `/` alone (a vhost named `""` cannot be reached).
 //!
+//! Several hosts (the nodes of a cluster) are a comma-separated list where
+//! the host goes, the credentials, vhost and query written once around it:
+//! `amqp://user:password@rabbit1:5672,rabbit2:5672,rabbit3/vhost`. Each
+//! connect and reconnect tries them in that order and takes the first that
+//! accepts the TCP connection (with several hosts, each gets an equal share
+//! of the connect timeout); a host that accepts and then fails TLS or the
+//! AMQP handshake is an error, not skipped. When none can be reached the
+//! error is one line naming each host and why (`a:5672 (connection refused),
+//! b:5672 (no answer in time)`), password redacted.
+//!
 //! The keys every switchboard adapter shares ([`switchboard_core::options`]),
 //! with the same units, and AMQP's own:
 //!

@@ -225,6 +225,9 @@ pub(crate) struct Config {
     pub(crate) options: AmqpOptions,
     /// For `amqps://`: switchboard's rustls configuration.
     pub(crate) tls: Option<TlsTarget>,
+    /// Every host of the URL (`host:port`), tried in this order on each
+    /// connect and reconnect; the first is also `uri`'s.
+    pub(crate) hosts: Vec<(String, u16)>,
 }
 
 impl fmt::Debug for Config {
@@ -239,7 +242,8 @@ impl fmt::Debug for Config {
 
 impl Config {
     pub(crate) fn parse(url: &str, mut options: AmqpOptions) -> Result<Config> {
-        let parsed = Url::parse(url).map_err(|e| {
+        let (first_only, more_hosts) = split_hosts(url)?;
+        let parsed = Url::parse(&first_only).map_err(|e| {
             Error::invalid_url(
                 url,
                 format!("{e}; expected amqp://user:password@host:5672/vhost"),
@@ -318,7 +322,16 @@ impl Config {
         // lapin bounds its TCP connect by this; the whole handshake is bounded by `connect`.
         query.connection_timeout = Some(options.connect_timeout.as_millis().max(1) as u64);
         let port = parsed.port().unwrap_or_else(|| scheme.default_port());
-        let tls = tls_target(url, &options, tls_in_url, scheme.clone(), &host)?;
+        let mut hosts = vec![(host.clone(), port)];
+        for more in more_hosts {
+            hosts.push(parse_host(
+                url,
+                parsed.scheme(),
+                &more,
+                scheme.default_port(),
+            )?);
+        }
+        let tls = tls_target(url, &options, tls_in_url, scheme.clone(), &hosts)?;
         Ok(Config {
             uri: AMQPUri {
                 scheme,
@@ -333,13 +346,80 @@ impl Config {
             redacted: switchboard_core::redact_url(url),
             options,
             tls,
+            hosts,
         })
     }
 
-    /// `host:port`, for messages.
+    /// `host:port`, for messages; with a list of hosts, all of them
+    /// (`a:5672 or b:5672`).
     pub(crate) fn address(&self) -> String {
-        format!("{}:{}", self.uri.authority.host, self.uri.authority.port)
+        self.hosts
+            .iter()
+            .map(|(host, port)| format!("{host}:{port}"))
+            .collect::<Vec<_>>()
+            .join(" or ")
     }
+}
+
+/// Splits a URL with a list of hosts (`amqp://u:p@h1:5672,h2:5673/vhost`)
+/// into the URL with only the first host, which the URL parser reads, and
+/// the other `host[:port]` entries as written.
+fn split_hosts(url: &str) -> Result<(String, Vec<String>)> {
+    let Some(scheme_end) = url.find("://") else {
+        return Ok((url.to_string(), Vec::new()));
+    };
+    let authority_start = scheme_end + 3;
+    let authority_end = url[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |end| authority_start + end);
+    let hosts_start = url[authority_start..authority_end]
+        .rfind('@')
+        .map_or(authority_start, |at| authority_start + at + 1);
+    let hosts = &url[hosts_start..authority_end];
+    if !hosts.contains(',') {
+        return Ok((url.to_string(), Vec::new()));
+    }
+    let mut entries = hosts.split(',').map(str::trim);
+    let first = entries.next().unwrap_or_default();
+    let more: Vec<String> = entries.map(str::to_string).collect();
+    if first.is_empty() || more.iter().any(String::is_empty) {
+        return Err(Error::invalid_url(
+            url,
+            "an empty entry in the list of hosts; expected amqp://user:password@host1:5672,host2:5672/vhost",
+        ));
+    }
+    let first_only = format!("{}{first}{}", &url[..hosts_start], &url[authority_end..]);
+    Ok((first_only, more))
+}
+
+/// One `host[:port]` entry of a list of hosts.
+fn parse_host(url: &str, scheme: &str, entry: &str, default_port: u16) -> Result<(String, u16)> {
+    let invalid = |why: String| {
+        Error::invalid_url(
+            url,
+            format!("the host `{entry}` in the list {why}; each entry is host[:port], e.g. amqp://user:password@host1:5672,host2:5672/vhost"),
+        )
+    };
+    let parsed = Url::parse(&format!("{scheme}://{entry}"))
+        .map_err(|e| invalid(format!("is not valid ({e})")))?;
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| invalid("names no host".to_string()))?;
+    if !matches!(parsed.path(), "" | "/")
+        || parsed.query().is_some()
+        || !parsed.username().is_empty()
+    {
+        return Err(invalid(
+            "has more than host and port (credentials, vhost and query are written once, around the list)".to_string(),
+        ));
+    }
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        parsed.port().unwrap_or(default_port),
+    ))
 }
 
 /// Applies the query to `options`; returns the AMQP heartbeat to ask for (in
@@ -407,6 +487,36 @@ mod tests {
 
     fn parse(url: &str) -> Result<Config> {
         Config::parse(url, AmqpOptions::default())
+    }
+
+    #[test]
+    fn lists_of_hosts() {
+        let c =
+            parse("amqp://u:p%2Cw@a.example:5673,b.example, [::1]:5675/prod?prefetch=3").unwrap();
+        assert_eq!(
+            c.hosts,
+            vec![
+                ("a.example".to_string(), 5673),
+                ("b.example".to_string(), 5672),
+                ("::1".to_string(), 5675)
+            ]
+        );
+        assert_eq!(c.uri.authority.host, "a.example");
+        assert_eq!(c.uri.authority.userinfo.password, "p,w");
+        assert_eq!(c.uri.vhost, "prod");
+        assert_eq!(c.options.prefetch, 3);
+        assert_eq!(c.address(), "a.example:5673 or b.example:5672 or ::1:5675");
+        assert_eq!(parse("amqps://a,b").unwrap().hosts[1].1, 5671);
+        assert_eq!(parse("amqp://h:1/").unwrap().hosts.len(), 1);
+        for (bad, needle) in [
+            ("amqp://u:secret@a,,b/", "empty entry"),
+            ("amqp://u:secret@a,/", "empty entry"),
+            ("amqp://u:secret@a,b:x/", "`b:x`"),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+            assert!(!e.contains("secret"), "{bad}: {e}");
+        }
     }
 
     #[test]

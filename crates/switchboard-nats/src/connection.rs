@@ -67,6 +67,7 @@ pub(crate) async fn open(url: &str, options: NatsOptions) -> Result<Connection> 
         .iter()
         .all(async_nats::ServerAddr::tls_required);
     connect = crate::tls::configure(url, connect, &options.tls, tls_required)?;
+    connect = crate::auth::configure(url, connect, &options).await?;
     let timeout = options.connect_timeout;
     let client = match tokio::time::timeout(timeout, connect.connect(target.servers)).await {
         Ok(Ok(client)) => client,

@@ -80,10 +80,7 @@ pub(crate) fn connect_error(
         );
     }
     let (kind, reason) = match (error.kind(), io_kind) {
-        (Kind::AuthorizationViolation, _) => (
-            ConnectKind::Auth,
-            "authorization failed: the server rejected the credentials; check the user:password or token in the URL".to_string(),
-        ),
+        (Kind::AuthorizationViolation, _) => (ConnectKind::Auth, crate::auth::rejected(options)),
         (Kind::Authentication, _) => (
             ConnectKind::Auth,
             "authentication failed: the credentials could not be used; check the user:password or token in the URL".to_string(),

@@ -33,6 +33,13 @@
 //! - `nats://host[:port]` (port 4222 by default), `tls://host[:port]` (TLS required);
 //! - `nats://user:password@host`, `nats://TOKEN@host` (percent-encode `@`, `:`, `/`
 //!   in credentials); passwords and tokens are redacted in every error;
+//! - an NKey user: `nats://host?nkey=/etc/nats/user.nk` (the file holds the user's
+//!   seed, `SU…`, as `nk -gen user` writes it; the server lists its public key);
+//! - a credentials file, for servers in operator (JWT) mode:
+//!   `nats://host?creds=/etc/nats/user.creds` (a user JWT and its seed, as
+//!   `nsc generate creds` writes them); both files are read when connecting,
+//!   an unreadable or malformed one is an error naming the file, and no
+//!   error shows a seed;
 //! - several servers: `nats://a:4222,nats://b:4222` (credentials from the first that has them;
 //!   every server's password or token is redacted);
 //! - options in the query, e.g. `nats://host?capacity=65536&connect_timeout=2s&name=api`,
@@ -72,6 +79,8 @@
 //! | [`flush_timeout`](NatsOptions::flush_timeout) | `flush_timeout=10s` | 10 s | the most `flush`, `subscribe`, `close` and `Subscription::close` wait for the server, and a `publish` into a full client queue while the connection is down |
 //! | [`name`](NatsOptions::name) | `name=api` | none | connection name shown by the server |
 //! | [`keepalive`](NatsOptions::keepalive) | `keepalive=15s`, `keepalive=off` | 15 s ([`DEFAULT_KEEPALIVE`]) | a link that passes nothing this long is dropped and reconnected |
+//! | [`nkey`](NatsOptions::nkey) | `nkey=PATH` | none | an NKey seed file to authenticate with |
+//! | [`creds`](NatsOptions::creds) | `creds=PATH` | none | a credentials file (user JWT + seed) to authenticate with |
 //! | [`tls`](NatsOptions::tls) | `ca=`, `cert=`, `key=`, `tls_server_name=` (`tls://` only) | the platform's trust store | see [TLS](#tls) |
 //! | [`reconnect_backoff`](NatsOptions::reconnect_backoff) | | 100 ms to 5 s ([`Backoff::DEFAULT`](switchboard_core::Backoff::DEFAULT)) | delay between reconnection attempts, the first at once |
 //!
@@ -198,6 +207,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 
+mod auth;
 mod broker;
 mod connection;
 mod error;
@@ -214,6 +224,7 @@ pub use options::{
     NatsOptions, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_KEEPALIVE, QUERY_KEYS,
 };
+pub use options::{CREDS, NKEY};
 /// TLS settings for [`tls`](NatsOptions::tls), the same on every adapter.
 pub use switchboard_tls::TlsOptions;
 

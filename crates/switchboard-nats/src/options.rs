@@ -1,5 +1,6 @@
 //! [`NatsOptions`] and the parsing of `nats://` / `tls://` URLs.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::ServerAddr;
@@ -24,9 +25,28 @@ pub use switchboard_core::options::{
 /// the whole buffer holds about `capacity × (200 B + payload)` of memory.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
+/// The URL key naming an NKey seed file: `nkey=/etc/nats/user.nk`.
+pub const NKEY: &str = "nkey";
+
+/// The URL key naming a credentials file (a user JWT and its seed): `creds=/etc/nats/user.creds`.
+pub const CREDS: &str = "creds";
+
 /// The URL query keys the NATS adapter takes: the ones every adapter shares
-/// ([`options::COMMON`]) and, on `tls://` URLs, the TLS ones ([`options::TLS`]).
-pub const QUERY_KEYS: &[&str] = options::COMMON_AND_TLS;
+/// ([`options::COMMON`]), NATS's own [`NKEY`] and [`CREDS`], and, on `tls://`
+/// URLs, the TLS ones ([`options::TLS`]).
+pub const QUERY_KEYS: &[&str] = &[
+    options::CONNECT_TIMEOUT,
+    options::FLUSH_TIMEOUT,
+    options::CAPACITY,
+    options::NAME,
+    options::KEEPALIVE,
+    NKEY,
+    CREDS,
+    options::CA,
+    options::CERT,
+    options::KEY,
+    options::TLS_SERVER_NAME,
+];
 
 /// Options of a NATS connection: set with the builder methods, each named
 /// after its option, and read from the public fields (as on every
@@ -72,6 +92,16 @@ pub struct NatsOptions {
     /// URL: `ca=`, `cert=`, `key=`, `tls_server_name=`; default the platform's
     /// trust store.
     pub tls: TlsOptions,
+    /// A file holding the NKey seed to sign the server's challenge with
+    /// (an NKey user in the server's `authorization` block). URL:
+    /// `nkey=/etc/nats/user.nk`; default none. Read when connecting; the
+    /// seed is never shown.
+    pub nkey: Option<PathBuf>,
+    /// A credentials file (`.creds`: a user JWT and its NKey seed, as `nsc`
+    /// writes it) for servers in operator (JWT) mode. URL:
+    /// `creds=/etc/nats/user.creds`; default none. Read when connecting; the
+    /// seed is never shown.
+    pub creds: Option<PathBuf>,
 }
 
 impl Default for NatsOptions {
@@ -84,6 +114,8 @@ impl Default for NatsOptions {
             keepalive: Some(DEFAULT_KEEPALIVE),
             reconnect_backoff: Backoff::DEFAULT,
             tls: TlsOptions::new(),
+            nkey: None,
+            creds: None,
         }
     }
 }
@@ -150,6 +182,24 @@ impl NatsOptions {
     /// `cert=PATH&key=PATH`, `tls_server_name=NAME` (added to what is set here).
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Authenticates as an NKey user: the file holds the user's seed
+    /// (`SU…`, as `nk -gen user` writes it), which signs the server's
+    /// challenge; the server lists the public key (`U…`). URL:
+    /// `nkey=/etc/nats/user.nk`. Not together with [`creds`](Self::creds).
+    pub fn nkey(mut self, seed_file: impl Into<PathBuf>) -> Self {
+        self.nkey = Some(seed_file.into());
+        self
+    }
+
+    /// Authenticates with a credentials file (a user JWT and its seed, as
+    /// `nsc generate creds` writes it), for servers run in operator (JWT)
+    /// mode. URL: `creds=/etc/nats/user.creds`. Not together with
+    /// [`nkey`](Self::nkey).
+    pub fn creds(mut self, creds_file: impl Into<PathBuf>) -> Self {
+        self.creds = Some(creds_file.into());
         self
     }
 }
@@ -236,6 +286,12 @@ pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
         tls_in_url,
         servers.iter().all(ServerAddr::tls_required),
     )?;
+    if options.nkey.is_some() && options.creds.is_some() {
+        return Err(Error::invalid_url(
+            url,
+            "both `nkey` and `creds` are set; a credentials file holds its own seed, so give one of them",
+        ));
+    }
     Ok(Target {
         servers,
         credentials,
@@ -258,6 +314,13 @@ fn apply_query(query: &Query, options: &mut NatsOptions) -> Result<()> {
     }
     if let Some(keepalive) = query.keepalive()? {
         options.keepalive = keepalive;
+    }
+    for (key, field) in [(NKEY, &mut options.nkey), (CREDS, &mut options.creds)] {
+        match query.text(key) {
+            Some("") => return Err(query.invalid(key, "", "a file path")),
+            Some(path) => *field = Some(PathBuf::from(path)),
+            None => {}
+        }
     }
     Ok(())
 }
@@ -348,6 +411,28 @@ mod tests {
             let err = parse(url).err().unwrap().to_string();
             assert!(err.contains(needle), "{url}: {err}");
         }
+    }
+
+    #[test]
+    fn nkey_and_creds_keys() {
+        let target = parse("nats://h:1?nkey=/etc/nats/u%20ser.nk").unwrap();
+        assert_eq!(
+            target.options.nkey.as_deref(),
+            Some(std::path::Path::new("/etc/nats/u ser.nk"))
+        );
+        let target = parse("tls://h:1?creds=/etc/nats/u.creds&ca=/ca.pem").unwrap();
+        assert_eq!(
+            target.options.creds.as_deref(),
+            Some(std::path::Path::new("/etc/nats/u.creds"))
+        );
+        let coded = NatsOptions::new().nkey("/a.nk");
+        let err = parse_url("nats://h:1?creds=/b.creds", coded)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("both `nkey` and `creds`"), "{err}");
+        let err = parse("nats://h:1?nkey=").err().unwrap().to_string();
+        assert!(err.contains("nkey"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Opening one connection: TCP (with TCP keepalive) or TLS, then `AUTH`,
+//! Opening one connection: TCP (with TCP keepalive), TLS or a unix socket, then `AUTH`,
 //! `SELECT` and `CLIENT SETNAME`, all within the connect timeout; and the
 //! open connection, which sends commands and reads RESP frames.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use switchboard_core::Result;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
@@ -46,8 +46,11 @@ fn set_keepalive(tcp: &TcpStream) {
     }
 }
 
-/// A TCP stream, or a TLS stream over one.
-pub(crate) type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+/// A plain stream: TCP, or a unix socket.
+pub(crate) type Plain = Either<TcpStream, UnixStream>;
+
+/// A plain stream, or a TLS stream over TCP.
+pub(crate) type Stream = Either<Plain, Box<TlsStream<TcpStream>>>;
 
 impl Target {
     /// Opens a connection and runs the handshake, all within `timeout`.
@@ -59,13 +62,24 @@ impl Target {
     }
 
     async fn connect_inner(&self, client_name: &str) -> Result<Conn> {
+        if let Some(path) = &self.socket {
+            let unix = UnixStream::connect(path)
+                .await
+                .map_err(|e| error::unix_failed(self, path, e))?;
+            let mut conn = Conn {
+                stream: Either::Left(Either::Right(unix)),
+                buf: BytesMut::with_capacity(64 * 1024),
+            };
+            self.handshake(&mut conn, client_name).await?;
+            return Ok(conn);
+        }
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| error::tcp_failed(self, e))?;
         let _ = tcp.set_nodelay(true);
         set_keepalive(&tcp);
         let stream = match &self.tls {
-            None => Either::Left(tcp),
+            None => Either::Left(Either::Left(tcp)),
             Some(tls) => {
                 let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
                 let stream = connector
@@ -178,8 +192,12 @@ impl Conn {
     /// Splits into halves; bytes already read stay in the returned buffer.
     pub(crate) fn split(self) -> (ReadHalf, WriteHalf, BytesMut) {
         match self.stream {
-            Either::Left(tcp) => {
+            Either::Left(Either::Left(tcp)) => {
                 let (r, w) = tcp.into_split();
+                (Box::new(r), Box::new(w), self.buf)
+            }
+            Either::Left(Either::Right(unix)) => {
+                let (r, w) = unix.into_split();
                 (Box::new(r), Box::new(w), self.buf)
             }
             tls @ Either::Right(_) => {
@@ -220,7 +238,7 @@ mod tests {
             .connect(Duration::from_secs(5), "keepalive-test")
             .await
             .unwrap();
-        let Either::Left(tcp) = &conn.stream else {
+        let Either::Left(Either::Left(tcp)) = &conn.stream else {
             panic!("a redis:// URL gives a plain TCP stream");
         };
         let socket = socket2::SockRef::from(tcp);

@@ -63,6 +63,27 @@ pub(crate) fn tcp_failed(target: &Target, e: io::Error) -> Error {
     target.error(kind, reason, Some(Box::new(e)))
 }
 
+/// The unix socket at `path` could not be opened.
+pub(crate) fn unix_failed(target: &Target, path: &std::path::Path, e: io::Error) -> Error {
+    let path = path.display();
+    let (kind, reason) = match e.kind() {
+        io::ErrorKind::NotFound => (
+            ConnectKind::Refused,
+            format!("no socket at {path}; is redis-server running with `unixsocket {path}`?"),
+        ),
+        io::ErrorKind::ConnectionRefused => (
+            ConnectKind::Refused,
+            format!("nothing listens on {path} (connection refused); is redis-server running?"),
+        ),
+        io::ErrorKind::PermissionDenied => (
+            ConnectKind::Other,
+            format!("no permission to open {path}; check the server's `unixsocketperm` and this user's groups"),
+        ),
+        _ => (ConnectKind::Other, format!("cannot open the socket {path}")),
+    };
+    target.error(kind, reason, Some(Box::new(e)))
+}
+
 /// The TLS handshake failed: said in the terms of the TLS settings where
 /// rustls' error has a precise meaning. rustls' own text follows as the
 /// source, so a failure with no more precise meaning gets a reason that does

@@ -23,6 +23,14 @@
 //! - `redis://host[:port][/database]` — plain TCP, port 6379 by default;
 //! - `redis://[user]:password@host[:port][/database]` — `AUTH` (with a user for ACLs);
 //!   percent-encode `@`, `:` and `/` in the password;
+//! - ACL users: `redis://alice:PASSWORD@host` sends `AUTH alice PASSWORD`;
+//!   Redis answers a wrong password and an unknown (or disabled) user with the
+//!   same `WRONGPASS` reply, so the error cannot say which of the two it was;
+//!   it names the user, never the password;
+//! - `redis+unix:///run/redis/redis.sock` or `unix:///run/redis/redis.sock` —
+//!   a unix socket (`unixsocket` in redis.conf), credentials before the path
+//!   (`redis+unix://alice:PASSWORD@/run/redis/redis.sock`), the database in the
+//!   query (`?db=2`, since the path is the socket's); no TLS there;
 //! - `rediss://...` — TLS, checked against the platform's trust store;
 //!   `rediss://...#insecure` skips certificate verification (the handshake's
 //!   signatures are still checked);
@@ -188,6 +196,7 @@ pub mod wire;
 use std::sync::Arc;
 
 pub use broker::RedisBroker;
+pub use options::DB;
 pub use options::{
     RedisOptions, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_KEEPALIVE, DEFAULT_NAME, QUERY_KEYS,
@@ -201,8 +210,9 @@ use switchboard_core::{Broker, Driver, Result};
 /// The broker kind, as [`Broker::kind`] returns it.
 pub const KIND: &str = "redis";
 
-/// The URL schemes this adapter accepts: `redis` and `rediss` (TLS).
-pub const SCHEMES: &[&str] = &["redis", "rediss"];
+/// The URL schemes this adapter accepts: `redis`, `rediss` (TLS), and
+/// `redis+unix` and `unix` (a unix socket).
+pub const SCHEMES: &[&str] = &["redis", "rediss", "redis+unix", "unix"];
 
 /// The URL the bare kind `redis` stands for: the local server on its usual port.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";

@@ -1,6 +1,7 @@
 //! [`RedisOptions`] and the parsing of `redis://` / `rediss://` URLs.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use switchboard_core::options::{self, Query};
@@ -27,10 +28,29 @@ pub const DEFAULT_CAPACITY: usize = 1 << 20;
 /// The connection name Redis shows (`CLIENT LIST`) unless configured.
 pub const DEFAULT_NAME: &str = "switchboard";
 
+/// The URL key giving the database on unix socket URLs
+/// (`redis+unix:///run/redis.sock?db=2`), whose path is the socket's; a TCP
+/// URL gives it as its path (`redis://host/2`).
+pub const DB: &str = "db";
+
 /// The URL query keys the Redis adapter takes: the ones every adapter shares
-/// ([`options::COMMON`]) and, on `rediss://` URLs, the TLS ones
-/// ([`options::TLS`], see [`RedisOptions::tls`]).
-pub const QUERY_KEYS: &[&str] = options::COMMON_AND_TLS;
+/// ([`options::COMMON`]), [`DB`] on unix socket URLs and, on `rediss://`
+/// URLs, the TLS ones ([`options::TLS`], see [`RedisOptions::tls`]).
+pub const QUERY_KEYS: &[&str] = &[
+    options::CONNECT_TIMEOUT,
+    options::FLUSH_TIMEOUT,
+    options::CAPACITY,
+    options::NAME,
+    options::KEEPALIVE,
+    DB,
+    options::CA,
+    options::CERT,
+    options::KEY,
+    options::TLS_SERVER_NAME,
+];
+
+/// The schemes of unix socket URLs.
+const UNIX_SCHEMES: [&str; 2] = ["redis+unix", "unix"];
 
 /// The port of a URL that names none.
 const DEFAULT_PORT: u16 = 6379;
@@ -222,6 +242,8 @@ pub(crate) struct Target {
     pub(crate) url: String,
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// The unix socket to connect to instead of `host:port`.
+    pub(crate) socket: Option<PathBuf>,
     pub(crate) tls: Option<TlsTarget>,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
@@ -242,6 +264,11 @@ impl Target {
     /// URL; the query's options are applied to `options`.
     pub(crate) fn parse(url: &str, options: &mut RedisOptions) -> Result<Self> {
         const FORM: &str = "the form is redis[s]://[[user]:password@]host[:port][/database]";
+        if let Some((scheme, rest)) = url.split_once("://") {
+            if UNIX_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
+                return Self::parse_unix(url, scheme, rest, options);
+            }
+        }
         let parsed =
             url::Url::parse(url).map_err(|e| Error::invalid_url(url, format!("{e}; {FORM}")))?;
         let tls = match parsed.scheme() {
@@ -292,13 +319,92 @@ impl Target {
             .map(|p| options::decode(url, "password", p))
             .transpose()?;
         let query = Query::parse(url, &parsed, QUERY_KEYS)?;
+        if query.has(DB) {
+            return Err(Error::invalid_url(
+                url,
+                format!("`{DB}=` is for unix socket URLs; a TCP URL gives the database as its path: redis://host:6379/2"),
+            ));
+        }
         options.apply(&query)?;
         let tls = tls_target(url, &query, &options.tls, &host, tls, insecure)?;
         Ok(Target {
             url: url.to_string(),
             port: parsed.port().unwrap_or(DEFAULT_PORT),
             host,
+            socket: None,
             tls,
+            username,
+            password,
+            db,
+        })
+    }
+
+    /// Reads a `redis+unix://[[user]:password@]/path/redis.sock[?db=N&query]`
+    /// URL (or `unix://…`): `rest` is what follows `scheme://`. The
+    /// credentials are taken out by hand, since a URL parser refuses them
+    /// without a host; `redact_url` still finds them before the path.
+    fn parse_unix(url: &str, scheme: &str, rest: &str, options: &mut RedisOptions) -> Result<Self> {
+        const FORM: &str = "the form is redis+unix://[[user]:password@]/path/to/redis.sock[?db=N]";
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let (userinfo, host) = match rest[..authority_end].rsplit_once('@') {
+            Some((userinfo, host)) => (Some(userinfo), host),
+            None => (None, &rest[..authority_end]),
+        };
+        if !host.is_empty() {
+            return Err(Error::invalid_url(
+                url,
+                format!("a unix socket URL names no host, found `{host}`; {FORM}"),
+            ));
+        }
+        let (username, password) = match userinfo.map(|u| u.split_once(':')) {
+            None => (None, None),
+            Some(None) => {
+                return Err(Error::invalid_url(
+                    url,
+                    format!("a user name without a password; {FORM}"),
+                ))
+            }
+            Some(Some((user, password))) => (
+                Some(options::decode(url, "user name", user)?).filter(|u| !u.is_empty()),
+                Some(options::decode(url, "password", password)?),
+            ),
+        };
+        let without_credentials = format!("{scheme}://{}", &rest[authority_end..]);
+        let parsed = url::Url::parse(&without_credentials)
+            .map_err(|e| Error::invalid_url(url, format!("{e}; {FORM}")))?;
+        let path = options::decode(url, "socket path", parsed.path())?;
+        if path.is_empty() || path == "/" {
+            return Err(Error::invalid_url(
+                url,
+                format!("the URL names no socket; {FORM}"),
+            ));
+        }
+        if parsed.fragment().is_some() {
+            return Err(Error::invalid_url(
+                url,
+                "a unix socket URL takes no fragment (there is no TLS over a unix socket)",
+            ));
+        }
+        let query = Query::parse(url, &parsed, QUERY_KEYS)?;
+        if let Some(key) = switchboard_tls::QUERY_KEYS
+            .iter()
+            .find(|key| query.has(key))
+        {
+            return Err(Error::invalid_url(
+                url,
+                format!("`{key}` is a TLS key; a unix socket connection has no TLS"),
+            ));
+        }
+        let db = query
+            .parse_as::<i64>(DB, "a database number, e.g. `db=2`")?
+            .unwrap_or(0);
+        options.apply(&query)?;
+        Ok(Target {
+            url: url.to_string(),
+            host: path.clone(),
+            port: 0,
+            socket: Some(PathBuf::from(path)),
+            tls: None,
             username,
             password,
             db,
@@ -332,6 +438,42 @@ mod tests {
         let t = parse("redis://:p%40ss%3Aw@[::1]:6380").unwrap();
         assert_eq!(t.password.as_deref(), Some("p@ss:w"));
         assert_eq!(t.host, "::1");
+    }
+
+    #[test]
+    fn unix_socket_urls() {
+        let t = parse("redis+unix:///run/redis/redis.sock").unwrap();
+        assert_eq!(
+            t.socket.as_deref(),
+            Some(std::path::Path::new("/run/redis/redis.sock"))
+        );
+        assert_eq!((t.db, t.password.as_deref()), (0, None));
+        let t = parse("unix://alice:s%40cret@/tmp/my%20dir/r.sock?db=3&name=x").unwrap();
+        assert_eq!(
+            t.socket.as_deref(),
+            Some(std::path::Path::new("/tmp/my dir/r.sock"))
+        );
+        assert_eq!(t.username.as_deref(), Some("alice"));
+        assert_eq!(t.password.as_deref(), Some("s@cret"));
+        assert_eq!(t.db, 3);
+        assert!(t.tls.is_none());
+        let t = parse("redis+unix://:pw@/tmp/r.sock").unwrap();
+        assert_eq!((t.username, t.password.as_deref()), (None, Some("pw")));
+        for (bad, needle) in [
+            ("redis+unix://host/tmp/r.sock", "names no host"),
+            ("redis+unix://", "names no socket"),
+            ("redis+unix:///tmp/r.sock?db=x", "`db=x`"),
+            ("redis+unix:///tmp/r.sock?ca=/ca.pem", "no TLS"),
+            ("redis+unix:///tmp/r.sock#insecure", "no fragment"),
+            ("redis+unix://alice@/tmp/r.sock", "without a password"),
+            ("redis://h?db=2", "database as its path"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(matches!(e, Error::InvalidUrl { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains(needle), "{bad}: {e}");
+        }
+        let e = parse("unix://u:hunter2@/tmp/r.sock?bogus=1").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

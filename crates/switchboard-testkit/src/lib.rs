@@ -14,6 +14,9 @@
 //! - [`tls_checks`](mod@tls_checks): the TLS behaviour every adapter shows (`ca`, mutual TLS,
 //!   `tls_server_name`, one-line errors), checked once for all against a
 //!   listener the adapter's test starts;
+//! - [`nats_auth`]: NKey users and an operator-mode (JWT, `.creds`) setup
+//!   made per test, with nats-servers configured for them;
+//! - [`nats_cluster`]: a [`NatsCluster`] of nats-servers routed to each other;
 //! - [`errors`]: checks on how an error reads with its chain of sources.
 //!
 //! A fixture that cannot start (no binary on this machine) returns `None` after
@@ -26,6 +29,8 @@
 
 pub mod certs;
 pub mod errors;
+pub mod nats_auth;
+pub mod nats_cluster;
 pub mod process;
 pub mod proxy;
 pub mod tls_checks;
@@ -37,6 +42,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use certs::Pki;
 pub use errors::assert_chain_does_not_repeat;
+pub use nats_auth::{NatsAuth, NatsOperator, NkeyUser};
+pub use nats_cluster::NatsCluster;
 pub use process::{BrokerProcess, NatsServer, RedisServer};
 pub use proxy::TcpProxy;
 pub use tls_checks::{TlsChecks, TlsEndpoint};

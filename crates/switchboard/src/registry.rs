@@ -11,7 +11,7 @@ use switchboard_core::{Driver, Error, Result};
 /// without (the adapter's own [`Driver`] is not linked then).
 const OPTIONAL: &[(&str, &[&str])] = &[
     ("nats", &["nats", "tls"]),
-    ("redis", &["redis", "rediss"]),
+    ("redis", &["redis", "rediss", "redis+unix", "unix"]),
     ("amqp", &["amqp", "amqps"]),
 ];
 

@@ -1,0 +1,157 @@
+//! NKey users (`nkey=`) and credentials files (`creds=`, operator/JWT mode)
+//! against nats-servers of the test's own, with keys and JWTs made by the
+//! test: the right file works, a wrong, missing or malformed one is one line
+//! naming the file and never showing a seed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use switchboard_core::{Broker, ConnectKind, Error, Message, Publisher, SubscriberExt};
+use switchboard_nats::{NatsBroker, NatsOptions};
+use switchboard_testkit::{assert_chain_does_not_repeat, unique, NatsAuth, NatsOperator};
+
+/// Publishes one message through `broker` and receives it on a subscription.
+async fn round_trip(broker: &NatsBroker) {
+    let subject = unique("auth");
+    let mut subscription = broker.subscribe_to(&subject).await.unwrap();
+    broker
+        .publish(Message::new(subject.as_str(), "signed in").unwrap())
+        .await
+        .unwrap();
+    let delivery = switchboard_conformance::recv(&mut subscription).await;
+    assert_eq!(delivery.payload_str(), Some("signed in"));
+}
+
+/// Checks that `err` is one authentication line naming `file` and showing none of `secrets`.
+fn assert_auth_error(err: &Error, file: &std::path::Path, secrets: &[&str]) {
+    let text = err.to_string();
+    assert_eq!(err.connect_kind(), Some(ConnectKind::Auth), "{text}");
+    assert!(!err.is_temporary(), "{text}");
+    assert!(text.contains(&file.display().to_string()), "{text}");
+    assert!(!text.contains('\n'), "one line: {text}");
+    let report = format!("{err:?}");
+    for secret in secrets {
+        assert!(!text.contains(secret), "shows a secret: {text}");
+        assert!(!report.contains(secret), "shows a secret: {report}");
+    }
+    assert_chain_does_not_repeat(err);
+}
+
+#[tokio::test]
+async fn nkey_user_with_its_seed_file_connects() {
+    let auth = NatsAuth::new();
+    let alice = auth.nkey_user("alice");
+    let Some(server) = auth.start_nkey_server(&[&alice]) else {
+        return;
+    };
+    // In the URL.
+    let url = format!("{}?nkey={}", server.url(), alice.seed_file.display());
+    let broker = switchboard_nats::connect(&url).await.unwrap();
+    round_trip(&broker).await;
+    broker.close().await.unwrap();
+    // With the options builder.
+    let broker = NatsBroker::connect_with(&server.url(), NatsOptions::new().nkey(&alice.seed_file))
+        .await
+        .unwrap();
+    round_trip(&broker).await;
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_missing_or_malformed_seed_files_are_named_without_the_seed() {
+    let auth = NatsAuth::new();
+    let alice = auth.nkey_user("alice");
+    let mallory = auth.nkey_user("mallory");
+    let Some(server) = auth.start_nkey_server(&[&alice]) else {
+        return;
+    };
+    let connect = |file: std::path::PathBuf| {
+        let url = server.url();
+        async move { NatsBroker::connect_with(&url, NatsOptions::new().nkey(file)).await }
+    };
+
+    // A seed the server does not know.
+    let err = connect(mallory.seed_file.clone()).await.unwrap_err();
+    assert_auth_error(&err, &mallory.seed_file, &[&mallory.seed, &alice.seed]);
+    assert!(err.to_string().contains("authorization failed"), "{err}");
+    assert!(err.to_string().contains("public key"), "{err}");
+
+    // No file there.
+    let missing = auth.dir().join("nobody.nk");
+    let err = connect(missing.clone()).await.unwrap_err();
+    assert_auth_error(&err, &missing, &[]);
+    assert!(
+        err.to_string().contains("cannot read the NKey seed file"),
+        "{err}"
+    );
+
+    // A file without a seed: its content is not shown.
+    let garbage = auth.write("garbage.nk", "SUPERSECRETNOTASEED\n");
+    let err = connect(garbage.clone()).await.unwrap_err();
+    assert_auth_error(&err, &garbage, &["SUPERSECRETNOTASEED"]);
+    assert!(err.to_string().contains("holds no NKey seed"), "{err}");
+
+    // No credentials at all.
+    let err = switchboard_nats::connect(&server.url()).await.unwrap_err();
+    assert_eq!(err.connect_kind(), Some(ConnectKind::Auth), "{err}");
+}
+
+#[tokio::test]
+async fn creds_file_of_a_trusted_account_connects() {
+    let operator = NatsOperator::new();
+    let creds = operator.creds("bob");
+    let Some(server) = operator.start_server() else {
+        return;
+    };
+    // The server is in operator mode: without a JWT it lets nobody in.
+    let err = switchboard_nats::connect(&server.url()).await.unwrap_err();
+    assert_eq!(err.connect_kind(), Some(ConnectKind::Auth), "{err}");
+    let url = format!("{}?creds={}", server.url(), creds.display());
+    let broker = switchboard_nats::connect(&url).await.unwrap();
+    round_trip(&broker).await;
+    broker.close().await.unwrap();
+    let broker = NatsBroker::connect_with(&server.url(), NatsOptions::new().creds(&creds))
+        .await
+        .unwrap();
+    round_trip(&broker).await;
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn foreign_missing_or_malformed_creds_files_are_named_without_the_seed() {
+    let operator = NatsOperator::new();
+    let foreign = operator.foreign_creds("eve");
+    let Some(server) = operator.start_server() else {
+        return;
+    };
+    let connect = |file: std::path::PathBuf| {
+        let url = server.url();
+        async move { NatsBroker::connect_with(&url, NatsOptions::new().creds(file)).await }
+    };
+    let seed_of = |file: &std::path::Path| {
+        std::fs::read_to_string(file)
+            .unwrap()
+            .split_whitespace()
+            .find(|w| w.starts_with("SU"))
+            .unwrap()
+            .to_string()
+    };
+
+    // A JWT from an account the server does not trust.
+    let err = connect(foreign.clone()).await.unwrap_err();
+    assert_auth_error(&err, &foreign, &[&seed_of(&foreign)]);
+    assert!(err.to_string().contains("authorization failed"), "{err}");
+
+    let missing = operator.dir().join("nobody.creds");
+    let err = connect(missing.clone()).await.unwrap_err();
+    assert_auth_error(&err, &missing, &[]);
+    assert!(
+        err.to_string().contains("cannot read the credentials file"),
+        "{err}"
+    );
+
+    // A seed file given as a credentials file: no JWT in it.
+    let auth = NatsAuth::new();
+    let seed_only = auth.nkey_user("carol");
+    let err = connect(seed_only.seed_file.clone()).await.unwrap_err();
+    assert_auth_error(&err, &seed_only.seed_file, &[&seed_only.seed]);
+    assert!(err.to_string().contains("is not usable"), "{err}");
+}
