@@ -64,10 +64,27 @@ pub fn unique(test: &str) -> String {
     )
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, never handed out before
+/// in this process.
+///
+/// Ports come from below Linux's ephemeral range (32768–60999), walking from a
+/// start that depends on the process id: a port the kernel gave out with
+/// `bind(0)` could be given again to the next caller, or to a client
+/// connection's own end, between the moment it is freed here and the moment
+/// the server a test starts binds it — two fixtures started at once would
+/// then share a port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+        let port = FIRST + (start + step) % SPAN;
+        let port = u16::try_from(port).expect("below 32000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN)
 }
