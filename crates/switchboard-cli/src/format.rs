@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use base64::Engine as _;
-use switchboard::{Headers, Message};
+use serde::Deserialize;
+use switchboard::{Bytes, Headers, Message, Subject};
 
 /// How `listen` prints each message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -77,6 +78,47 @@ pub(crate) fn json_line(message: &Message) -> String {
     };
     // Serializing strings and a map with string keys cannot fail.
     serde_json::to_string(&line).unwrap_or_default()
+}
+
+/// A line as [`json_line`] writes it, read back (for `send --format json`):
+/// `subject` (unless `subject` is given, which wins), `headers` (optional,
+/// string values), and `payload` or `payload_base64` (neither: empty).
+/// Errors say what is wrong with the line, not where it is.
+pub(crate) fn message_from_json(line: &[u8], subject: Option<&Subject>) -> anyhow::Result<Message> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        subject: Option<String>,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        payload: Option<String>,
+        payload_base64: Option<String>,
+    }
+    let line: Line = serde_json::from_slice(line).map_err(|error| {
+        anyhow::anyhow!(
+            "not a JSON message ({error}); expected {{\"subject\":…,\"headers\":{{…}},\"payload\":…}} as `listen --format json` prints"
+        )
+    })?;
+    let subject = match (subject, line.subject) {
+        (Some(subject), _) => subject.clone(),
+        (None, Some(subject)) => Subject::new(&subject)?,
+        (None, None) => anyhow::bail!("the line has no \"subject\" (or give --on)"),
+    };
+    let payload = match (line.payload, line.payload_base64) {
+        (Some(_), Some(_)) => anyhow::bail!("the line has both \"payload\" and \"payload_base64\""),
+        (Some(text), None) => Bytes::from(text),
+        (None, Some(encoded)) => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_bytes())
+                .map_err(|error| anyhow::anyhow!("\"payload_base64\" is not base64: {error}"))?,
+        ),
+        (None, None) => Bytes::new(),
+    };
+    let mut headers = Headers::new();
+    for (name, value) in &line.headers {
+        headers.insert(name, value)?;
+    }
+    Ok(Message::from_parts(subject, payload, headers))
 }
 
 /// `{a=1, b=2}`, values escaped as in [`escape_controls`].

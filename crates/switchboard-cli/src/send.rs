@@ -1,15 +1,18 @@
-//! `switchboard send`: publish one message, a file, or one message per line of stdin.
+//! `switchboard send`: publish one message (or N, templated), a file, or one
+//! message per line of stdin (raw, or JSON messages as `listen --format json` prints them).
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use rand::distr::{Alphanumeric, SampleString};
 use switchboard::{AnyBroker, Bytes, Headers, Message, Subject};
 use tokio::io::AsyncBufReadExt as _;
 
 use crate::connection;
+use crate::format::{self, Format};
 use crate::signals::{Signal, Signals};
 
 /// How long closing may take after publishing failed: the link is broken,
@@ -21,6 +24,9 @@ Examples:
   switchboard send --on alerts.robot --header severity=high 'bad robot detected'
   tail -f alerts.log | switchboard send --on alerts.log      # one message per line
   switchboard --broker redis send --on reports.daily --file report.pdf
+  switchboard send --on load.test --count 1000 --sleep 10ms 'tick {{Count}} {{ID}} at {{TimeStamp}}'
+  switchboard listen --on 'orders.>' --format json > orders.jsonl      # capture on one broker...
+  switchboard --broker amqp send --format json < orders.jsonl         # ...replay on another
 
 Prints nothing on success; -v reports how many messages were sent (on stderr).
 
@@ -40,8 +46,25 @@ Exit status and what is reported (on stderr):
 #[command(after_help = EXAMPLES)]
 pub struct SendArgs {
     /// Subject to publish on: dot-separated tokens such as `alerts.cpu` (no wildcards).
+    /// Needed unless --format json, whose lines name their subjects (--on then overrides them).
     #[arg(long, value_name = "SUBJECT")]
-    pub(crate) on: String,
+    pub(crate) on: Option<String>,
+
+    /// How each line of stdin is read: `text`, the line is the payload; `json`, the line
+    /// is a whole message as `listen --format json` prints it (subject, headers, payload
+    /// or payload_base64), so a capture replays to any broker byte for byte.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub(crate) format: Format,
+
+    /// Send MESSAGE N times. In MESSAGE and in header values, {{Count}} (1, 2, …),
+    /// {{ID}} (unique per message), {{TimeStamp}} (RFC 3339) and {{Unix}} (seconds)
+    /// are filled in for each message.
+    #[arg(long, value_name = "N", requires = "message", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) count: Option<u64>,
+
+    /// Pause this long between messages (e.g. 100ms, 1s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) sleep: Option<Duration>,
 
     /// Header to attach, as NAME=VALUE (repeatable; a repeated NAME keeps the last value).
     #[arg(short = 'H', long = "header", value_name = "NAME=VALUE")]
@@ -59,10 +82,14 @@ pub struct SendArgs {
 
 /// Where the payloads come from.
 enum Source {
-    /// One message given on the command line or read whole from a file.
+    /// One message read whole from a file.
     One(Bytes),
+    /// The command line's message, `count` times, templates filled in.
+    Repeat { template: String, count: u64 },
     /// One message per line of stdin.
     StdinLines,
+    /// One message per line of stdin, each a JSON message.
+    StdinJson,
 }
 
 /// How publishing ended.
@@ -82,13 +109,30 @@ enum Published {
 /// Runs `switchboard send`.
 pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
     // Everything the user typed is checked before connecting.
-    let subject = Subject::new(&args.on)?;
+    let subject = args.on.as_deref().map(Subject::new).transpose()?;
+    if subject.is_none() && args.format == Format::Text {
+        anyhow::bail!("--on SUBJECT is needed (only --format json lines name their own subjects)");
+    }
+    if args.format == Format::Json && (args.message.is_some() || args.file.is_some()) {
+        anyhow::bail!("--format json reads messages from stdin; leave out MESSAGE and --file");
+    }
     let headers = parse_headers(&args.headers)?;
+    let target = match &subject {
+        Some(subject) => format!("'{subject}'"),
+        None => "the subjects of the lines".to_string(),
+    };
+    let pace = Pace {
+        sleep: args.sleep,
+        json: args.format == Format::Json,
+    };
     // From here on a signal stops `send` the way it says, not the default way.
     let mut signals = Signals::install()?;
     let reading = async {
         anyhow::Ok(match (args.message, args.file) {
-            (Some(message), _) => Source::One(Bytes::from(message)),
+            (Some(template), _) => Source::Repeat {
+                template,
+                count: args.count.unwrap_or(1),
+            },
             (None, Some(path)) if path.as_os_str() == "-" => {
                 let mut bytes = Vec::new();
                 tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut bytes)
@@ -101,6 +145,7 @@ pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
                     .await
                     .with_context(|| format!("cannot read {}", path.display()))?,
             )),
+            (None, None) if args.format == Format::Json => Source::StdinJson,
             (None, None) => Source::StdinLines,
         })
     };
@@ -117,7 +162,15 @@ pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
     let shown_url = connection::display_url(url);
     let disconnects = broker.status().disconnects;
 
-    let published = publish_all(&broker, &subject, &headers, source, &mut signals).await;
+    let published = publish_all(
+        &broker,
+        subject.as_ref(),
+        &headers,
+        source,
+        pace,
+        &mut signals,
+    )
+    .await;
     let (count, interrupted, stopped) = match published {
         Published::All(count) => (count, None, None),
         Published::Interrupted(count, signal) => (count, Some(signal), None),
@@ -156,7 +209,7 @@ pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
     if let Some(signal) = interrupted {
         match flushed {
             Ok(()) => eprintln!(
-                "caught {signal}: interrupted; sent {count} message(s) to '{subject}' at {shown_url} (flushed){reconnects}"
+                "caught {signal}: interrupted; sent {count} message(s) to {target} at {shown_url} (flushed){reconnects}"
             ),
             Err(error) => eprintln!("caught {signal}: interrupted; {unknown}: {error:#}"),
         }
@@ -166,11 +219,9 @@ pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
         return Err(error.context(unknown));
     }
     if let Some(error) = stopped {
-        return Err(error.context(format!(
-            "sent {count} message(s) to '{subject}', then stopped"
-        )));
+        return Err(error.context(format!("sent {count} message(s) to {target}, then stopped")));
     }
-    tracing::info!("sent {count} message(s) to '{subject}' at {shown_url}{reconnects}");
+    tracing::info!("sent {count} message(s) to {target} at {shown_url}{reconnects}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -195,77 +246,213 @@ pub(crate) fn parse_headers(args: &[String]) -> anyhow::Result<Headers> {
     Ok(headers)
 }
 
+/// How messages are paced and read.
+#[derive(Clone, Copy)]
+struct Pace {
+    /// A pause between messages.
+    sleep: Option<Duration>,
+    /// Stdin lines are JSON messages.
+    json: bool,
+}
+
+/// Fills in `{{Count}}`, `{{ID}}`, `{{TimeStamp}}` and `{{Unix}}` for message
+/// number `count` (1-based); text without `{{` is returned as it is.
+fn fill_in(template: &str, count: u64, id: &str, now: SystemTime) -> String {
+    if !template.contains("{{") {
+        return template.to_string();
+    }
+    let unix = now
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or(0);
+    template
+        .replace("{{Count}}", &count.to_string())
+        .replace("{{ID}}", id)
+        .replace(
+            "{{TimeStamp}}",
+            &humantime::format_rfc3339_millis(now).to_string(),
+        )
+        .replace("{{Unix}}", &unix.to_string())
+}
+
+/// The message number `count` of a templated send.
+fn templated(
+    subject: &Subject,
+    template: &str,
+    headers: &Headers,
+    count: u64,
+) -> anyhow::Result<Message> {
+    let id = Alphanumeric.sample_string(&mut rand::rng(), 22);
+    let now = SystemTime::now();
+    let mut filled = Headers::new();
+    for (name, value) in headers {
+        filled.insert(name, fill_in(value, count, &id, now))?;
+    }
+    Ok(Message::from_parts(
+        subject.clone(),
+        Bytes::from(fill_in(template, count, &id, now)),
+        filled,
+    ))
+}
+
 /// Publishes what `source` holds until it ends, a signal comes or publishing
 /// fails; says how many messages were handed to the broker's client.
 async fn publish_all(
     broker: &AnyBroker,
-    subject: &Subject,
+    subject: Option<&Subject>,
     headers: &Headers,
     source: Source,
+    pace: Pace,
     signals: &mut Signals,
 ) -> Published {
-    let message = |payload: Bytes| Message::from_parts(subject.clone(), payload, headers.clone());
+    // Only JSON lines name their subjects (checked before connecting).
+    let needs_on = || Published::Stopped(0, anyhow::anyhow!("--on SUBJECT is needed"));
     match source {
+        Source::StdinLines | Source::StdinJson => {
+            publish_lines(broker, subject, headers, pace, signals).await
+        }
         Source::One(payload) => {
+            let Some(subject) = subject else {
+                return needs_on();
+            };
+            let message = Message::from_parts(subject.clone(), payload, headers.clone());
             tokio::select! {
-                published = broker.publish(message(payload)) => match published {
+                published = broker.publish(message) => match published {
                     Ok(()) => Published::All(1),
                     Err(error) => Published::Failed(0, connection::one_line(error)),
                 },
                 signal = signals.recv() => Published::Interrupted(0, signal),
             }
         }
-        Source::StdinLines => {
-            let stdin = tokio::io::stdin();
-            if std::io::stdin().is_terminal() {
-                eprintln!("reading messages from stdin, one per line (Ctrl-D to finish)");
-            }
-            let mut reader = tokio::io::BufReader::new(stdin);
-            let mut line = Vec::new();
-            let mut count = 0u64;
-            loop {
-                line.clear();
-                let read = tokio::select! {
-                    biased;
-                    read = reader.read_until(b'\n', &mut line) => read,
-                    signal = signals.recv() => return Published::Interrupted(count, signal),
+        Source::Repeat {
+            template,
+            count: total,
+        } => {
+            let Some(subject) = subject else {
+                return needs_on();
+            };
+            for count in 0..total {
+                if count > 0 {
+                    if let Some(pause) = pace.sleep {
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => {}
+                            signal = signals.recv() => return Published::Interrupted(count, signal),
+                        }
+                    }
+                }
+                let message = match templated(subject, &template, headers, count + 1) {
+                    Ok(message) => message,
+                    Err(error) => return Published::Stopped(count, error),
                 };
-                match read {
-                    Ok(0) => return Published::All(count),
-                    Ok(_) => {}
-                    Err(error) => {
-                        return Published::Stopped(
-                            count,
-                            anyhow::Error::new(error).context("cannot read stdin"),
-                        )
-                    }
-                }
-                if line.last() == Some(&b'\n') {
-                    line.pop();
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
-                }
-                // Waits only while the client's queue is full (a broker that is
-                // down or slow); a signal stops that wait too.
                 let published = tokio::select! {
                     biased;
-                    published = broker.publish(message(Bytes::copy_from_slice(&line))) => published,
+                    published = broker.publish(message) => published,
                     signal = signals.recv() => return Published::Interrupted(count, signal),
                 };
                 if let Err(error) = published {
-                    let bad_line = error.kind() == switchboard::ErrorKind::InvalidInput;
-                    let error =
-                        connection::one_line(error).context(format!("line {} of stdin", count + 1));
-                    return if bad_line {
-                        Published::Stopped(count, error)
-                    } else {
-                        Published::Failed(count, error)
-                    };
+                    return Published::Failed(count, connection::one_line(error));
                 }
-                count += 1;
+            }
+            Published::All(total)
+        }
+    }
+}
+
+/// Publishes one message per line of stdin: the line as the payload, or with
+/// `pace.json` the line as a whole message (`subject`, when given, wins over
+/// the line's; `headers` are added to the line's).
+async fn publish_lines(
+    broker: &AnyBroker,
+    subject: Option<&Subject>,
+    headers: &Headers,
+    pace: Pace,
+    signals: &mut Signals,
+) -> Published {
+    let stdin = tokio::io::stdin();
+    if std::io::stdin().is_terminal() {
+        eprintln!("reading messages from stdin, one per line (Ctrl-D to finish)");
+    }
+    let mut reader = tokio::io::BufReader::new(stdin);
+    let mut line = Vec::new();
+    let mut count = 0u64;
+    loop {
+        line.clear();
+        let read = tokio::select! {
+            biased;
+            read = reader.read_until(b'\n', &mut line) => read,
+            signal = signals.recv() => return Published::Interrupted(count, signal),
+        };
+        match read {
+            Ok(0) => return Published::All(count),
+            Ok(_) => {}
+            Err(error) => {
+                return Published::Stopped(
+                    count,
+                    anyhow::Error::new(error).context("cannot read stdin"),
+                )
             }
         }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        if pace.json && line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if count > 0 {
+            if let Some(pause) = pace.sleep {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    signal = signals.recv() => return Published::Interrupted(count, signal),
+                }
+            }
+        }
+        let message = if pace.json {
+            match format::message_from_json(&line, subject) {
+                Ok(mut message) => {
+                    for (name, value) in headers {
+                        if let Err(error) = message.headers_mut().insert(name, value) {
+                            return Published::Stopped(count, error.into());
+                        }
+                    }
+                    message
+                }
+                Err(error) => {
+                    return Published::Stopped(
+                        count,
+                        error.context(format!("line {} of stdin", count + 1)),
+                    )
+                }
+            }
+        } else {
+            let Some(subject) = subject else {
+                return Published::Stopped(count, anyhow::anyhow!("--on SUBJECT is needed"));
+            };
+            Message::from_parts(
+                subject.clone(),
+                Bytes::copy_from_slice(&line),
+                headers.clone(),
+            )
+        };
+        // Waits only while the client's queue is full (a broker that is
+        // down or slow); a signal stops that wait too.
+        let published = tokio::select! {
+            biased;
+            published = broker.publish(message) => published,
+            signal = signals.recv() => return Published::Interrupted(count, signal),
+        };
+        if let Err(error) = published {
+            let bad_line = error.kind() == switchboard::ErrorKind::InvalidInput;
+            let error = connection::one_line(error).context(format!("line {} of stdin", count + 1));
+            return if bad_line {
+                Published::Stopped(count, error)
+            } else {
+                Published::Failed(count, error)
+            };
+        }
+        count += 1;
     }
 }
 
