@@ -1,5 +1,5 @@
 //! The `switchboard` command line: `send`, `listen`, `request`, `reply`,
-//! `worker`, `bench` and `demo`
+//! `bridge`, `worker`, `bench` and `demo`
 //! on any broker, chosen by `--broker` or `BROKER_URL`.
 //!
 //! The binary in `src/main.rs` only calls [`main`]; each subcommand is a module
@@ -34,6 +34,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bridge;
 mod connection;
 mod demo;
 mod format;
@@ -77,6 +78,8 @@ pub enum Command {
     Request(request::RequestArgs),
     /// Answer requests on a pattern (with a text, the request itself, or a command's output).
     Reply(reply::ReplyArgs),
+    /// Forward everything matching a pattern from one broker to another.
+    Bridge(bridge::BridgeArgs),
     /// Run reactions from a config file: exec a command, forward, or log, with retries and dead letters.
     Worker(worker::WorkerArgs),
     /// Measure throughput and latency across brokers, against raw-client baselines.
@@ -136,6 +139,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Request(args) => request::run(&url, args).await,
         Command::Reply(args) => reply::run(&url, args).await,
         Command::Worker(args) => worker::run(&url, args).await,
+        Command::Bridge(args) => bridge::run(args).await,
         Command::Bench(args) => {
             switchboard_bench::run(cli.broker.as_deref(), args).await?;
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,178 @@
+//! `switchboard bridge`: forward everything matching a pattern from one broker
+//! to another, subjects and headers intact — a live workload moved between
+//! brokers with no code change.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use switchboard::{AnyBroker, Delivery, Pattern, QueueGroup};
+
+use crate::connection;
+use crate::signals::{Signal, Signals};
+
+const EXAMPLES: &str = "\
+Examples:
+  switchboard bridge --from nats://127.0.0.1:4222 --to redis://127.0.0.1:6379 --on 'alerts.>'
+  switchboard bridge --from redis --to amqp --on 'orders.*' --group bridges --count 1000
+
+Each message is published to --to with its subject, headers and payload, and
+acknowledged on --from only once --to has it (after a flush, done every
+--batch messages and every --flush): on a source that acknowledges (RabbitMQ), a
+bridge that dies loses nothing. Counts go to stderr every --report and at the
+end. Ctrl-C/SIGTERM flushes what was forwarded and exits 130/143.";
+
+/// Arguments of `switchboard bridge`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct BridgeArgs {
+    /// The broker to read from (kind or URL).
+    #[arg(long, value_name = "KIND|URL")]
+    pub(crate) from: String,
+
+    /// The broker to publish to (kind or URL).
+    #[arg(long, value_name = "KIND|URL")]
+    pub(crate) to: String,
+
+    /// Subject pattern to forward (`*` and `>` wildcards).
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) on: String,
+
+    /// Read in queue group NAME, so several bridges share the work.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) group: Option<String>,
+
+    /// Exit after forwarding N messages.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) count: Option<u64>,
+
+    /// Flush --to (then acknowledge on --from) after this many messages at most.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) batch: u64,
+
+    /// Flush --to (then acknowledge on --from) at least this often.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub(crate) flush: Duration,
+
+    /// How often the counts are printed on stderr.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) report: Duration,
+}
+
+/// Deliveries forwarded but not yet flushed on the destination.
+struct Pending {
+    deliveries: Vec<Delivery>,
+}
+
+impl Pending {
+    /// Flushes `to`, then acknowledges the deliveries on the source; how many.
+    async fn settle(&mut self, to: &AnyBroker) -> anyhow::Result<u64> {
+        if self.deliveries.is_empty() {
+            return Ok(0);
+        }
+        to.flush().await.map_err(connection::one_line)?;
+        let settled = self.deliveries.len() as u64;
+        for mut delivery in self.deliveries.drain(..) {
+            if let Err(error) = delivery.ack().await {
+                eprintln!("warning: {}", connection::one_line(error));
+            }
+        }
+        Ok(settled)
+    }
+}
+
+/// Runs `switchboard bridge`.
+pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
+    let pattern = Pattern::new(&args.on)?;
+    let group = args.group.as_deref().map(QueueGroup::new).transpose()?;
+    let (from_shown, to_shown) = (
+        connection::display_url(&args.from),
+        connection::display_url(&args.to),
+    );
+    if from_shown == to_shown {
+        anyhow::bail!(
+            "--from and --to are the same broker ({from_shown}): every forwarded message would match '{pattern}' again and loop"
+        );
+    }
+    let mut signals = Signals::install()?;
+    let connecting = async {
+        let from = connection::connect(&args.from).await?;
+        let to = connection::connect(&args.to).await?;
+        let subscription = match &group {
+            Some(group) => from.subscribe_group(&pattern, group).await,
+            None => from.subscribe(&pattern).await,
+        }
+        .map_err(connection::one_line)?;
+        anyhow::Ok((from, to, subscription))
+    };
+    let (from, to, mut subscription) = tokio::select! {
+        connected = connecting => connected?,
+        signal = signals.recv() => {
+            eprintln!("caught {signal} before the bridge was ready: stopped");
+            return Ok(signal.exit_code());
+        }
+    };
+    eprintln!("bridging '{pattern}' from {from_shown} to {to_shown} (Ctrl-C to stop)");
+
+    let mut pending = Pending {
+        deliveries: Vec::new(),
+    };
+    let (mut forwarded, mut settled, mut warnings) = (0u64, 0u64, 0u64);
+    let mut flush_tick = tokio::time::interval(args.flush.max(Duration::from_millis(1)));
+    let mut report_tick = tokio::time::interval(args.report);
+    report_tick.reset();
+    let outcome: anyhow::Result<Option<Signal>> = loop {
+        if args.count.is_some_and(|count| forwarded >= count) {
+            break Ok(None);
+        }
+        tokio::select! {
+            next = subscription.next() => match next {
+                Some(Ok(delivery)) => {
+                    let message = delivery.message().clone();
+                    if let Err(error) = to.publish(message).await {
+                        // Not acknowledged: a source that redelivers keeps it.
+                        break Err(connection::one_line(error).context(format!(
+                            "cannot forward a message on '{}' to {to_shown}",
+                            delivery.subject()
+                        )));
+                    }
+                    forwarded += 1;
+                    pending.deliveries.push(delivery);
+                    if pending.deliveries.len() as u64 >= args.batch {
+                        match pending.settle(&to).await {
+                            Ok(n) => settled += n,
+                            Err(error) => break Err(error),
+                        }
+                    }
+                }
+                Some(Err(error)) => {
+                    warnings += 1;
+                    eprintln!("warning: {}", connection::one_line(error));
+                }
+                None => break Err(anyhow::anyhow!("{from_shown} ended the subscription to '{pattern}'")),
+            },
+            _ = flush_tick.tick() => match pending.settle(&to).await {
+                Ok(n) => settled += n,
+                Err(error) => break Err(error),
+            },
+            _ = report_tick.tick() => {
+                eprintln!("bridge: {forwarded} forwarded, {settled} confirmed by {to_shown}, {warnings} warning(s)");
+            }
+            signal = signals.recv() => break Ok(Some(signal)),
+        }
+    };
+    let last = pending.settle(&to).await;
+    if let Ok(n) = &last {
+        settled += n;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), subscription.close()).await;
+    let _ = connection::close(&from).await;
+    let closed = connection::flush_and_close(&to).await;
+    eprintln!(
+        "bridge: {forwarded} forwarded, {settled} confirmed by {to_shown}, {warnings} warning(s)"
+    );
+    let stopped_by = outcome?;
+    last?;
+    closed?;
+    Ok(stopped_by.map_or(ExitCode::SUCCESS, Signal::exit_code))
+}

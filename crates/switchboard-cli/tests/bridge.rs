@@ -1,0 +1,179 @@
+//! `switchboard bridge` between real brokers: what is published on one
+//! arrives on the other with its subject, headers and payload; a bridge
+//! killed mid-stream loses nothing a RabbitMQ queue group kept for it. A
+//! broker that does not answer is skipped unless
+//! `SWITCHBOARD_REQUIRE_BROKERS=1`.
+// Tests may unwrap: a failure is a test failure (helpers outside #[test] too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+
+use std::collections::BTreeSet;
+
+use harness::{
+    assert_one_error_line, broker_url, run, send, unique, Listener, Process, Stdout, PATIENCE,
+};
+
+fn listener(url: &str, args: &[&str]) -> Listener {
+    Listener::start(url, args).unwrap_or_else(|(status, stderr)| {
+        panic!("listen {args:?} exited with {status} before getting ready: {stderr}")
+    })
+}
+
+/// Starts `switchboard bridge ARGS...` and waits until it is bridging.
+fn bridge(args: &[&str]) -> Process {
+    let mut full = vec!["bridge"];
+    full.extend_from_slice(args);
+    let process = Process::start(&full, Stdout::Read);
+    process.wait_stderr("bridging '", PATIENCE);
+    process
+}
+
+/// Messages sent on `from` reach a listener on `to` as the same JSON lines
+/// a listener on `from` prints; the bridge exits 0 after --count.
+fn forwards(from: &str, to: &str) {
+    let (Some(from_url), Some(to_url)) =
+        (broker_url(from, "bridge_from"), broker_url(to, "bridge_to"))
+    else {
+        return;
+    };
+    let prefix = unique("bridge");
+    let pattern = format!("{prefix}.>");
+    let json = ["--on", pattern.as_str(), "--count", "3", "--format", "json"];
+    let at_source = listener(&from_url, &json);
+    let at_destination = listener(&to_url, &json);
+    let running = bridge(&[
+        "--from", &from_url, "--to", &to_url, "--on", &pattern, "--count", "3",
+    ]);
+    send(
+        &from_url,
+        &["--on", &format!("{prefix}.a"), "-H", "k=v", "héllo"],
+        b"",
+    );
+    send(
+        &from_url,
+        &["--on", &format!("{prefix}.b.c"), "--file", "-"],
+        &[0, 255, 10],
+    );
+    send(&from_url, &["--on", &format!("{prefix}.d"), "three"], b"");
+    assert_eq!(
+        at_destination.lines(3),
+        at_source.lines(3),
+        "{from} -> {to}"
+    );
+    let (status, _, stderr) = running.wait(PATIENCE);
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("3 forwarded, 3 confirmed"), "{stderr}");
+}
+
+#[test]
+fn forwards_nats_to_redis() {
+    forwards("nats", "redis");
+}
+
+#[test]
+fn forwards_redis_to_amqp() {
+    forwards("redis", "amqp");
+}
+
+#[test]
+fn forwards_amqp_to_nats() {
+    forwards("amqp", "nats");
+}
+
+/// Two bridges read RabbitMQ in one queue group; one confirms nothing and is
+/// killed (SIGKILL) after forwarding its share: what it had not confirmed
+/// comes again through the other member — every message arrives, the
+/// killed bridge's share twice. (A group queue is deleted with its last
+/// member, so a bridge alone in its group is not protected this way; the
+/// durable mode is.)
+#[test]
+fn a_killed_bridge_loses_nothing_its_group_still_has() {
+    let (Some(amqp), Some(nats)) = (
+        broker_url("amqp", "bridge_kill"),
+        broker_url("nats", "bridge_kill"),
+    ) else {
+        return;
+    };
+    let prefix = unique("bridgekill");
+    let pattern = format!("{prefix}.>");
+    let group = format!("g{}", std::process::id());
+    let total = 300usize;
+    let at_destination = listener(&nats, &["--on", &pattern, "--format", "json"]);
+    let common = [
+        "--from",
+        amqp.as_str(),
+        "--to",
+        nats.as_str(),
+        "--on",
+        pattern.as_str(),
+        "--group",
+        group.as_str(),
+    ];
+    let mut holding = common.to_vec();
+    holding.extend_from_slice(&["--batch", "1000000", "--flush", "1h"]);
+    let holder = bridge(&holding);
+    let member = bridge(&common);
+    let lines: String = (1..=total).map(|n| format!("{n}\n")).collect();
+    send(&amqp, &["--on", &format!("{prefix}.n")], lines.as_bytes());
+
+    let mut seen = BTreeSet::new();
+    let mut duplicates = 0usize;
+    let take = |line: String, seen: &mut BTreeSet<usize>, duplicates: &mut usize| {
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let n: usize = value["payload"].as_str().unwrap().parse().unwrap();
+        if !seen.insert(n) {
+            *duplicates += 1;
+        }
+    };
+    // Both members forward their share (the holder without confirming it).
+    while seen.len() < total {
+        let Some(line) = at_destination.line(PATIENCE) else {
+            break;
+        };
+        take(line, &mut seen, &mut duplicates);
+    }
+    assert_eq!(
+        seen.len(),
+        total,
+        "not everything was forwarded before the kill"
+    );
+    switchboard_testkit::process::signal(holder.pid(), "KILL");
+    let _ = holder.wait(PATIENCE);
+    // The holder's share is requeued to the member: it comes again.
+    while let Some(line) = at_destination.line(std::time::Duration::from_secs(3)) {
+        take(line, &mut seen, &mut duplicates);
+    }
+    println!(
+        "{} distinct, {duplicates} duplicate(s) after the kill",
+        seen.len()
+    );
+    assert!(
+        duplicates > 0,
+        "what the killed bridge had not confirmed did not come again"
+    );
+    drop(member);
+}
+
+/// The same broker on both sides would loop: refused in one line.
+#[test]
+fn the_same_broker_on_both_sides_is_refused() {
+    let output = run(
+        "memory://",
+        &[
+            "bridge",
+            "--from",
+            "nats://127.0.0.1:4222",
+            "--to",
+            "nats://127.0.0.1:4222",
+            "--on",
+            "a.>",
+        ],
+        b"",
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert_one_error_line(
+        &String::from_utf8_lossy(&output.stderr),
+        "would match 'a.>' again and loop",
+    );
+}
