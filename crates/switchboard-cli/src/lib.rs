@@ -35,6 +35,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bridge;
+mod completions;
 mod connection;
 mod demo;
 mod format;
@@ -86,6 +87,10 @@ pub enum Command {
     Bench(switchboard_bench::BenchArgs),
     /// Run the alert/reaction scenario in one process (in-memory broker by default).
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff): `switchboard man > switchboard.1`.
+    Man,
 }
 
 impl Cli {
@@ -144,6 +149,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             switchboard_bench::run(cli.broker.as_deref(), args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions(args) => completions::completions(&args),
+        Command::Man => completions::man(),
         Command::Demo(args) => demo::run(cli.broker.as_deref().unwrap_or("memory://"), args).await,
     }
 }
