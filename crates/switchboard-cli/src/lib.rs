@@ -38,6 +38,7 @@ mod bridge;
 mod completions;
 mod connection;
 mod demo;
+mod doctor;
 mod format;
 mod listen;
 mod logging;
@@ -87,6 +88,8 @@ pub enum Command {
     Bench(switchboard_bench::BenchArgs),
     /// Run the alert/reaction scenario in one process (in-memory broker by default).
     Demo(demo::DemoArgs),
+    /// Check live what the broker declares: round trip, headers, wildcards, groups, payload, requests.
+    Doctor(doctor::DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff): `switchboard man > switchboard.1`.
@@ -149,6 +152,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             switchboard_bench::run(cli.broker.as_deref(), args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Doctor(args) => doctor::run(&url, args).await,
         Command::Completions(args) => completions::completions(&args),
         Command::Man => completions::man(),
         Command::Demo(args) => demo::run(cli.broker.as_deref().unwrap_or("memory://"), args).await,
