@@ -1,0 +1,146 @@
+//! How connecting to an MQTT server fails, in words: a [`ConnectKind`], a
+//! reason saying what to check, and rumqttc's error as the source.
+
+use std::io;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
+use rumqttc::v5::{ConnectionError, StateError};
+use switchboard_core::{ConnectKind, Error};
+
+use crate::options::Target;
+use crate::KIND;
+
+impl Target {
+    /// A connect error for this URL (password redacted).
+    fn error(
+        &self,
+        kind: ConnectKind,
+        reason: impl std::fmt::Display,
+        source: Option<ConnectionError>,
+    ) -> Error {
+        Error::connect(
+            KIND,
+            &self.url,
+            kind,
+            reason,
+            source.map(|e| Box::new(e) as switchboard_core::BoxError),
+        )
+    }
+}
+
+/// Nothing answered within the connect timeout.
+pub(crate) fn connect_timed_out(target: &Target, timeout: Duration) -> Error {
+    target.error(
+        ConnectKind::Timeout,
+        format!(
+            "no CONNACK within {timeout:?}; is the host reachable, the port right{}?",
+            if target.tls.is_some() {
+                " and the server speaking TLS there"
+            } else {
+                ""
+            }
+        ),
+        None,
+    )
+}
+
+/// Connecting failed: said in the terms of what to check.
+pub(crate) fn connect_failed(target: &Target, error: ConnectionError) -> Error {
+    let (kind, reason) = match &error {
+        ConnectionError::Io(e) => io_reason(target, e),
+        ConnectionError::Timeout(_) => {
+            return connect_timed_out(target, target.options.connect_timeout)
+        }
+        ConnectionError::ConnectionRefused(code) => refused_reason(*code),
+        ConnectionError::Tls(e) => (ConnectKind::Tls, tls_reason(target, e)),
+        ConnectionError::NotConnAck(_) | ConnectionError::MqttState(StateError::Deserialization(_)) => (
+            ConnectKind::Protocol,
+            "the server did not answer CONNECT with CONNACK; is it an MQTT 5 server (mosquitto 1.6 or later)?"
+                .to_string(),
+        ),
+        ConnectionError::MqttState(StateError::Io(e)) => io_reason(target, e),
+        ConnectionError::MqttState(StateError::ConnectionAborted) => (
+            ConnectKind::Protocol,
+            "the server closed the connection during the handshake; is it an MQTT 5 server?"
+                .to_string(),
+        ),
+        _ => (
+            ConnectKind::Other,
+            "the connection failed during the MQTT handshake".to_string(),
+        ),
+    };
+    target.error(kind, reason, Some(error))
+}
+
+fn io_reason(target: &Target, e: &io::Error) -> (ConnectKind, String) {
+    // With TLS 1.3 a refused client certificate shows as the server's alert on a read.
+    if target.tls.is_some() {
+        if let Some(failure) = target.options.tls.explain(e) {
+            return (ConnectKind::Tls, failure.to_string());
+        }
+    }
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => (
+            ConnectKind::Refused,
+            "nothing answers (connection refused); is mosquitto (or another MQTT server) running?"
+                .to_string(),
+        ),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => (
+            ConnectKind::Protocol,
+            format!(
+                "the server closed the connection during the handshake; is it an MQTT 5 server{}?",
+                if target.tls.is_none() {
+                    " (a TLS-only port needs mqtts://)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        _ if e.to_string().contains("lookup") || e.to_string().contains("resolve") => (
+            ConnectKind::Dns,
+            format!("cannot resolve host {:?}; check the host name", target.host),
+        ),
+        _ => (
+            ConnectKind::Other,
+            format!(
+                "cannot reach {}:{}; is the host reachable?",
+                target.host, target.port
+            ),
+        ),
+    }
+}
+
+fn tls_reason(target: &Target, e: &rumqttc::v5::TlsError) -> String {
+    match target.options.tls.explain(e) {
+        Some(failure) => failure.to_string(),
+        None => "TLS handshake failed; does the server speak TLS on this port?".to_string(),
+    }
+}
+
+fn refused_reason(code: ConnectReturnCode) -> (ConnectKind, String) {
+    match code {
+        ConnectReturnCode::BadUserNamePassword => (
+            ConnectKind::Auth,
+            "the server rejected the user name or password; check them in the URL (mqtt://USER:PASSWORD@host)".to_string(),
+        ),
+        ConnectReturnCode::NotAuthorized => (
+            ConnectKind::Auth,
+            "the server refused the connection as not authorized; put a user and password in the URL (mqtt://USER:PASSWORD@host) or allow the client".to_string(),
+        ),
+        ConnectReturnCode::UnsupportedProtocolVersion | ConnectReturnCode::RefusedProtocolVersion => (
+            ConnectKind::Protocol,
+            "the server does not speak MQTT 5; use mosquitto 1.6 or later (or another MQTT 5 server)".to_string(),
+        ),
+        ConnectReturnCode::ServerUnavailable
+        | ConnectReturnCode::ServiceUnavailable
+        | ConnectReturnCode::ServerBusy => (
+            ConnectKind::Other,
+            format!("the server is unavailable ({code:?}); try again later"),
+        ),
+        other => (
+            ConnectKind::Protocol,
+            format!("the server refused the connection ({other:?})"),
+        ),
+    }
+}
