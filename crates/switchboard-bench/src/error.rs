@@ -25,7 +25,7 @@ pub enum Error {
     #[error("--rate must be above 0")]
     ZeroRate,
     /// The broker list names no broker.
-    #[error("--broker names no broker; give e.g. --broker nats,redis,amqp,memory")]
+    #[error("--broker names no broker; give e.g. --broker nats,redis,amqp,mqtt,memory")]
     NoBroker,
     /// The results could not be encoded as JSON.
     #[error("cannot encode the results as JSON")]
@@ -137,6 +137,22 @@ pub(crate) enum RunError {
     /// RabbitMQ refused a published message.
     #[error("RabbitMQ nacked a message")]
     AmqpNack,
+    /// The raw rumqttc client could not connect.
+    #[error("raw rumqttc cannot connect to {url}: {reason}")]
+    MqttConnect {
+        /// Password redacted.
+        url: String,
+        reason: String,
+    },
+    /// rumqttc did not take a request (its event loop stopped).
+    #[error(transparent)]
+    Mqtt(#[from] rumqttc::v5::ClientError),
+    /// The raw rumqttc connection closed while waiting for an acknowledgement.
+    #[error("the MQTT connection closed while waiting for an acknowledgement")]
+    MqttClosed,
+    /// The raw rumqttc client's PUBACK or SUBACK did not come in time.
+    #[error("the MQTT server did not acknowledge within {0:?}")]
+    MqttAckTimeout(Duration),
     /// The publisher did not finish within `--timeout`.
     #[error("publishing did not finish within {0:?}")]
     PublishTimeout(Duration),

@@ -115,9 +115,10 @@ impl Publisher for MqttBroker {
 
     /// Waits until the server has processed every message published before
     /// the call on this connection, i.e. routed it to the subscriptions that
-    /// existed then: an UNSUBSCRIBE of a filter nobody uses is queued behind
-    /// them and the server's UNSUBACK comes after it handled them (an MQTT
-    /// server handles one connection's packets in order). Fails with
+    /// existed then: a SUBSCRIBE to a filter of its own (that nothing
+    /// publishes to) is queued behind them and the server's SUBACK comes
+    /// after it handled them (an MQTT server handles one connection's packets
+    /// in order). Fails with
     /// `Error::Flush` when the connection is lost first or nothing answers
     /// within the flush timeout.
     async fn flush(&self) -> Result<()> {

@@ -43,6 +43,9 @@ pub(crate) const MQTT_MAX_PACKET: usize = 268_435_455;
 /// before `publish` has to wait for room.
 const REQUEST_QUEUE: usize = 16 * 1024;
 
+/// The socket receive buffer asked for (see `connect`): 8 MiB.
+const RECEIVE_BUFFER: u32 = 8 << 20;
+
 /// Locks `mutex`, going on with the data of a thread that panicked holding it.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
@@ -64,6 +67,10 @@ pub(crate) enum Request {
     Subscribe { filter: String, id: usize },
     /// UNSUBSCRIBE from a filter.
     Unsubscribe { filter: String },
+    /// SUBSCRIBE to the connection's flush filter, again: an ordering barrier
+    /// (an UNSUBSCRIBE of a filter never subscribed would do, but rumqttc
+    /// logs a warning for each "no subscription existed").
+    Barrier { filter: String },
 }
 
 /// What the server answered.
@@ -154,6 +161,12 @@ impl Shared {
         self.shutdown.send_replace(true);
     }
 
+    /// The filter `flush` subscribes to as a barrier: no subject maps to it
+    /// (its first level holds a `.`), and nothing publishes there.
+    pub(crate) fn flush_filter(&self) -> String {
+        format!("_switchboard.flush/{}", self.client_id)
+    }
+
     /// The topic the replies to this connection's requests are sent to.
     pub(crate) fn inbox_topic(&self) -> String {
         format!("_INBOX/{}", self.client_id)
@@ -182,9 +195,6 @@ impl Shared {
             let waited = tokio::time::timeout_at(deadline, up.wait_for(|up| *up))
                 .await
                 .map(|ready| ready.map(|_| ()));
-            if self.is_closed() && !matches!(kind, Kind::Unsubscribe) {
-                return Err("the connection is closed".into());
-            }
             match waited {
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => return Err("the connection is closed".into()),
@@ -248,6 +258,12 @@ impl Shared {
                     .await
             }
             Request::Unsubscribe { filter } => self.client.unsubscribe(filter).await,
+            Request::Barrier { filter } => {
+                let mut filter = Filter::new(filter, QoS::AtMostOnce);
+                filter.retain_forward_rule = RetainForwardRule::Never;
+                filter.nolocal = true;
+                self.client.subscribe_many([filter]).await
+            }
         };
         sent.map_err(|e| format!("rumqttc did not take the request ({e})"))
     }
@@ -336,6 +352,13 @@ pub(crate) async fn connect(target: Target) -> Result<(Arc<Shared>, JoinHandle<(
     // Take packets as large as MQTT allows; the server then never drops a
     // message for being too large for this client.
     mqtt.set_max_packet_size(Some(MQTT_MAX_PACKET as u32));
+    // A large receive buffer: MQTT has no flow control for QoS 0, and
+    // mosquitto drops (silently, for the client) what it cannot write within
+    // its 1000-packet queue, so the kernel buffer is what absorbs a reader
+    // that is briefly descheduled. Linux caps it at net.core.rmem_max.
+    let mut network = mqtt.network_options();
+    network.set_tcp_recv_buffer_size(RECEIVE_BUFFER);
+    mqtt.set_network_options(network);
     if let Some(credentials) = &target.credentials {
         mqtt.set_credentials(credentials.user.clone(), credentials.password.clone());
     }

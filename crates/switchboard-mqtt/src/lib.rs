@@ -95,9 +95,10 @@
 //!
 //! - `publish` queues a QoS 0 PUBLISH (at most once) and returns;
 //! - `flush` waits until the server has processed every earlier publish of
-//!   the connection: it queues an UNSUBSCRIBE of a filter no subscription uses
-//!   behind them and waits for the UNSUBACK (an MQTT server handles one
-//!   connection's packets in order), so a subscriber that existed then has
+//!   the connection: it queues a SUBSCRIBE to a filter of the connection's
+//!   own (`_switchboard.flush/<client id>`, which no subject maps to and
+//!   nothing publishes to) behind them and waits for the SUBACK (an MQTT
+//!   server handles one connection's packets in order), so a subscriber that existed then has
 //!   been handed them. It is no PUBACK-style receipt per message: a message
 //!   the server itself drops (a subscriber's queue over mosquitto's
 //!   `max_queued_messages`) is not reported to the publisher;

@@ -1,4 +1,4 @@
-//! Publishing (QoS 0), `flush` (an UNSUBSCRIBE round trip as an ordering
+//! Publishing (QoS 0), `flush` (a SUBSCRIBE round trip as an ordering
 //! barrier), requests (MQTT 5 response topic and correlation data) and
 //! replies.
 
@@ -15,10 +15,6 @@ use tokio::sync::oneshot;
 
 use crate::connection::{lock, Kind, Request, Shared, MQTT_MAX_PACKET};
 use crate::{subscription, wire, KIND};
-
-/// The filter `flush` unsubscribes from: no subject maps to it (a level with
-/// `.`), so it never names a subscription of the connection.
-const FLUSH_FILTER: &str = "_switchboard.flush";
 
 /// Room kept in a packet for everything but the payload when `max_payload`
 /// is declared: the fixed header (5), the topic length (2), the longest topic
@@ -106,8 +102,9 @@ pub(crate) async fn publish(shared: &Shared, message: Message) -> Result<()> {
     send(shared, subject.as_str(), topic, payload, properties).await
 }
 
-/// Waits until the server has processed everything published before: an
-/// UNSUBSCRIBE queued after those publishes, answered by UNSUBACK.
+/// Waits until the server has processed everything published before: a
+/// SUBSCRIBE to the connection's flush filter queued after those publishes,
+/// answered by SUBACK.
 pub(crate) async fn flush(shared: &Shared) -> Result<()> {
     if shared.is_closed() {
         return Err(Error::Closed { broker: KIND });
@@ -118,9 +115,9 @@ pub(crate) async fn flush(shared: &Shared) -> Result<()> {
 /// [`flush`] without the closed check, for `close`.
 pub(crate) async fn flush_open(shared: &Shared) -> Result<()> {
     let acked = shared
-        .round_trip(Kind::Unsubscribe, || {
-            Some(Request::Unsubscribe {
-                filter: FLUSH_FILTER.to_string(),
+        .round_trip(Kind::Subscribe, || {
+            Some(Request::Barrier {
+                filter: shared.flush_filter(),
             })
         })
         .await;
