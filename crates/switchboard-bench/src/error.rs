@@ -144,9 +144,10 @@ pub(crate) enum RunError {
         url: String,
         reason: String,
     },
-    /// rumqttc did not take a request (its event loop stopped).
-    #[error(transparent)]
-    Mqtt(#[from] rumqttc::v5::ClientError),
+    /// rumqttc did not take a request (its event loop stopped); rumqttc's
+    /// error in words (it holds the whole request, too large to carry).
+    #[error("rumqttc did not take the request: {0}")]
+    Mqtt(String),
     /// The raw rumqttc connection closed while waiting for an acknowledgement.
     #[error("the MQTT connection closed while waiting for an acknowledgement")]
     MqttClosed,
@@ -184,6 +185,12 @@ pub(crate) enum RunError {
     /// in `REDISCLI_AUTH` (on its command line `ps` would show it) and did not read.
     #[error("the server refused it without a password ({0}): it gets the URL's password in REDISCLI_AUTH, never with -a where `ps` would show it, and this redis-benchmark does not read REDISCLI_AUTH")]
     RedisBenchmarkAuth(String),
+}
+
+impl From<rumqttc::v5::ClientError> for RunError {
+    fn from(error: rumqttc::v5::ClientError) -> Self {
+        RunError::Mqtt(error.to_string())
+    }
 }
 
 impl RunError {
