@@ -6,32 +6,16 @@ use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
 use rumqttc::v5::{ConnectionError, StateError};
-use switchboard_core::{ConnectKind, Error};
+use switchboard_core::{BoxError, ConnectKind, Error};
 
 use crate::options::Target;
 use crate::KIND;
 
-impl Target {
-    /// A connect error for this URL (password redacted).
-    fn error(
-        &self,
-        kind: ConnectKind,
-        reason: impl std::fmt::Display,
-        source: Option<ConnectionError>,
-    ) -> Error {
-        Error::connect(
-            KIND,
-            &self.url,
-            kind,
-            reason,
-            source.map(|e| Box::new(e) as switchboard_core::BoxError),
-        )
-    }
-}
-
 /// Nothing answered within the connect timeout.
 pub(crate) fn connect_timed_out(target: &Target, timeout: Duration) -> Error {
-    target.error(
+    Error::connect(
+        KIND,
+        &target.url,
         ConnectKind::Timeout,
         format!(
             "no CONNACK within {timeout:?}; is the host reachable, the port right{}?",
@@ -45,21 +29,25 @@ pub(crate) fn connect_timed_out(target: &Target, timeout: Duration) -> Error {
     )
 }
 
-/// Connecting failed: said in the terms of what to check.
+/// Connecting failed: said in the terms of what to check. The source is the
+/// innermost error that says something the reason does not (rumqttc's I/O
+/// and TLS variants only prefix their inner error's text).
 pub(crate) fn connect_failed(target: &Target, error: ConnectionError) -> Error {
     let (kind, reason) = match &error {
-        ConnectionError::Io(e) => io_reason(target, e),
+        ConnectionError::Io(e) | ConnectionError::MqttState(StateError::Io(e)) => {
+            io_reason(target, e)
+        }
         ConnectionError::Timeout(_) => {
             return connect_timed_out(target, target.options.connect_timeout)
         }
-        ConnectionError::ConnectionRefused(code) => refused_reason(*code),
+        ConnectionError::ConnectionRefused(code) => refused_reason(target, *code),
         ConnectionError::Tls(e) => (ConnectKind::Tls, tls_reason(target, e)),
-        ConnectionError::NotConnAck(_) | ConnectionError::MqttState(StateError::Deserialization(_)) => (
+        ConnectionError::NotConnAck(_)
+        | ConnectionError::MqttState(StateError::Deserialization(_)) => (
             ConnectKind::Protocol,
             "the server did not answer CONNECT with CONNACK; is it an MQTT 5 server (mosquitto 1.6 or later)?"
                 .to_string(),
         ),
-        ConnectionError::MqttState(StateError::Io(e)) => io_reason(target, e),
         ConnectionError::MqttState(StateError::ConnectionAborted) => (
             ConnectKind::Protocol,
             "the server closed the connection during the handshake; is it an MQTT 5 server?"
@@ -70,7 +58,15 @@ pub(crate) fn connect_failed(target: &Target, error: ConnectionError) -> Error {
             "the connection failed during the MQTT handshake".to_string(),
         ),
     };
-    target.error(kind, reason, Some(error))
+    let source: Option<BoxError> = match error {
+        ConnectionError::Io(e) | ConnectionError::MqttState(StateError::Io(e)) => Some(Box::new(e)),
+        // The reason says it all (the code is named there).
+        ConnectionError::ConnectionRefused(_) => None,
+        ConnectionError::Tls(rumqttc::v5::TlsError::Io(e)) => Some(Box::new(e)),
+        ConnectionError::Tls(rumqttc::v5::TlsError::TLS(e)) => Some(Box::new(e)),
+        other => Some(Box::new(other)),
+    };
+    Error::connect(KIND, &target.url, kind, reason, source)
 }
 
 fn io_reason(target: &Target, e: &io::Error) -> (ConnectKind, String) {
@@ -118,15 +114,20 @@ fn tls_reason(target: &Target, e: &rumqttc::v5::TlsError) -> String {
     }
 }
 
-fn refused_reason(code: ConnectReturnCode) -> (ConnectKind, String) {
+fn refused_reason(target: &Target, code: ConnectReturnCode) -> (ConnectKind, String) {
     match code {
-        ConnectReturnCode::BadUserNamePassword => (
+        // mosquitto answers a wrong password with "not authorized" too.
+        ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
+            if target.credentials.is_some() =>
+        {
+            (
+                ConnectKind::Auth,
+                "the server rejected the user name or password; check them in the URL (mqtt://USER:PASSWORD@host)".to_string(),
+            )
+        }
+        ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => (
             ConnectKind::Auth,
-            "the server rejected the user name or password; check them in the URL (mqtt://USER:PASSWORD@host)".to_string(),
-        ),
-        ConnectReturnCode::NotAuthorized => (
-            ConnectKind::Auth,
-            "the server refused the connection as not authorized; put a user and password in the URL (mqtt://USER:PASSWORD@host) or allow the client".to_string(),
+            "the server requires a user name and password (not authorized); put them in the URL: mqtt://USER:PASSWORD@host".to_string(),
         ),
         ConnectReturnCode::UnsupportedProtocolVersion | ConnectReturnCode::RefusedProtocolVersion => (
             ConnectKind::Protocol,
