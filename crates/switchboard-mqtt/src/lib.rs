@@ -108,7 +108,16 @@
 //!   has its own buffer ([`capacity`](MqttOptions::capacity)): when it is full
 //!   messages are dropped and the stream yields an
 //!   [`Error::Lost`](switchboard_core::Error::Lost) item with the exact
-//!   count. The connection is never stalled for a slow reader.
+//!   count. The connection is never stalled for a slow reader;
+//! - what the server drops itself is not visible to any MQTT client at QoS 0:
+//!   mosquitto drops QoS 0 messages for a client once 1000 packets
+//!   (`max_queued_messages`) wait for its socket. The adapter reads the
+//!   socket as fast as it can and asks for an 8 MiB socket receive buffer
+//!   (capped by `net.core.rmem_max`), so a reader descheduled for a moment
+//!   does not make the server drop; the conformance flood (200,000 messages
+//!   as fast as one publisher can) arrives whole on a loaded 2-core machine.
+//!   A subscriber slower than its publishers for long will still lose
+//!   messages at the server, unreported: raise `max_queued_messages` there.
 //!
 //! # Durable subscriptions: not supported
 //!
