@@ -5,6 +5,7 @@ use std::io;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
+use rumqttc::v5::mqttbytes::Error as MqttError;
 use rumqttc::v5::{ConnectionError, StateError};
 use switchboard_core::{BoxError, ConnectKind, Error};
 
@@ -34,7 +35,9 @@ pub(crate) fn connect_timed_out(target: &Target, timeout: Duration) -> Error {
 /// and TLS variants only prefix their inner error's text).
 pub(crate) fn connect_failed(target: &Target, error: ConnectionError) -> Error {
     let (kind, reason) = match &error {
-        ConnectionError::Io(e) | ConnectionError::MqttState(StateError::Io(e)) => {
+        ConnectionError::Io(e)
+        | ConnectionError::MqttState(StateError::Io(e))
+        | ConnectionError::MqttState(StateError::Deserialization(MqttError::Io(e))) => {
             io_reason(target, e)
         }
         ConnectionError::Timeout(_) => {
@@ -59,7 +62,11 @@ pub(crate) fn connect_failed(target: &Target, error: ConnectionError) -> Error {
         ),
     };
     let source: Option<BoxError> = match error {
-        ConnectionError::Io(e) | ConnectionError::MqttState(StateError::Io(e)) => Some(Box::new(e)),
+        ConnectionError::Io(e)
+        | ConnectionError::MqttState(StateError::Io(e))
+        | ConnectionError::MqttState(StateError::Deserialization(MqttError::Io(e))) => {
+            Some(Box::new(e))
+        }
         // The reason says it all (the code is named there).
         ConnectionError::ConnectionRefused(_) => None,
         ConnectionError::Tls(rumqttc::v5::TlsError::Io(e)) => Some(Box::new(e)),
