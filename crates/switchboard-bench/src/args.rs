@@ -35,11 +35,11 @@ impl Mode {
 
 /// The flags of `switchboard bench`. The brokers are not among them: they are
 /// the CLI's global `--broker` (a comma-separated list of kinds or URLs,
-/// default nats,redis,amqp,memory), which [`run`](crate::run) takes beside these.
+/// default nats,redis,amqp,mqtt,memory), which [`run`](crate::run) takes beside these.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Brokers: the global --broker takes a comma-separated list of kinds or URLs \
-(default: nats,redis,amqp,memory), run one after another. Results: a table on stdout; \
+(default: nats,redis,amqp,mqtt,memory), run one after another. Results: a table on stdout; \
 progress on stderr."
 )]
 pub struct BenchArgs {

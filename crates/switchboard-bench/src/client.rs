@@ -11,7 +11,7 @@ use switchboard::{AnyBroker, Bytes, Headers, Message, Pattern, QueueGroup, Subje
 use crate::error::RunError;
 use crate::payload::{self, Stamp};
 use crate::target::{Implementation, Target};
-use crate::{raw_amqp, raw_nats, raw_redis};
+use crate::{raw_amqp, raw_mqtt, raw_nats, raw_redis};
 
 /// What a subscription yields: the header of each message, or an error to count.
 pub(crate) type Receiver = BoxStream<'static, Result<Stamp, RunError>>;
@@ -148,6 +148,9 @@ pub(crate) async fn connect(
             )),
             "amqp" => Ok(Box::new(
                 raw_amqp::RawAmqp::connect(&target.url, subject).await?,
+            )),
+            "mqtt" => Ok(Box::new(
+                raw_mqtt::RawMqtt::connect(&target.url, subject).await?,
             )),
             other => Err(RunError::NoRawClient(other.to_string())),
         },

@@ -25,7 +25,7 @@ pub enum Error {
     #[error("--rate must be above 0")]
     ZeroRate,
     /// The broker list names no broker.
-    #[error("--broker names no broker; give e.g. --broker nats,redis,amqp,memory")]
+    #[error("--broker names no broker; give e.g. --broker nats,redis,amqp,mqtt,memory")]
     NoBroker,
     /// The results could not be encoded as JSON.
     #[error("cannot encode the results as JSON")]
@@ -137,6 +137,23 @@ pub(crate) enum RunError {
     /// RabbitMQ refused a published message.
     #[error("RabbitMQ nacked a message")]
     AmqpNack,
+    /// The raw rumqttc client could not connect.
+    #[error("raw rumqttc cannot connect to {url}: {reason}")]
+    MqttConnect {
+        /// Password redacted.
+        url: String,
+        reason: String,
+    },
+    /// rumqttc did not take a request (its event loop stopped); rumqttc's
+    /// error in words (it holds the whole request, too large to carry).
+    #[error("rumqttc did not take the request: {0}")]
+    Mqtt(String),
+    /// The raw rumqttc connection closed while waiting for an acknowledgement.
+    #[error("the MQTT connection closed while waiting for an acknowledgement")]
+    MqttClosed,
+    /// The raw rumqttc client's PUBACK or SUBACK did not come in time.
+    #[error("the MQTT server did not acknowledge within {0:?}")]
+    MqttAckTimeout(Duration),
     /// The publisher did not finish within `--timeout`.
     #[error("publishing did not finish within {0:?}")]
     PublishTimeout(Duration),
@@ -168,6 +185,12 @@ pub(crate) enum RunError {
     /// in `REDISCLI_AUTH` (on its command line `ps` would show it) and did not read.
     #[error("the server refused it without a password ({0}): it gets the URL's password in REDISCLI_AUTH, never with -a where `ps` would show it, and this redis-benchmark does not read REDISCLI_AUTH")]
     RedisBenchmarkAuth(String),
+}
+
+impl From<rumqttc::v5::ClientError> for RunError {
+    fn from(error: rumqttc::v5::ClientError) -> Self {
+        RunError::Mqtt(error.to_string())
+    }
 }
 
 impl RunError {

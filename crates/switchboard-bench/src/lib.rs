@@ -19,7 +19,7 @@
 //! | `args`, `target` | the command line; the brokers and which code talks to each |
 //! | `runner` | one run: connect the roles, warm up, measure, count what arrived |
 //! | `client` | one interface over switchboard and the raw clients, so every workload is one piece of code |
-//! | `raw_nats`, `raw_redis`, `raw_amqp` | the raw baselines: async-nats, redis-rs, lapin as a careful user writes them |
+//! | `raw_nats`, `raw_redis`, `raw_amqp`, `raw_mqtt` | the raw baselines: async-nats, redis-rs, lapin, rumqttc as a careful user writes them |
 //! | `redis_benchmark` | the optional `redis-benchmark` reference row |
 //! | `payload`, `cpu` | the 16-byte message header; client CPU time |
 //! | `report`, `plot` | rows, medians and ratios, the table and the JSON; the SVG |
@@ -61,6 +61,7 @@ mod error;
 mod payload;
 mod plot;
 mod raw_amqp;
+mod raw_mqtt;
 mod raw_nats;
 mod raw_redis;
 mod redis_benchmark;
@@ -80,7 +81,7 @@ use target::{Implementation, Target};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `switchboard bench` on `brokers` (a comma-separated list of kinds or
-/// URLs; `None` for nats,redis,amqp,memory): every workload of `args` on every
+/// URLs; `None` for nats,redis,amqp,mqtt,memory): every workload of `args` on every
 /// broker, switchboard next to the raw client, one after another.
 ///
 /// Prints the table on stdout (progress and warnings on stderr) and writes the

@@ -2,14 +2,14 @@
 //! talks to each (switchboard, or the broker's own client).
 
 /// The brokers measured when `--broker` is not given.
-const DEFAULT_BROKERS: &str = "nats,redis,amqp,memory";
+const DEFAULT_BROKERS: &str = "nats,redis,amqp,mqtt,memory";
 
 /// Which code talks to the broker in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Implementation {
     /// Through `switchboard::connect` and `dyn Broker`.
     Switchboard,
-    /// Directly with async-nats, redis-rs or lapin.
+    /// Directly with async-nats, redis-rs, lapin or rumqttc.
     Raw,
 }
 
@@ -26,7 +26,7 @@ impl Implementation {
 /// One broker to measure.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
-    /// The kind (`nats`, `redis`, `amqp`, `memory`), or the scheme if unknown.
+    /// The kind (`nats`, `redis`, `amqp`, `mqtt`, `memory`), or the scheme if unknown.
     pub(crate) kind: String,
     /// The URL connected to.
     pub(crate) url: String,
@@ -66,7 +66,7 @@ impl Target {
 
     /// Whether a raw-client baseline exists for this kind.
     pub(crate) fn has_raw_client(&self) -> bool {
-        matches!(self.kind.as_str(), "nats" | "redis" | "amqp")
+        matches!(self.kind.as_str(), "nats" | "redis" | "amqp" | "mqtt")
     }
 
     /// Messages per throughput run when `--msgs` is not given: RabbitMQ with

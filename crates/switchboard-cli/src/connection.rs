@@ -33,7 +33,7 @@ pub(crate) async fn connect(kind_or_url: &str) -> anyhow::Result<AnyBroker> {
 pub(crate) fn warn_if_in_process(broker: &AnyBroker) {
     if broker.kind() == switchboard::memory::KIND {
         eprintln!(
-            "note: the memory broker only connects this process; use --broker nats, redis or amqp to reach other programs"
+            "note: the memory broker only connects this process; use --broker nats, redis, amqp or mqtt to reach other programs"
         );
     }
 }

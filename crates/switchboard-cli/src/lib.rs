@@ -53,8 +53,8 @@ mod worker;
 #[derive(Debug, Parser)]
 #[command(name = "switchboard", version, about, long_about = None)]
 pub struct Cli {
-    /// Broker kind (nats, redis, amqp, memory, or a registered adapter's) or URL
-    /// (nats://, tls://, redis://, rediss://, amqp://, amqps://, memory://, …).
+    /// Broker kind (nats, redis, amqp, mqtt, memory, or a registered adapter's) or URL
+    /// (nats://, tls://, redis://, rediss://, amqp://, amqps://, mqtt://, mqtts://, memory://, …).
     /// Defaults to nats://127.0.0.1:4222, or memory:// for `demo`.
     #[arg(long, global = true, env = "BROKER_URL", value_name = "KIND|URL")]
     pub broker: Option<String>,

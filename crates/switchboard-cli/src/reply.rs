@@ -86,7 +86,7 @@ pub(crate) async fn run(url: &str, args: ReplyArgs) -> anyhow::Result<ExitCode> 
         let broker = connection::connect(url).await?;
         if !broker.capabilities().request_reply {
             anyhow::bail!(
-                "{} has no request/reply, so there is nothing to answer; use nats, redis, amqp or memory",
+                "{} has no request/reply, so there is nothing to answer; use nats, redis, amqp, mqtt or memory",
                 broker.kind()
             );
         }

@@ -142,7 +142,7 @@ async fn start(
             let kind = broker.kind();
             let _ = connection::close(&broker).await;
             anyhow::bail!(
-                "{}: the route on {:?} sets `group`, but {kind} has no queue groups (every subscriber gets every message); remove `group` from the route, or use --broker nats or amqp",
+                "{}: the route on {:?} sets `group`, but {kind} has no queue groups (every subscriber gets every message); remove `group` from the route, or use --broker nats, amqp or mqtt",
                 args.config.display(),
                 route.on.as_str()
             );

@@ -261,4 +261,4 @@ macro_rules! frozen_on_every_broker {
     )*};
 }
 
-frozen_on_every_broker!(nats, redis, amqp);
+frozen_on_every_broker!(nats, redis, amqp, mqtt);

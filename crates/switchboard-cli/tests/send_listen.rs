@@ -1,7 +1,7 @@
 //! `switchboard send` and `switchboard listen` against real brokers, each test
 //! run on NATS, Redis and RabbitMQ. A broker that does not answer is skipped
 //! (`skipped: ...`) unless `SWITCHBOARD_REQUIRE_BROKERS=1`. URLs come from
-//! `SWITCHBOARD_NATS_URL`, `SWITCHBOARD_REDIS_URL` and `SWITCHBOARD_AMQP_URL`.
+//! `SWITCHBOARD_NATS_URL`, `SWITCHBOARD_REDIS_URL`, `SWITCHBOARD_AMQP_URL` and `SWITCHBOARD_MQTT_URL`.
 // Tests may unwrap: a failure is a test failure (helpers outside #[test] too).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -239,4 +239,4 @@ macro_rules! on_every_broker {
     )*};
 }
 
-on_every_broker!(nats, redis, amqp);
+on_every_broker!(nats, redis, amqp, mqtt);

@@ -1,7 +1,8 @@
 //! Fixtures for switchboard's own tests (not published).
 //!
 //! - [`unique`] names and [`free_port`]s, so test runs never see each other;
-//! - [`process`]: broker servers of a test's own (nats-server, redis-server, …) on
+//! - [`process`]: broker servers of a test's own (nats-server, redis-server,
+//!   mosquitto with or without a password file, …) on
 //!   private loopback ports, killed by pid on drop, restartable, pausable
 //!   (`SIGSTOP`) to freeze a live connection;
 //! - [`proxy`]: a TCP proxy the test controls, to freeze a link (bytes stop
@@ -44,7 +45,7 @@ pub use certs::Pki;
 pub use errors::assert_chain_does_not_repeat;
 pub use nats_auth::{NatsAuth, NatsOperator, NkeyUser};
 pub use nats_cluster::NatsCluster;
-pub use process::{BrokerProcess, NatsServer, RedisServer};
+pub use process::{BrokerProcess, MosquittoServer, NatsServer, RedisServer};
 pub use proxy::TcpProxy;
 pub use tls_checks::{TlsChecks, TlsEndpoint};
 pub use tls_proxy::TlsProxy;

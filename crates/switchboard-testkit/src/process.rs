@@ -335,3 +335,98 @@ fn redis_has_tls() -> bool {
                 .any(|window| window == b"tls-cert-file")
         })
 }
+
+/// A mosquitto of the test's own: MQTT 5 on a private loopback port, nothing
+/// kept on disk, its config (and password file) in a directory removed on drop.
+#[derive(Debug)]
+pub struct MosquittoServer {
+    /// The process; use it to kill, restart or pause the server.
+    pub process: BrokerProcess,
+    dir: PathBuf,
+}
+
+impl MosquittoServer {
+    /// Starts one on a free loopback port that lets anyone in.
+    pub fn start() -> Option<Self> {
+        Self::launch(None)
+    }
+
+    /// Starts one that lets in only `user` with `password` (a password file
+    /// made with `mosquitto_passwd`); `None` after a skip (or a failure in CI)
+    /// when `mosquitto_passwd` is not installed.
+    pub fn start_with_password(user: &str, password: &str) -> Option<Self> {
+        Self::launch(Some((user, password)))
+    }
+
+    fn launch(credentials: Option<(&str, &str)>) -> Option<Self> {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-mosquitto-{}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("creating the mosquitto test directory");
+        let mut config = format!(
+            "listener {port} 127.0.0.1\npersistence false\n# Run as root keeps root, so it reads the files made here.\nuser root\n"
+        );
+        match credentials {
+            None => config.push_str("allow_anonymous true\n"),
+            Some((user, password)) => {
+                let Some(tool) = find_program("mosquitto_passwd") else {
+                    switchboard_conformance::skip_or_fail(format_args!(
+                        "mosquitto: `mosquitto_passwd` is not installed"
+                    ));
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return None;
+                };
+                let file = dir.join("passwords");
+                let status = Command::new(tool)
+                    .arg("-c")
+                    .arg("-b")
+                    .arg(&file)
+                    .arg(user)
+                    .arg(password)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .expect("running mosquitto_passwd");
+                assert!(status.success(), "mosquitto_passwd failed: {status}");
+                config.push_str(&format!(
+                    "allow_anonymous false\npassword_file {}\n",
+                    file.display()
+                ));
+            }
+        }
+        let path = dir.join("mosquitto.conf");
+        std::fs::write(&path, config).expect("writing the mosquitto config");
+        let process = BrokerProcess::start(
+            "mosquitto",
+            "mosquitto",
+            vec!["-c".into(), path.display().to_string()],
+            port,
+        );
+        match process {
+            Some(process) => Some(MosquittoServer { process, dir }),
+            None => {
+                let _ = std::fs::remove_dir_all(&dir);
+                None
+            }
+        }
+    }
+
+    /// `mqtt://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.process.port())
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.process.port()
+    }
+}
+
+impl Drop for MosquittoServer {
+    fn drop(&mut self) {
+        self.process.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,7 +1,7 @@
 //! # switchboard
 //!
 //! Write event-driven programs once and run them on any message broker — NATS,
-//! Redis PUBSUB, AMQP (RabbitMQ) or the in-memory broker — choosing the broker
+//! Redis PUBSUB, AMQP (RabbitMQ), MQTT 5 (Mosquitto) or the in-memory broker — choosing the broker
 //! with a URL at run time, never with a code change.
 //!
 //! ```no_run
@@ -10,7 +10,7 @@
 //! use futures::StreamExt;
 //! use switchboard::{PublisherExt, SubscriberExt};
 //!
-//! // `BROKER_URL=redis://127.0.0.1:6379` or `amqp://…` or `memory://`: same code.
+//! // `BROKER_URL=redis://127.0.0.1:6379` or `amqp://…`, `mqtt://…`, `memory://`: same code.
 //! let broker = switchboard::from_env().await?;
 //! let mut alerts = broker.subscribe_to("alerts.>").await?;
 //! broker.publish_to("alerts.cpu", "CPU at 98%").await?;
@@ -30,7 +30,7 @@
 //! [`SubscriberExt`] and [`PublisherExt`] take patterns and subjects as text
 //! on any broker; [`Message`] adds headers.
 //!
-//! Each adapter is a cargo feature (`nats`, `redis`, `amqp`, all on by default);
+//! Each adapter is a cargo feature (`nats`, `redis`, `amqp`, `mqtt`, all on by default);
 //! the in-memory broker is always there. The reaction worker (`on(pattern,
 //! handler)` with retries, dead letters and graceful shutdown, typed
 //! `on_json::<T>` routes, schemas and an AsyncAPI document) is the `worker`
@@ -62,6 +62,8 @@ pub use switchboard_core::*;
 
 #[cfg(feature = "amqp")]
 pub use switchboard_amqp as amqp;
+#[cfg(feature = "mqtt")]
+pub use switchboard_mqtt as mqtt;
 #[cfg(feature = "nats")]
 pub use switchboard_nats as nats;
 #[cfg(feature = "redis")]

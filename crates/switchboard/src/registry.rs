@@ -13,6 +13,7 @@ const OPTIONAL: &[(&str, &[&str])] = &[
     ("nats", &["nats", "tls"]),
     ("redis", &["redis", "rediss", "redis+unix", "unix"]),
     ("amqp", &["amqp", "amqps"]),
+    ("mqtt", &["mqtt", "mqtts"]),
 ];
 
 static DRIVERS: OnceLock<RwLock<Vec<Driver>>> = OnceLock::new();
@@ -28,6 +29,8 @@ fn drivers_lock() -> &'static RwLock<Vec<Driver>> {
             switchboard_redis::DRIVER,
             #[cfg(feature = "amqp")]
             switchboard_amqp::DRIVER,
+            #[cfg(feature = "mqtt")]
+            switchboard_mqtt::DRIVER,
         ];
         RwLock::new(built_in)
     })
@@ -100,7 +103,7 @@ pub fn register(driver: Driver) -> Result<()> {
 
 /// The drivers this process knows, in the order they were registered: the
 /// built-in ones of this build first (`memory`, then `nats`, `redis` and
-/// `amqp` as their cargo features allow), then those given to [`register`].
+/// `amqp`, `mqtt` as their cargo features allow), then those given to [`register`].
 pub fn drivers() -> Vec<Driver> {
     read().clone()
 }
@@ -142,13 +145,13 @@ pub fn supported_schemes() -> String {
     schemes.join(", ")
 }
 
-/// The kinds this process knows, comma-separated: `memory, nats, redis, amqp`.
+/// The kinds this process knows, comma-separated: `memory, nats, redis, amqp, mqtt`.
 pub(crate) fn kinds() -> String {
     let kinds: Vec<&str> = read().iter().map(Driver::kind).collect();
     kinds.join(", ")
 }
 
-/// Turns a bare kind (`nats`, `redis`, `amqp`, `memory`, or a registered
+/// Turns a bare kind (`nats`, `redis`, `amqp`, `mqtt`, `memory`, or a registered
 /// driver's) into its default local URL; anything else is returned as it is
 /// (trimmed).
 ///

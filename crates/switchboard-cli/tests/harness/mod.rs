@@ -21,7 +21,7 @@ pub fn switchboard() -> Command {
 /// A subject prefix no other test (or test run) uses.
 pub use switchboard_testkit::unique;
 
-/// The URL of broker `kind` (`nats`, `redis`, `amqp`) from `SWITCHBOARD_<KIND>_URL`,
+/// The URL of broker `kind` (`nats`, `redis`, `amqp`, `mqtt`) from `SWITCHBOARD_<KIND>_URL`,
 /// or its loopback default; `None` (after printing `skipped: ...`) when it does
 /// not answer, unless `SWITCHBOARD_REQUIRE_BROKERS=1`, which makes that a failure.
 pub fn broker_url(kind: &str, test: &str) -> Option<String> {
