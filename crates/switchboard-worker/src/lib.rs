@@ -117,7 +117,10 @@
 //!
 //! Each message is handled in a `switchboard.message` tracing span with the
 //! `route`, `subject` and `attempt` fields; [`Worker::stats`] and
-//! [`Running::stats`] read the counters.
+//! [`Running::stats`] read the counters; [`Running::serve_metrics`] serves
+//! them per route, with a handler-duration histogram, in-flight gauges and
+//! the broker connection state, as Prometheus metrics, and `/healthz` and
+//! `/readyz` for orchestrators (see [`metrics`]).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -129,6 +132,7 @@ mod cycle;
 mod error;
 mod handler;
 pub mod layer;
+pub mod metrics;
 mod route;
 mod route_loop;
 mod running;
@@ -155,6 +159,7 @@ pub use layer::{
     LayerFn, Retry, RetryLayer, RetryPolicy, Timeout, TimeoutLayer, ATTEMPTS_HEADER, ERROR_HEADER,
     MAX_ERROR_HEADER_LEN, ORIGINAL_SUBJECT_HEADER, PERMANENT_HEADER, ROUTE_HEADER,
 };
+pub use metrics::MetricsServer;
 pub use route::{Route, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT};
 pub use running::Running;
 pub use schema::{Schema, SchemaError, SchemaViolation};
