@@ -120,7 +120,10 @@
 //! [`Running::stats`] read the counters; [`Running::serve_metrics`] serves
 //! them per route, with a handler-duration histogram, in-flight gauges and
 //! the broker connection state, as Prometheus metrics, and `/healthz` and
-//! `/readyz` for orchestrators (see [`metrics`]).
+//! `/readyz` for orchestrators (see [`metrics`]). A message with a W3C
+//! `traceparent` header is handled in its trace: the span records the trace
+//! and span ids, and what the handler publishes carries a child
+//! `traceparent` (see [`trace`]).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -141,6 +144,7 @@ mod stats;
 mod summary;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 pub mod typed;
 mod worker;
 
@@ -167,5 +171,6 @@ pub use stats::{Counters, Stats};
 pub use summary::{StopReason, Summary, Unfinished};
 /// Core's codec trait and JSON, so that typed routes need one import.
 pub use switchboard_core::{Codec, Json};
+pub use trace::{TraceContext, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 pub use typed::{DecodeError, IntoReply, Typed, TypedFn};
 pub use worker::{Worker, DEFAULT_GRACE_PERIOD};

@@ -18,6 +18,7 @@ use crate::layer::panic_message;
 use crate::metrics::RouteMetrics;
 use crate::route::Prepared;
 use crate::running::Shared;
+use crate::trace::TraceContext;
 use crate::{Context, Handler};
 
 /// Most buffered messages looked at (and nacked) per route at shutdown.
@@ -169,12 +170,6 @@ impl Job {
     /// error is permanent); on abort, gives it back.
     async fn handle(self, mut delivery: Delivery) {
         let shared = &self.shared;
-        let span = tracing::info_span!(
-            "switchboard.message",
-            route = %self.route,
-            subject = %delivery.subject(),
-            attempt = 1u32,
-        );
         let ctx = Context::for_route(
             delivery.message().clone(),
             delivery.redelivered(),
@@ -183,6 +178,22 @@ impl Job {
             self.metrics.counters.clone(),
             delivery.replier(),
         );
+        let span = tracing::info_span!(
+            "switchboard.message",
+            route = %self.route,
+            subject = %delivery.subject(),
+            attempt = 1u32,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        if let Some(trace) = ctx.trace() {
+            span.record("trace_id", trace.trace_id());
+            span.record("span_id", trace.span_id());
+            if let Some(parent) = TraceContext::from_headers(ctx.headers()) {
+                span.record("parent_span_id", parent.span_id());
+            }
+        }
         let _in_flight = self.metrics.in_flight();
         let began = Instant::now();
         let call = AssertUnwindSafe(self.handler.call(ctx))

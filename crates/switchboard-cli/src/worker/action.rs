@@ -92,7 +92,8 @@ pub(crate) fn header_env_name(name: &str) -> String {
 
 /// Runs a command per message: the payload on stdin, `SWITCHBOARD_SUBJECT`,
 /// `SWITCHBOARD_ATTEMPT`, `SWITCHBOARD_ROUTE` and one `SWITCHBOARD_HEADER_<NAME>`
-/// per header in the environment; its output lines go to stderr prefixed
+/// per header in the environment (and, for a message with a W3C
+/// `traceparent`, `TRACEPARENT` and `TRACESTATE` naming the handler's span); its output lines go to stderr prefixed
 /// with the route. A non-zero exit fails the attempt. When the message is a
 /// request, the command's stdout, bytes as printed, is the reply once it
 /// exits 0 (a failing command leaves the request unanswered). The command runs in its
@@ -194,6 +195,14 @@ impl Handler for Exec {
             .kill_on_drop(true);
         for (name, value) in ctx.headers() {
             command.env(header_env_name(name), value);
+        }
+        // W3C trace context for child processes: the handler's span as parent.
+        command.env_remove("TRACEPARENT").env_remove("TRACESTATE");
+        if let Some(trace) = ctx.trace() {
+            command.env("TRACEPARENT", trace.traceparent());
+            if let Some(state) = trace.tracestate() {
+                command.env("TRACESTATE", state);
+            }
         }
         #[cfg(unix)]
         command.process_group(0);
