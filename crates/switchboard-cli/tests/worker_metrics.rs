@@ -295,11 +295,11 @@ async fn cli_worker_metrics_follow_messages_and_the_broker_connection() {
     assert!(status.success(), "{stderr}");
 }
 
-#[test]
-fn cli_worker_metrics_bad_address_is_one_line() {
-    let dir = TempDir::new("metrics-bad");
+/// Runs `switchboard worker --metrics ADDR` on the in-memory broker to its end.
+fn worker_with_metrics(tag: &str, addr: &str) -> std::process::Output {
+    let dir = TempDir::new(tag);
     let config = dir.write("worker.toml", "[[route]]\non = \"a.>\"\nlog = true\n");
-    let output = harness::switchboard()
+    harness::switchboard()
         .args([
             "--broker",
             "memory://",
@@ -307,10 +307,15 @@ fn cli_worker_metrics_bad_address_is_one_line() {
             "--config",
             &config,
             "--metrics",
-            "nowhere",
+            addr,
         ])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn cli_worker_metrics_bad_address_is_one_line() {
+    let output = worker_with_metrics("metrics-bad", "nowhere");
     assert_eq!(output.status.code(), Some(1));
     assert_one_error_line(
         &String::from_utf8_lossy(&output.stderr),
@@ -322,20 +327,7 @@ fn cli_worker_metrics_bad_address_is_one_line() {
 fn cli_worker_metrics_port_taken_is_one_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let dir = TempDir::new("metrics-taken");
-    let config = dir.write("worker.toml", "[[route]]\non = \"a.>\"\nlog = true\n");
-    let output = harness::switchboard()
-        .args([
-            "--broker",
-            "memory://",
-            "worker",
-            "--config",
-            &config,
-            "--metrics",
-            &addr,
-        ])
-        .output()
-        .unwrap();
+    let output = worker_with_metrics("metrics-taken", &addr);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let errors = harness::error_lines(&stderr);

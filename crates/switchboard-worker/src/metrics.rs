@@ -168,6 +168,24 @@ fn outcomes(stats: &Stats) -> [(&'static str, u64); 10] {
     ]
 }
 
+/// Encodes one metric of every route, labelled with the route.
+fn per_route<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    routes: &[Arc<RouteMetrics>],
+    name: &str,
+    help: &str,
+    metric: impl Fn(&RouteMetrics) -> &M,
+) -> Result<(), fmt::Error> {
+    let Some(first) = routes.first() else {
+        return Ok(());
+    };
+    let mut family = encoder.encode_descriptor(name, help, None, metric(first).metric_type())?;
+    for route in routes {
+        metric(route).encode(family.encode_family(&route_labels(&route.route))?)?;
+    }
+    Ok(())
+}
+
 /// Reads a running worker's state on each scrape.
 struct Exposition {
     shared: Arc<Shared>,
@@ -200,30 +218,20 @@ impl Collector for Exposition {
                 }
             }
         }
-        {
-            let mut family = encoder.encode_descriptor(
-                "switchboard_worker_handler_duration_seconds",
-                "How long each message took in its route's handler stack, retries included",
-                None,
-                MetricType::Histogram,
-            )?;
-            for route in routes {
-                let labels = route_labels(&route.route);
-                route.duration.encode(family.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "switchboard_worker_in_flight",
-                "Messages being handled now",
-                None,
-                MetricType::Gauge,
-            )?;
-            for route in routes {
-                let labels = route_labels(&route.route);
-                route.in_flight.encode(family.encode_family(&labels)?)?;
-            }
-        }
+        per_route(
+            &mut encoder,
+            routes,
+            "switchboard_worker_handler_duration_seconds",
+            "How long each message took in its route's handler stack, retries included",
+            |route| &route.duration,
+        )?;
+        per_route(
+            &mut encoder,
+            routes,
+            "switchboard_worker_in_flight",
+            "Messages being handled now",
+            |route| &route.in_flight,
+        )?;
         {
             let mut family = encoder.encode_descriptor(
                 "switchboard_worker_subscription_errors",
@@ -242,18 +250,13 @@ impl Collector for Exposition {
                 }
             }
         }
-        {
-            let mut family = encoder.encode_descriptor(
-                "switchboard_worker_lost_messages",
-                "Messages the route's subscription reported lost (reports that cannot count add 0)",
-                None,
-                MetricType::Counter,
-            )?;
-            for route in routes {
-                let labels = route_labels(&route.route);
-                route.lost_messages.encode(family.encode_family(&labels)?)?;
-            }
-        }
+        per_route(
+            &mut encoder,
+            routes,
+            "switchboard_worker_lost_messages",
+            "Messages the route's subscription reported lost (reports that cannot count add 0)",
+            |route| &route.lost_messages,
+        )?;
         let status = self.shared.broker.status();
         let broker = [("broker", self.shared.broker.kind())];
         {
