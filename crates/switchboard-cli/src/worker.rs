@@ -18,6 +18,7 @@ use crate::stdout::Stdout;
 mod action;
 mod asyncapi;
 mod config;
+mod metrics;
 
 const SIGNALS_HELP: &str = "\
 Stopping:
@@ -61,6 +62,13 @@ pub struct WorkerArgs {
     #[arg(long, conflicts_with = "check")]
     pub asyncapi: bool,
 
+    /// Serve Prometheus metrics on http://ADDR/metrics, with /healthz (200
+    /// while the process runs) and /readyz (200 while subscribed and
+    /// connected, 503 while the broker connection is down), e.g.
+    /// 127.0.0.1:9464 (0.0.0.0:9464 for every interface).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+
     /// The --asyncapi document's format.
     #[arg(long, value_enum, default_value_t = asyncapi::Format::Yaml, requires = "asyncapi")]
     pub format: asyncapi::Format,
@@ -92,6 +100,7 @@ pub(crate) async fn run(url: &str, args: WorkerArgs) -> anyhow::Result<ExitCode>
         );
         return Ok(ExitCode::SUCCESS);
     }
+    let metrics = args.metrics.as_deref().map(metrics::address).transpose()?;
     let shown_url = connection::display_url(url);
     let grace = args
         .grace
@@ -110,6 +119,17 @@ pub(crate) async fn run(url: &str, args: WorkerArgs) -> anyhow::Result<ExitCode>
             eprintln!("worker: stopped before it was ready");
             return Ok(signal.exit_code());
         }
+    };
+    // Kept until the worker is done: dropping it stops the server.
+    let _metrics = match metrics {
+        Some(addr) => match metrics::serve(&running, addr).await {
+            Ok(server) => Some(server),
+            Err(error) => {
+                running.shutdown().await;
+                return Err(error);
+            }
+        },
+        None => None,
     };
     let routes = config.routes.len();
     eprintln!(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use switchboard_core::{Broker, Bytes, Headers, Message, Reply};
 
 use crate::stats::Counters;
+use crate::trace::TraceContext;
 
 /// One message to handle, as a [`Handler`](crate::Handler) receives it.
 ///
@@ -23,6 +24,8 @@ pub struct Context {
     broker: Arc<dyn Broker>,
     counters: Arc<Counters>,
     replier: Option<Arc<dyn Reply>>,
+    /// The handler's span in the message's trace (see [`crate::trace`]).
+    trace: Option<TraceContext>,
 }
 
 impl Context {
@@ -31,6 +34,7 @@ impl Context {
     pub fn new(message: Message, broker: Arc<dyn Broker>) -> Self {
         Context {
             route: Arc::from(message.subject().as_str()),
+            trace: handler_span(&message),
             message: Arc::new(message),
             attempt: 1,
             redelivered: false,
@@ -49,6 +53,7 @@ impl Context {
         replier: Option<Arc<dyn Reply>>,
     ) -> Self {
         Context {
+            trace: handler_span(&message),
             message: Arc::new(message),
             attempt: 1,
             redelivered,
@@ -97,9 +102,23 @@ impl Context {
         &self.broker
     }
 
-    /// Publishes `message` on the worker's broker.
-    pub async fn publish(&self, message: Message) -> switchboard_core::Result<()> {
+    /// Publishes `message` on the worker's broker. When the message being
+    /// handled carries a W3C `traceparent`, `message` gets a child one (the
+    /// same trace, the handler's span as parent) and the `tracestate`,
+    /// replacing any it had (see [`crate::trace`]).
+    pub async fn publish(&self, mut message: Message) -> switchboard_core::Result<()> {
+        if let Some(trace) = &self.trace {
+            trace.inject(message.headers_mut())?;
+        }
         self.broker.publish(message).await
+    }
+
+    /// The handler's span in the message's trace: the message's trace id, a
+    /// span id of its own (whose parent is the message's `traceparent`);
+    /// `None` when the message carries no valid `traceparent`. Pass
+    /// [`TraceContext::traceparent`] on to what the handler calls.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
     }
 
     /// Whether the message is a request that expects a reply
@@ -141,6 +160,11 @@ impl Context {
     }
 }
 
+/// The handler's span for `message`: a child of its `traceparent`, if valid.
+fn handler_span(message: &Message) -> Option<TraceContext> {
+    TraceContext::from_headers(message.headers()).map(|parent| parent.child())
+}
+
 impl Deref for Context {
     type Target = Message;
     fn deref(&self) -> &Message {
@@ -156,6 +180,7 @@ impl fmt::Debug for Context {
             .field("attempt", &self.attempt)
             .field("redelivered", &self.redelivered)
             .field("request", &self.replier.is_some())
+            .field("trace", &self.trace)
             .field("broker", &self.broker.kind())
             .finish_non_exhaustive()
     }

@@ -33,6 +33,16 @@ pub enum Error {
         #[source]
         source: switchboard_core::Error,
     },
+    /// The metrics and health server cannot listen on its address (see
+    /// [`Running::serve_metrics`](crate::Running::serve_metrics)).
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why: the port is taken, the address is not this host's...
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `Result` with the worker's [`Error`] as the default error type.

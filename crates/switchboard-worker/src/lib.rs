@@ -117,7 +117,13 @@
 //!
 //! Each message is handled in a `switchboard.message` tracing span with the
 //! `route`, `subject` and `attempt` fields; [`Worker::stats`] and
-//! [`Running::stats`] read the counters.
+//! [`Running::stats`] read the counters; [`Running::serve_metrics`] serves
+//! them per route, with a handler-duration histogram, in-flight gauges and
+//! the broker connection state, as Prometheus metrics, and `/healthz` and
+//! `/readyz` for orchestrators (see [`metrics`]). A message with a W3C
+//! `traceparent` header is handled in its trace: the span records the trace
+//! and span ids, and what the handler publishes carries a child
+//! `traceparent` (see [`trace`]).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -129,6 +135,7 @@ mod cycle;
 mod error;
 mod handler;
 pub mod layer;
+pub mod metrics;
 mod route;
 mod route_loop;
 mod running;
@@ -137,6 +144,7 @@ mod stats;
 mod summary;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 pub mod typed;
 mod worker;
 
@@ -155,6 +163,7 @@ pub use layer::{
     LayerFn, Retry, RetryLayer, RetryPolicy, Timeout, TimeoutLayer, ATTEMPTS_HEADER, ERROR_HEADER,
     MAX_ERROR_HEADER_LEN, ORIGINAL_SUBJECT_HEADER, PERMANENT_HEADER, ROUTE_HEADER,
 };
+pub use metrics::MetricsServer;
 pub use route::{Route, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT};
 pub use running::Running;
 pub use schema::{Schema, SchemaError, SchemaViolation};
@@ -162,5 +171,6 @@ pub use stats::{Counters, Stats};
 pub use summary::{StopReason, Summary, Unfinished};
 /// Core's codec trait and JSON, so that typed routes need one import.
 pub use switchboard_core::{Codec, Json};
+pub use trace::{TraceContext, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 pub use typed::{DecodeError, IntoReply, Typed, TypedFn};
 pub use worker::{Worker, DEFAULT_GRACE_PERIOD};

@@ -5,7 +5,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use switchboard_core::{Delivery, Subscription};
@@ -15,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::layer::panic_message;
+use crate::metrics::RouteMetrics;
 use crate::route::Prepared;
 use crate::running::Shared;
+use crate::trace::TraceContext;
 use crate::{Context, Handler};
 
 /// Most buffered messages looked at (and nacked) per route at shutdown.
@@ -31,15 +33,17 @@ pub(crate) struct RouteTask {
     name: Arc<str>,
     handler: Arc<dyn Handler>,
     concurrency: usize,
+    metrics: Arc<RouteMetrics>,
     shared: Arc<Shared>,
 }
 
 impl RouteTask {
-    pub(crate) fn new(route: Prepared, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(route: Prepared, metrics: Arc<RouteMetrics>, shared: Arc<Shared>) -> Self {
         let task = RouteTask {
             name: Arc::from(route.pattern.as_str()),
             handler: route.handler,
             concurrency: route.concurrency,
+            metrics,
             shared,
         };
         tracing::debug!(route = %task.name, concurrency = task.concurrency, "route subscribed");
@@ -75,6 +79,7 @@ impl RouteTask {
                     break;
                 }
                 Some(Err(error)) => {
+                    self.metrics.subscription_error(&error);
                     tracing::warn!(route = %self.name, %error, "subscription error");
                     continue;
                 }
@@ -91,9 +96,10 @@ impl RouteTask {
                     shared.stop.cancel();
                 }
             }
-            shared.counters.add_received();
+            self.metrics.counters.add_received();
             let job = Job {
                 route: self.name.clone(),
+                metrics: self.metrics.clone(),
                 handler: self.handler.clone(),
                 shared: shared.clone(),
                 abort: abort.clone(),
@@ -144,7 +150,7 @@ impl RouteTask {
     /// Nacks a delivery the worker will not handle, and records it.
     async fn give_back(&self, mut delivery: Delivery, started: bool) {
         self.shared
-            .give_back(&self.name, &mut delivery, started)
+            .give_back(&self.metrics, &mut delivery, started)
             .await;
     }
 }
@@ -152,6 +158,7 @@ impl RouteTask {
 /// One message being handled.
 struct Job {
     route: Arc<str>,
+    metrics: Arc<RouteMetrics>,
     handler: Arc<dyn Handler>,
     shared: Arc<Shared>,
     abort: CancellationToken,
@@ -163,20 +170,32 @@ impl Job {
     /// error is permanent); on abort, gives it back.
     async fn handle(self, mut delivery: Delivery) {
         let shared = &self.shared;
-        let span = tracing::info_span!(
-            "switchboard.message",
-            route = %self.route,
-            subject = %delivery.subject(),
-            attempt = 1u32,
-        );
         let ctx = Context::for_route(
             delivery.message().clone(),
             delivery.redelivered(),
             self.route.clone(),
             shared.broker.clone(),
-            shared.counters.clone(),
+            self.metrics.counters.clone(),
             delivery.replier(),
         );
+        let span = tracing::info_span!(
+            "switchboard.message",
+            route = %self.route,
+            subject = %delivery.subject(),
+            attempt = 1u32,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        if let Some(trace) = ctx.trace() {
+            span.record("trace_id", trace.trace_id());
+            span.record("span_id", trace.span_id());
+            if let Some(parent) = TraceContext::from_headers(ctx.headers()) {
+                span.record("parent_span_id", parent.span_id());
+            }
+        }
+        let _in_flight = self.metrics.in_flight();
+        let began = Instant::now();
         let call = AssertUnwindSafe(self.handler.call(ctx))
             .catch_unwind()
             .instrument(span.clone());
@@ -184,24 +203,25 @@ impl Job {
             biased;
             outcome = call => outcome,
             _ = self.abort.cancelled() => {
-                shared.give_back(&self.route, &mut delivery, true).await;
+                shared.give_back(&self.metrics, &mut delivery, true).await;
                 return;
             }
         };
+        self.metrics.handled_in(began.elapsed());
         let _entered = span.enter();
         let (error, permanent) = match outcome {
             Ok(Ok(())) => {
                 if let Err(error) = delivery.ack().await {
                     tracing::warn!(%error, "ack failed; the broker may deliver the message again");
                 }
-                shared.counters.add_handled();
+                self.metrics.counters.add_handled();
                 tracing::debug!("handled");
                 return;
             }
             Ok(Err(error)) => (error.to_string(), error.is_permanent()),
             Err(payload) => (format!("panicked: {}", panic_message(&*payload)), false),
         };
-        shared.counters.add_failed();
+        self.metrics.counters.add_failed();
         if permanent {
             // Redelivered, it would fail the same way, again and again.
             if let Err(reject_error) = delivery.reject().await {

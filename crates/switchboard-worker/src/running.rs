@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -12,10 +13,11 @@ use switchboard_core::{Broker, Delivery, Subscription};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{MetricsServer, RouteMetrics};
 use crate::route::Prepared;
 use crate::route_loop::RouteTask;
 use crate::stats::Counters;
-use crate::{Stats, StopReason, Summary, Unfinished};
+use crate::{Error, Stats, StopReason, Summary, Unfinished};
 
 /// What a [`Worker`](crate::Worker) hands on when it starts.
 pub(crate) struct Launch {
@@ -45,6 +47,8 @@ pub(crate) struct Shared {
     /// stops on `stop` (or by `Running::wait` if none did), to that moment
     /// plus the grace period.
     pub(crate) deadline: OnceLock<tokio::time::Instant>,
+    /// What each route measured, in the order the routes were added.
+    pub(crate) routes: Vec<Arc<RouteMetrics>>,
 }
 
 impl Shared {
@@ -56,7 +60,14 @@ impl Shared {
     }
 
     /// Nacks a delivery the worker will not finish, and records it as unfinished.
-    pub(crate) async fn give_back(&self, route: &str, delivery: &mut Delivery, started: bool) {
+    pub(crate) async fn give_back(
+        &self,
+        route: &RouteMetrics,
+        delivery: &mut Delivery,
+        started: bool,
+    ) {
+        let counters = &route.counters;
+        let route = &*route.route;
         let requeued = self.redelivery && delivery.is_acknowledgeable();
         if let Err(error) = delivery.nack().await {
             tracing::warn!(route, subject = %delivery.subject(), %error, "nack failed");
@@ -64,7 +75,7 @@ impl Shared {
         if !requeued {
             tracing::warn!(route, subject = %delivery.subject(), "message left unhandled at shutdown; the broker cannot redeliver it");
         }
-        self.counters.add_unfinished();
+        counters.add_unfinished();
         let unfinished = Unfinished {
             route: route.to_string(),
             subject: delivery.subject().clone(),
@@ -91,6 +102,25 @@ pub struct Running {
 impl Running {
     /// Spawns one loop per subscribed route.
     pub(crate) fn spawn(launch: Launch, routes: Vec<(Prepared, Subscription)>) -> Running {
+        // The route label is the pattern; a pattern taken by several routes
+        // gets `#2`, `#3`... from its second route on, so series stay distinct.
+        let mut seen = std::collections::HashMap::<&str, usize>::new();
+        let metrics: Vec<Arc<RouteMetrics>> = routes
+            .iter()
+            .map(|(route, _)| {
+                let pattern = route.pattern.as_str();
+                let count = seen.entry(pattern).or_default();
+                *count += 1;
+                let label = match *count {
+                    1 => pattern.to_string(),
+                    n => format!("{pattern}#{n}"),
+                };
+                Arc::new(RouteMetrics::new(
+                    Arc::from(label.as_str()),
+                    launch.counters.clone(),
+                ))
+            })
+            .collect();
         let shared = Arc::new(Shared {
             redelivery: launch.broker.capabilities().redelivery,
             broker: launch.broker,
@@ -103,10 +133,11 @@ impl Running {
             active: AtomicUsize::new(routes.len()),
             ended: CancellationToken::new(),
             deadline: OnceLock::new(),
+            routes: metrics.clone(),
         });
         let mut loops = JoinSet::new();
-        for (route, subscription) in routes {
-            let task = RouteTask::new(route, shared.clone());
+        for ((route, subscription), metrics) in routes.into_iter().zip(metrics) {
+            let task = RouteTask::new(route, metrics, shared.clone());
             loops.spawn(task.run(subscription));
         }
         Running {
@@ -137,6 +168,34 @@ impl Running {
     /// Cancel this token to shut the worker down gracefully.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// Serves the worker's metrics (Prometheus / OpenMetrics text on
+    /// `/metrics`) and health (`/healthz`, `/readyz`) over HTTP on `addr`
+    /// (port 0 picks a free port: see [`MetricsServer::local_addr`]), until
+    /// the returned server is stopped or dropped. The [`metrics`](crate::metrics)
+    /// module lists the series and what `/readyz` checks.
+    ///
+    /// Fails with [`Error::Metrics`](crate::Error::Metrics) when `addr`
+    /// cannot be listened on (the port is taken, or not this host's address).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use switchboard_core::MemoryBroker;
+    /// use switchboard_worker::{Context, HandlerError, Worker};
+    ///
+    /// let running = Worker::new(MemoryBroker::new())
+    ///     .on("jobs.>", |_ctx: Context| async { Ok::<_, HandlerError>(()) })
+    ///     .start()
+    ///     .await?;
+    /// let server = running.serve_metrics("127.0.0.1:0".parse()?).await?;
+    /// println!("scrape http://{}/metrics", server.local_addr());
+    /// running.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn serve_metrics(&self, addr: SocketAddr) -> Result<MetricsServer, Error> {
+        crate::metrics::serve(self.shared.clone(), addr).await
     }
 
     /// Shuts down now, gracefully, and returns the summary.

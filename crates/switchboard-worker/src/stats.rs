@@ -1,6 +1,7 @@
 //! Counters of what the worker did, and their snapshot.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::Notify;
 
@@ -22,6 +23,9 @@ pub struct Counters {
     watched: AtomicBool,
     /// Notified each time a message is done with (handled, failed or unfinished).
     settled: Notify,
+    /// The worker's counters, when these are one route's: every count is
+    /// added there too (see [`Counters::for_route`]).
+    parent: Option<Arc<Counters>>,
 }
 
 /// The counters at one moment.
@@ -97,11 +101,24 @@ macro_rules! incr {
         $(#[$doc])*
         pub fn $name(&self) {
             self.$field.fetch_add(1, Ordering::Relaxed);
+            if let Some(parent) = &self.parent {
+                parent.$name();
+            }
         }
     )*};
 }
 
 impl Counters {
+    /// Counters of one route of the worker whose counters are `worker`:
+    /// each count is added to both, so the worker's stay the totals and the
+    /// route's are what its metrics report.
+    pub fn for_route(worker: Arc<Counters>) -> Counters {
+        Counters {
+            parent: Some(worker),
+            ..Counters::default()
+        }
+    }
+
     incr! {
         /// Counts a message taken from a subscription.
         add_received => received,
@@ -123,18 +140,27 @@ impl Counters {
     pub fn add_handled(&self) {
         self.handled.fetch_add(1, Ordering::SeqCst);
         self.settle();
+        if let Some(parent) = &self.parent {
+            parent.add_handled();
+        }
     }
 
     /// Counts a message that ended in an unresolved error.
     pub fn add_failed(&self) {
         self.failed.fetch_add(1, Ordering::SeqCst);
         self.settle();
+        if let Some(parent) = &self.parent {
+            parent.add_failed();
+        }
     }
 
     /// Counts a message left unfinished at shutdown.
     pub fn add_unfinished(&self) {
         self.unfinished.fetch_add(1, Ordering::SeqCst);
         self.settle();
+        if let Some(parent) = &self.parent {
+            parent.add_unfinished();
+        }
     }
 
     /// Wakes whoever waits for messages to be done with (a cheap load otherwise).

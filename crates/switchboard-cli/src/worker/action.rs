@@ -92,8 +92,11 @@ pub(crate) fn header_env_name(name: &str) -> String {
 
 /// Runs a command per message: the payload on stdin, `SWITCHBOARD_SUBJECT`,
 /// `SWITCHBOARD_ATTEMPT`, `SWITCHBOARD_ROUTE` and one `SWITCHBOARD_HEADER_<NAME>`
-/// per header in the environment; its output lines go to stderr prefixed
-/// with the route. A non-zero exit fails the attempt. The command runs in its
+/// per header in the environment (and, for a message with a W3C
+/// `traceparent`, `TRACEPARENT` and `TRACESTATE` naming the handler's span); its output lines go to stderr prefixed
+/// with the route. A non-zero exit fails the attempt. When the message is a
+/// request, the command's stdout, bytes as printed, is the reply once it
+/// exits 0 (a failing command leaves the request unanswered). The command runs in its
 /// own process group (so a terminal's Ctrl-C reaches only the worker, which
 /// lets it finish) and the group is killed if the attempt is cancelled.
 #[derive(Debug)]
@@ -140,17 +143,32 @@ impl Drop for KillGroup {
     }
 }
 
-async fn forward_lines(route: &str, stream: impl AsyncRead + Unpin, last: &mut Option<String>) {
-    let mut lines = BufReader::new(stream).lines();
+/// Forwards the command's output to stderr line by line, prefixed with the
+/// route, keeping its last non-blank line in `last` and, with `capture`,
+/// every byte exactly as printed (what a request's reply carries).
+async fn forward_output(
+    route: &str,
+    stream: impl AsyncRead + Unpin,
+    last: &mut Option<String>,
+    mut capture: Option<&mut Vec<u8>>,
+) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
     loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
-                eprintln!("[{route}] {line}");
-                if !line.trim().is_empty() {
-                    *last = Some(line);
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) => break,
+            Ok(_) => {
+                if let Some(capture) = capture.as_deref_mut() {
+                    capture.extend_from_slice(&line);
+                }
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                eprintln!("[{route}] {text}");
+                if !text.trim().is_empty() {
+                    *last = Some(text.to_string());
                 }
             }
-            Ok(None) => break,
             Err(error) => {
                 eprintln!("[{route}] <cannot read the command's output: {error}>");
                 break;
@@ -177,6 +195,14 @@ impl Handler for Exec {
             .kill_on_drop(true);
         for (name, value) in ctx.headers() {
             command.env(header_env_name(name), value);
+        }
+        // W3C trace context for child processes: the handler's span as parent.
+        command.env_remove("TRACEPARENT").env_remove("TRACESTATE");
+        if let Some(trace) = ctx.trace() {
+            command.env("TRACEPARENT", trace.traceparent());
+            if let Some(state) = trace.tracestate() {
+                command.env("TRACESTATE", state);
+            }
         }
         #[cfg(unix)]
         command.process_group(0);
@@ -206,16 +232,18 @@ impl Handler for Exec {
             }
         };
         let (mut last_out, mut last_err) = (None, None);
+        // A request is answered with the command's stdout, byte for byte.
+        let mut reply = ctx.is_request().then(Vec::new);
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let out = async {
             if let Some(stdout) = stdout {
-                forward_lines(&self.route, stdout, &mut last_out).await;
+                forward_output(&self.route, stdout, &mut last_out, reply.as_mut()).await;
             }
         };
         let err = async {
             if let Some(stderr) = stderr {
-                forward_lines(&self.route, stderr, &mut last_err).await;
+                forward_output(&self.route, stderr, &mut last_err, None).await;
             }
         };
         let ((), (), (), status) = tokio::join!(feed, out, err, child.wait());
@@ -224,6 +252,11 @@ impl Handler for Exec {
         })?;
         guard.disarm();
         if status.success() {
+            if let Some(reply) = reply {
+                // A failed reply fails the message like a failed publish:
+                // retried when the error is temporary.
+                ctx.reply(reply).await?;
+            }
             return Ok(());
         }
         let how = match status.code() {
