@@ -141,6 +141,10 @@ impl Subscriber for NatsBroker {
     ) -> Result<Subscription> {
         Err(Error::unsupported(KIND, "durable subscriptions (not yet)"))
     }
+
+    async fn remove_durable(&self, _pattern: &Pattern, _durable: &Durable) -> Result<()> {
+        Err(Error::unsupported(KIND, "durable subscriptions (not yet)"))
+    }
 }
 
 #[async_trait]
