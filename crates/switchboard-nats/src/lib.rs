@@ -104,8 +104,50 @@
 //!
 //! `queue_groups`, `native_headers`, `headers`, `native_wildcards` and
 //! `ordered_per_publisher` are true; `ack`, `redelivery` and `persistence` are
-//! false (core NATS keeps nothing; deliveries carry no acknowledgement, `ack` is a
-//! no-op); `max_payload` is the server's, from its `INFO`.
+//! false for plain subscriptions (core NATS keeps nothing; deliveries carry no
+//! acknowledgement, `ack` is a no-op); `durable`, `durable_storage`,
+//! `delivery_count` and `nack_delay` are true (JetStream, see below);
+//! `max_payload` is the server's, from its `INFO`.
+//!
+//! # Durable subscriptions (JetStream)
+//!
+//! [`subscribe_durable`](switchboard_core::Subscriber::subscribe_durable)
+//! needs a server with JetStream (`nats-server -js`, with `-sd DIR` for
+//! where it stores). It maps to:
+//!
+//! - **a stream** capturing the pattern: the server's stream whose subjects
+//!   already cover it if there is one (if a stream covers only part of the
+//!   pattern, subscribing fails saying so), else one provisioned for it,
+//!   named `switchboard-<pattern>-<hash>` ([`STREAM_PREFIX`]), with file
+//!   storage and interest retention (a message stays until every consumer
+//!   over it acknowledged it, or is removed; there is no age or size limit
+//!   unless an operator sets one on the stream). A stream captures plain
+//!   publishes, so publishers and their URL do not change.
+//! - **a durable pull consumer** named [`Durable::consumer`](switchboard_core::Durable::consumer)
+//!   (the group when set), filtering the pattern, delivering messages
+//!   published after it was first created (`DeliverPolicy::New`), with
+//!   explicit acks, `ack_wait` and `max_deliver` from the [`Durable`](switchboard_core::Durable)
+//!   (a later member's settings update the consumer). Members of one group
+//!   pull from the same consumer, 64 messages a pull, so they share its messages.
+//! - deliveries: `ack` is `+ACK`, `nack` is `-NAK` (with a delay for
+//!   `nack_with_delay`), `reject` is `+TERM`; the delivery count is JetStream's
+//!   `delivered` count. A missed heartbeat (server or link down) is an
+//!   [`Error::Disconnected`](switchboard_core::Error::Disconnected) item; the
+//!   client pulls again and what was not acknowledged is delivered again. The
+//!   stream ends when the consumer is deleted.
+//!   [`remove_durable`](switchboard_core::Subscriber::remove_durable) deletes
+//!   the consumer, and the stream too when the adapter provisioned it and no
+//!   consumer is left.
+//!
+//! **`flush` means stored** for subjects a stream captures: each connection
+//! lists the server's streams when it connects and learns the stream of each
+//! durable subscription it makes; a message on a subject one of them captures
+//! is published as a JetStream publish, and `flush` waits for the PubAcks
+//! (failing with [`Error::Flush`](switchboard_core::Error::Flush) if JetStream
+//! did not store one). Other subjects take the plain path, which only checks
+//! one flag while no stream is known. A stream created by another process
+//! after this connection connected still captures its publishes, but `flush`
+//! then confirms only that the server received them.
 //!
 //! # Wire mapping
 //!
@@ -185,6 +227,7 @@
 
 mod broker;
 mod connection;
+mod durable;
 mod error;
 mod options;
 mod publisher;
@@ -195,6 +238,7 @@ mod wire;
 use std::sync::Arc;
 
 pub use broker::NatsBroker;
+pub use durable::STREAM_PREFIX;
 pub use options::{
     NatsOptions, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_KEEPALIVE, QUERY_KEYS,
