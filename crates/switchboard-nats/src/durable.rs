@@ -36,6 +36,10 @@ const PULL_BATCH: usize = 64;
 /// PubAcks kept before a publish waits for them (async-nats allows 5,000).
 pub(crate) const MAX_PENDING_ACKS: usize = 4096;
 
+/// How long a stream this adapter provisions keeps a message: a consumer
+/// away longer loses what is older.
+pub const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The prefix of the streams this adapter provisions.
 pub const STREAM_PREFIX: &str = "switchboard-";
 
@@ -228,8 +232,7 @@ fn subscribe_error(pattern: &Pattern, reason: String, source: Option<BoxError>) 
 }
 
 /// The stream whose subjects capture `pattern`: an existing one, or one
-/// provisioned for it (file storage, interest retention: a message is kept
-/// until every consumer over it acknowledged it).
+/// provisioned for it (file storage, kept [`STREAM_MAX_AGE`]).
 async fn stream_for(context: &jetstream::Context, pattern: &Pattern) -> Result<stream::Stream> {
     let failed =
         |reason: String, source: Option<BoxError>| subscribe_error(pattern, reason, source);
@@ -268,7 +271,11 @@ async fn stream_for(context: &jetstream::Context, pattern: &Pattern) -> Result<s
         .get_or_create_stream(stream::Config {
             name: name.clone(),
             subjects: vec![pattern.as_str().to_string()],
-            retention: stream::RetentionPolicy::Interest,
+            // Not interest retention: with it, nats-server 2.9.10 dropped the
+            // backlog of a consumer that was away across a restart
+            // (tests/durable.rs caught it).
+            retention: stream::RetentionPolicy::Limits,
+            max_age: STREAM_MAX_AGE,
             storage: stream::StorageType::File,
             ..Default::default()
         })
@@ -281,6 +288,71 @@ async fn stream_for(context: &jetstream::Context, pattern: &Pattern) -> Result<s
                 Some(Box::new(e)),
             )
         })
+}
+
+/// The durable pull consumer `durable` on `stream`: created on first use to
+/// deliver what is published from now on, else updated to this member's
+/// `pattern`, `ack_wait` and `max_deliver`, keeping where it starts.
+///
+/// The start is a sequence number, not `DeliverPolicy::New`: a consumer
+/// that had not delivered anything yet when nats-server restarted would
+/// otherwise start over from the stream's end, skipping what was published
+/// before the restart.
+async fn consumer_for(
+    mut stream: stream::Stream,
+    pattern: &Pattern,
+    durable: &Durable,
+) -> Result<consumer::PullConsumer> {
+    let name = durable.consumer().to_string();
+    let stream_name = stream.cached_info().config.name.clone();
+    let failed = |what: &str, error: BoxError| {
+        subscribe_error(
+            pattern,
+            format!("{what} JetStream consumer {name:?} on stream {stream_name:?} failed"),
+            Some(error),
+        )
+    };
+    let config = |deliver_policy| consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        deliver_policy,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: durable.ack_wait,
+        max_deliver: durable.max_deliver.map_or(-1, i64::from),
+        filter_subject: pattern.as_str().to_string(),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        if let Ok(existing) = stream.get_consumer::<consumer::pull::Config>(&name).await {
+            let deliver_policy = existing.cached_info().config.deliver_policy;
+            return stream
+                .create_consumer(config(deliver_policy))
+                .await
+                .map_err(|e| failed("updating", Box::new(e)));
+        }
+        let next = stream
+            .info()
+            .await
+            .map_err(|e| failed("reading the stream for", Box::new(e)))?
+            .state
+            .last_sequence
+            + 1;
+        let created = stream
+            .create_consumer_strict(config(consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: next,
+            }))
+            .await;
+        match created {
+            Ok(consumer) => return Ok(consumer),
+            // Another member created it meanwhile: update that one.
+            Err(error) if error.kind() == stream::ConsumerCreateStrictErrorKind::AlreadyExists => {}
+            Err(error) => return Err(failed("creating", Box::new(error))),
+        }
+    }
+    Err(subscribe_error(
+        pattern,
+        format!("JetStream consumer {name:?} kept changing while it was created"),
+        None,
+    ))
 }
 
 /// Subscribes to the durable consumer `durable` over `pattern` (see the
@@ -313,24 +385,20 @@ pub(crate) async fn subscribe(
         .collect();
     shared.captured.add(captured);
     let name = durable.consumer().to_string();
-    let config = consumer::pull::Config {
-        durable_name: Some(name.clone()),
-        deliver_policy: consumer::DeliverPolicy::New,
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: durable.ack_wait,
-        max_deliver: durable.max_deliver.map_or(-1, i64::from),
-        filter_subject: pattern.as_str().to_string(),
-        ..Default::default()
-    };
-    let consumer: consumer::PullConsumer = stream.create_consumer(config).await.map_err(|e| {
+    let consumer = tokio::time::timeout(
+        shared.options.flush_timeout,
+        consumer_for(stream, pattern, durable),
+    )
+    .await
+    .map_err(|_| {
         failed(
             format!(
-                "creating or updating JetStream consumer {name:?} on stream {:?} failed",
-                stream.cached_info().config.name
+                "JetStream did not create consumer {name:?} within {:?}",
+                shared.options.flush_timeout
             ),
-            Some(Box::new(e)),
+            None,
         )
-    })?;
+    })??;
     let messages = consumer
         .stream()
         .max_messages_per_batch(PULL_BATCH)

@@ -119,13 +119,16 @@
 //!   already cover it if there is one (if a stream covers only part of the
 //!   pattern, subscribing fails saying so), else one provisioned for it,
 //!   named `switchboard-<pattern>-<hash>` ([`STREAM_PREFIX`]), with file
-//!   storage and interest retention (a message stays until every consumer
-//!   over it acknowledged it, or is removed; there is no age or size limit
-//!   unless an operator sets one on the stream). A stream captures plain
+//!   storage, keeping each message [`STREAM_MAX_AGE`] (7 days; an operator
+//!   may change the stream's limits): a consumer away longer loses what is
+//!   older. Acknowledged messages stay in the stream until then (limits
+//!   retention; with interest retention nats-server 2.9.10 dropped the backlog of a
+//!   consumer that was away across a restart). A stream captures plain
 //!   publishes, so publishers and their URL do not change.
 //! - **a durable pull consumer** named [`Durable::consumer`](switchboard_core::Durable::consumer)
 //!   (the group when set), filtering the pattern, delivering messages
-//!   published after it was first created (`DeliverPolicy::New`), with
+//!   published after it was first created (a start sequence, so that a
+//!   server restart before its first delivery does not move it), with
 //!   explicit acks, `ack_wait` and `max_deliver` from the [`Durable`](switchboard_core::Durable)
 //!   (a later member's settings update the consumer). Members of one group
 //!   pull from the same consumer, 64 messages a pull, so they share its messages.
@@ -238,7 +241,7 @@ mod wire;
 use std::sync::Arc;
 
 pub use broker::NatsBroker;
-pub use durable::STREAM_PREFIX;
+pub use durable::{STREAM_MAX_AGE, STREAM_PREFIX};
 pub use options::{
     NatsOptions, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_KEEPALIVE, QUERY_KEYS,
