@@ -131,7 +131,14 @@
 //!   server restart before its first delivery does not move it), with
 //!   explicit acks, `ack_wait` and `max_deliver` from the [`Durable`](switchboard_core::Durable)
 //!   (a later member's settings update the consumer). Members of one group
-//!   pull from the same consumer, 64 messages a pull, so they share its messages.
+//!   pull from the same consumer, 64 messages a pull, so they share its
+//!   messages. Fetched messages wait in the client until the member takes
+//!   them; those a member fetched but never handed out when it went away
+//!   reach another member (or the next run) once `ack_wait` is over.
+//!   JetStream counts every fetch as a delivery, so such a message, or one
+//!   that waited in the client past `ack_wait`, comes with a higher delivery
+//!   count (and uses up one of `max_deliver`). (Giving them back with `-NAK`
+//!   on close was tried: nats-server 2.9.10 then delivered some twice.)
 //! - deliveries: `ack` is `+ACK`, `nack` is `-NAK` (with a delay for
 //!   `nack_with_delay`), `reject` is `+TERM`; the delivery count is JetStream's
 //!   `delivered` count. A missed heartbeat (server or link down) is an
