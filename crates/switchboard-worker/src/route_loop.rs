@@ -31,6 +31,7 @@ pub(crate) struct RouteTask {
     name: Arc<str>,
     handler: Arc<dyn Handler>,
     concurrency: usize,
+    max_deliver: Option<u32>,
     shared: Arc<Shared>,
 }
 
@@ -40,6 +41,7 @@ impl RouteTask {
             name: Arc::from(route.pattern.as_str()),
             handler: route.handler,
             concurrency: route.concurrency,
+            max_deliver: route.durable.as_ref().and_then(|d| d.max_deliver),
             shared,
         };
         tracing::debug!(route = %task.name, concurrency = task.concurrency, "route subscribed");
@@ -95,6 +97,7 @@ impl RouteTask {
             let job = Job {
                 route: self.name.clone(),
                 handler: self.handler.clone(),
+                max_deliver: self.max_deliver,
                 shared: shared.clone(),
                 abort: abort.clone(),
             };
@@ -153,6 +156,7 @@ impl RouteTask {
 struct Job {
     route: Arc<str>,
     handler: Arc<dyn Handler>,
+    max_deliver: Option<u32>,
     shared: Arc<Shared>,
     abort: CancellationToken,
 }
@@ -176,7 +180,8 @@ impl Job {
             shared.broker.clone(),
             shared.counters.clone(),
             delivery.replier(),
-        );
+        )
+        .with_delivery(delivery.delivery_count(), self.max_deliver);
         let call = AssertUnwindSafe(self.handler.call(ctx))
             .catch_unwind()
             .instrument(span.clone());
@@ -211,7 +216,8 @@ impl Job {
             return;
         }
         // Read before `nack`, which takes the acknowledgement handle.
-        let requeued = shared.redelivery && delivery.is_acknowledgeable();
+        let requeued = (shared.redelivery || delivery.delivery_count().is_some())
+            && delivery.is_acknowledgeable();
         if let Err(nack_error) = delivery.nack().await {
             tracing::warn!(error = %nack_error, "nack failed");
         }
