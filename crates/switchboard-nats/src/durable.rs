@@ -50,7 +50,7 @@ pub(crate) struct Captured {
     /// True when `subjects` is not empty: the plain path checks only this.
     any: AtomicBool,
     subjects: RwLock<Vec<Pattern>>,
-    pending: Mutex<Vec<jetstream::context::PublishAckFuture>>,
+    pending: Mutex<Vec<(async_nats::Subject, jetstream::context::PublishAckFuture)>>,
 }
 
 impl Captured {
@@ -76,6 +76,14 @@ impl Captured {
         }
     }
 
+    /// Forgets every subject pattern that matches `subject`.
+    fn forget(&self, subject: &str) {
+        if let Ok(mut subjects) = self.subjects.write() {
+            subjects.retain(|p| !p.matches(subject));
+            self.any.store(!subjects.is_empty(), Ordering::Release);
+        }
+    }
+
     fn remove_all(&self, patterns: &[Pattern]) {
         if let Ok(mut subjects) = self.subjects.write() {
             subjects.retain(|p| !patterns.contains(p));
@@ -84,7 +92,12 @@ impl Captured {
     }
 
     /// Keeps the PubAck of a JetStream publish for the next `flush`.
-    pub(crate) fn pending(&self, ack: jetstream::context::PublishAckFuture) {
+    pub(crate) fn pending(
+        &self,
+        subject: async_nats::Subject,
+        ack: jetstream::context::PublishAckFuture,
+    ) {
+        let ack = (subject, ack);
         match self.pending.lock() {
             Ok(mut pending) => pending.push(ack),
             Err(poisoned) => poisoned.into_inner().push(ack),
@@ -92,7 +105,7 @@ impl Captured {
     }
 
     /// The PubAcks published so far, leaving none.
-    fn take_pending(&self) -> Vec<jetstream::context::PublishAckFuture> {
+    fn take_pending(&self) -> Vec<(async_nats::Subject, jetstream::context::PublishAckFuture)> {
         match self.pending.lock() {
             Ok(mut pending) => std::mem::take(&mut *pending),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
@@ -157,7 +170,7 @@ pub(crate) async fn confirm_pending(shared: &Shared) -> Result<()> {
     let acks = futures::future::join_all(
         pending
             .into_iter()
-            .map(std::future::IntoFuture::into_future),
+            .map(|(subject, ack)| async move { (subject, ack.await) }),
     );
     let results = tokio::time::timeout(timeout, acks)
         .await
@@ -168,7 +181,27 @@ pub(crate) async fn confirm_pending(shared: &Shared) -> Result<()> {
             ),
             source: None,
         })?;
-    let mut failed = results.into_iter().filter_map(|r| r.err());
+    let mut failures = Vec::new();
+    for (subject, result) in results {
+        let Err(error) = result else { continue };
+        // No PubAck because no stream captures the subject any more (it was
+        // deleted since this connection learned of it): the message went
+        // out as a plain publish, with nothing to store it in. This
+        // connection forgets those subjects.
+        use jetstream::context::PublishErrorKind as Kind;
+        let gone = matches!(error.kind(), Kind::StreamNotFound | Kind::TimedOut)
+            && shared
+                .jetstream
+                .stream_by_subject(subject.as_str())
+                .await
+                .is_err();
+        if gone {
+            shared.captured.forget(subject.as_str());
+        } else {
+            failures.push(error);
+        }
+    }
+    let mut failed = failures.into_iter();
     if let Some(first) = failed.next() {
         let more = failed.count();
         return Err(Error::Flush {
@@ -614,14 +647,14 @@ pub(crate) async fn publish(
     headers: Option<async_nats::HeaderMap>,
 ) -> std::result::Result<(), jetstream::context::PublishError> {
     let ack = match headers {
-        None => shared.jetstream.publish(subject, payload).await?,
+        None => shared.jetstream.publish(subject.clone(), payload).await?,
         Some(headers) => {
             shared
                 .jetstream
-                .publish_with_headers(subject, headers, payload)
+                .publish_with_headers(subject.clone(), headers, payload)
                 .await?
         }
     };
-    shared.captured.pending(ack);
+    shared.captured.pending(subject, ack);
     Ok(())
 }

@@ -157,7 +157,10 @@
 //! did not store one). Other subjects take the plain path, which only checks
 //! one flag while no stream is known. A stream created by another process
 //! after this connection connected still captures its publishes, but `flush`
-//! then confirms only that the server received them.
+//! then confirms only that the server received them. A stream deleted after
+//! this connection learned of it costs the next `flush` one JetStream
+//! timeout (5 s): it then finds no stream, succeeds, and the connection
+//! publishes those subjects plainly again.
 //!
 //! # Wire mapping
 //!

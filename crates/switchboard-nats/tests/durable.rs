@@ -224,3 +224,33 @@ async fn flush_means_stored_and_remove_cleans_up() {
     publisher.close().await.unwrap();
     broker.close().await.unwrap();
 }
+
+/// A connection that learned of a stream keeps publishing normally after
+/// the stream was deleted: `flush` succeeds and plain subscribers still
+/// get the messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_succeeds_after_the_stream_is_gone() {
+    let Some(url) = server::url() else { return };
+    let owner = switchboard_nats::connect(&url).await.unwrap();
+    let base = unique("gone");
+    let pattern: Pattern = format!("{base}.>").parse().unwrap();
+    let durable = Durable::new(&base.replace('.', "-")).unwrap();
+    drop(owner.subscribe_durable(&pattern, &durable).await.unwrap());
+    // Connected while the stream exists: it publishes through JetStream.
+    let publisher = switchboard_nats::connect(&url).await.unwrap();
+    owner.remove_durable(&pattern, &durable).await.unwrap();
+    let mut plain = owner.subscribe(&pattern).await.unwrap();
+    publisher
+        .publish(Message::new(format!("{base}.x"), "still here").unwrap())
+        .await
+        .unwrap();
+    publisher.flush().await.unwrap();
+    let delivery = timeout(Duration::from_secs(10), plain.next())
+        .await
+        .expect("a message in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.payload_str(), Some("still here"));
+    publisher.close().await.unwrap();
+    owner.close().await.unwrap();
+}
