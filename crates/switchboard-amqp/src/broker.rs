@@ -100,10 +100,46 @@ impl Subscriber for AmqpBroker {
 
     async fn subscribe_durable(
         &self,
-        _pattern: &Pattern,
-        _durable: &Durable,
+        pattern: &Pattern,
+        durable: &Durable,
     ) -> Result<Subscription> {
-        Err(Error::unsupported(KIND, "durable subscriptions (not yet)"))
+        subscription::subscribe_durable(self.inner.sessions.clone(), pattern.clone(), durable).await
+    }
+
+    async fn remove_durable(&self, pattern: &Pattern, durable: &Durable) -> Result<()> {
+        if self.inner.sessions.is_closed() {
+            return Err(Error::Closed { broker: KIND });
+        }
+        let sessions = &self.inner.sessions;
+        let name =
+            subscription::durable_queue_name(durable, sessions.config.options.exchange.as_str())?;
+        let failed = |reason: String| Error::Subscribe {
+            broker: KIND,
+            pattern: pattern.to_string(),
+            reason,
+            source: None,
+        };
+        let session = sessions.session().await?;
+        let deleting = async {
+            let channel = session.connection.create_channel().await?;
+            channel
+                .queue_delete(name.clone(), lapin::options::QueueDeleteOptions::default())
+                .await?;
+            let _ = channel.close(200, "OK".into()).await;
+            Ok::<_, lapin::Error>(())
+        };
+        let timeout = self.options().flush_timeout;
+        match tokio::time::timeout(timeout, deleting).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(failed(format!(
+                "deleting queue {:?} failed: {error}",
+                name.as_str()
+            ))),
+            Err(_) => Err(failed(format!(
+                "deleting queue {:?} took longer than {timeout:?}",
+                name.as_str()
+            ))),
+        }
     }
 }
 
@@ -124,6 +160,9 @@ impl Broker for AmqpBroker {
         capabilities.persistence = false;
         capabilities.ordered_per_publisher = true;
         capabilities.request_reply = true;
+        capabilities.durable = true;
+        capabilities.durable_storage = true;
+        capabilities.delivery_count = true;
         capabilities.max_payload = Some(self.options().max_payload);
         capabilities
     }

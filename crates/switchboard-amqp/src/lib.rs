@@ -135,9 +135,34 @@
 //! confirmed the declare, bind and consume, so a message published afterwards
 //! is received.
 //!
-//! There is no persistence: a message published while no queue is bound is
-//! dropped by the exchange (it is not an error: publishes are not
+//! There is no persistence for these: a message published while no queue is
+//! bound is dropped by the exchange (it is not an error: publishes are not
 //! `mandatory`), and queues go away with their subscribers.
+//!
+//! # Durable subscriptions
+//!
+//! [`subscribe_durable`](switchboard_core::Subscriber::subscribe_durable)
+//! consumes a **quorum queue** named
+//! `switchboard.durable.<consumer>@<exchange>` ([`DURABLE_QUEUE_PREFIX`]),
+//! declared durable if missing and bound to the exchange with the pattern:
+//! it takes every matching message published from then on, by any plain
+//! publisher (publishers do not change), and keeps it on disk (quorum queues
+//! store every message, whatever its delivery mode) until acknowledged;
+//! there is no age limit. Members of one durable consumer consume the same
+//! queue (round-robin). With `max_deliver`, the queue gets
+//! `x-delivery-limit = max_deliver - 1` (returns allowed), after which
+//! RabbitMQ drops the message (or dead-letters it, if an operator set a
+//! dead-letter exchange by policy). The delivery count is the queue's
+//! `x-delivery-count` + 1 (that header is not shown among the message's
+//! headers). `nack` returns the message at once; RabbitMQ has no per-consumer
+//! ack deadline, so the adapter nacks a delivery left unsettled for
+//! `ack_wait` itself, and a later `ack` of it fails saying so; a closed
+//! subscription's unsettled deliveries return at once. `nack_with_delay` is
+//! unsupported. Publisher confirms of messages routed to a quorum queue come
+//! once a quorum stored them, so `flush` means stored.
+//! [`remove_durable`](switchboard_core::Subscriber::remove_durable) deletes
+//! the queue. Changing `max_deliver` of an existing consumer fails (RabbitMQ
+//! refuses to redeclare a queue with other arguments): remove it first.
 //!
 //! # Acknowledgement
 //!
@@ -230,7 +255,8 @@
 //!
 //! Queue groups, native headers, native wildcards (binding keys, plus the
 //! pattern check), ack and redelivery, order per publisher, request/reply:
-//! yes. Persistence: no. Largest payload: 128 MiB, RabbitMQ's default `max_message_size`
+//! yes. Persistence: no. Durable subscriptions, durable storage and delivery
+//! counts: yes; nack with a delay: no. Largest payload: 128 MiB, RabbitMQ's default `max_message_size`
 //! (`max_payload` if the server is configured otherwise).
 //!
 //! [lapin]: https://docs.rs/lapin
@@ -256,7 +282,7 @@ pub use options::{
     DEFAULT_FLUSH_TIMEOUT, DEFAULT_KEEPALIVE, DEFAULT_MAX_PAYLOAD, DEFAULT_NAME, DEFAULT_PREFETCH,
     QUERY_KEYS,
 };
-pub use subscription::GROUP_QUEUE_PREFIX;
+pub use subscription::{DURABLE_QUEUE_PREFIX, GROUP_QUEUE_PREFIX};
 /// TLS settings for [`tls`](AmqpOptions::tls), the same on every adapter.
 pub use switchboard_tls::TlsOptions;
 

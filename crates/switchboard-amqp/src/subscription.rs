@@ -11,11 +11,12 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Acker, Channel, Consumer};
+use std::time::Duration;
 use switchboard_core::{
-    async_trait, Acknowledge, Attempts, Bytes, Delivery, Error, Message, Pattern, QueueGroup,
-    Result, Subject, Subscription, SubscriptionLink,
+    async_trait, Acknowledge, Attempts, Bytes, Delivery, Durable, Error, Headers, Message, Pattern,
+    QueueGroup, Result, Subject, Subscription, SubscriptionLink,
 };
 use tokio::sync::watch;
 
@@ -27,12 +28,74 @@ use crate::{wire, KIND};
 /// The prefix of a queue group's queue name: `switchboard.group.<group>@<exchange>`.
 pub const GROUP_QUEUE_PREFIX: &str = "switchboard.group.";
 
+/// The prefix of a durable consumer's queue name: `switchboard.durable.<consumer>@<exchange>`.
+pub const DURABLE_QUEUE_PREFIX: &str = "switchboard.durable.";
+
 /// What to declare, bind and consume, again after every reconnect.
 struct Topology {
     pattern: Pattern,
     binding: ShortString,
     /// The shared queue of a group; `None` for a server-named exclusive queue.
     group_queue: Option<ShortString>,
+    /// The quorum queue of a durable consumer, instead.
+    durable: Option<DurableQueue>,
+}
+
+/// A durable consumer's queue: a quorum queue (it stores every message it
+/// takes and counts deliveries), with the delivery limit.
+struct DurableQueue {
+    name: ShortString,
+    arguments: FieldTable,
+    ack_wait: Duration,
+}
+
+/// The queue name of durable consumer `durable` on `exchange`.
+pub(crate) fn durable_queue_name(durable: &Durable, exchange: &str) -> Result<ShortString> {
+    ShortString::try_new(format!(
+        "{DURABLE_QUEUE_PREFIX}{}@{exchange}",
+        durable.consumer()
+    ))
+    .map_err(|_| Error::InvalidDurable {
+        name: durable.consumer().to_string(),
+        reason: "with the exchange name, the AMQP queue name would be longer than 255 bytes; use a shorter name".to_string(),
+    })
+}
+
+/// Subscribes to durable consumer `durable` over `pattern`: its quorum
+/// queue, declared (durable) and bound if missing.
+pub(crate) async fn subscribe_durable(
+    inner: Arc<Sessions>,
+    pattern: Pattern,
+    durable: &Durable,
+) -> Result<Subscription> {
+    if inner.is_closed() {
+        return Err(Error::Closed { broker: KIND });
+    }
+    let name = durable_queue_name(durable, inner.config.options.exchange.as_str())?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    if let Some(max) = durable.max_deliver {
+        // The count of returns after which the queue drops the message:
+        // `max` deliveries are `max - 1` returns.
+        arguments.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(max.saturating_sub(1))),
+        );
+    }
+    let topology = Topology {
+        pattern: pattern.clone(),
+        binding: wire::binding_key(&pattern)?,
+        group_queue: None,
+        durable: Some(DurableQueue {
+            name,
+            arguments,
+            ack_wait: durable.ack_wait,
+        }),
+    };
+    consume(inner, topology, None).await
 }
 
 /// The channel a subscription currently consumes on, for an explicit close.
@@ -72,7 +135,18 @@ pub(crate) async fn subscribe(
         pattern: pattern.clone(),
         binding,
         group_queue,
+        durable: None,
     };
+    consume(inner, topology, group).await
+}
+
+/// Declares `topology` and consumes from it.
+async fn consume(
+    inner: Arc<Sessions>,
+    topology: Topology,
+    group: Option<QueueGroup>,
+) -> Result<Subscription> {
+    let pattern = topology.pattern.clone();
     let current: Current = Arc::default();
     let consumer = declare(&inner, &topology, &current)
         .await
@@ -148,8 +222,18 @@ async fn declare(inner: &Sessions, topology: &Topology, current: &Current) -> Re
             channel
                 .basic_qos(inner.config.options.prefetch, BasicQosOptions::default())
                 .await?;
-            let queue = match &topology.group_queue {
-                None => {
+            let queue = match (&topology.durable, &topology.group_queue) {
+                (Some(durable), _) => {
+                    let options = QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    };
+                    channel
+                        .queue_declare(durable.name.clone(), options, durable.arguments.clone())
+                        .await?;
+                    durable.name.clone()
+                }
+                (None, None) => {
                     let options = QueueDeclareOptions {
                         exclusive: true,
                         auto_delete: true,
@@ -161,7 +245,7 @@ async fn declare(inner: &Sessions, topology: &Topology, current: &Current) -> Re
                         .name()
                         .clone()
                 }
-                Some(name) => {
+                (None, Some(name)) => {
                     let options = QueueDeclareOptions {
                         auto_delete: true,
                         ..Default::default()
@@ -344,23 +428,127 @@ impl State {
                 }));
             }
         };
-        let headers = wire::from_field_table(properties.headers().as_ref());
-        let message = Message::from_parts(subject, Bytes::from(data), headers);
+        let mut headers = wire::from_field_table(properties.headers().as_ref());
+        let message = Message::from_parts(subject, Bytes::from(data), Headers::new());
         let acker = AmqpAcker {
             acker: Some(acker),
             subject: message.subject().clone(),
             dropped_unsettled: self.dropped_unsettled.clone(),
             prefetch: self.inner.config.options.prefetch,
         };
-        let delivery = Delivery::with_acker(message, Box::new(acker), redelivered);
-        Some(Ok(match properties.reply_to() {
+        let Some(durable) = &self.topology.durable else {
+            return Some(Ok(self.answering(
+                Delivery::with_acker(message.with_headers(headers), Box::new(acker), redelivered),
+                &properties,
+            )));
+        };
+        // The quorum queue counts returns in `x-delivery-count` (absent on
+        // the first delivery); it is the broker's, not the message's.
+        let returns = headers
+            .get(DELIVERY_COUNT_HEADER)
+            .and_then(|count| count.parse::<u32>().ok())
+            .unwrap_or(0);
+        headers.remove(DELIVERY_COUNT_HEADER);
+        let message = message.with_headers(headers);
+        let acker = DurableAcker::start(acker, durable.ack_wait);
+        let delivery = Delivery::with_acker(message, Box::new(acker), redelivered)
+            .with_delivery_count(returns.saturating_add(1));
+        Some(Ok(self.answering(delivery, &properties)))
+    }
+
+    /// `delivery`, answerable when it is a request (it has a `reply_to`).
+    fn answering(&self, delivery: Delivery, properties: &lapin::BasicProperties) -> Delivery {
+        match properties.reply_to() {
             None => delivery,
             Some(reply_to) => delivery.with_replier(Box::new(AmqpReply {
                 sessions: self.inner.clone(),
                 reply_to: reply_to.clone(),
                 correlation_id: properties.correlation_id().clone(),
             })),
-        }))
+        }
+    }
+}
+
+/// The header in which a quorum queue counts a message's returns.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// Acknowledges one delivery of a durable consumer, and gives it back
+/// (nack with requeue) once `ack_wait` is over unsettled: RabbitMQ has no
+/// per-consumer ack deadline (only a server-wide consumer timeout that
+/// closes the channel), so the adapter keeps it.
+struct DurableAcker {
+    slot: Arc<Mutex<Option<Box<AmqpAcker>>>>,
+    subject: Subject,
+}
+
+impl DurableAcker {
+    fn start(acker: AmqpAcker, ack_wait: Duration) -> Self {
+        let subject = acker.subject.clone();
+        let slot = Arc::new(Mutex::new(Some(Box::new(acker))));
+        let waiting = Arc::downgrade(&slot);
+        tokio::spawn(async move {
+            tokio::time::sleep(ack_wait).await;
+            let Some(slot) = waiting.upgrade() else {
+                return;
+            };
+            let acker = take(&slot);
+            if let Some(acker) = acker {
+                let _ = acker.nack(true).await;
+            }
+        });
+        DurableAcker { slot, subject }
+    }
+
+    fn take(&self) -> Option<Box<AmqpAcker>> {
+        take(&self.slot)
+    }
+}
+
+fn take(slot: &Mutex<Option<Box<AmqpAcker>>>) -> Option<Box<AmqpAcker>> {
+    match slot.lock() {
+        Ok(mut guard) => guard.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    }
+}
+
+impl fmt::Debug for DurableAcker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DurableAcker")
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Acknowledge for DurableAcker {
+    async fn ack(self: Box<Self>) -> Result<()> {
+        match self.take() {
+            Some(acker) => acker.ack().await,
+            None => Err(Error::Ack {
+                broker: KIND,
+                action: "ack",
+                subject: self.subject.to_string(),
+                reason: "ack_wait was over, so the adapter gave the message back for redelivery; acknowledge within ack_wait, or raise it".to_string(),
+            }),
+        }
+    }
+
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<()> {
+        match self.take() {
+            Some(acker) => acker.nack(requeue).await,
+            None => Ok(()),
+        }
+    }
+
+    fn supports_delay(&self) -> bool {
+        false
+    }
+
+    async fn nack_with_delay(self: Box<Self>, _delay: Duration) -> Result<()> {
+        Err(Error::unsupported(
+            KIND,
+            "delayed redelivery (nack with a delay)",
+        ))
     }
 }
 

@@ -29,11 +29,12 @@ pub(crate) enum Format {
 }
 
 impl Format {
-    /// The line (without its line break) that shows `message`.
-    pub(crate) fn line(self, message: &Message) -> String {
+    /// The line (without its line break) that shows `message`; in JSON,
+    /// with `delivery_count` when given (durable subscriptions).
+    pub(crate) fn line(self, message: &Message, delivery_count: Option<u32>) -> String {
         match self {
             Format::Text => text_line(message),
-            Format::Json => json_line(message),
+            Format::Json => json_line(message, delivery_count),
         }
     }
 }
@@ -62,10 +63,13 @@ struct JsonLine<'a> {
     payload: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery_count: Option<u32>,
 }
 
-/// `{"subject":...,"headers":{...},"payload":...}` (or `payload_base64`).
-pub(crate) fn json_line(message: &Message) -> String {
+/// `{"subject":...,"headers":{...},"payload":...}` (or `payload_base64`),
+/// plus `"delivery_count":N` when `delivery_count` is given.
+pub(crate) fn json_line(message: &Message, delivery_count: Option<u32>) -> String {
     let text = message.payload_str();
     let line = JsonLine {
         subject: message.subject().as_str(),
@@ -75,6 +79,7 @@ pub(crate) fn json_line(message: &Message) -> String {
             Some(_) => None,
             None => Some(base64::engine::general_purpose::STANDARD.encode(message.payload())),
         },
+        delivery_count,
     };
     // Serializing strings and a map with string keys cannot fail.
     serde_json::to_string(&line).unwrap_or_default()
@@ -206,17 +211,20 @@ mod tests {
     #[test]
     fn json_uses_payload_or_payload_base64() {
         let m = message(b"CPU \"at\" 98%", &[("severity", "high")]);
-        let value: serde_json::Value = serde_json::from_str(&json_line(&m)).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json_line(&m, None)).unwrap();
         assert_eq!(
             value,
             serde_json::json!({"subject": "alerts.cpu", "headers": {"severity": "high"}, "payload": "CPU \"at\" 98%"})
         );
         let value: serde_json::Value =
-            serde_json::from_str(&json_line(&message(b"\xde\xad\xbe\xef", &[]))).unwrap();
+            serde_json::from_str(&json_line(&message(b"\xde\xad\xbe\xef", &[]), None)).unwrap();
         assert_eq!(
             value,
             serde_json::json!({"subject": "alerts.cpu", "headers": {}, "payload_base64": "3q2+7w=="})
         );
-        assert!(!json_line(&message(b"a\nb", &[])).contains('\n'));
+        assert!(!json_line(&message(b"a\nb", &[]), None).contains('\n'));
+        let value: serde_json::Value =
+            serde_json::from_str(&json_line(&message(b"x", &[]), Some(3))).unwrap();
+        assert_eq!(value["delivery_count"], 3);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use switchboard::{AnyBroker, Pattern, QueueGroup, Subscription};
+use switchboard::{AnyBroker, Durable, Pattern, QueueGroup, Subscription};
 
 use crate::connection;
 use crate::format::Format;
@@ -21,6 +21,16 @@ Output (stdout, one line per message, flushed at once):
         that is not UTF-8 is shown as <N bytes, not UTF-8, base64 ...>.
   json  {\"subject\":\"alerts.cpu\",\"headers\":{\"severity\":\"high\"},\"payload\":\"CPU at 98%\"}
         A payload that is not UTF-8 comes as \"payload_base64\" instead of \"payload\".
+        With --durable, \"delivery_count\" says how many times the broker
+        delivered the message (1 the first time).
+
+With --durable NAME, `listen` creates the durable consumer NAME over the
+pattern, or resumes it: messages published while no listener of NAME ran
+were kept and come first. Each is acknowledged once its line is written,
+and only then removed; with --count N exactly N are acknowledged and the
+rest stay for the next run (those the broker had already handed to this run
+come again once --ack-wait is over). With --group G, NAME is this member and
+G the consumer the members share (each message to one of them).
 
 Once subscribed, `listening on 'PATTERN' at URL (Ctrl-C to stop)` is printed on
 stderr: a message sent after that line is received. Warnings (lost messages,
@@ -40,7 +50,8 @@ written.
 Examples:
   switchboard listen --on 'alerts.>'
   switchboard --broker redis listen --on 'alerts.*' --format json | jq .payload
-  switchboard listen --on jobs.resize --group resizers --count 1";
+  switchboard listen --on jobs.resize --group resizers --count 1
+  switchboard listen --on 'alerts.>' --durable pager --count 10";
 
 /// Arguments of `switchboard listen`.
 #[derive(Debug, clap::Args)]
@@ -51,9 +62,20 @@ pub struct ListenArgs {
     #[arg(long, value_name = "PATTERN")]
     pub(crate) on: String,
 
-    /// Join queue group NAME: each message goes to one member of the group.
+    /// Join queue group NAME: each message goes to one member of the group
+    /// (with --durable: the durable consumer the members share).
     #[arg(long, value_name = "NAME")]
     pub(crate) group: Option<String>,
+
+    /// Listen as durable consumer NAME (letters, digits, `-`, `_`): created
+    /// on first use, resumed afterwards; what was published meanwhile is kept.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) durable: Option<String>,
+
+    /// With --durable: how long a message may stay unacknowledged before the
+    /// broker delivers it again (at least 1s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s", requires = "durable")]
+    pub(crate) ack_wait: Duration,
 
     /// Exit after N messages.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -90,12 +112,22 @@ enum Stop {
 pub(crate) async fn run(url: &str, args: ListenArgs) -> anyhow::Result<ExitCode> {
     // Everything the user typed is checked before connecting.
     let pattern = Pattern::new(&args.on)?;
-    let group = args.group.as_deref().map(QueueGroup::new).transpose()?;
+    let mode = match (&args.durable, &args.group) {
+        (Some(name), group) => {
+            let durable = Durable::new(name)?.ack_wait(args.ack_wait);
+            Mode::Durable(match group {
+                Some(group) => durable.group(group)?,
+                None => durable,
+            })
+        }
+        (None, Some(group)) => Mode::Group(QueueGroup::new(group)?),
+        (None, None) => Mode::Plain,
+    };
     // Installed before the ready line, so a signal right after it is ours to handle.
     let mut signals = Signals::install()?;
     let stdout = Stdout::start().context("cannot start writing to stdout")?;
 
-    let subscribing = subscribe(url, &pattern, group.as_ref());
+    let subscribing = subscribe(url, &pattern, &mode);
     let (broker, mut subscription) = tokio::select! {
         subscribed = subscribing => subscribed?,
         signal = signals.recv() => {
@@ -105,10 +137,16 @@ pub(crate) async fn run(url: &str, args: ListenArgs) -> anyhow::Result<ExitCode>
         }
     };
     let shown_url = connection::display_url(url);
-    let in_group = group
-        .as_ref()
-        .map(|g| format!(" in group '{g}'"))
-        .unwrap_or_default();
+    let in_group = match &mode {
+        Mode::Plain => String::new(),
+        Mode::Group(group) => format!(" in group '{group}'"),
+        Mode::Durable(durable) if durable.group.is_some() => format!(
+            " as member '{}' of durable consumer '{}'",
+            durable.name,
+            durable.consumer()
+        ),
+        Mode::Durable(durable) => format!(" as durable consumer '{}'", durable.consumer()),
+    };
     eprintln!("listening on '{pattern}'{in_group} at {shown_url} (Ctrl-C to stop)");
 
     let mut received = 0u64;
@@ -170,17 +208,28 @@ pub(crate) async fn run(url: &str, args: ListenArgs) -> anyhow::Result<ExitCode>
     }
 }
 
+/// How `listen` subscribes.
+enum Mode {
+    /// Every matching message.
+    Plain,
+    /// As a member of a queue group.
+    Group(QueueGroup),
+    /// As (a member of) a durable consumer.
+    Durable(Durable),
+}
+
 /// Connects and subscribes, closing the connection again if subscribing fails.
 async fn subscribe(
     url: &str,
     pattern: &Pattern,
-    group: Option<&QueueGroup>,
+    mode: &Mode,
 ) -> anyhow::Result<(AnyBroker, Subscription)> {
     let broker = connection::connect(url).await?;
     connection::warn_if_in_process(&broker);
-    let subscribed = match group {
-        Some(group) => broker.subscribe_group(pattern, group).await,
-        None => broker.subscribe(pattern).await,
+    let subscribed = match mode {
+        Mode::Plain => broker.subscribe(pattern).await,
+        Mode::Group(group) => broker.subscribe_group(pattern, group).await,
+        Mode::Durable(durable) => broker.subscribe_durable(pattern, durable).await,
     };
     match subscribed {
         Ok(subscription) => Ok((broker, subscription)),
@@ -217,7 +266,7 @@ async fn receive(
             }
             Some(Ok(delivery)) => delivery,
         };
-        let line = format.line(delivery.message());
+        let line = format.line(delivery.message(), delivery.delivery_count());
         // A message the broker would redeliver is acknowledged only once its
         // line is out; the others need not wait for the writer.
         let acknowledgeable = delivery.is_acknowledgeable();

@@ -573,3 +573,110 @@ fn the_example_config_is_valid() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A durable route whose command always fails, with `max_deliver = 3` and
+/// one attempt per delivery: each message is delivered three times, reaches
+/// the dead letter exactly once, and a durable listener of the dead letters
+/// started after the worker stopped still reads them.
+#[tokio::test(flavor = "multi_thread")]
+async fn durable_route_dead_letters_a_poison_message_once() {
+    let Some(broker) = nats_or_skip("durable_route_dead_letters_a_poison_message_once").await
+    else {
+        return;
+    };
+    let prefix = unique("poison");
+    let name = prefix.replace('.', "-");
+    let dlq_pattern: switchboard::Pattern = format!("dlq.{prefix}.>").parse().unwrap();
+    let dlq_reader = switchboard::Durable::new(&format!("{name}-dlq")).unwrap();
+    // The dead letters' durable consumer exists before the worker runs.
+    drop(
+        broker
+            .subscribe_durable(&dlq_pattern, &dlq_reader)
+            .await
+            .unwrap(),
+    );
+    let dir = TempDir::new("poison");
+    let tries = dir.path("tries.txt");
+    let config = dir.write(
+        "reactions.toml",
+        &format!(
+            r#"
+[[route]]
+on = "{prefix}.jobs.*"
+durable = "{name}-worker"
+max_deliver = 3
+attempts = 1
+exec = ["sh", "-c", "cat >> {tries}; echo >> {tries}; exit 3"]
+"#,
+            tries = tries.display()
+        ),
+    );
+    let worker = WorkerProcess::start(&nats_url(), &config, &[]);
+    for n in 0..3 {
+        publish(
+            &broker,
+            Message::new(format!("{prefix}.jobs.resize"), format!("img-{n}")).unwrap(),
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&tries).unwrap_or_default();
+        if text.lines().count() >= 9 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not 9 tries (3 messages × 3 deliveries): {text:?}; stderr:\n{}",
+            worker.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.wait_line("dead-lettered");
+    worker.interrupt();
+    let (status, _stdout, stderr) = worker.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+    assert!(stderr.contains("3 dead-lettered"), "{stderr}");
+    let text = std::fs::read_to_string(&tries).unwrap();
+    for n in 0..3 {
+        assert_eq!(
+            text.lines().filter(|l| *l == format!("img-{n}")).count(),
+            3,
+            "deliveries of img-{n}: {text:?}"
+        );
+    }
+    let mut dead = broker
+        .subscribe_durable(&dlq_pattern, &dlq_reader)
+        .await
+        .unwrap();
+    let mut letters = Vec::new();
+    for _ in 0..3 {
+        let mut delivery = tokio::time::timeout(Duration::from_secs(20), dead.next())
+            .await
+            .expect("a dead letter in time")
+            .expect("subscription open")
+            .expect("no error");
+        letters.push(delivery.payload_str().unwrap().to_string());
+        delivery.ack().await.unwrap();
+    }
+    letters.sort();
+    assert_eq!(letters, ["img-0", "img-1", "img-2"]);
+    match tokio::time::timeout(Duration::from_secs(2), dead.next()).await {
+        Err(_) => {}
+        Ok(other) => panic!("a message was dead-lettered twice: {other:?}"),
+    }
+    drop(dead);
+    let worker_durable = switchboard::Durable::new(&format!("{name}-worker")).unwrap();
+    broker
+        .remove_durable(
+            &format!("{prefix}.jobs.*").parse().unwrap(),
+            &worker_durable,
+        )
+        .await
+        .unwrap();
+    broker
+        .remove_durable(&dlq_pattern, &dlq_reader)
+        .await
+        .unwrap();
+    broker.close().await.unwrap();
+}

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use switchboard_core::{
-    redact_url, Broker, Capabilities, Error, Pattern, QueueGroup, Result, Subject,
+    redact_url, Broker, Capabilities, Durable, Error, Pattern, QueueGroup, Result, Subject,
+    Subscription,
 };
 
 /// How long connecting may take before the broker counts as not answering.
@@ -194,6 +195,8 @@ pub struct Context {
     broker: Arc<dyn Broker>,
     prefix: String,
     connections: Mutex<Vec<Arc<dyn Broker>>>,
+    /// Durable consumers the case created, removed by [`Context::finish`].
+    durables: Mutex<Vec<(Pattern, Durable)>>,
 }
 
 impl Context {
@@ -213,6 +216,7 @@ impl Context {
             connector,
             prefix: format!("cf.{:016x}", rand::random::<u64>()),
             connections: Mutex::new(vec![broker.clone()]),
+            durables: Mutex::new(Vec::new()),
             broker,
         }
     }
@@ -290,14 +294,85 @@ impl Context {
         }
     }
 
+    /// A durable consumer name unique to this case, `cf-<16 hex digits>-<name>`
+    /// (consumer names cannot hold dots), with the default settings. Panics if invalid.
+    pub fn durable(&self, name: &str) -> Durable {
+        let text = format!("{}-{name}", self.prefix.replace('.', "-"));
+        Durable::new(&text).unwrap_or_else(|e| panic!("{}: test durable: {e}", self.case))
+    }
+
+    /// Subscribes `broker` to the durable consumer `durable` over `pattern`,
+    /// failing the case if it fails or hangs, and remembers the consumer so
+    /// that [`Context::finish`] removes it from the broker.
+    pub async fn subscribe_durable(
+        &self,
+        broker: &Arc<dyn Broker>,
+        pattern: &Pattern,
+        durable: &Durable,
+    ) -> Subscription {
+        {
+            let mut durables = self.durables.lock().unwrap_or_else(|p| p.into_inner());
+            if !durables
+                .iter()
+                .any(|(p, d)| p == pattern && d.consumer() == durable.consumer())
+            {
+                durables.push((pattern.clone(), durable.clone()));
+            }
+        }
+        let subscribed = tokio::time::timeout(
+            crate::RECEIVE_TIMEOUT,
+            broker.subscribe_durable(pattern, durable),
+        )
+        .await;
+        match subscribed {
+            Ok(Ok(subscription)) => subscription,
+            Ok(Err(error)) => panic!(
+                "{}: subscribe_durable to {pattern:?} as {:?} failed: {error}",
+                self.case,
+                durable.consumer()
+            ),
+            Err(_) => panic!(
+                "{}: subscribe_durable to {pattern:?} as {:?} did not resolve within {:?}",
+                self.case,
+                durable.consumer(),
+                crate::RECEIVE_TIMEOUT
+            ),
+        }
+    }
+
     /// Prints `skipped: <broker> <case>: <reason>` to stderr, for a check the
     /// broker's capabilities rule out.
     pub fn skip(&self, reason: impl fmt::Display) {
         eprintln!("skipped: {} {}: {reason}", self.broker_name, self.case);
     }
 
-    /// Closes every connection of this context, failing if a close fails.
+    /// Removes the durable consumers made with [`Context::subscribe_durable`]
+    /// from the broker, then closes every connection of this context, failing
+    /// if a removal or a close fails.
     pub async fn finish(&self) {
+        let durables =
+            std::mem::take(&mut *self.durables.lock().unwrap_or_else(|p| p.into_inner()));
+        for (pattern, durable) in durables {
+            let removed = tokio::time::timeout(
+                crate::FLUSH_TIMEOUT,
+                self.broker.remove_durable(&pattern, &durable),
+            )
+            .await;
+            match removed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!(
+                    "{}: removing durable consumer {:?} failed: {e}",
+                    self.case,
+                    durable.consumer()
+                ),
+                Err(_) => panic!(
+                    "{}: removing durable consumer {:?} did not finish within {:?}",
+                    self.case,
+                    durable.consumer(),
+                    crate::FLUSH_TIMEOUT
+                ),
+            }
+        }
         let connections =
             std::mem::take(&mut *self.connections.lock().unwrap_or_else(|p| p.into_inner()));
         for broker in connections {

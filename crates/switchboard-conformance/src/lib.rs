@@ -161,6 +161,15 @@ macro_rules! suite {
             no_delivery_before_subscribe
             ack_and_nack
             dropped_delivery_is_redelivered
+            durable_keeps_messages_while_away
+            durable_ack_removes
+            durable_nack_redelivers_with_count
+            durable_nack_with_delay
+            durable_ack_wait_redelivers
+            durable_max_deliver_stops
+            durable_group_shares_work
+            durable_resume_continues
+            durable_wildcard_pattern
             close_rejects_publish_and_subscribe
             close_ends_subscriptions
             close_flushes_pending_publishes

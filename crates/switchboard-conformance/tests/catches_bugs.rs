@@ -34,6 +34,20 @@ enum Fault {
     StatusIgnoresClose,
     /// Loses the headers of a reply.
     DropsReplyHeaders,
+    /// A durable subscription is a plain one: nothing is kept while away.
+    DurableAsFanOut,
+    /// Acknowledgements of durable deliveries never reach the broker.
+    DurableLosesAcks,
+    /// A durable nack acknowledges instead of asking for redelivery.
+    DurableNackAcks,
+    /// A nack with a delay redelivers at once.
+    DurableIgnoresDelay,
+    /// Durable consumers get the default ack wait (30 s) whatever was asked.
+    DurableIgnoresAckWait,
+    /// Durable consumers have no delivery limit whatever was asked.
+    DurableIgnoresMaxDeliver,
+    /// Every member of a durable group gets a consumer of its own.
+    DurableIgnoresGroup,
 }
 
 #[derive(Debug, Clone)]
@@ -103,7 +117,41 @@ impl Subscriber for Faulty {
         pattern: &Pattern,
         durable: &Durable,
     ) -> Result<Subscription> {
-        self.inner.subscribe_durable(pattern, durable).await
+        let mut durable = durable.clone();
+        let mut pattern = pattern.clone();
+        match self.fault {
+            Fault::DurableAsFanOut => return self.inner.subscribe(&pattern).await,
+            Fault::DurableIgnoresAckWait => durable.ack_wait = switchboard_core::DEFAULT_ACK_WAIT,
+            Fault::DurableIgnoresMaxDeliver => durable.max_deliver = None,
+            Fault::DurableIgnoresGroup => durable.group = None,
+            Fault::LooseWildcards if !pattern.is_literal() => {
+                let first: Vec<&str> = pattern.as_str().split('.').take(2).collect();
+                pattern = Pattern::new(&format!("{}.>", first.join(".")))?;
+            }
+            _ => {}
+        }
+        let subscription = self.inner.subscribe_durable(&pattern, &durable).await?;
+        let fault = self.fault;
+        let stream = subscription.map(move |item| {
+            item.map(|delivery| {
+                let message = delivery.message().clone();
+                let (redelivered, count) = (delivery.redelivered(), delivery.delivery_count());
+                let wrapped = Delivery::with_acker(
+                    message,
+                    Box::new(FaultyAck { delivery, fault }),
+                    redelivered,
+                );
+                match count {
+                    Some(count) => wrapped.with_delivery_count(count),
+                    None => wrapped,
+                }
+            })
+        });
+        Ok(Subscription::new(pattern, None, stream))
+    }
+
+    async fn remove_durable(&self, pattern: &Pattern, durable: &Durable) -> Result<()> {
+        self.inner.remove_durable(pattern, durable).await
     }
 }
 
@@ -154,6 +202,94 @@ async fn context(fault: Fault) -> Context {
         }),
     );
     suite.context_or_skip("catches_bugs", true).await.unwrap()
+}
+
+/// Settles a durable delivery of [`Faulty`], with its fault.
+#[derive(Debug)]
+struct FaultyAck {
+    delivery: Delivery,
+    fault: Fault,
+}
+
+#[async_trait]
+impl Acknowledge for FaultyAck {
+    async fn ack(mut self: Box<Self>) -> Result<()> {
+        match self.fault {
+            // Dropping the delivery leaves it unacknowledged.
+            Fault::DurableLosesAcks => Ok(()),
+            _ => self.delivery.ack().await,
+        }
+    }
+    async fn nack(mut self: Box<Self>, requeue: bool) -> Result<()> {
+        match self.fault {
+            Fault::DurableNackAcks => self.delivery.ack().await,
+            _ if requeue => self.delivery.nack().await,
+            _ => self.delivery.reject().await,
+        }
+    }
+    fn supports_delay(&self) -> bool {
+        true
+    }
+    async fn nack_with_delay(mut self: Box<Self>, delay: Duration) -> Result<()> {
+        match self.fault {
+            Fault::DurableIgnoresDelay => self.delivery.nack().await,
+            _ => self.delivery.nack_with_delay(delay).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "received 0 of 5 deliveries")]
+async fn durable_as_fan_out_fails_while_away() {
+    cases::durable_keeps_messages_while_away(&context(Fault::DurableAsFanOut).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "received 0 of 6 deliveries")]
+async fn durable_as_fan_out_fails_resume() {
+    cases::durable_resume_continues(&context(Fault::DurableAsFanOut).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "received a message it should not have")]
+async fn durable_lost_acks_fail() {
+    cases::durable_ack_removes(&context(Fault::DurableLosesAcks).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "received nothing within")]
+async fn durable_nack_that_acks_fails() {
+    cases::durable_nack_redelivers_with_count(&context(Fault::DurableNackAcks).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "received a message it should not have")]
+async fn durable_ignored_delay_fails() {
+    cases::durable_nack_with_delay(&context(Fault::DurableIgnoresDelay).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "received nothing within")]
+async fn durable_ignored_ack_wait_fails() {
+    cases::durable_ack_wait_redelivers(&context(Fault::DurableIgnoresAckWait).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "received a message it should not have")]
+async fn durable_ignored_max_deliver_fails() {
+    cases::durable_max_deliver_stops(&context(Fault::DurableIgnoresMaxDeliver).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "expected delivery count 2")]
+async fn durable_ignored_group_fails() {
+    cases::durable_group_shares_work(&context(Fault::DurableIgnoresGroup).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "the messages a durable wildcard pattern kept")]
+async fn durable_loose_wildcards_fail() {
+    cases::durable_wildcard_pattern(&context(Fault::LooseWildcards).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,6 +435,10 @@ impl Subscriber for AcksOnDrop {
         Ok(acking_on_drop(
             self.0.subscribe_durable(pattern, durable).await?,
         ))
+    }
+
+    async fn remove_durable(&self, pattern: &Pattern, durable: &Durable) -> Result<()> {
+        self.0.remove_durable(pattern, durable).await
     }
 }
 

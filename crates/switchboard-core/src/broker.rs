@@ -52,6 +52,16 @@ pub trait Subscriber: Send + Sync + Debug {
     /// broker has no durable mode ([`Capabilities::durable`]).
     async fn subscribe_durable(&self, pattern: &Pattern, durable: &Durable)
         -> Result<Subscription>;
+
+    /// Deletes the durable consumer `durable` over `pattern` and what the
+    /// broker keeps for it (its messages not yet acknowledged are gone), for
+    /// consumers that are retired and for tests that clean up. Removing a
+    /// consumer that does not exist succeeds; members still subscribed stop
+    /// receiving (or get an error item) as the broker decides.
+    ///
+    /// Returns [`Error::Unsupported`](crate::Error::Unsupported) where the
+    /// broker has no durable mode ([`Capabilities::durable`]).
+    async fn remove_durable(&self, pattern: &Pattern, durable: &Durable) -> Result<()>;
 }
 
 /// A connection to one broker: publish, subscribe, declare what it provides, close.
@@ -110,6 +120,9 @@ macro_rules! forward_pointer {
             }
             async fn subscribe_durable(&self, pattern: &Pattern, durable: &Durable) -> Result<Subscription> {
                 (**self).subscribe_durable(pattern, durable).await
+            }
+            async fn remove_durable(&self, pattern: &Pattern, durable: &Durable) -> Result<()> {
+                (**self).remove_durable(pattern, durable).await
             }
         }
 

@@ -6,6 +6,15 @@
 //! lost while a subscriber keeps up — and a subscriber that stops reading
 //! stops its publishers. Handles made from the same name share one hub, so
 //! `memory://` connects one process's publishers to its subscribers.
+//!
+//! Durable consumers ([`Subscriber::subscribe_durable`]) live in the hub:
+//! messages published on their pattern are kept while no member reads them,
+//! each goes to one member, and is forgotten once acknowledged; a nack, a
+//! nack with a delay or a missing ack within `ack_wait` delivers it again
+//! with a higher delivery count, up to `max_deliver` deliveries. They live
+//! as long as the hub (the process), never longer.
+
+mod durable;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,7 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     Broker, Capabilities, ConnectionStatus, Delivery, Durable, Error, Headers, Message, Pattern,
@@ -86,6 +95,8 @@ struct Hub {
     next_id: AtomicU64,
     /// Round-robin cursor per queue group.
     cursors: Mutex<HashMap<QueueGroup, usize>>,
+    /// The durable consumers, which keep messages while nobody reads them.
+    durables: durable::Consumers,
 }
 
 impl Hub {
@@ -166,6 +177,8 @@ pub struct MemoryBroker {
     handle: u64,
     capacity: usize,
     closed: Arc<AtomicBool>,
+    /// Set to true by `close`: ends this handle's durable subscriptions.
+    shutdown: Arc<watch::Sender<bool>>,
 }
 
 impl MemoryBroker {
@@ -216,6 +229,7 @@ impl MemoryBroker {
             handle: NEXT_HANDLE.fetch_add(1, Ordering::Relaxed) as u64,
             capacity: DEFAULT_CAPACITY,
             closed: Arc::new(AtomicBool::new(false)),
+            shutdown: Arc::new(watch::channel(false).0),
         }
     }
 
@@ -341,6 +355,9 @@ impl MemoryBroker {
     /// of each matching group; returns how many subscriptions it reached.
     async fn deliver(&self, message: Message, reply: Option<ReplySlot>) -> Result<usize> {
         self.check_open()?;
+        if reply.is_none() {
+            self.hub.durables.keep(&message);
+        }
         let targets = self.hub.targets(message.subject().as_str());
         let last = targets.len().saturating_sub(1);
         let mut reached = 0;
@@ -401,11 +418,29 @@ impl Subscriber for MemoryBroker {
 
     async fn subscribe_durable(
         &self,
-        _pattern: &Pattern,
-        _durable: &Durable,
+        pattern: &Pattern,
+        durable: &Durable,
     ) -> Result<Subscription> {
         self.check_open()?;
-        Err(Error::unsupported(KIND, "durable subscriptions"))
+        let consumer = self.hub.durables.open(pattern, durable);
+        let mut shutdown = self.shutdown.subscribe();
+        let closed = async move {
+            // A handle dropped without `close` leaves its subscriptions running.
+            if shutdown.wait_for(|closed| *closed).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        Ok(Subscription::new(
+            pattern.clone(),
+            None,
+            durable::deliveries(consumer).take_until(closed),
+        ))
+    }
+
+    async fn remove_durable(&self, _pattern: &Pattern, durable: &Durable) -> Result<()> {
+        self.check_open()?;
+        self.hub.durables.remove(durable.consumer());
+        Ok(())
     }
 }
 
@@ -423,6 +458,9 @@ impl Broker for MemoryBroker {
             native_wildcards: true,
             ordered_per_publisher: true,
             request_reply: true,
+            durable: true,
+            delivery_count: true,
+            nack_delay: true,
             ..Capabilities::NONE
         }
     }
@@ -460,6 +498,7 @@ impl Broker for MemoryBroker {
     async fn close(&self) -> Result<()> {
         if !self.closed.swap(true, Ordering::AcqRel) {
             self.hub.remove_handle(self.handle);
+            self.shutdown.send_replace(true);
         }
         Ok(())
     }

@@ -80,15 +80,23 @@ async fn bad_text_is_refused_before_the_broker_sees_it() {
 
 #[tokio::test]
 async fn subscribe_durable_to_reaches_the_broker() {
-    // The memory broker has no durable mode: the broker's own answer comes back.
+    // The memory broker keeps what is published for the durable consumer.
     let broker = MemoryBroker::new();
     let durable = Durable::new("billing").unwrap();
-    let error = broker
+    let first = broker
         .subscribe_durable_to("orders.>", &durable)
         .await
-        .unwrap_err();
-    assert!(
-        matches!(&error, Error::Unsupported { broker: "memory", feature } if feature.contains("durable")),
-        "{error}"
-    );
+        .unwrap();
+    drop(first);
+    broker.publish_to("orders.42", "kept").await.unwrap();
+    let mut back = broker
+        .subscribe_durable_to("orders.>", &durable)
+        .await
+        .unwrap();
+    assert_eq!(next_payload(&mut back).await, "kept");
+    // A malformed pattern is refused before the broker sees it.
+    assert!(matches!(
+        broker.subscribe_durable_to("orders..x", &durable).await,
+        Err(Error::InvalidPattern { .. })
+    ));
 }

@@ -93,6 +93,10 @@ impl Subscriber for EchoBroker {
     ) -> Result<Subscription> {
         self.memory.subscribe_durable(pattern, durable).await
     }
+
+    async fn remove_durable(&self, pattern: &Pattern, durable: &Durable) -> Result<()> {
+        self.memory.remove_durable(pattern, durable).await
+    }
 }
 
 #[async_trait]

@@ -152,6 +152,13 @@ impl Subscriber for MqttBroker {
             "durable subscriptions (MQTT has no negative acknowledgement and redelivers only on a new connection of the same session; rumqttc cannot leave a message unacknowledged when a delivery is dropped)",
         ))
     }
+
+    async fn remove_durable(&self, _pattern: &Pattern, _durable: &Durable) -> Result<()> {
+        Err(Error::unsupported(
+            KIND,
+            "durable subscriptions (there is no durable consumer to remove on MQTT)",
+        ))
+    }
 }
 
 #[async_trait]

@@ -14,9 +14,10 @@ use switchboard_core::{
 use crate::connection::{self, Registry};
 use crate::error::ClientError;
 use crate::options::NatsOptions;
-use crate::{publisher, subscription, KIND};
+use crate::{durable, publisher, subscription, KIND};
 
-/// A connection to a NATS server (core NATS, no JetStream).
+/// A connection to a NATS server: core NATS, and JetStream for durable
+/// subscriptions.
 ///
 /// Cheap to clone: clones share the connection, and closing one closes them
 /// all. See the [crate documentation](crate) for URLs, options, capabilities,
@@ -52,6 +53,10 @@ pub(crate) struct Shared {
     /// The URL, password redacted.
     url: String,
     pub(crate) options: NatsOptions,
+    /// JetStream, for durable subscriptions and stored publishes.
+    pub(crate) jetstream: async_nats::jetstream::Context,
+    /// The subjects JetStream streams capture, and PubAcks to await.
+    pub(crate) captured: durable::Captured,
 }
 
 impl NatsBroker {
@@ -66,6 +71,14 @@ impl NatsBroker {
     /// Connects to `url` with `options` (the URL's query overrides them).
     pub async fn connect_with(url: &str, options: NatsOptions) -> Result<Self> {
         let connection = connection::open(url, options).await?;
+        let captured = durable::Captured::default();
+        durable::load_captured(
+            &connection.client,
+            &captured,
+            connection.options.flush_timeout,
+        )
+        .await;
+        let jetstream = async_nats::jetstream::new(connection.client.clone());
         Ok(NatsBroker {
             shared: Arc::new(Shared {
                 client: connection.client,
@@ -73,6 +86,8 @@ impl NatsBroker {
                 closed: AtomicBool::new(false),
                 url: switchboard_core::redact_url(url),
                 options: connection.options,
+                jetstream,
+                captured,
             }),
         })
     }
@@ -136,10 +151,16 @@ impl Subscriber for NatsBroker {
 
     async fn subscribe_durable(
         &self,
-        _pattern: &Pattern,
-        _durable: &Durable,
+        pattern: &Pattern,
+        durable: &Durable,
     ) -> Result<Subscription> {
-        Err(Error::unsupported(KIND, "durable subscriptions (not yet)"))
+        self.check_open()?;
+        durable::subscribe(&self.shared, pattern, durable).await
+    }
+
+    async fn remove_durable(&self, pattern: &Pattern, durable: &Durable) -> Result<()> {
+        self.check_open()?;
+        durable::remove(&self.shared, pattern, durable).await
     }
 }
 
@@ -158,6 +179,10 @@ impl Broker for NatsBroker {
         capabilities.native_wildcards = true;
         capabilities.ordered_per_publisher = true;
         capabilities.request_reply = true;
+        capabilities.durable = true;
+        capabilities.durable_storage = true;
+        capabilities.delivery_count = true;
+        capabilities.nack_delay = true;
         capabilities.max_payload = Some(self.shared.client.max_payload());
         capabilities
     }

@@ -113,8 +113,68 @@
 //!
 //! `queue_groups`, `native_headers`, `headers`, `native_wildcards`,
 //! `ordered_per_publisher` and `request_reply` are true; `ack`, `redelivery` and `persistence` are
-//! false (core NATS keeps nothing; deliveries carry no acknowledgement, `ack` is a
-//! no-op); `max_payload` is the server's, from its `INFO`.
+//! false for plain subscriptions (core NATS keeps nothing; deliveries carry no
+//! acknowledgement, `ack` is a no-op); `durable`, `durable_storage`,
+//! `delivery_count` and `nack_delay` are true (JetStream, see below);
+//! `max_payload` is the server's, from its `INFO`.
+//!
+//! # Durable subscriptions (JetStream)
+//!
+//! [`subscribe_durable`](switchboard_core::Subscriber::subscribe_durable)
+//! needs a server with JetStream (`nats-server -js`, with `-sd DIR` for
+//! where it stores). It maps to:
+//!
+//! - **a stream** capturing the pattern: the server's stream whose subjects
+//!   already cover it if there is one (if a stream covers only part of the
+//!   pattern, subscribing fails saying so), else one provisioned for it,
+//!   named `switchboard-<pattern>-<hash>` ([`STREAM_PREFIX`]), with file
+//!   storage, keeping each message [`STREAM_MAX_AGE`] (7 days; an operator
+//!   may change the stream's limits): a consumer away longer loses what is
+//!   older. Acknowledged messages stay in the stream until then (limits
+//!   retention; with interest retention nats-server 2.9.10 dropped the backlog of a
+//!   consumer that was away across a restart). A stream captures plain
+//!   publishes, so publishers and their URL do not change.
+//! - **a durable pull consumer** named [`Durable::consumer`](switchboard_core::Durable::consumer)
+//!   (the group when set), filtering the pattern, delivering messages
+//!   published after it was first created (a start sequence, so that a
+//!   server restart before its first delivery does not move it), with
+//!   explicit acks, `ack_wait` and `max_deliver` from the [`Durable`](switchboard_core::Durable)
+//!   (a later member's settings update the consumer). Members of one group
+//!   pull from the same consumer, 64 messages a pull, so they share its
+//!   messages. Fetched messages wait in the client until the member takes
+//!   them; those a member fetched but never handed out when it went away
+//!   reach another member (or the next run) once `ack_wait` is over.
+//!   JetStream counts every fetch as a delivery, so such a message, or one
+//!   that waited in the client past `ack_wait`, comes with a higher delivery
+//!   count (and uses up one of `max_deliver`). (Giving them back with `-NAK`
+//!   on close was tried: nats-server 2.9.10 then delivered some twice.)
+//! - deliveries: `ack` is `+ACK`, `nack` is `-NAK` (with a delay for
+//!   `nack_with_delay`), `reject` is `+TERM`; the delivery count is JetStream's
+//!   `delivered` count. A missed heartbeat (server or link down) is an
+//!   [`Error::Disconnected`](switchboard_core::Error::Disconnected) item; the
+//!   client pulls again and what was not acknowledged is delivered again. The
+//!   stream ends when the consumer is deleted.
+//!   [`remove_durable`](switchboard_core::Subscriber::remove_durable) deletes
+//!   the consumer, and the stream too when the adapter provisioned it and no
+//!   consumer is left.
+//!
+//! **`flush` means stored** for subjects a stream captures: each connection
+//! lists the server's streams when it connects and learns the stream of each
+//! durable subscription it makes; a message on a subject one of them captures
+//! is published as a JetStream publish, and `flush` waits for the PubAcks
+//! (failing with [`Error::Flush`](switchboard_core::Error::Flush) if JetStream
+//! did not store one). Other subjects take the plain path, which only checks
+//! one flag while no stream is known. A stream created by another process
+//! after this connection connected still captures its publishes, but `flush`
+//! then confirms only that the server received them. A stream deleted after
+//! this connection learned of it costs the next `flush` one JetStream
+//! timeout (5 s): it then finds no stream, succeeds, and the connection
+//! publishes those subjects plainly again.
+//!
+//! A JetStream publish is a request for the server's PubAck, so plain
+//! subscribers of a captured subject see its reply subject: such a delivery
+//! says [`is_request`](switchboard_core::Delivery::is_request), and a reply to
+//! it reaches the publisher's PubAck inbox after the PubAck and is ignored.
 //!
 //! # Wire mapping
 //!
@@ -210,6 +270,7 @@
 mod auth;
 mod broker;
 mod connection;
+mod durable;
 mod error;
 mod options;
 mod publisher;
@@ -220,6 +281,7 @@ mod wire;
 use std::sync::Arc;
 
 pub use broker::NatsBroker;
+pub use durable::{STREAM_MAX_AGE, STREAM_PREFIX};
 pub use options::{
     NatsOptions, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_KEEPALIVE, QUERY_KEYS,

@@ -33,6 +33,16 @@ pub(crate) async fn publish(shared: &Shared, message: Message) -> Result<()> {
         Some(map)
     };
     let nats_subject = wire::nats_subject(&subject)?;
+    if shared.captured.captures(&subject) {
+        return Box::pin(publish_stored(
+            shared,
+            &subject,
+            nats_subject,
+            payload,
+            headers,
+        ))
+        .await;
+    }
     let client = &shared.client;
     // Built in place, and awaited here rather than in a helper taking it
     // by value: this future is boxed on every call, and a copy of the
@@ -128,8 +138,33 @@ fn timed_out(subject: &Subject, after: Duration) -> Error {
     }
 }
 
-/// Waits until the server has processed everything published before.
+/// Publishes on a subject a JetStream stream captures: as a JetStream
+/// publish, whose PubAck the next `flush` awaits (out of line, so that the
+/// plain path's future stays small).
+async fn publish_stored(
+    shared: &Shared,
+    subject: &Subject,
+    nats_subject: async_nats::Subject,
+    payload: bytes::Bytes,
+    headers: Option<async_nats::HeaderMap>,
+) -> Result<()> {
+    if shared.captured.pending_len() >= crate::durable::MAX_PENDING_ACKS {
+        crate::durable::confirm_pending(shared).await?;
+    }
+    crate::durable::publish(shared, nats_subject, payload, headers)
+        .await
+        .map_err(|e| Error::Publish {
+            broker: KIND,
+            subject: subject.to_string(),
+            reason: "JetStream did not take the message".to_string(),
+            source: Some(Box::new(e)),
+        })
+}
+
+/// Waits until the server has processed everything published before, and
+/// JetStream has stored what was published on subjects its streams capture.
 pub(crate) async fn flush(shared: &Shared) -> Result<()> {
+    crate::durable::confirm_pending(shared).await?;
     round_trip(
         &shared.client,
         &shared.registry.link,

@@ -172,7 +172,17 @@ impl Subscriber for RedisBroker {
         _pattern: &Pattern,
         _durable: &Durable,
     ) -> Result<Subscription> {
-        Err(Error::unsupported(KIND, "durable subscriptions (not yet)"))
+        Err(Error::unsupported(
+            KIND,
+            "durable subscriptions yet (Redis Streams are planned; NATS with JetStream and RabbitMQ have them)",
+        ))
+    }
+
+    async fn remove_durable(&self, _pattern: &Pattern, _durable: &Durable) -> Result<()> {
+        Err(Error::unsupported(
+            KIND,
+            "durable subscriptions yet (Redis Streams are planned; NATS with JetStream and RabbitMQ have them)",
+        ))
     }
 }
 

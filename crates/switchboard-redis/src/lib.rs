@@ -95,6 +95,7 @@
 //! | order | per publisher, as Redis keeps it |
 //! | ack, redelivery, persistence | no: a message published while nobody subscribes is gone |
 //! | request/reply | yes (see [Request/reply](#requestreply)) |
+//! | durable subscriptions | not yet: [`subscribe_durable`](switchboard_core::Subscriber::subscribe_durable) and `remove_durable` return `Unsupported` (Redis Streams are the planned mapping); use NATS with JetStream or RabbitMQ for alerts that must not be lost |
 //! | max payload | the server's `proto-max-bulk-len` (512 MiB by default), envelope included |
 //!
 //! # Request/reply

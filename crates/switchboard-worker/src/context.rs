@@ -20,6 +20,9 @@ pub struct Context {
     message: Arc<Message>,
     attempt: u32,
     redelivered: bool,
+    /// The broker's delivery count and the route's `max_deliver` (durable routes).
+    delivery_count: Option<u32>,
+    max_deliver: Option<u32>,
     route: Arc<str>,
     broker: Arc<dyn Broker>,
     counters: Arc<Counters>,
@@ -38,6 +41,8 @@ impl Context {
             message: Arc::new(message),
             attempt: 1,
             redelivered: false,
+            delivery_count: None,
+            max_deliver: None,
             broker,
             counters: Arc::default(),
             replier: None,
@@ -57,6 +62,8 @@ impl Context {
             message: Arc::new(message),
             attempt: 1,
             redelivered,
+            delivery_count: None,
+            max_deliver: None,
             route,
             broker,
             counters,
@@ -69,6 +76,34 @@ impl Context {
     pub fn with_replier(mut self, replier: Arc<dyn Reply>) -> Self {
         self.replier = Some(replier);
         self
+    }
+
+    /// The same message as the `delivery_count`th delivery by the broker of
+    /// a durable route allowing `max_deliver` deliveries (the worker sets
+    /// both; e.g. to test a handler on its last delivery).
+    pub fn with_delivery(mut self, delivery_count: Option<u32>, max_deliver: Option<u32>) -> Self {
+        self.delivery_count = delivery_count;
+        self.redelivered |= delivery_count.is_some_and(|count| count > 1);
+        self.max_deliver = max_deliver;
+        self
+    }
+
+    /// How many times the broker delivered this message, this time included,
+    /// where it counts (durable routes).
+    pub fn delivery_count(&self) -> Option<u32> {
+        self.delivery_count
+    }
+
+    /// Whether the broker will not deliver this message again if handling
+    /// fails now: false only on a durable route with `max_deliver` whose
+    /// delivery count is below it. [`DeadLetter`](crate::DeadLetter)
+    /// dead-letters only on the last delivery, and lets earlier failures go
+    /// back to the broker for redelivery.
+    pub fn is_last_delivery(&self) -> bool {
+        match (self.delivery_count, self.max_deliver) {
+            (Some(count), Some(max)) => count >= max,
+            _ => true,
+        }
     }
 
     /// The same message with another attempt number (what [`Retry`](crate::Retry) passes on).
@@ -179,6 +214,7 @@ impl fmt::Debug for Context {
             .field("subject", self.message.subject())
             .field("attempt", &self.attempt)
             .field("redelivered", &self.redelivered)
+            .field("delivery_count", &self.delivery_count)
             .field("request", &self.replier.is_some())
             .field("trace", &self.trace)
             .field("broker", &self.broker.kind())

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_core::{Pattern, QueueGroup, Subject};
+use switchboard_core::{Durable, Pattern, QueueGroup, Subject, DEFAULT_ACK_WAIT};
 
 use crate::contract::Contract;
 use crate::cycle::Via;
@@ -92,6 +92,8 @@ impl Settings {
 pub struct Route {
     pub(crate) pattern: String,
     pub(crate) group: Option<String>,
+    pub(crate) durable: Option<String>,
+    pub(crate) max_deliver: Option<u32>,
     pub(crate) concurrency: usize,
     handler: BoxHandler,
     stack: Stack,
@@ -106,6 +108,8 @@ impl Route {
         Route {
             pattern: pattern.into(),
             group: None,
+            durable: None,
+            max_deliver: None,
             concurrency: DEFAULT_CONCURRENCY,
             handler: handler.boxed(),
             publishes: Vec::new(),
@@ -132,6 +136,29 @@ impl Route {
             },
             ..Route::new(pattern, handler)
         }
+    }
+
+    /// Subscribes as durable consumer `name` (letters, digits, `-`, `_`):
+    /// messages published while the worker is away are kept for it, and
+    /// each is acknowledged only after the handler stack (or its dead
+    /// letter) finished, so a crash means a redelivery, not a loss. Workers
+    /// with the same durable name share its messages. Needs a broker with
+    /// [`Capabilities::durable`](switchboard_core::Capabilities::durable); not
+    /// combined with [`Route::group`]. The consumer's ack wait is the
+    /// longest the default stack may take (attempts × timeout, plus the
+    /// backoff), at least [`DEFAULT_ACK_WAIT`](switchboard_core::DEFAULT_ACK_WAIT).
+    pub fn durable(mut self, name: impl Into<String>) -> Self {
+        self.durable = Some(name.into());
+        self
+    }
+
+    /// On a durable route: at most `n` deliveries of one message. A failure
+    /// before the last delivery goes back to the broker, which delivers the
+    /// message again; on the last one the [`DeadLetter`] layer dead-letters
+    /// it (stored by the broker before the original is acknowledged).
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        self.max_deliver = Some(n);
+        self
     }
 
     /// Subscribes as a member of queue group `group`, so that several workers share the load.
@@ -261,6 +288,26 @@ impl Route {
         }
     }
 
+    /// How long the default stack may take on one delivery (every attempt
+    /// timing out, plus the longest backoffs), at least [`DEFAULT_ACK_WAIT`]:
+    /// the ack wait of a durable route, so that the broker does not deliver
+    /// again what is still being handled.
+    fn ack_wait(&self) -> Duration {
+        match &self.stack {
+            Stack::Default(Settings {
+                retry,
+                timeout: Some(limit),
+                ..
+            }) => {
+                let attempts = retry.attempts.max(1);
+                let handling = limit.saturating_mul(attempts);
+                let backoff = retry.max_backoff.saturating_mul(attempts - 1);
+                DEFAULT_ACK_WAIT.max(handling.saturating_add(backoff))
+            }
+            _ => DEFAULT_ACK_WAIT,
+        }
+    }
+
     /// Checks the settings and builds the handler stack, inside `layers`
     /// (the first outermost).
     pub(crate) fn prepare(&self, layers: &[BoxLayer]) -> Result<Prepared, Error> {
@@ -272,6 +319,31 @@ impl Route {
         let group = match &self.group {
             Some(group) => Some(QueueGroup::new(group).map_err(|e| invalid(e.to_string()))?),
             None => None,
+        };
+        let durable = match (&self.durable, self.max_deliver) {
+            (Some(_), _) if group.is_some() => {
+                return Err(invalid(
+                    "a durable route cannot also have a queue group: workers with the same durable name already share its messages".to_string(),
+                ))
+            }
+            (Some(name), max_deliver) => {
+                let mut durable = Durable::new(name)
+                    .map_err(|e| invalid(e.to_string()))?
+                    .ack_wait(self.ack_wait());
+                if let Some(max) = max_deliver {
+                    if max == 0 {
+                        return Err(invalid("max_deliver must be 1 or more".to_string()));
+                    }
+                    durable = durable.max_deliver(max);
+                }
+                Some(durable)
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "max_deliver needs a durable route (set `durable`): only a durable consumer's broker counts deliveries".to_string(),
+                ))
+            }
+            (None, None) => None,
         };
         for target in &self.publishes {
             if Subject::new(&target.replace("{subject}", "x")).is_err() {
@@ -296,6 +368,7 @@ impl Route {
         Ok(Prepared {
             pattern,
             group,
+            durable,
             concurrency: self.concurrency.max(1),
             handler: BoxLayer::wrap_all(layers, stack),
         })
@@ -307,6 +380,8 @@ impl fmt::Debug for Route {
         let mut d = f.debug_struct("Route");
         d.field("pattern", &self.pattern)
             .field("group", &self.group)
+            .field("durable", &self.durable)
+            .field("max_deliver", &self.max_deliver)
             .field("concurrency", &self.concurrency)
             .field("publishes", &self.publishes)
             .field("contract", &self.contract);
@@ -325,6 +400,7 @@ impl fmt::Debug for Route {
 pub(crate) struct Prepared {
     pub(crate) pattern: Pattern,
     pub(crate) group: Option<QueueGroup>,
+    pub(crate) durable: Option<Durable>,
     pub(crate) concurrency: usize,
     pub(crate) handler: Arc<dyn Handler>,
 }

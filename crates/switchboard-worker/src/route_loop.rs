@@ -34,6 +34,7 @@ pub(crate) struct RouteTask {
     handler: Arc<dyn Handler>,
     concurrency: usize,
     metrics: Arc<RouteMetrics>,
+    max_deliver: Option<u32>,
     shared: Arc<Shared>,
 }
 
@@ -44,6 +45,7 @@ impl RouteTask {
             handler: route.handler,
             concurrency: route.concurrency,
             metrics,
+            max_deliver: route.durable.as_ref().and_then(|d| d.max_deliver),
             shared,
         };
         tracing::debug!(route = %task.name, concurrency = task.concurrency, "route subscribed");
@@ -101,6 +103,7 @@ impl RouteTask {
                 route: self.name.clone(),
                 metrics: self.metrics.clone(),
                 handler: self.handler.clone(),
+                max_deliver: self.max_deliver,
                 shared: shared.clone(),
                 abort: abort.clone(),
             };
@@ -160,6 +163,7 @@ struct Job {
     route: Arc<str>,
     metrics: Arc<RouteMetrics>,
     handler: Arc<dyn Handler>,
+    max_deliver: Option<u32>,
     shared: Arc<Shared>,
     abort: CancellationToken,
 }
@@ -177,7 +181,8 @@ impl Job {
             shared.broker.clone(),
             self.metrics.counters.clone(),
             delivery.replier(),
-        );
+        )
+        .with_delivery(delivery.delivery_count(), self.max_deliver);
         let span = tracing::info_span!(
             "switchboard.message",
             route = %self.route,
@@ -231,7 +236,8 @@ impl Job {
             return;
         }
         // Read before `nack`, which takes the acknowledgement handle.
-        let requeued = shared.redelivery && delivery.is_acknowledgeable();
+        let requeued = (shared.redelivery || delivery.delivery_count().is_some())
+            && delivery.is_acknowledgeable();
         if let Err(nack_error) = delivery.nack().await {
             tracing::warn!(error = %nack_error, "nack failed");
         }

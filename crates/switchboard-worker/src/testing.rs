@@ -256,6 +256,10 @@ impl Subscriber for TestBroker {
     ) -> Result<Subscription> {
         Ok(self.counted(self.memory.subscribe_durable(pattern, durable).await?))
     }
+
+    async fn remove_durable(&self, pattern: &Pattern, durable: &Durable) -> Result<()> {
+        self.memory.remove_durable(pattern, durable).await
+    }
 }
 
 #[async_trait]

@@ -222,9 +222,10 @@ impl Worker {
         let prepared = self.prepare()?;
         let mut subscriptions = Vec::with_capacity(prepared.len());
         for route in &prepared {
-            let subscribed = match &route.group {
-                Some(group) => self.broker.subscribe_group(&route.pattern, group).await,
-                None => self.broker.subscribe(&route.pattern).await,
+            let subscribed = match (&route.durable, &route.group) {
+                (Some(durable), _) => self.broker.subscribe_durable(&route.pattern, durable).await,
+                (None, Some(group)) => self.broker.subscribe_group(&route.pattern, group).await,
+                (None, None) => self.broker.subscribe(&route.pattern).await,
             };
             let subscription = subscribed.map_err(|source| Error::Subscribe {
                 pattern: route.pattern.to_string(),

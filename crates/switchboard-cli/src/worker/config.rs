@@ -6,6 +6,8 @@
 //! [[route]]
 //! on = "alerts.>"            # pattern, required
 //! group = "pagers"           # optional queue group
+//! durable = "pager"          # optional durable consumer: kept while the worker is away
+//! max_deliver = 3            # optional, with durable: deliveries before dead-lettering
 //! concurrency = 4            # optional
 //! attempts = 3               # optional, total tries before dead-lettering
 //! backoff = "100ms"          # optional, first retry delay ("0s" retries at once)
@@ -40,7 +42,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use switchboard::worker::{find_cycle, Context, DeadLetterSubject, HandlerError, Route, Schema};
-use switchboard::{Pattern, QueueGroup, Subject};
+use switchboard::{ConsumerName, Pattern, QueueGroup, Subject};
 use toml::Spanned;
 
 /// A checked reactions file.
@@ -84,6 +86,10 @@ struct RawRoute {
     on: Pattern,
     #[serde(default, deserialize_with = "group")]
     group: Option<QueueGroup>,
+    #[serde(default, deserialize_with = "durable")]
+    durable: Option<ConsumerName>,
+    #[serde(default, deserialize_with = "max_deliver")]
+    max_deliver: Option<u32>,
     #[serde(default, deserialize_with = "concurrency")]
     concurrency: Option<usize>,
     #[serde(default, deserialize_with = "attempts")]
@@ -111,6 +117,9 @@ pub(crate) struct RouteConfig {
     pub(crate) line: usize,
     pub(crate) on: Pattern,
     pub(crate) group: Option<QueueGroup>,
+    /// The durable consumer, and its delivery limit.
+    pub(crate) durable: Option<ConsumerName>,
+    pub(crate) max_deliver: Option<u32>,
     pub(crate) concurrency: Option<usize>,
     pub(crate) attempts: Option<u32>,
     pub(crate) backoff: Option<Duration>,
@@ -149,6 +158,12 @@ impl RouteConfig {
         let mut route = Route::new(self.on.as_str(), handler);
         if let Some(group) = &self.group {
             route = route.group(group.as_str());
+        }
+        if let Some(durable) = &self.durable {
+            route = route.durable(durable.as_str());
+        }
+        if let Some(max) = self.max_deliver {
+            route = route.max_deliver(max);
         }
         if let Some(concurrency) = self.concurrency {
             route = route.concurrency(concurrency);
@@ -261,6 +276,18 @@ pub(crate) fn parse_in(name: &str, text: &str, base: &Path) -> anyhow::Result<Co
                 ))
             }
         };
+        if raw.durable.is_some() && raw.group.is_some() {
+            return Err(fail(
+                Some(span),
+                "a route cannot have both `durable` and `group`: workers with the same durable name already share its messages; drop `group`",
+            ));
+        }
+        if raw.max_deliver.is_some() && raw.durable.is_none() {
+            return Err(fail(
+                Some(span),
+                "`max_deliver` needs `durable = \"NAME\"`: only a durable consumer's broker counts deliveries",
+            ));
+        }
         let schema = match raw.schema {
             Some(path) => {
                 let at = path.span();
@@ -274,6 +301,8 @@ pub(crate) fn parse_in(name: &str, text: &str, base: &Path) -> anyhow::Result<Co
             line: line_of(text, span.start),
             on: raw.on,
             group: raw.group,
+            durable: raw.durable,
+            max_deliver: raw.max_deliver,
             concurrency: raw.concurrency,
             attempts: raw.attempts,
             backoff: raw.backoff,
@@ -336,6 +365,23 @@ fn pattern<'de, D: Deserializer<'de>>(d: D) -> Result<Pattern, D::Error> {
 fn group<'de, D: Deserializer<'de>>(d: D) -> Result<Option<QueueGroup>, D::Error> {
     let text = String::deserialize(d)?;
     QueueGroup::new(&text).map(Some).map_err(de::Error::custom)
+}
+
+fn durable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ConsumerName>, D::Error> {
+    let text = String::deserialize(d)?;
+    ConsumerName::new(&text)
+        .map(Some)
+        .map_err(de::Error::custom)
+}
+
+fn max_deliver<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let value = i64::deserialize(d)?;
+    match u32::try_from(value) {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(de::Error::custom(format!(
+            "max_deliver must be 1 or more, not {value}"
+        ))),
+    }
 }
 
 fn concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {

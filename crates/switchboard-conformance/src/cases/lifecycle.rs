@@ -14,7 +14,9 @@ use crate::{
 
 /// `kind()` is the broker name the suite was declared with; capabilities are
 /// the same on every call and connection; `max_payload`, if declared, is above
-/// zero; `native_headers` implies `headers`; `redelivery` implies `ack`.
+/// zero; `native_headers` implies `headers`; `redelivery` implies `ack`;
+/// `durable_storage` implies `durable`; `delivery_count` and `nack_delay`
+/// imply `durable` or `ack`.
 pub async fn capabilities_are_sane(ctx: &Context) {
     let broker = ctx.broker();
     assert_eq!(
@@ -50,6 +52,14 @@ pub async fn capabilities_are_sane(ctx: &Context) {
     assert!(
         !capabilities.redelivery || capabilities.ack,
         "redelivery is true but ack is false: redelivery follows nack or a missing ack"
+    );
+    assert!(
+        !capabilities.durable_storage || capabilities.durable,
+        "durable_storage is true but durable is false: only durable consumers keep messages"
+    );
+    assert!(
+        !(capabilities.delivery_count || capabilities.nack_delay) || capabilities.durable || capabilities.ack,
+        "delivery_count or nack_delay is true but neither durable nor ack: they describe acknowledged deliveries"
     );
 }
 

@@ -20,6 +20,7 @@ use crate::receive::show_payload;
 use crate::{FLUSH_TIMEOUT, RECEIVE_TIMEOUT};
 
 mod delivery;
+mod durable;
 mod groups;
 mod headers;
 mod lifecycle;
@@ -32,6 +33,12 @@ pub use delivery::{
     no_delivery_before_subscribe, no_loss_with_concurrent_publishers, no_silent_loss_under_flood,
     no_silent_loss_with, ordered_per_publisher, publish_without_subscribers_succeeds,
     FLOOD_MESSAGES,
+};
+pub use durable::{
+    durable_ack_removes, durable_ack_wait_redelivers, durable_group_shares_work,
+    durable_keeps_messages_while_away, durable_max_deliver_stops,
+    durable_nack_redelivers_with_count, durable_nack_with_delay, durable_resume_continues,
+    durable_wildcard_pattern,
 };
 pub use groups::{
     closed_group_member_gets_nothing, queue_group_shares_messages, queue_groups_are_independent,
@@ -85,6 +92,15 @@ pub const ALL: &[&str] = &[
     "no_delivery_before_subscribe",
     "ack_and_nack",
     "dropped_delivery_is_redelivered",
+    "durable_keeps_messages_while_away",
+    "durable_ack_removes",
+    "durable_nack_redelivers_with_count",
+    "durable_nack_with_delay",
+    "durable_ack_wait_redelivers",
+    "durable_max_deliver_stops",
+    "durable_group_shares_work",
+    "durable_resume_continues",
+    "durable_wildcard_pattern",
     "close_rejects_publish_and_subscribe",
     "close_ends_subscriptions",
     "close_flushes_pending_publishes",

@@ -116,6 +116,10 @@ impl<H: Handler> Handler for DeadLetter<H> {
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
+        // A durable route's broker delivers it again: dead-letter on the last delivery.
+        if !error.is_permanent() && !ctx.is_last_delivery() {
+            return Err(error);
+        }
         let letter = self.letter(&ctx, &error)?;
         let target = letter.subject().clone();
         ctx.publish(letter).await?;

@@ -1,0 +1,136 @@
+//! `switchboard listen --durable NAME`: messages sent while no listener of
+//! NAME runs are kept, `--count N` acknowledges exactly N and leaves the rest
+//! for the next run, and `--format json` shows the delivery count. On NATS
+//! (JetStream); on Redis, which has no durable mode yet, one error line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+
+use harness::{assert_one_error_line, broker_url, run, send, unique, Listener, PATIENCE};
+
+fn listener(url: &str, args: &[&str]) -> Listener {
+    Listener::start(url, args).unwrap_or_else(|(status, stderr)| {
+        panic!("listen {args:?} exited with {status} before getting ready: {stderr}")
+    })
+}
+
+/// Removes the durable consumer `name` over `pattern` from the broker.
+fn remove(url: &str, pattern: &str, name: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let broker = switchboard::connect(url).await.unwrap();
+        broker
+            .remove_durable(
+                &pattern.parse().unwrap(),
+                &switchboard::Durable::new(name).unwrap(),
+            )
+            .await
+            .unwrap();
+        broker.close().await.unwrap();
+    });
+}
+
+#[test]
+fn durable_listen_keeps_what_was_sent_meanwhile_on_nats() {
+    let Some(url) = broker_url("nats", "durable_listen") else {
+        return;
+    };
+    let prefix = unique("durable");
+    let pattern = format!("{prefix}.>");
+    let subject = format!("{prefix}.alert");
+    let name = prefix.replace('.', "-");
+    // The first run creates the consumer.
+    let first = listener(
+        &url,
+        &["--on", &pattern, "--durable", &name, "--count", "1"],
+    );
+    send(&url, &["--on", &subject, "first"], b"");
+    assert_eq!(first.lines(1), [format!("[{subject}] first")]);
+    let (status, stderr) = first.wait(PATIENCE);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("as durable consumer '{name}'")),
+        "{stderr}"
+    );
+    // Nobody listens while these are sent.
+    for text in ["a", "b", "c"] {
+        send(&url, &["--on", &subject, text], b"");
+    }
+    // --count 2 acknowledges exactly two and leaves the third (which this
+    // run may have fetched already: it comes again after the 1 s ack wait).
+    let second = listener(
+        &url,
+        &[
+            "--on",
+            &pattern,
+            "--durable",
+            &name,
+            "--count",
+            "2",
+            "--format",
+            "json",
+            "--ack-wait",
+            "1s",
+        ],
+    );
+    let lines = second.lines(2);
+    let (status, stderr) = second.wait(PATIENCE);
+    assert!(status.success(), "{stderr}");
+    let payloads: Vec<(String, u64)> = lines
+        .iter()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                value["payload"].as_str().unwrap().to_string(),
+                value["delivery_count"].as_u64().expect("delivery_count"),
+            )
+        })
+        .collect();
+    assert_eq!(payloads, [("a".to_string(), 1), ("b".to_string(), 1)]);
+    // Same settings as the run before (a run's --ack-wait updates the consumer).
+    let third = listener(
+        &url,
+        &[
+            "--on",
+            &pattern,
+            "--durable",
+            &name,
+            "--count",
+            "1",
+            "--ack-wait",
+            "1s",
+        ],
+    );
+    assert_eq!(third.lines(1), [format!("[{subject}] c")]);
+    let (status, stderr) = third.wait(PATIENCE);
+    assert!(status.success(), "{stderr}");
+    remove(&url, &pattern, &name);
+}
+
+#[test]
+fn durable_listen_is_unsupported_on_redis() {
+    let Some(url) = broker_url("redis", "durable_listen") else {
+        return;
+    };
+    let output = run(
+        &url,
+        &[
+            "listen",
+            "--on",
+            "x.>",
+            "--durable",
+            "worker",
+            "--count",
+            "1",
+        ],
+        b"",
+    );
+    assert!(!output.status.success());
+    assert_one_error_line(
+        &String::from_utf8_lossy(&output.stderr),
+        "does not support durable subscriptions",
+    );
+}
