@@ -47,14 +47,14 @@ Exit status and what is reported (on stderr):
 pub struct SendArgs {
     /// Subject to publish on: dot-separated tokens such as `alerts.cpu` (no wildcards).
     /// Needed unless --format json, whose lines name their subjects (--on then overrides them).
-    #[arg(long, value_name = "SUBJECT")]
+    #[arg(long, value_name = "SUBJECT", required_unless_present = "format")]
     pub(crate) on: Option<String>,
 
     /// How each line of stdin is read: `text`, the line is the payload; `json`, the line
     /// is a whole message as `listen --format json` prints it (subject, headers, payload
-    /// or payload_base64), so a capture replays to any broker byte for byte.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub(crate) format: Format,
+    /// or payload_base64), so a capture replays to any broker byte for byte. [default: text]
+    #[arg(long, value_enum)]
+    pub(crate) format: Option<Format>,
 
     /// Send MESSAGE N times. In MESSAGE and in header values, {{Count}} (1, 2, …),
     /// {{ID}} (unique per message), {{TimeStamp}} (RFC 3339) and {{Unix}} (seconds)
@@ -109,11 +109,12 @@ enum Published {
 /// Runs `switchboard send`.
 pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
     // Everything the user typed is checked before connecting.
+    let format = args.format.unwrap_or_default();
     let subject = args.on.as_deref().map(Subject::new).transpose()?;
-    if subject.is_none() && args.format == Format::Text {
+    if subject.is_none() && format == Format::Text {
         anyhow::bail!("--on SUBJECT is needed (only --format json lines name their own subjects)");
     }
-    if args.format == Format::Json && (args.message.is_some() || args.file.is_some()) {
+    if format == Format::Json && (args.message.is_some() || args.file.is_some()) {
         anyhow::bail!("--format json reads messages from stdin; leave out MESSAGE and --file");
     }
     let headers = parse_headers(&args.headers)?;
@@ -123,7 +124,7 @@ pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
     };
     let pace = Pace {
         sleep: args.sleep,
-        json: args.format == Format::Json,
+        json: format == Format::Json,
     };
     // From here on a signal stops `send` the way it says, not the default way.
     let mut signals = Signals::install()?;
@@ -145,7 +146,7 @@ pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
                     .await
                     .with_context(|| format!("cannot read {}", path.display()))?,
             )),
-            (None, None) if args.format == Format::Json => Source::StdinJson,
+            (None, None) if format == Format::Json => Source::StdinJson,
             (None, None) => Source::StdinLines,
         })
     };

@@ -179,6 +179,13 @@ fn bad_json_lines_are_one_line() {
         "leave out MESSAGE",
     );
     let output = run(&url, &["send", "hello"], b"");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a missing --on is a usage error"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--on <SUBJECT>"));
+    let output = run(&url, &["send", "--format", "text", "hello"], b"");
     assert_one_error_line(
         &String::from_utf8_lossy(&output.stderr),
         "--on SUBJECT is needed",
