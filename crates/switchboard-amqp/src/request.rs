@@ -35,11 +35,7 @@ pub(crate) async fn request(
 ) -> Result<Message> {
     let deadline = tokio::time::Instant::now() + timeout;
     let subject = message.subject().clone();
-    let timed_out = || Error::Timeout {
-        broker: KIND,
-        operation: format!("a request on {:?} (no reply)", subject.as_str()),
-        after: timeout,
-    };
+    let timed_out = || Error::request_timeout(KIND, subject.as_str(), timeout);
     let asking = async {
         let session = sessions.session().await?;
         let channel = session

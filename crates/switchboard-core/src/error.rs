@@ -399,6 +399,22 @@ impl Error {
         }
     }
 
+    /// The [`Error::Timeout`] of a request on `subject` that got no reply
+    /// within `after`: one wording on every broker.
+    pub fn request_timeout(
+        broker: &'static str,
+        subject: &str,
+        after: std::time::Duration,
+    ) -> Self {
+        Error::Timeout {
+            broker,
+            operation: format!(
+                "a request on {subject:?} (no reply; is anything subscribed to answer it?)"
+            ),
+            after,
+        }
+    }
+
     /// Shorthand for [`Error::Connect`], redacting the password in `url`.
     /// `reason` should not repeat `source`'s text: reports show both.
     pub fn connect(

@@ -478,11 +478,7 @@ impl Broker for MemoryBroker {
         match tokio::time::timeout(timeout, receiver).await {
             Ok(Ok(reply)) => Ok(reply),
             // Every delivery of the request was dropped without a reply.
-            Ok(Err(_)) | Err(_) => Err(Error::Timeout {
-                broker: KIND,
-                operation: format!("waiting for a reply to a request on {subject:?}"),
-                after: timeout,
-            }),
+            Ok(Err(_)) | Err(_) => Err(Error::request_timeout(KIND, &subject, timeout)),
         }
     }
 

@@ -165,13 +165,7 @@ pub(crate) async fn request(
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(Error::Closed { broker: KIND }),
             // MQTT cannot tell that nobody listens: a timeout is all there is.
-            Err(_) => Err(Error::Timeout {
-                broker: KIND,
-                operation: format!(
-                    "request on {subject:?} (no reply; is anything subscribed to answer it?)"
-                ),
-                after: timeout,
-            }),
+            Err(_) => Err(Error::request_timeout(KIND, subject.as_str(), timeout)),
         }
     }
     .await;

@@ -118,7 +118,9 @@ pub(crate) async fn request(
                 broker: KIND,
                 subject: subject.to_string(),
             },
-            async_nats::RequestErrorKind::TimedOut => timed_out(&subject, timeout),
+            async_nats::RequestErrorKind::TimedOut => {
+                Error::request_timeout(KIND, subject.as_str(), timeout)
+            }
             _ => Error::Publish {
                 broker: KIND,
                 subject: subject.to_string(),
@@ -126,15 +128,7 @@ pub(crate) async fn request(
                 source: Some(ClientError::boxed(e)),
             },
         }),
-        Err(_) => Err(timed_out(&subject, timeout)),
-    }
-}
-
-fn timed_out(subject: &Subject, after: Duration) -> Error {
-    Error::Timeout {
-        broker: KIND,
-        operation: format!("a request on {:?} (no reply)", subject.as_str()),
-        after,
+        Err(_) => Err(Error::request_timeout(KIND, subject.as_str(), timeout)),
     }
 }
 
