@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use switchboard::{AnyBroker, Delivery, Pattern, QueueGroup};
+use switchboard::{AnyBroker, Delivery, Durable, Pattern, QueueGroup};
 
 use crate::connection;
 use crate::signals::{Signal, Signals};
@@ -15,6 +15,7 @@ const EXAMPLES: &str = "\
 Examples:
   switchboard bridge --from nats://127.0.0.1:4222 --to redis://127.0.0.1:6379 --on 'alerts.>'
   switchboard bridge --from redis --to amqp --on 'orders.*' --group bridges --count 1000
+  switchboard bridge --from nats --to amqp --on 'alerts.>' --durable to-rabbit   # nothing lost while it is down
 
 Each message is published to --to with its subject, headers and payload, and
 acknowledged on --from only once --to has it (after a flush, done every
@@ -39,8 +40,15 @@ pub struct BridgeArgs {
     pub(crate) on: String,
 
     /// Read in queue group NAME, so several bridges share the work.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "durable")]
     pub(crate) group: Option<String>,
+
+    /// Read as durable consumer NAME where --from has durable subscriptions
+    /// (NATS JetStream, RabbitMQ): what is published while the bridge is
+    /// down is kept and forwarded when it comes back, and bridges with the
+    /// same NAME share the work.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) durable: Option<String>,
 
     /// Exit after forwarding N messages.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -85,6 +93,7 @@ impl Pending {
 pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
     let pattern = Pattern::new(&args.on)?;
     let group = args.group.as_deref().map(QueueGroup::new).transpose()?;
+    let durable = args.durable.as_deref().map(Durable::new).transpose()?;
     let (from_shown, to_shown) = (
         connection::display_url(&args.from),
         connection::display_url(&args.to),
@@ -98,9 +107,10 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
     let connecting = async {
         let from = connection::connect(&args.from).await?;
         let to = connection::connect(&args.to).await?;
-        let subscription = match &group {
-            Some(group) => from.subscribe_group(&pattern, group).await,
-            None => from.subscribe(&pattern).await,
+        let subscription = match (&durable, &group) {
+            (Some(durable), _) => from.subscribe_durable(&pattern, durable).await,
+            (None, Some(group)) => from.subscribe_group(&pattern, group).await,
+            (None, None) => from.subscribe(&pattern).await,
         }
         .map_err(connection::one_line)?;
         anyhow::Ok((from, to, subscription))

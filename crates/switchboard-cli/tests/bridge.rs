@@ -155,6 +155,55 @@ fn a_killed_bridge_loses_nothing_its_group_still_has() {
     drop(member);
 }
 
+/// With --durable on a JetStream source, what is published while the bridge
+/// is down is forwarded when it comes back.
+#[test]
+fn a_durable_bridge_forwards_what_was_published_while_it_was_down() {
+    let (Some(nats), Some(redis)) = (
+        broker_url("nats", "bridge_durable"),
+        broker_url("redis", "bridge_durable"),
+    ) else {
+        return;
+    };
+    let prefix = unique("bridgedur");
+    let pattern = format!("{prefix}.>");
+    let name = format!("bridge-{}", std::process::id());
+    let args = [
+        "--from",
+        nats.as_str(),
+        "--to",
+        redis.as_str(),
+        "--on",
+        pattern.as_str(),
+        "--durable",
+        name.as_str(),
+    ];
+    let first = bridge(&args);
+    first.signal("TERM");
+    let (status, _, stderr) = first.wait(PATIENCE);
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    // Published while no bridge runs.
+    let lines: String = (1..=5).map(|n| format!("{n}\n")).collect();
+    send(&nats, &["--on", &format!("{prefix}.n")], lines.as_bytes());
+    let at_destination = listener(&redis, &["--on", &pattern, "--count", "5"]);
+    let mut again = args.to_vec();
+    again.extend_from_slice(&["--count", "5"]);
+    let second = bridge(&again);
+    let got = at_destination.lines(5);
+    assert_eq!(got.len(), 5, "{got:?}");
+    let (status, _, stderr) = second.wait(PATIENCE);
+    assert!(status.success(), "{stderr}");
+    // The consumer (and the stream made for it) go with the test.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let broker = switchboard::connect(&nats).await.unwrap();
+        let durable = switchboard::Durable::new(&name).unwrap();
+        let pattern = switchboard::Pattern::new(&pattern).unwrap();
+        broker.remove_durable(&pattern, &durable).await.unwrap();
+        broker.close().await.unwrap();
+    });
+}
+
 /// The same broker on both sides would loop: refused in one line.
 #[test]
 fn the_same_broker_on_both_sides_is_refused() {
