@@ -9,6 +9,7 @@ use futures::StreamExt as _;
 use switchboard::{AnyBroker, Delivery, Durable, Pattern, QueueGroup};
 
 use crate::connection;
+use crate::membership::Membership;
 use crate::signals::{Signal, Signals};
 
 const EXAMPLES: &str = "\
@@ -92,8 +93,11 @@ impl Pending {
 /// Runs `switchboard bridge`.
 pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
     let pattern = Pattern::new(&args.on)?;
-    let group = args.group.as_deref().map(QueueGroup::new).transpose()?;
-    let durable = args.durable.as_deref().map(Durable::new).transpose()?;
+    let membership = match (args.durable.as_deref(), args.group.as_deref()) {
+        (Some(name), _) => Membership::Durable(Durable::new(name)?),
+        (None, Some(group)) => Membership::Group(QueueGroup::new(group)?),
+        (None, None) => Membership::Plain,
+    };
     let (from_shown, to_shown) = (
         connection::display_url(&args.from),
         connection::display_url(&args.to),
@@ -107,12 +111,14 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
     let connecting = async {
         let from = connection::connect(&args.from).await?;
         let to = connection::connect(&args.to).await?;
-        let subscription = match (&durable, &group) {
-            (Some(durable), _) => from.subscribe_durable(&pattern, durable).await,
-            (None, Some(group)) => from.subscribe_group(&pattern, group).await,
-            (None, None) => from.subscribe(&pattern).await,
-        }
-        .map_err(connection::one_line)?;
+        let subscription = match membership.subscribe(&from, &pattern).await {
+            Ok(subscription) => subscription,
+            Err(error) => {
+                let _ = connection::close(&from).await;
+                let _ = connection::close(&to).await;
+                return Err(connection::one_line(error));
+            }
+        };
         anyhow::Ok((from, to, subscription))
     };
     let (from, to, mut subscription) = tokio::select! {

@@ -42,6 +42,7 @@ mod doctor;
 mod format;
 mod listen;
 mod logging;
+mod membership;
 mod reply;
 mod request;
 mod send;

@@ -9,6 +9,7 @@ use switchboard::{AnyBroker, Durable, Pattern, QueueGroup, Subscription};
 
 use crate::connection;
 use crate::format::Format;
+use crate::membership::Membership;
 use crate::signals::{Signal, Signals};
 use crate::stdout::Stdout;
 
@@ -115,13 +116,13 @@ pub(crate) async fn run(url: &str, args: ListenArgs) -> anyhow::Result<ExitCode>
     let mode = match (&args.durable, &args.group) {
         (Some(name), group) => {
             let durable = Durable::new(name)?.ack_wait(args.ack_wait);
-            Mode::Durable(match group {
+            Membership::Durable(match group {
                 Some(group) => durable.group(group)?,
                 None => durable,
             })
         }
-        (None, Some(group)) => Mode::Group(QueueGroup::new(group)?),
-        (None, None) => Mode::Plain,
+        (None, Some(group)) => Membership::Group(QueueGroup::new(group)?),
+        (None, None) => Membership::Plain,
     };
     // Installed before the ready line, so a signal right after it is ours to handle.
     let mut signals = Signals::install()?;
@@ -138,14 +139,14 @@ pub(crate) async fn run(url: &str, args: ListenArgs) -> anyhow::Result<ExitCode>
     };
     let shown_url = connection::display_url(url);
     let in_group = match &mode {
-        Mode::Plain => String::new(),
-        Mode::Group(group) => format!(" in group '{group}'"),
-        Mode::Durable(durable) if durable.group.is_some() => format!(
+        Membership::Plain => String::new(),
+        Membership::Group(group) => format!(" in group '{group}'"),
+        Membership::Durable(durable) if durable.group.is_some() => format!(
             " as member '{}' of durable consumer '{}'",
             durable.name,
             durable.consumer()
         ),
-        Mode::Durable(durable) => format!(" as durable consumer '{}'", durable.consumer()),
+        Membership::Durable(durable) => format!(" as durable consumer '{}'", durable.consumer()),
     };
     eprintln!("listening on '{pattern}'{in_group} at {shown_url} (Ctrl-C to stop)");
 
@@ -208,29 +209,15 @@ pub(crate) async fn run(url: &str, args: ListenArgs) -> anyhow::Result<ExitCode>
     }
 }
 
-/// How `listen` subscribes.
-enum Mode {
-    /// Every matching message.
-    Plain,
-    /// As a member of a queue group.
-    Group(QueueGroup),
-    /// As (a member of) a durable consumer.
-    Durable(Durable),
-}
-
 /// Connects and subscribes, closing the connection again if subscribing fails.
 async fn subscribe(
     url: &str,
     pattern: &Pattern,
-    mode: &Mode,
+    mode: &Membership,
 ) -> anyhow::Result<(AnyBroker, Subscription)> {
     let broker = connection::connect(url).await?;
     connection::warn_if_in_process(&broker);
-    let subscribed = match mode {
-        Mode::Plain => broker.subscribe(pattern).await,
-        Mode::Group(group) => broker.subscribe_group(pattern, group).await,
-        Mode::Durable(durable) => broker.subscribe_durable(pattern, durable).await,
-    };
+    let subscribed = mode.subscribe(&broker, pattern).await;
     match subscribed {
         Ok(subscription) => Ok((broker, subscription)),
         Err(error) => {

@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::connection;
 use crate::format::text_line;
+use crate::membership::Membership;
 use crate::signals::Signals;
 
 const EXAMPLES: &str = "\
@@ -72,7 +73,10 @@ enum Answer {
 /// Runs `switchboard reply`.
 pub(crate) async fn run(url: &str, args: ReplyArgs) -> anyhow::Result<ExitCode> {
     let pattern = Pattern::new(&args.on)?;
-    let group = args.group.as_deref().map(QueueGroup::new).transpose()?;
+    let membership = match args.group.as_deref() {
+        Some(group) => Membership::Group(QueueGroup::new(group)?),
+        None => Membership::Plain,
+    };
     let answer = match (args.echo, args.command, args.text) {
         (true, _, _) => Answer::Echo,
         (_, Some(command), _) => Answer::Command {
@@ -90,12 +94,13 @@ pub(crate) async fn run(url: &str, args: ReplyArgs) -> anyhow::Result<ExitCode> 
                 broker.kind()
             );
         }
-        let subscription = match &group {
-            Some(group) => broker.subscribe_group(&pattern, group).await,
-            None => broker.subscribe(&pattern).await,
+        match membership.subscribe(&broker, &pattern).await {
+            Ok(subscription) => anyhow::Ok((broker, subscription)),
+            Err(error) => {
+                let _ = connection::close(&broker).await;
+                Err(connection::one_line(error))
+            }
         }
-        .map_err(connection::one_line)?;
-        anyhow::Ok((broker, subscription))
     };
     let (broker, mut subscription) = tokio::select! {
         subscribed = subscribing => subscribed?,
