@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+
+use crate::TcpProxy;
 use switchboard_core::{
     redact_url, Broker, Capabilities, Durable, Error, Pattern, QueueGroup, Result, Subject,
     Subscription,
@@ -197,6 +199,9 @@ pub struct Context {
     connections: Mutex<Vec<Arc<dyn Broker>>>,
     /// Durable consumers the case created, removed by [`Context::finish`].
     durables: Mutex<Vec<(Pattern, Durable)>>,
+    /// Proxies of [`Context::connect_through_proxy`], kept alive while
+    /// [`Context::finish`] closes the connections through them.
+    proxies: Mutex<Vec<Arc<TcpProxy>>>,
 }
 
 impl Context {
@@ -217,6 +222,7 @@ impl Context {
             prefix: format!("cf.{:016x}", rand::random::<u64>()),
             connections: Mutex::new(vec![broker.clone()]),
             durables: Mutex::new(Vec::new()),
+            proxies: Mutex::new(Vec::new()),
             broker,
         }
     }
@@ -261,6 +267,39 @@ impl Context {
             .unwrap_or_else(|p| p.into_inner())
             .push(broker.clone());
         broker
+    }
+
+    /// Opens another connection to the same broker through a new [`TcpProxy`]
+    /// the case controls (closed by [`Context::finish`]), so that a case can
+    /// cut the link under the adapter. `None` when the URL does not name
+    /// exactly one `host:port` to put the proxy in front of (an in-process
+    /// broker, a unix socket, a list of servers, a default port): the case
+    /// then prints a skip line. Panics if connecting through the proxy fails.
+    pub async fn connect_through_proxy(&self) -> Option<(Arc<TcpProxy>, Arc<dyn Broker>)> {
+        let (target, url) = proxied_url(&self.url)?;
+        let address = std::net::ToSocketAddrs::to_socket_addrs(&target.as_str())
+            .ok()?
+            .next()?;
+        let proxy = Arc::new(TcpProxy::start(address));
+        let proxied = url.replace(PROXY_PORT, &proxy.port().to_string());
+        let broker = self.connector.connect(&proxied).await.unwrap_or_else(|e| {
+            panic!(
+                "{}: connecting to {} through a proxy on port {} failed: {e}",
+                self.case,
+                self.url(),
+                proxy.port()
+            )
+        });
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(broker.clone());
+        // Kept until the connection is closed, so that closing does not meet a dead link.
+        self.proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(proxy.clone());
+        Some((proxy, broker))
     }
 
     /// This case's private subject prefix, `cf.<16 hex digits>` (itself a valid subject).
@@ -390,8 +429,71 @@ impl Context {
     }
 }
 
+/// Stands for the proxy's port in the URL [`proxied_url`] returns, until the proxy is bound.
+const PROXY_PORT: &str = "{proxy-port}";
+
+/// Splits a URL naming one `host:port` into that address and the URL with
+/// the port replaced by [`PROXY_PORT`]. The host name is kept, so that TLS
+/// still checks the name the certificate holds; credentials, path and query
+/// are kept as they are.
+fn proxied_url(url: &str) -> Option<(String, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, host_port) = match authority.rsplit_once('@') {
+        Some((userinfo, host_port)) => (Some(userinfo), host_port),
+        None => (None, authority),
+    };
+    if host_port.contains(',') {
+        return None;
+    }
+    let (host, port) = host_port.rsplit_once(':')?;
+    if host.is_empty() || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // The proxy listens on 127.0.0.1 only, where an IPv6 address cannot reach it.
+    if host.starts_with('[') {
+        return None;
+    }
+    let target = format!("{host}:{port}");
+    let userinfo = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+    Some((
+        target,
+        format!("{scheme}://{userinfo}{host}:{PROXY_PORT}{tail}"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn proxied_url_keeps_everything_but_the_port() {
+        assert_eq!(
+            proxied_url("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=5"),
+            Some((
+                "127.0.0.1:5672".into(),
+                "amqp://guest:guest@127.0.0.1:{proxy-port}/%2f?heartbeat=5".into()
+            ))
+        );
+        assert_eq!(
+            proxied_url("tls://localhost:4443?ca=/tmp/ca.pem"),
+            Some((
+                "localhost:4443".into(),
+                "tls://localhost:{proxy-port}?ca=/tmp/ca.pem".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn proxied_url_needs_one_explicit_host_and_port() {
+        assert_eq!(proxied_url("memory://"), None);
+        assert_eq!(proxied_url("memory://shared"), None);
+        assert_eq!(proxied_url("redis://127.0.0.1"), None);
+        assert_eq!(proxied_url("nats://a:4222,b:4223"), None);
+        assert_eq!(proxied_url("redis+unix:///run/redis.sock"), None);
+        assert_eq!(proxied_url("nats://[::1]:4222"), None);
+        assert_eq!(proxied_url("not a url"), None);
+    }
     use super::*;
 
     fn failing() -> Suite {

@@ -53,12 +53,14 @@
 
 pub mod cases;
 mod context;
+mod proxy;
 mod receive;
 
 pub use context::{
     broker_url, brokers_required, skip_or_fail, Connector, Context, Suite, CONNECT_TIMEOUT,
     REQUIRE_BROKERS_ENV,
 };
+pub use proxy::TcpProxy;
 pub use receive::{
     collect_for, expect_disconnected, expect_end, expect_silence, gather, publish_until_received,
     recv, recv_n, recv_unacked, FLUSH_TIMEOUT, RECEIVE_TIMEOUT, SILENCE,
@@ -170,6 +172,8 @@ macro_rules! suite {
             durable_group_shares_work
             durable_resume_continues
             durable_wildcard_pattern
+            reconnects_after_cut
+            durable_resumes_after_cut
             close_rejects_publish_and_subscribe
             close_ends_subscriptions
             close_flushes_pending_publishes

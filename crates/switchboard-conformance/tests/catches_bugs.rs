@@ -351,12 +351,35 @@ async fn dropped_reply_headers_fail() {
     cases::request_gets_the_reply(&context(Fault::DropsReplyHeaders).await).await;
 }
 
-/// The AMQP adapter with one bug: a delivery dropped without `ack`/`nack` is
-/// acknowledged (the contract says it stays unacknowledged, so the broker
-/// redelivers it). The in-memory broker does not redeliver, so this bug is
-/// planted on RabbitMQ.
+/// The AMQP adapter with one bug. These bugs need a broker that redelivers
+/// or a link that can be cut, which the in-memory broker has not, so they
+/// are planted on RabbitMQ.
 #[derive(Debug, Clone)]
-struct AcksOnDrop(switchboard_amqp::AmqpBroker);
+struct PlantedAmqp(switchboard_amqp::AmqpBroker, AmqpBug);
+
+#[derive(Debug, Clone, Copy)]
+enum AmqpBug {
+    /// A delivery dropped without `ack`/`nack` is acknowledged (the contract
+    /// says it stays unacknowledged, so the broker redelivers it).
+    AcksOnDrop,
+    /// A subscription ends at its first error item (a lost connection)
+    /// instead of resuming once the adapter has reconnected.
+    GivesUpOnError,
+}
+
+impl PlantedAmqp {
+    fn wrap(&self, subscription: Subscription) -> Subscription {
+        match self.1 {
+            AmqpBug::AcksOnDrop => acking_on_drop(subscription),
+            AmqpBug::GivesUpOnError => {
+                let pattern = subscription.pattern().clone();
+                let group = subscription.group().cloned();
+                let stream = subscription.take_while(|item| std::future::ready(item.is_ok()));
+                Subscription::new(pattern, group, stream)
+            }
+        }
+    }
+}
 
 /// Settles through the real delivery; acknowledges it when dropped unsettled.
 #[derive(Debug)]
@@ -408,7 +431,7 @@ fn acking_on_drop(subscription: Subscription) -> Subscription {
 }
 
 #[async_trait]
-impl Publisher for AcksOnDrop {
+impl Publisher for PlantedAmqp {
     async fn publish(&self, message: Message) -> Result<()> {
         self.0.publish(message).await
     }
@@ -418,23 +441,19 @@ impl Publisher for AcksOnDrop {
 }
 
 #[async_trait]
-impl Subscriber for AcksOnDrop {
+impl Subscriber for PlantedAmqp {
     async fn subscribe(&self, pattern: &Pattern) -> Result<Subscription> {
-        Ok(acking_on_drop(self.0.subscribe(pattern).await?))
+        Ok(self.wrap(self.0.subscribe(pattern).await?))
     }
     async fn subscribe_group(&self, pattern: &Pattern, group: &QueueGroup) -> Result<Subscription> {
-        Ok(acking_on_drop(
-            self.0.subscribe_group(pattern, group).await?,
-        ))
+        Ok(self.wrap(self.0.subscribe_group(pattern, group).await?))
     }
     async fn subscribe_durable(
         &self,
         pattern: &Pattern,
         durable: &Durable,
     ) -> Result<Subscription> {
-        Ok(acking_on_drop(
-            self.0.subscribe_durable(pattern, durable).await?,
-        ))
+        Ok(self.wrap(self.0.subscribe_durable(pattern, durable).await?))
     }
 
     async fn remove_durable(&self, pattern: &Pattern, durable: &Durable) -> Result<()> {
@@ -443,7 +462,7 @@ impl Subscriber for AcksOnDrop {
 }
 
 #[async_trait]
-impl Broker for AcksOnDrop {
+impl Broker for PlantedAmqp {
     fn kind(&self) -> &'static str {
         self.0.kind()
     }
@@ -461,31 +480,76 @@ impl Broker for AcksOnDrop {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acking_on_drop_fails() {
+/// Runs `case` against RabbitMQ with `bug` planted and returns its panic message.
+async fn planted_amqp_failure<F, Fut>(bug: AmqpBug, case: F, what: &str) -> String
+where
+    F: FnOnce(Context) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let suite = Suite::new(
         "amqp",
         "SWITCHBOARD_AMQP_URL",
         "amqp://guest:guest@127.0.0.1:5672/%2f",
-        Connector::new(|url: String| async move {
-            Ok(AcksOnDrop(switchboard_amqp::connect(&url).await?))
+        Connector::new(move |url: String| async move {
+            Ok(PlantedAmqp(switchboard_amqp::connect(&url).await?, bug))
         }),
     );
     // Skipped (or failed, when brokers are required) without RabbitMQ.
     let Some(ctx) = suite.context("catches_bugs").await else {
-        return;
+        return String::new();
     };
-    let case = tokio::spawn(async move {
-        cases::dropped_delivery_is_redelivered(&ctx).await;
-    });
-    let panic = case
+    let panic = tokio::spawn(async move { case(ctx).await })
         .await
-        .expect_err("dropped_delivery_is_redelivered passed an adapter that acknowledges on drop")
+        .expect_err(what)
         .into_panic();
-    let text = panic
+    panic
         .downcast_ref::<String>()
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default();
-    assert!(text.contains("NOT REDELIVERED"), "failed otherwise: {text}");
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acking_on_drop_fails() {
+    let text = planted_amqp_failure(
+        AmqpBug::AcksOnDrop,
+        |ctx| async move { cases::dropped_delivery_is_redelivered(&ctx).await },
+        "dropped_delivery_is_redelivered passed an adapter that acknowledges on drop",
+    )
+    .await;
+    if !text.is_empty() {
+        assert!(text.contains("NOT REDELIVERED"), "failed otherwise: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn giving_up_after_a_cut_fails() {
+    let text = planted_amqp_failure(
+        AmqpBug::GivesUpOnError,
+        |ctx| async move { cases::reconnects_after_cut(&ctx).await },
+        "reconnects_after_cut passed an adapter whose subscriptions end at a lost connection",
+    )
+    .await;
+    if !text.is_empty() {
+        assert!(
+            text.contains("ended while recovering"),
+            "failed otherwise: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_giving_up_after_a_cut_fails() {
+    let text = planted_amqp_failure(
+        AmqpBug::GivesUpOnError,
+        |ctx| async move { cases::durable_resumes_after_cut(&ctx).await },
+        "durable_resumes_after_cut passed an adapter whose subscriptions end at a lost connection",
+    )
+    .await;
+    if !text.is_empty() {
+        assert!(
+            text.contains("ended after the cut"),
+            "failed otherwise: {text}"
+        );
+    }
 }

@@ -5,7 +5,7 @@
 //!   mosquitto with or without a password file, …) on
 //!   private loopback ports, killed by pid on drop, restartable, pausable
 //!   (`SIGSTOP`) to freeze a live connection;
-//! - [`proxy`]: a TCP proxy the test controls, to freeze a link (bytes stop
+//! - [`TcpProxy`] (from `switchboard-conformance`): a TCP proxy the test controls, to freeze a link (bytes stop
 //!   flowing, sockets stay open) or cut it (every connection reset);
 //! - [`certs`]: a [`Pki`] made per test (a CA, a server certificate for the
 //!   loopback names, a client certificate, an untrusted CA) in PEM files, for
@@ -33,7 +33,6 @@ pub mod errors;
 pub mod nats_auth;
 pub mod nats_cluster;
 pub mod process;
-pub mod proxy;
 pub mod tls_checks;
 pub mod tls_proxy;
 
@@ -46,7 +45,8 @@ pub use errors::assert_chain_does_not_repeat;
 pub use nats_auth::{NatsAuth, NatsOperator, NkeyUser};
 pub use nats_cluster::NatsCluster;
 pub use process::{BrokerProcess, MosquittoServer, NatsServer, RedisServer};
-pub use proxy::TcpProxy;
+/// The TCP proxy lives in the conformance suite, whose link cases cut connections with it.
+pub use switchboard_conformance::TcpProxy;
 pub use tls_checks::{TlsChecks, TlsEndpoint};
 pub use tls_proxy::TlsProxy;
 

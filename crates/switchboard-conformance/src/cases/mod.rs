@@ -24,6 +24,7 @@ mod durable;
 mod groups;
 mod headers;
 mod lifecycle;
+mod link;
 mod payload;
 mod request;
 mod routing;
@@ -49,6 +50,7 @@ pub use lifecycle::{
     close_leaves_other_connections_working, close_rejects_publish_and_subscribe,
     invalid_input_is_rejected,
 };
+pub use link::{durable_resumes_after_cut, reconnects_after_cut};
 pub use payload::{
     payload_binary, payload_empty, payload_limit_is_exact, payload_one_mebibyte, payload_utf8,
 };
@@ -101,6 +103,8 @@ pub const ALL: &[&str] = &[
     "durable_group_shares_work",
     "durable_resume_continues",
     "durable_wildcard_pattern",
+    "reconnects_after_cut",
+    "durable_resumes_after_cut",
     "close_rejects_publish_and_subscribe",
     "close_ends_subscriptions",
     "close_flushes_pending_publishes",
