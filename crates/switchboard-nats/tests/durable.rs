@@ -5,71 +5,19 @@
 
 mod server;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use switchboard_conformance::Connector;
 use switchboard_core::{Broker, Durable, Message, Pattern, Publisher, Subscriber};
-use switchboard_testkit::{unique, NatsServer};
-use tokio::time::{timeout, Instant};
-
-/// Messages the restart test publishes.
-const N: u32 = 5000;
-/// Messages published between two flushes; a batch whose flush fails is
-/// published again (so it may arrive twice, and duplicates are counted).
-const BATCH: u32 = 100;
-
-fn numbered(seq: u32) -> Message {
-    Message::new("restart.jobs", seq.to_be_bytes().to_vec()).unwrap()
-}
-
-fn number(payload: &[u8]) -> u32 {
-    u32::from_be_bytes(payload.try_into().expect("a 4-byte sequence number"))
-}
-
-/// Receives until every number `0..N` arrived, acknowledging each; returns
-/// the duplicates and error items seen. Fails naming what is missing after
-/// 60 s without a delivery.
-async fn receive_all(mut subscription: switchboard_core::Subscription) -> (u32, u32) {
-    let mut seen = vec![0u32; N as usize];
-    let mut distinct = 0;
-    let mut errors = 0;
-    while distinct < N {
-        match timeout(Duration::from_secs(60), subscription.next()).await {
-            Ok(Some(Ok(mut delivery))) => {
-                let seq = number(delivery.payload());
-                if seen[seq as usize] == 0 {
-                    distinct += 1;
-                }
-                seen[seq as usize] += 1;
-                // An ack lost in a restart only means a redelivery.
-                let _ = delivery.ack().await;
-            }
-            Ok(Some(Err(error))) => {
-                errors += 1;
-                eprintln!("error item (expected around restarts): {error}");
-            }
-            Ok(None) => panic!("the durable subscription ended"),
-            Err(_) => {
-                let missing: Vec<usize> = (0..seen.len()).filter(|&i| seen[i] == 0).collect();
-                panic!(
-                    "LOST: {} of {N} messages never arrived (first: {:?})",
-                    missing.len(),
-                    &missing[..missing.len().min(10)]
-                );
-            }
-        }
-    }
-    let duplicates = seen.iter().map(|&c| c.saturating_sub(1)).sum();
-    (duplicates, errors)
-}
+use switchboard_testkit::{unique, NatsServer, RestartDrill};
+use tokio::time::timeout;
 
 /// A private `nats-server -js -sd DIR` is killed and started again with the
-/// same directory twice while numbered messages are published at a steady
-/// rate: a durable consumer reading throughout, and one that was away until
-/// the end, each receive every one at least once; duplicates are counted and
-/// printed.
+/// same directory twice while 10,000 numbered messages are published at a
+/// steady rate (the [`RestartDrill`]): a durable consumer reading throughout,
+/// and one that was away until the end, each receive every one at least
+/// once; duplicates are counted and printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_messages_survive_server_restarts() {
     let dir = std::env::temp_dir().join(unique("js-restart"));
@@ -78,106 +26,20 @@ async fn durable_messages_survive_server_restarts() {
     let Some(mut server) = NatsServer::start(&["-js", "-sd", &store]) else {
         return;
     };
-    let url = server.url();
-    let subscriber = switchboard_nats::connect(&url).await.unwrap();
-    let pattern: Pattern = "restart.>".parse().unwrap();
-    let durable = Durable::new("restart-worker")
-        .unwrap()
-        .ack_wait(Duration::from_secs(2));
-    let subscription = subscriber
-        .subscribe_durable(&pattern, &durable)
-        .await
-        .unwrap();
-    // Created now, away until every message was published.
-    let late_durable = Durable::new("restart-late")
-        .unwrap()
-        .ack_wait(Duration::from_secs(2));
-    drop(
-        subscriber
-            .subscribe_durable(&pattern, &late_durable)
-            .await
-            .unwrap(),
-    );
-    // Connected after the stream exists: its publishes wait for PubAcks.
-    let publisher = Arc::new(switchboard_nats::connect(&url).await.unwrap());
-    let confirmed = Arc::new(AtomicU32::new(0));
-    let republished = Arc::new(AtomicU32::new(0));
-    let publishing = {
-        let (publisher, confirmed, republished) =
-            (publisher.clone(), confirmed.clone(), republished.clone());
-        tokio::spawn(async move {
-            let mut start = 0;
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while start < N {
-                assert!(Instant::now() < deadline, "publishing did not finish");
-                let end = (start + BATCH).min(N);
-                let mut sent = true;
-                for seq in start..end {
-                    if publisher.publish(numbered(seq)).await.is_err() {
-                        sent = false;
-                        break;
-                    }
-                }
-                if sent && publisher.flush().await.is_ok() {
-                    confirmed.store(end, Ordering::Release);
-                    start = end;
-                    // A steady rate: about 2,000 messages a second.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                } else {
-                    republished.fetch_add(end - start, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        })
-    };
-    let receiving = tokio::spawn(receive_all(subscription));
-    for third in [N / 3, 2 * N / 3] {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while confirmed.load(Ordering::Acquire) < third {
-            assert!(
-                Instant::now() < deadline,
-                "publishing stalled before a restart"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::task::block_in_place(|| {
+    let connector =
+        Connector::new(|url: String| async move { switchboard_nats::connect(&url).await });
+    let drill = RestartDrill::default();
+    let report = drill
+        .run(&connector, &server.url(), |outage| {
             server.process.kill();
-            // The outage: the server is gone this long.
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(outage);
             server.process.start_again();
-        });
-    }
-    timeout(Duration::from_secs(150), publishing)
-        .await
-        .expect("publishing finished")
-        .expect("the publishing task");
-    let (duplicates, errors) = timeout(Duration::from_secs(200), receiving)
-        .await
-        .expect("receiving finished")
-        .expect("the receiving task");
+        })
+        .await;
     println!(
-        "durable over 2 nats-server restarts, consumer reading throughout: {N} messages, all received; \
-         {duplicates} duplicates, {} republished after a failed flush, {errors} error items",
-        republished.load(Ordering::Relaxed)
+        "durable over 2 nats-server restarts: {} messages, all received by both consumers; {report:?}",
+        drill.messages
     );
-    // The consumer that was away during both restarts reads everything
-    // from the server's storage now.
-    let late = subscriber
-        .subscribe_durable(&pattern, &late_durable)
-        .await
-        .unwrap();
-    let (duplicates, errors) = receive_all(late).await;
-    println!(
-        "durable over 2 nats-server restarts, consumer away meanwhile: {N} messages, all received; \
-         {duplicates} duplicates, {errors} error items"
-    );
-    subscriber.remove_durable(&pattern, &durable).await.unwrap();
-    subscriber
-        .remove_durable(&pattern, &late_durable)
-        .await
-        .unwrap();
-    publisher.close().await.unwrap();
-    subscriber.close().await.unwrap();
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

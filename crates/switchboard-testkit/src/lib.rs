@@ -18,6 +18,10 @@
 //! - [`nats_auth`]: NKey users and an operator-mode (JWT, `.creds`) setup
 //!   made per test, with nats-servers configured for them;
 //! - [`nats_cluster`]: a [`NatsCluster`] of nats-servers routed to each other;
+//! - [`rabbit`]: a [`RabbitNode`] of the test's own (its own node name, ports
+//!   and data), to kill and start again;
+//! - [`restart_drill`]: the [`RestartDrill`] every durable mode goes through:
+//!   numbered messages at a steady rate while the broker is killed twice;
 //! - [`errors`]: checks on how an error reads with its chain of sources.
 //!
 //! A fixture that cannot start (no binary on this machine) returns `None` after
@@ -33,6 +37,8 @@ pub mod errors;
 pub mod nats_auth;
 pub mod nats_cluster;
 pub mod process;
+pub mod rabbit;
+pub mod restart_drill;
 pub mod tls_checks;
 pub mod tls_proxy;
 
@@ -45,6 +51,8 @@ pub use errors::assert_chain_does_not_repeat;
 pub use nats_auth::{NatsAuth, NatsOperator, NkeyUser};
 pub use nats_cluster::NatsCluster;
 pub use process::{BrokerProcess, MosquittoServer, NatsServer, RedisServer};
+pub use rabbit::RabbitNode;
+pub use restart_drill::{DrillReport, Received, RestartDrill};
 /// The TCP proxy lives in the conformance suite, whose link cases cut connections with it.
 pub use switchboard_conformance::TcpProxy;
 pub use tls_checks::{TlsChecks, TlsEndpoint};

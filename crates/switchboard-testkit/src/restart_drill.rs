@@ -1,0 +1,248 @@
+//! The restart drill of a durable mode, the same on every broker: numbered
+//! messages are published at a steady rate while the test's own broker is
+//! killed and started again twice; a durable consumer reading throughout and
+//! one that was away until the end must each receive every message at least
+//! once. Duplicates are counted and reported, never hidden.
+//!
+//! The publisher flushes after every batch; a batch whose publish or flush
+//! failed (the broker was down) is published again, so "flushed" is what
+//! counts as sent, and a message may be stored twice.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use switchboard_conformance::Connector;
+use switchboard_core::{Broker, Durable, Message, Pattern, Subscription};
+use tokio::time::{timeout, Instant};
+
+use crate::unique;
+
+/// The drill's settings; [`RestartDrill::default`] is 10,000 messages in
+/// batches of 100, about 2,000 a second, with a 500 ms outage per restart.
+#[derive(Debug, Clone)]
+pub struct RestartDrill {
+    /// Messages published.
+    pub messages: u32,
+    /// Messages between two flushes.
+    pub batch: u32,
+    /// Pause after each flushed batch (sets the rate).
+    pub pause: Duration,
+    /// How long the broker stays down at each restart.
+    pub outage: Duration,
+    /// How long the drill may go without a delivery before it reports a loss.
+    pub patience: Duration,
+}
+
+impl Default for RestartDrill {
+    fn default() -> Self {
+        RestartDrill {
+            messages: 10_000,
+            batch: 100,
+            pause: Duration::from_millis(50),
+            outage: Duration::from_millis(500),
+            patience: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What one durable consumer of the drill received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Deliveries of a message beyond its first.
+    pub duplicates: u32,
+    /// Error items (lost connections) the subscription yielded.
+    pub errors: u32,
+}
+
+/// The outcome of a drill that lost nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrillReport {
+    /// The consumer reading throughout.
+    pub reading: Received,
+    /// The consumer away until every message was published.
+    pub away: Received,
+    /// Messages published again after a failed publish or flush.
+    pub republished: u32,
+}
+
+impl RestartDrill {
+    /// Runs the drill against the broker at `url`, calling `restart` (which
+    /// kills the broker, waits, and starts it again with the same data)
+    /// after a third and after two thirds of the messages were flushed.
+    /// Panics naming the missing messages if any never arrives.
+    ///
+    /// Needs a multi-thread tokio runtime: `restart` blocks.
+    pub async fn run(
+        &self,
+        connector: &Connector,
+        url: &str,
+        mut restart: impl FnMut(Duration) + Send,
+    ) -> DrillReport {
+        let prefix = unique("drill");
+        let pattern: Pattern = format!("{prefix}.>").parse().expect("a valid pattern");
+        let subject = format!("{prefix}.jobs");
+        let name = prefix.replace('.', "-");
+        let reading_durable = durable(&format!("{name}-reading"));
+        let away_durable = durable(&format!("{name}-away"));
+
+        let subscriber = connector
+            .connect(url)
+            .await
+            .expect("connecting the subscriber");
+        let reading = subscriber
+            .subscribe_durable(&pattern, &reading_durable)
+            .await
+            .expect("creating the reading consumer");
+        subscriber
+            .subscribe_durable(&pattern, &away_durable)
+            .await
+            .expect("creating the away consumer")
+            .close()
+            .await
+            .expect("closing the away consumer's subscription");
+
+        let publisher = connector
+            .connect(url)
+            .await
+            .expect("connecting the publisher");
+        let flushed = Arc::new(AtomicU32::new(0));
+        let republished = Arc::new(AtomicU32::new(0));
+        let publishing = tokio::spawn(publish_all(
+            self.clone(),
+            publisher.clone(),
+            subject,
+            flushed.clone(),
+            republished.clone(),
+        ));
+        let receiving = tokio::spawn(receive_all(reading, self.messages, self.patience));
+        for third in [self.messages / 3, 2 * self.messages / 3] {
+            let deadline = Instant::now() + self.patience;
+            while flushed.load(Ordering::Acquire) < third {
+                assert!(
+                    Instant::now() < deadline,
+                    "publishing stalled at {} of {} before a restart",
+                    flushed.load(Ordering::Acquire),
+                    self.messages
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let outage = self.outage;
+            tokio::task::block_in_place(|| restart(outage));
+        }
+        timeout(self.patience * 2, publishing)
+            .await
+            .expect("publishing finished in time")
+            .expect("the publishing task");
+        let reading = timeout(self.patience * 2, receiving)
+            .await
+            .expect("receiving finished in time")
+            .expect("the receiving task");
+        // The consumer that was away during both restarts reads everything
+        // from the broker's storage now.
+        let away = subscriber
+            .subscribe_durable(&pattern, &away_durable)
+            .await
+            .expect("resuming the away consumer");
+        let away = receive_all(away, self.messages, self.patience).await;
+        for durable in [&reading_durable, &away_durable] {
+            subscriber
+                .remove_durable(&pattern, durable)
+                .await
+                .expect("removing a drill consumer");
+        }
+        let _ = publisher.close().await;
+        let _ = subscriber.close().await;
+        DrillReport {
+            reading,
+            away,
+            republished: republished.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn durable(name: &str) -> Durable {
+    Durable::new(name)
+        .expect("a valid consumer name")
+        .ack_wait(Duration::from_secs(2))
+}
+
+fn numbered(subject: &str, seq: u32) -> Message {
+    Message::new(subject, seq.to_be_bytes().to_vec()).expect("a valid subject")
+}
+
+async fn publish_all(
+    drill: RestartDrill,
+    publisher: Arc<dyn Broker>,
+    subject: String,
+    flushed: Arc<AtomicU32>,
+    republished: Arc<AtomicU32>,
+) {
+    let mut start = 0;
+    let deadline = Instant::now() + drill.patience * 2;
+    while start < drill.messages {
+        assert!(Instant::now() < deadline, "publishing did not finish");
+        let end = (start + drill.batch).min(drill.messages);
+        let mut sent = true;
+        for seq in start..end {
+            if publisher.publish(numbered(&subject, seq)).await.is_err() {
+                sent = false;
+                break;
+            }
+        }
+        if sent && publisher.flush().await.is_ok() {
+            flushed.store(end, Ordering::Release);
+            start = end;
+            tokio::time::sleep(drill.pause).await;
+        } else {
+            republished.fetch_add(end - start, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Receives until every number `0..n` arrived, acknowledging each. Panics
+/// naming what is missing after `patience` without a delivery.
+async fn receive_all(mut subscription: Subscription, n: u32, patience: Duration) -> Received {
+    let mut seen = vec![0u32; n as usize];
+    let mut distinct = 0;
+    let mut errors = 0;
+    while distinct < n {
+        match timeout(patience, subscription.next()).await {
+            Ok(Some(Ok(mut delivery))) => {
+                let payload = delivery.payload();
+                let seq = u32::from_be_bytes(
+                    payload
+                        .as_ref()
+                        .try_into()
+                        .expect("a 4-byte sequence number"),
+                );
+                if seen[seq as usize] == 0 {
+                    distinct += 1;
+                }
+                seen[seq as usize] += 1;
+                // An ack lost in a restart only means a redelivery.
+                let _ = delivery.ack().await;
+            }
+            Ok(Some(Err(error))) => {
+                errors += 1;
+                eprintln!("error item (expected around restarts): {error}");
+            }
+            Ok(None) => panic!("the durable subscription ended"),
+            Err(_) => {
+                let missing: Vec<usize> = (0..seen.len()).filter(|&i| seen[i] == 0).collect();
+                panic!(
+                    "LOST: {} of {n} messages never arrived within {patience:?} of the last \
+                     delivery (first: {:?})",
+                    missing.len(),
+                    &missing[..missing.len().min(10)]
+                );
+            }
+        }
+    }
+    Received {
+        duplicates: seen.iter().map(|&c| c.saturating_sub(1)).sum(),
+        errors,
+    }
+}
