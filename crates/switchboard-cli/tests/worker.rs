@@ -577,13 +577,28 @@ fn the_example_config_is_valid() {
 /// A durable route whose command always fails, with `max_deliver = 3` and
 /// one attempt per delivery: each message is delivered three times, reaches
 /// the dead letter exactly once, and a durable listener of the dead letters
-/// started after the worker stopped still reads them.
-#[tokio::test(flavor = "multi_thread")]
-async fn durable_route_dead_letters_a_poison_message_once() {
-    let Some(broker) = nats_or_skip("durable_route_dead_letters_a_poison_message_once").await
-    else {
-        return;
+/// started after the worker stopped still reads them. On every broker whose
+/// capabilities say `durable`.
+async fn durable_route_dead_letters_a_poison_message_once(kind: &str) {
+    let test = "durable_route_dead_letters_a_poison_message_once";
+    let url = switchboard_conformance::broker_url(
+        &format!("SWITCHBOARD_{}_URL", kind.to_uppercase()),
+        switchboard::resolve_url(kind),
+    );
+    let broker = match switchboard::connect(&url).await {
+        Ok(broker) => broker,
+        Err(error) => {
+            switchboard_conformance::skip_or_fail(format_args!(
+                "{test}: {kind} at {url} does not answer: {error}"
+            ));
+            return;
+        }
     };
+    if !broker.capabilities().durable {
+        eprintln!("skipped: {test}: {kind} has no durable mode");
+        broker.close().await.unwrap();
+        return;
+    }
     let prefix = unique("poison");
     let name = prefix.replace('.', "-");
     let dlq_pattern: switchboard::Pattern = format!("dlq.{prefix}.>").parse().unwrap();
@@ -611,7 +626,7 @@ exec = ["sh", "-c", "cat >> {tries}; echo >> {tries}; exit 3"]
             tries = tries.display()
         ),
     );
-    let worker = WorkerProcess::start(&nats_url(), &config, &[]);
+    let worker = WorkerProcess::start(&url, &config, &[]);
     for n in 0..3 {
         publish(
             &broker,
@@ -627,7 +642,7 @@ exec = ["sh", "-c", "cat >> {tries}; echo >> {tries}; exit 3"]
         }
         assert!(
             Instant::now() < deadline,
-            "not 9 tries (3 messages × 3 deliveries): {text:?}; stderr:\n{}",
+            "{kind}: not 9 tries (3 messages × 3 deliveries): {text:?}; stderr:\n{}",
             worker.stderr()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -679,4 +694,19 @@ exec = ["sh", "-c", "cat >> {tries}; echo >> {tries}; exit 3"]
         .await
         .unwrap();
     broker.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn durable_route_dead_letters_a_poison_message_once_on_nats() {
+    durable_route_dead_letters_a_poison_message_once("nats").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn durable_route_dead_letters_a_poison_message_once_on_amqp() {
+    durable_route_dead_letters_a_poison_message_once("amqp").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn durable_route_dead_letters_a_poison_message_once_on_redis() {
+    durable_route_dead_letters_a_poison_message_once("redis").await;
 }
