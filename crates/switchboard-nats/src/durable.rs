@@ -265,8 +265,13 @@ fn subscribe_error(pattern: &Pattern, reason: String, source: Option<BoxError>) 
 }
 
 /// The stream whose subjects capture `pattern`: an existing one, or one
-/// provisioned for it (file storage, kept [`STREAM_MAX_AGE`]).
-async fn stream_for(context: &jetstream::Context, pattern: &Pattern) -> Result<stream::Stream> {
+/// provisioned for it (file storage, kept [`STREAM_MAX_AGE`], on `replicas`
+/// servers).
+async fn stream_for(
+    context: &jetstream::Context,
+    pattern: &Pattern,
+    replicas: usize,
+) -> Result<stream::Stream> {
     let failed =
         |reason: String, source: Option<BoxError>| subscribe_error(pattern, reason, source);
     if let Ok(name) = context.stream_by_subject(pattern.as_str()).await {
@@ -310,6 +315,7 @@ async fn stream_for(context: &jetstream::Context, pattern: &Pattern) -> Result<s
             retention: stream::RetentionPolicy::Limits,
             max_age: STREAM_MAX_AGE,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await
@@ -398,7 +404,7 @@ pub(crate) async fn subscribe(
     let failed =
         |reason: String, source: Option<BoxError>| subscribe_error(pattern, reason, source);
     let context = &shared.jetstream;
-    let stream = tokio::time::timeout(shared.options.flush_timeout, stream_for(context, pattern))
+    let stream = tokio::time::timeout(shared.options.flush_timeout, stream_for(context, pattern, shared.options.replicas))
         .await
         .map_err(|_| {
             failed(

@@ -81,6 +81,7 @@
 //! | [`keepalive`](NatsOptions::keepalive) | `keepalive=15s`, `keepalive=off` | 15 s ([`DEFAULT_KEEPALIVE`]) | a link that passes nothing this long is dropped and reconnected |
 //! | [`nkey`](NatsOptions::nkey) | `nkey=PATH` | none | an NKey seed file to authenticate with |
 //! | [`creds`](NatsOptions::creds) | `creds=PATH` | none | a credentials file (user JWT + seed) to authenticate with |
+//! | [`replicas`](NatsOptions::replicas) | `replicas=3` | 1 | servers of a JetStream cluster keeping each stream provisioned for durable subscriptions |
 //! | [`tls`](NatsOptions::tls) | `ca=`, `cert=`, `key=`, `tls_server_name=` (`tls://` only) | the platform's trust store | see [TLS](#tls) |
 //! | [`reconnect_backoff`](NatsOptions::reconnect_backoff) | | 100 ms to 5 s ([`Backoff::DEFAULT`](switchboard_core::Backoff::DEFAULT)) | delay between reconnection attempts, the first at once |
 //!
@@ -286,7 +287,7 @@ pub use options::{
     NatsOptions, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_KEEPALIVE, QUERY_KEYS,
 };
-pub use options::{CREDS, NKEY};
+pub use options::{CREDS, NKEY, REPLICAS};
 /// TLS settings for [`tls`](NatsOptions::tls), the same on every adapter.
 pub use switchboard_tls::TlsOptions;
 

@@ -31,6 +31,11 @@ pub const NKEY: &str = "nkey";
 /// The URL key naming a credentials file (a user JWT and its seed): `creds=/etc/nats/user.creds`.
 pub const CREDS: &str = "creds";
 
+/// The URL key setting how many servers keep each stream the adapter
+/// provisions for durable subscriptions: `replicas=3` (JetStream clusters
+/// allow 1 to 5).
+pub const REPLICAS: &str = "replicas";
+
 /// The URL query keys the NATS adapter takes: the ones every adapter shares
 /// ([`options::COMMON`]), NATS's own [`NKEY`] and [`CREDS`], and, on `tls://`
 /// URLs, the TLS ones ([`options::TLS`]).
@@ -42,6 +47,7 @@ pub const QUERY_KEYS: &[&str] = &[
     options::KEEPALIVE,
     NKEY,
     CREDS,
+    REPLICAS,
     options::CA,
     options::CERT,
     options::KEY,
@@ -102,6 +108,11 @@ pub struct NatsOptions {
     /// `creds=/etc/nats/user.creds`; default none. Read when connecting; the
     /// seed is never shown.
     pub creds: Option<PathBuf>,
+    /// How many servers of a JetStream cluster keep each stream this adapter
+    /// provisions for durable subscriptions (1 to 5; a stream that exists
+    /// already keeps its own setting). With 3, a stream and its consumers
+    /// survive the loss of one server. URL: `replicas=3`; default 1.
+    pub replicas: usize,
 }
 
 impl Default for NatsOptions {
@@ -116,6 +127,7 @@ impl Default for NatsOptions {
             tls: TlsOptions::new(),
             nkey: None,
             creds: None,
+            replicas: 1,
         }
     }
 }
@@ -200,6 +212,14 @@ impl NatsOptions {
     /// [`nkey`](Self::nkey).
     pub fn creds(mut self, creds_file: impl Into<PathBuf>) -> Self {
         self.creds = Some(creds_file.into());
+        self
+    }
+
+    /// How many servers keep each stream provisioned for durable
+    /// subscriptions (see [`replicas`](Self::replicas)); clamped to 1..=5,
+    /// JetStream's range.
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.clamp(1, 5);
         self
     }
 }
@@ -315,6 +335,17 @@ fn apply_query(query: &Query, options: &mut NatsOptions) -> Result<()> {
     if let Some(keepalive) = query.keepalive()? {
         options.keepalive = keepalive;
     }
+    match query.count(REPLICAS)? {
+        Some(n @ 1..=5) => options.replicas = n,
+        Some(n) => {
+            return Err(query.invalid(
+                REPLICAS,
+                &n.to_string(),
+                "1 to 5 (JetStream keeps a stream on at most 5 servers)",
+            ))
+        }
+        None => {}
+    }
     for (key, field) in [(NKEY, &mut options.nkey), (CREDS, &mut options.creds)] {
         match query.text(key) {
             Some("") => return Err(query.invalid(key, "", "a file path")),
@@ -411,6 +442,21 @@ mod tests {
             let err = parse(url).err().unwrap().to_string();
             assert!(err.contains(needle), "{url}: {err}");
         }
+    }
+
+    #[test]
+    fn replicas_key() {
+        assert_eq!(parse("nats://h:1").unwrap().options.replicas, 1);
+        let target = parse("nats://a:1,nats://b:2?replicas=3").unwrap();
+        assert_eq!(target.options.replicas, 3);
+        for bad in ["0", "6", "three"] {
+            let err = parse(&format!("nats://h:1?replicas={bad}"))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(&format!("`replicas={bad}`")), "{err}");
+        }
+        assert_eq!(NatsOptions::new().replicas(9).replicas, 5);
     }
 
     #[test]
