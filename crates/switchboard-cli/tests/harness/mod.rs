@@ -11,10 +11,16 @@ use std::time::{Duration, Instant};
 /// How long a listener may take to say it is subscribed, or a message to arrive.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// The `switchboard` binary, with no broker or log settings from the environment.
+/// The `switchboard` binary, with no broker, log or OpenTelemetry settings
+/// from the environment.
 pub fn switchboard() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
     command.env_remove("BROKER_URL").env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OTEL_") {
+            command.env_remove(name);
+        }
+    }
     command
 }
 
@@ -295,8 +301,14 @@ pub struct Process {
 impl Process {
     /// Starts `switchboard ARGS...` (pass `--broker` in `args`).
     pub fn start(args: &[&str], stdout: Stdout) -> Process {
+        Process::start_with_env(args, &[], stdout)
+    }
+
+    /// Starts `switchboard ARGS...` with `env` added to its environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)], stdout: Stdout) -> Process {
         let mut child = switchboard()
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
