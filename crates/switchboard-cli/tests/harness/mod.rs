@@ -367,13 +367,14 @@ impl Process {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// Waits for a stderr line containing `needle`, failing the test after `patience`.
-    pub fn wait_stderr(&self, needle: &str, patience: Duration) {
+    /// Waits for a stderr line containing `needle` and returns it, failing
+    /// the test after `patience`.
+    pub fn wait_stderr(&self, needle: &str, patience: Duration) -> String {
         let deadline = Instant::now() + patience;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr_lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return,
+                Ok(line) if line.contains(needle) => return line,
                 Ok(_) => continue,
                 Err(_) => panic!(
                     "no stderr line with {needle:?} within {patience:?}; stderr:\n{}",
