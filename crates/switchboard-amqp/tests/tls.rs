@@ -43,6 +43,13 @@ fn checks() -> TlsChecks {
         },
         Connector::new(|url: String| async move { switchboard_amqp::connect(&url).await }),
     )
+    // 200,000 messages through the test's own TLS proxy (one thread,
+    // rustls unoptimized in test builds) took 227 s here; the case runs in
+    // plain text in tests/conformance.rs.
+    .leave_out_of_conformance(
+        "no_silent_loss_under_flood",
+        "200,000 messages through the test's single-threaded TLS proxy take minutes; run in plain text by tests/conformance.rs",
+    )
 }
 
 switchboard_testkit::tls_checks!(checks());

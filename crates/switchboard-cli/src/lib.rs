@@ -43,6 +43,7 @@ mod format;
 mod listen;
 mod logging;
 mod membership;
+mod otel;
 mod reply;
 mod request;
 mod send;
@@ -115,6 +116,15 @@ pub fn main() -> ExitCode {
     switchboard_tls::install_default_provider();
     let cli = Cli::parse();
     logging::init(cli.verbose);
+    // Before the runtime: the exporter's HTTP client and its batch thread
+    // are made outside any async context.
+    let telemetry = match otel::init() {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -130,6 +140,10 @@ pub fn main() -> ExitCode {
     // cannot cancel it) or a client's reconnect loop would keep the process
     // alive after the command has finished and said so.
     runtime.shutdown_background();
+    // The spans of the last messages are still buffered.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     match outcome {
         Ok(code) => code,
         Err(error) => {

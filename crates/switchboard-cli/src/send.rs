@@ -8,11 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use rand::distr::{Alphanumeric, SampleString};
+use switchboard::worker::PublishSpan;
 use switchboard::{AnyBroker, Bytes, Headers, Message, Subject};
 use tokio::io::AsyncBufReadExt as _;
 
 use crate::connection;
 use crate::format::{self, Format};
+use crate::otel;
 use crate::signals::{Signal, Signals};
 
 /// How long closing may take after publishing failed: the link is broken,
@@ -27,6 +29,7 @@ Examples:
   switchboard send --on load.test --count 1000 --sleep 10ms 'tick {{Count}} {{ID}} at {{TimeStamp}}'
   switchboard listen --on 'orders.>' --format json > orders.jsonl      # capture on one broker...
   switchboard --broker amqp send --format json < orders.jsonl         # ...replay on another
+  switchboard send --trace --on alerts.disk 'disk 95% full'    # starts a W3C trace
 
 Prints nothing on success; -v reports how many messages were sent (on stderr).
 
@@ -69,6 +72,14 @@ pub struct SendArgs {
     /// Header to attach, as NAME=VALUE (repeatable; a repeated NAME keeps the last value).
     #[arg(short = 'H', long = "header", value_name = "NAME=VALUE")]
     pub(crate) headers: Vec<String>,
+
+    /// Start a W3C trace: each message gets a new `traceparent` header (a child of the
+    /// one given with --header traceparent=…, if any), which `switchboard worker`
+    /// continues. On by default in a build with OpenTelemetry export (cargo feature
+    /// `otel`) when OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_TRACES_EXPORTER=otlp) is set;
+    /// each send is then an exported span with the ids of that `traceparent`.
+    #[arg(long)]
+    pub(crate) trace: bool,
 
     /// Send the bytes of FILE, unchanged, as one message (`-` reads all of stdin as one message).
     #[arg(long, value_name = "FILE", conflicts_with = "message")]
@@ -125,6 +136,7 @@ pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
     let pace = Pace {
         sleep: args.sleep,
         json: format == Format::Json,
+        trace: args.trace || otel::exporting(),
     };
     // From here on a signal stops `send` the way it says, not the default way.
     let mut signals = Signals::install()?;
@@ -247,13 +259,28 @@ pub(crate) fn parse_headers(args: &[String]) -> anyhow::Result<Headers> {
     Ok(headers)
 }
 
-/// How messages are paced and read.
+/// How messages are paced, read and traced.
 #[derive(Clone, Copy)]
 struct Pace {
     /// A pause between messages.
     sleep: Option<Duration>,
     /// Stdin lines are JSON messages.
     json: bool,
+    /// Each message starts a trace (`--trace`).
+    trace: bool,
+}
+
+/// Publishes `message`, in a trace of its own when `trace` is set: a
+/// [`PublishSpan`] gives it its `traceparent` and, with OpenTelemetry
+/// export, is exported with the publish's outcome.
+async fn publish(broker: &AnyBroker, mut message: Message, trace: bool) -> switchboard::Result<()> {
+    if !trace {
+        return broker.publish(message).await;
+    }
+    let span = PublishSpan::start(&mut message)?;
+    let published = broker.publish(message).await;
+    span.end(&published);
+    published
 }
 
 /// Fills in `{{Count}}`, `{{ID}}`, `{{TimeStamp}}` and `{{Unix}}` for message
@@ -318,7 +345,7 @@ async fn publish_all(
             };
             let message = Message::from_parts(subject.clone(), payload, headers.clone());
             tokio::select! {
-                published = broker.publish(message) => match published {
+                published = publish(broker, message, pace.trace) => match published {
                     Ok(()) => Published::All(1),
                     Err(error) => Published::Failed(0, connection::one_line(error)),
                 },
@@ -347,7 +374,7 @@ async fn publish_all(
                 };
                 let published = tokio::select! {
                     biased;
-                    published = broker.publish(message) => published,
+                    published = publish(broker, message, pace.trace) => published,
                     signal = signals.recv() => return Published::Interrupted(count, signal),
                 };
                 if let Err(error) = published {
@@ -441,7 +468,7 @@ async fn publish_lines(
         // down or slow); a signal stops that wait too.
         let published = tokio::select! {
             biased;
-            published = broker.publish(message) => published,
+            published = publish(broker, message, pace.trace) => published,
             signal = signals.recv() => return Published::Interrupted(count, signal),
         };
         if let Err(error) = published {

@@ -187,3 +187,59 @@ async fn library_handlers_publish_in_the_trace() {
         .await
         .unwrap();
 }
+
+/// `send --trace` starts a trace (a new trace id per message), or continues
+/// the `traceparent` given with `--header` as its child; plain `send` adds none.
+#[test]
+fn send_trace_starts_a_trace_nats() {
+    let Some(url) = broker_url("nats", "send_trace_starts_a_trace") else {
+        return;
+    };
+    let prefix = unique("sendtrace");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let broker = runtime.block_on(switchboard::connect(&url)).unwrap();
+    let mut sent = runtime
+        .block_on(broker.subscribe(&format!("{prefix}.>").parse().unwrap()))
+        .unwrap();
+    let subject = format!("{prefix}.alert");
+    harness::send(
+        &url,
+        &["--on", &subject, "--trace", "--count", "2", "x"],
+        b"",
+    );
+    harness::send(
+        &url,
+        &[
+            "--on",
+            &subject,
+            "--trace",
+            "--header",
+            &format!("traceparent={}", known_traceparent()),
+            "y",
+        ],
+        b"",
+    );
+    harness::send(&url, &["--on", &subject, "plain"], b"");
+    let received: Vec<Message> = runtime.block_on(async {
+        let mut received = Vec::new();
+        for _ in 0..4 {
+            received.push(next(&mut sent).await);
+        }
+        received
+    });
+    let first = switchboard::worker::TraceContext::from_headers(received[0].headers())
+        .expect("a valid traceparent");
+    let second = switchboard::worker::TraceContext::from_headers(received[1].headers())
+        .expect("a valid traceparent");
+    assert!(first.sampled());
+    assert_ne!(first.trace_id(), TRACE_ID);
+    assert_ne!(first.trace_id(), second.trace_id(), "a trace per message");
+    assert_child(received[2].headers().get("traceparent").unwrap());
+    assert_eq!(received[3].headers().get("traceparent"), None);
+    runtime.block_on(async {
+        let _ = broker.close().await;
+    });
+}

@@ -136,6 +136,80 @@ impl Suite {
         }
     }
 
+    /// A suite for broker kind `broker` at `url`, whatever the environment
+    /// says: for a server the test started itself (a private TLS listener).
+    pub fn at(broker: impl Into<String>, url: impl Into<String>, connector: Connector) -> Self {
+        Suite {
+            broker: broker.into(),
+            // No variable has an empty name: the URL is always `url`.
+            url_env: String::new(),
+            default_url: url.into(),
+            connector,
+        }
+    }
+
+    /// Runs every case ([`cases::ALL`](crate::cases::ALL)) in one test, a
+    /// few at a time, each with a context (and prefix) of its own, then
+    /// fails naming every case that failed. For a broker the test starts
+    /// itself, where one test per case (what [`suite!`](crate::suite) makes)
+    /// would start one server per case.
+    pub async fn run_all(&self) {
+        self.run_all_but(&[]).await;
+    }
+
+    /// [`Suite::run_all`] but the cases of `left_out`, each `(case, why)`,
+    /// which print `skipped: <case>: <why>`.
+    pub async fn run_all_but(&self, left_out: &[(&str, &str)]) {
+        use futures::StreamExt as _;
+
+        /// Cases at a time: what `cargo test` runs on two cores, and twice that.
+        const AT_ONCE: usize = 4;
+        /// Cases that take longer are named on stderr (with `--nocapture`).
+        const SLOW_CASE: Duration = Duration::from_secs(5);
+        for (name, why) in left_out {
+            eprintln!("skipped: {} {name}: {why}", self.broker);
+        }
+        let chosen = crate::cases::ALL
+            .iter()
+            .filter(|name| !left_out.iter().any(|(out, _)| out == *name));
+        let runs = chosen.map(|name| async move {
+            let Some(case) = crate::cases::by_name(name) else {
+                return Some(format!("{name}: not a case"));
+            };
+            let suite = self.clone();
+            let started = std::time::Instant::now();
+            // Each case in a task of its own, so that its panic is its failure.
+            let run = tokio::spawn(async move {
+                if let Some(ctx) = suite.context(name).await {
+                    case(&ctx).await;
+                    ctx.finish().await;
+                }
+            });
+            let outcome = run.await;
+            if started.elapsed() > SLOW_CASE {
+                eprintln!("{name} took {:.1?}", started.elapsed());
+            }
+            match outcome {
+                Ok(()) => None,
+                Err(error) => Some(format!("{name}: {error}")),
+            }
+        });
+        let failed: Vec<String> = futures::stream::iter(runs)
+            .buffer_unordered(AT_ONCE)
+            .filter_map(|failure| async move { failure })
+            .collect()
+            .await;
+        assert!(
+            failed.is_empty(),
+            "{} of {} conformance cases failed on {} at {}:\n{}",
+            failed.len(),
+            crate::cases::ALL.len(),
+            self.broker,
+            redact_url(&self.url()),
+            failed.join("\n")
+        );
+    }
+
     /// The broker kind under test.
     pub fn broker(&self) -> &str {
         &self.broker

@@ -59,6 +59,15 @@ pub(crate) struct Shared {
     pub(crate) captured: durable::Captured,
 }
 
+impl Drop for Shared {
+    /// The registry's client (kept to name the server after a failover)
+    /// would otherwise keep the connection open: async-nats closes it with
+    /// its last client.
+    fn drop(&mut self) {
+        self.registry.detach();
+    }
+}
+
 impl NatsBroker {
     /// Connects to `url` with the default [`NatsOptions`] (overridden by the
     /// URL's query). Fails fast, saying why, if nothing answers or the server
@@ -202,6 +211,7 @@ impl Broker for NatsBroker {
         }
         let was_connected = self.shared.registry.link.status().connected;
         self.shared.registry.link.close();
+        self.shared.registry.detach();
         let timeout = self.shared.options.flush_timeout;
         // Everything below shares one deadline: while the connection is down
         // (or frozen) async-nats neither flushes nor reports the end of a drain.

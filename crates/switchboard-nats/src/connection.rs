@@ -1,13 +1,14 @@
 //! Opening the connection (credentials, keepalive, reconnect schedule, TLS,
 //! a bounded handshake), the registry that turns async-nats connection
 //! events (`SlowConsumer(sid)`, `Disconnected`, `Connected`) into link state
-//! and `Err` items on the subscriptions they concern, and the round trip that
-//! proves the server has processed everything sent before.
+//! and `Err` items on the subscriptions they concern (and, after a reconnect
+//! to another node of a cluster, one log line naming it), and the round trip
+//! that proves the server has processed everything sent before.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
@@ -34,7 +35,7 @@ pub(crate) struct Connection {
 pub(crate) async fn open(url: &str, options: NatsOptions) -> Result<Connection> {
     let target = parse_url(url, options)?;
     let options = target.options;
-    let registry = Registry::new();
+    let registry = Registry::new(target.servers.clone());
     let events = registry.clone();
     let backoff = options.reconnect_backoff;
     let mut connect = match target.credentials {
@@ -50,7 +51,11 @@ pub(crate) async fn open(url: &str, options: NatsOptions) -> Result<Connection> 
     // Subjects are validated by switchboard already.
     .skip_subject_validation(true)
     .event_callback(move |event| {
+        let connected = matches!(event, async_nats::Event::Connected);
         events.on_event(event);
+        if connected {
+            Registry::follow_server(&events);
+        }
         std::future::ready(())
     });
     if let Some(name) = &options.name {
@@ -84,6 +89,7 @@ pub(crate) async fn open(url: &str, options: NatsOptions) -> Result<Connection> 
             ))
         }
     };
+    registry.attach(&client);
     Ok(Connection {
         client,
         registry,
@@ -191,16 +197,110 @@ pub(crate) struct Registry {
     closed: watch::Sender<bool>,
     /// The connection's state, for `Broker::status` and the outage log lines.
     pub(crate) link: Link,
+    /// The client, to read the server's INFO after a reconnect. Set once
+    /// connected; taken back when the broker is closed or dropped, since
+    /// async-nats closes a connection only with its last client.
+    client: Mutex<Option<async_nats::Client>>,
+    /// The server connected to now, as log lines name it.
+    server: Mutex<Option<ServerName>>,
+    /// The servers of the URL, to name the one connected to as the user did.
+    servers: Vec<async_nats::ServerAddr>,
+}
+
+/// How long to wait, after async-nats says it is connected again, for the
+/// new server's INFO (async-nats reports the event before it stores it).
+const SERVER_INFO_PATIENCE: Duration = Duration::from_secs(2);
+
+/// A server as log lines name it: its `server_name` and address (host and
+/// port only, never credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServerName {
+    name: String,
+    address: String,
+}
+
+impl std::fmt::Display for ServerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {}", self.name, self.address)
+    }
 }
 
 impl Registry {
-    pub(crate) fn new() -> Arc<Self> {
+    pub(crate) fn new(servers: Vec<async_nats::ServerAddr>) -> Arc<Self> {
         Arc::new(Registry {
             entries: Mutex::new(HashMap::new()),
             next_synthetic: AtomicU64::new(0),
             closed: watch::channel(false).0,
             link: Link::new(KIND),
+            client: Mutex::new(None),
+            server: Mutex::new(None),
+            servers,
         })
+    }
+
+    /// Remembers the connected `client` and logs (at info level, `-v` in
+    /// the CLI) which server it is on.
+    pub(crate) fn attach(&self, client: &async_nats::Client) {
+        let server = self.name_of(&client.server_info());
+        tracing::info!("{KIND}: connected to server {server}");
+        *lock(&self.server) = Some(server);
+        *lock(&self.client) = Some(client.clone());
+    }
+
+    /// Lets go of the client (the broker is closed or dropped).
+    pub(crate) fn detach(&self) {
+        lock(&self.client).take();
+    }
+
+    /// After a reconnect: once the new server's INFO is in, logs one warning
+    /// if it is another server than before (a failover in a cluster), e.g.
+    /// `nats: now on server n2 at 127.0.0.1:4223 (was n1 at 127.0.0.1:4222)`.
+    fn follow_server(registry: &Arc<Registry>) {
+        // None at the first connection, which `attach` reports.
+        let Some(client) = lock(&registry.client).clone() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let registry = Arc::clone(registry);
+        runtime.spawn(async move {
+            let deadline = Instant::now() + SERVER_INFO_PATIENCE;
+            loop {
+                let now = registry.name_of(&client.server_info());
+                let before = lock(&registry.server).replace(now.clone());
+                match before {
+                    Some(before) if before != now => {
+                        tracing::warn!("{KIND}: now on server {now} (was {before})");
+                        return;
+                    }
+                    _ if Instant::now() >= deadline => return,
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        });
+    }
+
+    /// How log lines name the server of `info`: the URL's server with its
+    /// port (as the user wrote it), else the address the server announces.
+    fn name_of(&self, info: &async_nats::ServerInfo) -> ServerName {
+        let address = self
+            .servers
+            .iter()
+            .find(|server| server.port() == info.port && server.host() == info.host)
+            .or_else(|| {
+                self.servers
+                    .iter()
+                    .find(|server| server.port() == info.port)
+            })
+            .map(|server| format!("{}:{}", server.host(), server.port()))
+            .unwrap_or_else(|| format!("{}:{}", info.host, info.port));
+        let name = if info.server_name.is_empty() {
+            info.server_id.clone()
+        } else {
+            info.server_name.clone()
+        };
+        ServerName { name, address }
     }
 
     fn entries(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
@@ -277,6 +377,7 @@ impl Registry {
             }
             async_nats::Event::Closed => {
                 tracing::debug!("nats: connection closed");
+                self.detach();
                 self.closed.send_replace(true);
             }
             async_nats::Event::ServerError(error) => {
@@ -300,5 +401,13 @@ impl Registry {
         let mut closed = self.closed.subscribe();
         // An error means the sender is gone, which cannot happen while `self` lives.
         let _ = closed.wait_for(|closed| *closed).await;
+    }
+}
+
+/// `mutex` locked, also after a panic elsewhere (the data stays usable).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }

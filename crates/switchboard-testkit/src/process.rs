@@ -205,11 +205,14 @@ impl NatsServer {
     fn start_with_tls_block(pki: &Pki, verify: bool) -> Option<Self> {
         let port = free_port();
         let config = pki.dir().join(format!("nats-{port}.conf"));
+        // JetStream too, so that the conformance suite's durable cases run
+        // over TLS as they do in plain text.
         let block = format!(
-            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: {verify}\n  timeout: 5\n}}\n",
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: {verify}\n  timeout: 5\n}}\njetstream {{\n  store_dir: {:?}\n}}\n",
             pki.server_cert().display().to_string(),
             pki.server_key().display().to_string(),
             pki.ca().display().to_string(),
+            pki.dir().join(format!("jetstream-{port}")).display().to_string(),
         );
         std::fs::write(&config, block).expect("writing the nats-server TLS config");
         Self::start_on(port, &["-c", &config.display().to_string()])

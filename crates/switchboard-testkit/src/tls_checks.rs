@@ -63,6 +63,8 @@ type StartFn = dyn Fn(&Pki, bool) -> Option<TlsEndpoint> + Send + Sync;
 pub struct TlsChecks {
     start: Box<StartFn>,
     connector: Connector,
+    /// Conformance cases not run over TLS, with the reason.
+    left_out: Vec<(&'static str, &'static str)>,
 }
 
 impl fmt::Debug for TlsChecks {
@@ -84,7 +86,15 @@ impl TlsChecks {
         TlsChecks {
             start: Box::new(start),
             connector,
+            left_out: Vec::new(),
         }
+    }
+
+    /// Leaves conformance case `case` out of [`TlsChecks::conformance_over_tls`],
+    /// saying `why` (printed as a `skipped:` line).
+    pub fn leave_out_of_conformance(mut self, case: &'static str, why: &'static str) -> Self {
+        self.left_out.push((case, why));
+        self
     }
 
     /// With `ca=` in the URL the connection works: a message goes round.
@@ -239,6 +249,26 @@ impl TlsChecks {
     }
 
     /// Connects to `url` and sends a message round.
+    /// The whole conformance suite, unchanged, over TLS with `ca=` in the
+    /// URL: what works in plain text works the same through TLS.
+    pub async fn conformance_over_tls(&self) {
+        let pki = Pki::new();
+        let Some(endpoint) = (self.start)(&pki, false) else {
+            return;
+        };
+        let url = endpoint.url_with(&pki.ca_query());
+        let broker = self
+            .connector
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+        let kind = broker.kind();
+        broker.close().await.unwrap();
+        switchboard_conformance::Suite::at(kind, url, self.connector.clone())
+            .run_all_but(&self.left_out)
+            .await;
+    }
+
     async fn works(&self, url: &str) {
         let broker = self
             .connector
@@ -326,5 +356,12 @@ macro_rules! __tls_checks {
                 ($checks).$check().await;
             }
         )*
+
+        /// The conformance suite over TLS, on the runtime the suite's cases
+        /// run on (two worker threads).
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn conformance_over_tls() {
+            ($checks).conformance_over_tls().await;
+        }
     };
 }

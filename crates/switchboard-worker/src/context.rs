@@ -106,6 +106,13 @@ impl Context {
         }
     }
 
+    /// The same message handled in the span `trace` (the OpenTelemetry span's
+    /// ids, when one was started for it: see [`crate::otel`]).
+    pub(crate) fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
     /// The same message with another attempt number (what [`Retry`](crate::Retry) passes on).
     pub fn with_attempt(mut self, attempt: u32) -> Self {
         self.attempt = attempt;

@@ -136,6 +136,7 @@ mod error;
 mod handler;
 pub mod layer;
 pub mod metrics;
+mod otel;
 mod route;
 mod route_loop;
 mod running;
@@ -171,6 +172,6 @@ pub use stats::{Counters, Stats};
 pub use summary::{StopReason, Summary, Unfinished};
 /// Core's codec trait and JSON, so that typed routes need one import.
 pub use switchboard_core::{Codec, Json};
-pub use trace::{TraceContext, TRACEPARENT_HEADER, TRACESTATE_HEADER};
+pub use trace::{PublishSpan, TraceContext, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 pub use typed::{DecodeError, IntoReply, Typed, TypedFn};
 pub use worker::{Worker, DEFAULT_GRACE_PERIOD};

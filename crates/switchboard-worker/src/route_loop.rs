@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::layer::panic_message;
 use crate::metrics::RouteMetrics;
+use crate::otel::OtelSpan;
 use crate::route::Prepared;
 use crate::running::Shared;
 use crate::trace::TraceContext;
@@ -174,7 +175,7 @@ impl Job {
     /// error is permanent); on abort, gives it back.
     async fn handle(self, mut delivery: Delivery) {
         let shared = &self.shared;
-        let ctx = Context::for_route(
+        let mut ctx = Context::for_route(
             delivery.message().clone(),
             delivery.redelivered(),
             self.route.clone(),
@@ -183,6 +184,17 @@ impl Job {
             delivery.replier(),
         )
         .with_delivery(delivery.delivery_count(), self.max_deliver);
+        // With OpenTelemetry export, the handler's span is the exported one:
+        // its ids go into what the handler publishes.
+        let (exported, otel_trace) = OtelSpan::consumer(
+            &self.route,
+            delivery.subject().as_str(),
+            shared.broker.kind(),
+            TraceContext::from_headers(ctx.headers()).as_ref(),
+        );
+        if let Some(trace) = otel_trace {
+            ctx = ctx.with_trace(trace);
+        }
         let span = tracing::info_span!(
             "switchboard.message",
             route = %self.route,
@@ -209,6 +221,7 @@ impl Job {
             outcome = call => outcome,
             _ = self.abort.cancelled() => {
                 shared.give_back(&self.metrics, &mut delivery, true).await;
+                exported.end(Some("cancelled at shutdown; the message was given back"));
                 return;
             }
         };
@@ -221,11 +234,13 @@ impl Job {
                 }
                 self.metrics.counters.add_handled();
                 tracing::debug!("handled");
+                exported.end(None);
                 return;
             }
             Ok(Err(error)) => (error.to_string(), error.is_permanent()),
             Err(payload) => (format!("panicked: {}", panic_message(&*payload)), false),
         };
+        exported.end(Some(&error));
         self.metrics.counters.add_failed();
         if permanent {
             // Redelivered, it would fail the same way, again and again.

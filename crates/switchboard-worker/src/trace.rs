@@ -18,13 +18,38 @@
 //!   the command's environment, the convention for child processes).
 //!
 //! A message without a `traceparent` (or with one that does not parse) is
-//! handled as before: no trace headers are added. The spans are `tracing`
-//! spans; exporting them to an OpenTelemetry collector is not built in.
+//! handled as before: no trace headers are added — unless OpenTelemetry
+//! export is on (below), which starts a new trace for it.
+//!
+//! # Starting a trace
+//!
+//! A message published outside a handler (an alert sent by a script, the
+//! CLI's `send --trace`) starts a trace with [`PublishSpan::start`]: a new
+//! trace id and span id in its `traceparent` (or, when the message already
+//! carries one, a child of it), which the worker then continues.
+//!
+//! # OpenTelemetry (feature `otel`)
+//!
+//! With the `otel` feature, each message the worker handles is also an
+//! OpenTelemetry span (kind `Consumer`, named `process <route>`) of the global
+//! tracer provider (`opentelemetry::global`), whose parent is the message's
+//! `traceparent`, and a [`PublishSpan`] a span of kind `Producer`. The span
+//! ids the SDK gives those spans are the ones the worker puts in the
+//! `traceparent` of what the handler publishes (and in `TRACEPARENT` for
+//! `exec`), so the exported spans and the propagated headers agree. A message
+//! without a `traceparent` then starts a new trace, as OpenTelemetry
+//! consumers do. The worker only uses the OpenTelemetry API: the application
+//! installs the SDK and an exporter, before [`Worker::start`](crate::Worker::start)
+//! (the `switchboard` CLI built with its `otel` feature does so from the
+//! `OTEL_*` environment variables). Without an installed provider (the
+//! API's no-op one) nothing changes.
 
 use std::fmt;
 
 use rand::Rng;
-use switchboard_core::Headers;
+use switchboard_core::{Headers, Message};
+
+use crate::otel::OtelSpan;
 
 /// The header naming the trace and the parent span of a message.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
@@ -98,6 +123,59 @@ impl TraceContext {
         )
     }
 
+    /// The first span of a new trace: random trace and span ids, sampled, no
+    /// `tracestate` (what [`PublishSpan::start`] gives a message without a
+    /// `traceparent` when OpenTelemetry does not name the ids).
+    pub fn root() -> TraceContext {
+        let mut rng = rand::rng();
+        let trace_id = loop {
+            let id: [u8; 16] = rng.random();
+            if id != [0; 16] {
+                break id;
+            }
+        };
+        TraceContext {
+            trace_id,
+            span_id: random_nonzero(),
+            flags: 1,
+            state: None,
+        }
+    }
+
+    /// A context from its parts; `None` when an id is all zeros (invalid).
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    pub(crate) fn from_parts(
+        trace_id: [u8; 16],
+        span_id: [u8; 8],
+        flags: u8,
+        state: Option<String>,
+    ) -> Option<TraceContext> {
+        (trace_id != [0; 16] && span_id != [0; 8]).then_some(TraceContext {
+            trace_id,
+            span_id,
+            flags,
+            state,
+        })
+    }
+
+    /// The trace id as bytes.
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    pub(crate) fn trace_id_bytes(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
+    /// The span id as bytes.
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    pub(crate) fn span_id_bytes(&self) -> [u8; 8] {
+        self.span_id
+    }
+
+    /// The flags byte (`01`: sampled).
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    pub(crate) fn flags(&self) -> u8 {
+        self.flags
+    }
+
     /// The context of a new span in the same trace: same trace id, flags and
     /// `tracestate`, a new random span id (whose parent is this one).
     pub fn child(&self) -> TraceContext {
@@ -163,6 +241,66 @@ impl fmt::Debug for TraceContext {
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.traceparent())
+    }
+}
+
+/// Publishing a message outside a handler as a span of a trace: the message
+/// gets a `traceparent` naming this span — a new trace, or a child of the
+/// `traceparent` it already had — and, with the `otel` feature and an
+/// installed OpenTelemetry SDK, the span is exported (kind `Producer`, named
+/// `send <subject>`) with the same ids.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use switchboard_core::{MemoryBroker, Message, Publisher};
+/// use switchboard_worker::PublishSpan;
+///
+/// let broker = MemoryBroker::new();
+/// let mut alert = Message::new("alerts.disk", "95% full")?;
+/// let span = PublishSpan::start(&mut alert)?;
+/// assert!(alert.headers().get("traceparent").is_some());
+/// let sent = broker.publish(alert).await;
+/// span.end(&sent);
+/// sent?;
+/// # Ok(()) }
+/// ```
+pub struct PublishSpan {
+    context: TraceContext,
+    span: OtelSpan,
+}
+
+impl PublishSpan {
+    /// Starts the span and sets `traceparent` (and `tracestate`) in
+    /// `message`'s headers. Fails only if the headers refuse them.
+    pub fn start(message: &mut Message) -> switchboard_core::Result<PublishSpan> {
+        let parent = TraceContext::from_headers(message.headers());
+        let (span, exported) = OtelSpan::producer(message.subject().as_str(), parent.as_ref());
+        let context = exported.unwrap_or_else(|| match &parent {
+            Some(parent) => parent.child(),
+            None => TraceContext::root(),
+        });
+        context.inject(message.headers_mut())?;
+        Ok(PublishSpan { context, span })
+    }
+
+    /// The span's context: what the message's `traceparent` names.
+    pub fn context(&self) -> &TraceContext {
+        &self.context
+    }
+
+    /// Ends the span with the publish's outcome (an error marks it failed).
+    pub fn end<E: fmt::Display>(self, outcome: &Result<(), E>) {
+        let error = outcome.as_ref().err().map(ToString::to_string);
+        self.span.end(error.as_deref());
+    }
+}
+
+impl fmt::Debug for PublishSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublishSpan")
+            .field("context", &self.context)
+            .finish_non_exhaustive()
     }
 }
 
@@ -249,5 +387,30 @@ mod tests {
             child,
             "{headers:?}"
         );
+    }
+
+    #[test]
+    fn publish_spans_start_a_trace_or_continue_one() {
+        let mut fresh = Message::new("alerts.a", "x").unwrap();
+        let span = PublishSpan::start(&mut fresh).unwrap();
+        let root = TraceContext::from_headers(fresh.headers()).unwrap();
+        assert_eq!(&root, span.context());
+        assert!(root.sampled());
+        span.end(&Ok::<(), String>(()));
+        // Two new traces do not share a trace id.
+        let mut other = Message::new("alerts.a", "x").unwrap();
+        PublishSpan::start(&mut other).unwrap().end(&Err("down"));
+        let second = TraceContext::from_headers(other.headers()).unwrap();
+        assert_ne!(second.trace_id(), root.trace_id());
+
+        let mut traced = Message::new("alerts.b", "x")
+            .unwrap()
+            .with_header(TRACEPARENT_HEADER, VALID)
+            .unwrap();
+        let span = PublishSpan::start(&mut traced).unwrap();
+        let child = TraceContext::from_headers(traced.headers()).unwrap();
+        assert_eq!(child.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(child.span_id(), "00f067aa0ba902b7");
+        assert_eq!(&child, span.context());
     }
 }

@@ -11,10 +11,16 @@ use std::time::{Duration, Instant};
 /// How long a listener may take to say it is subscribed, or a message to arrive.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// The `switchboard` binary, with no broker or log settings from the environment.
+/// The `switchboard` binary, with no broker, log or OpenTelemetry settings
+/// from the environment.
 pub fn switchboard() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
     command.env_remove("BROKER_URL").env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OTEL_") {
+            command.env_remove(name);
+        }
+    }
     command
 }
 
@@ -295,8 +301,14 @@ pub struct Process {
 impl Process {
     /// Starts `switchboard ARGS...` (pass `--broker` in `args`).
     pub fn start(args: &[&str], stdout: Stdout) -> Process {
+        Process::start_with_env(args, &[], stdout)
+    }
+
+    /// Starts `switchboard ARGS...` with `env` added to its environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)], stdout: Stdout) -> Process {
         let mut child = switchboard()
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -355,13 +367,14 @@ impl Process {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// Waits for a stderr line containing `needle`, failing the test after `patience`.
-    pub fn wait_stderr(&self, needle: &str, patience: Duration) {
+    /// Waits for a stderr line containing `needle` and returns it, failing
+    /// the test after `patience`.
+    pub fn wait_stderr(&self, needle: &str, patience: Duration) -> String {
         let deadline = Instant::now() + patience;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr_lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return,
+                Ok(line) if line.contains(needle) => return line,
                 Ok(_) => continue,
                 Err(_) => panic!(
                     "no stderr line with {needle:?} within {patience:?}; stderr:\n{}",

@@ -9,6 +9,8 @@
 //! (for example [`ErrorKind::Unsupported`])
 //! or print a `skipped:` line; each case's doc says which.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use switchboard_core::{
@@ -17,6 +19,7 @@ use switchboard_core::{
 use tokio::time::timeout;
 
 use crate::receive::show_payload;
+use crate::Context;
 use crate::{FLUSH_TIMEOUT, RECEIVE_TIMEOUT};
 
 mod delivery;
@@ -62,57 +65,77 @@ pub use routing::{
     unusual_tokens_are_literal, wildcards_match_reference,
 };
 
-/// The names of every case [`suite!`](crate::suite) runs, in its order.
-pub const ALL: &[&str] = &[
-    "capabilities_are_sane",
-    "payload_empty",
-    "payload_binary",
-    "payload_utf8",
-    "payload_one_mebibyte",
-    "payload_limit_is_exact",
-    "headers_round_trip",
-    "headers_edge_cases",
-    "no_headers_arrive_empty",
-    "subjects_stay_separate",
-    "wildcards_match_reference",
-    "unusual_tokens_are_literal",
-    "subject_at_max_length",
-    "cross_connection_delivery",
-    "subscription_is_live_when_subscribe_returns",
-    "many_subscriptions_on_one_connection",
-    "fan_out_to_every_subscriber",
-    "queue_group_shares_messages",
-    "queue_groups_are_independent",
-    "closed_group_member_gets_nothing",
-    "unsubscribe_leaves_other_subscriptions",
-    "resubscribe_after_close",
-    "ordered_per_publisher",
-    "no_loss_with_concurrent_publishers",
-    "no_silent_loss_under_flood",
-    "flush_then_all_deliverable",
-    "publish_without_subscribers_succeeds",
-    "no_delivery_before_subscribe",
-    "ack_and_nack",
-    "dropped_delivery_is_redelivered",
-    "durable_keeps_messages_while_away",
-    "durable_ack_removes",
-    "durable_nack_redelivers_with_count",
-    "durable_nack_with_delay",
-    "durable_ack_wait_redelivers",
-    "durable_max_deliver_stops",
-    "durable_group_shares_work",
-    "durable_resume_continues",
-    "durable_wildcard_pattern",
-    "reconnects_after_cut",
-    "durable_resumes_after_cut",
-    "close_rejects_publish_and_subscribe",
-    "close_ends_subscriptions",
-    "close_flushes_pending_publishes",
-    "close_leaves_other_connections_working",
-    "invalid_input_is_rejected",
-    "request_gets_the_reply",
-    "request_without_responders_fails",
-];
+/// Defines [`ALL`] and [`by_name`] from one list of the cases.
+macro_rules! case_table {
+    ($($case:ident)*) => {
+        /// The names of every case [`suite!`](crate::suite) runs, in its order.
+        pub const ALL: &[&str] = &[$(::std::stringify!($case)),*];
+
+        /// The case named `name` (one of [`ALL`]), to run cases chosen at run
+        /// time ([`Suite::run_all`](crate::Suite::run_all)); `None` for
+        /// another name.
+        pub fn by_name(name: &str) -> Option<Case> {
+            match name {
+                $(::std::stringify!($case) => Some(|ctx| Box::pin($case(ctx))),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+/// A case as a function of its context, as [`by_name`] returns it.
+pub type Case = for<'a> fn(&'a Context) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+case_table! {
+    capabilities_are_sane
+    payload_empty
+    payload_binary
+    payload_utf8
+    payload_one_mebibyte
+    payload_limit_is_exact
+    headers_round_trip
+    headers_edge_cases
+    no_headers_arrive_empty
+    subjects_stay_separate
+    wildcards_match_reference
+    unusual_tokens_are_literal
+    subject_at_max_length
+    cross_connection_delivery
+    subscription_is_live_when_subscribe_returns
+    many_subscriptions_on_one_connection
+    fan_out_to_every_subscriber
+    queue_group_shares_messages
+    queue_groups_are_independent
+    closed_group_member_gets_nothing
+    unsubscribe_leaves_other_subscriptions
+    resubscribe_after_close
+    ordered_per_publisher
+    no_loss_with_concurrent_publishers
+    no_silent_loss_under_flood
+    flush_then_all_deliverable
+    publish_without_subscribers_succeeds
+    no_delivery_before_subscribe
+    ack_and_nack
+    dropped_delivery_is_redelivered
+    durable_keeps_messages_while_away
+    durable_ack_removes
+    durable_nack_redelivers_with_count
+    durable_nack_with_delay
+    durable_ack_wait_redelivers
+    durable_max_deliver_stops
+    durable_group_shares_work
+    durable_resume_continues
+    durable_wildcard_pattern
+    reconnects_after_cut
+    durable_resumes_after_cut
+    close_rejects_publish_and_subscribe
+    close_ends_subscriptions
+    close_flushes_pending_publishes
+    close_leaves_other_connections_working
+    invalid_input_is_rejected
+    request_gets_the_reply
+    request_without_responders_fails
+}
 
 /// Subscribes, failing the case (with the broker's error) if it fails or hangs.
 async fn subscribe(broker: &Arc<dyn Broker>, pattern: &Pattern) -> Subscription {
