@@ -185,11 +185,14 @@
 
 mod broker;
 mod connection;
+mod control;
+mod durable;
 mod error;
 mod options;
 mod publisher;
 mod request;
 mod resp;
+mod routing;
 mod subscription;
 mod tls;
 pub mod wire;
@@ -200,7 +203,7 @@ pub use broker::RedisBroker;
 pub use options::DB;
 pub use options::{
     RedisOptions, DEFAULT_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT,
-    DEFAULT_KEEPALIVE, DEFAULT_NAME, QUERY_KEYS,
+    DEFAULT_KEEPALIVE, DEFAULT_NAME, DEFAULT_STREAM_MAXLEN, QUERY_KEYS, STREAM_MAXLEN,
 };
 pub use request::REPLY_TO;
 /// TLS settings for [`tls`](RedisOptions::tls), the same on every adapter.
