@@ -212,7 +212,7 @@ impl Subscriber for RedisBroker {
         durable: &Durable,
     ) -> Result<Subscription> {
         let control = self.control()?;
-        routing::change(
+        let register = routing::change(
             &self.inner.target,
             &self.inner.options,
             control,
@@ -220,8 +220,7 @@ impl Subscriber for RedisBroker {
             b"switchboard_v1_register",
             pattern,
             durable.consumer().as_str(),
-        )
-        .await?;
+        );
         durable::subscribe(
             self.inner.target.clone(),
             self.inner.options.clone(),
@@ -229,6 +228,7 @@ impl Subscriber for RedisBroker {
             pattern,
             durable,
             self.inner.shutdown.subscribe(),
+            register,
         )
         .await
     }

@@ -13,7 +13,7 @@ use switchboard_core::{
     async_trait, Acknowledge, Delivery, Durable, Error, Message, Pattern, Result, Subject,
     Subscription, SubscriptionLink,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::connection::Conn;
 use crate::control::Control;
@@ -47,8 +47,10 @@ async fn ended(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|closed| *closed).await;
 }
 
-/// Starts a member's task; resolves once it is connected (and has made
-/// sure its group exists), or fails saying why.
+/// Connects a member, then runs `register` (which creates the group and
+/// the registry entry, and waits for publishers to know), then starts the
+/// member's task on that connection. Connecting first makes `register` the
+/// last step, so `subscribe_durable` returns right after publishers confirmed.
 pub(crate) async fn subscribe(
     target: Target,
     options: RedisOptions,
@@ -56,7 +58,14 @@ pub(crate) async fn subscribe(
     pattern: &Pattern,
     durable: &Durable,
     shutdown: watch::Receiver<bool>,
+    register: impl std::future::Future<Output = Result<()>>,
 ) -> Result<Subscription> {
+    if *shutdown.borrow() {
+        return Err(Error::Closed { broker: KIND });
+    }
+    let name = format!("{}-durable", options.client_name());
+    let conn = target.connect(options.connect_timeout, &name).await?;
+    register.await?;
     let member = Member {
         stream: Arc::from(stream_key(pattern)),
         group: Arc::from(durable.consumer().as_str()),
@@ -67,25 +76,7 @@ pub(crate) async fn subscribe(
     };
     let capacity = options.capacity.clamp(1, PREFETCH);
     let (tx, mut rx) = mpsc::channel(capacity);
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let wait = options.connect_timeout * 2;
-    let task = tokio::spawn(run(
-        target, options, control, member, tx, ready_tx, shutdown,
-    ));
-    match tokio::time::timeout(wait, ready_rx).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => return Err(e),
-        Ok(Err(_)) => return Err(Error::Closed { broker: KIND }),
-        Err(_) => {
-            task.abort();
-            return Err(Error::Subscribe {
-                broker: KIND,
-                pattern: pattern.to_string(),
-                reason: format!("the durable consumer's connection was not ready within {wait:?}"),
-                source: None,
-            });
-        }
-    }
+    let task = tokio::spawn(run(target, options, control, member, tx, conn, shutdown));
     let deliveries = stream::poll_fn(move |cx| rx.poll_recv(cx));
     Ok(
         Subscription::new(pattern.clone(), None, deliveries).with_close(move || {
@@ -104,26 +95,24 @@ async fn run(
     control: Arc<Control>,
     member: Member,
     tx: mpsc::Sender<Result<Delivery>>,
-    ready: oneshot::Sender<Result<()>>,
+    first: Conn,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut ready = Some(ready);
+    let mut first = Some(first);
     let mut link = SubscriptionLink::new(KIND, &member.pattern);
     let mut backoff = options.reconnect_backoff.attempts();
     let name = format!("{}-durable", options.client_name());
     loop {
-        let opened = tokio::select! {
-            opened = target.connect(options.connect_timeout, &name) => opened,
-            _ = tx.closed() => return,
-            _ = ended(&mut shutdown) => return,
+        let opened = match first.take() {
+            Some(conn) => Ok(conn),
+            None => tokio::select! {
+                opened = target.connect(options.connect_timeout, &name) => opened,
+                _ = tx.closed() => return,
+                _ = ended(&mut shutdown) => return,
+            },
         };
         match opened {
             Ok(conn) => {
-                if let Some(ready) = ready.take() {
-                    if ready.send(Ok(())).is_err() {
-                        return;
-                    }
-                }
                 link.resubscribed();
                 backoff.succeeded();
                 let reason = tokio::select! {
@@ -161,10 +150,6 @@ async fn run(
                 }
             }
             Err(e) => {
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Err(e));
-                    return;
-                }
                 let delay = backoff.failed();
                 link.retry_failed(&e, delay);
                 tokio::select! {

@@ -125,6 +125,10 @@ fn parse_change(body: &[u8]) -> Option<Registry> {
     })
 }
 
+/// How long a closing handle's routing link still reads, to acknowledge a
+/// change that reached it before the close.
+const DRAIN: Duration = Duration::from_millis(20);
+
 /// Waits until the broker handle is closed or dropped.
 async fn ended(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|closed| *closed).await;
@@ -151,14 +155,20 @@ pub(crate) async fn run(
             _ = ended(&mut shutdown) => return,
         };
         let reason = match linked {
-            Ok(conn) => {
+            Ok(mut conn) => {
                 backoff.succeeded();
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Ok(()));
                 }
                 tokio::select! {
-                    reason = pump(conn, &control, &publisher, &acks, options.keepalive) => reason,
-                    _ = ended(&mut shutdown) => return,
+                    reason = pump(&mut conn, &control, &publisher, &acks, options.keepalive) => reason,
+                    _ = ended(&mut shutdown) => {
+                        // Closing: acknowledge a change already received, so
+                        // whoever made it does not wait for this handle.
+                        let drain = pump(&mut conn, &control, &publisher, &acks, None);
+                        let _ = tokio::time::timeout(DRAIN, drain).await;
+                        return;
+                    }
                 }
             }
             Err(reason) => reason,
@@ -204,7 +214,7 @@ async fn link(
 
 /// Applies and acknowledges changes until the link breaks; returns why.
 async fn pump(
-    mut conn: Conn,
+    conn: &mut Conn,
     control: &Control,
     publisher: &publisher::Shared,
     acks: &str,
