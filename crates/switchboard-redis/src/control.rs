@@ -64,6 +64,13 @@ impl Control {
         }
     }
 
+    /// Loads the library again (after a publish met `Function not found`).
+    pub(crate) async fn reload(&self) -> Result<(), Failure> {
+        self.call(&[b"FUNCTION", b"LOAD", b"REPLACE", LIBRARY.as_bytes()])
+            .await
+            .map(|_| ())
+    }
+
     /// Sends one command and returns its reply; an error reply is a failure.
     /// A `Function not found` reply (the library was flushed) loads it again
     /// and retries once.

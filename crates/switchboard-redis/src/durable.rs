@@ -212,6 +212,7 @@ async fn deliver_all(
             let (next, read) = claim(
                 &mut conn,
                 member,
+                control,
                 &[&ack_wait_ms, &batch, &max_deliver, &from, "1"],
             )
             .await?;
@@ -223,6 +224,7 @@ async fn deliver_all(
             let (next, claimed) = claim(
                 &mut conn,
                 member,
+                control,
                 &[&ack_wait_ms, &batch, &max_deliver, &cursor, "0"],
             )
             .await?;
@@ -295,23 +297,17 @@ fn gone(member: &Member, error: &[u8]) -> End {
 async fn claim(
     conn: &mut Conn,
     member: &Member,
+    control: &Control,
     args: &[&str; 5],
 ) -> std::result::Result<(String, Vec<Entry>), End> {
-    let reply = conn
-        .command(&[
-            b"FCALL",
-            b"switchboard_v1_claim",
-            b"1",
-            member.stream.as_bytes(),
-            member.group.as_bytes(),
-            member.name.as_bytes(),
-            args[0].as_bytes(),
-            args[1].as_bytes(),
-            args[2].as_bytes(),
-            args[3].as_bytes(),
-            args[4].as_bytes(),
-        ])
-        .await;
+    let mut reply = claim_call(conn, member, args).await;
+    if let Ok(Frame::Error(e)) = &reply {
+        if e.starts_with(b"ERR Function not found") {
+            // FUNCTION FLUSH, or a restart without persistence: load it again.
+            control.reload().await.map_err(End::Lost)?;
+            reply = claim_call(conn, member, args).await;
+        }
+    }
     match reply {
         Ok(Frame::Array(Some(parts))) => {
             let mut parts = parts.into_iter();
@@ -345,6 +341,24 @@ async fn claim(
         ))),
         Err(e) => Err(End::Lost(e.to_string())),
     }
+}
+
+/// Calls the claim function once.
+async fn claim_call(conn: &mut Conn, member: &Member, args: &[&str; 5]) -> std::io::Result<Frame> {
+    conn.command(&[
+        b"FCALL",
+        b"switchboard_v1_claim",
+        b"1",
+        member.stream.as_bytes(),
+        member.group.as_bytes(),
+        member.name.as_bytes(),
+        args[0].as_bytes(),
+        args[1].as_bytes(),
+        args[2].as_bytes(),
+        args[3].as_bytes(),
+        args[4].as_bytes(),
+    ])
+    .await
 }
 
 /// An `[id, [field, value, ...]]` entry.

@@ -107,6 +107,9 @@ pub(crate) struct Shared {
     pub(crate) link: switchboard_core::Link,
     /// The durable publish path's key and stream cap.
     durable: DurableKeys,
+    /// Woken when Redis answered a durable publish with `Function not
+    /// found` (the library was flushed): the routing link loads it again.
+    pub(crate) function_missing: Notify,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -328,6 +331,7 @@ pub(crate) fn start(
         written: AtomicU64::new(0),
         ping_at: AtomicU64::new(NO_PING),
         link: switchboard_core::Link::new(KIND),
+        function_missing: Notify::new(),
         durable: DurableKeys {
             registry: crate::routing::REGISTRY_KEY.as_bytes().to_vec(),
             maxlen: options.stream_maxlen.to_string().into_bytes(),
@@ -534,6 +538,9 @@ async fn read_replies(
                 Ok(Some(None)) => answered += 1,
                 Ok(Some(Some(error))) => {
                     answered += 1;
+                    if error.starts_with("ERR Function not found") {
+                        shared.function_missing.notify_one();
+                    }
                     let mut state = lock(&shared.state);
                     shared.fail(
                         &mut state,

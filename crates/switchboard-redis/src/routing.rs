@@ -226,6 +226,13 @@ async fn pump(
         let check = keepalive.map(|k| heard + if pinged { k } else { k / 3 });
         let frame = tokio::select! {
             frame = conn.read_frame() => frame,
+            _ = publisher.function_missing.notified() => {
+                match control.reload().await {
+                    Ok(()) => tracing::warn!("redis: durable publishes met `Function not found` (FUNCTION FLUSH?); the library is loaded again, and flush reports the publishes that failed"),
+                    Err(reason) => tracing::warn!(%reason, "redis: durable publishes met `Function not found`, and loading the library again failed"),
+                }
+                continue;
+            }
             _ = sleep_until(check) => {
                 let Some(keepalive) = keepalive else { continue };
                 if pinged {

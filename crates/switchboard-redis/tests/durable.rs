@@ -174,13 +174,16 @@ async fn a_publisher_elsewhere_is_captured_right_after_subscribe_durable_returns
         return;
     };
     let base = unique("durable.window");
+    let mut took = Vec::new();
     for round in 0..20 {
         let pattern: Pattern = format!("{base}.r{round}.>").parse().unwrap();
         let consumer = durable(&format!("{}-{round}", consumer_name("window")));
+        let started = std::time::Instant::now();
         let mut sub = subscriber
             .subscribe_durable(&pattern, &consumer)
             .await
             .unwrap();
+        took.push(started.elapsed());
         let message = Message::new(format!("{base}.r{round}.x"), format!("round {round}")).unwrap();
         publisher.publish(message).await.unwrap();
         publisher.flush().await.unwrap();
@@ -194,6 +197,12 @@ async fn a_publisher_elsewhere_is_captured_right_after_subscribe_durable_returns
             .await
             .unwrap();
     }
+    took.sort();
+    eprintln!(
+        "subscribe_durable (new pattern, publishers' confirmations included): median {:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
     subscriber.close().await.unwrap();
     publisher.close().await.unwrap();
 }
@@ -417,4 +426,132 @@ async fn stream_maxlen_caps_the_stream() {
     broker.remove_durable(&pattern, &consumer).await.unwrap();
     broker.close().await.unwrap();
     capped.close().await.unwrap();
+}
+
+/// After a `FUNCTION FLUSH`, the durable publishes that met it fail (and
+/// `flush` says so), the library is loaded again at once, and the next
+/// publishes are stored.
+#[tokio::test]
+async fn a_flushed_function_library_is_loaded_again() {
+    let Some(server) = RedisServer::start(&[]) else {
+        return;
+    };
+    let url = server.url();
+    let broker = switchboard_redis::connect(&url).await.unwrap();
+    let pattern: Pattern = "kept.>".parse().unwrap();
+    let consumer = durable("reloaded");
+    let mut sub = broker.subscribe_durable(&pattern, &consumer).await.unwrap();
+    redis_cli(&url, &["FUNCTION", "FLUSH"]);
+    broker
+        .publish(Message::new("kept.x", "lost").unwrap())
+        .await
+        .unwrap();
+    let error = broker.flush().await.unwrap_err();
+    assert!(error.to_string().contains("Function not found"), "{error}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !redis_cli(&url, &["FUNCTION", "LIST"]).contains("switchboard_v1") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the library was not loaded again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broker
+        .publish(Message::new("kept.x", "kept").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    let mut got = next(&mut sub).await.unwrap();
+    assert_eq!(got.payload_str(), Some("kept"));
+    got.ack().await.unwrap();
+    broker.close().await.unwrap();
+}
+
+/// Durable publish throughput (the function stores and PUBLISHes) next to
+/// plain PUBLISHes of the same handle and to raw redis-rs `XADD MAXLEN ~`
+/// pipelined 256 deep; run against a private server with
+/// `SWITCHBOARD_REDIS_URL=redis://127.0.0.1:PORT N=200000 cargo test --release
+/// -p switchboard-redis --test durable -- --ignored --nocapture durable_throughput`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn durable_throughput() {
+    use std::time::Instant;
+    let Some(broker) = shared(RedisOptions::new()).await else {
+        return;
+    };
+    let n: u64 = std::env::var("N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200_000);
+    let payload = bytes::Bytes::from_static(&[b'x'; 16]);
+    let pattern: Pattern = "sbbench.durable.>".parse().unwrap();
+    let consumer = durable("sbbench-durable");
+    broker
+        .subscribe_durable(&pattern, &consumer)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    let rate = |started: Instant| n as f64 / started.elapsed().as_secs_f64();
+    for round in 0..3 {
+        let mut rates = Vec::new();
+        for subject in ["sbbench.plain.x", "sbbench.durable.x"] {
+            let subject: switchboard_core::Subject = subject.parse().unwrap();
+            let started = Instant::now();
+            for _ in 0..n {
+                broker
+                    .publish(Message::from_parts(
+                        subject.clone(),
+                        payload.clone(),
+                        Default::default(),
+                    ))
+                    .await
+                    .unwrap();
+            }
+            broker.flush().await.unwrap();
+            rates.push(rate(started));
+        }
+        let client = redis::Client::open(url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let started = Instant::now();
+        let mut inflight = futures::stream::FuturesUnordered::new();
+        for _ in 0..n {
+            if inflight.len() >= 256 {
+                let r: redis::RedisResult<String> = inflight.next().await.unwrap();
+                r.unwrap();
+            }
+            let mut c = conn.clone();
+            let payload = payload.clone();
+            inflight.push(async move {
+                redis::cmd("XADD")
+                    .arg("sbbench:raw")
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(1_000_000)
+                    .arg("*")
+                    .arg("s")
+                    .arg("sbbench.raw.x")
+                    .arg("b")
+                    .arg(&payload[..])
+                    .query_async(&mut c)
+                    .await
+            });
+        }
+        while let Some(r) = inflight.next().await {
+            let _: String = r.unwrap();
+        }
+        rates.push(rate(started));
+        let _: () = redis::cmd("DEL")
+            .arg("sbbench:raw")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        println!(
+            "round {round}: {n} x 16 B: switchboard plain PUBLISH {:.0} msg/s, switchboard durable (FCALL: XADD + PUBLISH) {:.0} msg/s, raw redis-rs XADD {:.0} msg/s",
+            rates[0], rates[1], rates[2]
+        );
+    }
+    broker.remove_durable(&pattern, &consumer).await.unwrap();
+    broker.close().await.unwrap();
 }
