@@ -57,6 +57,9 @@ struct Inner {
     /// Whether the server persists writes with its append-only file, so
     /// durable streams survive a restart.
     appendonly: bool,
+    /// The routing link's task, awaited by `close` (so a change it already
+    /// received is acknowledged before `close` returns).
+    routing: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -115,7 +118,11 @@ impl RedisBroker {
         let (publisher, writer) =
             publisher::start(conn, target.clone(), options.clone(), max_payload);
         let shutdown = watch::Sender::new(false);
-        let control = start_durable(&target, &options, &publisher, &shutdown).await;
+        let (control, routing) = match start_durable(&target, &options, &publisher, &shutdown).await
+        {
+            Ok((control, routing)) => (Ok(control), Some(routing)),
+            Err(reason) => (Err(reason), None),
+        };
         Ok(RedisBroker {
             inner: Arc::new(Inner {
                 target,
@@ -126,6 +133,7 @@ impl RedisBroker {
                 shutdown,
                 control,
                 appendonly,
+                routing: Mutex::new(routing),
             }),
         })
     }
@@ -312,6 +320,19 @@ impl Broker for RedisBroker {
         };
         self.inner.publisher.close();
         self.inner.shutdown.send_replace(true);
+        let routing = match self.inner.routing.lock() {
+            Ok(mut r) => r.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(mut routing) = routing {
+            // It ends at once, after acknowledging what it already received.
+            if tokio::time::timeout(Duration::from_secs(1), &mut routing)
+                .await
+                .is_err()
+            {
+                routing.abort();
+            }
+        }
         let flushed = self.inner.publisher.flush(true).await;
         self.inner.publisher.shutdown();
         // The writer ends once its buffer is written; if Redis does not answer
@@ -340,7 +361,7 @@ async fn start_durable(
     options: &RedisOptions,
     publisher: &Arc<publisher::Shared>,
     shutdown: &watch::Sender<bool>,
-) -> std::result::Result<Arc<Control>, String> {
+) -> std::result::Result<(Arc<Control>, JoinHandle<()>), String> {
     let conn = target
         .connect(
             options.connect_timeout,
@@ -355,7 +376,7 @@ async fn start_durable(
     }
     publisher.enable_durable();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(routing::run(
+    let routing = tokio::spawn(routing::run(
         target.clone(),
         options.clone(),
         control.clone(),
@@ -372,5 +393,5 @@ async fn start_durable(
             "redis: the durable routing link did not come up in time; publishing everything through the durable function until it does"
         ),
     }
-    Ok(control)
+    Ok((control, routing))
 }

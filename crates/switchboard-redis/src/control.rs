@@ -4,7 +4,10 @@
 //! consumers, reading the registry, `XACK`, nacks, and the routing link's
 //! acknowledgements. Commands take turns on it (a mutex); it reconnects on
 //! the next command after a failure, loading the library again each time, so
-//! a Redis restarted without persistence gets the functions back.
+//! a Redis restarted without persistence gets the functions back. A command
+//! that fails on a connection kept from earlier is sent once more on a new
+//! one (the commands sent here are idempotent, or counted by sender where
+//! they are not: see `routing`).
 
 use std::time::Duration;
 
@@ -89,8 +92,13 @@ impl Control {
 
     async fn call_inner(&self, args: &[&[u8]]) -> Result<Frame, Failure> {
         let mut slot = self.conn.lock().await;
-        for attempt in 0..2 {
-            if slot.is_none() {
+        let mut reloaded = false;
+        let mut renewed = false;
+        loop {
+            // A connection kept from earlier may have died meanwhile (a
+            // restart, an idle timeout): one that fails is renewed once.
+            let fresh = slot.is_none();
+            if fresh {
                 let name = format!("{}-control", self.options.client_name());
                 let mut conn = self
                     .target
@@ -104,7 +112,8 @@ impl Control {
                 continue;
             };
             match conn.command(args).await {
-                Ok(Frame::Error(e)) if attempt == 0 && e.starts_with(b"ERR Function not found") => {
+                Ok(Frame::Error(e)) if !reloaded && e.starts_with(b"ERR Function not found") => {
+                    reloaded = true;
                     load(conn).await?;
                 }
                 Ok(Frame::Error(e)) => {
@@ -113,11 +122,13 @@ impl Control {
                 Ok(frame) => return Ok(frame),
                 Err(e) => {
                     *slot = None;
-                    return Err(format!("the control connection broke: {e}"));
+                    if fresh || renewed {
+                        return Err(format!("the control connection broke: {e}"));
+                    }
+                    renewed = true;
                 }
             }
         }
-        Err("Redis kept answering `Function not found` after FUNCTION LOAD".into())
     }
 }
 

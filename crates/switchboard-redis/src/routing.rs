@@ -148,6 +148,9 @@ pub(crate) async fn run(
     let mut backoff = options.reconnect_backoff.attempts();
     let channel = changes_channel(&target);
     let acks = acks_channel(&target);
+    // Names this link in its acknowledgements, so that one sent twice (a
+    // retried command) is counted once.
+    let id: u64 = rand::random();
     loop {
         publisher.routing_unknown();
         let linked = tokio::select! {
@@ -161,11 +164,11 @@ pub(crate) async fn run(
                     let _ = ready.send(Ok(()));
                 }
                 tokio::select! {
-                    reason = pump(&mut conn, &control, &publisher, &acks, options.keepalive) => reason,
+                    reason = pump(&mut conn, &control, &publisher, &acks, id, options.keepalive) => reason,
                     _ = ended(&mut shutdown) => {
                         // Closing: acknowledge a change already received, so
                         // whoever made it does not wait for this handle.
-                        let drain = pump(&mut conn, &control, &publisher, &acks, None);
+                        let drain = pump(&mut conn, &control, &publisher, &acks, id, None);
                         let _ = tokio::time::timeout(DRAIN, drain).await;
                         return;
                     }
@@ -218,6 +221,7 @@ async fn pump(
     control: &Control,
     publisher: &publisher::Shared,
     acks: &str,
+    id: u64,
     keepalive: Option<Duration>,
 ) -> String {
     let mut heard = Instant::now();
@@ -262,7 +266,7 @@ async fn pump(
         };
         let version = change.version;
         publisher.set_routing(version, change.patterns, false);
-        let text = version.to_string();
+        let text = format!("{version} {id:016x}");
         if let Err(reason) = control
             .call(&[b"PUBLISH", acks.as_bytes(), text.as_bytes()])
             .await
@@ -357,9 +361,10 @@ pub(crate) async fn change(
     );
     let deadline = ack_deadline(options);
     let started = Instant::now();
-    let mut acked = 0;
-    let text = version.to_string();
-    while acked < receivers {
+    // The links that acknowledged (by id: a retried acknowledgement counts once).
+    let mut acked = std::collections::HashSet::new();
+    let prefix = format!("{version} ");
+    while (acked.len() as u64) < receivers {
         let frame = match tokio::time::timeout_at(started + deadline, listener.read_frame()).await {
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) => {
@@ -369,7 +374,7 @@ pub(crate) async fn change(
             Err(_) => {
                 tracing::warn!(
                     pattern = %pattern,
-                    missing = receivers - acked,
+                    missing = receivers - acked.len() as u64,
                     after = ?deadline,
                     "redis: publishers did not confirm a change of the durable registry; their routing link is dead or stuck, and they publish everything through the durable function once their keepalive gives it up"
                 );
@@ -378,15 +383,16 @@ pub(crate) async fn change(
         };
         if let Frame::Array(Some(items)) = frame {
             if let [kind, _, body] = items.as_slice() {
-                if kind.bytes().is_some_and(|k| &k[..] == b"message")
-                    && body.bytes().is_some_and(|b| b[..] == *text.as_bytes())
-                {
-                    acked += 1;
+                if kind.bytes().is_some_and(|k| &k[..] == b"message") {
+                    if let Some(link) = body.bytes().and_then(|b| b.strip_prefix(prefix.as_bytes()))
+                    {
+                        acked.insert(link.to_vec());
+                    }
                 }
             }
         }
     }
-    tracing::debug!(pattern = %pattern, receivers, acked, waited = ?started.elapsed(), "redis: durable registry changed");
+    tracing::debug!(pattern = %pattern, receivers, acked = acked.len(), waited = ?started.elapsed(), "redis: durable registry changed");
     Ok(())
 }
 

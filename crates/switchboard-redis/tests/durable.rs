@@ -467,6 +467,68 @@ async fn a_flushed_function_library_is_loaded_again() {
     broker.close().await.unwrap();
 }
 
+/// On a server with `appendonly yes` (`appendfsync always`), what a durable
+/// consumer had not acknowledged survives a SIGKILL of Redis: the
+/// subscription reports the lost connection, reconnects and delivers every
+/// message (duplicates counted, not hidden).
+#[tokio::test]
+async fn unacknowledged_messages_survive_a_killed_redis_with_appendonly() {
+    let dir = std::env::temp_dir().join(unique("redis-aof"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_arg = dir.display().to_string();
+    let Some(mut server) = RedisServer::start(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        &dir_arg,
+    ]) else {
+        return;
+    };
+    let broker = switchboard_redis::connect(&server.url()).await.unwrap();
+    assert!(broker.capabilities().durable_storage);
+    let pattern: Pattern = "orders.>".parse().unwrap();
+    let consumer = durable("survivor").ack_wait(Duration::from_secs(30));
+    let mut sub = broker.subscribe_durable(&pattern, &consumer).await.unwrap();
+    const N: usize = 100;
+    for i in 0..N {
+        broker
+            .publish(Message::new("orders.new", format!("{i}")).unwrap())
+            .await
+            .unwrap();
+    }
+    broker.flush().await.unwrap();
+    let mut seen = vec![0u32; N];
+    for _ in 0..10 {
+        let mut delivery = next(&mut sub).await.unwrap();
+        seen[delivery.payload_str().unwrap().parse::<usize>().unwrap()] += 1;
+        delivery.ack().await.unwrap();
+    }
+    server.process.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut disconnects = 0;
+    while seen.contains(&0) {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(Ok(mut delivery))) => {
+                seen[delivery.payload_str().unwrap().parse::<usize>().unwrap()] += 1;
+                delivery.ack().await.unwrap();
+            }
+            Ok(Some(Err(Error::Disconnected { .. }))) => disconnects += 1,
+            other => panic!(
+                "{} of {N} received, then {other:?}",
+                seen.iter().filter(|&&n| n > 0).count()
+            ),
+        }
+    }
+    let duplicates: u32 = seen.iter().map(|&n| n - 1).sum();
+    eprintln!("all {N} received across a SIGKILL of Redis; {duplicates} duplicate(s), {disconnects} disconnect report(s)");
+    assert!(disconnects >= 1, "the lost connection was not reported");
+    broker.close().await.unwrap();
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Durable publish throughput (the function stores and PUBLISHes) next to
 /// plain PUBLISHes of the same handle and to raw redis-rs `XADD MAXLEN ~`
 /// pipelined 256 deep; run against a private server with
