@@ -40,6 +40,10 @@ struct Member {
     pattern: Pattern,
     ack_wait: Duration,
     max_deliver: u32,
+    /// How long a command on the member's connection may go unanswered
+    /// before the connection is given up: the keepalive (or a minute
+    /// without one) beyond the `BLOCK` time.
+    answer_within: Duration,
 }
 
 /// Waits until the broker handle is closed or dropped.
@@ -73,6 +77,7 @@ pub(crate) async fn subscribe(
         pattern: pattern.clone(),
         ack_wait: durable.ack_wait,
         max_deliver: durable.max_deliver.unwrap_or(0),
+        answer_within: POLL + options.keepalive.unwrap_or(Duration::from_secs(60)),
     };
     let capacity = options.capacity.clamp(1, PREFETCH);
     let (tx, mut rx) = mpsc::channel(capacity);
@@ -231,21 +236,20 @@ async fn deliver_all(
             cursor = next;
             entries.extend(claimed);
             if entries.is_empty() {
-                let reply = conn
-                    .command(&[
-                        b"XREADGROUP",
-                        b"GROUP",
-                        member.group.as_bytes(),
-                        member.name.as_bytes(),
-                        b"COUNT",
-                        batch.as_bytes(),
-                        b"BLOCK",
-                        poll_ms.as_bytes(),
-                        b"STREAMS",
-                        member.stream.as_bytes(),
-                        b">",
-                    ])
-                    .await;
+                let args: [&[u8]; 11] = [
+                    b"XREADGROUP",
+                    b"GROUP",
+                    member.group.as_bytes(),
+                    member.name.as_bytes(),
+                    b"COUNT",
+                    batch.as_bytes(),
+                    b"BLOCK",
+                    poll_ms.as_bytes(),
+                    b"STREAMS",
+                    member.stream.as_bytes(),
+                    b">",
+                ];
+                let reply = answered(&mut conn, member, &args).await;
                 match reply {
                     Ok(Frame::Array(Some(streams))) => {
                         for stream in streams {
@@ -345,7 +349,7 @@ async fn claim(
 
 /// Calls the claim function once.
 async fn claim_call(conn: &mut Conn, member: &Member, args: &[&str; 5]) -> std::io::Result<Frame> {
-    conn.command(&[
+    let command: [&[u8]; 11] = [
         b"FCALL",
         b"switchboard_v1_claim",
         b"1",
@@ -357,8 +361,21 @@ async fn claim_call(conn: &mut Conn, member: &Member, args: &[&str; 5]) -> std::
         args[2].as_bytes(),
         args[3].as_bytes(),
         args[4].as_bytes(),
-    ])
-    .await
+    ];
+    answered(conn, member, &command).await
+}
+
+/// Sends a command on the member's connection and reads the reply, giving
+/// the connection up when none comes within `answer_within` (a link that
+/// died without a reset).
+async fn answered(conn: &mut Conn, member: &Member, args: &[&[u8]]) -> std::io::Result<Frame> {
+    match tokio::time::timeout(member.answer_within, conn.command(args)).await {
+        Ok(reply) => reply,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from Redis within {:?}", member.answer_within),
+        )),
+    }
 }
 
 /// An `[id, [field, value, ...]]` entry.
