@@ -94,19 +94,26 @@ impl Control {
         let mut slot = self.conn.lock().await;
         let mut reloaded = false;
         let mut renewed = false;
+        // Reconnecting (and a server still loading its data after a restart)
+        // is retried with the backoff for up to the connect timeout.
+        let give_up = tokio::time::Instant::now() + self.options.connect_timeout;
+        let mut backoff = self.options.reconnect_backoff.attempts();
         loop {
             // A connection kept from earlier may have died meanwhile (a
             // restart, an idle timeout): one that fails is renewed once.
             let fresh = slot.is_none();
             if fresh {
-                let name = format!("{}-control", self.options.client_name());
-                let mut conn = self
-                    .target
-                    .connect(self.options.connect_timeout, &name)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                load(&mut conn).await?;
-                *slot = Some(conn);
+                match self.open().await {
+                    Ok(conn) => *slot = Some(conn),
+                    Err(reason) => {
+                        let delay = backoff.failed();
+                        if tokio::time::Instant::now() + delay > give_up {
+                            return Err(reason);
+                        }
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                }
             }
             let Some(conn) = slot.as_mut() else {
                 continue;
@@ -115,6 +122,13 @@ impl Control {
                 Ok(Frame::Error(e)) if !reloaded && e.starts_with(b"ERR Function not found") => {
                     reloaded = true;
                     load(conn).await?;
+                }
+                Ok(Frame::Error(e)) if e.starts_with(b"LOADING") => {
+                    let delay = backoff.failed();
+                    if tokio::time::Instant::now() + delay > give_up {
+                        return Err(format!("Redis answered {}", String::from_utf8_lossy(&e)));
+                    }
+                    tokio::time::sleep(delay).await;
                 }
                 Ok(Frame::Error(e)) => {
                     return Err(format!("Redis answered {}", String::from_utf8_lossy(&e)))
@@ -129,6 +143,18 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// Opens a control connection and loads the library on it.
+    async fn open(&self) -> Result<Conn, Failure> {
+        let name = format!("{}-control", self.options.client_name());
+        let mut conn = self
+            .target
+            .connect(self.options.connect_timeout, &name)
+            .await
+            .map_err(|e| e.to_string())?;
+        load(&mut conn).await?;
+        Ok(conn)
     }
 }
 
