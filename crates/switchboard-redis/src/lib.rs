@@ -148,8 +148,13 @@
 //!   delivered again (as on NATS and the memory broker; the reaction worker
 //!   dead-letters on the last delivery). It stays in the stream until trimmed.
 //! - Acks and nacks go through one control connection per broker handle
-//!   (a round trip each).
-//! - A member whose connection breaks reports one
+//!   (a round trip each); a connection that died meanwhile (a Redis restart)
+//!   is renewed and the command sent again, retried for up to the connect
+//!   timeout, so an ack right after a restart still lands. An ack that fails
+//!   anyway is an [`Error::Ack`](switchboard_core::Error::Ack); the message
+//!   then comes again after `ack_wait`.
+//! - A member whose connection breaks (or does not answer within the
+//!   keepalive beyond its `BLOCK` time) reports one
 //!   [`Error::Disconnected`](switchboard_core::Error::Disconnected) item,
 //!   reconnects with the backoff and reads its own pending entries again
 //!   first, then goes on: nothing is lost, what was in flight may come twice.
