@@ -243,7 +243,9 @@
 //! Per durable pattern one stream of at most about `stream_maxlen` entries,
 //! kept until `remove_durable`; acknowledged entries stay in the stream
 //! (Redis Streams keep entries for every group) until trimmed by the cap.
-//! Per handle three extra connections (`<name>-control`, `<name>-routing`,
+//! The registry hash goes with its last pattern; the version key
+//! (`switchboard:durable:version`, one number) stays, so versions keep
+//! growing. Per handle three extra connections (`<name>-control`, `<name>-routing`,
 //! and one `<name>-durable` per durable subscription). Whether the streams
 //! survive a Redis restart is the server's persistence: with `appendonly
 //! yes` [`Capabilities::durable_storage`](switchboard_core::Capabilities::durable_storage)
