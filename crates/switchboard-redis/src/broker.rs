@@ -11,9 +11,10 @@ use switchboard_core::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::control::Control;
 use crate::options::{RedisOptions, Target};
 use crate::resp::Frame;
-use crate::{publisher, request, subscription, KIND};
+use crate::{durable, publisher, request, routing, subscription, KIND};
 
 /// Redis's default `proto-max-bulk-len`, used when the server does not say.
 const DEFAULT_MAX_PAYLOAD: usize = 512 * 1024 * 1024;
@@ -50,6 +51,15 @@ struct Inner {
     requests: request::Requests,
     writer: Mutex<Option<JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
+    /// The control connection (durable mode), or why the durable mode is
+    /// unavailable on this server.
+    control: std::result::Result<Arc<Control>, String>,
+    /// Whether the server persists writes with its append-only file, so
+    /// durable streams survive a restart.
+    appendonly: bool,
+    /// The routing link's task, awaited by `close` (so a change it already
+    /// received is acknowledged before `close` returns).
+    routing: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -96,8 +106,23 @@ impl RedisBroker {
             _ => None,
         }
         .unwrap_or(DEFAULT_MAX_PAYLOAD);
+        let appendonly = matches!(
+            tokio::time::timeout(
+                options.connect_timeout,
+                conn.command(&[b"CONFIG", b"GET", b"appendonly"]),
+            )
+            .await,
+            Ok(Ok(Frame::Array(Some(items))))
+                if items.get(1).and_then(Frame::bytes).is_some_and(|v| &v[..] == b"yes")
+        );
         let (publisher, writer) =
             publisher::start(conn, target.clone(), options.clone(), max_payload);
+        let shutdown = watch::Sender::new(false);
+        let (control, routing) = match start_durable(&target, &options, &publisher, &shutdown).await
+        {
+            Ok((control, routing)) => (Ok(control), Some(routing)),
+            Err(reason) => (Err(reason), None),
+        };
         Ok(RedisBroker {
             inner: Arc::new(Inner {
                 target,
@@ -105,8 +130,25 @@ impl RedisBroker {
                 publisher,
                 requests: request::Requests::default(),
                 writer: Mutex::new(Some(writer)),
-                shutdown: watch::Sender::new(false),
+                shutdown,
+                control,
+                appendonly,
+                routing: Mutex::new(routing),
             }),
+        })
+    }
+
+    /// The control connection, or `Unsupported` saying why the durable mode
+    /// is unavailable.
+    fn control(&self) -> Result<&Arc<Control>> {
+        if self.inner.publisher.is_closed() {
+            return Err(Error::Closed { broker: KIND });
+        }
+        self.inner.control.as_ref().map_err(|reason| {
+            Error::unsupported(
+                KIND,
+                format!("durable subscriptions on this server: {reason}"),
+            )
         })
     }
 
@@ -167,22 +209,53 @@ impl Subscriber for RedisBroker {
         ))
     }
 
+    /// Creates (or resumes) the durable consumer: its stream and consumer
+    /// group, and the registry entry that makes every publisher store
+    /// matching messages; resolves once every connected publisher confirmed
+    /// it knows (see the [crate docs](crate#durable-mode)), then reads as
+    /// the member `durable.name` of the group `durable.consumer()`.
     async fn subscribe_durable(
         &self,
-        _pattern: &Pattern,
-        _durable: &Durable,
+        pattern: &Pattern,
+        durable: &Durable,
     ) -> Result<Subscription> {
-        Err(Error::unsupported(
-            KIND,
-            "durable subscriptions yet (Redis Streams are planned; NATS with JetStream and RabbitMQ have them)",
-        ))
+        let control = self.control()?;
+        let register = routing::change(
+            &self.inner.target,
+            &self.inner.options,
+            control,
+            &self.inner.publisher,
+            b"switchboard_v1_register",
+            pattern,
+            durable.consumer().as_str(),
+        );
+        durable::subscribe(
+            self.inner.target.clone(),
+            self.inner.options.clone(),
+            control.clone(),
+            pattern,
+            durable,
+            self.inner.shutdown.subscribe(),
+            register,
+        )
+        .await
     }
 
-    async fn remove_durable(&self, _pattern: &Pattern, _durable: &Durable) -> Result<()> {
-        Err(Error::unsupported(
-            KIND,
-            "durable subscriptions yet (Redis Streams are planned; NATS with JetStream and RabbitMQ have them)",
-        ))
+    /// Destroys the consumer group; once its stream has no group left,
+    /// deletes the stream and the registry entry (publishers then PUBLISH
+    /// matching subjects plainly again).
+    async fn remove_durable(&self, pattern: &Pattern, durable: &Durable) -> Result<()> {
+        let control = self.control()?;
+        routing::change(
+            &self.inner.target,
+            &self.inner.options,
+            control,
+            &self.inner.publisher,
+            b"switchboard_v1_unregister",
+            pattern,
+            durable.consumer().as_str(),
+        )
+        .await
     }
 }
 
@@ -198,6 +271,12 @@ impl Broker for RedisBroker {
         capabilities.headers = true;
         capabilities.ordered_per_publisher = true;
         capabilities.request_reply = true;
+        if self.inner.control.is_ok() {
+            capabilities.durable = true;
+            capabilities.durable_storage = self.inner.appendonly;
+            capabilities.delivery_count = true;
+            capabilities.nack_delay = true;
+        }
         capabilities.max_payload = Some(self.inner.publisher.max_payload());
         capabilities
     }
@@ -241,6 +320,19 @@ impl Broker for RedisBroker {
         };
         self.inner.publisher.close();
         self.inner.shutdown.send_replace(true);
+        let routing = match self.inner.routing.lock() {
+            Ok(mut r) => r.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(mut routing) = routing {
+            // It ends at once, after acknowledging what it already received.
+            if tokio::time::timeout(Duration::from_secs(1), &mut routing)
+                .await
+                .is_err()
+            {
+                routing.abort();
+            }
+        }
         let flushed = self.inner.publisher.flush(true).await;
         self.inner.publisher.shutdown();
         // The writer ends once its buffer is written; if Redis does not answer
@@ -258,4 +350,48 @@ impl Broker for RedisBroker {
         }
         flushed
     }
+}
+
+/// Opens the control connection, loads the durable mode's functions and
+/// starts the routing link, waiting (bounded) until it has loaded the
+/// registry. Returns why the durable mode is unavailable if the functions
+/// cannot be loaded (the publisher then always PUBLISHes plainly).
+async fn start_durable(
+    target: &Target,
+    options: &RedisOptions,
+    publisher: &Arc<publisher::Shared>,
+    shutdown: &watch::Sender<bool>,
+) -> std::result::Result<(Arc<Control>, JoinHandle<()>), String> {
+    let conn = target
+        .connect(
+            options.connect_timeout,
+            &format!("{}-control", options.client_name()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let control = Arc::new(Control::new(target.clone(), options.clone()));
+    if let Err(reason) = control.start(conn).await {
+        tracing::debug!(%reason, "redis: durable mode unavailable");
+        return Err(reason);
+    }
+    publisher.enable_durable();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let routing = tokio::spawn(routing::run(
+        target.clone(),
+        options.clone(),
+        control.clone(),
+        publisher.clone(),
+        ready_tx,
+        shutdown.subscribe(),
+    ));
+    match tokio::time::timeout(options.connect_timeout * 2, ready_rx).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(reason))) => {
+            tracing::warn!(%reason, "redis: the durable routing link is not up; publishing everything through the durable function until it is")
+        }
+        _ => tracing::warn!(
+            "redis: the durable routing link did not come up in time; publishing everything through the durable function until it does"
+        ),
+    }
+    Ok((control, routing))
 }

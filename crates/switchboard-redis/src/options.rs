@@ -25,6 +25,15 @@ pub use switchboard_core::options::{
 /// and memory is tight.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
+/// Entries a durable subject space's stream keeps at most, unless configured
+/// (`XADD ... MAXLEN ~ N`): about a million messages, so a consumer can be
+/// away for a while under load without the stream growing without bound.
+/// Entries trimmed past the cap are gone even if not yet acknowledged.
+pub const DEFAULT_STREAM_MAXLEN: usize = 1_000_000;
+
+/// The URL key setting [`RedisOptions::stream_maxlen`].
+pub const STREAM_MAXLEN: &str = "stream_maxlen";
+
 /// The connection name Redis shows (`CLIENT LIST`) unless configured.
 pub const DEFAULT_NAME: &str = "switchboard";
 
@@ -42,6 +51,7 @@ pub const QUERY_KEYS: &[&str] = &[
     options::CAPACITY,
     options::NAME,
     options::KEEPALIVE,
+    STREAM_MAXLEN,
     DB,
     options::CA,
     options::CERT,
@@ -102,6 +112,11 @@ pub struct RedisOptions {
     /// client. URL: `ca=`, `cert=`, `key=`, `tls_server_name=`; default the
     /// platform's trust store.
     pub tls: TlsOptions,
+    /// The length cap of durable streams (`XADD ... MAXLEN ~ N`, see
+    /// [Durable mode](crate#durable-mode)): what publishers from this handle
+    /// pass when a message is stored for durable consumers. URL:
+    /// `stream_maxlen=N`; default [`DEFAULT_STREAM_MAXLEN`].
+    pub stream_maxlen: usize,
 }
 
 impl Default for RedisOptions {
@@ -114,6 +129,7 @@ impl Default for RedisOptions {
             keepalive: Some(DEFAULT_KEEPALIVE),
             reconnect_backoff: Backoff::DEFAULT,
             tls: TlsOptions::new(),
+            stream_maxlen: DEFAULT_STREAM_MAXLEN,
         }
     }
 }
@@ -197,6 +213,13 @@ impl RedisOptions {
         self
     }
 
+    /// The length cap of the streams that keep messages for durable
+    /// consumers (at least 1; Redis trims approximately). URL: `stream_maxlen=N`.
+    pub fn stream_maxlen(mut self, maxlen: usize) -> Self {
+        self.stream_maxlen = maxlen.max(1);
+        self
+    }
+
     /// Connects to a `redis://` or `rediss://` URL with these options.
     pub async fn connect(&self, url: &str) -> Result<RedisBroker> {
         RedisBroker::connect_with(url, self.clone()).await
@@ -230,6 +253,9 @@ impl RedisOptions {
         }
         if let Some(keepalive) = query.keepalive()? {
             self.keepalive = keepalive;
+        }
+        if let Some(maxlen) = query.count(STREAM_MAXLEN)? {
+            self.stream_maxlen = maxlen;
         }
         Ok(())
     }
@@ -480,13 +506,14 @@ mod tests {
     fn the_query_sets_options() {
         let mut options = RedisOptions::new().name("code");
         Target::parse(
-            "redis://h?connect_timeout=2s&flush_timeout=3s&capacity=7&name=url+name&keepalive=off",
+            "redis://h?connect_timeout=2s&flush_timeout=3s&capacity=7&name=url+name&keepalive=off&stream_maxlen=500",
             &mut options,
         )
         .unwrap();
         assert_eq!(options.connect_timeout, Duration::from_secs(2));
         assert_eq!(options.flush_timeout, Duration::from_secs(3));
         assert_eq!(options.capacity, 7);
+        assert_eq!(options.stream_maxlen, 500);
         assert_eq!(options.client_name(), "url-name");
         assert_eq!(options.keepalive, None);
         assert_eq!(RedisOptions::new().keepalive, Some(DEFAULT_KEEPALIVE));

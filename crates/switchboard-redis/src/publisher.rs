@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use switchboard_core::{Error, Message, Result};
+use switchboard_core::{Error, Message, Pattern, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, watch, Notify};
 
@@ -50,6 +50,38 @@ struct State {
     shutdown: bool,
     /// Why the connection is down, while reconnecting fails.
     down: Option<String>,
+    /// Which subjects are kept for durable consumers, as far as this
+    /// publisher knows (see [`crate::routing`]).
+    routing: Routing,
+    /// The registry version `routing` reflects (0: none yet).
+    version: u64,
+}
+
+/// How a publish reaches Redis: a plain PUBLISH, or the durable mode's
+/// function (which stores the message for every durable consumer whose
+/// pattern matches, then PUBLISHes it).
+#[derive(Debug, Default)]
+pub(crate) enum Routing {
+    /// The durable mode is unavailable (no functions on this server): every
+    /// publish is a plain PUBLISH.
+    #[default]
+    Plain,
+    /// The registry of durable patterns is not known now (the routing link
+    /// is down or has not loaded it yet): every publish goes through the
+    /// function, which reads the registry itself.
+    Unknown,
+    /// The durable patterns as the routing link last reported them: a
+    /// subject matching one goes through the function, others are plain.
+    Known(Vec<Pattern>),
+}
+
+/// The names the durable publish path needs, encoded once.
+#[derive(Debug)]
+pub(crate) struct DurableKeys {
+    /// The registry hash's key.
+    pub(crate) registry: Vec<u8>,
+    /// The stream length cap, as text.
+    pub(crate) maxlen: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -73,6 +105,11 @@ pub(crate) struct Shared {
     ping_at: AtomicU64,
     /// The publishing connection's state, for `Broker::status`.
     pub(crate) link: switchboard_core::Link,
+    /// The durable publish path's key and stream cap.
+    durable: DurableKeys,
+    /// Woken when Redis answered a durable publish with `Function not
+    /// found` (the library was flushed): the routing link loads it again.
+    pub(crate) function_missing: Notify,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -88,6 +125,42 @@ impl Shared {
 
     pub(crate) fn is_closed(&self) -> bool {
         lock(&self.state).closed
+    }
+
+    /// Routes every publish through the durable function until the registry
+    /// is known again (the routing link is down, or reconnecting).
+    pub(crate) fn routing_unknown(&self) {
+        let mut state = lock(&self.state);
+        if !matches!(state.routing, Routing::Plain) {
+            state.routing = Routing::Unknown;
+        }
+    }
+
+    /// Turns on the durable mode: until the registry is known, every publish
+    /// goes through the function.
+    pub(crate) fn enable_durable(&self) {
+        lock(&self.state).routing = Routing::Unknown;
+    }
+
+    /// Takes the registry's durable `patterns` at `version`, if that is newer
+    /// than what this publisher has, or if `reset` (the routing link just
+    /// (re)loaded the registry, so whatever it had may be stale). Returns
+    /// whether it was taken. Publishes that start after this returns use it.
+    pub(crate) fn set_routing(&self, version: u64, patterns: Vec<Pattern>, reset: bool) -> bool {
+        let mut state = lock(&self.state);
+        if matches!(state.routing, Routing::Plain) {
+            return false;
+        }
+        let take = if reset {
+            version >= state.version
+        } else {
+            version > state.version && matches!(state.routing, Routing::Known(_))
+        };
+        if take {
+            state.version = version;
+            state.routing = Routing::Known(patterns);
+        }
+        take
     }
 
     pub(crate) async fn publish(&self, message: &Message) -> Result<()> {
@@ -121,9 +194,31 @@ impl Shared {
                 }
                 if state.buf.len() < HIGH_WATER {
                     let was_empty = state.buf.is_empty();
-                    resp::encode_publish(&mut state.buf, subject, body_len, |out| {
-                        wire::encode_into(headers, payload, out)
-                    });
+                    let durable = match &state.routing {
+                        Routing::Plain => false,
+                        Routing::Unknown => true,
+                        Routing::Known(patterns) => {
+                            !patterns.is_empty()
+                                && patterns
+                                    .iter()
+                                    .any(|p| p.matches(message.subject().as_str()))
+                        }
+                    };
+                    if durable {
+                        resp::encode_fcall_publish(
+                            &mut state.buf,
+                            crate::routing::PUBLISH_FUNCTION,
+                            &self.durable.registry,
+                            subject,
+                            &self.durable.maxlen,
+                            body_len,
+                            |out| wire::encode_into(headers, payload, out),
+                        );
+                    } else {
+                        resp::encode_publish(&mut state.buf, subject, body_len, |out| {
+                            wire::encode_into(headers, payload, out)
+                        });
+                    }
                     state.queued += 1;
                     drop(state);
                     if was_empty {
@@ -236,6 +331,11 @@ pub(crate) fn start(
         written: AtomicU64::new(0),
         ping_at: AtomicU64::new(NO_PING),
         link: switchboard_core::Link::new(KIND),
+        function_missing: Notify::new(),
+        durable: DurableKeys {
+            registry: crate::routing::REGISTRY_KEY.as_bytes().to_vec(),
+            maxlen: options.stream_maxlen.to_string().into_bytes(),
+        },
     });
     let task = tokio::spawn(run(shared.clone(), conn, target, options));
     (shared, task)
@@ -438,6 +538,9 @@ async fn read_replies(
                 Ok(Some(None)) => answered += 1,
                 Ok(Some(Some(error))) => {
                     answered += 1;
+                    if error.starts_with("ERR Function not found") {
+                        shared.function_missing.notify_one();
+                    }
                     let mut state = lock(&shared.state);
                     shared.fail(
                         &mut state,

@@ -240,6 +240,34 @@ pub(crate) fn encode_publish(
     buf.extend_from_slice(b"\r\n");
 }
 
+/// Encodes `FCALL <function> 1 <key> <channel> <body> <maxlen>` (the durable
+/// mode's publish, see [`crate::routing`]), the body written in place by
+/// `write_body` as for [`encode_publish`].
+pub(crate) fn encode_fcall_publish(
+    buf: &mut Vec<u8>,
+    function: &[u8],
+    key: &[u8],
+    channel: &[u8],
+    maxlen: &[u8],
+    body_len: usize,
+    write_body: impl FnOnce(&mut Vec<u8>),
+) {
+    buf.extend_from_slice(b"*7\r\n$5\r\nFCALL\r\n");
+    for arg in [function, &b"1"[..], key, channel] {
+        put_len(buf, b'$', arg.len());
+        buf.extend_from_slice(arg);
+        buf.extend_from_slice(b"\r\n");
+    }
+    put_len(buf, b'$', body_len);
+    let before = buf.len();
+    write_body(buf);
+    debug_assert_eq!(buf.len() - before, body_len);
+    buf.extend_from_slice(b"\r\n");
+    put_len(buf, b'$', maxlen.len());
+    buf.extend_from_slice(maxlen);
+    buf.extend_from_slice(b"\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

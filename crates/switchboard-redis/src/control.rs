@@ -1,0 +1,174 @@
+//! The control connection: one plain request/reply connection per broker
+//! handle for what is neither a publish nor a subscription's read — loading
+//! the durable-mode function library, registering and removing durable
+//! consumers, reading the registry, `XACK`, nacks, and the routing link's
+//! acknowledgements. Commands take turns on it (a mutex); it reconnects on
+//! the next command after a failure, loading the library again each time, so
+//! a Redis restarted without persistence gets the functions back. A command
+//! that fails on a connection kept from earlier is sent once more on a new
+//! one (the commands sent here are idempotent, or counted by sender where
+//! they are not: see `routing`).
+
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use crate::connection::Conn;
+use crate::options::{RedisOptions, Target};
+use crate::resp::Frame;
+
+/// The function library of the durable mode (see the crate docs, "Durable mode").
+pub(crate) const LIBRARY: &str = include_str!("lua/switchboard.lua");
+
+/// Why a control command failed, in words for the caller's error.
+pub(crate) type Failure = String;
+
+pub(crate) struct Control {
+    target: Target,
+    options: RedisOptions,
+    conn: Mutex<Option<Conn>>,
+    /// How long one command (connecting included) may take.
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    pub(crate) fn new(target: Target, options: RedisOptions) -> Self {
+        let timeout = options.connect_timeout + options.flush_timeout;
+        Control {
+            target,
+            options,
+            conn: Mutex::new(None),
+            timeout,
+        }
+    }
+
+    /// Opens the connection and loads the library now; the error says why
+    /// the durable mode is unavailable (e.g. a Redis older than 7.0, which
+    /// has no functions, or an ACL user without `FUNCTION`).
+    pub(crate) async fn start(&self, conn: Conn) -> Result<(), Failure> {
+        let mut slot = self.conn.lock().await;
+        let mut conn = conn;
+        let loaded = tokio::time::timeout(self.timeout, load(&mut conn)).await;
+        *slot = Some(conn);
+        match loaded {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "Redis did not answer FUNCTION LOAD within {:?}",
+                self.timeout
+            )),
+        }
+    }
+
+    /// Loads the library again (after a publish met `Function not found`).
+    pub(crate) async fn reload(&self) -> Result<(), Failure> {
+        self.call(&[b"FUNCTION", b"LOAD", b"REPLACE", LIBRARY.as_bytes()])
+            .await
+            .map(|_| ())
+    }
+
+    /// Sends one command and returns its reply; an error reply is a failure.
+    /// A `Function not found` reply (the library was flushed) loads it again
+    /// and retries once.
+    pub(crate) async fn call(&self, args: &[&[u8]]) -> Result<Frame, Failure> {
+        match tokio::time::timeout(self.timeout, self.call_inner(args)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The connection's state is unknown (a reply may still come): renew it.
+                if let Ok(mut slot) = self.conn.try_lock() {
+                    *slot = None;
+                }
+                Err(format!("Redis did not answer within {:?}", self.timeout))
+            }
+        }
+    }
+
+    async fn call_inner(&self, args: &[&[u8]]) -> Result<Frame, Failure> {
+        let mut slot = self.conn.lock().await;
+        let mut reloaded = false;
+        let mut renewed = false;
+        // Reconnecting (and a server still loading its data after a restart)
+        // is retried with the backoff for up to the connect timeout.
+        let give_up = tokio::time::Instant::now() + self.options.connect_timeout;
+        let mut backoff = self.options.reconnect_backoff.attempts();
+        loop {
+            // A connection kept from earlier may have died meanwhile (a
+            // restart, an idle timeout): one that fails is renewed once.
+            let fresh = slot.is_none();
+            if fresh {
+                match self.open().await {
+                    Ok(conn) => *slot = Some(conn),
+                    Err(reason) => {
+                        let delay = backoff.failed();
+                        if tokio::time::Instant::now() + delay > give_up {
+                            return Err(reason);
+                        }
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(conn) = slot.as_mut() else {
+                continue;
+            };
+            match conn.command(args).await {
+                Ok(Frame::Error(e)) if !reloaded && e.starts_with(b"ERR Function not found") => {
+                    reloaded = true;
+                    load(conn).await?;
+                }
+                Ok(Frame::Error(e)) if e.starts_with(b"LOADING") => {
+                    let delay = backoff.failed();
+                    if tokio::time::Instant::now() + delay > give_up {
+                        return Err(format!("Redis answered {}", String::from_utf8_lossy(&e)));
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+                Ok(Frame::Error(e)) => {
+                    return Err(format!("Redis answered {}", String::from_utf8_lossy(&e)))
+                }
+                Ok(frame) => return Ok(frame),
+                Err(e) => {
+                    *slot = None;
+                    if fresh || renewed {
+                        return Err(format!("the control connection broke: {e}"));
+                    }
+                    renewed = true;
+                }
+            }
+        }
+    }
+
+    /// Opens a control connection and loads the library on it.
+    async fn open(&self) -> Result<Conn, Failure> {
+        let name = format!("{}-control", self.options.client_name());
+        let mut conn = self
+            .target
+            .connect(self.options.connect_timeout, &name)
+            .await
+            .map_err(|e| e.to_string())?;
+        load(&mut conn).await?;
+        Ok(conn)
+    }
+}
+
+/// Loads (or replaces) the function library on `conn`.
+async fn load(conn: &mut Conn) -> Result<(), Failure> {
+    match conn
+        .command(&[b"FUNCTION", b"LOAD", b"REPLACE", LIBRARY.as_bytes()])
+        .await
+    {
+        Ok(Frame::Error(e)) => Err(format!(
+            "FUNCTION LOAD of switchboard's library failed: {} (Redis 7.0 or later is needed, and an ACL user allowed FUNCTION and FCALL)",
+            String::from_utf8_lossy(&e)
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("the control connection broke: {e}")),
+    }
+}

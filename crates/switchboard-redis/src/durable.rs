@@ -1,0 +1,558 @@
+//! Durable subscriptions over Redis Streams (see the crate docs, "Durable
+//! mode"): each member has its own connection and task, which reads its own
+//! pending entries first (a member back under its name, or reconnected),
+//! then loops: claim entries idle past the ack deadline (or nacked), else
+//! read new ones with a short `XREADGROUP ... BLOCK`. Acks and nacks go
+//! through the broker's control connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream;
+use switchboard_core::{
+    async_trait, Acknowledge, Delivery, Durable, Error, Message, Pattern, Result, Subject,
+    Subscription, SubscriptionLink,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::connection::Conn;
+use crate::control::Control;
+use crate::options::{RedisOptions, Target};
+use crate::resp::Frame;
+use crate::routing::{number, stream_key};
+use crate::{wire, KIND};
+
+/// At most this many entries are read at once, and delivered but not yet
+/// taken from the subscription: what one member holds of a group's work.
+pub(crate) const PREFETCH: usize = 64;
+
+/// How long one `XREADGROUP ... BLOCK` waits for new entries before the
+/// member looks for claimable ones again: how soon a nacked entry (or one
+/// whose ack deadline passed) comes back at most after it became claimable.
+pub(crate) const POLL: Duration = Duration::from_millis(100);
+
+/// What a member reads from: the stream, the group, its own name.
+#[derive(Debug, Clone)]
+struct Member {
+    stream: Arc<str>,
+    group: Arc<str>,
+    name: Arc<str>,
+    pattern: Pattern,
+    ack_wait: Duration,
+    max_deliver: u32,
+    /// How long a command on the member's connection may go unanswered
+    /// before the connection is given up: the keepalive (or a minute
+    /// without one) beyond the `BLOCK` time.
+    answer_within: Duration,
+}
+
+/// Waits until the broker handle is closed or dropped.
+async fn ended(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|closed| *closed).await;
+}
+
+/// Connects a member, then runs `register` (which creates the group and
+/// the registry entry, and waits for publishers to know), then starts the
+/// member's task on that connection. Connecting first makes `register` the
+/// last step, so `subscribe_durable` returns right after publishers confirmed.
+pub(crate) async fn subscribe(
+    target: Target,
+    options: RedisOptions,
+    control: Arc<Control>,
+    pattern: &Pattern,
+    durable: &Durable,
+    shutdown: watch::Receiver<bool>,
+    register: impl std::future::Future<Output = Result<()>>,
+) -> Result<Subscription> {
+    if *shutdown.borrow() {
+        return Err(Error::Closed { broker: KIND });
+    }
+    let name = format!("{}-durable", options.client_name());
+    let conn = target.connect(options.connect_timeout, &name).await?;
+    register.await?;
+    let member = Member {
+        stream: Arc::from(stream_key(pattern)),
+        group: Arc::from(durable.consumer().as_str()),
+        name: Arc::from(durable.name.as_str()),
+        pattern: pattern.clone(),
+        ack_wait: durable.ack_wait,
+        max_deliver: durable.max_deliver.unwrap_or(0),
+        answer_within: POLL + options.keepalive.unwrap_or(Duration::from_secs(60)),
+    };
+    let capacity = options.capacity.clamp(1, PREFETCH);
+    let (tx, mut rx) = mpsc::channel(capacity);
+    let task = tokio::spawn(run(target, options, control, member, tx, conn, shutdown));
+    let deliveries = stream::poll_fn(move |cx| rx.poll_recv(cx));
+    Ok(
+        Subscription::new(pattern.clone(), None, deliveries).with_close(move || {
+            Box::pin(async move {
+                // The stream is gone, so the task ends and closes its connection.
+                let _ = task.await;
+                Ok(())
+            })
+        }),
+    )
+}
+
+async fn run(
+    target: Target,
+    options: RedisOptions,
+    control: Arc<Control>,
+    member: Member,
+    tx: mpsc::Sender<Result<Delivery>>,
+    first: Conn,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut first = Some(first);
+    let mut link = SubscriptionLink::new(KIND, &member.pattern);
+    let mut backoff = options.reconnect_backoff.attempts();
+    let name = format!("{}-durable", options.client_name());
+    loop {
+        let opened = match first.take() {
+            Some(conn) => Ok(conn),
+            None => tokio::select! {
+                opened = target.connect(options.connect_timeout, &name) => opened,
+                _ = tx.closed() => return,
+                _ = ended(&mut shutdown) => return,
+            },
+        };
+        match opened {
+            Ok(conn) => {
+                link.resubscribed();
+                backoff.succeeded();
+                let reason = tokio::select! {
+                    end = pump(conn, &member, &control, &tx) => match end {
+                        End::Lost(reason) => reason,
+                        End::Dropped => return,
+                        End::Removed(reason) => {
+                            let _ = tx.send(Err(Error::Subscribe {
+                                broker: KIND,
+                                pattern: member.pattern.to_string(),
+                                reason,
+                                source: None,
+                            })).await;
+                            return;
+                        }
+                    },
+                    _ = ended(&mut shutdown) => return,
+                };
+                link.lost(&reason);
+                let report = Err(Error::Disconnected {
+                    broker: KIND,
+                    reason: format!(
+                        "the durable subscription to '{}' lost its connection ({reason}); reconnecting. Nothing is lost: its messages wait in the stream",
+                        member.pattern
+                    ),
+                });
+                tokio::select! {
+                    sent = tx.send(report) => if sent.is_err() { return },
+                    _ = ended(&mut shutdown) => return,
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(options.reconnect_backoff.min()) => {}
+                    _ = tx.closed() => return,
+                    _ = ended(&mut shutdown) => return,
+                }
+            }
+            Err(e) => {
+                let delay = backoff.failed();
+                link.retry_failed(&e, delay);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = tx.closed() => return,
+                    _ = ended(&mut shutdown) => return,
+                }
+            }
+        }
+    }
+}
+
+/// One entry read from the stream: its id, fields and delivery count.
+struct Entry {
+    id: String,
+    fields: Vec<Frame>,
+    count: u32,
+}
+
+/// Why a member's connection stopped being read.
+enum End {
+    /// The subscription was dropped or closed.
+    Dropped,
+    /// The connection broke, or Redis answered an error: why.
+    Lost(String),
+    /// The consumer group or stream is gone (`remove_durable`): why.
+    Removed(String),
+}
+
+/// Delivers entries until the connection breaks or the subscription is dropped.
+async fn pump(
+    conn: Conn,
+    member: &Member,
+    control: &Arc<Control>,
+    tx: &mpsc::Sender<Result<Delivery>>,
+) -> End {
+    match deliver_all(conn, member, control, tx).await {
+        Ok(never) => match never {},
+        Err(end) => end,
+    }
+}
+
+async fn deliver_all(
+    mut conn: Conn,
+    member: &Member,
+    control: &Arc<Control>,
+    tx: &mpsc::Sender<Result<Delivery>>,
+) -> std::result::Result<std::convert::Infallible, End> {
+    let ack_wait_ms = member.ack_wait.as_millis().max(1).to_string();
+    let max_deliver = member.max_deliver.to_string();
+    let poll_ms = POLL.as_millis().to_string();
+    // First this member's own pending entries, then claims and new entries.
+    let mut own = Some("0-0".to_string());
+    let mut cursor = "0-0".to_string();
+    loop {
+        let permit = tx.reserve().await.map_err(|_| End::Dropped)?;
+        let batch = (tx.capacity() + 1).min(PREFETCH).to_string();
+        let mut entries = Vec::new();
+        if let Some(from) = own.take() {
+            let (next, read) = claim(
+                &mut conn,
+                member,
+                control,
+                &[&ack_wait_ms, &batch, &max_deliver, &from, "1"],
+            )
+            .await?;
+            if !read.is_empty() {
+                own = Some(next);
+            }
+            entries = read;
+        } else {
+            let (next, claimed) = claim(
+                &mut conn,
+                member,
+                control,
+                &[&ack_wait_ms, &batch, &max_deliver, &cursor, "0"],
+            )
+            .await?;
+            cursor = next;
+            entries.extend(claimed);
+            if entries.is_empty() {
+                let args: [&[u8]; 11] = [
+                    b"XREADGROUP",
+                    b"GROUP",
+                    member.group.as_bytes(),
+                    member.name.as_bytes(),
+                    b"COUNT",
+                    batch.as_bytes(),
+                    b"BLOCK",
+                    poll_ms.as_bytes(),
+                    b"STREAMS",
+                    member.stream.as_bytes(),
+                    b">",
+                ];
+                let reply = answered(&mut conn, member, &args).await;
+                match reply {
+                    Ok(Frame::Array(Some(streams))) => {
+                        for stream in streams {
+                            let Frame::Array(Some(parts)) = stream else {
+                                continue;
+                            };
+                            let Some(Frame::Array(Some(items))) = parts.into_iter().nth(1) else {
+                                continue;
+                            };
+                            entries.extend(items.into_iter().filter_map(|item| entry(item, 1)));
+                        }
+                    }
+                    Ok(Frame::Array(None)) => {}
+                    Ok(Frame::Error(e)) => return Err(gone(member, &e)),
+                    Ok(other) => {
+                        return Err(End::Lost(format!("unexpected reply {}", other.describe())))
+                    }
+                    Err(e) => return Err(End::Lost(e.to_string())),
+                }
+            }
+        }
+        let mut permit = Some(permit);
+        for entry in entries {
+            let item = deliver(entry, member, control);
+            match permit.take() {
+                Some(permit) => permit.send(item),
+                None => tx.send(item).await.map_err(|_| End::Dropped)?,
+            }
+        }
+    }
+}
+
+/// Why reading failed when Redis answered an error: the group or stream
+/// was removed (`remove_durable`; the subscription ends), or something else.
+fn gone(member: &Member, error: &[u8]) -> End {
+    let text = String::from_utf8_lossy(error);
+    if text.contains("NOGROUP") || text.contains("no longer exists") {
+        End::Removed(format!(
+            "the durable consumer '{}' no longer exists in Redis (removed with remove_durable?); the subscription ends: {text}",
+            member.group
+        ))
+    } else {
+        End::Lost(format!("Redis answered {text}"))
+    }
+}
+
+/// Runs the claim function (`args`: min idle, count, max deliver, cursor,
+/// own); returns the next cursor and the entries.
+async fn claim(
+    conn: &mut Conn,
+    member: &Member,
+    control: &Control,
+    args: &[&str; 5],
+) -> std::result::Result<(String, Vec<Entry>), End> {
+    let mut reply = claim_call(conn, member, args).await;
+    if let Ok(Frame::Error(e)) = &reply {
+        if e.starts_with(b"ERR Function not found") {
+            // FUNCTION FLUSH, or a restart without persistence: load it again.
+            control.reload().await.map_err(End::Lost)?;
+            reply = claim_call(conn, member, args).await;
+        }
+    }
+    match reply {
+        Ok(Frame::Array(Some(parts))) => {
+            let mut parts = parts.into_iter();
+            let next = parts
+                .next()
+                .and_then(|f| f.bytes().map(|b| String::from_utf8_lossy(b).into_owned()))
+                .unwrap_or_else(|| "0-0".into());
+            let entries = match parts.next() {
+                Some(Frame::Array(Some(items))) => items
+                    .into_iter()
+                    .filter_map(|item| {
+                        let Frame::Array(Some(mut parts)) = item else {
+                            return None;
+                        };
+                        let count = parts.get(2).and_then(number).unwrap_or(1);
+                        parts.truncate(2);
+                        entry(
+                            Frame::Array(Some(parts)),
+                            count.try_into().unwrap_or(u32::MAX),
+                        )
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Ok((next, entries))
+        }
+        Ok(Frame::Error(e)) => Err(gone(member, &e)),
+        Ok(other) => Err(End::Lost(format!(
+            "unexpected reply to the claim function: {}",
+            other.describe()
+        ))),
+        Err(e) => Err(End::Lost(e.to_string())),
+    }
+}
+
+/// Calls the claim function once.
+async fn claim_call(conn: &mut Conn, member: &Member, args: &[&str; 5]) -> std::io::Result<Frame> {
+    let command: [&[u8]; 11] = [
+        b"FCALL",
+        b"switchboard_v1_claim",
+        b"1",
+        member.stream.as_bytes(),
+        member.group.as_bytes(),
+        member.name.as_bytes(),
+        args[0].as_bytes(),
+        args[1].as_bytes(),
+        args[2].as_bytes(),
+        args[3].as_bytes(),
+        args[4].as_bytes(),
+    ];
+    answered(conn, member, &command).await
+}
+
+/// Sends a command on the member's connection and reads the reply, giving
+/// the connection up when none comes within `answer_within` (a link that
+/// died without a reset).
+async fn answered(conn: &mut Conn, member: &Member, args: &[&[u8]]) -> std::io::Result<Frame> {
+    match tokio::time::timeout(member.answer_within, conn.command(args)).await {
+        Ok(reply) => reply,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from Redis within {:?}", member.answer_within),
+        )),
+    }
+}
+
+/// An `[id, [field, value, ...]]` entry.
+fn entry(item: Frame, count: u32) -> Option<Entry> {
+    let Frame::Array(Some(parts)) = item else {
+        return None;
+    };
+    let mut parts = parts.into_iter();
+    let id = parts
+        .next()?
+        .bytes()
+        .map(|b| String::from_utf8_lossy(b).into_owned())?;
+    let fields = match parts.next() {
+        Some(Frame::Array(Some(fields))) => fields,
+        _ => Vec::new(),
+    };
+    Some(Entry { id, fields, count })
+}
+
+/// The delivery for an entry; an entry switchboard did not write (no
+/// subject field, or not a subject) is an error item naming it.
+fn deliver(entry: Entry, member: &Member, control: &Arc<Control>) -> Result<Delivery> {
+    let mut subject = None;
+    let mut body = None;
+    for pair in entry.fields.chunks(2) {
+        if let [name, value] = pair {
+            match name.bytes().map(|b| &b[..]) {
+                Some(b"s") => subject = value.bytes().cloned(),
+                Some(b"b") => body = value.bytes().cloned(),
+                _ => {}
+            }
+        }
+    }
+    let acker = StreamAck {
+        control: control.clone(),
+        member: member.clone(),
+        id: entry.id.clone(),
+        subject: subject
+            .as_ref()
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .unwrap_or_default(),
+    };
+    let subject = match subject.as_deref().map(std::str::from_utf8) {
+        Some(Ok(text)) => Subject::new(text),
+        _ => Err(Error::InvalidSubject {
+            subject: String::new(),
+            reason: "no subject".into(),
+        }),
+    };
+    let subject = match subject {
+        Ok(subject) => subject,
+        Err(error) => {
+            // Not redelivered forever: acknowledged (it stays in the stream).
+            let (control, owner, id) = (control.clone(), member.clone(), entry.id.clone());
+            tokio::spawn(async move {
+                let _ = control
+                    .call(&[
+                        b"XACK",
+                        owner.stream.as_bytes(),
+                        owner.group.as_bytes(),
+                        id.as_bytes(),
+                    ])
+                    .await;
+            });
+            return Err(Error::InvalidSubject {
+                subject: acker.subject,
+                reason: format!(
+                    "entry {} of stream {} (durable consumer '{}') was not written by switchboard and cannot be delivered ({error}); it was acknowledged and skipped",
+                    entry.id, member.stream, member.group
+                ),
+            });
+        }
+    };
+    let (headers, payload) = wire::decode(body.unwrap_or_default());
+    let message = Message::from_parts(subject, payload, headers);
+    Ok(
+        Delivery::with_acker(message, Box::new(acker), entry.count > 1)
+            .with_delivery_count(entry.count),
+    )
+}
+
+/// Acknowledges one stream entry through the control connection.
+#[derive(Debug)]
+struct StreamAck {
+    control: Arc<Control>,
+    member: Member,
+    id: String,
+    subject: String,
+}
+
+impl StreamAck {
+    async fn call(&self, action: &'static str, args: &[&[u8]]) -> Result<()> {
+        self.control
+            .call(args)
+            .await
+            .map(|_| ())
+            .map_err(|reason| Error::Ack {
+                broker: KIND,
+                action,
+                subject: self.subject.clone(),
+                reason,
+            })
+    }
+
+    /// Makes the entry claimable after `delay` (at most its ack deadline):
+    /// its idle time is set to `ack_wait - delay`, and members claim entries
+    /// idle for `ack_wait`. It stays pending in Redis meanwhile, so it comes
+    /// back even if this process dies.
+    async fn requeue(&self, delay: Duration) -> Result<()> {
+        if delay > self.member.ack_wait {
+            tracing::warn!(?delay, ack_wait = ?self.member.ack_wait, subject = %self.subject, "redis: a nack's delay is longer than the ack deadline; the message comes back after the ack deadline");
+        }
+        let idle = self
+            .member
+            .ack_wait
+            .saturating_sub(delay)
+            .as_millis()
+            .to_string();
+        let m = &self.member;
+        self.call(
+            "nack",
+            &[
+                b"XCLAIM",
+                m.stream.as_bytes(),
+                m.group.as_bytes(),
+                m.name.as_bytes(),
+                b"0",
+                self.id.as_bytes(),
+                b"IDLE",
+                idle.as_bytes(),
+                b"JUSTID",
+            ],
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl Acknowledge for StreamAck {
+    async fn ack(self: Box<Self>) -> Result<()> {
+        let m = &self.member;
+        self.call(
+            "ack",
+            &[
+                b"XACK",
+                m.stream.as_bytes(),
+                m.group.as_bytes(),
+                self.id.as_bytes(),
+            ],
+        )
+        .await
+    }
+
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<()> {
+        if requeue {
+            return self.requeue(Duration::ZERO).await;
+        }
+        // Rejected: acknowledged, so it is not delivered again (it stays in
+        // the stream until trimmed).
+        let m = &self.member;
+        self.call(
+            "reject",
+            &[
+                b"XACK",
+                m.stream.as_bytes(),
+                m.group.as_bytes(),
+                self.id.as_bytes(),
+            ],
+        )
+        .await
+    }
+
+    fn supports_delay(&self) -> bool {
+        true
+    }
+
+    async fn nack_with_delay(self: Box<Self>, delay: Duration) -> Result<()> {
+        self.requeue(delay).await
+    }
+}
