@@ -34,6 +34,7 @@ pub mod nats_auth;
 pub mod nats_cluster;
 pub mod process;
 pub mod proxy;
+pub mod rabbitmq;
 pub mod tls_checks;
 pub mod tls_proxy;
 
@@ -47,6 +48,7 @@ pub use nats_auth::{NatsAuth, NatsOperator, NkeyUser};
 pub use nats_cluster::NatsCluster;
 pub use process::{BrokerProcess, MosquittoServer, NatsServer, RedisServer};
 pub use proxy::TcpProxy;
+pub use rabbitmq::RabbitMqNode;
 pub use tls_checks::{TlsChecks, TlsEndpoint};
 pub use tls_proxy::TlsProxy;
 
