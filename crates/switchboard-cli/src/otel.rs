@@ -37,8 +37,11 @@ pub(crate) struct Telemetry {
 }
 
 impl Telemetry {
-    /// Sends the spans still buffered, within [`FLUSH_PATIENCE`]; a collector
-    /// that does not take them costs a warning, not the command's outcome.
+    /// Sends the spans still buffered, within [`FLUSH_PATIENCE`] (a collector
+    /// that does not answer delays the exit by that much at most). Spans a
+    /// collector refuses are dropped quietly (the SDK's internal logs are
+    /// not built in); only a shutdown that fails says so, in a warning that
+    /// leaves the command's exit status alone.
     pub(crate) fn shutdown(self) {
         #[cfg(feature = "otel")]
         if let Err(error) = self.provider.shutdown_with_timeout(FLUSH_PATIENCE) {

@@ -1,21 +1,31 @@
-//! A RabbitMQ node of the test's own, for fault tests that kill the broker.
+//! A RabbitMQ node of the test's own, beside the shared one, for what the
+//! shared node on 5672 must not be used for: being killed (fault tests), or
+//! a set-up it does not have (a TLS listener that requires client
+//! certificates and offers only the EXTERNAL mechanism).
 //!
-//! The shared node on 5672 is never touched: this one has its own node name,
-//! AMQP and distribution ports, data directory and an empty plugin list (no
-//! management listener to collide with), and is killed by pid on drop. Its
-//! data directory survives [`RabbitNode::restart`], so what RabbitMQ stored
-//! (quorum queues, persistent messages) is there again after a crash.
+//! The node has its own node name, AMQP and distribution ports, data
+//! directory and plugin list (no management listener to collide with), and
+//! is killed by pid on drop. Its data directory survives
+//! [`RabbitNode::restart`], so what RabbitMQ stored (quorum queues,
+//! persistent messages) is there again after a crash.
 //!
-//! Starting a node takes several seconds (15 s on this 2-core machine under
-//! load), so tests use one node per test, not per case.
+//! Starting a node takes 7 to 15 s on this 2-core machine, so tests use one
+//! node per test, not per case. rabbitmq-server started as root runs the
+//! node as the `rabbitmq` user, which is given the node's directory; a test
+//! not running as root is skipped (or fails in CI).
 
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::certs::Pki;
 use crate::free_port;
 use crate::process::find_program;
+
+/// The user a node of [`RabbitNode::start_external_auth`] knows: the common
+/// name of [`Pki::client_cert`].
+pub const EXTERNAL_USER: &str = "switchboard-client";
 
 /// How long a node may take to accept AMQP connections after it was started.
 pub const RABBIT_START_PATIENCE: Duration = Duration::from_secs(120);
@@ -28,36 +38,90 @@ pub struct RabbitNode {
     dist_port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    tls: bool,
 }
 
 impl RabbitNode {
-    /// Starts a node on free loopback ports and waits until it accepts AMQP
-    /// connections. `None` (after a skip, or a failure in CI) when
-    /// `rabbitmq-server` is not installed.
+    /// Starts a node with a plain AMQP listener (user `guest`, also from
+    /// other hosts than localhost) on free loopback ports and waits until it
+    /// accepts connections. `None` (after a skip, or a failure in CI) when
+    /// `rabbitmq-server` is not installed or the node's files cannot be
+    /// given to the `rabbitmq` user.
     pub fn start() -> Option<Self> {
+        Self::launch(None)
+    }
+
+    /// Starts a node listening only on a TLS port that requires a client
+    /// certificate signed by [`Pki::ca`] and offers only EXTERNAL, with user
+    /// [`EXTERNAL_USER`] (no password) allowed everything on vhost `/`.
+    pub fn start_external_auth(pki: &Pki) -> Option<Self> {
+        Self::launch(Some(pki))
+    }
+
+    fn launch(pki: Option<&Pki>) -> Option<Self> {
         let Some(program) = find_program("rabbitmq-server") else {
             switchboard_conformance::skip_or_fail("rabbitmq: `rabbitmq-server` is not installed");
             return None;
         };
         let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("switchboard-rabbit-{}-{port}", std::process::id()));
+        let dir = std::env::temp_dir().join(crate::unique("rabbit"));
         std::fs::create_dir_all(&dir).expect("creating the RabbitMQ node directory");
-        // rabbitmq-server started as root runs the node as the `rabbitmq`
-        // user, which must be able to write its data, logs and pid file here.
-        set_mode(&dir, 0o777);
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("writing enabled_plugins");
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n"),
-        )
-        .expect("writing rabbitmq.conf");
+        let file = |name: &str| dir.join(name).display().to_string();
+        let (config, plugins) = match pki {
+            None => (
+                format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n"),
+                "[].\n",
+            ),
+            Some(pki) => {
+                for (from, to) in [
+                    (pki.ca(), "ca.pem"),
+                    (pki.server_cert(), "server.pem"),
+                    (pki.server_key(), "server-key.pem"),
+                ] {
+                    std::fs::copy(from, dir.join(to)).expect("copying the node's certificates");
+                }
+                let definitions = format!(
+                    r#"{{"users":[{{"name":"{EXTERNAL_USER}","password_hash":"","hashing_algorithm":"rabbit_password_hashing_sha256","tags":""}}],"vhosts":[{{"name":"/"}}],"permissions":[{{"user":"{EXTERNAL_USER}","vhost":"/","configure":".*","write":".*","read":".*"}}]}}"#
+                );
+                std::fs::write(dir.join("definitions.json"), definitions)
+                    .expect("writing the definitions");
+                (
+                    format!(
+                        "listeners.tcp = none\n\
+                         listeners.ssl.default = 127.0.0.1:{port}\n\
+                         ssl_options.cacertfile = {}\n\
+                         ssl_options.certfile = {}\n\
+                         ssl_options.keyfile = {}\n\
+                         ssl_options.verify = verify_peer\n\
+                         ssl_options.fail_if_no_peer_cert = true\n\
+                         auth_mechanisms.1 = EXTERNAL\n\
+                         ssl_cert_login_from = common_name\n\
+                         load_definitions = {}\n",
+                        file("ca.pem"),
+                        file("server.pem"),
+                        file("server-key.pem"),
+                        file("definitions.json"),
+                    ),
+                    "[rabbitmq_auth_mechanism_ssl].\n",
+                )
+            }
+        };
+        std::fs::write(dir.join("rabbitmq.conf"), config).expect("writing rabbitmq.conf");
+        std::fs::write(dir.join("enabled_plugins"), plugins).expect("writing enabled_plugins");
+        if !give_to_rabbitmq(&dir) {
+            let _ = std::fs::remove_dir_all(&dir);
+            switchboard_conformance::skip_or_fail(
+                "cannot give a private RabbitMQ node's files to the rabbitmq user (not root?)",
+            );
+            return None;
+        }
         let mut node = RabbitNode {
             program,
             port,
             dist_port: free_port(),
             dir,
             child: None,
+            tls: pki.is_some(),
         };
         node.spawn();
         Some(node)
@@ -73,7 +137,9 @@ impl RabbitNode {
             .env("RABBITMQ_NODE_PORT", self.port.to_string())
             .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_CONFIG_FILE", dir("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir("advanced.config"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir("enabled_plugins"))
+            .env("RABBITMQ_PLUGINS_EXPAND_DIR", dir("plugins"))
             .env("RABBITMQ_MNESIA_BASE", dir("mnesia"))
             .env("RABBITMQ_LOG_BASE", dir("log"))
             .env("RABBITMQ_PID_FILE", dir("pid"))
@@ -110,12 +176,23 @@ impl RabbitNode {
         }
     }
 
-    /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f` (a node of [`RabbitNode::start`]).
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
-    /// The AMQP port.
+    /// `amqps://127.0.0.1:PORT/%2f`, to which a test adds its query (a node
+    /// of [`RabbitNode::start_external_auth`]).
+    pub fn tls_url(&self) -> String {
+        format!("amqps://127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Whether it listens for TLS (and only TLS).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The AMQP (or AMQPS) port.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -169,8 +246,13 @@ impl Drop for RabbitNode {
     }
 }
 
-fn set_mode(path: &std::path::Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .expect("making the RabbitMQ node directory writable");
+/// Gives the node's directory to the `rabbitmq` user, which runs the node.
+fn give_to_rabbitmq(dir: &std::path::Path) -> bool {
+    Command::new("chown")
+        .args(["-R", "rabbitmq:"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }

@@ -123,7 +123,9 @@
 //! `/readyz` for orchestrators (see [`metrics`]). A message with a W3C
 //! `traceparent` header is handled in its trace: the span records the trace
 //! and span ids, and what the handler publishes carries a child
-//! `traceparent` (see [`trace`]).
+//! `traceparent` (see [`trace`]); [`PublishSpan`] starts a trace for a
+//! message published outside a handler. With the `otel` feature the spans
+//! are OpenTelemetry spans too, with the ids the headers carry.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -35,8 +35,10 @@
 //! handler)` with retries, dead letters and graceful shutdown, typed
 //! `on_json::<T>` routes, schemas and an AsyncAPI document) is the `worker`
 //! feature, re-exported as [`worker`]; its codecs `msgpack` and `cbor`,
-//! `schemars` (schemas from types) and `testing` (`switchboard::testing`,
-//! unit tests for reactions without a server) are features too, off by default.
+//! `schemars` (schemas from types), `testing` (`switchboard::testing`,
+//! unit tests for reactions without a server) and `otel` (handled messages
+//! as OpenTelemetry spans, see `switchboard::worker::trace`) are features
+//! too, off by default.
 //! [`prelude`] brings the traits.
 //!
 //! # Drivers
