@@ -10,8 +10,11 @@
 //! `instructions MODE N` publishes N 16-byte messages on one subject, then
 //! flushes. MODE is `memory` (the in-memory broker, no subscriber), `nats`
 //! (switchboard's NATS adapter, concrete type), `nats-dyn` (the same through
-//! `switchboard::connect`, a `dyn Broker` as the CLI and most programs use it)
-//! or `nats-raw` (async-nats itself, the baseline). Run with no arguments (as
+//! `switchboard::connect`, a `dyn Broker` as the CLI and most programs use it),
+//! `nats-raw` (async-nats itself, the baseline: the subject a cloned
+//! `async_nats::Subject`, as switchboard's side clones its `Subject`) or
+//! `nats-raw-static` (async-nats with a `&'static str` subject, its cheapest
+//! call). Run with no arguments (as
 //! `cargo bench` does) it does nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -57,6 +60,22 @@ async fn main() {
         }
         "nats-raw" => {
             let client = async_nats::connect(URL).await.unwrap();
+            // Like for like: switchboard's loop clones a subject made once
+            // (a reference count); so does this one, as a program holding
+            // its subject in a variable does.
+            let subject = async_nats::Subject::from(String::from("bench.instructions"));
+            for _ in 0..count {
+                client
+                    .publish(subject.clone(), payload.clone())
+                    .await
+                    .unwrap();
+            }
+            client.flush().await.unwrap();
+        }
+        "nats-raw-static" => {
+            let client = async_nats::connect(URL).await.unwrap();
+            // The cheapest call async-nats has: a `&'static str` subject is
+            // turned into a static `Bytes`, with no reference count at all.
             for _ in 0..count {
                 client
                     .publish("bench.instructions", payload.clone())
@@ -65,6 +84,8 @@ async fn main() {
             }
             client.flush().await.unwrap();
         }
-        other => panic!("unknown mode {other:?}: memory, nats, nats-dyn or nats-raw"),
+        other => {
+            panic!("unknown mode {other:?}: memory, nats, nats-dyn, nats-raw or nats-raw-static")
+        }
     }
 }

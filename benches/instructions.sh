@@ -16,12 +16,12 @@ count() { # mode n -> total instructions
   grep -o 'Collected : [0-9]*' "$out/log" | awk '{print $3}'
 }
 declare -A per
-for mode in nats-raw nats nats-dyn memory; do
+for mode in nats-raw nats-raw-static nats nats-dyn memory; do
   a=$(count "$mode" "$n1")
   b=$(count "$mode" "$n2")
   per[$mode]=$(( (b - a) / (n2 - n1) ))
   printf '%-9s %6d instructions per publish   (I(%d)=%d, I(%d)=%d)\n' "$mode" "${per[$mode]}" "$n1" "$a" "$n2" "$b"
 done
-for mode in nats nats-dyn; do
+for mode in nats-raw-static nats nats-dyn; do
   awk -v s="${per[$mode]}" -v r="${per[nats-raw]}" -v m="$mode" 'BEGIN { printf "%-9s %.3f x nats-raw\n", m, s / r }'
 done

@@ -18,6 +18,10 @@ pub enum Mode {
     Group,
     /// One publisher at a fixed `--rate`, one subscriber; one-way latency.
     Latency,
+    /// One publisher, one reaction worker (switchboard's `Worker`, default
+    /// layers) or the raw client's subscriber loop, with a handler that takes
+    /// `--handler-time`, `--concurrency` at a time.
+    Worker,
 }
 
 impl Mode {
@@ -29,6 +33,7 @@ impl Mode {
             Mode::Fanout => "fanout",
             Mode::Group => "group",
             Mode::Latency => "latency",
+            Mode::Worker => "worker",
         }
     }
 }
@@ -43,7 +48,8 @@ impl Mode {
 progress on stderr."
 )]
 pub struct BenchArgs {
-    /// Workloads, comma-separated: pub, pubsub, fanout, group, latency.
+    /// Workloads, comma-separated: pub, pubsub, fanout, group, latency, worker
+    /// (not run unless asked for).
     #[arg(
         long,
         value_enum,
@@ -79,6 +85,15 @@ pub struct BenchArgs {
     /// Latency runs: how long to send (after a warm-up of a fifth of it, at most 1s).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+
+    /// `worker` runs: messages handled at a time (the route's concurrency limit;
+    /// for the raw client, `for_each_concurrent`'s).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub concurrency: usize,
+
+    /// `worker` runs: how long the handler takes (a timer; 0 returns at once).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub handler_time: Duration,
 
     /// Subscribers stop waiting once nothing arrived for this long after the publisher finished.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]

@@ -2,10 +2,13 @@
 //! workload is the same code for both; only publishing and receiving differ.
 
 use std::fmt;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::stream::{BoxStream, StreamExt};
 use indicatif::ProgressBar;
+use switchboard::worker::{Context, HandlerError, Route, Running, Worker};
 use switchboard::{AnyBroker, Bytes, Headers, Message, Pattern, QueueGroup, Subject};
 
 use crate::error::RunError;
@@ -104,6 +107,48 @@ impl<'a> Burst<'a> {
     }
 }
 
+/// The handler of a `worker` run, the same on both sides: it waits
+/// `handler_time` (if any) and passes the message's header on.
+#[derive(Debug, Clone)]
+pub(crate) struct Work {
+    /// Handler calls at a time.
+    pub(crate) concurrency: usize,
+    /// How long each call takes (0: it returns at once).
+    pub(crate) handler_time: Duration,
+    /// Time spent in handler calls, summed (ns), and their number: the
+    /// ideal throughput is `concurrency` ÷ the mean, whatever the timer's
+    /// resolution makes of `handler_time`.
+    pub(crate) spent: Arc<(AtomicU64, AtomicU64)>,
+}
+
+impl Work {
+    pub(crate) fn new(concurrency: usize, handler_time: Duration) -> Self {
+        Work {
+            concurrency: concurrency.max(1),
+            handler_time,
+            spent: Arc::new((AtomicU64::new(0), AtomicU64::new(0))),
+        }
+    }
+
+    /// One handler call.
+    pub(crate) async fn handle<T>(&self, item: T) -> T {
+        if !self.handler_time.is_zero() {
+            let began = Instant::now();
+            tokio::time::sleep(self.handler_time).await;
+            let ns = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.spent.0.fetch_add(ns, Ordering::Relaxed);
+            self.spent.1.fetch_add(1, Ordering::Relaxed);
+        }
+        item
+    }
+
+    /// The mean duration of a handler call, if calls took time.
+    pub(crate) fn mean(&self) -> Option<Duration> {
+        let calls = self.spent.1.load(Ordering::Relaxed);
+        (calls > 0).then(|| Duration::from_nanos(self.spent.0.load(Ordering::Relaxed) / calls))
+    }
+}
+
 /// A connection used by one role (the publisher, or one subscriber) of one run,
 /// bound to the run's subject.
 #[switchboard::async_trait]
@@ -121,6 +166,25 @@ pub(crate) trait Client: Send + Sync + fmt::Debug {
     /// Subscribes to the run's subject, in queue group `group` if given; once
     /// this resolves, messages published afterwards are received.
     async fn subscribe(&self, group: Option<&str>) -> Result<Receiver, RunError>;
+
+    /// Runs a handler on every message of the run's subject, as a program
+    /// reacting to messages does, and yields what each handler call saw.
+    ///
+    /// The raw clients' loop, written as their users write one: the
+    /// subscription, `for_each_concurrent(concurrency, handler)`, in a task
+    /// of its own. Switchboard's side runs a `Worker` instead.
+    async fn serve(&self, work: Work) -> Result<Receiver, RunError> {
+        let messages = self.subscribe(None).await?;
+        let (handled, receiver) = futures::channel::mpsc::unbounded();
+        let concurrency = work.concurrency.max(1);
+        tokio::spawn(messages.for_each_concurrent(concurrency, move |item| {
+            let (work, handled) = (work.clone(), handled.clone());
+            async move {
+                let _ = handled.unbounded_send(work.handle(item).await);
+            }
+        }));
+        Ok(receiver.boxed())
+    }
 
     /// Whether queue groups are available (otherwise `group` runs are unsupported).
     fn queue_groups(&self) -> bool;
@@ -163,6 +227,8 @@ pub(crate) struct SwitchboardClient {
     broker: AnyBroker,
     subject: Subject,
     pattern: Pattern,
+    /// The worker of a `worker` run, shut down by `close`.
+    worker: Mutex<Option<Running>>,
 }
 
 impl SwitchboardClient {
@@ -174,6 +240,7 @@ impl SwitchboardClient {
             broker,
             subject,
             pattern,
+            worker: Mutex::new(None),
         })
     }
 
@@ -234,11 +301,39 @@ impl Client for SwitchboardClient {
             .boxed())
     }
 
+    /// A `Worker` with one route on the run's subject: the default layers
+    /// (dead letter, retry, timeout, catch panic), the handler `work`.
+    async fn serve(&self, work: Work) -> Result<Receiver, RunError> {
+        let (handled, receiver) = futures::channel::mpsc::unbounded();
+        let concurrency = work.concurrency;
+        let handler = move |ctx: Context| {
+            let (work, handled) = (work.clone(), handled.clone());
+            async move {
+                let stamp = work.handle(Stamp::parse(ctx.payload())).await;
+                let _ = handled.unbounded_send(stamp);
+                Ok::<_, HandlerError>(())
+            }
+        };
+        let running = Worker::new(self.broker.clone())
+            .route(Route::new(self.pattern.as_str(), handler).concurrency(concurrency))
+            .start()
+            .await
+            .map_err(RunError::WorkerStart)?;
+        if let Ok(mut slot) = self.worker.lock() {
+            *slot = Some(running);
+        }
+        Ok(receiver.boxed())
+    }
+
     fn queue_groups(&self) -> bool {
         self.broker.capabilities().queue_groups
     }
 
     async fn close(&self) {
+        let worker = self.worker.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(worker) = worker {
+            worker.shutdown().await;
+        }
         if let Err(error) = self.broker.close().await {
             tracing::debug!("closing {}: {error}", self.broker.kind());
         }

@@ -72,6 +72,9 @@ pub(crate) enum RunError {
         #[source]
         source: switchboard::Error,
     },
+    /// The `worker` mode's worker did not start.
+    #[error("starting the worker")]
+    WorkerStart(#[source] switchboard::worker::Error),
     /// The workload needs queue groups and the broker has none: an `unsupported` row.
     #[error("no queue groups on this broker")]
     NoQueueGroups,

@@ -234,6 +234,8 @@ async fn measure(target: &Target, args: &BenchArgs, progress: &Progress) -> Vec<
                         rate: args.rate,
                         duration: args.duration,
                         latency_warmup: (args.duration / 5).min(Duration::from_secs(1)),
+                        concurrency: args.concurrency,
+                        handler_time: args.handler_time,
                     };
                     let label = format!(
                         "{} {} {}B {}",

@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use tokio::sync::{oneshot, watch};
 
-use crate::client::{self, Burst, Client, Receiver, PROGRESS_STEP};
+use crate::client::{self, Burst, Client, Receiver, Work, PROGRESS_STEP};
 use crate::cpu::CpuClock;
 use crate::error::RunError;
 use crate::payload::{self, Stamp, MEASURED_PUBLISHER, WARMUP_PUBLISHER};
@@ -36,6 +36,9 @@ pub(crate) struct RunSpec {
     pub(crate) rate: u64,
     pub(crate) duration: Duration,
     pub(crate) latency_warmup: Duration,
+    /// `worker` runs: the handler's concurrency and duration.
+    pub(crate) concurrency: usize,
+    pub(crate) handler_time: Duration,
 }
 
 /// Runs one measurement and describes it as a row (an `error` row if it failed).
@@ -80,6 +83,7 @@ async fn setup(
     spec: &RunSpec,
     subscribers: usize,
     group: bool,
+    work: Option<&Work>,
 ) -> Result<(Setup, Vec<Receiver>), RunError> {
     let (subject, group_name) = fresh_subject(spec);
     let publisher: Arc<dyn Client> =
@@ -91,9 +95,14 @@ async fn setup(
     let mut receivers = Vec::with_capacity(subscribers);
     for _ in 0..subscribers {
         let client = client::connect(spec.implementation, &spec.target, &subject).await?;
-        let receiver = client
-            .subscribe(group.then_some(group_name.as_str()))
-            .await?;
+        let receiver = match work {
+            Some(work) => client.serve(work.clone()).await?,
+            None => {
+                client
+                    .subscribe(group.then_some(group_name.as_str()))
+                    .await?
+            }
+        };
         clients.push(client);
         receivers.push(receiver);
     }
@@ -348,7 +357,7 @@ impl Seen {
 fn subscribers_for(spec: &RunSpec) -> usize {
     match spec.mode {
         Mode::Pub => 0,
-        Mode::Pubsub | Mode::Latency => 1,
+        Mode::Pubsub | Mode::Latency | Mode::Worker => 1,
         Mode::Fanout | Mode::Group => spec.subscribers.max(1),
     }
 }
@@ -356,7 +365,8 @@ fn subscribers_for(spec: &RunSpec) -> usize {
 async fn throughput(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Result<(), RunError> {
     let group = spec.mode == Mode::Group;
     let subscribers = subscribers_for(spec);
-    let (setup, receivers) = setup(spec, subscribers, group).await?;
+    let work = (spec.mode == Mode::Worker).then(|| Work::new(spec.concurrency, spec.handler_time));
+    let (setup, receivers) = setup(spec, subscribers, group, work.as_ref()).await?;
     let base = Instant::now();
     let consumers = Consumers::start(receivers, group, spec, base, false, spec.msgs);
     let publisher = Arc::clone(&setup.publisher);
@@ -446,6 +456,23 @@ async fn throughput(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Re
         }
     }
     row.mb_per_s = row.msgs_per_s.map(|r| r * spec.size as f64 / 1e6);
+    if let Some(work) = &work {
+        let mut note = format!("concurrency {}", work.concurrency);
+        if let Some(mean) = work.mean() {
+            // The ideal: every slot always busy, at the handler's real speed.
+            let ideal = work.concurrency as f64 / mean.as_secs_f64();
+            note.push_str(&format!(
+                ", handler {:?} (mean {:.2} ms): ideal {:.0} msg/s",
+                spec.handler_time,
+                mean.as_secs_f64() * 1e3,
+                ideal
+            ));
+        }
+        row.note = Some(match row.note.take() {
+            Some(other) => format!("{note}; {other}"),
+            None => note,
+        });
+    }
     Ok(())
 }
 
@@ -526,7 +553,7 @@ fn pace(
 }
 
 async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Result<(), RunError> {
-    let (setup, receivers) = setup(spec, 1, false).await?;
+    let (setup, receivers) = setup(spec, 1, false, None).await?;
     let base = Instant::now();
     let count = (spec.rate as f64 * spec.duration.as_secs_f64()).round() as u64;
     let warmup = (spec.rate as f64 * spec.latency_warmup.as_secs_f64()).round() as u64;

@@ -299,3 +299,62 @@ async fn nats_runs_next_to_the_raw_client() {
         assert!(run["ratio"].as_f64().unwrap() > 0.0, "{run}");
     }
 }
+
+/// `--mode worker`: a switchboard `Worker` on memory, and on NATS next to the
+/// raw subscriber loop, each with every message handled once; with a
+/// handler that takes time, the note states the concurrency and the ideal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_mode_handles_every_message_once() {
+    let nats = nats_answers();
+    if !nats {
+        switchboard_conformance::skip_or_fail("no NATS server on 127.0.0.1:4222");
+    }
+    let brokers = if nats { "memory,nats" } else { "memory" };
+    let json = temp("worker.json");
+    let runs = bench(
+        brokers,
+        &["--mode", "worker", "--size", "16", "--msgs", "3000"],
+        &json,
+    )
+    .await;
+    assert_eq!(runs.len(), if nats { 3 } else { 1 }, "{runs:?}");
+    for run in &runs {
+        check_fields(run);
+        assert_eq!(run["mode"], "worker", "{run}");
+        assert_eq!(run["status"], "ok", "{run}");
+        assert_eq!(run["received"], 3000, "{run}");
+        assert_eq!(run["lost"], 0, "{run}");
+        assert_eq!(run["duplicates"], 0, "{run}");
+        // Concurrency 1 keeps the order.
+        assert_eq!(run["reordered"], 0, "{run}");
+        assert_eq!(run["note"], "concurrency 1", "{run}");
+    }
+
+    let json = temp("worker-concurrent.json");
+    let runs = bench(
+        "memory",
+        &[
+            "--mode",
+            "worker",
+            "--size",
+            "16",
+            "--msgs",
+            "500",
+            "--concurrency",
+            "8",
+            "--handler-time",
+            "2ms",
+        ],
+        &json,
+    )
+    .await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = &runs[0];
+    assert_eq!(run["received"], 500, "{run}");
+    assert_eq!(run["duplicates"], 0, "{run}");
+    let note = run["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("concurrency 8, handler 2ms (mean ") && note.contains("ideal"),
+        "{note}"
+    );
+}

@@ -98,15 +98,28 @@ pub trait Broker: Publisher + Subscriber {
     async fn close(&self) -> Result<()>;
 }
 
+/// The boxed future an object-safe method of these traits returns.
+type BoxedResult<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>>;
+
 macro_rules! forward_pointer {
     ($($ptr:ident),*) => {$(
-        #[async_trait]
+        // Written out rather than left to `#[async_trait]`, which would box
+        // a second future around the pointee's boxed one on every call.
         impl<T: Publisher + ?Sized> Publisher for $ptr<T> {
-            async fn publish(&self, message: Message) -> Result<()> {
-                (**self).publish(message).await
+            fn publish<'life0, 'async_trait>(&'life0 self, message: Message) -> BoxedResult<'async_trait, ()>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).publish(message)
             }
-            async fn flush(&self) -> Result<()> {
-                (**self).flush().await
+            fn flush<'life0, 'async_trait>(&'life0 self) -> BoxedResult<'async_trait, ()>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).flush()
             }
         }
 

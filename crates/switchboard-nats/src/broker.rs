@@ -14,6 +14,7 @@ use switchboard_core::{
 use crate::connection::{self, Registry};
 use crate::error::ClientError;
 use crate::options::NatsOptions;
+use crate::publisher::PublishFuture;
 use crate::{durable, publisher, subscription, KIND};
 
 /// A connection to a NATS server: core NATS, and JetStream for durable
@@ -135,9 +136,16 @@ impl fmt::Debug for NatsBroker {
 
 #[async_trait]
 impl Publisher for NatsBroker {
-    async fn publish(&self, message: Message) -> Result<()> {
-        self.check_open()?;
-        publisher::publish(&self.shared, message).await
+    // Written out rather than left to `#[async_trait]`: see `publisher::publish`.
+    fn publish<'life0, 'async_trait>(&'life0 self, message: Message) -> PublishFuture<'async_trait>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        if let Err(error) = self.check_open() {
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        publisher::publish(&self.shared, message)
     }
 
     async fn flush(&self) -> Result<()> {

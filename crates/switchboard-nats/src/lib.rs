@@ -200,7 +200,12 @@
 //!
 //! `publish` hands the message to the client without waiting a round trip
 //! (async-nats queues it and writes it out); when that queue is full it waits for
-//! room, as async-nats does. While the connection is down async-nats takes
+//! room, as async-nats does. A message without headers is handed over as
+//! `publish` is called when the queue has room (the usual case): the future
+//! returned is then already finished and allocates nothing, and dropping it
+//! unpolled does not take the message back — publishing through switchboard
+//! costs what async-nats' own `publish` costs (BENCHMARKS.md, "Instructions
+//! per publish"). While the connection is down async-nats takes
 //! nothing from the queue, so that wait is bounded: once the connection has
 //! been down for the flush timeout, `publish` fails with
 //! [`Error::Publish`](switchboard_core::Error::Publish) saying the message was not
