@@ -118,8 +118,15 @@ impl RedisBroker {
         let (publisher, writer) =
             publisher::start(conn, target.clone(), options.clone(), max_payload);
         let shutdown = watch::Sender::new(false);
-        let (control, routing) = match start_durable(&target, &options, &publisher, &shutdown).await
-        {
+        // The durable mode's registry, function and streams live in one
+        // server's keyspace; a cluster would spread them over slots of
+        // several nodes, which the mode does not route yet.
+        let durable = if target.is_cluster() {
+            Err("Redis Cluster (redis+cluster://) has no durable mode yet; use one Redis server for durable subscriptions".to_string())
+        } else {
+            start_durable(&target, &options, &publisher, &shutdown).await
+        };
+        let (control, routing) = match durable {
             Ok((control, routing)) => (Ok(control), Some(routing)),
             Err(reason) => (Err(reason), None),
         };

@@ -73,9 +73,13 @@ impl Target {
             self.handshake(&mut conn, client_name).await?;
             return Ok(conn);
         }
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| error::tcp_failed(self, e))?;
+        let tcp = if self.is_cluster() {
+            self.connect_cluster_node().await?
+        } else {
+            TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| error::tcp_failed(self, e))?
+        };
         let _ = tcp.set_nodelay(true);
         set_keepalive(&tcp);
         let stream = match &self.tls {
@@ -95,6 +99,38 @@ impl Target {
         };
         self.handshake(&mut conn, client_name).await?;
         Ok(conn)
+    }
+
+    /// A TCP connection to a node of the cluster: the one that answered
+    /// last first, then the others in the URL's order, so a connection lost
+    /// with its node moves to another one.
+    async fn connect_cluster_node(&self) -> Result<TcpStream> {
+        use std::sync::atomic::Ordering;
+        let nodes = self.cluster.len();
+        let start = self.next_node.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for step in 0..nodes {
+            let index = (start + step) % nodes;
+            let (host, port) = &self.cluster[index];
+            match TcpStream::connect((host.as_str(), *port)).await {
+                Ok(tcp) => {
+                    if step > 0 {
+                        tracing::info!("redis: now on cluster node {host}:{port}");
+                    }
+                    self.next_node.store(index, Ordering::Relaxed);
+                    return Ok(tcp);
+                }
+                Err(e) => failures.push(format!("{host}:{port}: {e}")),
+            }
+        }
+        Err(self.error(
+            switchboard_core::ConnectKind::Refused,
+            format!(
+                "no node of the cluster answers ({}); is the cluster running?",
+                failures.join("; ")
+            ),
+            None,
+        ))
     }
 
     async fn handshake(&self, conn: &mut Conn, client_name: &str) -> Result<()> {

@@ -28,6 +28,15 @@
 //!   Redis answers a wrong password and an unknown (or disabled) user with the
 //!   same `WRONGPASS` reply, so the error cannot say which of the two it was;
 //!   it names the user, never the password;
+//! - `redis+cluster://[user:password@]h1:7001,h2:7002,h3:7003` — a Redis
+//!   Cluster: one connection per use (publishing, each subscription) to one
+//!   of the nodes, the one that answered last first; PUBSUB messages reach
+//!   every node of a cluster, so a subscriber on one node receives what is
+//!   published through another, and a connection whose node dies moves to
+//!   the next. Database 0 only, no TLS yet, and no durable mode yet (its
+//!   registry, function and streams would spread over several nodes' slots):
+//!   `subscribe_durable` is `Unsupported` there. Tested on a 3-master cluster
+//!   of the test's own, with the conformance suite and a killed node;
 //! - `redis+unix:///run/redis/redis.sock` or `unix:///run/redis/redis.sock` —
 //!   a unix socket (`unixsocket` in redis.conf), credentials before the path
 //!   (`redis+unix://alice:PASSWORD@/run/redis/redis.sock`), the database in the
@@ -422,9 +431,10 @@ use switchboard_core::{Broker, Driver, Result};
 /// The broker kind, as [`Broker::kind`] returns it.
 pub const KIND: &str = "redis";
 
-/// The URL schemes this adapter accepts: `redis`, `rediss` (TLS), and
-/// `redis+unix` and `unix` (a unix socket).
-pub const SCHEMES: &[&str] = &["redis", "rediss", "redis+unix", "unix"];
+/// The URL schemes this adapter accepts: `redis`, `rediss` (TLS),
+/// `redis+unix` and `unix` (a unix socket), and `redis+cluster` (the nodes
+/// of a Redis Cluster).
+pub const SCHEMES: &[&str] = &["redis", "rediss", "redis+unix", "unix", "redis+cluster"];
 
 /// The URL the bare kind `redis` stands for: the local server on its usual port.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";

@@ -62,6 +62,9 @@ pub const QUERY_KEYS: &[&str] = &[
 /// The schemes of unix socket URLs.
 const UNIX_SCHEMES: [&str; 2] = ["redis+unix", "unix"];
 
+/// The scheme of Redis Cluster URLs.
+const CLUSTER_SCHEME: &str = "redis+cluster";
+
 /// The port of a URL that names none.
 const DEFAULT_PORT: u16 = 6379;
 
@@ -274,6 +277,11 @@ pub(crate) struct Target {
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
     pub(crate) db: i64,
+    /// A Redis Cluster's nodes (`redis+cluster://h1:p1,h2:p2,…`), tried in
+    /// turn from the one that answered last; empty for one server.
+    pub(crate) cluster: Vec<(String, u16)>,
+    /// Which node of `cluster` to try first.
+    pub(crate) next_node: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl fmt::Debug for Target {
@@ -293,6 +301,9 @@ impl Target {
         if let Some((scheme, rest)) = url.split_once("://") {
             if UNIX_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
                 return Self::parse_unix(url, scheme, rest, options);
+            }
+            if scheme.eq_ignore_ascii_case(CLUSTER_SCHEME) {
+                return Self::parse_cluster(url, rest, options);
             }
         }
         let parsed =
@@ -362,7 +373,76 @@ impl Target {
             username,
             password,
             db,
+            cluster: Vec::new(),
+            next_node: Default::default(),
         })
+    }
+
+    /// Reads a `redis+cluster://[[user]:password@]host:port[,host:port…][?query]`
+    /// URL: `rest` is what follows `scheme://`. The nodes are the entry
+    /// points; PUBSUB messages reach every node of a cluster, so one
+    /// connection to any of them is enough. A cluster has database 0 only.
+    fn parse_cluster(url: &str, rest: &str, options: &mut RedisOptions) -> Result<Self> {
+        const FORM: &str =
+            "the form is redis+cluster://[[user]:password@]host:port[,host:port...][?query]";
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, authority),
+        };
+        if tail.starts_with('#') || tail.contains('#') {
+            return Err(Error::invalid_url(
+                url,
+                "a Redis Cluster URL takes no fragment (TLS on Redis Cluster is not supported yet)",
+            ));
+        }
+        if !matches!(tail.split('?').next(), Some("" | "/" | "/0")) {
+            return Err(Error::invalid_url(
+                url,
+                format!("a Redis Cluster has database 0 only; remove the path; {FORM}"),
+            ));
+        }
+        let mut nodes = Vec::new();
+        for node in hosts.split(',') {
+            let node = node.trim();
+            let parsed = url::Url::parse(&format!("redis://{node}"))
+                .ok()
+                .filter(|p| p.host_str().is_some_and(|h| !h.is_empty()) && p.path() == "");
+            let Some(parsed) = parsed else {
+                return Err(Error::invalid_url(
+                    url,
+                    format!("`{node}` is not a host:port; {FORM}"),
+                ));
+            };
+            let host = parsed.host_str().unwrap_or_default();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            nodes.push((host, parsed.port().unwrap_or(DEFAULT_PORT)));
+        }
+        // The first node, with the credentials and the query, read as a
+        // one-server URL: the same keys and checks as there.
+        let first = hosts.split(',').next().unwrap_or_default().trim();
+        let userinfo = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+        let query = tail
+            .split_once('?')
+            .map(|(_, q)| format!("?{q}"))
+            .unwrap_or_default();
+        let mut target = Self::parse(&format!("redis://{userinfo}{first}{query}"), options)
+            .map_err(|e| match e {
+                Error::InvalidUrl { reason, .. } => Error::invalid_url(url, reason),
+                other => other,
+            })?;
+        target.url = url.to_string();
+        target.cluster = nodes;
+        Ok(target)
+    }
+
+    /// Whether this names a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        !self.cluster.is_empty()
     }
 
     /// Reads a `redis+unix://[[user]:password@]/path/redis.sock[?db=N&query]`
@@ -434,6 +514,8 @@ impl Target {
             username,
             password,
             db,
+            cluster: Vec::new(),
+            next_node: Default::default(),
         })
     }
 }
@@ -464,6 +546,36 @@ mod tests {
         let t = parse("redis://:p%40ss%3Aw@[::1]:6380").unwrap();
         assert_eq!(t.password.as_deref(), Some("p@ss:w"));
         assert_eq!(t.host, "::1");
+    }
+
+    #[test]
+    fn cluster_urls() {
+        let t = parse("redis+cluster://u:pw@10.0.0.1:7001,10.0.0.2:7002,h3?name=x").unwrap();
+        assert!(t.is_cluster());
+        assert_eq!(
+            t.cluster,
+            [
+                ("10.0.0.1".to_string(), 7001),
+                ("10.0.0.2".to_string(), 7002),
+                ("h3".to_string(), 6379)
+            ]
+        );
+        assert_eq!(t.username.as_deref(), Some("u"));
+        assert_eq!(t.password.as_deref(), Some("pw"));
+        assert!(!parse("redis://h:1").unwrap().is_cluster());
+        for (url, expected) in [
+            ("redis+cluster://h1:1,h2:2/3", "database 0 only"),
+            ("redis+cluster://h1:1,h2:x", "is not a host:port"),
+            ("redis+cluster://h1:1,h2:2#insecure", "no fragment"),
+            ("redis+cluster://h1:1?bogus=1", "bogus"),
+        ] {
+            let e = parse(url).unwrap_err().to_string();
+            assert!(e.contains(expected), "{url}: {e}");
+        }
+        let e = parse("redis+cluster://u:hunter2@h1:1,h2:2/3")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! - [`nats_auth`]: NKey users and an operator-mode (JWT, `.creds`) setup
 //!   made per test, with nats-servers configured for them;
 //! - [`nats_cluster`]: a [`NatsCluster`] of nats-servers routed to each other;
+//! - [`redis_cluster`]: a [`RedisCluster`] of redis-servers in cluster mode;
 //! - [`rabbit`]: a [`RabbitNode`] of the test's own (its own node name, ports
 //!   and data), to kill and start again;
 //! - [`restart_drill`]: the [`RestartDrill`] every durable mode goes through:
@@ -38,6 +39,7 @@ pub mod nats_auth;
 pub mod nats_cluster;
 pub mod process;
 pub mod rabbit;
+pub mod redis_cluster;
 pub mod restart_drill;
 pub mod tls_checks;
 pub mod tls_proxy;
@@ -52,6 +54,7 @@ pub use nats_auth::{NatsAuth, NatsOperator, NkeyUser};
 pub use nats_cluster::NatsCluster;
 pub use process::{BrokerProcess, MosquittoServer, NatsServer, RedisServer};
 pub use rabbit::RabbitNode;
+pub use redis_cluster::RedisCluster;
 pub use restart_drill::{DrillReport, Received, RestartDrill};
 /// The TCP proxy lives in the conformance suite, whose link cases cut connections with it.
 pub use switchboard_conformance::TcpProxy;
