@@ -134,7 +134,24 @@ pub(crate) fn connect_error(config: &Config, error: lapin::Error) -> Error {
             std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof => (
                 ConnectKind::Other,
                 format!(
-                    "{address} closed the connection during the handshake; check the port speaks AMQP 0-9-1 (amqps:// needs the TLS port, usually 5671)"
+                    "{address} closed the connection during the handshake; check the port speaks AMQP 0-9-1 (amqps:// needs the TLS port, usually 5671) and, on amqps://, whether the server requires a client certificate (`cert=` and `key=`)"
+                ),
+            ),
+            // The server ends the handshake without a reason, as RabbitMQ
+            // does when the client's SASL mechanism is not among those it
+            // offers (lapin only logs the mismatch). Not `Auth`: a broker
+            // that is starting or stopping ends handshakes the same way, and
+            // that is worth retrying.
+            std::io::ErrorKind::ConnectionAborted => (
+                ConnectKind::Other,
+                format!(
+                    "{address} ended the connection during the handshake; the server may not offer the authentication mechanism asked for ({}): a server set up for client-certificate login offers only EXTERNAL (add `auth_mechanism=external` with `cert=` and `key=`); otherwise check the user name, password and vhost",
+                    config
+                        .uri
+                        .query
+                        .auth_mechanism
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "PLAIN".to_string())
                 ),
             ),
             // rustls reports a failed handshake as invalid data.
