@@ -107,6 +107,7 @@ impl RestartDrill {
             .connect(url)
             .await
             .expect("connecting the publisher");
+        let started = Instant::now();
         let flushed = Arc::new(AtomicU32::new(0));
         let republished = Arc::new(AtomicU32::new(0));
         let publishing = tokio::spawn(publish_all(
@@ -135,10 +136,15 @@ impl RestartDrill {
             .await
             .expect("publishing finished in time")
             .expect("the publishing task");
+        eprintln!("drill: every message flushed after {:?}", started.elapsed());
         let reading = timeout(self.patience * 2, receiving)
             .await
             .expect("receiving finished in time")
             .expect("the receiving task");
+        eprintln!(
+            "drill: the reading consumer had every message after {:?}",
+            started.elapsed()
+        );
         // The consumer that was away during both restarts reads everything
         // from the broker's storage now.
         let away = subscriber
@@ -146,6 +152,10 @@ impl RestartDrill {
             .await
             .expect("resuming the away consumer");
         let away = receive_all(away, self.messages, self.patience).await;
+        eprintln!(
+            "drill: the away consumer had every message after {:?}",
+            started.elapsed()
+        );
         for durable in [&reading_durable, &away_durable] {
             subscriber
                 .remove_durable(&pattern, durable)
