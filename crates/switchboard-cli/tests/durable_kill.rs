@@ -10,7 +10,7 @@ mod harness;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use harness::{broker_url, unique, Listener, PATIENCE};
+use harness::{broker_url, remove_durable, unique, Listener, PATIENCE};
 
 /// Messages in the stream.
 const MESSAGES: u32 = 3000;
@@ -64,25 +64,6 @@ fn durable_of(url: &str) -> bool {
         broker.close().await.unwrap();
         durable
     })
-}
-
-/// Removes the durable consumer `name` over `pattern` from the broker.
-fn remove(url: &str, pattern: &str, name: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let broker = switchboard::connect(url).await.unwrap();
-        broker
-            .remove_durable(
-                &pattern.parse().unwrap(),
-                &switchboard::Durable::new(name).unwrap(),
-            )
-            .await
-            .unwrap();
-        broker.close().await.unwrap();
-    });
 }
 
 fn sigkilled_listener_loses_nothing(kind: &str) {
@@ -147,7 +128,7 @@ fn sigkilled_listener_loses_nothing(kind: &str) {
         "{kind}: all {MESSAGES} messages handled; first listener killed after {killed_at} \
          distinct lines; {duplicates} delivered twice (at-least-once)"
     );
-    remove(&url, &pattern, &name);
+    remove_durable(&url, &pattern, &name);
 }
 
 #[test]

@@ -6,31 +6,12 @@
 
 mod harness;
 
-use harness::{broker_url, send, unique, Listener, PATIENCE};
+use harness::{broker_url, remove_durable, send, unique, Listener, PATIENCE};
 
 fn listener(url: &str, args: &[&str]) -> Listener {
     Listener::start(url, args).unwrap_or_else(|(status, stderr)| {
         panic!("listen {args:?} exited with {status} before getting ready: {stderr}")
     })
-}
-
-/// Removes the durable consumer `name` over `pattern` from the broker.
-fn remove(url: &str, pattern: &str, name: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let broker = switchboard::connect(url).await.unwrap();
-        broker
-            .remove_durable(
-                &pattern.parse().unwrap(),
-                &switchboard::Durable::new(name).unwrap(),
-            )
-            .await
-            .unwrap();
-        broker.close().await.unwrap();
-    });
 }
 
 #[test]
@@ -120,5 +101,5 @@ fn keeps_what_was_sent_meanwhile(url: &str) {
     assert_eq!(third.lines(1), [format!("[{subject}] c")]);
     let (status, stderr) = third.wait(PATIENCE);
     assert!(status.success(), "{stderr}");
-    remove(&url, &pattern, &name);
+    remove_durable(&url, &pattern, &name);
 }

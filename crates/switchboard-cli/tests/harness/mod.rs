@@ -465,3 +465,22 @@ pub fn error_lines(stderr: &str) -> Vec<&str> {
         .filter(|line| line.starts_with("error:"))
         .collect()
 }
+
+/// Removes the durable consumer `name` over `pattern` from the broker at `url`.
+pub fn remove_durable(url: &str, pattern: &str, name: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let broker = switchboard::connect(url).await.unwrap();
+        broker
+            .remove_durable(
+                &pattern.parse().unwrap(),
+                &switchboard::Durable::new(name).unwrap(),
+            )
+            .await
+            .unwrap();
+        broker.close().await.unwrap();
+    });
+}
