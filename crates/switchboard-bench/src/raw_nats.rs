@@ -210,15 +210,15 @@ impl Client for RawNats {
             .messages()
             .await
             .map_err(js("pulling", &self.subject))?;
-        let subject = self.subject.to_string();
+        let subject = std::sync::Arc::<str>::from(self.subject.as_str());
         Ok(messages
             .then(move |message| {
-                let subject = subject.clone();
+                let subject = std::sync::Arc::clone(&subject);
                 async move {
                     let message = message.map_err(js("pulling", &subject))?;
                     message.ack().await.map_err(|source| RunError::JetStream {
                         what: "acking",
-                        subject,
+                        subject: subject.to_string(),
                         source,
                     })?;
                     Stamp::parse(&message.payload)

@@ -107,28 +107,58 @@ async fn setup(
     } else {
         None
     };
-    let mut clients = Vec::with_capacity(subscribers);
-    let mut receivers = Vec::with_capacity(subscribers);
-    for _ in 0..subscribers {
-        let client = client::connect(spec.implementation, &spec.target, &subject).await?;
-        let receiver = match (work, &durable) {
-            (_, Some(name)) => client.subscribe_durable(name).await?,
-            (Some(work), None) => client.serve(work.clone()).await?,
-            (None, None) => {
-                client
-                    .subscribe(group.then_some(group_name.as_str()))
-                    .await?
+    let subscribed = subscribe_all(
+        spec,
+        subscribers,
+        group,
+        work,
+        &subject,
+        &group_name,
+        &durable,
+    )
+    .await;
+    let (clients, receivers) = match subscribed {
+        Ok(subscribed) => subscribed,
+        Err(error) => {
+            // Leave nothing behind on the broker.
+            if let Some(name) = &durable {
+                let _ = publisher.remove_durable(name).await;
             }
-        };
-        clients.push(client);
-        receivers.push(receiver);
-    }
+            publisher.close().await;
+            return Err(error);
+        }
+    };
     let setup = Setup {
         publisher,
         subscribers: clients,
         durable,
     };
     Ok((setup, receivers))
+}
+
+/// Connects and subscribes the subscribers of a run.
+async fn subscribe_all(
+    spec: &RunSpec,
+    subscribers: usize,
+    group: bool,
+    work: Option<&Work>,
+    subject: &str,
+    group_name: &str,
+    durable: &Option<String>,
+) -> Result<(Vec<Box<dyn Client>>, Vec<Receiver>), RunError> {
+    let mut clients = Vec::with_capacity(subscribers);
+    let mut receivers = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let client = client::connect(spec.implementation, &spec.target, subject).await?;
+        let receiver = match (work, durable) {
+            (_, Some(name)) => client.subscribe_durable(name).await?,
+            (Some(work), None) => client.serve(work.clone()).await?,
+            (None, None) => client.subscribe(group.then_some(group_name)).await?,
+        };
+        clients.push(client);
+        receivers.push(receiver);
+    }
+    Ok((clients, receivers))
 }
 
 impl Setup {
