@@ -23,6 +23,8 @@ use std::time::Duration;
 pub struct TcpProxy {
     port: u16,
     shared: Arc<Shared>,
+    /// Joined on drop, so the port is closed once the proxy is gone.
+    accepting: Option<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -58,11 +60,15 @@ impl TcpProxy {
         let port = listener.local_addr().expect("a bound address").port();
         let shared = Arc::new(Shared::default());
         let accepting = shared.clone();
-        std::thread::Builder::new()
+        let accepting = std::thread::Builder::new()
             .name(format!("proxy-{port}"))
             .spawn(move || accept_loop(listener, target, accepting))
             .expect("the proxy thread starts");
-        TcpProxy { port, shared }
+        TcpProxy {
+            port,
+            shared,
+            accepting: Some(accepting),
+        }
     }
 
     /// Forwards to `127.0.0.1:port`.
@@ -115,8 +121,15 @@ impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.shared.stopped.store(true, Ordering::SeqCst);
         self.shared.reset_all();
-        // Wakes the accept loop so it sees `stopped`.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        // Wakes the accept loop so it sees `stopped`, then waits for it to
+        // drop the listener: a test that drops the proxy to "kill a host"
+        // expects the port closed as soon as `drop` returns.
+        let woken = TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+        if let Some(accepting) = self.accepting.take() {
+            if woken {
+                let _ = accepting.join();
+            }
+        }
     }
 }
 
