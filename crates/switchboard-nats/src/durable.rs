@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use futures::stream::{Stream, StreamExt};
 use switchboard_core::{
@@ -360,13 +361,26 @@ async fn consumer_for(
         filter_subject: pattern.as_str().to_string(),
         ..Default::default()
     };
-    for _ in 0..2 {
-        if let Ok(existing) = stream.get_consumer::<consumer::pull::Config>(&name).await {
-            let deliver_policy = existing.cached_info().config.deliver_policy;
-            return stream
-                .create_consumer(config(deliver_policy))
-                .await
-                .map_err(|e| failed("updating", Box::new(e)));
+    // While a cluster elects a new consumer or stream leader (a node was
+    // lost), reading the consumer fails for a few seconds although it
+    // exists: creating it then would start it over at the stream's end and
+    // skip its backlog (nats-server 2.9 answers "start sequence can not be
+    // updated"). Only "not found" creates; other failures are retried.
+    let mut last_error: Option<BoxError> = None;
+    for _ in 0..CONSUMER_ATTEMPTS {
+        match stream.consumer_info(&name).await {
+            Ok(existing) => {
+                return stream
+                    .create_consumer(config(existing.config.deliver_policy))
+                    .await
+                    .map_err(|e| failed("updating", Box::new(e)));
+            }
+            Err(error) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound) => {}
+            Err(error) => {
+                last_error = Some(Box::new(error));
+                tokio::time::sleep(CONSUMER_RETRY).await;
+                continue;
+            }
         }
         let next = stream
             .info()
@@ -382,16 +396,43 @@ async fn consumer_for(
             .await;
         match created {
             Ok(consumer) => return Ok(consumer),
-            // Another member created it meanwhile: update that one.
-            Err(error) if error.kind() == stream::ConsumerCreateStrictErrorKind::AlreadyExists => {}
+            // Another member created it meanwhile (servers before 2.10 say
+            // so with a generic create error): update that one.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    stream::ConsumerCreateStrictErrorKind::AlreadyExists
+                        | stream::ConsumerCreateStrictErrorKind::JetStream(_)
+                ) =>
+            {
+                last_error = Some(Box::new(error));
+            }
             Err(error) => return Err(failed("creating", Box::new(error))),
         }
     }
     Err(subscribe_error(
         pattern,
-        format!("JetStream consumer {name:?} kept changing while it was created"),
-        None,
+        format!(
+            "JetStream consumer {name:?} on stream {stream_name:?} could neither be read nor created \
+             after {CONSUMER_ATTEMPTS} attempts (is the cluster electing a leader?)"
+        ),
+        last_error,
     ))
+}
+
+/// Reads or creates of a consumer tried before giving up, [`CONSUMER_RETRY`] apart.
+const CONSUMER_ATTEMPTS: usize = 20;
+
+/// The pause between two attempts to read or create a consumer.
+const CONSUMER_RETRY: Duration = Duration::from_millis(250);
+
+/// Whether deleting a consumer failed because it does not exist.
+fn consumer_missing(error: &stream::ConsumerError) -> bool {
+    matches!(
+        error.kind(),
+        stream::ConsumerErrorKind::JetStream(ref e)
+            if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+    )
 }
 
 /// Subscribes to the durable consumer `durable` over `pattern` (see the
@@ -404,16 +445,20 @@ pub(crate) async fn subscribe(
     let failed =
         |reason: String, source: Option<BoxError>| subscribe_error(pattern, reason, source);
     let context = &shared.jetstream;
-    let stream = tokio::time::timeout(shared.options.flush_timeout, stream_for(context, pattern, shared.options.replicas))
+    // Timeouts are `Error::Timeout`, which is temporary: a JetStream cluster
+    // electing a leader after losing a node answers nothing for a while.
+    let timeout = shared.options.flush_timeout;
+    let stream = tokio::time::timeout(timeout, stream_for(context, pattern, shared.options.replicas))
         .await
-        .map_err(|_| {
-            failed(
-                format!(
-                    "JetStream did not answer within {:?} (is JetStream enabled? start nats-server with -js)",
-                    shared.options.flush_timeout
-                ),
-                None,
-            )
+        .map_err(|_| Error::Timeout {
+            broker: KIND,
+            operation: format!(
+                "finding or creating the JetStream stream for durable subscription {:?} to {:?} \
+                 (is JetStream enabled? start nats-server with -js; a cluster may be electing a leader)",
+                durable.consumer(),
+                pattern.as_str()
+            ),
+            after: timeout,
         })??;
     let captured: Vec<Pattern> = stream
         .cached_info()
@@ -429,34 +474,26 @@ pub(crate) async fn subscribe(
         consumer_for(stream, pattern, durable),
     )
     .await
-    .map_err(|_| {
-        failed(
-            format!(
-                "JetStream did not create consumer {name:?} within {:?}",
-                shared.options.flush_timeout
-            ),
-            None,
-        )
+    .map_err(|_| Error::Timeout {
+        broker: KIND,
+        operation: format!(
+            "creating or resuming JetStream consumer {name:?} for {:?}",
+            pattern.as_str()
+        ),
+        after: timeout,
     })??;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(PULL_BATCH)
-        .expires(PULL_EXPIRES)
-        .heartbeat(PULL_HEARTBEAT)
-        .messages()
-        .await
-        .map_err(|e| {
-            failed(
-                format!("pulling from JetStream consumer {name:?} failed"),
-                Some(Box::new(e)),
-            )
-        })?;
+    let messages = pull(&consumer).await.map_err(|e| {
+        failed(
+            format!("pulling from JetStream consumer {name:?} failed"),
+            Some(Box::new(e)),
+        )
+    })?;
     let client = shared.client.clone();
     let timeout = shared.options.flush_timeout;
     Ok(Subscription::new(
         pattern.clone(),
         None,
-        deliveries(messages, pattern.clone(), name),
+        deliveries(consumer, messages, pattern.clone(), name),
     )
     .with_close(move || {
         Box::pin(async move {
@@ -474,48 +511,88 @@ pub(crate) async fn subscribe(
     }))
 }
 
+/// Starts pulling from `consumer`: batches of [`PULL_BATCH`], each pull
+/// request kept [`PULL_EXPIRES`] on the server, heartbeats every
+/// [`PULL_HEARTBEAT`].
+async fn pull(
+    consumer: &consumer::PullConsumer,
+) -> std::result::Result<consumer::pull::Stream, consumer::StreamError> {
+    consumer
+        .stream()
+        .max_messages_per_batch(PULL_BATCH)
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_HEARTBEAT)
+        .messages()
+        .await
+}
+
 /// JetStream's messages as deliveries; error items for missed heartbeats
-/// and failed pulls (the client pulls again), and the end once the consumer
-/// was deleted.
+/// and failed pulls, and the end once the consumer was deleted.
+///
+/// After missed heartbeats the pull starts over with a fresh pull request.
+/// async-nats 0.51 does not pull again by itself until its pull request
+/// expires (35 s): when a cluster node dies with the consumer's leader, the
+/// pull request waiting there is gone and the client's count of messages
+/// still to come is wrong, so the consumer stalled for 35 s at a time
+/// (tests/cluster_durable.rs saw 33 s, and over 120 s in CI).
 fn deliveries(
+    consumer: consumer::PullConsumer,
     messages: consumer::pull::Stream,
     pattern: Pattern,
-    consumer: String,
+    name: String,
 ) -> impl Stream<Item = Result<Delivery>> + Send {
     use consumer::pull::MessagesErrorKind as Kind;
-    let state = (messages, pattern, consumer, None::<Subject>, false);
-    futures::stream::unfold(
-        state,
-        |(mut messages, pattern, consumer, mut last, ended)| async move {
-            if ended {
-                return None;
-            }
-            let (item, ended) = match messages.next().await? {
-                Ok(message) => (delivery(message, &pattern, &mut last), false),
-                Err(error) => {
-                    let (reason, ended) = match error.kind() {
-                        Kind::MissingHeartbeat => (format!(
-                            "JetStream consumer {consumer:?} missed its heartbeats (connection or server down?); the client pulls again, and what was not acknowledged is delivered again"
-                        ), false),
-                        Kind::ConsumerDeleted => {
-                            (format!("JetStream consumer {consumer:?} was deleted"), true)
+    struct State {
+        consumer: consumer::PullConsumer,
+        messages: consumer::pull::Stream,
+        pattern: Pattern,
+        name: String,
+        last: Option<Subject>,
+        ended: bool,
+    }
+    let state = State {
+        consumer,
+        messages,
+        pattern,
+        name,
+        last: None,
+        ended: false,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        if state.ended {
+            return None;
+        }
+        let name = &state.name;
+        let item = match state.messages.next().await? {
+            Ok(message) => delivery(message, &state.pattern, &mut state.last),
+            Err(error) => {
+                let reason = match error.kind() {
+                    Kind::MissingHeartbeat => {
+                        // Without a connection this fails: the next missed
+                        // heartbeat tries again.
+                        if let Ok(fresh) = pull(&state.consumer).await {
+                            state.messages = fresh;
                         }
-                        _ => (format!(
-                            "pulling from JetStream consumer {consumer:?} failed: {error}; the client pulls again"
-                        ), false),
-                    };
-                    (
-                        Err(Error::Disconnected {
-                            broker: KIND,
-                            reason,
-                        }),
-                        ended,
-                    )
-                }
-            };
-            Some((item, (messages, pattern, consumer, last, ended)))
-        },
-    )
+                        format!(
+                            "JetStream consumer {name:?} missed its heartbeats (connection or server down?); the client pulls again, and what was not acknowledged is delivered again"
+                        )
+                    }
+                    Kind::ConsumerDeleted => {
+                        state.ended = true;
+                        format!("JetStream consumer {name:?} was deleted")
+                    }
+                    _ => format!(
+                        "pulling from JetStream consumer {name:?} failed: {error}; the client pulls again"
+                    ),
+                };
+                Err(Error::Disconnected {
+                    broker: KIND,
+                    reason,
+                })
+            }
+        };
+        Some((item, state))
+    })
 }
 
 /// One JetStream message as a delivery acknowledged through JetStream.
@@ -611,12 +688,7 @@ pub(crate) async fn remove(shared: &Shared, pattern: &Pattern, durable: &Durable
     })?;
     let consumer = durable.consumer().as_str();
     if let Err(error) = stream.delete_consumer(consumer).await {
-        let missing = matches!(
-            error.kind(),
-            jetstream::stream::ConsumerErrorKind::JetStream(ref e)
-                if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
-        );
-        if !missing {
+        if !consumer_missing(&error) {
             return Err(failed(
                 format!("deleting JetStream consumer {consumer:?} of stream {name:?} failed"),
                 Some(Box::new(error)),

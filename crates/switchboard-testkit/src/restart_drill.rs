@@ -7,6 +7,10 @@
 //! The publisher flushes after every batch; a batch whose publish or flush
 //! failed (the broker was down) is published again, so "flushed" is what
 //! counts as sent, and a message may be stored twice.
+//!
+//! The away consumer comes back right after the second restart; a temporary
+//! error then (a cluster still electing a leader) is tried again, as a
+//! supervised consumer would, and printed.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -147,10 +151,7 @@ impl RestartDrill {
         );
         // The consumer that was away during both restarts reads everything
         // from the broker's storage now.
-        let away = subscriber
-            .subscribe_durable(&pattern, &away_durable)
-            .await
-            .expect("resuming the away consumer");
+        let away = resume(subscriber.as_ref(), &pattern, &away_durable, self.patience).await;
         let away = receive_all(away, self.messages, self.patience).await;
         eprintln!(
             "drill: the away consumer had every message after {:?}",
@@ -254,5 +255,28 @@ async fn receive_all(mut subscription: Subscription, n: u32, patience: Duration)
     Received {
         duplicates: seen.iter().map(|&c| c.saturating_sub(1)).sum(),
         errors,
+    }
+}
+
+/// Subscribes to `durable` again, the way a supervised consumer coming back
+/// does: a temporary error (a cluster still electing the leader of the
+/// stream or consumer after a node came back) is printed and tried again,
+/// for up to `patience`; any other error fails the drill.
+async fn resume(
+    subscriber: &dyn Broker,
+    pattern: &Pattern,
+    durable: &Durable,
+    patience: Duration,
+) -> Subscription {
+    let deadline = Instant::now() + patience;
+    loop {
+        match subscriber.subscribe_durable(pattern, durable).await {
+            Ok(subscription) => return subscription,
+            Err(error) if error.is_temporary() && Instant::now() < deadline => {
+                eprintln!("drill: resuming {durable:?} failed, trying again: {error}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => panic!("resuming the away consumer: {error}"),
+        }
     }
 }
