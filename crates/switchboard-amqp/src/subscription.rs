@@ -348,10 +348,16 @@ impl State {
                 return None;
             }
             self.link.lost(&reason);
+            // A durable consumer's queue keeps what arrives meanwhile.
+            let meanwhile = if self.topology.durable.is_some() {
+                "what was not acknowledged is delivered again"
+            } else {
+                "messages published until it is back may be missed"
+            };
             return Some(Err(Error::Disconnected {
                 broker: KIND,
                 reason: format!(
-                    "the subscription to '{}' lost its channel ({reason}); resubscribing. Messages published until it is back may be missed",
+                    "the subscription to '{}' lost its channel ({reason}); resubscribing, {meanwhile}",
                     self.topology.pattern
                 ),
             }));

@@ -53,7 +53,7 @@ pub use errors::assert_chain_does_not_repeat;
 pub use nats_auth::{NatsAuth, NatsOperator, NkeyUser};
 pub use nats_cluster::NatsCluster;
 pub use process::{BrokerProcess, MosquittoServer, NatsServer, RedisServer};
-pub use rabbit::RabbitNode;
+pub use rabbit::{RabbitCluster, RabbitNode};
 pub use redis_cluster::RedisCluster;
 pub use restart_drill::{DrillReport, Received, RestartDrill};
 /// The TCP proxy lives in the conformance suite, whose link cases cut connections with it.

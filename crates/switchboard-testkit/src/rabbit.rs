@@ -48,22 +48,22 @@ impl RabbitNode {
     /// `rabbitmq-server` is not installed or the node's files cannot be
     /// given to the `rabbitmq` user.
     pub fn start() -> Option<Self> {
-        Self::launch(None)
+        Self::launch(None, free_port(), "")
     }
 
     /// Starts a node listening only on a TLS port that requires a client
     /// certificate signed by [`Pki::ca`] and offers only EXTERNAL, with user
     /// [`EXTERNAL_USER`] (no password) allowed everything on vhost `/`.
     pub fn start_external_auth(pki: &Pki) -> Option<Self> {
-        Self::launch(Some(pki))
+        Self::launch(Some(pki), free_port(), "")
     }
 
-    fn launch(pki: Option<&Pki>) -> Option<Self> {
+    /// Starts a node on `port` whose `rabbitmq.conf` also has `extra`.
+    fn launch(pki: Option<&Pki>, port: u16, extra: &str) -> Option<Self> {
         let Some(program) = find_program("rabbitmq-server") else {
             switchboard_conformance::skip_or_fail("rabbitmq: `rabbitmq-server` is not installed");
             return None;
         };
-        let port = free_port();
         let dir = std::env::temp_dir().join(crate::unique("rabbit"));
         std::fs::create_dir_all(&dir).expect("creating the RabbitMQ node directory");
         let file = |name: &str| dir.join(name).display().to_string();
@@ -106,7 +106,7 @@ impl RabbitNode {
                 )
             }
         };
-        std::fs::write(dir.join("rabbitmq.conf"), config).expect("writing rabbitmq.conf");
+        std::fs::write(dir.join("rabbitmq.conf"), config + extra).expect("writing rabbitmq.conf");
         std::fs::write(dir.join("enabled_plugins"), plugins).expect("writing enabled_plugins");
         if !give_to_rabbitmq(&dir) {
             let _ = std::fs::remove_dir_all(&dir);
@@ -130,10 +130,7 @@ impl RabbitNode {
     fn spawn(&mut self) {
         let dir = |name: &str| self.dir.join(name).display().to_string();
         let child = Command::new(&self.program)
-            .env(
-                "RABBITMQ_NODENAME",
-                format!("sbtest-{}@localhost", self.port),
-            )
+            .env("RABBITMQ_NODENAME", self.name())
             .env("RABBITMQ_NODE_PORT", self.port.to_string())
             .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_CONFIG_FILE", dir("rabbitmq.conf"))
@@ -174,6 +171,11 @@ impl RabbitNode {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The Erlang node name, `sbtest-PORT@localhost`.
+    pub fn name(&self) -> String {
+        node_name(self.port)
     }
 
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f` (a node of [`RabbitNode::start`]).
@@ -243,6 +245,101 @@ impl Drop for RabbitNode {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The Erlang node name of the test's node on AMQP port `port`.
+fn node_name(port: u16) -> String {
+    format!("sbtest-{port}@localhost")
+}
+
+/// A RabbitMQ cluster of the test's own: `size` [`RabbitNode`]s on free
+/// loopback ports that found each other through `classic_config` peer
+/// discovery. Quorum queues declared on it are replicated on every node
+/// (RabbitMQ's default initial group size is the cluster's size).
+///
+/// Each node is killed by pid on drop, like a lone [`RabbitNode`]; a node
+/// killed and started again rejoins the cluster from its data directory.
+#[derive(Debug)]
+pub struct RabbitCluster {
+    /// The nodes, in the order of [`RabbitCluster::url`]'s host list.
+    pub nodes: Vec<RabbitNode>,
+}
+
+impl RabbitCluster {
+    /// Starts `size` nodes one after the other (each later one joins the
+    /// first) and waits until the first lists all of them as running.
+    /// `None` (after a skip, or a failure in CI) where a lone node could
+    /// not start either.
+    pub fn start(size: usize) -> Option<Self> {
+        let ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let mut discovery =
+            String::from("cluster_formation.peer_discovery_backend = classic_config\n");
+        for (i, port) in ports.iter().enumerate() {
+            discovery.push_str(&format!(
+                "cluster_formation.classic_config.nodes.{} = {}\n",
+                i + 1,
+                node_name(*port)
+            ));
+        }
+        let mut nodes = Vec::with_capacity(size);
+        for port in ports {
+            nodes.push(RabbitNode::launch(None, port, &discovery)?);
+        }
+        let cluster = RabbitCluster { nodes };
+        cluster.wait_until_formed();
+        Some(cluster)
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:P1,127.0.0.1:P2,…/%2f`: every node, in order.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port()))
+            .collect();
+        format!("amqp://guest:guest@{}/%2f", hosts.join(","))
+    }
+
+    /// The running nodes the first node knows of, from
+    /// `rabbitmqctl cluster_status` (empty when it does not answer).
+    pub fn running_nodes(&self) -> Vec<String> {
+        let Some(first) = self.nodes.first() else {
+            return Vec::new();
+        };
+        let output = Command::new("rabbitmqctl")
+            .args(["-n", &first.name(), "cluster_status", "--formatter", "json"])
+            .stderr(Stdio::null())
+            .output();
+        let Ok(output) = output else {
+            return Vec::new();
+        };
+        serde_json::from_slice::<serde_json::Value>(&output.stdout)
+            .ok()
+            .and_then(|status| {
+                status["running_nodes"].as_array().map(|nodes| {
+                    nodes
+                        .iter()
+                        .filter_map(|n| n.as_str().map(str::to_string))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    fn wait_until_formed(&self) {
+        let deadline = Instant::now() + RABBIT_START_PATIENCE;
+        loop {
+            let running = self.running_nodes();
+            if self.nodes.iter().all(|node| running.contains(&node.name())) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the RabbitMQ cluster did not form within {RABBIT_START_PATIENCE:?}: running {running:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 }
 
