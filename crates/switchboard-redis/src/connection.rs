@@ -73,21 +73,34 @@ impl Target {
             self.handshake(&mut conn, client_name).await?;
             return Ok(conn);
         }
-        let tcp = if self.is_cluster() {
+        let (tcp, host) = if self.is_cluster() {
             self.connect_cluster_node().await?
         } else {
-            TcpStream::connect((self.host.as_str(), self.port))
+            let tcp = TcpStream::connect((self.host.as_str(), self.port))
                 .await
-                .map_err(|e| error::tcp_failed(self, e))?
+                .map_err(|e| error::tcp_failed(self, e))?;
+            (tcp, self.host.as_str())
         };
         let _ = tcp.set_nodelay(true);
         set_keepalive(&tcp);
         let stream = match &self.tls {
             None => Either::Left(Either::Left(tcp)),
             Some(tls) => {
+                // A cluster node is checked against its own host name.
+                let name = if self.is_cluster() {
+                    tls.options.name_for(host).map_err(|e| {
+                        self.error(
+                            switchboard_core::ConnectKind::Tls,
+                            format!("cluster node {host}: {e}; set tls_server_name"),
+                            None,
+                        )
+                    })?
+                } else {
+                    tls.name.clone()
+                };
                 let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
                 let stream = connector
-                    .connect(tls.name.clone(), tcp)
+                    .connect(name, tcp)
                     .await
                     .map_err(|e| error::tls_failed(self, tls, e))?;
                 Either::Right(Box::new(stream))
@@ -104,7 +117,7 @@ impl Target {
     /// A TCP connection to a node of the cluster: the one that answered
     /// last first, then the others in the URL's order, so a connection lost
     /// with its node moves to another one.
-    async fn connect_cluster_node(&self) -> Result<TcpStream> {
+    async fn connect_cluster_node(&self) -> Result<(TcpStream, &str)> {
         use std::sync::atomic::Ordering;
         let nodes = self.cluster.len();
         let start = self.next_node.load(Ordering::Relaxed);
@@ -118,7 +131,7 @@ impl Target {
                         tracing::info!("redis: now on cluster node {host}:{port}");
                     }
                     self.next_node.store(index, Ordering::Relaxed);
-                    return Ok(tcp);
+                    return Ok((tcp, host.as_str()));
                 }
                 Err(e) => failures.push(format!("{host}:{port}: {e}")),
             }

@@ -33,10 +33,14 @@
 //!   of the nodes, the one that answered last first; PUBSUB messages reach
 //!   every node of a cluster, so a subscriber on one node receives what is
 //!   published through another, and a connection whose node dies moves to
-//!   the next. Database 0 only, no TLS yet, and no durable mode yet (its
-//!   registry, function and streams would spread over several nodes' slots):
+//!   the next. Database 0 only, and no durable mode yet (its registry,
+//!   function and streams would spread over several nodes' slots):
 //!   `subscribe_durable` is `Unsupported` there. Tested on a 3-master cluster
 //!   of the test's own, with the conformance suite and a killed node;
+//! - `rediss+cluster://[user:password@]h1:7001,h2:7002?ca=/etc/redis/ca.pem` —
+//!   the same over TLS, with the TLS keys below; each node's certificate is
+//!   checked against that node's host name (or `tls_server_name`). Tested on
+//!   a cluster whose nodes serve TLS only (`tls-cluster yes`);
 //! - `redis+unix:///run/redis/redis.sock` or `unix:///run/redis/redis.sock` —
 //!   a unix socket (`unixsocket` in redis.conf), credentials before the path
 //!   (`redis+unix://alice:PASSWORD@/run/redis/redis.sock`), the database in the
@@ -432,9 +436,16 @@ use switchboard_core::{Broker, Driver, Result};
 pub const KIND: &str = "redis";
 
 /// The URL schemes this adapter accepts: `redis`, `rediss` (TLS),
-/// `redis+unix` and `unix` (a unix socket), and `redis+cluster` (the nodes
-/// of a Redis Cluster).
-pub const SCHEMES: &[&str] = &["redis", "rediss", "redis+unix", "unix", "redis+cluster"];
+/// `redis+unix` and `unix` (a unix socket), and `redis+cluster` /
+/// `rediss+cluster` (the nodes of a Redis Cluster, plain or over TLS).
+pub const SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis+unix",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+];
 
 /// The URL the bare kind `redis` stands for: the local server on its usual port.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";

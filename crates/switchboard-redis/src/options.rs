@@ -65,6 +65,9 @@ const UNIX_SCHEMES: [&str; 2] = ["redis+unix", "unix"];
 /// The scheme of Redis Cluster URLs.
 const CLUSTER_SCHEME: &str = "redis+cluster";
 
+/// The scheme of a Redis Cluster over TLS.
+const TLS_CLUSTER_SCHEME: &str = "rediss+cluster";
+
 /// The port of a URL that names none.
 const DEFAULT_PORT: u16 = 6379;
 
@@ -303,7 +306,10 @@ impl Target {
                 return Self::parse_unix(url, scheme, rest, options);
             }
             if scheme.eq_ignore_ascii_case(CLUSTER_SCHEME) {
-                return Self::parse_cluster(url, rest, options);
+                return Self::parse_cluster(url, rest, options, false);
+            }
+            if scheme.eq_ignore_ascii_case(TLS_CLUSTER_SCHEME) {
+                return Self::parse_cluster(url, rest, options, true);
             }
         }
         let parsed =
@@ -378,24 +384,35 @@ impl Target {
         })
     }
 
-    /// Reads a `redis+cluster://[[user]:password@]host:port[,host:port…][?query]`
+    /// Reads a `redis[s]+cluster://[[user]:password@]host:port[,host:port…][?query]`
     /// URL: `rest` is what follows `scheme://`. The nodes are the entry
     /// points; PUBSUB messages reach every node of a cluster, so one
     /// connection to any of them is enough. A cluster has database 0 only.
-    fn parse_cluster(url: &str, rest: &str, options: &mut RedisOptions) -> Result<Self> {
+    /// With `tls`, every node is reached over TLS with the same settings,
+    /// each checked against its own host name (or `tls_server_name`).
+    fn parse_cluster(url: &str, rest: &str, options: &mut RedisOptions, tls: bool) -> Result<Self> {
         const FORM: &str =
-            "the form is redis+cluster://[[user]:password@]host:port[,host:port...][?query]";
+            "the form is redis[s]+cluster://[[user]:password@]host:port[,host:port...][?query]";
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(end);
         let (userinfo, hosts) = match authority.rsplit_once('@') {
             Some((userinfo, hosts)) => (Some(userinfo), hosts),
             None => (None, authority),
         };
-        if tail.starts_with('#') || tail.contains('#') {
-            return Err(Error::invalid_url(
-                url,
-                "a Redis Cluster URL takes no fragment (TLS on Redis Cluster is not supported yet)",
-            ));
+        let (tail, fragment) = match tail.split_once('#') {
+            Some((tail, fragment)) => (tail, Some(fragment)),
+            None => (tail, None),
+        };
+        match (fragment, tls) {
+            (None, _) | (Some("insecure"), true) => {}
+            (Some(other), _) => {
+                return Err(Error::invalid_url(
+                    url,
+                    format!(
+                        "unknown fragment `#{other}`; only rediss+cluster:// URLs take one, `#insecure` (no certificate check)"
+                    ),
+                ))
+            }
         }
         if !matches!(tail.split('?').next(), Some("" | "/" | "/0")) {
             return Err(Error::invalid_url(
@@ -430,11 +447,16 @@ impl Target {
             .split_once('?')
             .map(|(_, q)| format!("?{q}"))
             .unwrap_or_default();
-        let mut target = Self::parse(&format!("redis://{userinfo}{first}{query}"), options)
-            .map_err(|e| match e {
-                Error::InvalidUrl { reason, .. } => Error::invalid_url(url, reason),
-                other => other,
-            })?;
+        let scheme = if tls { "rediss" } else { "redis" };
+        let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+        let mut target = Self::parse(
+            &format!("{scheme}://{userinfo}{first}{query}{fragment}"),
+            options,
+        )
+        .map_err(|e| match e {
+            Error::InvalidUrl { reason, .. } => Error::invalid_url(url, reason),
+            other => other,
+        })?;
         target.url = url.to_string();
         target.cluster = nodes;
         Ok(target)
@@ -563,10 +585,25 @@ mod tests {
         assert_eq!(t.username.as_deref(), Some("u"));
         assert_eq!(t.password.as_deref(), Some("pw"));
         assert!(!parse("redis://h:1").unwrap().is_cluster());
+        let t =
+            parse("rediss+cluster://h1:1,h2:2?tls_server_name=redis.internal#insecure").unwrap();
+        assert!(t.is_cluster());
+        let tls = t.tls.expect("rediss+cluster:// is TLS");
+        assert!(tls.options.accepts_invalid_certs());
+        assert!(parse("rediss+cluster://h1:1,h2:2").unwrap().tls.is_some());
+        assert!(parse("redis+cluster://h1:1,h2:2").unwrap().tls.is_none());
         for (url, expected) in [
             ("redis+cluster://h1:1,h2:2/3", "database 0 only"),
             ("redis+cluster://h1:1,h2:x", "is not a host:port"),
-            ("redis+cluster://h1:1,h2:2#insecure", "no fragment"),
+            (
+                "redis+cluster://h1:1,h2:2#insecure",
+                "only rediss+cluster://",
+            ),
+            (
+                "rediss+cluster://h1:1,h2:2#other",
+                "unknown fragment `#other`",
+            ),
+            ("redis+cluster://h1:1,h2:2?ca=/x.pem", "rediss://"),
             ("redis+cluster://h1:1?bogus=1", "bogus"),
         ] {
             let e = parse(url).unwrap_err().to_string();

@@ -2,14 +2,18 @@
 //! test's own (3 masters, each with a replica): a subscriber on one node
 //! receives what is published through another, the conformance suite runs
 //! unchanged against the cluster (its durable cases check `Unsupported`),
-//! and a subscription whose node is killed moves to another node.
+//! and a subscription whose node is killed moves to another node. Over TLS
+//! (`rediss+cluster://`, a cluster whose nodes serve TLS only, bus and
+//! replication included), the same crossing works with the test's CA, and
+//! fails clearly without it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use switchboard_conformance::{publish_until_received, Connector, Suite};
+use switchboard_core::ConnectKind;
 use switchboard_core::{Broker, ErrorKind, Subscriber, SubscriberExt};
-use switchboard_testkit::{unique, RedisCluster};
+use switchboard_testkit::{unique, Pki, RedisCluster};
 
 /// `redis+cluster://` over the nodes of `cluster`, starting with node `first`.
 fn url_from(cluster: &RedisCluster, first: usize) -> String {
@@ -103,4 +107,43 @@ async fn conformance_suite_runs_against_the_cluster() {
         Connector::new(|url: String| async move { switchboard_redis::connect(&url).await }),
     );
     suite.run_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_crosses_nodes_over_tls() {
+    let pki = Pki::new();
+    let Some(cluster) = RedisCluster::start_tls(3, 0, &pki) else {
+        return;
+    };
+    let ca = pki.ca().display().to_string();
+    let tls_url = |first: usize| {
+        url_from(&cluster, first).replacen("redis+cluster://", "rediss+cluster://", 1)
+    };
+    let subscriber = switchboard_redis::connect(&format!("{}?ca={ca}", tls_url(1)))
+        .await
+        .unwrap();
+    let publisher = switchboard_redis::connect(&format!("{}?ca={ca}", tls_url(0)))
+        .await
+        .unwrap();
+    let subject = unique("cluster-tls");
+    let mut subscription = subscriber.subscribe_to(&subject).await.unwrap();
+    let received = publish_until_received(
+        &publisher,
+        &mut subscription,
+        &subject,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(received.subject().as_str(), subject);
+    subscriber.close().await.unwrap();
+    publisher.close().await.unwrap();
+
+    // Without the CA the platform's store does not know the test's CA.
+    let error = switchboard_redis::connect(&cluster.tls_url())
+        .await
+        .unwrap_err();
+    assert_eq!(error.connect_kind(), Some(ConnectKind::Tls), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("certificate"), "{text}");
+    assert!(!text.contains('\n'), "{text}");
 }

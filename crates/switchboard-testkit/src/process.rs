@@ -297,7 +297,7 @@ impl RedisServer {
         )
     }
 
-    fn launch(port: u16, listen: &[&str], args: &[&str]) -> Option<Self> {
+    pub(crate) fn launch(port: u16, listen: &[&str], args: &[&str]) -> Option<Self> {
         let mut all: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
         all.extend(
             ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
@@ -329,7 +329,7 @@ impl RedisServer {
 /// refuses `--tls-port` at start-up, which would look like a server that never
 /// listens; a TLS build holds its TLS settings' names (`tls-cert-file`) in the
 /// binary, which is cheaper to check than starting one.
-fn redis_has_tls() -> bool {
+pub(crate) fn redis_has_tls() -> bool {
     find_program("redis-server")
         .and_then(|path| std::fs::read(path).ok())
         .is_some_and(|binary| {

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::certs::Pki;
 use crate::free_port;
-use crate::process::{find_program, RedisServer};
+use crate::process::{find_program, redis_has_tls, RedisServer};
 
 /// How long the nodes may take to agree that the cluster is up.
 pub const CLUSTER_PATIENCE: Duration = Duration::from_secs(60);
@@ -18,6 +19,8 @@ pub struct RedisCluster {
     /// The nodes, masters first; kill, restart or pause one through its `process`.
     pub nodes: Vec<RedisServer>,
     dir: PathBuf,
+    /// `redis-cli`'s TLS arguments for a TLS cluster; empty otherwise.
+    cli_tls: Vec<String>,
 }
 
 impl RedisCluster {
@@ -26,32 +29,85 @@ impl RedisCluster {
     /// node says `cluster_state:ok`. `None` (after a skip, or a failure in
     /// CI) when redis-server or redis-cli is not installed.
     pub fn start(masters: usize, replicas: usize) -> Option<Self> {
+        Self::launch(masters, replicas, None)
+    }
+
+    /// Like [`RedisCluster::start`], every node serving TLS only (clients,
+    /// the cluster bus and replication) with [`Pki::server_cert`], no client
+    /// certificate asked; [`RedisCluster::tls_url`] reaches it. `None`
+    /// (after a skip, or a failure in CI) if redis-server has no TLS.
+    pub fn start_tls(masters: usize, replicas: usize, pki: &Pki) -> Option<Self> {
+        if !redis_has_tls() {
+            switchboard_conformance::skip_or_fail(
+                "redis cluster: this redis-server was built without TLS (`--tls-port`)",
+            );
+            return None;
+        }
+        Self::launch(masters, replicas, Some(pki))
+    }
+
+    fn launch(masters: usize, replicas: usize, pki: Option<&Pki>) -> Option<Self> {
         let Some(cli) = find_program("redis-cli") else {
             switchboard_conformance::skip_or_fail("redis cluster: `redis-cli` is not installed");
             return None;
         };
         let dir = std::env::temp_dir().join(crate::unique("redis-cluster"));
         std::fs::create_dir_all(&dir).expect("creating the Redis Cluster directory");
+        // The cluster bus is mutual TLS: a node presents the client
+        // certificate (the server one is for serverAuth only) to the others.
+        let tls: Option<[String; 5]> = pki.map(|pki| {
+            [
+                pki.server_cert(),
+                pki.server_key(),
+                pki.ca(),
+                pki.client_cert(),
+                pki.client_key(),
+            ]
+            .map(|p| p.display().to_string())
+        });
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
             let port = free_port();
+            let port_text = port.to_string();
             let nodes_file = dir.join(format!("nodes-{port}.conf")).display().to_string();
             let bus = free_port().to_string();
-            let node = RedisServer::start_on(
-                port,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &nodes_file,
-                    "--cluster-port",
-                    &bus,
-                    "--cluster-node-timeout",
-                    "2000",
-                    "--dir",
-                    &dir.display().to_string(),
-                ],
-            );
+            let dir_text = dir.display().to_string();
+            let mut args = vec![
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &nodes_file,
+                "--cluster-port",
+                &bus,
+                "--cluster-node-timeout",
+                "2000",
+                "--dir",
+                &dir_text,
+            ];
+            let node = match &tls {
+                None => RedisServer::start_on(port, &args),
+                Some([cert, key, ca, client_cert, client_key]) => {
+                    args.extend([
+                        "--tls-cluster",
+                        "yes",
+                        "--tls-replication",
+                        "yes",
+                        "--tls-auth-clients",
+                        "no",
+                        "--tls-cert-file",
+                        cert,
+                        "--tls-key-file",
+                        key,
+                        "--tls-ca-cert-file",
+                        ca,
+                        "--tls-client-cert-file",
+                        client_cert,
+                        "--tls-client-key-file",
+                        client_key,
+                    ]);
+                    RedisServer::launch(port, &["--port", "0", "--tls-port", &port_text], &args)
+                }
+            };
             match node {
                 Some(node) => nodes.push(node),
                 None => {
@@ -60,13 +116,22 @@ impl RedisCluster {
                 }
             }
         }
-        let cluster = RedisCluster { nodes, dir };
+        let cluster = RedisCluster {
+            nodes,
+            dir,
+            cli_tls: tls
+                .map(|[_, _, ca, _, _]| vec!["--tls".to_string(), "--cacert".to_string(), ca])
+                .unwrap_or_default(),
+        };
         let addresses: Vec<String> = cluster
             .nodes
             .iter()
             .map(|node| format!("127.0.0.1:{}", node.port()))
             .collect();
-        let output = Command::new(cli)
+        // `--cluster create` waits for the nodes to meet with no limit of
+        // its own: a cluster that cannot form must fail the test, not hang it.
+        let mut create = Command::new(cli)
+            .args(&cluster.cli_tls)
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
@@ -74,11 +139,32 @@ impl RedisCluster {
             .arg(replicas.to_string())
             .arg("--cluster-yes")
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("running redis-cli --cluster create");
+        let deadline = Instant::now() + CLUSTER_PATIENCE;
+        let status = loop {
+            if let Some(status) = create.try_wait().expect("waiting for redis-cli") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = create.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let output = create
+            .wait_with_output()
+            .expect("reading redis-cli's output");
         assert!(
-            output.status.success(),
-            "redis-cli --cluster create failed: {}{}",
+            status.is_some_and(|s| s.success()),
+            "redis-cli --cluster create failed{}: {}{}",
+            if status.is_none() {
+                format!(" (no cluster within {CLUSTER_PATIENCE:?})")
+            } else {
+                String::new()
+            },
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
@@ -95,6 +181,7 @@ impl RedisCluster {
             }
             loop {
                 let info = Command::new("redis-cli")
+                    .args(&self.cli_tls)
                     .args(["-p", &node.port().to_string(), "cluster", "info"])
                     .stdin(Stdio::null())
                     .output()
@@ -122,6 +209,13 @@ impl RedisCluster {
             .map(|node| format!("127.0.0.1:{}", node.port()))
             .collect();
         format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// `rediss+cluster://127.0.0.1:P1,…` over every node (a cluster of
+    /// [`RedisCluster::start_tls`]); the test adds `?ca=`.
+    pub fn tls_url(&self) -> String {
+        self.url()
+            .replacen("redis+cluster://", "rediss+cluster://", 1)
     }
 }
 

@@ -32,7 +32,7 @@ fn the_built_in_drivers_come_first() {
     assert_eq!(switchboard::resolve_url("NATS"), "nats://127.0.0.1:4222");
     assert!(switchboard::supported_schemes()
         .starts_with(
-            "memory://, nats://, tls://, redis://, rediss://, redis+unix://, unix://, redis+cluster://, amqp://, amqps://"
+            "memory://, nats://, tls://, redis://, rediss://, redis+unix://, unix://, redis+cluster://, rediss+cluster://, amqp://, amqps://"
         ));
 }
 
