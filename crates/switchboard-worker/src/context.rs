@@ -49,8 +49,11 @@ impl Context {
         }
     }
 
+    /// The worker's context for a delivered `message`; `parent` is its
+    /// `traceparent` (read by the caller, which needs it too).
     pub(crate) fn for_route(
         message: Message,
+        parent: Option<&TraceContext>,
         redelivered: bool,
         route: Arc<str>,
         broker: Arc<dyn Broker>,
@@ -58,7 +61,7 @@ impl Context {
         replier: Option<Arc<dyn Reply>>,
     ) -> Self {
         Context {
-            trace: handler_span(&message),
+            trace: parent.map(TraceContext::child),
             message: Arc::new(message),
             attempt: 1,
             redelivered,
@@ -198,6 +201,12 @@ impl Context {
 
     /// The worker's counters (layers add to them).
     pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The counters' shared handle, for a layer that keeps them past the
+    /// call it hands the context to.
+    pub(crate) fn counters_handle(&self) -> &Arc<Counters> {
         &self.counters
     }
 }

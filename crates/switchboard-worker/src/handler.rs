@@ -5,6 +5,7 @@
 //! payload for a typed function are handlers too, built on the same trait.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,10 +53,19 @@ where
     }
 }
 
-#[async_trait]
+// Written out rather than with `#[async_trait]`: it hands on the inner
+// handler's boxed future instead of boxing it again (a route's handler is
+// an `Arc<dyn Handler>`, called once per message and attempt).
 impl<H: Handler + ?Sized> Handler for Arc<H> {
-    async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
-        (**self).call(ctx).await
+    fn call<'life0, 'async_trait>(
+        &'life0 self,
+        ctx: Context,
+    ) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        (**self).call(ctx)
     }
 }
 

@@ -23,6 +23,7 @@
 
 mod catch_panic;
 mod dead_letter;
+mod default_stack;
 mod retry;
 mod timeout;
 
@@ -35,6 +36,7 @@ pub use dead_letter::{
     DeadLetter, DeadLetterLayer, DeadLetterSubject, ATTEMPTS_HEADER, ERROR_HEADER,
     MAX_ERROR_HEADER_LEN, ORIGINAL_SUBJECT_HEADER, PERMANENT_HEADER, ROUTE_HEADER,
 };
+pub(crate) use default_stack::DefaultStack;
 pub use retry::{Retry, RetryLayer, RetryPolicy};
 pub use timeout::{Timeout, TimeoutLayer};
 

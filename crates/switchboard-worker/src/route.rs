@@ -9,11 +9,8 @@ use switchboard_core::{Durable, Pattern, QueueGroup, Subject, DEFAULT_ACK_WAIT};
 
 use crate::contract::Contract;
 use crate::cycle::Via;
-use crate::layer::BoxLayer;
-use crate::{
-    BoxHandler, CatchPanic, DeadLetter, DeadLetterSubject, Error, Handler, HandlerExt, Retry,
-    RetryPolicy, Timeout,
-};
+use crate::layer::{BoxLayer, DefaultStack};
+use crate::{BoxHandler, DeadLetterSubject, Error, Handler, HandlerExt, RetryPolicy};
 
 /// The per-route concurrency limit unless set: one message at a time, in order.
 pub const DEFAULT_CONCURRENCY: usize = 1;
@@ -40,23 +37,24 @@ struct Settings {
 impl Settings {
     /// `handler` in the default stack these settings describe, or why they are invalid.
     fn wrap(&self, handler: BoxHandler) -> Result<BoxHandler, String> {
-        let inner = CatchPanic::new(handler);
-        let timed: BoxHandler = match self.timeout {
-            Some(limit) if limit.is_zero() => {
-                return Err("the timeout is zero, so every attempt would fail; give a positive limit, or none with `no_timeout()`".to_string());
-            }
-            Some(limit) => Timeout::new(inner, limit).boxed(),
-            None => inner.boxed(),
-        };
-        let retried = Retry::new(timed, self.retry);
-        Ok(match &self.dead_letter {
+        if self.timeout.is_some_and(|limit| limit.is_zero()) {
+            return Err("the timeout is zero, so every attempt would fail; give a positive limit, or none with `no_timeout()`".to_string());
+        }
+        let dead_letter = match &self.dead_letter {
             Some(template) => {
-                let subject =
-                    DeadLetterSubject::new(template.clone()).map_err(|e| e.to_string())?;
-                DeadLetter::new(retried).to(subject).boxed()
+                Some(DeadLetterSubject::new(template.clone()).map_err(|e| e.to_string())?)
             }
-            None => retried.boxed(),
-        })
+            None => None,
+        };
+        // What `DeadLetter(Retry(Timeout(CatchPanic(handler))))` does, as
+        // one future rather than four nested boxes.
+        Ok(DefaultStack {
+            handler,
+            retry: self.retry,
+            timeout: self.timeout,
+            dead_letter,
+        }
+        .boxed())
     }
 }
 

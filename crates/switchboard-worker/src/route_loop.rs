@@ -1,8 +1,19 @@
 //! A route's loop: takes messages from its subscription within its
 //! concurrency limit, runs each through the handler stack, acknowledges or
 //! gives back, and at shutdown lets in-flight handlers finish.
+//!
+//! # Where the handlers run
+//!
+//! With concurrency 1 (the default) the loop runs the handler itself: it
+//! would wait for the handler before taking the next message anyway, and a
+//! task per message cost a spawn and a task switch per message (with a
+//! handler that does nothing, the worker's main cost). With more, each
+//! message gets a task of its own, so that handlers run in parallel on the
+//! runtime's threads (a handler busy computing would otherwise hold up the
+//! others).
 
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +22,7 @@ use futures::{FutureExt, StreamExt};
 use switchboard_core::{Delivery, Subscription};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
 use crate::layer::panic_message;
@@ -29,89 +40,62 @@ const MAX_DRAIN: usize = 10_000;
 /// give their message back (a nack on a dead link may never finish).
 const GIVE_BACK_PATIENCE: Duration = Duration::from_secs(1);
 
-/// One route of a running worker.
-pub(crate) struct RouteTask {
+/// What every message of a route needs besides its delivery: shared by the
+/// route's handlings (one reference count per message, not one per field).
+struct RouteState {
     name: Arc<str>,
     handler: Arc<dyn Handler>,
-    concurrency: usize,
     metrics: Arc<RouteMetrics>,
     max_deliver: Option<u32>,
     shared: Arc<Shared>,
+    /// Cancelled when the grace period is over: handlers still running give
+    /// their message back.
+    abort: CancellationToken,
 }
+
+/// One route of a running worker.
+pub(crate) struct RouteTask {
+    state: Arc<RouteState>,
+    concurrency: usize,
+}
+
+/// The loop's wait for the worker to stop taking messages, made once (each
+/// wait made anew would register with the token again) and polled only
+/// while the subscription has nothing ready.
+type Stopped<'a> = Pin<&'a mut WaitForCancellationFutureOwned>;
 
 impl RouteTask {
     pub(crate) fn new(route: Prepared, metrics: Arc<RouteMetrics>, shared: Arc<Shared>) -> Self {
         let task = RouteTask {
-            name: Arc::from(route.pattern.as_str()),
-            handler: route.handler,
+            state: Arc::new(RouteState {
+                name: Arc::from(route.pattern.as_str()),
+                handler: route.handler,
+                metrics,
+                max_deliver: route.durable.as_ref().and_then(|d| d.max_deliver),
+                shared,
+                abort: CancellationToken::new(),
+            }),
             concurrency: route.concurrency,
-            metrics,
-            max_deliver: route.durable.as_ref().and_then(|d| d.max_deliver),
-            shared,
         };
-        tracing::debug!(route = %task.name, concurrency = task.concurrency, "route subscribed");
+        tracing::debug!(route = %task.state.name, concurrency = task.concurrency, "route subscribed");
         task
     }
 
     /// Takes messages until stopped, then lets in-flight ones finish within the
     /// grace period, nacks the rest, and hands the subscription back.
     pub(crate) async fn run(self, mut subscription: Subscription) -> Subscription {
-        let shared = &self.shared;
-        let limit = Arc::new(Semaphore::new(self.concurrency));
-        let abort = CancellationToken::new();
+        let state = &self.state;
+        let shared = &state.shared;
         let mut tasks = JoinSet::new();
-        loop {
-            // Reap finished tasks so the set stays small.
-            while tasks.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                biased;
-                _ = shared.stop.cancelled() => break,
-                permit = limit.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let item = tokio::select! {
-                biased;
-                _ = shared.stop.cancelled() => break,
-                item = subscription.next() => item,
-            };
-            let delivery = match item {
-                None => {
-                    tracing::info!(route = %self.name, "subscription ended");
-                    break;
-                }
-                Some(Err(error)) => {
-                    self.metrics.subscription_error(&error);
-                    tracing::warn!(route = %self.name, %error, "subscription error");
-                    continue;
-                }
-                Some(Ok(delivery)) => delivery,
-            };
-            if let Some(max) = shared.max_messages {
-                let taken = shared.taken.fetch_add(1, Ordering::AcqRel) + 1;
-                if taken > max {
-                    self.give_back(delivery, false).await;
-                    shared.stop.cancel();
-                    break;
-                }
-                if taken == max {
-                    shared.stop.cancel();
-                }
+        {
+            let stopped = std::pin::pin!(shared.stop.clone().cancelled_owned());
+            if self.concurrency <= 1 {
+                self.one_at_a_time(&mut subscription, stopped, &mut tasks)
+                    .await;
+            } else {
+                self.concurrently(&mut subscription, stopped, &mut tasks)
+                    .await;
             }
-            self.metrics.counters.add_received();
-            let job = Job {
-                route: self.name.clone(),
-                metrics: self.metrics.clone(),
-                handler: self.handler.clone(),
-                max_deliver: self.max_deliver,
-                shared: shared.clone(),
-                abort: abort.clone(),
-            };
-            tasks.spawn(async move {
-                job.handle(delivery).await;
-                drop(permit);
-            });
         }
         // Stopped taking. On shutdown the grace period started when the
         // first route stopped and is the same for all; a route whose own
@@ -124,7 +108,7 @@ impl RouteTask {
         // What the subscription already buffered is given back.
         for _ in 0..MAX_DRAIN {
             match subscription.next().now_or_never() {
-                Some(Some(Ok(delivery))) => self.give_back(delivery, false).await,
+                Some(Some(Ok(delivery))) => self.give_back(delivery).await,
                 Some(Some(Err(_))) => continue,
                 Some(None) | None => break,
             }
@@ -134,14 +118,14 @@ impl RouteTask {
         })
         .await;
         if finished.is_err() {
-            tracing::warn!(route = %self.name, grace = ?shared.grace, "grace period over; cancelling unfinished handlers");
-            abort.cancel();
+            tracing::warn!(route = %state.name, grace = ?shared.grace, "grace period over; cancelling unfinished handlers");
+            state.abort.cancel();
             let given_back = tokio::time::timeout(GIVE_BACK_PATIENCE, async {
                 while tasks.join_next().await.is_some() {}
             })
             .await;
             if given_back.is_err() {
-                tracing::warn!(route = %self.name, "handlers still giving their message back after the grace period; abandoned");
+                tracing::warn!(route = %state.name, "handlers still giving their message back after the grace period; abandoned");
                 tasks.abort_all();
             }
         }
@@ -151,115 +135,218 @@ impl RouteTask {
         subscription
     }
 
+    /// Concurrency 1: each message is handled here, in the loop, before the
+    /// next is taken. A handler still running when the worker stops goes on
+    /// in `tasks`, within the grace period, as with higher concurrency.
+    async fn one_at_a_time(
+        &self,
+        subscription: &mut Subscription,
+        mut stopped: Stopped<'_>,
+        tasks: &mut JoinSet<()>,
+    ) {
+        while let Some(delivery) = self.take(subscription, &mut stopped).await {
+            let mut job = Box::pin(handle(self.state.clone(), delivery));
+            tokio::select! {
+                biased;
+                () = &mut job => {}
+                _ = stopped.as_mut() => {
+                    tasks.spawn(job);
+                    break;
+                }
+            }
+            // Handlers that finish at once never yield: give the runtime's
+            // other tasks their turn now and then, as awaiting a task did.
+            tokio::task::consume_budget().await;
+        }
+    }
+
+    /// Concurrency above 1: a task per message, at most `concurrency` at a time.
+    async fn concurrently(
+        &self,
+        subscription: &mut Subscription,
+        mut stopped: Stopped<'_>,
+        tasks: &mut JoinSet<()>,
+    ) {
+        let limit = Arc::new(Semaphore::new(self.concurrency));
+        loop {
+            // Reap finished tasks so the set stays small.
+            if tasks.len() > self.concurrency {
+                while tasks.try_join_next().is_some() {}
+            }
+            let permit = match limit.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => tokio::select! {
+                    biased;
+                    _ = stopped.as_mut() => break,
+                    permit = limit.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                },
+            };
+            let Some(delivery) = self.take(subscription, &mut stopped).await else {
+                break;
+            };
+            let state = self.state.clone();
+            tasks.spawn(async move {
+                handle(state, delivery).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// The next message to handle, counted as received; `None` once the
+    /// loop must stop taking (the worker stops, `max_messages` were taken, or
+    /// the subscription ended).
+    async fn take(
+        &self,
+        subscription: &mut Subscription,
+        stopped: &mut Stopped<'_>,
+    ) -> Option<Delivery> {
+        let state = &self.state;
+        let shared = &state.shared;
+        loop {
+            // Checked before each take: a subscription that always has a
+            // message ready would never let the select below see the stop.
+            if shared.stop.is_cancelled() {
+                return None;
+            }
+            let item = tokio::select! {
+                biased;
+                item = subscription.next() => item,
+                _ = stopped.as_mut() => return None,
+            };
+            let delivery = match item {
+                None => {
+                    tracing::info!(route = %state.name, "subscription ended");
+                    return None;
+                }
+                Some(Err(error)) => {
+                    state.metrics.subscription_error(&error);
+                    tracing::warn!(route = %state.name, %error, "subscription error");
+                    continue;
+                }
+                Some(Ok(delivery)) => delivery,
+            };
+            if let Some(max) = shared.max_messages {
+                let taken = shared.taken.fetch_add(1, Ordering::AcqRel) + 1;
+                if taken > max {
+                    self.give_back(delivery).await;
+                    shared.stop.cancel();
+                    return None;
+                }
+                if taken == max {
+                    shared.stop.cancel();
+                }
+            }
+            state.metrics.counters.add_received();
+            return Some(delivery);
+        }
+    }
+
     /// Nacks a delivery the worker will not handle, and records it.
-    async fn give_back(&self, mut delivery: Delivery, started: bool) {
-        self.shared
-            .give_back(&self.metrics, &mut delivery, started)
+    async fn give_back(&self, mut delivery: Delivery) {
+        let state = &self.state;
+        state
+            .shared
+            .give_back(&state.metrics, &mut delivery, false)
             .await;
     }
 }
 
-/// One message being handled.
-struct Job {
-    route: Arc<str>,
-    metrics: Arc<RouteMetrics>,
-    handler: Arc<dyn Handler>,
-    max_deliver: Option<u32>,
-    shared: Arc<Shared>,
-    abort: CancellationToken,
-}
-
-impl Job {
-    /// Runs the handler stack on `delivery`, then acknowledges it, or nacks
-    /// it when the stack failed (rejects it, without redelivery, when the
-    /// error is permanent); on abort, gives it back.
-    async fn handle(self, mut delivery: Delivery) {
-        let shared = &self.shared;
-        let mut ctx = Context::for_route(
-            delivery.message().clone(),
-            delivery.redelivered(),
-            self.route.clone(),
-            shared.broker.clone(),
-            self.metrics.counters.clone(),
-            delivery.replier(),
-        )
-        .with_delivery(delivery.delivery_count(), self.max_deliver);
-        // With OpenTelemetry export, the handler's span is the exported one:
-        // its ids go into what the handler publishes.
-        let (exported, otel_trace) = OtelSpan::consumer(
-            &self.route,
-            delivery.subject().as_str(),
-            shared.broker.kind(),
-            TraceContext::from_headers(ctx.headers()).as_ref(),
-        );
-        if let Some(trace) = otel_trace {
-            ctx = ctx.with_trace(trace);
+/// Runs the handler stack on `delivery`, then acknowledges it, or nacks it
+/// when the stack failed (rejects it, without redelivery, when the error is
+/// permanent); on abort, gives it back.
+async fn handle(state: Arc<RouteState>, mut delivery: Delivery) {
+    let shared = &state.shared;
+    // Read once: the handler's context, the OpenTelemetry span and the
+    // tracing span all start from the message's `traceparent`.
+    let parent = TraceContext::from_headers(delivery.headers());
+    let mut ctx = Context::for_route(
+        delivery.message().clone(),
+        parent.as_ref(),
+        delivery.redelivered(),
+        state.name.clone(),
+        shared.broker.clone(),
+        state.metrics.counters.clone(),
+        delivery.replier(),
+    )
+    .with_delivery(delivery.delivery_count(), state.max_deliver);
+    // With OpenTelemetry export, the handler's span is the exported one:
+    // its ids go into what the handler publishes.
+    let (exported, otel_trace) = OtelSpan::consumer(
+        &state.name,
+        delivery.subject().as_str(),
+        shared.broker.kind(),
+        parent.as_ref(),
+    );
+    if let Some(trace) = otel_trace {
+        ctx = ctx.with_trace(trace);
+    }
+    let span = tracing::info_span!(
+        "switchboard.message",
+        route = %state.name,
+        subject = %delivery.subject(),
+        attempt = 1u32,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
+    );
+    if let Some(trace) = ctx.trace() {
+        span.record("trace_id", trace.trace_id());
+        span.record("span_id", trace.span_id());
+        if let Some(parent) = &parent {
+            span.record("parent_span_id", parent.span_id());
         }
-        let span = tracing::info_span!(
-            "switchboard.message",
-            route = %self.route,
-            subject = %delivery.subject(),
-            attempt = 1u32,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-            parent_span_id = tracing::field::Empty,
-        );
-        if let Some(trace) = ctx.trace() {
-            span.record("trace_id", trace.trace_id());
-            span.record("span_id", trace.span_id());
-            if let Some(parent) = TraceContext::from_headers(ctx.headers()) {
-                span.record("parent_span_id", parent.span_id());
-            }
-        }
-        let _in_flight = self.metrics.in_flight();
-        let began = Instant::now();
-        let call = AssertUnwindSafe(self.handler.call(ctx))
-            .catch_unwind()
-            .instrument(span.clone());
-        let outcome = tokio::select! {
-            biased;
-            outcome = call => outcome,
-            _ = self.abort.cancelled() => {
-                shared.give_back(&self.metrics, &mut delivery, true).await;
-                exported.end(Some("cancelled at shutdown; the message was given back"));
-                return;
-            }
-        };
-        self.metrics.handled_in(began.elapsed());
-        let _entered = span.enter();
-        let (error, permanent) = match outcome {
-            Ok(Ok(())) => {
-                if let Err(error) = delivery.ack().await {
-                    tracing::warn!(%error, "ack failed; the broker may deliver the message again");
-                }
-                self.metrics.counters.add_handled();
-                tracing::debug!("handled");
-                exported.end(None);
-                return;
-            }
-            Ok(Err(error)) => (error.to_string(), error.is_permanent()),
-            Err(payload) => (format!("panicked: {}", panic_message(&*payload)), false),
-        };
-        exported.end(Some(&error));
-        self.metrics.counters.add_failed();
-        if permanent {
-            // Redelivered, it would fail the same way, again and again.
-            if let Err(reject_error) = delivery.reject().await {
-                tracing::warn!(error = %reject_error, "reject failed");
-            }
-            tracing::error!(%error, "handling failed with a permanent error: the message is rejected without redelivery (give the route a dead letter to keep such messages)");
+    }
+    let _in_flight = state.metrics.in_flight();
+    let began = Instant::now();
+    let call = AssertUnwindSafe(state.handler.as_ref().call(ctx))
+        .catch_unwind()
+        .instrument(span.clone());
+    let outcome = tokio::select! {
+        biased;
+        outcome = call => outcome,
+        _ = state.abort.cancelled() => {
+            shared.give_back(&state.metrics, &mut delivery, true).await;
+            exported.end(Some("cancelled at shutdown; the message was given back"));
             return;
         }
-        // Read before `nack`, which takes the acknowledgement handle.
-        let requeued = (shared.redelivery || delivery.delivery_count().is_some())
-            && delivery.is_acknowledgeable();
-        if let Err(nack_error) = delivery.nack().await {
-            tracing::warn!(error = %nack_error, "nack failed");
+    };
+    state.metrics.handled_in(began.elapsed());
+    let _entered = span.enter();
+    let (error, permanent) = match outcome {
+        Ok(Ok(())) => {
+            if let Err(error) = delivery.ack().await {
+                tracing::warn!(%error, "ack failed; the broker may deliver the message again");
+            }
+            state.metrics.counters.add_handled();
+            tracing::debug!("handled");
+            exported.end(None);
+            return;
         }
-        if requeued {
-            tracing::warn!(%error, "handling failed; nacked for redelivery");
-        } else {
-            tracing::error!(%error, "handling failed and the broker cannot redeliver: the message is not handled");
+        Ok(Err(error)) => (error.to_string(), error.is_permanent()),
+        Err(payload) => (format!("panicked: {}", panic_message(&*payload)), false),
+    };
+    exported.end(Some(&error));
+    state.metrics.counters.add_failed();
+    if permanent {
+        // Redelivered, it would fail the same way, again and again.
+        if let Err(reject_error) = delivery.reject().await {
+            tracing::warn!(error = %reject_error, "reject failed");
         }
+        tracing::error!(%error, "handling failed with a permanent error: the message is rejected without redelivery (give the route a dead letter to keep such messages)");
+        return;
+    }
+    // Read before `nack`, which takes the acknowledgement handle.
+    let requeued =
+        (shared.redelivery || delivery.delivery_count().is_some()) && delivery.is_acknowledgeable();
+    if let Err(nack_error) = delivery.nack().await {
+        tracing::warn!(error = %nack_error, "nack failed");
+    }
+    if requeued {
+        tracing::warn!(%error, "handling failed; nacked for redelivery");
+    } else {
+        tracing::error!(%error, "handling failed and the broker cannot redeliver: the message is not handled");
     }
 }

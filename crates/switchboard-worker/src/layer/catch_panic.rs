@@ -1,12 +1,13 @@
 //! [`CatchPanic`]: a panicking handler fails its attempt instead of its task.
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
 use async_trait::async_trait;
 use futures::FutureExt;
 
-use crate::{Context, Handler, HandlerError, Layer};
+use crate::{Context, Counters, Handler, HandlerError, Layer};
 
 /// Turns a panic in the inner handler into [`HandlerError::Panicked`]: the
 /// attempt fails (temporarily: [`Retry`](crate::Retry) tries again) and the
@@ -34,19 +35,28 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// What [`CatchPanic`] does around one attempt, shared with the route's
+/// default stack (which runs it without a box of its own).
+pub(crate) async fn catching(
+    counters: &Counters,
+    attempt: impl Future<Output = Result<(), HandlerError>>,
+) -> Result<(), HandlerError> {
+    match AssertUnwindSafe(attempt).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            counters.add_panicked();
+            Err(HandlerError::Panicked {
+                message: panic_message(&*payload),
+            })
+        }
+    }
+}
+
 #[async_trait]
 impl<H: Handler> Handler for CatchPanic<H> {
     async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
-        let counters_ctx = ctx.clone();
-        match AssertUnwindSafe(self.inner.call(ctx)).catch_unwind().await {
-            Ok(result) => result,
-            Err(payload) => {
-                counters_ctx.counters().add_panicked();
-                Err(HandlerError::Panicked {
-                    message: panic_message(&*payload),
-                })
-            }
-        }
+        let counters = ctx.counters_handle().clone();
+        catching(&counters, self.inner.call(ctx)).await
     }
 }
 

@@ -2,6 +2,8 @@
 //! dead-letter subject, saying why, instead of being lost or redelivered
 //! without end.
 
+use std::future::Future;
+
 use async_trait::async_trait;
 use switchboard_core::{Message, Subject};
 
@@ -89,45 +91,65 @@ impl<H> DeadLetter<H> {
 
     /// The dead letter for `ctx`'s message after `error`.
     pub fn letter(&self, ctx: &Context, error: &HandlerError) -> Result<Message, HandlerError> {
-        let original = ctx.message();
-        let subject = self.subject.resolve(original.subject())?;
-        let attempts = error.attempts().unwrap_or(ctx.attempt().max(1));
-        let mut headers = original.headers().clone();
-        headers.insert(ORIGINAL_SUBJECT_HEADER, original.subject().as_str())?;
-        headers.insert(ATTEMPTS_HEADER, attempts.to_string())?;
-        headers.insert(
-            ERROR_HEADER,
-            one_line(&error.last().to_string(), MAX_ERROR_HEADER_LEN),
-        )?;
-        headers.insert(PERMANENT_HEADER, error.is_permanent().to_string())?;
-        headers.insert(ROUTE_HEADER, ctx.route())?;
-        Ok(Message::from_parts(
-            subject,
-            original.payload().clone(),
-            headers,
-        ))
+        letter(&self.subject, ctx, error)
     }
+}
+
+/// The dead letter to `subject` for `ctx`'s message after `error`.
+fn letter(
+    subject: &DeadLetterSubject,
+    ctx: &Context,
+    error: &HandlerError,
+) -> Result<Message, HandlerError> {
+    let original = ctx.message();
+    let subject = subject.resolve(original.subject())?;
+    let attempts = error.attempts().unwrap_or(ctx.attempt().max(1));
+    let mut headers = original.headers().clone();
+    headers.insert(ORIGINAL_SUBJECT_HEADER, original.subject().as_str())?;
+    headers.insert(ATTEMPTS_HEADER, attempts.to_string())?;
+    headers.insert(
+        ERROR_HEADER,
+        one_line(&error.last().to_string(), MAX_ERROR_HEADER_LEN),
+    )?;
+    headers.insert(PERMANENT_HEADER, error.is_permanent().to_string())?;
+    headers.insert(ROUTE_HEADER, ctx.route())?;
+    Ok(Message::from_parts(
+        subject,
+        original.payload().clone(),
+        headers,
+    ))
+}
+
+/// What [`DeadLetter`] does once `handled` (the inner handler on `ctx`) is
+/// over. Shared with the route's default stack, which runs it without a box
+/// of its own.
+pub(crate) async fn dead_lettering(
+    subject: &DeadLetterSubject,
+    ctx: &Context,
+    handled: impl Future<Output = Result<(), HandlerError>>,
+) -> Result<(), HandlerError> {
+    let error = match handled.await {
+        Ok(()) => return Ok(()),
+        Err(error) => error,
+    };
+    // A durable route's broker delivers it again: dead-letter on the last delivery.
+    if !error.is_permanent() && !ctx.is_last_delivery() {
+        return Err(error);
+    }
+    let letter = letter(subject, ctx, &error)?;
+    let target = letter.subject().clone();
+    ctx.publish(letter).await?;
+    // The original is acknowledged once this returns: make sure the broker has the letter.
+    ctx.broker().flush().await?;
+    ctx.counters().add_dead_lettered();
+    tracing::warn!(dead_letter = %target, permanent = error.is_permanent(), %error, "message dead-lettered");
+    Ok(())
 }
 
 #[async_trait]
 impl<H: Handler> Handler for DeadLetter<H> {
     async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
-        let error = match self.inner.call(ctx.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(error) => error,
-        };
-        // A durable route's broker delivers it again: dead-letter on the last delivery.
-        if !error.is_permanent() && !ctx.is_last_delivery() {
-            return Err(error);
-        }
-        let letter = self.letter(&ctx, &error)?;
-        let target = letter.subject().clone();
-        ctx.publish(letter).await?;
-        // The original is acknowledged once this returns: make sure the broker has the letter.
-        ctx.broker().flush().await?;
-        ctx.counters().add_dead_lettered();
-        tracing::warn!(dead_letter = %target, permanent = error.is_permanent(), %error, "message dead-lettered");
-        Ok(())
+        dead_lettering(&self.subject, &ctx, self.inner.call(ctx.clone())).await
     }
 }
 

@@ -1,6 +1,7 @@
 //! [`Retry`]: tries a failed attempt again, with exponential backoff and
 //! jitter, unless its error is permanent.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -135,37 +136,52 @@ impl<H> Retry<H> {
     }
 }
 
+/// What [`Retry`] does: calls `attempt` with a copy of `ctx` numbered for
+/// each try, as `policy` says. Shared with the route's default stack, which
+/// runs it without a box of its own.
+pub(crate) async fn retrying<F, Fut>(
+    policy: &RetryPolicy,
+    ctx: &Context,
+    mut attempt: F,
+) -> Result<(), HandlerError>
+where
+    F: FnMut(Context) -> Fut,
+    Fut: Future<Output = Result<(), HandlerError>>,
+{
+    let attempts = policy.attempts.max(1);
+    let first = ctx.attempt().max(1);
+    let mut number = first;
+    loop {
+        tracing::Span::current().record("attempt", number);
+        let error = match attempt(ctx.clone().with_attempt(number)).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        let tried = number - first + 1;
+        if error.is_permanent() {
+            tracing::warn!(attempt = number, %error, "attempt failed with a permanent error; not retrying");
+            ctx.counters().add_permanent();
+        } else if tried >= attempts || !error.is_retryable() {
+            tracing::warn!(attempt = number, %error, "attempt failed; giving up");
+        } else {
+            let delay = policy.delay(tried);
+            tracing::info!(attempt = number, %error, ?delay, "attempt failed; retrying");
+            ctx.counters().add_retried();
+            tokio::time::sleep(delay).await;
+            number += 1;
+            continue;
+        }
+        return Err(HandlerError::Exhausted {
+            attempts: tried,
+            last: Box::new(error),
+        });
+    }
+}
+
 #[async_trait]
 impl<H: Handler> Handler for Retry<H> {
     async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
-        let attempts = self.policy.attempts.max(1);
-        let first = ctx.attempt().max(1);
-        let mut attempt = first;
-        loop {
-            tracing::Span::current().record("attempt", attempt);
-            let error = match self.inner.call(ctx.clone().with_attempt(attempt)).await {
-                Ok(()) => return Ok(()),
-                Err(error) => error,
-            };
-            let tried = attempt - first + 1;
-            if error.is_permanent() {
-                tracing::warn!(attempt, %error, "attempt failed with a permanent error; not retrying");
-                ctx.counters().add_permanent();
-            } else if tried >= attempts || !error.is_retryable() {
-                tracing::warn!(attempt, %error, "attempt failed; giving up");
-            } else {
-                let delay = self.policy.delay(tried);
-                tracing::info!(attempt, %error, ?delay, "attempt failed; retrying");
-                ctx.counters().add_retried();
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-                continue;
-            }
-            return Err(HandlerError::Exhausted {
-                attempts: tried,
-                last: Box::new(error),
-            });
-        }
+        retrying(&self.policy, &ctx, |ctx| self.inner.call(ctx)).await
     }
 }
 

@@ -1,10 +1,13 @@
 //! [`Timeout`]: fails an attempt that takes too long, cancelling it.
 
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Context, Handler, HandlerError, Layer};
+use crate::{Context, Counters, Handler, HandlerError, Layer};
 
 /// Fails an attempt that takes longer than a limit with
 /// [`HandlerError::Timeout`], cancelling it (dropping its future, which for
@@ -23,17 +26,34 @@ impl<H> Timeout<H> {
     }
 }
 
+/// What [`Timeout`] does around one attempt, shared with the route's default
+/// stack. The limit counts from the call; the timer is only set up when the
+/// attempt does not finish on its first poll (most handlers that do not wait
+/// on anything never need one).
+pub(crate) async fn timed(
+    after: Duration,
+    counters: &Counters,
+    attempt: impl Future<Output = Result<(), HandlerError>>,
+) -> Result<(), HandlerError> {
+    let deadline = tokio::time::Instant::now() + after;
+    let mut attempt = pin!(attempt);
+    if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await {
+        return result;
+    }
+    match tokio::time::timeout_at(deadline, attempt).await {
+        Ok(result) => result,
+        Err(_) => {
+            counters.add_timed_out();
+            Err(HandlerError::Timeout { after })
+        }
+    }
+}
+
 #[async_trait]
 impl<H: Handler> Handler for Timeout<H> {
     async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
-        let counters_ctx = ctx.clone();
-        match tokio::time::timeout(self.after, self.inner.call(ctx)).await {
-            Ok(result) => result,
-            Err(_) => {
-                counters_ctx.counters().add_timed_out();
-                Err(HandlerError::Timeout { after: self.after })
-            }
-        }
+        let counters = ctx.counters_handle().clone();
+        timed(self.after, &counters, self.inner.call(ctx)).await
     }
 }
 
