@@ -100,3 +100,12 @@ pub fn free_port() -> u16 {
     }
     panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN)
 }
+
+/// `127.0.0.1:P1,127.0.0.1:P2,…`: the host list of a cluster URL.
+pub(crate) fn loopback_hosts(ports: impl IntoIterator<Item = u16>) -> String {
+    ports
+        .into_iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -293,12 +293,8 @@ impl RabbitCluster {
 
     /// `amqp://guest:guest@127.0.0.1:P1,127.0.0.1:P2,…/%2f`: every node, in order.
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|node| format!("127.0.0.1:{}", node.port()))
-            .collect();
-        format!("amqp://guest:guest@{}/%2f", hosts.join(","))
+        let hosts = crate::loopback_hosts(self.nodes.iter().map(RabbitNode::port));
+        format!("amqp://guest:guest@{hosts}/%2f")
     }
 
     /// The running nodes the first node knows of, from

@@ -203,12 +203,8 @@ impl RedisCluster {
 
     /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…` over every node.
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|node| format!("127.0.0.1:{}", node.port()))
-            .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        let hosts = crate::loopback_hosts(self.nodes.iter().map(RedisServer::port));
+        format!("redis+cluster://{hosts}")
     }
 
     /// `rediss+cluster://127.0.0.1:P1,…` over every node (a cluster of
