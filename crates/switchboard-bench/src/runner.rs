@@ -39,12 +39,17 @@ pub(crate) struct RunSpec {
     /// `worker` runs: the handler's concurrency and duration.
     pub(crate) concurrency: usize,
     pub(crate) handler_time: Duration,
+    /// Durable workload: a durable consumer stores the messages, the subscriber acks each.
+    pub(crate) durable: bool,
 }
 
 /// Runs one measurement and describes it as a row (an `error` row if it failed).
 pub(crate) async fn run(spec: &RunSpec, progress: &ProgressBar) -> Row {
     let mut row = Row::new(spec);
     let outcome = match spec.mode {
+        Mode::Fanout | Mode::Group | Mode::Latency | Mode::Worker if spec.durable => {
+            Err(RunError::DurableMode)
+        }
         Mode::Latency => latency(spec, progress, &mut row).await,
         _ => throughput(spec, progress, &mut row).await,
     };
@@ -75,6 +80,8 @@ fn fresh_subject(spec: &RunSpec) -> (String, String) {
 struct Setup {
     publisher: Arc<dyn Client>,
     subscribers: Vec<Box<dyn Client>>,
+    /// The durable consumer of a durable run, removed by `close`.
+    durable: Option<String>,
 }
 
 /// Connects the publisher and `subscribers` subscribers (in one queue group
@@ -91,34 +98,83 @@ async fn setup(
     if group && !publisher.queue_groups() {
         return Err(RunError::NoQueueGroups);
     }
-    let mut clients = Vec::with_capacity(subscribers);
-    let mut receivers = Vec::with_capacity(subscribers);
-    for _ in 0..subscribers {
-        let client = client::connect(spec.implementation, &spec.target, &subject).await?;
-        let receiver = match work {
-            Some(work) => client.serve(work.clone()).await?,
-            None => {
-                client
-                    .subscribe(group.then_some(group_name.as_str()))
-                    .await?
+    // Durable runs: the consumer exists (on the publisher's connection, so it
+    // knows the subject is stored) before the subscriber resumes it and
+    // before anything is published.
+    let durable = if spec.durable {
+        publisher.create_durable(&group_name).await?;
+        Some(group_name.clone())
+    } else {
+        None
+    };
+    let subscribed = subscribe_all(
+        spec,
+        subscribers,
+        group,
+        work,
+        &subject,
+        &group_name,
+        &durable,
+    )
+    .await;
+    let (clients, receivers) = match subscribed {
+        Ok(subscribed) => subscribed,
+        Err(error) => {
+            // Leave nothing behind on the broker.
+            if let Some(name) = &durable {
+                let _ = publisher.remove_durable(name).await;
             }
-        };
-        clients.push(client);
-        receivers.push(receiver);
-    }
+            publisher.close().await;
+            return Err(error);
+        }
+    };
     let setup = Setup {
         publisher,
         subscribers: clients,
+        durable,
     };
     Ok((setup, receivers))
 }
 
+/// Connects and subscribes the subscribers of a run.
+async fn subscribe_all(
+    spec: &RunSpec,
+    subscribers: usize,
+    group: bool,
+    work: Option<&Work>,
+    subject: &str,
+    group_name: &str,
+    durable: &Option<String>,
+) -> Result<(Vec<Box<dyn Client>>, Vec<Receiver>), RunError> {
+    let mut clients = Vec::with_capacity(subscribers);
+    let mut receivers = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let client = client::connect(spec.implementation, &spec.target, subject).await?;
+        let receiver = match (work, durable) {
+            (_, Some(name)) => client.subscribe_durable(name).await?,
+            (Some(work), None) => client.serve(work.clone()).await?,
+            (None, None) => client.subscribe(group.then_some(group_name)).await?,
+        };
+        clients.push(client);
+        receivers.push(receiver);
+    }
+    Ok((clients, receivers))
+}
+
 impl Setup {
     async fn close(self) {
-        self.publisher.close().await;
         for subscriber in self.subscribers {
             subscriber.close().await;
         }
+        if let Some(name) = &self.durable {
+            if let Err(error) = self.publisher.remove_durable(name).await {
+                tracing::warn!(
+                    "removing the bench's durable consumer {name}: {}",
+                    error.note()
+                );
+            }
+        }
+        self.publisher.close().await;
     }
 }
 
