@@ -339,11 +339,21 @@ impl Client for SwitchboardClient {
 
     async fn create_durable(&self, name: &str) -> Result<(), RunError> {
         // Creating the consumer is subscribing once; the subscription is
-        // dropped at once, the consumer stays, and this connection now knows
+        // closed at once, the consumer stays, and this connection now knows
         // the subject is stored (its `flush` waits for the broker's acks).
+        // Closed, not dropped: a dropped subscription unsubscribes in the
+        // background (AMQP cancels its consumer asynchronously, a Redis
+        // member finishes the read it is blocked in), so it could still take
+        // the first messages published, under the very name the measured
+        // subscriber resumes, and hold them until their ack deadline.
         let subscription = self.durable_subscription(name).await?;
-        drop(subscription);
-        Ok(())
+        subscription
+            .close()
+            .await
+            .map_err(|source| RunError::Subscribe {
+                pattern: self.pattern.to_string(),
+                source,
+            })
     }
 
     async fn subscribe_durable(&self, name: &str) -> Result<Receiver, RunError> {

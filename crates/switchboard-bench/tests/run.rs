@@ -389,6 +389,11 @@ async fn durable_runs_lose_nothing() {
             "16,256",
             "--msgs",
             "2000",
+            // Only a subscriber that stops making progress waits this long:
+            // one that acks each delivery on a loaded machine may take
+            // seconds for its backlog.
+            "--idle-timeout",
+            "10s",
         ],
         &json,
     )
