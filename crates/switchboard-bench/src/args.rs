@@ -107,6 +107,14 @@ pub struct BenchArgs {
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub repeat: usize,
 
+    /// Durable workloads (modes `pub` and `pubsub` only): a durable consumer
+    /// stores every message (JetStream, Redis Streams, a quorum queue), `flush`
+    /// waits until they are stored and the subscriber acks each delivery; the
+    /// raw clients do the same (JetStream publish with PubAcks, XADD and
+    /// XREADGROUP/XACK, persistent publishes with confirms and manual acks).
+    #[arg(long)]
+    pub durable: bool,
+
     /// Skip the raw-client baselines.
     #[arg(long)]
     pub no_raw: bool,

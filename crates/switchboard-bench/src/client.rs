@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use futures::stream::{BoxStream, StreamExt};
 use indicatif::ProgressBar;
 use switchboard::worker::{Context, HandlerError, Route, Running, Worker};
-use switchboard::{AnyBroker, Bytes, Headers, Message, Pattern, QueueGroup, Subject};
+use switchboard::{
+    AnyBroker, Bytes, Durable, Headers, Message, Pattern, QueueGroup, Subject, Subscription,
+};
 
 use crate::error::RunError;
 use crate::payload::{self, Stamp};
@@ -186,6 +188,25 @@ pub(crate) trait Client: Send + Sync + fmt::Debug {
         Ok(receiver.boxed())
     }
 
+    /// Durable runs, on the publisher before anything is published: creates
+    /// the durable consumer `name` over the run's subject, so that what is
+    /// published from now on is stored for it and `flush` waits until it is.
+    async fn create_durable(&self, _name: &str) -> Result<(), RunError> {
+        Err(RunError::NoDurable)
+    }
+
+    /// Durable runs: subscribes as the durable consumer `name` (created by
+    /// [`Client::create_durable`]), acknowledging each delivery.
+    async fn subscribe_durable(&self, _name: &str) -> Result<Receiver, RunError> {
+        Err(RunError::NoDurable)
+    }
+
+    /// Durable runs, at the end: deletes the durable consumer `name` and what
+    /// the broker stores for it.
+    async fn remove_durable(&self, _name: &str) -> Result<(), RunError> {
+        Err(RunError::NoDurable)
+    }
+
     /// Whether queue groups are available (otherwise `group` runs are unsupported).
     fn queue_groups(&self) -> bool;
 
@@ -244,6 +265,16 @@ impl SwitchboardClient {
         })
     }
 
+    async fn durable_subscription(&self, name: &str) -> Result<Subscription, RunError> {
+        self.broker
+            .subscribe_durable(&self.pattern, &Durable::new(name)?)
+            .await
+            .map_err(|source| RunError::Subscribe {
+                pattern: self.pattern.to_string(),
+                source,
+            })
+    }
+
     fn message(&self, payload: &[u8]) -> Message {
         Message::from_parts(
             self.subject.clone(),
@@ -251,6 +282,21 @@ impl SwitchboardClient {
             Headers::new(),
         )
     }
+}
+
+/// The stamps of a subscription's deliveries, each acknowledged (where the
+/// delivery can be) before it counts, as a program handling each delivery
+/// would: AMQP subscriptions, and durable ones on every broker.
+fn acking(subscription: Subscription) -> Receiver {
+    subscription
+        .then(|delivery| async move {
+            let mut delivery = delivery?;
+            if delivery.is_acknowledgeable() {
+                delivery.ack().await?;
+            }
+            Stamp::parse(delivery.payload())
+        })
+        .boxed()
 }
 
 #[switchboard::async_trait]
@@ -288,17 +334,37 @@ impl Client for SwitchboardClient {
                 .map(|delivery| Stamp::parse(delivery?.payload()))
                 .boxed());
         }
-        Ok(subscription
-            .then(|delivery| async move {
-                let mut delivery = delivery?;
-                // Brokers with acknowledgement (AMQP) get one ack per message,
-                // as a program handling each delivery would send.
-                if delivery.is_acknowledgeable() {
-                    delivery.ack().await?;
-                }
-                Stamp::parse(delivery.payload())
+        Ok(acking(subscription))
+    }
+
+    async fn create_durable(&self, name: &str) -> Result<(), RunError> {
+        // Creating the consumer is subscribing once; the subscription is
+        // closed at once, the consumer stays, and this connection now knows
+        // the subject is stored (its `flush` waits for the broker's acks).
+        // Closed, not dropped: a dropped subscription unsubscribes in the
+        // background (AMQP cancels its consumer asynchronously, a Redis
+        // member finishes the read it is blocked in), so it could still take
+        // the first messages published, under the very name the measured
+        // subscriber resumes, and hold them until their ack deadline.
+        let subscription = self.durable_subscription(name).await?;
+        subscription
+            .close()
+            .await
+            .map_err(|source| RunError::Subscribe {
+                pattern: self.pattern.to_string(),
+                source,
             })
-            .boxed())
+    }
+
+    async fn subscribe_durable(&self, name: &str) -> Result<Receiver, RunError> {
+        Ok(acking(self.durable_subscription(name).await?))
+    }
+
+    async fn remove_durable(&self, name: &str) -> Result<(), RunError> {
+        Ok(self
+            .broker
+            .remove_durable(&self.pattern, &Durable::new(name)?)
+            .await?)
     }
 
     /// A `Worker` with one route on the run's subject: the default layers

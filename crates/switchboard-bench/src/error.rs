@@ -101,6 +101,21 @@ pub(crate) enum RunError {
     /// async-nats failed to write its buffer.
     #[error(transparent)]
     NatsFlush(#[from] async_nats::client::FlushError),
+    /// A JetStream operation of the raw durable baseline failed (creating or
+    /// deleting the stream or consumer, publishing, awaiting a PubAck, pulling, acking).
+    #[error("raw async-nats JetStream: {what} on {subject}")]
+    JetStream {
+        what: &'static str,
+        subject: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// This raw client has no durable workload (MQTT).
+    #[error("no durable workload for this raw client")]
+    NoDurable,
+    /// `--durable` was given with a mode that has no durable workload.
+    #[error("--durable runs only the pub and pubsub modes")]
+    DurableMode,
     /// The raw NATS flush's echo never came back: the connection closed.
     #[error("the NATS connection closed during flush")]
     NatsClosed,
@@ -211,7 +226,7 @@ impl RunError {
     /// The row status of a run that failed with this error.
     pub(crate) fn status(&self) -> &'static str {
         match self {
-            RunError::NoQueueGroups => "unsupported",
+            RunError::NoQueueGroups | RunError::DurableMode | RunError::NoDurable => "unsupported",
             _ => "error",
         }
     }

@@ -236,6 +236,7 @@ async fn measure(target: &Target, args: &BenchArgs, progress: &Progress) -> Vec<
                         latency_warmup: (args.duration / 5).min(Duration::from_secs(1)),
                         concurrency: args.concurrency,
                         handler_time: args.handler_time,
+                        durable: args.durable,
                     };
                     let label = format!(
                         "{} {} {}B {}",

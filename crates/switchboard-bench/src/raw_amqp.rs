@@ -1,16 +1,22 @@
 //! The raw RabbitMQ baseline: lapin as a careful user writes it — publisher
 //! confirms with up to [`WINDOW`] outstanding, and a consumer with manual acks
 //! (one per message) on a server-named queue bound to `amq.topic`.
+//!
+//! Durable runs: a durable quorum queue named after the durable consumer,
+//! bound to the subject (the adapter's topology), persistent publishes
+//! (`delivery_mode` 2) with the same confirm window, and a consumer on that
+//! queue with the same prefetch and one manual ack per message.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::stream::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
 use tokio::sync::Mutex;
 
@@ -33,6 +39,8 @@ pub(crate) struct RawAmqp {
     channel: Channel,
     routing_key: String,
     pending: Mutex<VecDeque<PublisherConfirm>>,
+    /// Durable runs: messages are published persistent.
+    persistent: AtomicBool,
 }
 
 impl std::fmt::Debug for RawAmqp {
@@ -61,6 +69,7 @@ impl RawAmqp {
             channel,
             routing_key: routing_key.to_string(),
             pending: Mutex::new(VecDeque::new()),
+            persistent: AtomicBool::new(false),
         })
     }
 
@@ -76,7 +85,11 @@ impl RawAmqp {
                 self.routing_key.as_str().into(),
                 BasicPublishOptions::default(),
                 payload,
-                BasicProperties::default(),
+                if self.persistent.load(Ordering::Relaxed) {
+                    BasicProperties::default().with_delivery_mode(2)
+                } else {
+                    BasicProperties::default()
+                },
             )
             .await?;
         pending.push_back(confirm);
@@ -155,26 +168,51 @@ impl Client for RawAmqp {
                 FieldTable::default(),
             )
             .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions::default(),
+        consume(channel, queue.name().as_str(), &self.connection).await
+    }
+
+    async fn create_durable(&self, name: &str) -> Result<(), RunError> {
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        self.channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await?;
+        self.channel
+            .queue_bind(
+                name.into(),
+                EXCHANGE.into(),
+                self.routing_key.as_str().into(),
+                QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        // The stream keeps its channel and connection open.
-        let keep = Arc::new((channel, Arc::clone(&self.connection)));
-        Ok(consumer
-            .then(move |delivery| {
-                let _keep = Arc::clone(&keep);
-                async move {
-                    let delivery = delivery?;
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
-                    Stamp::parse(&delivery.data)
-                }
-            })
-            .boxed())
+        self.persistent.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn subscribe_durable(&self, name: &str) -> Result<Receiver, RunError> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
+        consume(channel, name, &self.connection).await
+    }
+
+    async fn remove_durable(&self, name: &str) -> Result<(), RunError> {
+        self.channel
+            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .await?;
+        Ok(())
     }
 
     fn queue_groups(&self) -> bool {
@@ -185,4 +223,32 @@ impl Client for RawAmqp {
         let _ = self.channel.close(200, "bench done".into()).await;
         let _ = self.connection.close(200, "bench done".into()).await;
     }
+}
+
+/// Consumes `queue` on `channel` with one manual ack per message.
+async fn consume(
+    channel: Channel,
+    queue: &str,
+    connection: &Arc<Connection>,
+) -> Result<Receiver, RunError> {
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    // The stream keeps its channel and connection open.
+    let keep = Arc::new((channel, Arc::clone(connection)));
+    Ok(consumer
+        .then(move |delivery| {
+            let _keep = Arc::clone(&keep);
+            async move {
+                let delivery = delivery?;
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+                Stamp::parse(&delivery.data)
+            }
+        })
+        .boxed())
 }

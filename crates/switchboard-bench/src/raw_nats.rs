@@ -2,9 +2,21 @@
 //! a loop, one `flush` at the end (plus one echo through the server, so the
 //! time counts until the server has everything), a subscription buffer large
 //! enough for a burst.
+//!
+//! Durable runs: a JetStream stream over the run's subject (file storage, as
+//! the adapter provisions), JetStream publishes with up to [`ACK_WINDOW`]
+//! PubAcks outstanding (the adapter's `MAX_PENDING_ACKS`; here a sliding
+//! window, the adapter awaits all of them when it is full), and a durable
+//! pull consumer fetching [`PULL_BATCH`] at a time (the adapter's batch),
+//! acked one by one.
 
+use std::collections::VecDeque;
+use std::sync::OnceLock;
+
+use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
 use futures::stream::StreamExt;
 use switchboard::Bytes;
+use tokio::sync::Mutex;
 
 use crate::client::{Burst, Client, Receiver};
 use crate::error::RunError;
@@ -16,11 +28,60 @@ const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Messages a raw subscription buffers in the client before it reports a slow consumer.
 pub(crate) const SUBSCRIPTION_CAPACITY: usize = 1 << 20;
 
+/// PubAcks outstanding at most in durable runs (the adapter's).
+pub(crate) const ACK_WINDOW: usize = 4096;
+
+/// Messages one pull asks for in durable runs (the adapter's).
+pub(crate) const PULL_BATCH: usize = 64;
+
+/// How long a stream created for a durable run keeps a message (the adapter's).
+const STREAM_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// One async-nats connection bound to a subject.
 #[derive(Debug)]
 pub(crate) struct RawNats {
     client: async_nats::Client,
     subject: async_nats::Subject,
+    /// Durable runs: the JetStream context publishes go through, once the
+    /// stream exists.
+    jetstream: OnceLock<jetstream::Context>,
+    /// PubAcks not yet awaited.
+    acks: Mutex<VecDeque<PublishAckFuture>>,
+}
+
+/// A JetStream failure of `what` on `subject`.
+fn js<'a, E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+    subject: &'a str,
+) -> impl FnOnce(E) -> RunError + 'a {
+    move |source| RunError::JetStream {
+        what,
+        subject: subject.to_string(),
+        source: Box::new(source),
+    }
+}
+
+impl RawNats {
+    async fn publish_stored(
+        &self,
+        jetstream: &jetstream::Context,
+        acks: &mut VecDeque<PublishAckFuture>,
+        payload: &[u8],
+    ) -> Result<(), RunError> {
+        let ack = jetstream
+            .publish(self.subject.clone(), Bytes::copy_from_slice(payload))
+            .await
+            .map_err(js("publishing", &self.subject))?;
+        acks.push_back(ack);
+        while acks.len() >= ACK_WINDOW {
+            if let Some(oldest) = acks.pop_front() {
+                oldest
+                    .await
+                    .map_err(js("awaiting a PubAck", &self.subject))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl RawNats {
@@ -37,6 +98,8 @@ impl RawNats {
         Ok(RawNats {
             client,
             subject: async_nats::Subject::from(subject),
+            jetstream: OnceLock::new(),
+            acks: Mutex::new(VecDeque::new()),
         })
     }
 }
@@ -44,6 +107,13 @@ impl RawNats {
 #[switchboard::async_trait]
 impl Client for RawNats {
     async fn publish_burst(&self, mut burst: Burst<'_>) -> Result<u64, RunError> {
+        if let Some(jetstream) = self.jetstream.get() {
+            let mut acks = self.acks.lock().await;
+            while let Some(payload) = burst.next_payload() {
+                self.publish_stored(jetstream, &mut acks, payload).await?;
+            }
+            return Ok(burst.sent());
+        }
         while let Some(payload) = burst.next_payload() {
             self.client
                 .publish(self.subject.clone(), Bytes::copy_from_slice(payload))
@@ -53,6 +123,10 @@ impl Client for RawNats {
     }
 
     async fn publish_one(&self, payload: &[u8]) -> Result<(), RunError> {
+        if let Some(jetstream) = self.jetstream.get() {
+            let mut acks = self.acks.lock().await;
+            return self.publish_stored(jetstream, &mut acks, payload).await;
+        }
         self.client
             .publish(self.subject.clone(), Bytes::copy_from_slice(payload))
             .await?;
@@ -60,6 +134,14 @@ impl Client for RawNats {
     }
 
     async fn flush(&self) -> Result<(), RunError> {
+        if self.jetstream.get().is_some() {
+            // Stored means every PubAck is in.
+            let mut acks = self.acks.lock().await;
+            while let Some(ack) = acks.pop_front() {
+                ack.await.map_err(js("awaiting a PubAck", &self.subject))?;
+            }
+            return Ok(());
+        }
         // `Client::flush` only writes the client's buffer to the socket. To
         // know the server has everything (as the adapter's flush does), echo
         // one message through the server after the burst: it processes a
@@ -87,6 +169,70 @@ impl Client for RawNats {
         // The SUB must reach the server before the publisher starts.
         self.client.flush().await?;
         Ok(subscriber.map(|m| Stamp::parse(&m.payload)).boxed())
+    }
+
+    async fn create_durable(&self, name: &str) -> Result<(), RunError> {
+        let jetstream = jetstream::new(self.client.clone());
+        jetstream
+            .get_or_create_stream(stream::Config {
+                name: name.to_string(),
+                subjects: vec![self.subject.to_string()],
+                storage: stream::StorageType::File,
+                max_age: STREAM_MAX_AGE,
+                ..stream::Config::default()
+            })
+            .await
+            .map_err(js("creating the stream", &self.subject))?;
+        jetstream
+            .create_consumer_on_stream(
+                consumer::pull::Config {
+                    durable_name: Some(name.to_string()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ..consumer::pull::Config::default()
+                },
+                name,
+            )
+            .await
+            .map_err(js("creating the consumer", &self.subject))?;
+        let _ = self.jetstream.set(jetstream);
+        Ok(())
+    }
+
+    async fn subscribe_durable(&self, name: &str) -> Result<Receiver, RunError> {
+        let jetstream = jetstream::new(self.client.clone());
+        let consumer: consumer::PullConsumer = jetstream
+            .get_consumer_from_stream(name, name)
+            .await
+            .map_err(js("looking up the consumer", &self.subject))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(PULL_BATCH)
+            .messages()
+            .await
+            .map_err(js("pulling", &self.subject))?;
+        let subject = std::sync::Arc::<str>::from(self.subject.as_str());
+        Ok(messages
+            .then(move |message| {
+                let subject = std::sync::Arc::clone(&subject);
+                async move {
+                    let message = message.map_err(js("pulling", &subject))?;
+                    message.ack().await.map_err(|source| RunError::JetStream {
+                        what: "acking",
+                        subject: subject.to_string(),
+                        source,
+                    })?;
+                    Stamp::parse(&message.payload)
+                }
+            })
+            .boxed())
+    }
+
+    async fn remove_durable(&self, name: &str) -> Result<(), RunError> {
+        jetstream::new(self.client.clone())
+            .delete_stream(name)
+            .await
+            .map_err(js("deleting the stream", &self.subject))?;
+        Ok(())
     }
 
     fn queue_groups(&self) -> bool {

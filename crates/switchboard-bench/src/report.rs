@@ -101,13 +101,19 @@ pub(crate) struct Row {
 impl Row {
     /// An empty `ok` row for `spec`, filled in by the run.
     pub(crate) fn new(spec: &RunSpec) -> Row {
-        Row::blank(
+        let mut row = Row::blank(
             &spec.target.kind,
             &spec.target.url,
             spec.mode,
             spec.size,
             spec.implementation.name(),
-        )
+        );
+        if spec.durable {
+            // Its own mode name, so durable rows are never paired (or
+            // plotted) with at-most-once ones.
+            row.mode = format!("{}-durable", spec.mode.name());
+        }
+        row
     }
 
     /// An empty `ok` row.

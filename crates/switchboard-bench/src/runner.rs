@@ -39,12 +39,17 @@ pub(crate) struct RunSpec {
     /// `worker` runs: the handler's concurrency and duration.
     pub(crate) concurrency: usize,
     pub(crate) handler_time: Duration,
+    /// Durable workload: a durable consumer stores the messages, the subscriber acks each.
+    pub(crate) durable: bool,
 }
 
 /// Runs one measurement and describes it as a row (an `error` row if it failed).
 pub(crate) async fn run(spec: &RunSpec, progress: &ProgressBar) -> Row {
     let mut row = Row::new(spec);
     let outcome = match spec.mode {
+        Mode::Fanout | Mode::Group | Mode::Latency | Mode::Worker if spec.durable => {
+            Err(RunError::DurableMode)
+        }
         Mode::Latency => latency(spec, progress, &mut row).await,
         _ => throughput(spec, progress, &mut row).await,
     };
@@ -75,6 +80,8 @@ fn fresh_subject(spec: &RunSpec) -> (String, String) {
 struct Setup {
     publisher: Arc<dyn Client>,
     subscribers: Vec<Box<dyn Client>>,
+    /// The durable consumer of a durable run, removed by `close`.
+    durable: Option<String>,
 }
 
 /// Connects the publisher and `subscribers` subscribers (in one queue group
@@ -91,34 +98,83 @@ async fn setup(
     if group && !publisher.queue_groups() {
         return Err(RunError::NoQueueGroups);
     }
-    let mut clients = Vec::with_capacity(subscribers);
-    let mut receivers = Vec::with_capacity(subscribers);
-    for _ in 0..subscribers {
-        let client = client::connect(spec.implementation, &spec.target, &subject).await?;
-        let receiver = match work {
-            Some(work) => client.serve(work.clone()).await?,
-            None => {
-                client
-                    .subscribe(group.then_some(group_name.as_str()))
-                    .await?
+    // Durable runs: the consumer exists (on the publisher's connection, so it
+    // knows the subject is stored) before the subscriber resumes it and
+    // before anything is published.
+    let durable = if spec.durable {
+        publisher.create_durable(&group_name).await?;
+        Some(group_name.clone())
+    } else {
+        None
+    };
+    let subscribed = subscribe_all(
+        spec,
+        subscribers,
+        group,
+        work,
+        &subject,
+        &group_name,
+        &durable,
+    )
+    .await;
+    let (clients, receivers) = match subscribed {
+        Ok(subscribed) => subscribed,
+        Err(error) => {
+            // Leave nothing behind on the broker.
+            if let Some(name) = &durable {
+                let _ = publisher.remove_durable(name).await;
             }
-        };
-        clients.push(client);
-        receivers.push(receiver);
-    }
+            publisher.close().await;
+            return Err(error);
+        }
+    };
     let setup = Setup {
         publisher,
         subscribers: clients,
+        durable,
     };
     Ok((setup, receivers))
 }
 
+/// Connects and subscribes the subscribers of a run.
+async fn subscribe_all(
+    spec: &RunSpec,
+    subscribers: usize,
+    group: bool,
+    work: Option<&Work>,
+    subject: &str,
+    group_name: &str,
+    durable: &Option<String>,
+) -> Result<(Vec<Box<dyn Client>>, Vec<Receiver>), RunError> {
+    let mut clients = Vec::with_capacity(subscribers);
+    let mut receivers = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let client = client::connect(spec.implementation, &spec.target, subject).await?;
+        let receiver = match (work, durable) {
+            (_, Some(name)) => client.subscribe_durable(name).await?,
+            (Some(work), None) => client.serve(work.clone()).await?,
+            (None, None) => client.subscribe(group.then_some(group_name)).await?,
+        };
+        clients.push(client);
+        receivers.push(receiver);
+    }
+    Ok((clients, receivers))
+}
+
 impl Setup {
     async fn close(self) {
-        self.publisher.close().await;
         for subscriber in self.subscribers {
             subscriber.close().await;
         }
+        if let Some(name) = &self.durable {
+            if let Err(error) = self.publisher.remove_durable(name).await {
+                tracing::warn!(
+                    "removing the bench's durable consumer {name}: {}",
+                    error.note()
+                );
+            }
+        }
+        self.publisher.close().await;
     }
 }
 
@@ -175,6 +231,14 @@ fn new_histogram() -> Option<Histogram<u64>> {
 
 /// Receives until the pool has `target` measured messages (once the publisher
 /// says how many it sent), or nothing arrived for `idle` after that.
+///
+/// "Nothing arrived" counts every delivery, warm-up ones included, and the
+/// idle clock starts when the publisher finished: a subscriber that is still
+/// working through a backlog (a durable one acking each warm-up message
+/// while the publisher had the broker to itself) is not cut off while it
+/// makes progress. Counting only measured messages, from the consumer's
+/// start, cut such a run off at the first check after the publisher
+/// finished and reported everything not yet received as lost.
 async fn consume(
     mut receiver: Receiver,
     pool: Arc<Pool>,
@@ -196,7 +260,11 @@ async fn consume(
     // One timer checked now and then, not one per message.
     let tick = tokio::time::sleep(idle);
     tokio::pin!(tick);
-    let mut progress_at_tick = pool.received.load(Ordering::Relaxed);
+    // Deliveries of any kind this consumer saw, plus the pool's measured ones
+    // (group members hear of each other's progress).
+    let mut arrived: u64 = 0;
+    let progress = |arrived: u64| arrived + pool.received.load(Ordering::Relaxed);
+    let mut progress_at_tick = progress(arrived);
     loop {
         let goal = *target.borrow();
         if goal.is_some_and(|goal| pool.received.load(Ordering::Acquire) >= goal) {
@@ -205,28 +273,34 @@ async fn consume(
         }
         tokio::select! {
             biased;
-            item = receiver.next() => match item {
-                None => break,
-                Some(Ok(stamp)) => {
-                    if stamp.publisher != MEASURED_PUBLISHER {
-                        continue;
+            item = receiver.next() => {
+                let Some(item) = item else { break };
+                arrived += 1;
+                match item {
+                    Ok(stamp) => {
+                        if stamp.publisher != MEASURED_PUBLISHER {
+                            continue;
+                        }
+                        record(&mut seen, &mut set, &mut max_seq, stamp, base);
+                        pool.received.fetch_add(1, Ordering::AcqRel);
                     }
-                    record(&mut seen, &mut set, &mut max_seq, stamp, base);
-                    pool.received.fetch_add(1, Ordering::AcqRel);
+                    Err(error) => {
+                        seen.errors += 1;
+                        seen.first_error.get_or_insert(error);
+                    }
                 }
-                Some(Err(error)) => {
-                    seen.errors += 1;
-                    seen.first_error.get_or_insert(error);
-                }
-            },
+            }
             changed = target.changed(), if goal.is_none() => {
                 if changed.is_err() {
                     break;
                 }
+                // The publisher finished: the idle clock starts now.
+                progress_at_tick = progress(arrived);
+                tick.as_mut().reset(tokio::time::Instant::now() + idle);
             }
             _ = done.changed() => break,
             () = &mut tick => {
-                let now = pool.received.load(Ordering::Relaxed);
+                let now = progress(arrived);
                 if goal.is_some() && now == progress_at_tick {
                     break;
                 }
@@ -622,4 +696,56 @@ async fn latency(spec: &RunSpec, progress: &ProgressBar, row: &mut Row) -> Resul
         row.note = Some(notes.join("; "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A subscriber still working through warm-up messages when the
+    /// publisher finished (a durable one, acking each, behind a publisher
+    /// that had the broker to itself) is not cut off while deliveries keep
+    /// arriving: the idle timeout counts every delivery, from the moment the
+    /// publisher finished. Before, this consumer stopped at its first check
+    /// with 0 of 5 measured messages (the Redis `pubsub-durable` 16 B row
+    /// that received nothing of 200,000).
+    #[tokio::test]
+    async fn a_subscriber_behind_on_warm_up_is_waited_for() {
+        let idle = Duration::from_millis(500);
+        let (warmup, measured) = (60u64, 5u64);
+        let stamps = (0..warmup)
+            .map(|seq| (WARMUP_PUBLISHER, seq))
+            .chain((0..measured).map(|seq| (MEASURED_PUBLISHER, seq)));
+        // One delivery every 20 ms: the warm-up alone lasts 1.2 s, past `idle`.
+        let receiver: Receiver = futures::stream::iter(stamps)
+            .then(|(publisher, seq)| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let mut buf = payload::buffer(payload::HEADER_LEN);
+                payload::write_header(&mut buf, publisher, seq, 0);
+                Stamp::parse(&buf)
+            })
+            .chain(futures::stream::pending())
+            .boxed();
+        let pool = Arc::new(Pool {
+            received: AtomicU64::new(0),
+            done: watch::channel(false).0,
+        });
+        // The publisher finished before the subscriber got anything measured.
+        let (goal, target) = watch::channel(None);
+        let consumer = tokio::spawn(consume(
+            receiver,
+            pool,
+            target,
+            idle,
+            Instant::now(),
+            false,
+            measured,
+        ));
+        let _ = goal.send(Some(measured));
+        let seen = tokio::time::timeout(Duration::from_secs(60), consumer)
+            .await
+            .expect("the consumer ends once it has every measured message")
+            .expect("the consumer task does not panic");
+        assert_eq!(seen.received, measured);
+    }
 }

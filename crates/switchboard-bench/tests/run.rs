@@ -358,3 +358,91 @@ async fn worker_mode_handles_every_message_once() {
         "{note}"
     );
 }
+
+fn answers(port: u16) -> bool {
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&address, Duration::from_millis(500)).is_ok()
+}
+
+/// `--durable`: `pub` and `pubsub` on memory (switchboard only) and on NATS,
+/// Redis and RabbitMQ next to the raw clients' durable workloads; every
+/// message published is stored (the publisher's count) and every one reaches
+/// the durable subscriber; other modes are `unsupported`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_runs_lose_nothing() {
+    let mut brokers = vec!["memory"];
+    for (kind, port) in [("nats", 4222), ("redis", 6379), ("amqp", 5672)] {
+        if answers(port) {
+            brokers.push(kind);
+        } else {
+            switchboard_conformance::skip_or_fail(format!("no {kind} server on port {port}"));
+        }
+    }
+    let json = temp("durable.json");
+    let runs = bench(
+        &brokers.join(","),
+        &[
+            "--mode",
+            "pub,pubsub",
+            "--durable",
+            "--size",
+            "16,256",
+            "--msgs",
+            "2000",
+            // Only a subscriber that stops making progress waits this long:
+            // one that acks each delivery on a loaded machine may take
+            // seconds for its backlog.
+            "--idle-timeout",
+            "10s",
+        ],
+        &json,
+    )
+    .await;
+    // memory: 2 modes × 2 sizes; the others twice that (raw too).
+    assert_eq!(runs.len(), 4 + 8 * (brokers.len() - 1), "{runs:?}");
+    for run in &runs {
+        check_fields(run);
+        assert_eq!(run["status"], "ok", "{run}");
+        assert_eq!(run["messages"], 2000, "{run}");
+        match run["mode"].as_str().unwrap() {
+            "pub-durable" => assert_eq!(run["subscribers"], 0, "{run}"),
+            "pubsub-durable" => {
+                assert_eq!(run["received"], 2000, "{run}");
+                assert_eq!(run["lost"], 0, "{run}");
+                assert_eq!(run["errors"], 0, "{run}");
+            }
+            other => panic!("mode {other}: {run}"),
+        }
+    }
+    for broker in &brokers[1..] {
+        for implementation in ["switchboard", "raw"] {
+            assert_eq!(
+                runs.iter()
+                    .filter(|r| r["broker"] == *broker && r["implementation"] == implementation)
+                    .count(),
+                4,
+                "{broker} {implementation}: {runs:?}"
+            );
+        }
+    }
+
+    let json = temp("durable-fanout.json");
+    let runs = bench(
+        "memory",
+        &[
+            "--mode",
+            "pub,fanout",
+            "--durable",
+            "--size",
+            "16",
+            "--msgs",
+            "100",
+        ],
+        &json,
+    )
+    .await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0]["status"], "ok", "{:?}", runs[0]);
+    assert_eq!(runs[1]["mode"], "fanout-durable", "{:?}", runs[1]);
+    assert_eq!(runs[1]["status"], "unsupported", "{:?}", runs[1]);
+}

@@ -52,6 +52,9 @@ pub(crate) struct Captured {
     any: AtomicBool,
     subjects: RwLock<Vec<Pattern>>,
     pending: Mutex<Vec<(async_nats::Subject, jetstream::context::PublishAckFuture)>>,
+    /// Held while a publish awaits the oldest PubAcks (the window slid):
+    /// `flush` takes it after its own, so it returns only once those are in too.
+    confirming: tokio::sync::Mutex<()>,
 }
 
 impl Captured {
@@ -113,6 +116,19 @@ impl Captured {
         }
     }
 
+    /// The oldest `count` PubAcks published so far (at most all of them).
+    fn take_oldest(
+        &self,
+        count: usize,
+    ) -> Vec<(async_nats::Subject, jetstream::context::PublishAckFuture)> {
+        let mut pending = match self.pending.lock() {
+            Ok(pending) => pending,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let count = count.min(pending.len());
+        pending.drain(..count).collect()
+    }
+
     /// How many PubAcks wait for a `flush` (JetStream allows 5,000 in flight
     /// per connection: publishing waits for them well before that).
     pub(crate) fn pending_len(&self) -> usize {
@@ -160,9 +176,34 @@ pub(crate) async fn load_captured(
     }
 }
 
-/// Waits for every JetStream publish since the last flush to be stored.
+/// How many of the oldest PubAcks a publish awaits when
+/// [`MAX_PENDING_ACKS`] are outstanding: the window slides by this much, so
+/// the rest stay in flight while it waits (awaiting all of them at once
+/// emptied the pipe each time: ~0.8x the raw client's sliding window).
+pub(crate) const ACK_SLIDE: usize = MAX_PENDING_ACKS / 8;
+
+/// Waits for the oldest [`ACK_SLIDE`] JetStream publishes to be stored
+/// (the publish window is full).
+pub(crate) async fn confirm_oldest(shared: &Shared) -> Result<()> {
+    let _confirming = shared.captured.confirming.lock().await;
+    confirm(shared, shared.captured.take_oldest(ACK_SLIDE)).await
+}
+
+/// Waits for every JetStream publish since the last flush to be stored
+/// (those a publish is awaiting included).
 pub(crate) async fn confirm_pending(shared: &Shared) -> Result<()> {
-    let pending = shared.captured.take_pending();
+    let result = confirm(shared, shared.captured.take_pending()).await;
+    // PubAcks a concurrent publish took (sliding the window) are older than
+    // ours: wait until that publish has them.
+    drop(shared.captured.confirming.lock().await);
+    result
+}
+
+/// Waits for `pending` PubAcks; reports the messages not stored.
+async fn confirm(
+    shared: &Shared,
+    pending: Vec<(async_nats::Subject, jetstream::context::PublishAckFuture)>,
+) -> Result<()> {
     if pending.is_empty() {
         return Ok(());
     }

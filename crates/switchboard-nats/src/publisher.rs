@@ -230,7 +230,7 @@ async fn publish_stored(
     headers: Option<async_nats::HeaderMap>,
 ) -> Result<()> {
     if shared.captured.pending_len() >= crate::durable::MAX_PENDING_ACKS {
-        crate::durable::confirm_pending(shared).await?;
+        crate::durable::confirm_oldest(shared).await?;
     }
     crate::durable::publish(shared, nats_subject, payload, headers)
         .await

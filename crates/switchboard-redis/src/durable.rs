@@ -209,9 +209,18 @@ async fn deliver_all(
     // First this member's own pending entries, then claims and new entries.
     let mut own = Some("0-0".to_string());
     let mut cursor = "0-0".to_string();
+    // When the last claim scan started: entries become claimable only after
+    // their ack deadline (or a nack), so scanning once per `POLL` finds them
+    // as soon as every read did, for a round trip per `POLL` instead of one
+    // per read.
+    let mut claimed_at: Option<tokio::time::Instant> = None;
+    // Reads wait for room for half the read-ahead: with a consumer slower
+    // than Redis (one that acks each delivery), waiting for one free slot
+    // made every read fetch one entry, a round trip (and a claim) per message.
+    let room = (tx.max_capacity() / 2).max(1);
     loop {
-        let permit = tx.reserve().await.map_err(|_| End::Dropped)?;
-        let batch = (tx.capacity() + 1).min(PREFETCH).to_string();
+        let mut permits = tx.reserve_many(room).await.map_err(|_| End::Dropped)?;
+        let batch = (tx.capacity() + room).min(PREFETCH).to_string();
         let mut entries = Vec::new();
         if let Some(from) = own.take() {
             let (next, read) = claim(
@@ -226,15 +235,21 @@ async fn deliver_all(
             }
             entries = read;
         } else {
-            let (next, claimed) = claim(
-                &mut conn,
-                member,
-                control,
-                &[&ack_wait_ms, &batch, &max_deliver, &cursor, "0"],
-            )
-            .await?;
-            cursor = next;
-            entries.extend(claimed);
+            let scanning = cursor != "0-0";
+            if scanning || claimed_at.is_none_or(|at| at.elapsed() >= POLL) {
+                if !scanning {
+                    claimed_at = Some(tokio::time::Instant::now());
+                }
+                let (next, claimed) = claim(
+                    &mut conn,
+                    member,
+                    control,
+                    &[&ack_wait_ms, &batch, &max_deliver, &cursor, "0"],
+                )
+                .await?;
+                cursor = next;
+                entries.extend(claimed);
+            }
             if entries.is_empty() {
                 let args: [&[u8]; 11] = [
                     b"XREADGROUP",
@@ -271,11 +286,12 @@ async fn deliver_all(
                 }
             }
         }
-        let mut permit = Some(permit);
         for entry in entries {
             let item = deliver(entry, member, control);
-            match permit.take() {
-                Some(permit) => permit.send(item),
+            match permits.next() {
+                Some(permit) => {
+                    permit.send(item);
+                }
                 None => tx.send(item).await.map_err(|_| End::Dropped)?,
             }
         }

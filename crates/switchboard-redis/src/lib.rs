@@ -201,10 +201,17 @@
 //! Each publisher keeps a **cache** of the pattern list. A subject that
 //! matches no durable pattern is sent as a plain pipelined `PUBLISH`,
 //! exactly as before (no extra cost but one check per registered pattern);
-//! one that matches goes through `FCALL switchboard_v1_publish` on the same
-//! pipelined connection, so order is kept and
-//! [`flush`](switchboard_core::Publisher::flush) waits for the function's
-//! reply: **`flush` means stored by Redis** for durable subjects.
+//! one that matches exactly one pattern is stored by the publisher itself:
+//! `CLIENT REPLY SKIP`, `PUBLISH`, then `XADD <that pattern's stream>
+//! NOMKSTREAM MAXLEN ~ <stream_maxlen>`, so the one reply it waits for is
+//! the `XADD`'s (a function call costs Redis about as much as the `XADD`
+//! itself; a failed `PUBLISH` is not reported on this path). One that
+//! matches several patterns, or any subject while the pattern list is not
+//! known, goes through `FCALL switchboard_v1_publish`, which reads the
+//! registry itself. All on the same pipelined connection, so order is kept
+//! and [`flush`](switchboard_core::Publisher::flush) waits for the `XADD`'s
+//! or the function's reply: **`flush` means stored by Redis** for durable
+//! subjects.
 //!
 //! The cache is kept fresh by a **routing link**, one pub/sub connection per
 //! handle on the changes channel: it subscribes, then loads the registry
@@ -219,7 +226,7 @@
 //! its last step, and returns only once as many handles acknowledged the
 //! change as Redis said received it (this handle's own publisher applies it
 //! at once). So when it returns, every publisher connected to that Redis
-//! routes matching subjects through the function: a publish made afterwards,
+//! stores matching subjects (by itself or through the function): a publish made afterwards,
 //! by any process, is captured. This is tested with a second, separately
 //! connected handle publishing right after `subscribe_durable` returned, 20
 //! times with no retry (the test fails when the acknowledgement wait is
@@ -294,9 +301,12 @@
 //! switchboard's durable publishes reach the function's own ceiling (1.2x
 //! and 1.1x what `redis-benchmark` gets from it) and are 0.31x (16 B) and
 //! 0.38x (1 KiB) of raw pipelined `XADD`: short of the 0.95x target;
-//! the way there is a lighter function (the publisher names the streams and
-//! the registry version it routes by; the function checks the version
-//! instead of reading and matching the registry). At-most-once subjects
+//! a function call alone costs Redis about what an `XADD` does, so no lighter
+//! function closes that gap. Since then a subject matching exactly one known
+//! pattern skips the function (`CLIENT REPLY SKIP`, `PUBLISH`, `XADD`, see
+//! above): Redis pays the `XADD` and the `PUBLISH`, about 0.85x raw `XADD`
+//! by these per-command costs (BENCHMARKS.md, "Durable mode", has the bench
+//! runs; the numbers in this table are from before). At-most-once subjects
 //! pay one check per registered pattern on the client and nothing on the
 //! server. Commands:
 //!

@@ -71,8 +71,42 @@ pub(crate) enum Routing {
     /// function, which reads the registry itself.
     Unknown,
     /// The durable patterns as the routing link last reported them: a
-    /// subject matching one goes through the function, others are plain.
-    Known(Vec<Pattern>),
+    /// subject matching none is a plain PUBLISH; one matching exactly one
+    /// is stored by the client itself (`XADD` to that pattern's stream, then
+    /// the PUBLISH, no function: a function call costs Redis about as much
+    /// as the `XADD`); one matching several goes through the function.
+    Known(Vec<Route>),
+}
+
+/// A durable pattern and the key of its stream, encoded once.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pattern: Pattern,
+    stream: Vec<u8>,
+}
+
+/// How one publish goes out (see [`Routing`]).
+enum Path<'a> {
+    Plain,
+    Function,
+    Stream(&'a [u8]),
+}
+
+impl Routing {
+    fn path(&self, subject: &str) -> Path<'_> {
+        match self {
+            Routing::Plain => Path::Plain,
+            Routing::Unknown => Path::Function,
+            Routing::Known(routes) => {
+                let mut matching = routes.iter().filter(|r| r.pattern.matches(subject));
+                match (matching.next(), matching.next()) {
+                    (None, _) => Path::Plain,
+                    (Some(route), None) => Path::Stream(&route.stream),
+                    (Some(_), Some(_)) => Path::Function,
+                }
+            }
+        }
+    }
 }
 
 /// The names the durable publish path needs, encoded once.
@@ -158,7 +192,15 @@ impl Shared {
         };
         if take {
             state.version = version;
-            state.routing = Routing::Known(patterns);
+            state.routing = Routing::Known(
+                patterns
+                    .into_iter()
+                    .map(|pattern| Route {
+                        stream: crate::routing::stream_key(&pattern).into_bytes(),
+                        pattern,
+                    })
+                    .collect(),
+            );
         }
         take
     }
@@ -180,7 +222,8 @@ impl Shared {
             tokio::pin!(space);
             space.as_mut().enable();
             {
-                let mut state = lock(&self.state);
+                let mut guard = lock(&self.state);
+                let state = &mut *guard;
                 if state.closed {
                     return Err(Error::Closed { broker: KIND });
                 }
@@ -194,18 +237,21 @@ impl Shared {
                 }
                 if state.buf.len() < HIGH_WATER {
                     let was_empty = state.buf.is_empty();
-                    let durable = match &state.routing {
-                        Routing::Plain => false,
-                        Routing::Unknown => true,
-                        Routing::Known(patterns) => {
-                            !patterns.is_empty()
-                                && patterns
-                                    .iter()
-                                    .any(|p| p.matches(message.subject().as_str()))
+                    match state.routing.path(message.subject().as_str()) {
+                        Path::Plain => {
+                            resp::encode_publish(&mut state.buf, subject, body_len, |out| {
+                                wire::encode_into(headers, payload, out)
+                            })
                         }
-                    };
-                    if durable {
-                        resp::encode_fcall_publish(
+                        Path::Stream(stream) => resp::encode_stored_publish(
+                            &mut state.buf,
+                            stream,
+                            subject,
+                            &self.durable.maxlen,
+                            body_len,
+                            |out| wire::encode_into(headers, payload, out),
+                        ),
+                        Path::Function => resp::encode_fcall_publish(
                             &mut state.buf,
                             crate::routing::PUBLISH_FUNCTION,
                             &self.durable.registry,
@@ -213,14 +259,10 @@ impl Shared {
                             &self.durable.maxlen,
                             body_len,
                             |out| wire::encode_into(headers, payload, out),
-                        );
-                    } else {
-                        resp::encode_publish(&mut state.buf, subject, body_len, |out| {
-                            wire::encode_into(headers, payload, out)
-                        });
+                        ),
                     }
                     state.queued += 1;
-                    drop(state);
+                    drop(guard);
                     if was_empty {
                         self.wake.notify_one();
                     }

@@ -240,6 +240,47 @@ pub(crate) fn encode_publish(
     buf.extend_from_slice(b"\r\n");
 }
 
+/// Appends the durable mode's direct publish of a subject kept in exactly
+/// one stream (see [`crate::routing`]): `CLIENT REPLY SKIP`, `PUBLISH
+/// channel <body>` (whose reply Redis skips), then `XADD <stream> NOMKSTREAM
+/// MAXLEN ~ <maxlen> * s <channel> b <body>`, so one publish still gets one
+/// reply, and that reply is the stream's: an error when storing failed, a
+/// nil when the stream is gone (its last durable consumer was removed).
+/// The body is written once by `write_body` and copied for the `XADD`.
+pub(crate) fn encode_stored_publish(
+    buf: &mut Vec<u8>,
+    stream: &[u8],
+    channel: &[u8],
+    maxlen: &[u8],
+    body_len: usize,
+    write_body: impl FnOnce(&mut Vec<u8>),
+) {
+    buf.extend_from_slice(b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n");
+    encode_publish(buf, channel, body_len, write_body);
+    // The body as `encode_publish` wrote it: just before the final CRLF.
+    let body_end = buf.len() - 2;
+    let body_start = body_end - body_len;
+    buf.extend_from_slice(b"*11\r\n$4\r\nXADD\r\n");
+    for arg in [
+        stream,
+        &b"NOMKSTREAM"[..],
+        b"MAXLEN",
+        b"~",
+        maxlen,
+        b"*",
+        b"s",
+        channel,
+    ] {
+        put_len(buf, b'$', arg.len());
+        buf.extend_from_slice(arg);
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b"$1\r\nb\r\n");
+    put_len(buf, b'$', body_len);
+    buf.extend_from_within(body_start..body_end);
+    buf.extend_from_slice(b"\r\n");
+}
+
 /// Encodes `FCALL <function> 1 <key> <channel> <body> <maxlen>` (the durable
 /// mode's publish, see [`crate::routing`]), the body written in place by
 /// `write_body` as for [`encode_publish`].
@@ -271,6 +312,34 @@ pub(crate) fn encode_fcall_publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_publish_is_three_commands_with_one_reply_owed() {
+        let mut buf = Vec::new();
+        encode_stored_publish(&mut buf, b"st", b"a.b", b"100", 2, |out| {
+            out.extend_from_slice(b"hi")
+        });
+        let mut expected = Vec::new();
+        encode_command(&mut expected, &[b"CLIENT", b"REPLY", b"SKIP"]);
+        encode_command(&mut expected, &[b"PUBLISH", b"a.b", b"hi"]);
+        encode_command(
+            &mut expected,
+            &[
+                b"XADD",
+                b"st",
+                b"NOMKSTREAM",
+                b"MAXLEN",
+                b"~",
+                b"100",
+                b"*",
+                b"s",
+                b"a.b",
+                b"b",
+                b"hi",
+            ],
+        );
+        assert_eq!(buf, expected);
+    }
 
     #[test]
     fn parses_replies_and_waits_for_more() {

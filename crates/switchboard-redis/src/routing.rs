@@ -10,7 +10,8 @@
 //! routing, and then acknowledges the change on the acks channel. Whoever
 //! made the change waits for as many acknowledgements as there were
 //! receivers, so when `subscribe_durable` returns, every connected
-//! publisher routes the new pattern through the durable function.
+//! publisher stores what matches the new pattern (an `XADD` to its stream,
+//! or the durable function when several patterns match).
 //!
 //! A publisher whose link is down, or not yet loaded, routes every publish
 //! through the function (which reads the registry itself), so it misses
