@@ -80,7 +80,9 @@ async fn closed(shutdown: &mut watch::Receiver<bool>) {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves consistent data here (a queue).
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The broker handle's end of the shared pub/sub connection: it starts the
@@ -399,7 +401,11 @@ impl Registry {
             return None;
         }
         map.remove(channel.as_bytes());
-        let command: &'static [u8] = if glob { b"PUNSUBSCRIBE" } else { b"UNSUBSCRIBE" };
+        let command: &'static [u8] = if glob {
+            b"PUNSUBSCRIBE"
+        } else {
+            b"UNSUBSCRIBE"
+        };
         Some((command, channel))
     }
 
@@ -476,13 +482,11 @@ impl Task {
                     let mut error = Some(e);
                     for (id, pattern, ready) in std::mem::take(&mut self.waiting) {
                         self.registry.remove(id, &pattern);
-                        let _ = ready.send(Err(error.take().unwrap_or_else(|| {
-                            Error::Subscribe {
-                                broker: KIND,
-                                pattern: pattern.to_string(),
-                                reason: text.clone(),
-                                source: None,
-                            }
+                        let _ = ready.send(Err(error.take().unwrap_or_else(|| Error::Subscribe {
+                            broker: KIND,
+                            pattern: pattern.to_string(),
+                            reason: text.clone(),
+                            source: None,
                         })));
                     }
                     if self.registry.is_empty() {
@@ -596,7 +600,10 @@ impl Task {
     /// frame, and gives the connection up after all of it.
     async fn serve(&mut self, mut conn: Conn, shutdown: &mut watch::Receiver<bool>) -> Ended {
         let mut out = Vec::new();
-        for (glob, map) in [(false, &self.registry.channels), (true, &self.registry.globs)] {
+        for (glob, map) in [
+            (false, &self.registry.channels),
+            (true, &self.registry.globs),
+        ] {
             let command: &[u8] = if glob { b"PSUBSCRIBE" } else { b"SUBSCRIBE" };
             for channel in map.keys() {
                 resp::encode_command(&mut out, &[command, channel]);
@@ -637,7 +644,7 @@ impl Task {
                     }
                 }
                 command = self.commands.recv() => {
-                    let Some(command) = command else { return None };
+                    let command = command?;
                     self.apply(command, &mut out);
                     // Take what else is queued, so a burst goes in one write.
                     while out.len() < 1 << 20 {
