@@ -752,6 +752,14 @@ impl Task {
                     _ => return Err(format!("Redis answered {text}")),
                 }
             }
+            // A connection subscribed to nothing (every subscription gone)
+            // answers PING outside pub/sub mode.
+            Frame::Simple(text) if text.eq_ignore_ascii_case(b"PONG") => {
+                return match self.pending.pop_front() {
+                    Some(Pending::Ping) => Ok(()),
+                    other => Err(unexpected("a PING answer", other)),
+                };
+            }
             _ => return Ok(()),
         };
         let kind = match items.first().and_then(Frame::bytes) {

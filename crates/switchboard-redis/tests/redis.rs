@@ -836,3 +836,38 @@ async fn throughput() {
     }
     broker.close().await.unwrap();
 }
+
+/// With every subscription gone, the shared connection stays (and is kept
+/// alive by PING, answered outside pub/sub mode); the next subscription
+/// uses it without a reconnection.
+#[tokio::test]
+async fn the_shared_connection_outlives_its_last_subscription() {
+    let p = switchboard_testkit::unique("outlives_last");
+    let options = RedisOptions::new()
+        .name(p.clone())
+        .keepalive(Some(Duration::from_millis(300)));
+    let Some(broker) = shared(options).await else {
+        return;
+    };
+    let sub = broker
+        .subscribe(&format!("{p}.a").parse().unwrap())
+        .await
+        .unwrap();
+    let before = client_ids(&url(), &format!("{p}-sub"));
+    assert_eq!(before.len(), 1, "{before:?}");
+    sub.close().await.unwrap();
+    // Several keepalive PINGs with nothing subscribed.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut sub = broker
+        .subscribe(&format!("{p}.b").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(client_ids(&url(), &format!("{p}-sub")), before);
+    broker
+        .publish(Message::new(format!("{p}.b"), "same").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    assert_eq!(next(&mut sub).await.unwrap().payload_str(), Some("same"));
+    broker.close().await.unwrap();
+}
