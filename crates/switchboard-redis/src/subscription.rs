@@ -185,7 +185,7 @@ impl Hub {
                 })
             }
         }
-        let unsubscribe_wait = self.options.connect_timeout;
+        let unsubscribe_wait = self.options.flush_timeout;
         Ok(
             Subscription::new(pattern.clone(), None, deliveries).with_close(move || {
                 Box::pin(async move {
