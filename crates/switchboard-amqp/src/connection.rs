@@ -20,6 +20,15 @@ use crate::KIND;
 pub(crate) struct Session {
     pub(crate) connection: Arc<Connection>,
     pub(crate) publisher: Channel,
+    /// The channels fan-out subscriptions share on this connection (see
+    /// [`crate::subscription`]), opened as they are needed.
+    pub(crate) shared: tokio::sync::Mutex<Vec<SharedChannel>>,
+}
+
+/// A channel several fan-out consumers share, and how many consume on it.
+pub(crate) struct SharedChannel {
+    pub(crate) channel: Channel,
+    pub(crate) consumers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Session {
@@ -158,6 +167,7 @@ impl Sessions {
                 Session {
                     connection,
                     publisher,
+                    shared: tokio::sync::Mutex::default(),
                 }
             }
             _ => open_session(&self.config, &self.link).await?,
@@ -230,6 +240,7 @@ async fn open_session(config: &Config, link: &Arc<Link>) -> Result<Session> {
         Ok(publisher) => Ok(Session {
             connection: Arc::new(connection),
             publisher,
+            shared: tokio::sync::Mutex::default(),
         }),
         Err(error) => {
             let _ = connection.close(200, "OK".into()).await;

@@ -126,7 +126,12 @@
 //! # Subscriptions and queue groups
 //!
 //! A fan-out subscription consumes its own exclusive, auto-delete,
-//! server-named queue on its own channel. A queue group's members consume one
+//! server-named queue. Up to 64 fan-out consumers share a channel (a channel
+//! each would stop a connection at RabbitMQ's `channel_max`, 2,047 by
+//! default): acks, nacks and the prefetch stay per subscription, closing one
+//! cancels its consumer only, and its queue is declared and bound on a
+//! channel of its own, so a refused declare ends no other subscription. A
+//! queue group's member and a durable consumer keep a channel each. A queue group's members consume one
 //! shared queue, `switchboard.group.<group>@<exchange>`, declared non-durable,
 //! non-exclusive and auto-delete: it exists while the group has members and
 //! the server spreads its messages over them (round-robin, bounded by the

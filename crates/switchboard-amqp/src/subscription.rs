@@ -1,14 +1,28 @@
-//! Subscriptions: a queue bound to the exchange, a consumer on its own channel,
-//! re-declared after a lost connection.
+//! Subscriptions: a queue bound to the exchange and a consumer, re-declared
+//! after a lost connection.
+//!
+//! A fan-out subscription's consumer shares a channel with up to
+//! [`CONSUMERS_PER_CHANNEL`] others (RabbitMQ allows 2,047 channels per
+//! connection by default, so a channel each would end a connection's
+//! subscriptions there). Sharing is safe for them: acks and nacks name their
+//! own delivery tag, the prefetch is per consumer (`basic.qos` without
+//! `global`), unsubscribing cancels the consumer rather than closing the
+//! channel, and what could fail on the server — declaring and binding the
+//! queue — is done on a channel of its own that is then closed, so a refused
+//! declare ends no neighbour. Consuming a queue this connection just declared
+//! exclusively cannot be refused. Queue group and durable subscriptions keep a
+//! channel each: their queues are shared with other connections (a consume
+//! can be refused, which closes the channel) and they are the ones whose
+//! acks and requeues matter most.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -20,7 +34,7 @@ use switchboard_core::{
 };
 use tokio::sync::watch;
 
-use crate::connection::Sessions;
+use crate::connection::{Session, Sessions, SharedChannel};
 use crate::error::{amqp_error, declare_error};
 use crate::request::AmqpReply;
 use crate::{wire, KIND};
@@ -98,10 +112,60 @@ pub(crate) async fn subscribe_durable(
     consume(inner, topology, None).await
 }
 
-/// The channel a subscription currently consumes on, for an explicit close.
-type Current = Arc<Mutex<Option<Channel>>>;
+/// How many fan-out consumers share one channel.
+pub(crate) const CONSUMERS_PER_CHANNEL: usize = 64;
 
-fn set_current(current: &Current, channel: Option<Channel>) {
+/// The channel a subscription currently consumes on, for an explicit close.
+type Current = Arc<Mutex<Option<Held>>>;
+
+/// A subscription's hold on its channel.
+enum Held {
+    /// A channel of its own (queue groups, durable consumers): closing it
+    /// cancels the consumer and requeues what is unacknowledged.
+    Own(Channel),
+    /// A place on a shared channel: unsubscribing cancels the consumer
+    /// `tag`; the lease gives the place back when dropped.
+    Shared {
+        channel: Channel,
+        tag: ShortString,
+        _lease: Lease,
+    },
+}
+
+/// One consumer's place on a shared channel, given back on drop.
+struct Lease(Arc<AtomicUsize>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A place on one of the session's shared channels: the first live one
+/// with room, else a new one (with the prefetch set per consumer).
+async fn lease(session: &Session, prefetch: u16) -> lapin::Result<(Channel, Lease)> {
+    let mut shared = session.shared.lock().await;
+    shared.retain(|entry| entry.channel.status().connected());
+    for entry in shared.iter() {
+        let taken = entry.consumers.fetch_add(1, Ordering::AcqRel);
+        if taken < CONSUMERS_PER_CHANNEL {
+            return Ok((entry.channel.clone(), Lease(entry.consumers.clone())));
+        }
+        entry.consumers.fetch_sub(1, Ordering::AcqRel);
+    }
+    let channel = session.connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumers = Arc::new(AtomicUsize::new(1));
+    shared.push(SharedChannel {
+        channel: channel.clone(),
+        consumers: consumers.clone(),
+    });
+    Ok((channel, Lease(consumers)))
+}
+
+fn set_current(current: &Current, channel: Option<Held>) {
     let mut guard = match current.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
@@ -186,13 +250,33 @@ async fn consume(
                     };
                     guard.take()
                 };
-                let Some(channel) = channel.filter(|c| c.status().connected()) else {
-                    return Ok(());
+                let closing_channel = match channel {
+                    Some(Held::Own(channel)) if channel.status().connected() => {
+                        // Closing the channel cancels the consumer; the server
+                        // requeues what was delivered and not acknowledged.
+                        async move { channel.close(200, "OK".into()).await }.boxed()
+                    }
+                    Some(Held::Shared {
+                        channel,
+                        tag,
+                        _lease,
+                    }) if channel.status().connected() => {
+                        // Only this consumer goes; its exclusive queue is
+                        // deleted with it (auto-delete), so what it had
+                        // unacknowledged goes too, as with a closed channel.
+                        async move {
+                            let cancelled = channel
+                                .basic_cancel(tag, BasicCancelOptions::default())
+                                .await;
+                            drop(_lease);
+                            cancelled
+                        }
+                        .boxed()
+                    }
+                    _ => return Ok(()),
                 };
-                // Closing the channel cancels the consumer; the server
-                // requeues what was delivered and not acknowledged. A frozen
-                // link never confirms: the wait is bounded, as on every broker.
-                match tokio::time::timeout(close_timeout, channel.close(200, "OK".into())).await {
+                // A frozen link never confirms: the wait is bounded, as on every broker.
+                match tokio::time::timeout(close_timeout, closing_channel).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(error)) => {
                         tracing::debug!(%error, "closing a subscription's AMQP channel");
@@ -218,10 +302,13 @@ async fn declare(inner: &Sessions, topology: &Topology, current: &Current) -> Re
         attempt += 1;
         let session = inner.session().await?;
         let steps = async {
+            let fanout = topology.durable.is_none() && topology.group_queue.is_none();
             let channel = session.connection.create_channel().await?;
-            channel
-                .basic_qos(inner.config.options.prefetch, BasicQosOptions::default())
-                .await?;
+            if !fanout {
+                channel
+                    .basic_qos(inner.config.options.prefetch, BasicQosOptions::default())
+                    .await?;
+            }
             let queue = match (&topology.durable, &topology.group_queue) {
                 (Some(durable), _) => {
                     let options = QueueDeclareOptions {
@@ -265,7 +352,22 @@ async fn declare(inner: &Sessions, topology: &Topology, current: &Current) -> Re
                     FieldTable::default(),
                 )
                 .await?;
-            let consumer = channel
+            if !fanout {
+                let consumer = channel
+                    .basic_consume(
+                        queue,
+                        "".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                return Ok::<_, lapin::Error>((Held::Own(channel), consumer));
+            }
+            // The declaring channel has done its part; closing it (in the
+            // background: its queue is this connection's) costs no round trip.
+            drop(channel);
+            let (shared, lease) = lease(&session, inner.config.options.prefetch).await?;
+            let consumer = shared
                 .basic_consume(
                     queue,
                     "".into(),
@@ -273,7 +375,12 @@ async fn declare(inner: &Sessions, topology: &Topology, current: &Current) -> Re
                     FieldTable::default(),
                 )
                 .await?;
-            Ok::<_, lapin::Error>((channel, consumer))
+            let held = Held::Shared {
+                channel: shared,
+                tag: consumer.tag(),
+                _lease: lease,
+            };
+            Ok((held, consumer))
         };
         let error = match tokio::time::timeout(timeout, steps).await {
             Ok(Ok((channel, consumer))) => {

@@ -710,3 +710,187 @@ async fn publish_throughput_vs_raw_lapin() {
     );
     broker.close().await.unwrap();
 }
+
+/// Issue 13: more fan-out subscriptions on one handle than RabbitMQ allows
+/// channels on a connection (2,047 by default): they share channels, and a
+/// message to each subject reaches exactly its subscriber.
+#[tokio::test]
+async fn more_subscriptions_than_channels_each_get_exactly_theirs() {
+    const N: usize = 3_000;
+    let broker = broker_or_skip!();
+    let p = switchboard_testkit::unique("more_subscriptions_than_channels");
+    let subscriptions: Vec<_> = futures::stream::iter(0..N)
+        .map(|i| {
+            let broker = broker.clone();
+            let p = p.clone();
+            async move {
+                let sub = broker
+                    .subscribe(&format!("{p}.s{i}").parse().unwrap())
+                    .await
+                    .unwrap();
+                (i, sub)
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for i in 0..N {
+        broker
+            .publish(Message::new(format!("{p}.s{i}"), format!("{i}")).unwrap())
+            .await
+            .unwrap();
+    }
+    broker.flush().await.unwrap();
+    let mut subscriptions = subscriptions;
+    subscriptions.sort_by_key(|(i, _)| *i);
+    for (i, sub) in &mut subscriptions {
+        let mut d = next(sub).await;
+        assert_eq!(d.subject().as_str(), format!("{p}.s{i}"));
+        assert_eq!(d.payload_str(), Some(format!("{i}").as_str()));
+        d.ack().await.unwrap();
+    }
+    for (i, sub) in &mut subscriptions {
+        if let Ok(Some(item)) = tokio::time::timeout(Duration::ZERO, sub.next()).await {
+            panic!("subscription {i} got an extra item: {item:?}");
+        }
+    }
+    drop(subscriptions);
+    broker.close().await.unwrap();
+}
+
+/// Fan-out subscriptions sharing a channel keep their own acks, nacks,
+/// rejects and prefetch windows, and closing one leaves the others.
+#[tokio::test]
+async fn subscriptions_sharing_a_channel_keep_their_own_acks() {
+    let broker = broker_or_skip!(&with_params(&url(), "prefetch=1"));
+    let p = switchboard_testkit::unique("sharing_a_channel_acks");
+    let mut subs = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        subs.push(
+            broker
+                .subscribe(&format!("{p}.{name}").parse().unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    let [a, b, c, d] = &mut subs[..] else {
+        unreachable!()
+    };
+    for name in ["a", "b", "c", "d"] {
+        publish_numbered(&broker, &format!("{p}.{name}"), name, 2).await;
+    }
+    // a nacks: its own message comes back, redelivered.
+    let mut first = next(a).await;
+    assert_eq!(first.payload_str(), Some("a0"));
+    first.nack().await.unwrap();
+    let mut again = next(a).await;
+    assert_eq!(again.payload_str(), Some("a0"));
+    assert!(again.redelivered());
+    again.ack().await.unwrap();
+    // b rejects: gone, and its next one comes.
+    let mut rejected = next(b).await;
+    assert_eq!(rejected.payload_str(), Some("b0"));
+    rejected.reject().await.unwrap();
+    let mut b1 = next(b).await;
+    assert_eq!(b1.payload_str(), Some("b1"));
+    assert!(!b1.redelivered());
+    b1.ack().await.unwrap();
+    // c holds its delivery unsettled: its window (prefetch 1) is full...
+    let held = next(c).await;
+    assert_eq!(held.payload_str(), Some("c0"));
+    nothing_more(c).await;
+    // ...which stalls nobody else.
+    let mut a1 = next(a).await;
+    assert_eq!(a1.payload_str(), Some("a1"));
+    a1.ack().await.unwrap();
+    for i in 0..2 {
+        let mut delivery = next(d).await;
+        assert_eq!(delivery.payload_str(), Some(format!("d{i}").as_str()));
+        delivery.ack().await.unwrap();
+    }
+    // Closing c (its unsettled delivery goes with its queue) ends nobody else.
+    drop(held);
+    let c = subs.remove(2);
+    c.close().await.unwrap();
+    for (sub, name) in subs.iter_mut().zip(["a", "b", "d"]) {
+        broker
+            .publish(Message::new(format!("{p}.{name}"), "after").unwrap())
+            .await
+            .unwrap();
+        broker.flush().await.unwrap();
+        let mut delivery = next(sub).await;
+        assert_eq!(delivery.payload_str(), Some("after"));
+        delivery.ack().await.unwrap();
+        nothing_more(sub).await;
+    }
+    broker.close().await.unwrap();
+}
+
+/// A subscription the server refuses (its queue exists with other
+/// arguments) fails alone: the subscriptions already there, sharing
+/// channels, keep receiving and report nothing.
+#[tokio::test]
+async fn a_refused_subscription_ends_no_neighbour() {
+    let broker = broker_or_skip!();
+    let p = switchboard_testkit::unique("a_refused_subscription");
+    let mut neighbours = Vec::new();
+    for i in 0..3 {
+        neighbours.push(
+            broker
+                .subscribe(&format!("{p}.n{i}").parse().unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    // The group's queue, declared durable elsewhere: switchboard's
+    // non-durable declare of it is refused (PRECONDITION_FAILED).
+    let group = format!("{p}-g");
+    let queue = format!(
+        "{}{group}@{}",
+        switchboard_amqp::GROUP_QUEUE_PREFIX,
+        broker.options().exchange
+    );
+    let raw = raw_connection().await;
+    let channel = raw.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let refused = broker
+        .subscribe_group(&format!("{p}.g").parse().unwrap(), &group.parse().unwrap())
+        .await;
+    assert!(
+        matches!(refused, Err(Error::Subscribe { .. })),
+        "{refused:?}"
+    );
+    // And one more fan-out subscription after it works.
+    neighbours.push(
+        broker
+            .subscribe(&format!("{p}.n3").parse().unwrap())
+            .await
+            .unwrap(),
+    );
+    for (i, sub) in neighbours.iter_mut().enumerate() {
+        broker
+            .publish(Message::new(format!("{p}.n{i}"), "still").unwrap())
+            .await
+            .unwrap();
+        broker.flush().await.unwrap();
+        let mut delivery = next(sub).await;
+        assert_eq!(delivery.payload_str(), Some("still"));
+        delivery.ack().await.unwrap();
+        nothing_more(sub).await;
+    }
+    channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    broker.close().await.unwrap();
+}

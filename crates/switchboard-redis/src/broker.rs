@@ -49,6 +49,9 @@ struct Inner {
     options: RedisOptions,
     publisher: Arc<publisher::Shared>,
     requests: request::Requests,
+    /// The shared pub/sub connection of every PUBSUB subscription (and
+    /// request inbox) made from this handle, opened by the first one.
+    subscriptions: subscription::Hub,
     writer: Mutex<Option<JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
     /// The control connection (durable mode), or why the durable mode is
@@ -130,12 +133,19 @@ impl RedisBroker {
             Ok((control, routing)) => (Ok(control), Some(routing)),
             Err(reason) => (Err(reason), None),
         };
+        let subscriptions = subscription::Hub::new(
+            target.clone(),
+            options.clone(),
+            shutdown.subscribe(),
+            publisher.clone(),
+        );
         Ok(RedisBroker {
             inner: Arc::new(Inner {
                 target,
                 options,
                 publisher,
                 requests: request::Requests::default(),
+                subscriptions,
                 writer: Mutex::new(Some(writer)),
                 shutdown,
                 control,
@@ -188,20 +198,14 @@ impl Publisher for RedisBroker {
 
 #[async_trait]
 impl Subscriber for RedisBroker {
-    /// Opens a pub/sub connection for this subscription and resolves once Redis
-    /// confirmed the SUBSCRIBE (literal pattern) or PSUBSCRIBE (wildcards).
+    /// Subscribes on the handle's shared pub/sub connection (opened by the
+    /// first subscription) and resolves once Redis confirmed the SUBSCRIBE
+    /// (literal pattern) or PSUBSCRIBE (wildcards).
     async fn subscribe(&self, pattern: &Pattern) -> Result<Subscription> {
         if self.inner.publisher.is_closed() {
             return Err(Error::Closed { broker: KIND });
         }
-        subscription::subscribe(
-            self.inner.target.clone(),
-            self.inner.options.clone(),
-            pattern,
-            self.inner.shutdown.subscribe(),
-            self.inner.publisher.clone(),
-        )
-        .await
+        self.inner.subscriptions.subscribe(pattern).await
     }
 
     /// Always [`Error::Unsupported`]: Redis PUBSUB delivers every message to every subscriber.
@@ -302,10 +306,9 @@ impl Broker for RedisBroker {
         }
         request::request(
             &self.inner.requests,
+            &self.inner.subscriptions,
             &self.inner.target,
             &self.inner.options,
-            self.inner.shutdown.subscribe(),
-            self.inner.publisher.clone(),
             message,
             timeout,
         )

@@ -14,8 +14,8 @@
 //! The crate has the layout of every switchboard adapter: `options` (the
 //! [`RedisOptions`] builder and URL parsing), `connection` (connecting and the
 //! handshake), `broker` ([`RedisBroker`]), `publisher` (the pipelined
-//! publishing connection), `subscription` (one connection per
-//! subscription), [`wire`] (the header envelope), `error` (how connecting
+//! publishing connection), `subscription` (the pub/sub connection every
+//! subscription of a handle shares), [`wire`] (the header envelope), `error` (how connecting
 //! fails) and `tls`, plus `resp`, the part of the Redis protocol it speaks;
 //! [`DRIVER`] is its entry for `switchboard::connect`.
 //!
@@ -29,8 +29,8 @@
 //!   same `WRONGPASS` reply, so the error cannot say which of the two it was;
 //!   it names the user, never the password;
 //! - `redis+cluster://[user:password@]h1:7001,h2:7002,h3:7003` — a Redis
-//!   Cluster: one connection per use (publishing, each subscription) to one
-//!   of the nodes, the one that answered last first; PUBSUB messages reach
+//!   Cluster: one connection per use (publishing, the shared subscription
+//!   connection) to one of the nodes, the one that answered last first; PUBSUB messages reach
 //!   every node of a cluster, so a subscriber on one node receives what is
 //!   published through another, and a connection whose node dies moves to
 //!   the next. Database 0 only, and no durable mode yet (its registry,
@@ -92,7 +92,7 @@
 //! | [`tls`](RedisOptions::tls) | `ca=`, `cert=`, `key=`, `tls_server_name=` (`rediss://` only) | the platform's trust store | CA files, client certificate, server name (see [TLS](#tls)) |
 //! | [`flush_timeout`](RedisOptions::flush_timeout) | `flush_timeout=10s` | 10 s | how long `flush` (and `close`) wait for Redis's replies |
 //! | [`name`](RedisOptions::name) | `name=billing` | `switchboard` | the name in `CLIENT LIST` |
-//! | [`capacity`](RedisOptions::capacity) | `capacity=N` | 2^20 | deliveries buffered per subscription |
+//! | [`capacity`](RedisOptions::capacity) | `capacity=N` | 2^20 | deliveries buffered per subscription (allocated as they come, so an idle subscription holds none) |
 //! | [`keepalive`](RedisOptions::keepalive) | `keepalive=15s`, `keepalive=off` | 15 s | a connection silent this long (PING unanswered) is dropped and renewed |
 //! | [`reconnect_backoff`](RedisOptions::reconnect_backoff) | | 100 ms to 5 s ([`Backoff::DEFAULT`](switchboard_core::Backoff::DEFAULT)) | delay between reconnection attempts |
 //! | [`stream_maxlen`](RedisOptions::stream_maxlen) | `stream_maxlen=N` | 1,000,000 | `XADD ... MAXLEN ~ N` of durable streams (see [Durable mode](#durable-mode)) |
@@ -356,27 +356,39 @@
 //! the replies. `flush` waits until every PUBLISH made before it is answered,
 //! and reports those that failed.
 //!
-//! Each subscription has its own pub/sub connection, so a slow subscription
-//! affects nobody else and is reconnected on its own. Subscribing resolves once
-//! Redis confirmed the SUBSCRIBE (literal patterns) or PSUBSCRIBE. The
-//! connections speak RESP directly rather than through redis-rs, whose
-//! pub/sub buffers without bound, which would hide a subscriber falling behind.
+//! Every PUBSUB subscription of a handle (and every request's inbox) shares
+//! one pub/sub connection (`<name>-sub` in `CLIENT LIST`), opened by the
+//! first subscription: 10,000 subscriptions are one connection, not 10,000
+//! (Redis's default `maxclients` is 10,000). A channel or glob is subscribed
+//! once, however many subscriptions want it; each message goes to every
+//! subscription on its channel or glob, each checking it against its own
+//! pattern. Subscribing resolves once Redis confirmed the SUBSCRIBE (literal
+//! patterns) or PSUBSCRIBE; dropping a subscription UNSUBSCRIBEs when it was
+//! the last on its channel, and [`Subscription::close`](switchboard_core::Subscription::close)
+//! waits for Redis to confirm that. An idle subscription costs well under
+//! 2 KiB of this process's memory. The connection speaks RESP directly
+//! rather than through redis-rs, whose pub/sub buffers without bound, which
+//! would hide a subscriber falling behind. Durable subscriptions keep a
+//! connection each (see [Durable mode](#durable-mode)).
 //!
 //! # Slow subscribers and reconnecting
 //!
 //! A subscription buffers a bounded number of deliveries
-//! ([`RedisOptions::capacity`]). When the application does not
-//! keep up, the adapter stops reading the connection; if that lasts, Redis
-//! disconnects the subscriber (`client-output-buffer-limit pubsub`). Whenever a
-//! subscription's connection breaks (that, `CLIENT KILL`, a restart, the
-//! network, a dead link), its stream yields one
+//! ([`RedisOptions::capacity`]). The shared connection is never stalled for
+//! one slow reader (that would hold up every other subscription of the
+//! handle): when a subscription's buffer is full, what comes for it is
+//! dropped and counted, and its stream yields one
+//! [`Error::Lost`](switchboard_core::Error::Lost) item with the exact count,
+//! in the place of the messages it stands for. Whenever the shared
+//! connection breaks (`CLIENT KILL`, a restart, the network, a dead link, or
+//! Redis's `client-output-buffer-limit pubsub` if this process cannot read
+//! as fast as Redis sends), every subscription's stream yields one
 //! [`Error::Disconnected`](switchboard_core::Error::Disconnected) item saying
-//! the connection was lost and is being renewed (and, only if the subscriber
-//! was behind just before, that Redis disconnects subscribers that fall
-//! behind), then the adapter reconnects and resubscribes with a backoff
+//! the connection was lost and is being renewed, then the adapter reconnects
+//! and subscribes every channel and glob again with a backoff
 //! (100 ms doubling to 5 s), logging one line when it is back
-//! (`redis: resubscribed to 'alerts.>' after 1.2s`; failed attempts only at
-//! debug level), and the stream goes on. Messages published meanwhile are
+//! (`redis: resubscribed to 'switchboard-sub' after 1.2s`; failed attempts only at
+//! debug level), and the streams go on. Messages published meanwhile are
 //! lost: PUBSUB keeps nothing. Nothing is ever dropped silently on the client
 //! side: a message on a channel that is not a valid subject (a plain client
 //! can `PUBLISH 'a.bad subject' x`) is an
@@ -391,15 +403,14 @@
 //!
 //! A connection can stop passing bytes without Redis or the kernel saying so:
 //! the host vanishes, a NAT or firewall forgets the connection, a proxy hangs.
-//! With `keepalive=D` (15 s by default), a subscription's connection sends
+//! With `keepalive=D` (15 s by default), the subscriptions' connection sends
 //! `PING` after `D/3` without a frame and is given up when nothing came for
 //! `D`; the publishing connection PINGs when idle the same way, and gives up
 //! when replies are owed and nothing came for `D`. Either is then handled as
-//! above: the subscription reports `Disconnected` and resubscribes, the
+//! above: the subscriptions report `Disconnected` and resubscribe, the
 //! publishes awaiting replies are reported by `flush`, and
 //! [`Broker::status`] says disconnected
-//! until the publishing connection is back. A subscriber that is behind is
-//! not read, so its silence is not held against the link. With
+//! until the publishing connection is back. With
 //! `keepalive=off`, only TCP keepalive is left (on every connection: first
 //! probe after 15 s of silence, then every 5 s, 3 unanswered probes), which
 //! notices a vanished host after about 30 s but never a peer that is up and

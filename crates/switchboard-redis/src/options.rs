@@ -15,7 +15,7 @@ pub use switchboard_core::options::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_FLUSH_TIMEOUT, DEFAULT_KEEPALIVE,
 };
 
-/// Deliveries a subscription buffers before its connection stops being read, unless configured.
+/// Deliveries a subscription buffers before it drops (and counts) what comes, unless configured.
 ///
 /// 2^20, as for NATS: Redis disconnects a subscriber whose server-side backlog
 /// passes `client-output-buffer-limit pubsub` (32 MiB by default), which a
@@ -100,8 +100,8 @@ pub struct RedisOptions {
     /// How long `flush` (and the flush in `close`) waits for Redis's replies.
     /// URL: `flush_timeout=10s`; default [`DEFAULT_FLUSH_TIMEOUT`].
     pub flush_timeout: Duration,
-    /// Deliveries each subscription buffers before its connection stops
-    /// being read (0 is read as 1). URL: `capacity=N`; default [`DEFAULT_CAPACITY`].
+    /// Deliveries each subscription buffers before it drops what comes and
+    /// reports how many (0 is read as 1). URL: `capacity=N`; default [`DEFAULT_CAPACITY`].
     pub capacity: usize,
     /// The name connections show in `CLIENT LIST` (subscriptions add
     /// `-sub`; characters other than visible ASCII become `-`). URL:
@@ -167,10 +167,12 @@ impl RedisOptions {
         self
     }
 
-    /// How many deliveries each subscription buffers. When the buffer is full
-    /// the subscription's connection is not read until the application catches
-    /// up; if that lasts, Redis disconnects it and the stream reports
-    /// [`Error::Disconnected`](switchboard_core::Error::Disconnected).
+    /// How many deliveries each subscription buffers (allocated as they
+    /// come). When the buffer is full, what comes for the subscription is
+    /// dropped and counted, and the stream yields one
+    /// [`Error::Lost`](switchboard_core::Error::Lost) item with the count: the
+    /// connection every subscription of the handle shares is never stalled
+    /// for one slow reader.
     /// URL: `capacity=65536`.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
@@ -178,7 +180,7 @@ impl RedisOptions {
     }
 
     /// The name connections show in `CLIENT LIST`: the publishing connection
-    /// uses `name`, subscription connections `name-sub`. Spaces become `-`
+    /// uses `name`, the subscriptions' shared connection `name-sub`. Spaces become `-`
     /// (Redis refuses them); an empty name keeps the one set before.
     /// URL: `name=billing`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -190,7 +192,7 @@ impl RedisOptions {
     }
 
     /// How soon a connection that passes nothing is declared dead. A
-    /// subscription's connection sends `PING` after `keepalive / 3` of
+    /// the subscriptions' connection sends `PING` after `keepalive / 3` of
     /// silence and is dropped (reported as
     /// [`Error::Disconnected`](switchboard_core::Error::Disconnected), then
     /// resubscribed) when nothing came back for `keepalive`; the publishing

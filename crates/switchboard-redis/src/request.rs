@@ -7,10 +7,9 @@
 //!
 //! The request's PUBLISH goes through a connection of its own (the pipelined
 //! publishing connection does not hand back PUBLISH's answer), opened on the
-//! first request and kept. Each request subscribes its inbox on a new
-//! connection: a request costs a connection set-up more than a NATS request
-//! does — request/reply on Redis is for commands and queries, not for a
-//! stream of messages.
+//! first request and kept. Each request subscribes its inbox on the handle's
+//! shared pub/sub connection and unsubscribes it afterwards: a request costs
+//! three round trips (SUBSCRIBE, PUBLISH, the reply).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +19,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use switchboard_core::{
     async_trait, Bytes, Error, Headers, Message, Pattern, Reply, Result, Subject,
 };
-use tokio::sync::{watch, Mutex};
+use tokio::sync::Mutex;
 
 use crate::connection::Conn;
 use crate::options::{RedisOptions, Target};
@@ -44,10 +43,9 @@ pub(crate) struct Requests {
 /// Sends `message` as a request and waits up to `timeout` for the reply.
 pub(crate) async fn request(
     requests: &Requests,
+    subscriptions: &subscription::Hub,
     target: &Target,
     options: &RedisOptions,
-    shutdown: watch::Receiver<bool>,
-    replies: Arc<publisher::Shared>,
     message: Message,
     timeout: Duration,
 ) -> Result<Message> {
@@ -59,13 +57,7 @@ pub(crate) async fn request(
         Alphanumeric.sample_string(&mut rand::rng(), 22)
     ))?;
     let inbox_pattern = Pattern::from(inbox.clone());
-    let subscribing = subscription::subscribe(
-        target.clone(),
-        options.clone(),
-        &inbox_pattern,
-        shutdown,
-        replies,
-    );
+    let subscribing = subscriptions.subscribe(&inbox_pattern);
     let mut inbox_subscription = tokio::time::timeout_at(deadline, subscribing)
         .await
         .map_err(|_| timed_out())??;

@@ -1,32 +1,43 @@
-//! Subscriptions: each has its own pub/sub connection and task, which
-//! (re)connects, sends SUBSCRIBE or PSUBSCRIBE, filters every message with
-//! [`Pattern::matches`] and forwards it through a bounded channel.
+//! Subscriptions: every PUBSUB subscription of a broker handle shares one
+//! pub/sub connection (`<name>-sub`), owned by one task, the hub. It sends
+//! SUBSCRIBE or PSUBSCRIBE once per distinct channel or glob (UNSUBSCRIBE
+//! when the last subscription on it goes), and hands each message to the
+//! subscriptions on its channel or glob, each checking it with
+//! [`Pattern::matches`].
 //!
-//! When the channel is full the task stops reading the socket (backpressure),
-//! so a subscriber that falls behind makes Redis disconnect it
-//! (`client-output-buffer-limit pubsub`) rather than messages being dropped
-//! silently; the disconnection is reported as an `Err` item, then the task
-//! reconnects and resubscribes.
+//! Each subscription has a bounded queue ([`RedisOptions::capacity`]) that
+//! allocates nothing until a message is waiting, so an idle subscription
+//! costs a few hundred bytes. The hub never waits for a reader (that would
+//! stall every other subscription of the handle): when a queue is full the
+//! message is dropped and counted, and the stream yields one [`Error::Lost`]
+//! item with the exact count where the messages went missing.
 //!
-//! While it reads, the task also watches the link: after a third of the
+//! While it reads, the hub also watches the link: after a third of the
 //! keepalive time without a frame it sends `PING` (allowed on a subscribed
 //! connection), and a whole keepalive time without a frame means the link is
-//! dead.
+//! dead. A lost connection gives every subscription one
+//! [`Error::Disconnected`] item; the hub reconnects with the backoff and
+//! subscribes every channel and glob again.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures::stream;
+use futures::Stream;
 use switchboard_core::{
     Delivery, Error, Message, Pattern, Result, Subject, Subscription, SubscriptionLink, Token,
 };
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::connection::Conn;
 use crate::options::{RedisOptions, Target};
 use crate::request::{RedisReply, REPLY_TO};
-use crate::resp::Frame;
+use crate::resp::{self, Frame};
 use crate::{publisher, wire, KIND};
 
 /// The Redis channel or glob a pattern subscribes to, and whether it is a glob.
@@ -67,290 +78,766 @@ async fn closed(shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
-pub(crate) async fn subscribe(
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent data here (a queue).
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The broker handle's end of the shared pub/sub connection: it starts the
+/// hub task on the first subscription (a handle that only publishes opens no
+/// pub/sub connection) and hands it commands.
+pub(crate) struct Hub {
     target: Target,
     options: RedisOptions,
-    pattern: &Pattern,
     shutdown: watch::Receiver<bool>,
     replies: Arc<publisher::Shared>,
-) -> Result<Subscription> {
-    if *shutdown.borrow() {
-        return Err(Error::Closed { broker: KIND });
-    }
-    let (tx, mut rx) = mpsc::channel(options.capacity.max(1));
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let wait = options.connect_timeout * 2;
-    let task = tokio::spawn(run(
-        target,
-        options,
-        pattern.clone(),
-        tx,
-        ready_tx,
-        shutdown,
-        replies,
-    ));
-    let subscribe_error = |reason: String| Error::Subscribe {
-        broker: KIND,
-        pattern: pattern.to_string(),
-        reason,
-        source: None,
-    };
-    match tokio::time::timeout(wait, ready_rx).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => return Err(e),
-        Ok(Err(_)) => return Err(Error::Closed { broker: KIND }),
-        Err(_) => {
-            task.abort();
-            return Err(subscribe_error(format!(
-                "Redis did not confirm the subscription within {wait:?}"
-            )));
+    commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    /// A hub whose connection is opened by the first subscription.
+    pub(crate) fn new(
+        target: Target,
+        options: RedisOptions,
+        shutdown: watch::Receiver<bool>,
+        replies: Arc<publisher::Shared>,
+    ) -> Self {
+        Hub {
+            target,
+            options,
+            shutdown,
+            replies,
+            commands: Mutex::new(None),
+            next_id: AtomicU64::new(0),
         }
     }
-    let deliveries = stream::poll_fn(move |cx| rx.poll_recv(cx));
-    Ok(
-        Subscription::new(pattern.clone(), None, deliveries).with_close(move || {
-            Box::pin(async move {
-                // The stream is dropped by now, so the task ends and its
-                // connection closes (which unsubscribes).
-                let _ = task.await;
-                Ok(())
+
+    /// The hub task's command queue, starting the task if it is not running.
+    fn commands(&self) -> mpsc::UnboundedSender<Command> {
+        let mut commands = lock(&self.commands);
+        if let Some(tx) = commands.as_ref().filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = Task {
+            target: self.target.clone(),
+            options: self.options.clone(),
+            replies: self.replies.clone(),
+            commands: rx,
+            registry: Registry::default(),
+            pending: VecDeque::new(),
+            waiting: Vec::new(),
+            resubscribing: 0,
+            link: SubscriptionLink::new(KIND, format!("{}-sub", self.options.client_name())),
+        };
+        tokio::spawn(task.run(self.shutdown.clone()));
+        *commands = Some(tx.clone());
+        tx
+    }
+
+    /// Subscribes `pattern` and resolves once Redis confirmed it.
+    pub(crate) async fn subscribe(&self, pattern: &Pattern) -> Result<Subscription> {
+        if *self.shutdown.borrow() {
+            return Err(Error::Closed { broker: KIND });
+        }
+        let capacity = self.options.capacity.max(1);
+        let slot = Arc::new(Slot {
+            pattern: pattern.clone(),
+            capacity,
+            queue: Mutex::new(Queue::default()),
+        });
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let commands = self.commands();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        // Made before the command is sent: dropping it (a timeout, a
+        // cancelled subscribe) takes the subscription out again.
+        let deliveries = Deliveries {
+            slot: slot.clone(),
+            id,
+            commands: commands.clone(),
+            done: Some(done_tx),
+        };
+        let member = Member { id, slot };
+        if commands
+            .send(Command::Subscribe {
+                member,
+                ready: ready_tx,
             })
-        }),
-    )
-}
-
-/// Connects and subscribes, returning the connection once Redis confirmed.
-async fn open(target: &Target, options: &RedisOptions, pattern: &Pattern) -> Result<Conn> {
-    let (channel, glob) = channel_for(pattern);
-    let command: &[u8] = if glob { b"PSUBSCRIBE" } else { b"SUBSCRIBE" };
-    let name = format!("{}-sub", options.client_name());
-    let mut conn = target.connect(options.connect_timeout, &name).await?;
-    let failed = |reason: String| Error::Subscribe {
-        broker: KIND,
-        pattern: pattern.to_string(),
-        reason,
-        source: None,
-    };
-    let confirm = async {
-        conn.command(&[command, channel.as_bytes()])
-            .await
-            .map_err(|e| failed(e.to_string()))
-    };
-    let reply = tokio::time::timeout(options.connect_timeout, confirm)
-        .await
-        .map_err(|_| failed("Redis did not confirm in time".into()))??;
-    match reply {
-        Frame::Array(Some(items))
-            if items.first().and_then(Frame::bytes).is_some_and(|kind| {
-                kind.eq_ignore_ascii_case(b"subscribe") || kind.eq_ignore_ascii_case(b"psubscribe")
-            }) =>
+            .is_err()
         {
-            Ok(conn)
+            return Err(Error::Closed { broker: KIND });
         }
-        other => Err(failed(format!("Redis answered {}", other.describe()))),
+        let wait = self.options.connect_timeout * 2;
+        match tokio::time::timeout(wait, ready_rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Err(_)) => return Err(Error::Closed { broker: KIND }),
+            Err(_) => {
+                return Err(Error::Subscribe {
+                    broker: KIND,
+                    pattern: pattern.to_string(),
+                    reason: format!("Redis did not confirm the subscription within {wait:?}"),
+                    source: None,
+                })
+            }
+        }
+        let unsubscribe_wait = self.options.flush_timeout;
+        Ok(
+            Subscription::new(pattern.clone(), None, deliveries).with_close(move || {
+                Box::pin(async move {
+                    // The stream is dropped by now, which sent the UNSUBSCRIBE
+                    // (when it was the last on its channel); wait for Redis to
+                    // confirm it. A hub that is gone (the handle closed) or a
+                    // connection that is down has nothing left to undo.
+                    let _ = tokio::time::timeout(unsubscribe_wait, done_rx).await;
+                    Ok(())
+                })
+            }),
+        )
     }
 }
 
-async fn run(
+impl Drop for Hub {
+    fn drop(&mut self) {
+        // Subscriptions still alive keep the task (they hold senders too).
+        lock(&self.commands).take();
+    }
+}
+
+/// What the broker handle and the subscriptions ask of the hub task.
+enum Command {
+    Subscribe {
+        member: Member,
+        ready: oneshot::Sender<Result<()>>,
+    },
+    /// The subscription `id` on `pattern` was dropped; `done` is told once
+    /// Redis confirmed the UNSUBSCRIBE (or at once if nothing had to be undone).
+    Remove {
+        id: u64,
+        pattern: Pattern,
+        done: Option<oneshot::Sender<()>>,
+    },
+}
+
+/// What the hub and one subscription's stream share.
+struct Slot {
+    pattern: Pattern,
+    capacity: usize,
+    queue: Mutex<Queue>,
+}
+
+/// A subscription's waiting items. The deque allocates only when an item
+/// waits, so an idle subscription holds no buffer.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Result<Delivery>>,
+    /// Messages dropped since the last [`Error::Lost`] item was queued.
+    lost: u64,
+    waker: Option<Waker>,
+    /// The hub is gone (the handle closed): the stream ends once drained.
+    ended: bool,
+}
+
+impl Slot {
+    /// Queues a delivery, or counts it as lost when the queue is full. A
+    /// loss is reported in place: before the first item queued after it, or
+    /// when the reader has drained the queue.
+    fn deliver(&self, item: Result<Delivery>) {
+        let waker = {
+            let mut queue = lock(&self.queue);
+            if queue.items.len() >= self.capacity {
+                queue.lost += 1;
+                return;
+            }
+            if queue.lost > 0 {
+                let lost = self.lost(std::mem::take(&mut queue.lost));
+                queue.items.push_back(Err(lost));
+            }
+            queue.items.push_back(item);
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Queues an error item (a lost connection) whatever the queue's length:
+    /// there is one per outage, and it must not be dropped.
+    fn report(&self, error: Error) {
+        let waker = {
+            let mut queue = lock(&self.queue);
+            if queue.lost > 0 {
+                let lost = self.lost(std::mem::take(&mut queue.lost));
+                queue.items.push_back(Err(lost));
+            }
+            queue.items.push_back(Err(error));
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Ends the stream once it is drained.
+    fn end(&self) {
+        let waker = {
+            let mut queue = lock(&self.queue);
+            queue.ended = true;
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn lost(&self, count: u64) -> Error {
+        Error::Lost {
+            broker: KIND,
+            pattern: self.pattern.to_string(),
+            count,
+            reason: format!(
+                "the subscription's buffer of {} messages was full (its reader fell behind); read faster or raise `capacity`",
+                self.capacity
+            ),
+        }
+    }
+}
+
+/// A subscription's stream. Dropping it takes the subscription out of the
+/// hub (which UNSUBSCRIBEs when it was the last on its channel).
+struct Deliveries {
+    slot: Arc<Slot>,
+    id: u64,
+    commands: mpsc::UnboundedSender<Command>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Stream for Deliveries {
+    type Item = Result<Delivery>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut queue = lock(&self.slot.queue);
+        if let Some(item) = queue.items.pop_front() {
+            if queue.items.is_empty() && queue.items.capacity() > 64 {
+                // A burst is over: give its memory back.
+                queue.items = VecDeque::new();
+            }
+            return Poll::Ready(Some(item));
+        }
+        if queue.lost > 0 {
+            let count = std::mem::take(&mut queue.lost);
+            return Poll::Ready(Some(Err(self.slot.lost(count))));
+        }
+        if queue.ended {
+            return Poll::Ready(None);
+        }
+        if !queue
+            .waker
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            queue.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        // Without the hub (the handle closed) there is nothing to undo.
+        let _ = self.commands.send(Command::Remove {
+            id: self.id,
+            pattern: self.slot.pattern.clone(),
+            done: self.done.take(),
+        });
+    }
+}
+
+/// One subscription as the hub knows it.
+struct Member {
+    id: u64,
+    slot: Arc<Slot>,
+}
+
+/// The subscriptions by Redis channel (SUBSCRIBE) and by glob (PSUBSCRIBE).
+#[derive(Default)]
+struct Registry {
+    channels: HashMap<Box<[u8]>, Vec<Member>>,
+    globs: HashMap<Box<[u8]>, Vec<Member>>,
+}
+
+impl Registry {
+    fn map(&mut self, glob: bool) -> &mut HashMap<Box<[u8]>, Vec<Member>> {
+        if glob {
+            &mut self.globs
+        } else {
+            &mut self.channels
+        }
+    }
+
+    /// Adds a member; returns whether its channel or glob is new.
+    fn add(&mut self, member: Member) -> bool {
+        let (channel, glob) = channel_for(&member.slot.pattern);
+        let members = self
+            .map(glob)
+            .entry(channel.into_bytes().into_boxed_slice())
+            .or_default();
+        members.push(member);
+        members.len() == 1
+    }
+
+    /// Removes a member; returns the command undoing its channel or glob
+    /// when it was the last there.
+    fn remove(&mut self, id: u64, pattern: &Pattern) -> Option<(&'static [u8], String)> {
+        let (channel, glob) = channel_for(pattern);
+        let map = self.map(glob);
+        let members = map.get_mut(channel.as_bytes())?;
+        members.retain(|member| member.id != id);
+        if !members.is_empty() {
+            return None;
+        }
+        map.remove(channel.as_bytes());
+        let command: &'static [u8] = if glob {
+            b"PUNSUBSCRIBE"
+        } else {
+            b"UNSUBSCRIBE"
+        };
+        Some((command, channel))
+    }
+
+    fn members(&self) -> impl Iterator<Item = &Member> {
+        self.channels.values().chain(self.globs.values()).flatten()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.channels.is_empty() && self.globs.is_empty()
+    }
+}
+
+/// A command sent whose reply has not come yet: Redis answers a pub/sub
+/// connection's commands in order, one reply per channel named.
+enum Pending {
+    Subscribe {
+        id: u64,
+        pattern: Pattern,
+        ready: oneshot::Sender<Result<()>>,
+    },
+    /// A channel or glob subscribed again after a reconnection.
+    Resubscribe,
+    Unsubscribe(Option<oneshot::Sender<()>>),
+    Ping,
+}
+
+/// The hub task: owns the connection and the registry.
+struct Task {
     target: Target,
     options: RedisOptions,
-    pattern: Pattern,
-    tx: mpsc::Sender<Result<Delivery>>,
-    ready: oneshot::Sender<Result<()>>,
-    mut shutdown: watch::Receiver<bool>,
     replies: Arc<publisher::Shared>,
-) {
-    let mut ready = Some(ready);
-    let mut link = SubscriptionLink::new(KIND, &pattern);
-    let mut backoff = options.reconnect_backoff.attempts();
-    loop {
-        let opened = tokio::select! {
-            opened = open(&target, &options, &pattern) => opened,
-            _ = tx.closed() => return,
-            _ = closed(&mut shutdown) => return,
-        };
-        match opened {
-            Ok(conn) => {
-                if let Some(ready) = ready.take() {
-                    if ready.send(Ok(())).is_err() {
-                        return;
-                    }
-                }
-                link.resubscribed();
-                backoff.succeeded();
-                let Some(ended) = pump(
-                    conn,
-                    &pattern,
-                    &tx,
-                    &mut shutdown,
-                    options.keepalive,
-                    &replies,
-                )
-                .await
-                else {
-                    return;
+    commands: mpsc::UnboundedReceiver<Command>,
+    registry: Registry,
+    pending: VecDeque<Pending>,
+    /// Subscriptions waiting for a connection to confirm them.
+    waiting: Vec<(u64, Pattern, oneshot::Sender<Result<()>>)>,
+    /// Resubscriptions not yet confirmed; at 0 the outage is over.
+    resubscribing: usize,
+    link: SubscriptionLink,
+}
+
+/// Why the connection ended: `Some(reason)` it broke, `None` the handle was
+/// closed or nothing uses the hub any more.
+type Ended = Option<String>;
+
+impl Task {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = self.options.reconnect_backoff.attempts();
+        loop {
+            // Nothing to subscribe: wait for something to do.
+            while self.registry.is_empty() && self.waiting.is_empty() {
+                let command = tokio::select! {
+                    command = self.commands.recv() => command,
+                    _ = closed(&mut shutdown) => None,
                 };
-                link.lost(&ended.reason);
-                let report = Err(Error::Disconnected {
-                    broker: KIND,
-                    reason: ended.describe(&pattern, options.capacity.max(1)),
-                });
-                tokio::select! {
-                    sent = tx.send(report) => if sent.is_err() { return },
-                    _ = closed(&mut shutdown) => return,
+                match command {
+                    Some(command) => self.apply_offline(command),
+                    None => return self.end(),
                 }
             }
-            Err(e) => {
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Err(e));
-                    return;
+            let name = format!("{}-sub", self.options.client_name());
+            let connected = tokio::select! {
+                connected = self.target.connect(self.options.connect_timeout, &name) => connected,
+                _ = closed(&mut shutdown) => return self.end(),
+            };
+            let conn = match connected {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Those waiting for their first confirmation get this
+                    // error, as a subscription on a connection of its own would.
+                    // (The error is not `Clone`: the first gets it, any
+                    // other its text.)
+                    let text = e.to_string();
+                    let mut error = Some(e);
+                    for (id, pattern, ready) in std::mem::take(&mut self.waiting) {
+                        self.registry.remove(id, &pattern);
+                        let _ = ready.send(Err(error.take().unwrap_or_else(|| Error::Subscribe {
+                            broker: KIND,
+                            pattern: pattern.to_string(),
+                            reason: text.clone(),
+                            source: None,
+                        })));
+                    }
+                    if self.registry.is_empty() {
+                        continue;
+                    }
+                    let delay = backoff.failed();
+                    self.link.retry_failed(&text, delay);
+                    if self.pause(delay, &mut shutdown).await.is_err() {
+                        return self.end();
+                    }
+                    continue;
                 }
-                let delay = backoff.failed();
-                link.retry_failed(&e, delay);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = tx.closed() => return,
-                    _ = closed(&mut shutdown) => return,
+            };
+            backoff.succeeded();
+            let reason = match self.serve(conn, &mut shutdown).await {
+                Some(reason) => reason,
+                None => return self.end(),
+            };
+            self.lost(&reason);
+            // Reconnect after a short pause, so a server that keeps closing us is not hammered.
+            let pause = self.options.reconnect_backoff.min();
+            if self.pause(pause, &mut shutdown).await.is_err() {
+                return self.end();
+            }
+        }
+    }
+
+    /// Sleeps `delay`, applying commands meanwhile; a new subscription cuts
+    /// the pause short. `Err` when the handle was closed or nobody is left.
+    async fn pause(
+        &mut self,
+        delay: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> std::result::Result<(), ()> {
+        let until = Instant::now() + delay;
+        loop {
+            let command = tokio::select! {
+                _ = tokio::time::sleep_until(until) => return Ok(()),
+                command = self.commands.recv() => command,
+                _ = closed(shutdown) => return Err(()),
+            };
+            let Some(command) = command else {
+                return Err(());
+            };
+            let subscribing = matches!(command, Command::Subscribe { .. });
+            self.apply_offline(command);
+            if subscribing {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies a command while there is no connection: the server forgot
+    /// every subscription with the last one.
+    fn apply_offline(&mut self, command: Command) {
+        match command {
+            Command::Subscribe { member, ready } => {
+                let (id, pattern) = (member.id, member.slot.pattern.clone());
+                self.registry.add(member);
+                self.waiting.push((id, pattern, ready));
+            }
+            Command::Remove { id, pattern, done } => {
+                self.registry.remove(id, &pattern);
+                self.waiting.retain(|(waiting, _, _)| *waiting != id);
+                if let Some(done) = done {
+                    let _ = done.send(());
                 }
+            }
+        }
+    }
+
+    /// The handle was closed, or nothing uses the hub: every stream ends.
+    fn end(mut self) {
+        for member in self.registry.members() {
+            member.slot.end();
+        }
+        for (_, _, ready) in self.waiting.drain(..) {
+            let _ = ready.send(Err(Error::Closed { broker: KIND }));
+        }
+    }
+
+    /// Every confirmed subscription gets one `Disconnected` item; those
+    /// not yet confirmed wait for the next connection.
+    fn lost(&mut self, reason: &str) {
+        let mut unconfirmed = HashSet::new();
+        for pending in self.pending.drain(..) {
+            if let Pending::Subscribe { id, pattern, ready } = pending {
+                unconfirmed.insert(id);
+                self.waiting.push((id, pattern, ready));
+            }
+        }
+        unconfirmed.extend(self.waiting.iter().map(|(id, _, _)| *id));
+        self.resubscribing = 0;
+        self.link.lost(reason);
+        for member in self.registry.members() {
+            if unconfirmed.contains(&member.id) {
                 continue;
             }
-        }
-        // Reconnect after a short pause, so a server that keeps closing us is not hammered.
-        tokio::select! {
-            _ = tokio::time::sleep(options.reconnect_backoff.min()) => {}
-            _ = tx.closed() => return,
-            _ = closed(&mut shutdown) => return,
-        }
-    }
-}
-
-/// How long after having to wait for room in the buffer a lost connection is
-/// put down to the subscriber falling behind: Redis's soft output-buffer limit
-/// for pub/sub allows 60 s over it.
-const BEHIND_WINDOW: Duration = Duration::from_secs(90);
-
-/// Why a subscription's connection ended.
-struct Ended {
-    reason: String,
-    /// Whether the subscriber was behind (its buffer full) shortly before.
-    behind: bool,
-}
-
-impl Ended {
-    /// The reason of the `Disconnected` item: what happened, that the
-    /// subscription is being renewed, and the slow-subscriber hint only where
-    /// the subscriber really was behind.
-    fn describe(&self, pattern: &Pattern, capacity: usize) -> String {
-        let what = format!(
-            "the subscription to '{pattern}' lost its connection ({}); resubscribing. Messages published until it is back are lost (PUBSUB keeps nothing)",
-            self.reason
-        );
-        if self.behind {
-            format!(
-                "{what}. It was behind (its buffer of {capacity} messages was full), and Redis disconnects subscribers that fall behind (client-output-buffer-limit pubsub): read faster, raise `capacity` or that limit"
-            )
-        } else {
-            what
+            member.slot.report(Error::Disconnected {
+                broker: KIND,
+                reason: format!(
+                    "the subscription to '{}' lost its connection ({reason}); resubscribing. Messages published until it is back are lost (PUBSUB keeps nothing)",
+                    member.slot.pattern
+                ),
+            });
         }
     }
-}
 
-/// Forwards messages until the connection breaks (returns why) or the
-/// subscription or broker is closed (returns `None`). With a `keepalive`,
-/// sends PING after a third of it without a frame, and gives the connection
-/// up after all of it.
-async fn pump(
-    mut conn: Conn,
-    pattern: &Pattern,
-    tx: &mpsc::Sender<Result<Delivery>>,
-    shutdown: &mut watch::Receiver<bool>,
-    keepalive: Option<Duration>,
-    replies: &Arc<publisher::Shared>,
-) -> Option<Ended> {
-    let mut last_full: Option<Instant> = None;
-    let ended = |reason: String, last_full: Option<Instant>| {
-        Some(Ended {
-            reason,
-            behind: last_full.is_some_and(|at| at.elapsed() < BEHIND_WINDOW),
-        })
-    };
-    // When a frame last came (or reading resumed), and whether a PING is out since.
-    let mut heard = Instant::now();
-    let mut pinged = false;
-    loop {
-        let check =
-            keepalive.map(|keepalive| heard + if pinged { keepalive } else { keepalive / 3 });
-        let frame = tokio::select! {
-            frame = conn.read_frame() => frame,
-            _ = sleep_until(check) => {
-                let Some(keepalive) = keepalive else { continue };
-                if pinged {
-                    return ended(
-                        format!("nothing from Redis for {keepalive:?}, not even an answer to PING (keepalive)"),
-                        last_full,
-                    );
+    /// Subscribes everything on a new connection, then reads it until it
+    /// breaks. With a `keepalive`, sends PING after a third of it without a
+    /// frame, and gives the connection up after all of it.
+    async fn serve(&mut self, mut conn: Conn, shutdown: &mut watch::Receiver<bool>) -> Ended {
+        let mut out = Vec::new();
+        for (glob, map) in [
+            (false, &self.registry.channels),
+            (true, &self.registry.globs),
+        ] {
+            let command: &[u8] = if glob { b"PSUBSCRIBE" } else { b"SUBSCRIBE" };
+            for channel in map.keys() {
+                resp::encode_command(&mut out, &[command, channel]);
+                self.pending.push_back(Pending::Resubscribe);
+                self.resubscribing += 1;
+            }
+        }
+        // Each one waiting gets its own confirmation (a second SUBSCRIBE of
+        // a channel is answered, and changes nothing).
+        for (id, pattern, ready) in std::mem::take(&mut self.waiting) {
+            let (channel, glob) = channel_for(&pattern);
+            let command: &[u8] = if glob { b"PSUBSCRIBE" } else { b"SUBSCRIBE" };
+            resp::encode_command(&mut out, &[command, channel.as_bytes()]);
+            self.pending
+                .push_back(Pending::Subscribe { id, pattern, ready });
+        }
+        if let Err(reason) = self.write(&mut conn, &mut out).await {
+            return Some(reason);
+        }
+        let keepalive = self.options.keepalive;
+        // When a frame last came, and whether a PING is out since.
+        let mut heard = Instant::now();
+        let mut pinged = false;
+        loop {
+            let check =
+                keepalive.map(|keepalive| heard + if pinged { keepalive } else { keepalive / 3 });
+            tokio::select! {
+                frame = conn.read_frame() => {
+                    heard = Instant::now();
+                    pinged = false;
+                    match frame {
+                        Ok(frame) => {
+                            if let Err(reason) = self.frame(frame) {
+                                return Some(reason);
+                            }
+                        }
+                        Err(e) => return Some(e.to_string()),
+                    }
                 }
-                pinged = true;
-                match tokio::time::timeout(keepalive, conn.send(&[b"PING"])).await {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => return ended(format!("sending PING failed: {e}"), last_full),
-                    Err(_) => {
-                        return ended(
-                            format!("a PING could not be sent within {keepalive:?} (keepalive)"),
-                            last_full,
-                        )
+                command = self.commands.recv() => {
+                    let command = command?;
+                    self.apply(command, &mut out);
+                    // Take what else is queued, so a burst goes in one write.
+                    while out.len() < 1 << 20 {
+                        match self.commands.try_recv() {
+                            Ok(command) => self.apply(command, &mut out),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(reason) = self.write(&mut conn, &mut out).await {
+                        return Some(reason);
+                    }
+                }
+                _ = sleep_until(check) => {
+                    let Some(keepalive) = keepalive else { continue };
+                    if pinged {
+                        return Some(format!(
+                            "nothing from Redis for {keepalive:?}, not even an answer to PING (keepalive)"
+                        ));
+                    }
+                    pinged = true;
+                    resp::encode_command(&mut out, &[b"PING"]);
+                    self.pending.push_back(Pending::Ping);
+                    if let Err(reason) = self.write(&mut conn, &mut out).await {
+                        return Some(reason);
+                    }
+                }
+                _ = closed(shutdown) => return None,
+            }
+        }
+    }
+
+    /// Writes and empties `out`, within the keepalive (or connect) time.
+    async fn write(&self, conn: &mut Conn, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let limit = self
+            .options
+            .keepalive
+            .unwrap_or(self.options.connect_timeout);
+        let written = tokio::time::timeout(limit, async {
+            conn.stream.write_all(out).await?;
+            conn.stream.flush().await
+        })
+        .await;
+        out.clear();
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("sending to Redis failed: {e}")),
+            Err(_) => Err(format!("Redis did not take a command within {limit:?}")),
+        }
+    }
+
+    /// Applies a command on a live connection, encoding what to send into `out`.
+    fn apply(&mut self, command: Command, out: &mut Vec<u8>) {
+        match command {
+            Command::Subscribe { member, ready } => {
+                let (id, pattern) = (member.id, member.slot.pattern.clone());
+                self.registry.add(member);
+                let (channel, glob) = channel_for(&pattern);
+                let command: &[u8] = if glob { b"PSUBSCRIBE" } else { b"SUBSCRIBE" };
+                resp::encode_command(out, &[command, channel.as_bytes()]);
+                self.pending
+                    .push_back(Pending::Subscribe { id, pattern, ready });
+            }
+            Command::Remove { id, pattern, done } => match self.registry.remove(id, &pattern) {
+                Some((command, channel)) => {
+                    resp::encode_command(out, &[command, channel.as_bytes()]);
+                    self.pending.push_back(Pending::Unsubscribe(done));
+                }
+                None => {
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                }
+            },
+        }
+    }
+
+    /// Handles one frame from Redis: a message for the subscriptions, or the
+    /// reply to the oldest command. `Err` when the connection must be given up.
+    fn frame(&mut self, frame: Frame) -> std::result::Result<(), String> {
+        let items = match frame {
+            Frame::Array(Some(items)) => items,
+            Frame::Error(e) => {
+                let text = String::from_utf8_lossy(&e).into_owned();
+                match self.pending.pop_front() {
+                    Some(Pending::Subscribe { id, pattern, ready }) => {
+                        self.registry.remove(id, &pattern);
+                        let _ = ready.send(Err(Error::Subscribe {
+                            broker: KIND,
+                            pattern: pattern.to_string(),
+                            reason: format!("Redis answered {text}"),
+                            source: None,
+                        }));
+                        return Ok(());
+                    }
+                    Some(Pending::Resubscribe) => {
+                        tracing::warn!(
+                            "redis: resubscribing a channel failed (Redis answered {text}); its subscriptions get nothing until the next reconnection"
+                        );
+                        self.resubscribed();
+                        return Ok(());
+                    }
+                    _ => return Err(format!("Redis answered {text}")),
+                }
+            }
+            // A connection subscribed to nothing (every subscription gone)
+            // answers PING outside pub/sub mode.
+            Frame::Simple(text) if text.eq_ignore_ascii_case(b"PONG") => {
+                return match self.pending.pop_front() {
+                    Some(Pending::Ping) => Ok(()),
+                    other => Err(unexpected("a PING answer", other)),
+                };
+            }
+            _ => return Ok(()),
+        };
+        let kind = match items.first().and_then(Frame::bytes) {
+            Some(kind) => kind.to_ascii_lowercase(),
+            None => return Ok(()),
+        };
+        match (kind.as_slice(), items.as_slice()) {
+            (b"message", [_, channel, body]) => {
+                if let (Some(channel), Some(body)) = (channel.bytes(), body.bytes()) {
+                    if let Some(members) = self.registry.channels.get(&channel[..]) {
+                        dispatch(members, channel, body, &self.replies);
                     }
                 }
             }
-            _ = tx.closed() => return None,
-            _ = closed(shutdown) => return None,
-        };
-        heard = Instant::now();
-        pinged = false;
-        let items = match frame {
-            Ok(Frame::Array(Some(items))) => items,
-            Ok(Frame::Error(e)) => {
-                return ended(
-                    format!("Redis answered {}", String::from_utf8_lossy(&e)),
-                    last_full,
-                )
+            (b"pmessage", [_, glob, channel, body]) => {
+                if let (Some(glob), Some(channel), Some(body)) =
+                    (glob.bytes(), channel.bytes(), body.bytes())
+                {
+                    if let Some(members) = self.registry.globs.get(&glob[..]) {
+                        dispatch(members, channel, body, &self.replies);
+                    }
+                }
             }
-            Ok(_) => continue,
-            Err(e) => return ended(e.to_string(), last_full),
-        };
-        let (channel, body) = match items.as_slice() {
-            [kind, channel, body] if kind.bytes().is_some_and(|k| &k[..] == b"message") => {
-                (channel, body)
-            }
-            [kind, _, channel, body] if kind.bytes().is_some_and(|k| &k[..] == b"pmessage") => {
-                (channel, body)
-            }
-            // Subscription confirmations, PING answers and the like.
-            _ => continue,
-        };
-        let (Some(channel), Some(body)) = (channel.bytes(), body.bytes()) else {
-            continue;
-        };
-        let Some(item) = item(channel, body, pattern, Some(replies)) else {
-            continue;
-        };
-        let sent = match tx.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-            // Full: wait without reading the socket (backpressure).
-            Err(mpsc::error::TrySendError::Full(item)) => {
-                last_full = Some(Instant::now());
-                let sent = tokio::select! {
-                    sent = tx.send(item) => sent.is_ok(),
-                    _ = closed(shutdown) => false,
-                };
-                // The silence while not reading was ours, not the link's.
-                heard = Instant::now();
-                sent
-            }
-        };
-        if !sent {
-            return None;
+            (b"subscribe" | b"psubscribe", _) => match self.pending.pop_front() {
+                Some(Pending::Subscribe { ready, .. }) => {
+                    let _ = ready.send(Ok(()));
+                }
+                Some(Pending::Resubscribe) => self.resubscribed(),
+                other => return Err(unexpected("a subscription confirmation", other)),
+            },
+            (b"unsubscribe" | b"punsubscribe", _) => match self.pending.pop_front() {
+                Some(Pending::Unsubscribe(done)) => {
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                }
+                other => return Err(unexpected("an unsubscription confirmation", other)),
+            },
+            (b"pong", _) => match self.pending.pop_front() {
+                Some(Pending::Ping) => {}
+                other => return Err(unexpected("a PING answer", other)),
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// One resubscription confirmed; after the last, the outage is over.
+    fn resubscribed(&mut self) {
+        self.resubscribing = self.resubscribing.saturating_sub(1);
+        if self.resubscribing == 0 {
+            self.link.resubscribed();
+        }
+    }
+}
+
+/// Describes a reply that does not match the oldest command sent: the
+/// connection is out of step and is renewed.
+fn unexpected(what: &str, pending: Option<Pending>) -> String {
+    let expected = match pending {
+        None => "nothing",
+        Some(Pending::Subscribe { .. } | Pending::Resubscribe) => "a subscription confirmation",
+        Some(Pending::Unsubscribe(_)) => "an unsubscription confirmation",
+        Some(Pending::Ping) => "a PING answer",
+    };
+    format!("Redis sent {what} where {expected} was due")
+}
+
+/// Hands a message to every subscription on its channel or glob.
+fn dispatch(
+    members: &[Member],
+    channel: &[u8],
+    body: &bytes::Bytes,
+    replies: &Arc<publisher::Shared>,
+) {
+    for member in members {
+        if let Some(item) = item(channel, body, &member.slot.pattern, Some(replies)) {
+            member.slot.deliver(item);
         }
     }
 }
