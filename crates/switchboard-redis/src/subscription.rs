@@ -763,18 +763,18 @@ impl Task {
             _ => return Ok(()),
         };
         let kind = match items.first().and_then(Frame::bytes) {
-            Some(kind) => kind.to_ascii_lowercase(),
+            Some(kind) => PushKind::of(kind),
             None => return Ok(()),
         };
-        match (kind.as_slice(), items.as_slice()) {
-            (b"message", [_, channel, body]) => {
+        match (kind, items.as_slice()) {
+            (PushKind::Message, [_, channel, body]) => {
                 if let (Some(channel), Some(body)) = (channel.bytes(), body.bytes()) {
                     if let Some(members) = self.registry.channels.get(&channel[..]) {
                         dispatch(members, channel, body, &self.replies);
                     }
                 }
             }
-            (b"pmessage", [_, glob, channel, body]) => {
+            (PushKind::PMessage, [_, glob, channel, body]) => {
                 if let (Some(glob), Some(channel), Some(body)) =
                     (glob.bytes(), channel.bytes(), body.bytes())
                 {
@@ -783,14 +783,14 @@ impl Task {
                     }
                 }
             }
-            (b"subscribe" | b"psubscribe", _) => match self.pending.pop_front() {
+            (PushKind::Subscribed, _) => match self.pending.pop_front() {
                 Some(Pending::Subscribe { ready, .. }) => {
                     let _ = ready.send(Ok(()));
                 }
                 Some(Pending::Resubscribe) => self.resubscribed(),
                 other => return Err(unexpected("a subscription confirmation", other)),
             },
-            (b"unsubscribe" | b"punsubscribe", _) => match self.pending.pop_front() {
+            (PushKind::Unsubscribed, _) => match self.pending.pop_front() {
                 Some(Pending::Unsubscribe(done)) => {
                     if let Some(done) = done {
                         let _ = done.send(());
@@ -798,7 +798,7 @@ impl Task {
                 }
                 other => return Err(unexpected("an unsubscription confirmation", other)),
             },
-            (b"pong", _) => match self.pending.pop_front() {
+            (PushKind::Pong, _) => match self.pending.pop_front() {
                 Some(Pending::Ping) => {}
                 other => return Err(unexpected("a PING answer", other)),
             },
@@ -812,6 +812,38 @@ impl Task {
         self.resubscribing = self.resubscribing.saturating_sub(1);
         if self.resubscribing == 0 {
             self.link.resubscribed();
+        }
+    }
+}
+
+/// What a pub/sub push from Redis is, from its first element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PushKind {
+    Message,
+    PMessage,
+    Subscribed,
+    Unsubscribed,
+    Pong,
+    Other,
+}
+
+impl PushKind {
+    /// Compared in place, whatever the case: a lower-case copy of the kind
+    /// was an allocation per message.
+    fn of(kind: &[u8]) -> Self {
+        let is = |name: &[u8]| kind.eq_ignore_ascii_case(name);
+        if is(b"message") {
+            PushKind::Message
+        } else if is(b"pmessage") {
+            PushKind::PMessage
+        } else if is(b"subscribe") || is(b"psubscribe") {
+            PushKind::Subscribed
+        } else if is(b"unsubscribe") || is(b"punsubscribe") {
+            PushKind::Unsubscribed
+        } else if is(b"pong") {
+            PushKind::Pong
+        } else {
+            PushKind::Other
         }
     }
 }
