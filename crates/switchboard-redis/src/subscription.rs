@@ -580,6 +580,11 @@ impl Task {
         }
         unconfirmed.extend(self.waiting.iter().map(|(id, _, _)| *id));
         self.resubscribing = 0;
+        if !self.link.is_down() {
+            // The "resubscribed to …" line names what came back: the
+            // pattern when there is one, else how many share the connection.
+            self.link = SubscriptionLink::new(KIND, self.outage_label());
+        }
         self.link.lost(reason);
         for member in self.registry.members() {
             if unconfirmed.contains(&member.id) {
@@ -805,6 +810,24 @@ impl Task {
             _ => {}
         }
         Ok(())
+    }
+
+    /// What an outage's log lines name: the one pattern subscribed, or the
+    /// number of patterns on the shared connection.
+    fn outage_label(&self) -> String {
+        let patterns: HashSet<&str> = self
+            .registry
+            .members()
+            .map(|member| member.slot.pattern.as_str())
+            .collect();
+        match patterns.iter().next() {
+            Some(pattern) if patterns.len() == 1 => (*pattern).to_string(),
+            _ => format!(
+                "{} patterns on {}-sub",
+                patterns.len(),
+                self.options.client_name()
+            ),
+        }
     }
 
     /// One resubscription confirmed; after the last, the outage is over.
