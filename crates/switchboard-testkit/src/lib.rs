@@ -23,7 +23,9 @@
 //!   and data), to kill and start again;
 //! - [`restart_drill`]: the [`RestartDrill`] every durable mode goes through:
 //!   numbered messages at a steady rate while the broker is killed twice;
-//! - [`errors`]: checks on how an error reads with its chain of sources.
+//! - [`errors`]: checks on how an error reads with its chain of sources;
+//! - [`subscription_scale`](mod@subscription_scale): the measurement of N idle
+//!   subscriptions on one handle that each adapter's ignored `tests/scale.rs` runs.
 //!
 //! A fixture that cannot start (no binary on this machine) returns `None` after
 //! [`switchboard_conformance::skip_or_fail`], so a missing tool is a skip
@@ -41,6 +43,7 @@ pub mod process;
 pub mod rabbit;
 pub mod redis_cluster;
 pub mod restart_drill;
+pub mod subscription_scale;
 pub mod tls_checks;
 pub mod tls_proxy;
 
@@ -56,6 +59,7 @@ pub use process::{BrokerProcess, MosquittoServer, NatsServer, RedisServer};
 pub use rabbit::{RabbitCluster, RabbitNode};
 pub use redis_cluster::RedisCluster;
 pub use restart_drill::{DrillReport, Received, RestartDrill};
+pub use subscription_scale::{scale_count, subscription_scale};
 /// The TCP proxy lives in the conformance suite, whose link cases cut connections with it.
 pub use switchboard_conformance::TcpProxy;
 pub use tls_checks::{TlsChecks, TlsEndpoint};
