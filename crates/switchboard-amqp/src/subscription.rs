@@ -141,6 +141,20 @@ impl Drop for Lease {
     }
 }
 
+/// Starts a consumer of `queue` on `channel`, with manual acks and a tag
+/// chosen by the server: the same whether the channel is the subscription's
+/// own or shared with other fan-out subscriptions.
+async fn start_consumer(channel: &Channel, queue: ShortString) -> lapin::Result<Consumer> {
+    channel
+        .basic_consume(
+            queue,
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
 /// A place on one of the session's shared channels: the first live one
 /// with room, else a new one (with the prefetch set per consumer).
 async fn lease(session: &Session, prefetch: u16) -> lapin::Result<(Channel, Lease)> {
@@ -353,28 +367,14 @@ async fn declare(inner: &Sessions, topology: &Topology, current: &Current) -> Re
                 )
                 .await?;
             if !fanout {
-                let consumer = channel
-                    .basic_consume(
-                        queue,
-                        "".into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
+                let consumer = start_consumer(&channel, queue).await?;
                 return Ok::<_, lapin::Error>((Held::Own(channel), consumer));
             }
             // The declaring channel has done its part; closing it (in the
             // background: its queue is this connection's) costs no round trip.
             drop(channel);
             let (shared, lease) = lease(&session, inner.config.options.prefetch).await?;
-            let consumer = shared
-                .basic_consume(
-                    queue,
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            let consumer = start_consumer(&shared, queue).await?;
             let held = Held::Shared {
                 channel: shared,
                 tag: consumer.tag(),
