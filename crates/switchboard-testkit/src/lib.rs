@@ -89,20 +89,57 @@ pub fn unique(test: &str) -> String {
 /// connection's own end, between the moment it is freed here and the moment
 /// the server a test starts binds it — two fixtures started at once would
 /// then share a port.
+///
+/// On Linux the check reads the kernel's socket tables instead of binding the
+/// port: a probe listener, however briefly open, is copied into any child
+/// another test thread forks at that moment and keeps listening there until
+/// the child's `exec`. A server started on the port meanwhile looked ready
+/// (the copy accepted the readiness check), then the copy closed and the
+/// test's first connection was refused or reset (seen in CI, and in 1 of ~40
+/// runs of switchboard-redis's durable tests).
 pub fn free_port() -> u16 {
     const FIRST: u32 = 20_000;
     const SPAN: u32 = 12_000;
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let start = std::process::id().wrapping_mul(7919) % SPAN;
+    let taken = ports_in_use();
     for _ in 0..SPAN {
         let step = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
         let port = FIRST + (start + step) % SPAN;
         let port = u16::try_from(port).expect("below 32000");
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let free = match &taken {
+            Some(taken) => !taken.contains(&port),
+            None => TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        };
+        if free {
             return port;
         }
     }
     panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN)
+}
+
+/// The local ports of every TCP socket (any state, IPv4 and IPv6) in the
+/// kernel's tables, or `None` where `/proc/net/tcp` cannot be read.
+fn ports_in_use() -> Option<std::collections::HashSet<u16>> {
+    let mut ports = std::collections::HashSet::new();
+    let mut read_any = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        read_any = true;
+        // `  sl  local_address rem_address st …`, local_address as HEXIP:HEXPORT.
+        for line in text.lines().skip(1) {
+            let local = line.split_whitespace().nth(1).unwrap_or_default();
+            if let Some(port) = local
+                .rsplit_once(':')
+                .and_then(|(_, port)| u16::from_str_radix(port, 16).ok())
+            {
+                ports.insert(port);
+            }
+        }
+    }
+    read_any.then_some(ports)
 }
 
 /// `127.0.0.1:P1,127.0.0.1:P2,…`: the host list of a cluster URL.
@@ -112,4 +149,36 @@ pub(crate) fn loopback_hosts(ports: impl IntoIterator<Item = u16>) -> String {
         .map(|port| format!("127.0.0.1:{port}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_listening_port_is_seen_as_taken() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let taken = ports_in_use().expect("this machine has /proc/net/tcp");
+        assert!(
+            taken.contains(&port),
+            "{port} not among {} ports",
+            taken.len()
+        );
+    }
+
+    #[test]
+    fn free_ports_are_not_listened_on_and_never_repeat() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len());
+        for port in ports {
+            assert!(
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+                "something listens on {port}"
+            );
+        }
+    }
 }

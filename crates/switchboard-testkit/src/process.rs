@@ -50,26 +50,64 @@ impl BrokerProcess {
     }
 
     fn spawn(&mut self) {
+        // The server's own words, kept for a failure message: a server that
+        // exits at start-up says why only there.
+        let log = self.log_path();
+        let output = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .ok();
+        let stdout = output
+            .as_ref()
+            .and_then(|file| file.try_clone().ok())
+            .map_or_else(Stdio::null, Stdio::from);
+        let stderr = output.map_or_else(Stdio::null, Stdio::from);
         let child = Command::new(&self.program)
             .args(&self.args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("{} does not start: {e}", self.name));
         self.child = Some(child);
         self.wait_listening();
     }
 
-    /// Blocks until the port accepts connections, failing after [`START_PATIENCE`].
-    pub fn wait_listening(&self) {
+    /// Where the server's stdout and stderr go: the temp directory, one file
+    /// per name, port and test process (a restart appends to it).
+    pub fn log_path(&self) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "switchboard-testkit-{}-{}-{}.log",
+            self.name,
+            self.port,
+            std::process::id()
+        ))
+    }
+
+    /// Blocks until the port accepts connections, failing after
+    /// [`START_PATIENCE`], or at once if the server exited (its log's path
+    /// in the message).
+    pub fn wait_listening(&mut self) {
         let deadline = Instant::now() + START_PATIENCE;
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "{} exited at start-up ({status}) instead of listening on 127.0.0.1:{}; its output is in {}",
+                    self.name,
+                    self.port,
+                    self.log_path().display()
+                );
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
             assert!(
                 Instant::now() < deadline,
-                "{} did not listen on 127.0.0.1:{} within {START_PATIENCE:?}",
+                "{} did not listen on 127.0.0.1:{} within {START_PATIENCE:?}; its output is in {}",
                 self.name,
-                self.port
+                self.port,
+                self.log_path().display()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -127,6 +165,11 @@ impl BrokerProcess {
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.kill();
+        // Kept when the test fails, for its post-mortem; a passing test
+        // leaves nothing behind.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(self.log_path());
+        }
     }
 }
 
