@@ -19,7 +19,7 @@ use crate::connection::Conn;
 use crate::control::Control;
 use crate::options::{RedisOptions, Target};
 use crate::resp::Frame;
-use crate::routing::{number, stream_key};
+use crate::routing::{number, Keys};
 use crate::{wire, KIND};
 
 /// At most this many entries are read at once, and delivered but not yet
@@ -68,10 +68,12 @@ pub(crate) async fn subscribe(
         return Err(Error::Closed { broker: KIND });
     }
     let name = format!("{}-durable", options.client_name());
-    let conn = target.connect(options.connect_timeout, &name).await?;
+    let conn = target
+        .connect_durable(options.connect_timeout, &name)
+        .await?;
     register.await?;
     let member = Member {
-        stream: Arc::from(stream_key(pattern)),
+        stream: Arc::from(Keys::of(&target).stream(pattern)),
         group: Arc::from(durable.consumer().as_str()),
         name: Arc::from(durable.name.as_str()),
         pattern: pattern.clone(),
@@ -111,7 +113,7 @@ async fn run(
         let opened = match first.take() {
             Some(conn) => Ok(conn),
             None => tokio::select! {
-                opened = target.connect(options.connect_timeout, &name) => opened,
+                opened = target.connect_durable(options.connect_timeout, &name) => opened,
                 _ = tx.closed() => return,
                 _ = ended(&mut shutdown) => return,
             },

@@ -1,7 +1,7 @@
 //! Redis Cluster (`redis+cluster://h1:p1,h2:p2,…`) on a cluster of the
 //! test's own (3 masters, each with a replica): a subscriber on one node
 //! receives what is published through another, the conformance suite runs
-//! unchanged against the cluster (its durable cases check `Unsupported`),
+//! unchanged against the cluster (its durable cases included),
 //! and a subscription whose node is killed moves to another node. Over TLS
 //! (`rediss+cluster://`, a cluster whose nodes serve TLS only, bus and
 //! replication included), the same crossing works with the test's CA, and
@@ -10,10 +10,11 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use switchboard_conformance::{publish_until_received, Connector, Suite};
 use switchboard_core::ConnectKind;
-use switchboard_core::{Broker, ErrorKind, Subscriber, SubscriberExt};
-use switchboard_testkit::{unique, Pki, RedisCluster};
+use switchboard_core::{Broker, Durable, Message, Publisher, Subscriber, SubscriberExt};
+use switchboard_testkit::{unique, Pki, RedisCluster, RestartDrill};
 
 /// `redis+cluster://` over the nodes of `cluster`, starting with node `first`.
 fn url_from(cluster: &RedisCluster, first: usize) -> String {
@@ -24,15 +25,17 @@ fn url_from(cluster: &RedisCluster, first: usize) -> String {
     format!("redis+cluster://{}", hosts.join(","))
 }
 
-/// The node the subscriber (connections named `sbtest-sub`) is on, from
-/// each node's `CLIENT LIST`.
+/// The node the subscriber's pub/sub connection (named `sbtest-sub-sub`:
+/// the handle is named `sbtest-sub`) is on, from each node's `CLIENT LIST`.
+/// The handle's other connections are on the master of the durable keys'
+/// slot.
 fn node_of_subscriber(cluster: &RedisCluster) -> usize {
     for (index, node) in cluster.nodes.iter().enumerate() {
         let output = std::process::Command::new("redis-cli")
             .args(["-p", &node.port().to_string(), "client", "list"])
             .output()
             .unwrap();
-        if String::from_utf8_lossy(&output.stdout).contains("name=sbtest-sub") {
+        if String::from_utf8_lossy(&output.stdout).contains("name=sbtest-sub-sub ") {
             return index;
         }
     }
@@ -64,19 +67,6 @@ async fn pubsub_crosses_nodes_and_survives_losing_one() {
     )
     .await;
     assert_eq!(first.subject().as_str(), subject);
-
-    // The durable mode is not offered on a cluster, and says so.
-    assert!(!subscriber.capabilities().durable);
-    let error = subscriber
-        .subscribe_durable(
-            &format!("{subject}.>").parse().unwrap(),
-            &switchboard_core::Durable::new("cluster").unwrap(),
-        )
-        .await
-        .err()
-        .unwrap();
-    assert_eq!(error.kind(), ErrorKind::Unsupported, "{error}");
-    assert!(error.to_string().contains("Redis Cluster"), "{error}");
 
     // The subscriber's node dies: it moves to another node and receives again.
     cluster.nodes[on].process.kill();
@@ -135,6 +125,32 @@ async fn pubsub_crosses_nodes_over_tls() {
     )
     .await;
     assert_eq!(received.subject().as_str(), subject);
+
+    // The durable mode over TLS: the connections to the master of the
+    // durable keys' slot are checked against its certificate too.
+    let pattern = format!("{subject}.>").parse().unwrap();
+    let consumer = Durable::new(&subject.replace('.', "-")).unwrap();
+    let mut durable = subscriber
+        .subscribe_durable(&pattern, &consumer)
+        .await
+        .unwrap();
+    publisher
+        .publish(Message::new(format!("{subject}.kept"), "kept").unwrap())
+        .await
+        .unwrap();
+    publisher.flush().await.unwrap();
+    let mut kept = tokio::time::timeout(Duration::from_secs(10), durable.next())
+        .await
+        .expect("the durable message in time")
+        .expect("the subscription goes on")
+        .unwrap();
+    assert_eq!(kept.payload_str(), Some("kept"));
+    kept.ack().await.unwrap();
+    drop(durable);
+    subscriber
+        .remove_durable(&pattern, &consumer)
+        .await
+        .unwrap();
     subscriber.close().await.unwrap();
     publisher.close().await.unwrap();
 
@@ -146,4 +162,108 @@ async fn pubsub_crosses_nodes_over_tls() {
     let text = error.to_string();
     assert!(text.contains("certificate"), "{text}");
     assert!(!text.contains('\n'), "{text}");
+}
+
+/// `flush` of durable publishes waits for a replica of the durable keys'
+/// master (`WAIT`), and fails saying so while none confirms (its replica
+/// is stopped with SIGSTOP for the while).
+async fn flush_waits_for_a_replica(cluster: &mut RedisCluster, owner: usize, url: &str) {
+    let owner_port = cluster.nodes[owner].port().to_string();
+    let replica = (0..cluster.nodes.len())
+        .find(|&i| {
+            let role = cluster.cli(i, &["role"]);
+            role.starts_with("slave") && role.lines().any(|l| l == owner_port)
+        })
+        .expect("the durable slot's master has a replica");
+    let waits = |cluster: &RedisCluster| {
+        let stats = cluster.cli(owner, &["info", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let broker = switchboard_redis::connect(url).await.unwrap();
+    let subject = unique("cluster.wait");
+    let pattern = format!("{subject}.>").parse().unwrap();
+    let consumer = Durable::new(&subject.replace('.', "-")).unwrap();
+    let subscription = broker.subscribe_durable(&pattern, &consumer).await.unwrap();
+    let publish = |text: &'static str| {
+        let broker = broker.clone();
+        let subject = format!("{subject}.x");
+        async move {
+            broker
+                .publish(Message::new(subject, text).unwrap())
+                .await
+                .unwrap();
+            broker.flush().await
+        }
+    };
+    let before = waits(cluster);
+    publish("replicated").await.unwrap();
+    assert_eq!(waits(cluster), before + 1, "one WAIT for the flush");
+    cluster.nodes[replica].process.pause();
+    let error = publish("unconfirmed").await.unwrap_err();
+    cluster.nodes[replica].process.resume();
+    assert!(
+        error.to_string().contains("no replica confirmed"),
+        "{error}"
+    );
+    publish("replicated again").await.unwrap();
+    drop(subscription);
+    broker.remove_durable(&pattern, &consumer).await.unwrap();
+    broker.close().await.unwrap();
+    eprintln!("flush waited for a replica (WAIT), and failed while none confirmed: {error}");
+}
+
+/// The durable mode survives failovers of the master that owns its slot:
+/// the [`RestartDrill`] (numbered messages published at a steady rate
+/// through a URL whose first node is not that master, a consumer reading
+/// throughout and one away until the end) while, after a third, the master
+/// is killed and its replica takes over, and after two thirds the old
+/// master comes back (as a replica), syncs, and the new master is killed
+/// in turn. Every message must reach both consumers; duplicates are
+/// counted and printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_survives_failovers_of_the_master_owning_its_slot() {
+    let Some(mut cluster) = RedisCluster::start(3, 1) else {
+        return;
+    };
+    let slot = cluster.key_slot("{switchboard}:durable");
+    let owner = cluster
+        .master_of(slot, 0)
+        .expect("a master serves the durable slot");
+    // The URL starts at another master.
+    let first = (0..3).find(|&i| i != owner).unwrap();
+    let url = url_from(&cluster, first);
+    flush_waits_for_a_replica(&mut cluster, owner, &url).await;
+    let connector =
+        Connector::new(|url: String| async move { switchboard_redis::connect(&url).await });
+    let drill = RestartDrill {
+        messages: 6_000,
+        ..RestartDrill::default()
+    };
+    let mut master = owner;
+    let mut failovers = Vec::new();
+    let report = drill
+        .run(&connector, &url, |_| {
+            let killed = master;
+            if killed != owner {
+                // The first master is back, as a replica of the second.
+                cluster.nodes[owner].process.start_again();
+                cluster.wait_replica_synced(owner);
+            }
+            cluster.nodes[killed].process.kill();
+            let (promoted, took) = cluster.wait_failover(slot, killed);
+            eprintln!("failover: node {killed} killed, node {promoted} took slot {slot} over after {took:?}");
+            failovers.push(took);
+            master = promoted;
+        })
+        .await;
+    assert_eq!(failovers.len(), 2);
+    println!(
+        "durable over 2 Redis Cluster failovers of the durable slot's master ({failovers:?}): \
+         {} messages, all received by both consumers; {report:?}",
+        drill.messages
+    );
 }
