@@ -68,7 +68,14 @@ impl Control {
     }
 
     /// Loads the library again (after a publish met `Function not found`).
+    /// On a cluster the connection is renewed instead, which loads the
+    /// library on the node that owns the durable keys now (after a
+    /// resharding the control connection may still be on the old one).
     pub(crate) async fn reload(&self) -> Result<(), Failure> {
+        if self.target.is_cluster() {
+            *self.conn.lock().await = None;
+            return self.call(&[b"PING"]).await.map(|_| ());
+        }
         self.call(&[b"FUNCTION", b"LOAD", b"REPLACE", LIBRARY.as_bytes()])
             .await
             .map(|_| ())
@@ -208,7 +215,7 @@ impl Control {
 }
 
 /// Loads (or replaces) the function library on `conn`.
-async fn load(conn: &mut Conn) -> Result<(), Failure> {
+pub(crate) async fn load(conn: &mut Conn) -> Result<(), Failure> {
     match conn
         .command(&[b"FUNCTION", b"LOAD", b"REPLACE", LIBRARY.as_bytes()])
         .await

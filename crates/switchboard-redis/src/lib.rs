@@ -318,10 +318,15 @@
 //!   connection reconnects to the new owner and sends the command again
 //!   (for up to the connect timeout); during the migration an `ASK` reply
 //!   sends that one command, after `ASKING`, to the node it names. A
-//!   durable member treats these replies as a lost connection (reconnect,
-//!   find the owner). The publishing connection fails the publishes that
-//!   got the reply (`flush` reports them), reconnects to the new owner, and
-//!   tells the routing link to move too. Routing links of handles that
+//!   durable member treats these replies, and its stream vanishing under a
+//!   blocked read (the key migrated), as a lost connection (reconnect, find
+//!   the owner; a removed consumer is told by the next read's `NOGROUP`).
+//!   The publishing connection fails the publishes that got the reply
+//!   (`flush` reports them), reconnects to the new owner, and tells the
+//!   routing link and the control connection to move too (the control
+//!   connection loads the function library on the new owner, which may not
+//!   have it; a member meeting `Function not found` loads it on its own
+//!   connection). Routing links of handles that
 //!   publish nothing durable stay on the old node until their connection
 //!   breaks; they still receive every change (pub/sub spans the cluster),
 //!   but `subscribe_durable` does not count them among the receivers it
@@ -360,7 +365,12 @@
 //!
 //! Tested (`tests/cluster.rs`) on clusters of the test's own, 3 masters:
 //! the conformance suite with its durable cases; over TLS (`tls-cluster
-//! yes`) a durable round trip; and with one replica per master and
+//! yes`) a durable round trip; the durable slot resharded by hand to
+//! another master (`CLUSTER SETSLOT ... IMPORTING`/`MIGRATING`, `MIGRATE`
+//! of the stream, an ack of a held delivery then answered `ASK`, `MIGRATE`
+//! of the rest, `SETSLOT ... NODE`): the publisher, the member and the
+//! control connection follow `MOVED`, every message arrives and nothing
+//! stays pending; and with one replica per master and
 //! `cluster-node-timeout 2000`: `flush` waits for the replica (`WAIT`
 //! counted on the master) and fails while the replica is stopped; then the
 //! restart drill (6,000 numbered messages at a steady rate, batches of 100

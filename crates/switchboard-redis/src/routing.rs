@@ -269,6 +269,11 @@ async fn pump(
                 continue;
             }
             _ = publisher.owner_moved.notified() => {
+                // The control connection moves too, loading the function
+                // library on the new owner (which may not have it).
+                if let Err(reason) = control.reload().await {
+                    tracing::debug!(%reason, "redis: reconnecting the control connection to the durable keys' new owner failed");
+                }
                 return "the durable keys' slot moved to another node".into();
             }
             _ = sleep_until(check) => {

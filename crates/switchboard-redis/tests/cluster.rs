@@ -267,3 +267,182 @@ async fn durable_survives_failovers_of_the_master_owning_its_slot() {
         drill.messages
     );
 }
+
+/// Publishes the numbers of `range` on `<subject>.x`, again until a flush
+/// succeeds; returns how many flushes failed.
+async fn publish_numbered(
+    broker: &switchboard_redis::RedisBroker,
+    subject: &str,
+    range: std::ops::Range<u32>,
+) -> u32 {
+    let mut failed = 0;
+    loop {
+        for i in range.clone() {
+            let _ = broker
+                .publish(Message::new(format!("{subject}.x"), i.to_string()).unwrap())
+                .await;
+        }
+        match broker.flush().await {
+            Ok(()) => return failed,
+            Err(error) => {
+                eprintln!("reshard: flush failed, publishing again: {error}");
+                failed += 1;
+                assert!(failed < 50, "publishing never succeeded: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Receives until every number of `range` came, acknowledging each but the
+/// first delivery of `keep`, which is returned; and how many duplicates came.
+async fn receive_numbered(
+    subscription: &mut switchboard_core::Subscription,
+    range: std::ops::Range<u32>,
+    keep: Option<u32>,
+) -> (u32, Option<switchboard_core::Delivery>) {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut kept = None;
+    while !range.clone().all(|i| seen.contains_key(&i)) {
+        let item = match tokio::time::timeout(Duration::from_secs(30), subscription.next()).await {
+            Ok(item) => item.expect("the subscription goes on"),
+            Err(_) => panic!(
+                "LOST: {:?} never came",
+                range
+                    .clone()
+                    .filter(|i| !seen.contains_key(i))
+                    .collect::<Vec<_>>()
+            ),
+        };
+        let mut delivery = match item {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                eprintln!("reshard: error item: {error}");
+                continue;
+            }
+        };
+        let n: u32 = delivery.payload_str().unwrap().parse().unwrap();
+        *seen.entry(n).or_insert(0u32) += 1;
+        if Some(n) == keep && kept.is_none() {
+            kept = Some(delivery);
+        } else {
+            delivery.ack().await.unwrap();
+        }
+    }
+    (seen.values().map(|c| c - 1).sum(), kept)
+}
+
+/// The id of node `index` (`CLUSTER MYID`).
+fn node_id(cluster: &RedisCluster, index: usize) -> String {
+    cluster.cli(index, &["cluster", "myid"]).trim().to_string()
+}
+
+/// Moves the keys `keys` of `slot` from node `from` to node `to` (`MIGRATE`).
+fn migrate(cluster: &RedisCluster, slot: u16, from: usize, to: usize, keys: &[&str]) {
+    let port = cluster.nodes[to].port().to_string();
+    let mut args = vec!["migrate", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+    args.extend(keys);
+    let answer = cluster.cli(from, &args);
+    assert_eq!(
+        answer.trim(),
+        "OK",
+        "MIGRATE of {keys:?} (slot {slot}) answered {answer}"
+    );
+}
+
+/// Resharding the durable keys' slot to another master: during the
+/// migration an ack whose stream already moved is answered `ASK` and sent,
+/// after `ASKING`, to the new node; once the slot is moved, the publisher,
+/// the durable member and the control connection meet `MOVED` and follow
+/// it. Nothing published (and flushed) is lost, the ack made through `ASK`
+/// holds, and the new master got the function library.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_follows_its_slot_when_it_is_resharded() {
+    let Some(cluster) = RedisCluster::start(3, 0) else {
+        return;
+    };
+    let slot = cluster.key_slot("{switchboard}:durable");
+    let from = cluster.master_of(slot, 0).unwrap();
+    let to = (0..3).find(|&i| i != from).unwrap();
+    let broker = switchboard_redis::connect(&format!("{}?name=sbtest-reshard", cluster.url()))
+        .await
+        .unwrap();
+    let subject = unique("cluster.reshard");
+    let pattern: switchboard_core::Pattern = format!("{subject}.>").parse().unwrap();
+    let consumer = Durable::new(&subject.replace('.', "-"))
+        .unwrap()
+        .ack_wait(Duration::from_secs(60));
+    let mut subscription = broker.subscribe_durable(&pattern, &consumer).await.unwrap();
+    let stream = format!("{{switchboard}}:durable:stream:{pattern}");
+    publish_numbered(&broker, &subject, 0..10).await;
+    let (_, held) = receive_numbered(&mut subscription, 0..10, Some(9)).await;
+    let mut held = held.unwrap();
+
+    // The migration starts; the stream moves first.
+    let (from_id, to_id) = (node_id(&cluster, from), node_id(&cluster, to));
+    let slot_text = slot.to_string();
+    assert_eq!(
+        cluster
+            .cli(
+                to,
+                &["cluster", "setslot", &slot_text, "importing", &from_id]
+            )
+            .trim(),
+        "OK"
+    );
+    assert_eq!(
+        cluster
+            .cli(
+                from,
+                &["cluster", "setslot", &slot_text, "migrating", &to_id]
+            )
+            .trim(),
+        "OK"
+    );
+    migrate(&cluster, slot, from, to, &[&stream]);
+    // The old master no longer has the stream: ASK, then ASKING on the new one.
+    held.ack().await.unwrap();
+    // The rest moves, and every master learns the slot's new owner.
+    let keys = cluster.cli(from, &["cluster", "getkeysinslot", &slot_text, "100"]);
+    let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+    if !keys.is_empty() {
+        migrate(&cluster, slot, from, to, &keys);
+    }
+    for node in 0..3 {
+        assert_eq!(
+            cluster
+                .cli(node, &["cluster", "setslot", &slot_text, "node", &to_id])
+                .trim(),
+            "OK"
+        );
+    }
+    assert_eq!(cluster.master_of(slot, from), Some(to));
+
+    let republished = publish_numbered(&broker, &subject, 10..20).await;
+    let (mut duplicates, _) = receive_numbered(&mut subscription, 10..20, None).await;
+    // Deliveries made again after the move (the member reads its own
+    // pending entries first after each reconnection) are duplicates.
+    while let Ok(Some(item)) =
+        tokio::time::timeout(Duration::from_secs(1), subscription.next()).await
+    {
+        if let Ok(mut delivery) = item {
+            duplicates += 1;
+            delivery.ack().await.unwrap();
+        }
+    }
+    // Every entry was acknowledged, the one acked through ASK included.
+    let pending = cluster.cli(to, &["xpending", &stream, consumer.consumer().as_str()]);
+    assert!(
+        pending.starts_with("0\n"),
+        "nothing pending on the new master: {pending}"
+    );
+    let clients = cluster.cli(to, &["client", "list"]);
+    assert!(
+        clients.contains("name=sbtest-reshard-durable "),
+        "the member moved: {clients}"
+    );
+    drop(subscription);
+    broker.remove_durable(&pattern, &consumer).await.unwrap();
+    broker.close().await.unwrap();
+    eprintln!("reshard: slot {slot} moved from node {from} to node {to}; {republished} flush(es) failed on MOVED and were published again; {duplicates} duplicate(s)");
+}
