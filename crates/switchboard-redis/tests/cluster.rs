@@ -1,11 +1,15 @@
-//! Redis Cluster (`redis+cluster://h1:p1,h2:p2,…`) on a cluster of the
-//! test's own (3 masters, each with a replica): a subscriber on one node
-//! receives what is published through another, the conformance suite runs
-//! unchanged against the cluster (its durable cases included),
-//! and a subscription whose node is killed moves to another node. Over TLS
+//! Redis Cluster (`redis+cluster://h1:p1,h2:p2,…`) on clusters of the
+//! test's own (3 masters, some with a replica each): a subscriber on one
+//! node receives what is published through another, the conformance suite
+//! runs unchanged against the cluster (its durable cases included), and a
+//! subscription whose node is killed moves to another node. Over TLS
 //! (`rediss+cluster://`, a cluster whose nodes serve TLS only, bus and
-//! replication included), the same crossing works with the test's CA, and
-//! fails clearly without it.
+//! replication included), the same crossing and a durable round trip work
+//! with the test's CA, and fail clearly without it. The durable mode
+//! follows the master of its slot: `flush` waits for its replica (`WAIT`),
+//! the restart drill survives two failovers of that master, and a slot
+//! migrated by hand to another master is followed (`ASK` during the
+//! migration, `MOVED` after).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -445,4 +449,76 @@ async fn durable_follows_its_slot_when_it_is_resharded() {
     broker.remove_durable(&pattern, &consumer).await.unwrap();
     broker.close().await.unwrap();
     eprintln!("reshard: slot {slot} moved from node {from} to node {to}; {republished} flush(es) failed on MOVED and were published again; {duplicates} duplicate(s)");
+}
+
+/// Durable publishing throughput on a cluster against one server, same
+/// code, same run (a measurement, run by hand in release mode):
+/// 16-byte publishes on a subject one durable pattern matches, flushed every
+/// 1,000 (on the cluster with replicas each flush also waits for one,
+/// `WAIT`). `SB_BENCH_N` sets the count per round (default 200,000).
+///
+/// `cargo test --release -p switchboard-redis --test cluster -- --ignored --nocapture durable_publish_rate`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand in release mode"]
+async fn durable_publish_rate_on_a_cluster_and_on_one_server() {
+    let n: u32 = std::env::var("SB_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let Some(single) = switchboard_testkit::RedisServer::start(&[]) else {
+        return;
+    };
+    let Some(plain) = RedisCluster::start(3, 0) else {
+        return;
+    };
+    let Some(replicated) = RedisCluster::start(3, 1) else {
+        return;
+    };
+    let targets = [
+        ("one server", single.url()),
+        ("cluster, no replicas", plain.url()),
+        ("cluster, 1 replica each (WAIT per flush)", replicated.url()),
+    ];
+    for round in 0..3 {
+        let mut rates = Vec::new();
+        for (label, url) in &targets {
+            let broker = switchboard_redis::connect(url).await.unwrap();
+            let pattern: switchboard_core::Pattern = "sbbench.durable.>".parse().unwrap();
+            let consumer = Durable::new("sbbench-cluster").unwrap();
+            broker
+                .subscribe_durable(&pattern, &consumer)
+                .await
+                .unwrap()
+                .close()
+                .await
+                .unwrap();
+            let subject: switchboard_core::Subject = "sbbench.durable.x".parse().unwrap();
+            let payload = bytes::Bytes::from_static(&[b'x'; 16]);
+            let started = std::time::Instant::now();
+            for i in 0..n {
+                broker
+                    .publish(Message::from_parts(
+                        subject.clone(),
+                        payload.clone(),
+                        Default::default(),
+                    ))
+                    .await
+                    .unwrap();
+                if i % 1000 == 999 {
+                    broker.flush().await.unwrap();
+                }
+            }
+            broker.flush().await.unwrap();
+            let rate = f64::from(n) / started.elapsed().as_secs_f64();
+            rates.push(rate);
+            broker.remove_durable(&pattern, &consumer).await.unwrap();
+            broker.close().await.unwrap();
+            println!("round {round}: {label}: {rate:.0} msg/s");
+        }
+        println!(
+            "round {round}: cluster/one server {:.2}x, cluster with WAIT/one server {:.2}x",
+            rates[1] / rates[0],
+            rates[2] / rates[0]
+        );
+    }
 }
