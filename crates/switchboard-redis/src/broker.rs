@@ -85,8 +85,10 @@ impl fmt::Debug for RedisBroker {
 impl RedisBroker {
     pub(crate) async fn connect_with(url: &str, mut options: RedisOptions) -> Result<Self> {
         let target = Target::parse(url, &mut options)?;
+        // On a cluster, the publishing connection is on the master of the
+        // durable keys' slot (a PUBLISH reaches every node from any node).
         let mut conn = target
-            .connect(options.connect_timeout, &options.client_name())
+            .connect_durable(options.connect_timeout, &options.client_name())
             .await?;
         // The server's payload limit, if it tells (CONFIG may be disabled or not permitted).
         let limit = tokio::time::timeout(
@@ -121,14 +123,7 @@ impl RedisBroker {
         let (publisher, writer) =
             publisher::start(conn, target.clone(), options.clone(), max_payload);
         let shutdown = watch::Sender::new(false);
-        // The durable mode's registry, function and streams live in one
-        // server's keyspace; a cluster would spread them over slots of
-        // several nodes, which the mode does not route yet.
-        let durable = if target.is_cluster() {
-            Err("Redis Cluster (redis+cluster://) has no durable mode yet; use one Redis server for durable subscriptions".to_string())
-        } else {
-            start_durable(&target, &options, &publisher, &shutdown).await
-        };
+        let durable = start_durable(&target, &options, &publisher, &shutdown).await;
         let (control, routing) = match durable {
             Ok((control, routing)) => (Ok(control), Some(routing)),
             Err(reason) => (Err(reason), None),
@@ -373,7 +368,7 @@ async fn start_durable(
     shutdown: &watch::Sender<bool>,
 ) -> std::result::Result<(Arc<Control>, JoinHandle<()>), String> {
     let conn = target
-        .connect(
+        .connect_durable(
             options.connect_timeout,
             &format!("{}-control", options.client_name()),
         )

@@ -74,13 +74,25 @@ impl Target {
             return Ok(conn);
         }
         let (tcp, host) = if self.is_cluster() {
-            self.connect_cluster_node().await?
+            let (tcp, index) = self.connect_cluster_node().await?;
+            (tcp, self.cluster[index].0.as_str())
         } else {
             let tcp = TcpStream::connect((self.host.as_str(), self.port))
                 .await
                 .map_err(|e| error::tcp_failed(self, e))?;
             (tcp, self.host.as_str())
         };
+        self.finish(tcp, host, client_name).await
+    }
+
+    /// Sets up an open TCP connection to `host` (TCP options, TLS checked
+    /// against `host` on a cluster) and runs the handshake.
+    pub(crate) async fn finish(
+        &self,
+        tcp: TcpStream,
+        host: &str,
+        client_name: &str,
+    ) -> Result<Conn> {
         let _ = tcp.set_nodelay(true);
         set_keepalive(&tcp);
         let stream = match &self.tls {
@@ -116,8 +128,8 @@ impl Target {
 
     /// A TCP connection to a node of the cluster: the one that answered
     /// last first, then the others in the URL's order, so a connection lost
-    /// with its node moves to another one.
-    async fn connect_cluster_node(&self) -> Result<(TcpStream, &str)> {
+    /// with its node moves to another one. Returns the node's index.
+    pub(crate) async fn connect_cluster_node(&self) -> Result<(TcpStream, usize)> {
         use std::sync::atomic::Ordering;
         let nodes = self.cluster.len();
         let start = self.next_node.load(Ordering::Relaxed);
@@ -131,7 +143,7 @@ impl Target {
                         tracing::info!("redis: now on cluster node {host}:{port}");
                     }
                     self.next_node.store(index, Ordering::Relaxed);
-                    return Ok((tcp, host.as_str()));
+                    return Ok((tcp, index));
                 }
                 Err(e) => failures.push(format!("{host}:{port}: {e}")),
             }

@@ -68,7 +68,14 @@ impl Control {
     }
 
     /// Loads the library again (after a publish met `Function not found`).
+    /// On a cluster the connection is renewed instead, which loads the
+    /// library on the node that owns the durable keys now (after a
+    /// resharding the control connection may still be on the old one).
     pub(crate) async fn reload(&self) -> Result<(), Failure> {
+        if self.target.is_cluster() {
+            *self.conn.lock().await = None;
+            return self.call(&[b"PING"]).await.map(|_| ());
+        }
         self.call(&[b"FUNCTION", b"LOAD", b"REPLACE", LIBRARY.as_bytes()])
             .await
             .map(|_| ())
@@ -123,6 +130,27 @@ impl Control {
                     reloaded = true;
                     load(conn).await?;
                 }
+                Ok(Frame::Error(e)) if e.starts_with(b"ASK ") => {
+                    // The durable slot is being migrated, and this key has
+                    // moved already: this one command goes to the new node.
+                    match crate::cluster::asked(&e) {
+                        Some((host, port)) => return self.ask(&host, port, args).await,
+                        None => {
+                            return Err(format!("Redis answered {}", String::from_utf8_lossy(&e)))
+                        }
+                    }
+                }
+                Ok(Frame::Error(e)) if crate::cluster::is_redirect(&e) => {
+                    // The durable slot moved (a failover, resharding) or the
+                    // cluster is not serving it now: find its owner again.
+                    *slot = None;
+                    let delay = backoff.failed();
+                    if tokio::time::Instant::now() + delay > give_up {
+                        return Err(format!("Redis answered {}", String::from_utf8_lossy(&e)));
+                    }
+                    tracing::debug!(reply = %String::from_utf8_lossy(&e), "redis: the durable keys' slot moved; reconnecting to its owner");
+                    tokio::time::sleep(delay).await;
+                }
                 Ok(Frame::Error(e)) if e.starts_with(b"LOADING") => {
                     let delay = backoff.failed();
                     if tokio::time::Instant::now() + delay > give_up {
@@ -145,12 +173,40 @@ impl Control {
         }
     }
 
+    /// Sends one command, after `ASKING`, to the node an `ASK` redirect
+    /// named, on a connection of its own, and returns the reply.
+    async fn ask(&self, host: &str, port: u16, args: &[&[u8]]) -> Result<Frame, Failure> {
+        let name = format!("{}-control", self.options.client_name());
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| {
+                format!("the node {host}:{port} an ASK redirect named does not answer: {e}")
+            })?;
+        let mut conn = self
+            .target
+            .finish(tcp, host, &name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let broke = |e: std::io::Error| format!("the connection to {host}:{port} (ASK) broke: {e}");
+        conn.command(&[b"ASKING"]).await.map_err(broke)?;
+        let mut reply = conn.command(args).await.map_err(broke)?;
+        if matches!(&reply, Frame::Error(e) if e.starts_with(b"ERR Function not found")) {
+            load(&mut conn).await?;
+            conn.command(&[b"ASKING"]).await.map_err(broke)?;
+            reply = conn.command(args).await.map_err(broke)?;
+        }
+        match reply {
+            Frame::Error(e) => Err(format!("Redis answered {}", String::from_utf8_lossy(&e))),
+            frame => Ok(frame),
+        }
+    }
+
     /// Opens a control connection and loads the library on it.
     async fn open(&self) -> Result<Conn, Failure> {
         let name = format!("{}-control", self.options.client_name());
         let mut conn = self
             .target
-            .connect(self.options.connect_timeout, &name)
+            .connect_durable(self.options.connect_timeout, &name)
             .await
             .map_err(|e| e.to_string())?;
         load(&mut conn).await?;
@@ -159,7 +215,7 @@ impl Control {
 }
 
 /// Loads (or replaces) the function library on `conn`.
-async fn load(conn: &mut Conn) -> Result<(), Failure> {
+pub(crate) async fn load(conn: &mut Conn) -> Result<(), Failure> {
     match conn
         .command(&[b"FUNCTION", b"LOAD", b"REPLACE", LIBRARY.as_bytes()])
         .await

@@ -19,7 +19,7 @@ use crate::connection::Conn;
 use crate::control::Control;
 use crate::options::{RedisOptions, Target};
 use crate::resp::Frame;
-use crate::routing::{number, stream_key};
+use crate::routing::{number, Keys};
 use crate::{wire, KIND};
 
 /// At most this many entries are read at once, and delivered but not yet
@@ -44,6 +44,8 @@ struct Member {
     /// before the connection is given up: the keepalive (or a minute
     /// without one) beyond the `BLOCK` time.
     answer_within: Duration,
+    /// On a Redis Cluster, where the stream can move to another node.
+    cluster: bool,
 }
 
 /// Waits until the broker handle is closed or dropped.
@@ -68,16 +70,19 @@ pub(crate) async fn subscribe(
         return Err(Error::Closed { broker: KIND });
     }
     let name = format!("{}-durable", options.client_name());
-    let conn = target.connect(options.connect_timeout, &name).await?;
+    let conn = target
+        .connect_durable(options.connect_timeout, &name)
+        .await?;
     register.await?;
     let member = Member {
-        stream: Arc::from(stream_key(pattern)),
+        stream: Arc::from(Keys::of(&target).stream(pattern)),
         group: Arc::from(durable.consumer().as_str()),
         name: Arc::from(durable.name.as_str()),
         pattern: pattern.clone(),
         ack_wait: durable.ack_wait,
         max_deliver: durable.max_deliver.unwrap_or(0),
         answer_within: POLL + options.keepalive.unwrap_or(Duration::from_secs(60)),
+        cluster: target.is_cluster(),
     };
     let capacity = options.capacity.clamp(1, PREFETCH);
     let (tx, mut rx) = mpsc::channel(capacity);
@@ -111,7 +116,7 @@ async fn run(
         let opened = match first.take() {
             Some(conn) => Ok(conn),
             None => tokio::select! {
-                opened = target.connect(options.connect_timeout, &name) => opened,
+                opened = target.connect_durable(options.connect_timeout, &name) => opened,
                 _ = tx.closed() => return,
                 _ = ended(&mut shutdown) => return,
             },
@@ -226,7 +231,6 @@ async fn deliver_all(
             let (next, read) = claim(
                 &mut conn,
                 member,
-                control,
                 &[&ack_wait_ms, &batch, &max_deliver, &from, "1"],
             )
             .await?;
@@ -243,7 +247,6 @@ async fn deliver_all(
                 let (next, claimed) = claim(
                     &mut conn,
                     member,
-                    control,
                     &[&ack_wait_ms, &batch, &max_deliver, &cursor, "0"],
                 )
                 .await?;
@@ -300,9 +303,16 @@ async fn deliver_all(
 
 /// Why reading failed when Redis answered an error: the group or stream
 /// was removed (`remove_durable`; the subscription ends), or something else.
+/// On a cluster a stream that vanished under a blocked read may have been
+/// migrated to another node (resharding): the member reconnects, and its
+/// next read says which (`NOGROUP` when removed, `MOVED` or `ASK` when moved).
 fn gone(member: &Member, error: &[u8]) -> End {
     let text = String::from_utf8_lossy(error);
-    if text.contains("NOGROUP") || text.contains("no longer exists") {
+    let vanished = text.contains("no longer exists");
+    if vanished && member.cluster {
+        return End::Lost(format!("Redis answered {text}"));
+    }
+    if text.contains("NOGROUP") || vanished {
         End::Removed(format!(
             "the durable consumer '{}' no longer exists in Redis (removed with remove_durable?); the subscription ends: {text}",
             member.group
@@ -317,14 +327,15 @@ fn gone(member: &Member, error: &[u8]) -> End {
 async fn claim(
     conn: &mut Conn,
     member: &Member,
-    control: &Control,
     args: &[&str; 5],
 ) -> std::result::Result<(String, Vec<Entry>), End> {
     let mut reply = claim_call(conn, member, args).await;
     if let Ok(Frame::Error(e)) = &reply {
         if e.starts_with(b"ERR Function not found") {
-            // FUNCTION FLUSH, or a restart without persistence: load it again.
-            control.reload().await.map_err(End::Lost)?;
+            // FUNCTION FLUSH, a restart without persistence, or a new
+            // owner of the durable keys' slot on a cluster: load it again,
+            // on this connection's node.
+            crate::control::load(conn).await.map_err(End::Lost)?;
             reply = claim_call(conn, member, args).await;
         }
     }

@@ -287,6 +287,9 @@ pub(crate) struct Target {
     pub(crate) cluster: Vec<(String, u16)>,
     /// Which node of `cluster` to try first.
     pub(crate) next_node: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// How many replicas the master of the durable keys' slot had when a
+    /// connection last found it (`CLUSTER SLOTS`); 0 on one server.
+    pub(crate) owner_replicas: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl fmt::Debug for Target {
@@ -383,6 +386,7 @@ impl Target {
             db,
             cluster: Vec::new(),
             next_node: Default::default(),
+            owner_replicas: Default::default(),
         })
     }
 
@@ -540,6 +544,7 @@ impl Target {
             db,
             cluster: Vec::new(),
             next_node: Default::default(),
+            owner_replicas: Default::default(),
         })
     }
 }

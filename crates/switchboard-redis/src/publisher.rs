@@ -8,6 +8,10 @@
 //! back for that long while replies are owed, and the writer sends a `PING`
 //! when the connection has been idle for a third of it, so an idle link that
 //! died is noticed too (its `+PONG` is not counted as a publish's reply).
+//!
+//! On a cluster whose durable master has replicas, `flush` also queues a
+//! `WAIT 1` behind the durable publishes it covers (see the crate docs,
+//! "Redis Cluster"); the reader knows its reply by its position.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,6 +59,19 @@ struct State {
     routing: Routing,
     /// The registry version `routing` reflects (0: none yet).
     version: u64,
+    /// The first durable write (sequence number) no `WAIT` covers yet, on a
+    /// cluster whose durable master has replicas (see [`Shared::flush`]).
+    unreplicated: Option<u64>,
+    /// The `WAIT`s sent and not yet answered, oldest first.
+    waits: std::collections::VecDeque<Wait>,
+}
+
+/// A `WAIT` in the pipeline: it covers the durable writes from `from` on,
+/// and its reply is the one for sequence number `at`.
+#[derive(Debug)]
+struct Wait {
+    from: u64,
+    at: u64,
 }
 
 /// How a publish reaches Redis: a plain PUBLISH, or the durable mode's
@@ -114,6 +131,8 @@ impl Routing {
 pub(crate) struct DurableKeys {
     /// The registry hash's key.
     pub(crate) registry: Vec<u8>,
+    /// The key names (for the streams' keys).
+    pub(crate) keys: crate::routing::Keys,
     /// The stream length cap, as text.
     pub(crate) maxlen: Vec<u8>,
 }
@@ -144,6 +163,15 @@ pub(crate) struct Shared {
     /// Woken when Redis answered a durable publish with `Function not
     /// found` (the library was flushed): the routing link loads it again.
     pub(crate) function_missing: Notify,
+    /// Woken when Redis answered a durable publish with a cluster redirect
+    /// (`MOVED`, ...): the routing link moves to the new owner too.
+    pub(crate) owner_moved: Notify,
+    /// How many replicas the master of the durable keys has (the target's
+    /// count, updated on each connection to it); 0 on one server.
+    replicas: Arc<std::sync::atomic::AtomicUsize>,
+    /// The sequence number of the reply to the oldest `WAIT` in flight;
+    /// [`NO_PING`] when none is.
+    wait_at: AtomicU64,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -196,7 +224,7 @@ impl Shared {
                 patterns
                     .into_iter()
                     .map(|pattern| Route {
-                        stream: crate::routing::stream_key(&pattern).into_bytes(),
+                        stream: self.durable.keys.stream(&pattern).into_bytes(),
                         pattern,
                     })
                     .collect(),
@@ -237,7 +265,11 @@ impl Shared {
                 }
                 if state.buf.len() < HIGH_WATER {
                     let was_empty = state.buf.is_empty();
-                    match state.routing.path(message.subject().as_str()) {
+                    let path = state.routing.path(message.subject().as_str());
+                    if !matches!(path, Path::Plain) && state.unreplicated.is_none() {
+                        state.unreplicated = Some(state.queued + 1);
+                    }
+                    match path {
                         Path::Plain => {
                             resp::encode_publish(&mut state.buf, subject, body_len, |out| {
                                 wire::encode_into(headers, payload, out)
@@ -280,10 +312,11 @@ impl Shared {
     /// failures stay until a later flush (whose target covers them) reports them.
     pub(crate) async fn flush(&self, allow_closed: bool) -> Result<()> {
         let target = {
-            let state = lock(&self.state);
+            let mut state = lock(&self.state);
             if state.closed && !allow_closed {
                 return Err(Error::Closed { broker: KIND });
             }
+            self.wait_for_replica(&mut state);
             state.queued
         };
         let mut answered = self.answered.subscribe();
@@ -331,6 +364,66 @@ impl Shared {
         }
     }
 
+    /// On a cluster whose durable master has replicas, queues a `WAIT 1`
+    /// behind the durable writes not covered yet, so that `flush` returns
+    /// once a replica has them too (Redis replicates asynchronously: what
+    /// only the master had is lost if it fails over), and fails saying so
+    /// if none confirms within [`wait_timeout`].
+    fn wait_for_replica(&self, state: &mut State) {
+        let Some(from) = state.unreplicated else {
+            return;
+        };
+        if self.replicas.load(Ordering::Relaxed) == 0 || state.down.is_some() {
+            return;
+        }
+        state.unreplicated = None;
+        let was_empty = state.buf.is_empty();
+        let millis = wait_timeout(self.flush_timeout).as_millis().to_string();
+        resp::encode_command(&mut state.buf, &[b"WAIT", b"1", millis.as_bytes()]);
+        state.queued += 1;
+        if state.waits.is_empty() {
+            self.wait_at.store(state.queued, Ordering::Release);
+        }
+        state.waits.push_back(Wait {
+            from,
+            at: state.queued,
+        });
+        if was_empty {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The reader got the reply to the oldest `WAIT` (sequence number `at`).
+    fn replicated(&self, at: u64, reply: &resp::Frame) {
+        let mut state = lock(&self.state);
+        let wait = state.waits.pop_front();
+        let next = state.waits.front().map_or(NO_PING, |w| w.at);
+        self.wait_at.store(next, Ordering::Release);
+        let Some(wait) = wait.filter(|w| w.at == at) else {
+            return;
+        };
+        let reason = match reply {
+            resp::Frame::Integer(n) if *n >= 1 => return,
+            resp::Frame::Integer(_) => format!(
+                "stored by the master of the durable keys, but no replica confirmed them within {:?} (WAIT); a failover now would lose them",
+                wait_timeout(self.flush_timeout)
+            ),
+            other => format!("Redis answered WAIT with {}", other.describe()),
+        };
+        // The durable writes before it (and the publishes between them).
+        self.fail(&mut state, wait.from, wait.at - 1, reason);
+    }
+
+    /// Forgets the `WAIT`s whose replies will not come (the connection
+    /// broke; everything up to `written` is resolved).
+    fn forget_waits(&self, state: &mut State, written: u64) {
+        while state.waits.front().is_some_and(|w| w.at <= written) {
+            state.waits.pop_front();
+        }
+        let next = state.waits.front().map_or(NO_PING, |w| w.at);
+        self.wait_at.store(next, Ordering::Release);
+    }
+
     /// Stops accepting publishes.
     pub(crate) fn close(&self) {
         lock(&self.state).closed = true;
@@ -354,6 +447,14 @@ impl Shared {
     }
 }
 
+/// How long a flush's `WAIT` waits for a replica: a second, or half the
+/// flush timeout if that is shorter.
+fn wait_timeout(flush_timeout: Duration) -> Duration {
+    (flush_timeout / 2)
+        .min(Duration::from_secs(1))
+        .max(Duration::from_millis(1))
+}
+
 /// Starts the publishing side on an open connection; returns its shared state
 /// and the task that drives it (ends after [`Shared::shutdown`]).
 pub(crate) fn start(
@@ -374,8 +475,15 @@ pub(crate) fn start(
         ping_at: AtomicU64::new(NO_PING),
         link: switchboard_core::Link::new(KIND),
         function_missing: Notify::new(),
+        owner_moved: Notify::new(),
+        replicas: target.owner_replicas.clone(),
+        wait_at: AtomicU64::new(NO_PING),
         durable: DurableKeys {
-            registry: crate::routing::REGISTRY_KEY.as_bytes().to_vec(),
+            registry: crate::routing::Keys::of(&target)
+                .registry()
+                .as_bytes()
+                .to_vec(),
+            keys: crate::routing::Keys::of(&target),
             maxlen: options.stream_maxlen.to_string().into_bytes(),
         },
     });
@@ -397,7 +505,10 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
                 if lock(&shared.state).shutdown {
                     return;
                 }
-                match target.connect(options.connect_timeout, &client_name).await {
+                match target
+                    .connect_durable(options.connect_timeout, &client_name)
+                    .await
+                {
                     Ok(c) => {
                         shared.link.restored();
                         lock(&shared.state).down = None;
@@ -418,6 +529,7 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
                             );
                             written = queued;
                             shared.written.store(written, Ordering::Release);
+                            shared.forget_waits(&mut state, written);
                             state.down = Some(reason);
                         }
                         shared.answered.send_replace(written);
@@ -517,6 +629,7 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
                 written,
                 format!("the connection broke before Redis answered ({reason}); they may or may not have been delivered"),
             );
+            shared.forget_waits(&mut state, written);
         }
         shared.answered.send_replace(written);
         shared.link.lost(format_args!("publisher: {reason}"));
@@ -570,6 +683,20 @@ async fn read_replies(
     let reason = 'outer: loop {
         let before = answered;
         loop {
+            // The next reply is a WAIT's (unless a PING's PONG comes first).
+            if shared.ping_at.load(Ordering::Acquire) != answered
+                && shared.wait_at.load(Ordering::Acquire) == answered + 1
+            {
+                match resp::parse(&mut buf) {
+                    Ok(Some(frame)) => {
+                        answered += 1;
+                        shared.replicated(answered, &frame);
+                        continue;
+                    }
+                    Ok(None) => break,
+                    Err(e) => break 'outer format!("unexpected reply: {}", e.0),
+                }
+            }
             let status = resp::parse_status(&mut buf);
             if matches!(status, Ok(Some(_))) && shared.ping_at.load(Ordering::Acquire) == answered {
                 // The answer to the writer's PING, not to a publish.
@@ -583,13 +710,23 @@ async fn read_replies(
                     if error.starts_with("ERR Function not found") {
                         shared.function_missing.notify_one();
                     }
-                    let mut state = lock(&shared.state);
-                    shared.fail(
-                        &mut state,
-                        answered,
-                        answered,
-                        format!("Redis answered {error}"),
-                    );
+                    {
+                        let mut state = lock(&shared.state);
+                        shared.fail(
+                            &mut state,
+                            answered,
+                            answered,
+                            format!("Redis answered {error}"),
+                        );
+                    }
+                    if crate::cluster::is_redirect(error.as_bytes()) {
+                        // The durable keys' slot moved (a failover,
+                        // resharding): reconnect to its owner; the routing
+                        // link follows.
+                        shared.answered.send_replace(answered);
+                        shared.owner_moved.notify_one();
+                        break 'outer format!("Redis answered {error}; reconnecting to the node that owns the durable keys");
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => break 'outer format!("unexpected reply: {}", e.0),

@@ -33,16 +33,44 @@ use crate::publisher;
 use crate::resp::Frame;
 use crate::KIND;
 
-/// The registry hash: durable pattern -> the key of its stream.
-pub(crate) const REGISTRY_KEY: &str = "switchboard:durable";
-/// The registry's version (a number that only grows).
-pub(crate) const VERSION_KEY: &str = "switchboard:durable:version";
 /// The function a durable publish calls.
 pub(crate) const PUBLISH_FUNCTION: &[u8] = b"switchboard_v1_publish";
 
-/// The key of the stream that keeps the messages of durable pattern `pattern`.
-pub(crate) fn stream_key(pattern: &Pattern) -> String {
-    format!("switchboard:durable:stream:{pattern}")
+/// The durable mode's key names. On one server they are what they always
+/// were (`switchboard:durable...`); on a Redis Cluster every one starts with
+/// the hash tag `{switchboard}` ([`PREFIX`](crate::cluster::PREFIX)),
+/// so all of them are in one slot, on one master, where the functions may
+/// touch them together.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Keys {
+    prefix: &'static str,
+}
+
+impl Keys {
+    pub(crate) fn of(target: &Target) -> Keys {
+        Keys {
+            prefix: if target.is_cluster() {
+                crate::cluster::PREFIX
+            } else {
+                "switchboard:durable"
+            },
+        }
+    }
+
+    /// The registry hash: durable pattern -> the key of its stream.
+    pub(crate) fn registry(self) -> &'static str {
+        self.prefix
+    }
+
+    /// The registry's version (a number that only grows).
+    pub(crate) fn version(self) -> String {
+        format!("{}:version", self.prefix)
+    }
+
+    /// The key of the stream that keeps the messages of durable pattern `pattern`.
+    pub(crate) fn stream(self, pattern: &Pattern) -> String {
+        format!("{}:stream:{pattern}", self.prefix)
+    }
 }
 
 /// The channel on which registry changes are announced. Pub/sub channels
@@ -91,14 +119,14 @@ fn patterns<'a>(items: impl Iterator<Item = &'a [u8]>) -> Vec<Pattern> {
 }
 
 /// Reads the registry through the control connection.
-async fn load(control: &Control) -> std::result::Result<Registry, String> {
+async fn load(control: &Control, keys: Keys) -> std::result::Result<Registry, String> {
     let reply = control
         .call(&[
             b"FCALL_RO",
             b"switchboard_v1_registry",
             b"2",
-            REGISTRY_KEY.as_bytes(),
-            VERSION_KEY.as_bytes(),
+            keys.registry().as_bytes(),
+            keys.version().as_bytes(),
         ])
         .await?;
     let Frame::Array(Some(items)) = reply else {
@@ -200,8 +228,10 @@ async fn link(
     publisher: &publisher::Shared,
 ) -> std::result::Result<Conn, String> {
     let name = format!("{}-routing", options.client_name());
+    // On the master of the durable keys' slot, like every routing link:
+    // PUBLISH on a cluster counts the receivers on its own node only.
     let mut conn = target
-        .connect(options.connect_timeout, &name)
+        .connect_durable(options.connect_timeout, &name)
         .await
         .map_err(|e| e.to_string())?;
     let args: [&[u8]; 2] = [b"SUBSCRIBE", channel.as_bytes()];
@@ -211,7 +241,7 @@ async fn link(
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err("Redis did not confirm SUBSCRIBE in time".into()),
     }
-    let registry = load(control).await?;
+    let registry = load(control, Keys::of(target)).await?;
     publisher.set_routing(registry.version, registry.patterns, true);
     Ok(conn)
 }
@@ -237,6 +267,14 @@ async fn pump(
                     Err(reason) => tracing::warn!(%reason, "redis: durable publishes met `Function not found`, and loading the library again failed"),
                 }
                 continue;
+            }
+            _ = publisher.owner_moved.notified() => {
+                // The control connection moves too, loading the function
+                // library on the new owner (which may not have it).
+                if let Err(reason) = control.reload().await {
+                    tracing::debug!(%reason, "redis: reconnecting the control connection to the durable keys' new owner failed");
+                }
+                return "the durable keys' slot moved to another node".into();
             }
             _ = sleep_until(check) => {
                 let Some(keepalive) = keepalive else { continue };
@@ -307,7 +345,7 @@ pub(crate) async fn change(
     // Listen for acknowledgements before the change, so none is missed.
     let acks = acks_channel(target);
     let mut listener = target
-        .connect(
+        .connect_durable(
             options.connect_timeout,
             &format!("{}-acks", options.client_name()),
         )
@@ -323,15 +361,16 @@ pub(crate) async fn change(
         Ok(Err(e)) => return Err(failed(e.to_string())),
         Err(_) => return Err(failed("Redis did not confirm SUBSCRIBE in time".into())),
     }
-    let stream = stream_key(pattern);
+    let keys = Keys::of(target);
+    let stream = keys.stream(pattern);
     let channel = changes_channel(target);
     let reply = control
         .call(&[
             b"FCALL",
             function,
             b"3",
-            REGISTRY_KEY.as_bytes(),
-            VERSION_KEY.as_bytes(),
+            keys.registry().as_bytes(),
+            keys.version().as_bytes(),
             stream.as_bytes(),
             pattern.as_str().as_bytes(),
             group.as_bytes(),

@@ -81,6 +81,10 @@ impl RedisCluster {
                 &bus,
                 "--cluster-node-timeout",
                 "2000",
+                // A replica syncs at once (not after the default 5 s wait
+                // for more replicas), so a failover can happen soon after start.
+                "--repl-diskless-sync-delay",
+                "0",
                 "--dir",
                 &dir_text,
             ];
@@ -169,6 +173,11 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stderr)
         );
         cluster.wait_ok();
+        // A replica that has not synced cannot take over: a test may kill a
+        // master as soon as this returns.
+        for index in cluster.replicas() {
+            cluster.wait_replica_synced(index);
+        }
         Some(cluster)
     }
 
@@ -198,6 +207,115 @@ impl RedisCluster {
                 );
                 std::thread::sleep(Duration::from_millis(100));
             }
+        }
+    }
+
+    /// `redis-cli` on node `index` with `args`; its output (empty if it
+    /// does not answer).
+    pub fn cli(&self, index: usize, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(&self.cli_tls)
+            .args(["-p", &self.nodes[index].port().to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`, asked of a running node).
+    pub fn key_slot(&self, key: &str) -> u16 {
+        let running = self.running().next().expect("a running node");
+        let answer = self.cli(running, &["cluster", "keyslot", key]);
+        answer
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("CLUSTER KEYSLOT {key} answered {answer:?}"))
+    }
+
+    /// The indexes of the running nodes that are replicas (`role:slave`).
+    fn replicas(&self) -> Vec<usize> {
+        self.running()
+            .filter(|&i| self.cli(i, &["role"]).starts_with("slave"))
+            .collect()
+    }
+
+    /// The indexes of the nodes whose process runs.
+    fn running(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].process.pid().is_some())
+    }
+
+    /// The node that serves `slot` as a master, as node `asked` sees it
+    /// (`CLUSTER NODES`; a master flagged `fail` does not count).
+    pub fn master_of(&self, slot: u16, asked: usize) -> Option<usize> {
+        let nodes = self.cli(asked, &["cluster", "nodes"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else {
+                continue;
+            };
+            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                continue;
+            }
+            let serves = fields.iter().skip(8).any(|range| {
+                let (start, end) = range.split_once('-').unwrap_or((range, range));
+                matches!((start.parse::<u16>(), end.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+            });
+            if !serves {
+                continue;
+            }
+            let port = address
+                .split(['@', ','])
+                .next()
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse::<u16>().ok());
+            return self.nodes.iter().position(|n| Some(n.port()) == port);
+        }
+        None
+    }
+
+    /// Waits until every running node agrees that a running node other than
+    /// `old` is the master of `slot`, and the cluster is `ok`; returns it
+    /// and how long it took. Panics after [`CLUSTER_PATIENCE`].
+    pub fn wait_failover(&self, slot: u16, old: usize) -> (usize, Duration) {
+        let started = Instant::now();
+        loop {
+            let views: Vec<Option<usize>> =
+                self.running().map(|i| self.master_of(slot, i)).collect();
+            if let Some(Some(new)) = views.first() {
+                if *new != old
+                    && self.nodes[*new].process.pid().is_some()
+                    && views.iter().all(|v| *v == Some(*new))
+                {
+                    self.wait_ok();
+                    return (*new, started.elapsed());
+                }
+            }
+            assert!(
+                started.elapsed() < CLUSTER_PATIENCE,
+                "no replica took over slot {slot} from node {old} within {CLUSTER_PATIENCE:?} (views: {views:?})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until node `index`, a replica, has its link to its master up
+    /// and has finished the initial sync. Panics after [`CLUSTER_PATIENCE`].
+    pub fn wait_replica_synced(&self, index: usize) {
+        let started = Instant::now();
+        loop {
+            let info = self.cli(index, &["info", "replication"]);
+            if info.contains("role:slave")
+                && info.contains("master_link_status:up")
+                && info.contains("master_sync_in_progress:0")
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < CLUSTER_PATIENCE,
+                "node {index} did not sync as a replica within {CLUSTER_PATIENCE:?}: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
