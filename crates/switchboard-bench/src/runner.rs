@@ -362,6 +362,12 @@ impl Consumers {
             })
         };
         let shared = new_pool();
+        // A worker's deliveries come out of its handler: one that takes
+        // `handler_time` is no sign of a stall for that long.
+        let idle = match spec.mode {
+            Mode::Worker => spec.idle + spec.handler_time,
+            _ => spec.idle,
+        };
         let tasks = receivers
             .into_iter()
             .map(|receiver| {
@@ -374,7 +380,7 @@ impl Consumers {
                     receiver,
                     pool,
                     target.clone(),
-                    spec.idle,
+                    idle,
                     base,
                     latency,
                     expected_each,

@@ -17,8 +17,16 @@ use crate::trace::TraceContext;
 /// it on shutdown.
 #[derive(Clone)]
 pub struct Context {
-    message: Arc<Message>,
+    /// What every attempt at the message shares: copying a context (once per
+    /// attempt) takes one reference count, not one per field.
+    shared: Arc<Shared>,
     attempt: u32,
+}
+
+/// The message and what the worker knows about it, the same for every attempt.
+#[derive(Clone)]
+struct Shared {
+    message: Message,
     redelivered: bool,
     /// The broker's delivery count and the route's `max_deliver` (durable routes).
     delivery_count: Option<u32>,
@@ -36,16 +44,18 @@ impl Context {
     /// or a layer directly in a test.
     pub fn new(message: Message, broker: Arc<dyn Broker>) -> Self {
         Context {
-            route: Arc::from(message.subject().as_str()),
-            trace: handler_span(&message),
-            message: Arc::new(message),
+            shared: Arc::new(Shared {
+                route: Arc::from(message.subject().as_str()),
+                trace: handler_span(&message),
+                message,
+                redelivered: false,
+                delivery_count: None,
+                max_deliver: None,
+                broker,
+                counters: Arc::default(),
+                replier: None,
+            }),
             attempt: 1,
-            redelivered: false,
-            delivery_count: None,
-            max_deliver: None,
-            broker,
-            counters: Arc::default(),
-            replier: None,
         }
     }
 
@@ -61,23 +71,31 @@ impl Context {
         replier: Option<Arc<dyn Reply>>,
     ) -> Self {
         Context {
-            trace: parent.map(TraceContext::child),
-            message: Arc::new(message),
+            shared: Arc::new(Shared {
+                trace: parent.map(TraceContext::child),
+                message,
+                redelivered,
+                delivery_count: None,
+                max_deliver: None,
+                route,
+                broker,
+                counters,
+                replier,
+            }),
             attempt: 1,
-            redelivered,
-            delivery_count: None,
-            max_deliver: None,
-            route,
-            broker,
-            counters,
-            replier,
         }
+    }
+
+    /// The shared part, to change before the context is copied (a copy
+    /// made meanwhile keeps what it had).
+    fn shared_mut(&mut self) -> &mut Shared {
+        Arc::make_mut(&mut self.shared)
     }
 
     /// The same message as a request that `replier` answers (the worker sets
     /// it from the delivery; e.g. to call a handler directly in a test).
     pub fn with_replier(mut self, replier: Arc<dyn Reply>) -> Self {
-        self.replier = Some(replier);
+        self.shared_mut().replier = Some(replier);
         self
     }
 
@@ -85,16 +103,17 @@ impl Context {
     /// a durable route allowing `max_deliver` deliveries (the worker sets
     /// both; e.g. to test a handler on its last delivery).
     pub fn with_delivery(mut self, delivery_count: Option<u32>, max_deliver: Option<u32>) -> Self {
-        self.delivery_count = delivery_count;
-        self.redelivered |= delivery_count.is_some_and(|count| count > 1);
-        self.max_deliver = max_deliver;
+        let shared = self.shared_mut();
+        shared.delivery_count = delivery_count;
+        shared.redelivered |= delivery_count.is_some_and(|count| count > 1);
+        shared.max_deliver = max_deliver;
         self
     }
 
     /// How many times the broker delivered this message, this time included,
     /// where it counts (durable routes).
     pub fn delivery_count(&self) -> Option<u32> {
-        self.delivery_count
+        self.shared.delivery_count
     }
 
     /// Whether the broker will not deliver this message again if handling
@@ -103,7 +122,7 @@ impl Context {
     /// dead-letters only on the last delivery, and lets earlier failures go
     /// back to the broker for redelivery.
     pub fn is_last_delivery(&self) -> bool {
-        match (self.delivery_count, self.max_deliver) {
+        match (self.shared.delivery_count, self.shared.max_deliver) {
             (Some(count), Some(max)) => count >= max,
             _ => true,
         }
@@ -112,7 +131,7 @@ impl Context {
     /// The same message handled in the span `trace` (the OpenTelemetry span's
     /// ids, when one was started for it: see [`crate::otel`]).
     pub(crate) fn with_trace(mut self, trace: TraceContext) -> Self {
-        self.trace = Some(trace);
+        self.shared_mut().trace = Some(trace);
         self
     }
 
@@ -124,7 +143,7 @@ impl Context {
 
     /// The message.
     pub fn message(&self) -> &Message {
-        &self.message
+        &self.shared.message
     }
 
     /// Which attempt this is, from 1.
@@ -134,17 +153,17 @@ impl Context {
 
     /// Whether the broker says it delivered this message before.
     pub fn redelivered(&self) -> bool {
-        self.redelivered
+        self.shared.redelivered
     }
 
     /// The pattern of the route that received the message.
     pub fn route(&self) -> &str {
-        &self.route
+        &self.shared.route
     }
 
     /// The worker's broker, to publish or inspect capabilities.
     pub fn broker(&self) -> &Arc<dyn Broker> {
-        &self.broker
+        &self.shared.broker
     }
 
     /// Publishes `message` on the worker's broker. When the message being
@@ -152,10 +171,10 @@ impl Context {
     /// same trace, the handler's span as parent) and the `tracestate`,
     /// replacing any it had (see [`crate::trace`]).
     pub async fn publish(&self, mut message: Message) -> switchboard_core::Result<()> {
-        if let Some(trace) = &self.trace {
+        if let Some(trace) = &self.shared.trace {
             trace.inject(message.headers_mut())?;
         }
-        self.broker.publish(message).await
+        self.shared.broker.publish(message).await
     }
 
     /// The handler's span in the message's trace: the message's trace id, a
@@ -163,13 +182,13 @@ impl Context {
     /// `None` when the message carries no valid `traceparent`. Pass
     /// [`TraceContext::traceparent`] on to what the handler calls.
     pub fn trace(&self) -> Option<&TraceContext> {
-        self.trace.as_ref()
+        self.shared.trace.as_ref()
     }
 
     /// Whether the message is a request that expects a reply
     /// ([`Broker::request`](switchboard_core::Broker::request)).
     pub fn is_request(&self) -> bool {
-        self.replier.is_some()
+        self.shared.replier.is_some()
     }
 
     /// Answers the request with `payload` (see [`Context::reply_with`]).
@@ -187,13 +206,13 @@ impl Context {
         payload: impl Into<Bytes>,
         headers: Headers,
     ) -> switchboard_core::Result<()> {
-        match &self.replier {
+        match &self.shared.replier {
             Some(replier) => replier.reply(payload.into(), headers).await,
             None => Err(switchboard_core::Error::Unsupported {
-                broker: self.broker.kind(),
+                broker: self.shared.broker.kind(),
                 feature: format!(
                     "replying to a message on {:?} that is not a request (no one waits for an answer)",
-                    self.message.subject().as_str()
+                    self.shared.message.subject().as_str()
                 ),
             }),
         }
@@ -201,13 +220,13 @@ impl Context {
 
     /// The worker's counters (layers add to them).
     pub fn counters(&self) -> &Counters {
-        &self.counters
+        &self.shared.counters
     }
 
     /// The counters' shared handle, for a layer that keeps them past the
     /// call it hands the context to.
     pub(crate) fn counters_handle(&self) -> &Arc<Counters> {
-        &self.counters
+        &self.shared.counters
     }
 }
 
@@ -219,21 +238,22 @@ fn handler_span(message: &Message) -> Option<TraceContext> {
 impl Deref for Context {
     type Target = Message;
     fn deref(&self) -> &Message {
-        &self.message
+        &self.shared.message
     }
 }
 
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &*self.shared;
         f.debug_struct("Context")
-            .field("route", &self.route)
-            .field("subject", self.message.subject())
+            .field("route", &shared.route)
+            .field("subject", shared.message.subject())
             .field("attempt", &self.attempt)
-            .field("redelivered", &self.redelivered)
-            .field("delivery_count", &self.delivery_count)
-            .field("request", &self.replier.is_some())
-            .field("trace", &self.trace)
-            .field("broker", &self.broker.kind())
+            .field("redelivered", &shared.redelivered)
+            .field("delivery_count", &shared.delivery_count)
+            .field("request", &shared.replier.is_some())
+            .field("trace", &shared.trace)
+            .field("broker", &shared.broker.kind())
             .finish_non_exhaustive()
     }
 }

@@ -105,9 +105,12 @@ impl RouteTask {
         } else {
             tokio::time::Instant::now() + shared.grace
         };
-        // What the subscription already buffered is given back.
+        // What the subscription already buffered is given back. Outside the
+        // task's cooperative budget: a tokio channel answers `Pending` once
+        // the budget is spent (128 receives), which read as "nothing more
+        // buffered" and left the rest uncounted.
         for _ in 0..MAX_DRAIN {
-            match subscription.next().now_or_never() {
+            match tokio::task::unconstrained(subscription.next()).now_or_never() {
                 Some(Some(Ok(delivery))) => self.give_back(delivery).await,
                 Some(Some(Err(_))) => continue,
                 Some(None) | None => break,
@@ -144,15 +147,26 @@ impl RouteTask {
         mut stopped: Stopped<'_>,
         tasks: &mut JoinSet<()>,
     ) {
+        // One allocation for the loop, reused by each message's handling
+        // (a box per message was a malloc and a free per message).
+        let mut job = Box::pin(None);
         while let Some(delivery) = self.take(subscription, &mut stopped).await {
-            let mut job = Box::pin(handle(self.state.clone(), delivery));
-            tokio::select! {
+            job.set(Some(handle(self.state.clone(), delivery)));
+            let Some(running) = job.as_mut().as_pin_mut() else {
+                continue;
+            };
+            let stop = tokio::select! {
                 biased;
-                () = &mut job => {}
-                _ = stopped.as_mut() => {
-                    tasks.spawn(job);
-                    break;
-                }
+                () = running => false,
+                _ = stopped.as_mut() => true,
+            };
+            if stop {
+                tasks.spawn(async move {
+                    if let Some(running) = job.as_mut().as_pin_mut() {
+                        running.await;
+                    }
+                });
+                break;
             }
             // Handlers that finish at once never yield: give the runtime's
             // other tasks their turn now and then, as awaiting a task did.
