@@ -5,10 +5,10 @@
 //!
 //! Durable runs: a JetStream stream over the run's subject (file storage, as
 //! the adapter provisions), JetStream publishes with up to [`ACK_WINDOW`]
-//! PubAcks outstanding (the adapter's `MAX_PENDING_ACKS`; here a sliding
-//! window, the adapter awaits all of them when it is full), and a durable
-//! pull consumer fetching [`PULL_BATCH`] at a time (the adapter's batch),
-//! acked one by one.
+//! PubAcks outstanding in a sliding window (the adapter's `MAX_PENDING_ACKS`
+//! and its window), and a durable pull consumer fetching [`PULL_BATCH`] at a
+//! time with the adapter's expiry and heartbeat, pulling again after missed
+//! heartbeats as the adapter does, acked one by one.
 
 use std::collections::VecDeque;
 use std::sync::OnceLock;
@@ -33,6 +33,12 @@ pub(crate) const ACK_WINDOW: usize = 4096;
 
 /// Messages one pull asks for in durable runs (the adapter's).
 pub(crate) const PULL_BATCH: usize = 64;
+
+/// How long a pull request waits on the server in durable runs (the adapter's).
+const PULL_EXPIRES: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How often the server proves an idle pull is alive in durable runs (the adapter's).
+const PULL_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a stream created for a durable run keeps a message (the adapter's).
 const STREAM_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
@@ -82,6 +88,20 @@ impl RawNats {
         }
         Ok(())
     }
+}
+
+/// Pulls from `consumer` as the adapter does: [`PULL_BATCH`] a pull,
+/// [`PULL_EXPIRES`], heartbeats every [`PULL_HEARTBEAT`].
+async fn pull(
+    consumer: &consumer::PullConsumer,
+) -> Result<consumer::pull::Stream, consumer::StreamError> {
+    consumer
+        .stream()
+        .max_messages_per_batch(PULL_BATCH)
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_HEARTBEAT)
+        .messages()
+        .await
 }
 
 impl RawNats {
@@ -204,14 +224,35 @@ impl Client for RawNats {
             .get_consumer_from_stream(name, name)
             .await
             .map_err(js("looking up the consumer", &self.subject))?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(PULL_BATCH)
-            .messages()
+        let messages = pull(&consumer)
             .await
             .map_err(js("pulling", &self.subject))?;
         let subject = std::sync::Arc::<str>::from(self.subject.as_str());
-        Ok(messages
+        // After missed heartbeats the pull starts over, as the adapter's
+        // does: async-nats 0.51 does not pull again until its pull request
+        // expires (30 s by default), and a consumer stalled that long is
+        // cut off by the bench's idle check (3 s), everything not yet
+        // received counted as lost. The defaults (no re-pull, a 15 s
+        // heartbeat) are the likely cause of the 170,304 of 500,000 the raw
+        // side once reported lost (not reproduced since).
+        let deliveries = futures::stream::unfold(
+            (consumer, messages),
+            |(consumer, mut messages)| async move {
+                let item = messages.next().await?;
+                if let Err(error) = &item {
+                    if matches!(
+                        error.kind(),
+                        consumer::pull::MessagesErrorKind::MissingHeartbeat
+                    ) {
+                        if let Ok(fresh) = pull(&consumer).await {
+                            messages = fresh;
+                        }
+                    }
+                }
+                Some((item, (consumer, messages)))
+            },
+        );
+        Ok(deliveries
             .then(move |message| {
                 let subject = std::sync::Arc::clone(&subject);
                 async move {

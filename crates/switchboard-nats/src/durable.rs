@@ -8,11 +8,14 @@
 //! a message on a captured subject is published as a JetStream publish and
 //! `flush` waits for its acknowledgement (the PubAck).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
-use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::context::{ConsumerInfoErrorKind, PublishAckFuture, PublishError};
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use futures::stream::{Stream, StreamExt};
 use switchboard_core::{
@@ -34,7 +37,8 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 /// or until `ack_wait` is over, so smaller batches share work more evenly.
 const PULL_BATCH: usize = 64;
 
-/// PubAcks kept before a publish waits for them (async-nats allows 5,000).
+/// PubAcks kept before a publish waits for the oldest (async-nats allows
+/// 5,000 in flight per JetStream context and then blocks publishing).
 pub(crate) const MAX_PENDING_ACKS: usize = 4096;
 
 /// How long a stream this adapter provisions keeps a message: a consumer
@@ -44,17 +48,63 @@ pub const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The prefix of the streams this adapter provisions.
 pub const STREAM_PREFIX: &str = "switchboard-";
 
+/// Generations of every [`Captured`] in the process come from this one
+/// counter, so a generation names one list of one connection.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The last capture decision this thread made: the subject, the
+    /// generation of the subject list it was made from, and whether a stream
+    /// captures it. Publishing in a loop to one subject then costs a pointer
+    /// comparison instead of matching every stream's subjects (which, for a
+    /// `>` pattern, allocated). Per thread, so there is no lock.
+    static LAST_DECISION: RefCell<Option<(Subject, u64, bool)>> = const { RefCell::new(None) };
+}
+
+/// A JetStream publish whose PubAck is not awaited yet.
+struct Stored {
+    subject: async_nats::Subject,
+    ack: PublishAckFuture,
+}
+
+/// What publishes learnt from the PubAcks they awaited (the window slid),
+/// for the next `flush` to report.
+#[derive(Default)]
+struct Slid {
+    /// PubAcks awaited since the last `flush`.
+    confirmed: usize,
+    /// How many of them said the message was not stored.
+    failed: usize,
+    /// The first of those failures.
+    first: Option<PublishError>,
+}
+
 /// The subjects the server's JetStream streams capture, as this connection
 /// knows them, and the PubAcks of JetStream publishes not yet awaited.
-#[derive(Default)]
 pub(crate) struct Captured {
     /// True when `subjects` is not empty: the plain path checks only this.
     any: AtomicBool,
+    /// Changes with every change of `subjects` (see [`GENERATIONS`]).
+    generation: AtomicU64,
     subjects: RwLock<Vec<Pattern>>,
-    pending: Mutex<Vec<(async_nats::Subject, jetstream::context::PublishAckFuture)>>,
-    /// Held while a publish awaits the oldest PubAcks (the window slid):
-    /// `flush` takes it after its own, so it returns only once those are in too.
-    confirming: tokio::sync::Mutex<()>,
+    /// PubAcks in publishing order, at most about [`MAX_PENDING_ACKS`].
+    window: Mutex<VecDeque<Stored>>,
+    /// Held while a publish awaits the oldest PubAck (the window slid), with
+    /// what those PubAcks said: `flush` takes it after awaiting the window,
+    /// so it returns only once those are in too, and reports their failures.
+    sliding: tokio::sync::Mutex<Slid>,
+}
+
+impl Default for Captured {
+    fn default() -> Self {
+        Captured {
+            any: AtomicBool::new(false),
+            generation: AtomicU64::new(GENERATIONS.fetch_add(1, Ordering::Relaxed)),
+            subjects: RwLock::new(Vec::new()),
+            window: Mutex::new(VecDeque::new()),
+            sliding: tokio::sync::Mutex::new(Slid::default()),
+        }
+    }
 }
 
 impl Captured {
@@ -63,79 +113,76 @@ impl Captured {
         if !self.any.load(Ordering::Acquire) {
             return false;
         }
-        match self.subjects.read() {
+        // Read before the list: a change made meanwhile stores a newer
+        // generation, so a decision cached under this one is only ever
+        // recomputed, never wrongly reused.
+        let generation = self.generation.load(Ordering::Acquire);
+        let cached = LAST_DECISION.with(|last| match &*last.borrow() {
+            Some((text, made_in, captured)) if *made_in == generation && text == subject => {
+                Some(*captured)
+            }
+            _ => None,
+        });
+        if let Some(captured) = cached {
+            return captured;
+        }
+        let captured = match self.subjects.read() {
             Ok(subjects) => subjects.iter().any(|p| p.matches(subject.as_str())),
             Err(_) => false,
+        };
+        LAST_DECISION
+            .with(|last| *last.borrow_mut() = Some((subject.clone(), generation, captured)));
+        captured
+    }
+
+    /// Changes the subject list; a new generation once it is changed.
+    fn change(&self, edit: impl FnOnce(&mut Vec<Pattern>)) {
+        if let Ok(mut subjects) = self.subjects.write() {
+            edit(&mut subjects);
+            self.any.store(!subjects.is_empty(), Ordering::Release);
+            self.generation.store(
+                GENERATIONS.fetch_add(1, Ordering::Relaxed),
+                Ordering::Release,
+            );
         }
     }
 
     fn add(&self, patterns: impl IntoIterator<Item = Pattern>) {
-        if let Ok(mut subjects) = self.subjects.write() {
+        self.change(|subjects| {
             for pattern in patterns {
                 if !subjects.contains(&pattern) {
                     subjects.push(pattern);
                 }
             }
-            self.any.store(!subjects.is_empty(), Ordering::Release);
-        }
+        });
     }
 
     /// Forgets every subject pattern that matches `subject`.
     fn forget(&self, subject: &str) {
-        if let Ok(mut subjects) = self.subjects.write() {
-            subjects.retain(|p| !p.matches(subject));
-            self.any.store(!subjects.is_empty(), Ordering::Release);
-        }
+        self.change(|subjects| subjects.retain(|p| !p.matches(subject)));
     }
 
     fn remove_all(&self, patterns: &[Pattern]) {
-        if let Ok(mut subjects) = self.subjects.write() {
-            subjects.retain(|p| !patterns.contains(p));
-            self.any.store(!subjects.is_empty(), Ordering::Release);
-        }
+        self.change(|subjects| subjects.retain(|p| !patterns.contains(p)));
     }
 
-    /// Keeps the PubAck of a JetStream publish for the next `flush`.
-    pub(crate) fn pending(
-        &self,
-        subject: async_nats::Subject,
-        ack: jetstream::context::PublishAckFuture,
-    ) {
-        let ack = (subject, ack);
-        match self.pending.lock() {
-            Ok(mut pending) => pending.push(ack),
-            Err(poisoned) => poisoned.into_inner().push(ack),
-        }
-    }
-
-    /// The PubAcks published so far, leaving none.
-    fn take_pending(&self) -> Vec<(async_nats::Subject, jetstream::context::PublishAckFuture)> {
-        match self.pending.lock() {
-            Ok(mut pending) => std::mem::take(&mut *pending),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        }
-    }
-
-    /// The oldest `count` PubAcks published so far (at most all of them).
-    fn take_oldest(
-        &self,
-        count: usize,
-    ) -> Vec<(async_nats::Subject, jetstream::context::PublishAckFuture)> {
-        let mut pending = match self.pending.lock() {
-            Ok(pending) => pending,
+    fn window(&self) -> std::sync::MutexGuard<'_, VecDeque<Stored>> {
+        match self.window.lock() {
+            Ok(window) => window,
             Err(poisoned) => poisoned.into_inner(),
-        };
-        let count = count.min(pending.len());
-        pending.drain(..count).collect()
+        }
     }
 
-    /// How many PubAcks wait for a `flush` (JetStream allows 5,000 in flight
-    /// per connection: publishing waits for them well before that).
-    pub(crate) fn pending_len(&self) -> usize {
-        match self.pending.lock() {
-            Ok(pending) => pending.len(),
-            Err(poisoned) => poisoned.into_inner().len(),
-        }
+    /// Keeps the PubAck of a JetStream publish for a later wait; true if the
+    /// window is full (the publish should await the oldest, [`slide`]).
+    fn keep(&self, subject: async_nats::Subject, ack: PublishAckFuture) -> bool {
+        let mut window = self.window();
+        window.push_back(Stored { subject, ack });
+        window.len() >= MAX_PENDING_ACKS
+    }
+
+    fn is_full(&self) -> bool {
+        self.window().len() >= MAX_PENDING_ACKS
     }
 }
 
@@ -176,86 +223,114 @@ pub(crate) async fn load_captured(
     }
 }
 
-/// How many of the oldest PubAcks a publish awaits when
-/// [`MAX_PENDING_ACKS`] are outstanding: the window slides by this much, so
-/// the rest stay in flight while it waits (awaiting all of them at once
-/// emptied the pipe each time: ~0.8x the raw client's sliding window).
-pub(crate) const ACK_SLIDE: usize = MAX_PENDING_ACKS / 8;
+/// Awaits the oldest PubAcks while the window is full. A failure is kept for
+/// the next `flush` to report: the message being published was handed over
+/// already, so its publish succeeds.
+pub(crate) async fn slide(shared: &Shared) {
+    let captured = &shared.captured;
+    while captured.is_full() {
+        // Taken before the PubAck leaves the window, so that a `flush`
+        // that no longer finds it there waits for it here.
+        let mut slid = captured.sliding.lock().await;
+        let Some(oldest) = captured.window().pop_front() else {
+            return;
+        };
+        slid.confirmed += 1;
+        let result = oldest.ack.await;
+        if let Err(error) = result {
+            if !not_stored_anywhere(shared, &oldest.subject, &error).await {
+                slid.failed += 1;
+                slid.first.get_or_insert(error);
+            }
+        }
+    }
+}
 
-/// Waits for the oldest [`ACK_SLIDE`] JetStream publishes to be stored
-/// (the publish window is full).
-pub(crate) async fn confirm_oldest(shared: &Shared) -> Result<()> {
-    let _confirming = shared.captured.confirming.lock().await;
-    confirm(shared, shared.captured.take_oldest(ACK_SLIDE)).await
+/// Whether a PubAck failed because no stream captures the subject any more
+/// (deleted since this connection learned of it): the message went out as a
+/// plain publish, with nothing to store it in. This connection then forgets
+/// those subjects.
+async fn not_stored_anywhere(
+    shared: &Shared,
+    subject: &async_nats::Subject,
+    error: &PublishError,
+) -> bool {
+    use jetstream::context::PublishErrorKind as Kind;
+    if !matches!(error.kind(), Kind::StreamNotFound | Kind::TimedOut) {
+        return false;
+    }
+    let Ok(text) = Subject::new(subject.as_str()) else {
+        return false;
+    };
+    // Forgotten already (the window holds many of its publishes), after a
+    // lookup that found no stream.
+    if !shared.captured.captures(&text) {
+        return true;
+    }
+    // Only a lookup that answers "no stream" counts: one that fails (a
+    // cluster electing a leader after losing a node times out PubAcks and
+    // lookups alike) leaves the message reported as not stored. Counting
+    // any failed lookup as "gone" let `flush` succeed over 100 messages
+    // JetStream never stored (tests/cluster_durable.rs caught it).
+    use jetstream::context::GetStreamByNameErrorKind as Lookup;
+    let gone = matches!(
+        shared.jetstream.stream_by_subject(subject.as_str()).await,
+        Err(error) if matches!(error.kind(), Lookup::NotFound)
+    );
+    if gone {
+        shared.captured.forget(subject.as_str());
+    }
+    gone
 }
 
 /// Waits for every JetStream publish since the last flush to be stored
-/// (those a publish is awaiting included).
+/// (those publishes are awaiting included); reports the messages not stored.
 pub(crate) async fn confirm_pending(shared: &Shared) -> Result<()> {
-    let result = confirm(shared, shared.captured.take_pending()).await;
-    // PubAcks a concurrent publish took (sliding the window) are older than
-    // ours: wait until that publish has them.
-    drop(shared.captured.confirming.lock().await);
-    result
-}
-
-/// Waits for `pending` PubAcks; reports the messages not stored.
-async fn confirm(
-    shared: &Shared,
-    pending: Vec<(async_nats::Subject, jetstream::context::PublishAckFuture)>,
-) -> Result<()> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let count = pending.len();
+    let pending = std::mem::take(&mut *shared.captured.window());
     let timeout = shared.options.flush_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut count = pending.len();
+    let timed_out = |count: usize| Error::Flush {
+        broker: KIND,
+        reason: format!("JetStream did not confirm storing {count} message(s) within {timeout:?}"),
+        source: None,
+    };
     let acks = futures::future::join_all(
         pending
             .into_iter()
-            .map(|(subject, ack)| async move { (subject, ack.await) }),
+            .map(|Stored { subject, ack }| async move { (subject, ack.await) }),
     );
-    let results = tokio::time::timeout(timeout, acks)
+    let results = tokio::time::timeout_at(deadline, acks)
         .await
-        .map_err(|_| Error::Flush {
-            broker: KIND,
-            reason: format!(
-                "JetStream did not confirm storing {count} message(s) within {timeout:?}"
-            ),
-            source: None,
-        })?;
-    let mut failures = Vec::new();
+        .map_err(|_| timed_out(count))?;
+    let mut failed = 0;
+    let mut first = None;
     for (subject, result) in results {
         let Err(error) = result else { continue };
-        // No PubAck because no stream captures the subject any more (it was
-        // deleted since this connection learned of it): the message went
-        // out as a plain publish, with nothing to store it in. This
-        // connection forgets those subjects.
-        use jetstream::context::PublishErrorKind as Kind;
-        let gone = matches!(error.kind(), Kind::StreamNotFound | Kind::TimedOut)
-            && shared
-                .jetstream
-                .stream_by_subject(subject.as_str())
-                .await
-                .is_err();
-        if gone {
-            shared.captured.forget(subject.as_str());
-        } else {
-            failures.push(error);
+        if !not_stored_anywhere(shared, &subject, &error).await {
+            failed += 1;
+            first.get_or_insert(error);
         }
     }
-    let mut failed = failures.into_iter();
-    if let Some(first) = failed.next() {
-        let more = failed.count();
-        return Err(Error::Flush {
+    // PubAcks publishes took from the window (sliding it) are older than
+    // those awaited here: wait until those publishes have them.
+    let slid = match tokio::time::timeout_at(deadline, shared.captured.sliding.lock()).await {
+        Ok(mut slid) => std::mem::take(&mut *slid),
+        Err(_) => return Err(timed_out(count)),
+    };
+    count += slid.confirmed;
+    failed += slid.failed;
+    let first = slid.first.or(first);
+    match first {
+        Some(first) => Err(Error::Flush {
             broker: KIND,
             reason: format!(
-                "JetStream did not store {} of {count} message(s) published on subjects a stream captures",
-                more + 1
+                "JetStream did not store {failed} of {count} message(s) published on subjects a stream captures"
             ),
             source: Some(Box::new(first) as BoxError),
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The name of the stream provisioned for `pattern`: [`STREAM_PREFIX`], a
@@ -758,14 +833,16 @@ pub(crate) async fn remove(shared: &Shared, pattern: &Pattern, durable: &Durable
     Ok(())
 }
 
-/// Publishes `message` as a JetStream publish whose PubAck the next `flush`
-/// awaits.
+/// Publishes a message as a JetStream publish whose PubAck the next `flush`
+/// awaits, awaiting the oldest PubAcks first while the window is full (so
+/// that async-nats' own limit on PubAcks in flight is never reached).
 pub(crate) async fn publish(
     shared: &Shared,
     subject: async_nats::Subject,
     payload: bytes::Bytes,
     headers: Option<async_nats::HeaderMap>,
-) -> std::result::Result<(), jetstream::context::PublishError> {
+) -> std::result::Result<(), PublishError> {
+    slide(shared).await;
     let ack = match headers {
         None => shared.jetstream.publish(subject.clone(), payload).await?,
         Some(headers) => {
@@ -775,6 +852,35 @@ pub(crate) async fn publish(
                 .await?
         }
     };
-    shared.captured.pending(subject, ack);
+    if shared.captured.keep(subject, ack) {
+        slide(shared).await;
+    }
     Ok(())
+}
+
+/// The eager JetStream publish of a message without headers: handed to
+/// async-nats right here if it takes it at once (the usual case). `None`:
+/// it did not (its queue is full, or as many PubAcks are in flight as it
+/// allows), and nothing was sent; `Some(true)`: handed over, and the window
+/// is full ([`slide`]).
+pub(crate) fn try_publish(
+    shared: &Shared,
+    subject: &async_nats::Subject,
+    payload: &bytes::Bytes,
+) -> Option<std::result::Result<bool, PublishError>> {
+    let attempt = {
+        let mut handing =
+            std::pin::pin!(shared.jetstream.publish(subject.clone(), payload.clone()));
+        // Polled once with a waker that does nothing; a publish that cannot
+        // go at once is dropped unsent (async-nats sends nothing until its
+        // permit and its queue's room are taken) and made again, awaited.
+        handing
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    };
+    match attempt {
+        std::task::Poll::Ready(Ok(ack)) => Some(Ok(shared.captured.keep(subject.clone(), ack))),
+        std::task::Poll::Ready(Err(error)) => Some(Err(error)),
+        std::task::Poll::Pending => None,
+    }
 }

@@ -164,8 +164,14 @@
 //! durable subscription it makes; a message on a subject one of them captures
 //! is published as a JetStream publish, and `flush` waits for the PubAcks
 //! (failing with [`Error::Flush`](switchboard_core::Error::Flush) if JetStream
-//! did not store one). Other subjects take the plain path, which only checks
-//! one flag while no stream is known. A stream created by another process
+//! did not store one). Such a publish is handed to async-nats as `publish` is
+//! called, as on the plain path; at most 4,096 PubAcks are outstanding, and a
+//! publish past that awaits the oldest (a sliding window, as a JetStream
+//! client's own loop keeps it). A PubAck a publish awaited that says the
+//! message was not stored is kept for the next `flush`, which reports it with
+//! its own. Other subjects take the plain path, which only checks one flag
+//! while no stream is known, and one pointer comparison per message (the
+//! decision cached per thread for the last subject) while some are. A stream created by another process
 //! after this connection connected still captures its publishes, but `flush`
 //! then confirms only that the server received them. A stream deleted after
 //! this connection learned of it costs the next `flush` one JetStream

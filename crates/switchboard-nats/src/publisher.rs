@@ -45,11 +45,13 @@ fn finished<'a>(result: Result<()>) -> PublishFuture<'a> {
 /// zero-sized one. `#[async_trait]` would instead allocate a future of several
 /// hundred bytes per message and copy it three times; that was most of what
 /// publishing through switchboard cost over async-nats itself (see
-/// BENCHMARKS.md, "Instructions per publish"). Headers, a captured subject or
-/// a full queue take [`publish_queued`], boxed, as before.
+/// BENCHMARKS.md, "Instructions per publish"). A subject a JetStream stream
+/// captures is published the same way as a JetStream publish
+/// ([`publish_captured`]); headers or a full queue take [`publish_queued`],
+/// boxed, as before.
 pub(crate) fn publish(shared: &Shared, message: Message) -> PublishFuture<'_> {
     let (subject, payload, headers) = message.into_parts();
-    if !headers.is_empty() || shared.captured.captures(&subject) {
+    if !headers.is_empty() {
         return Box::pin(publish_queued(shared, subject, payload, headers));
     }
     // An empty map owns no allocation, yet dropping it walks an empty
@@ -63,6 +65,9 @@ pub(crate) fn publish(shared: &Shared, message: Message) -> PublishFuture<'_> {
         Ok(nats_subject) => nats_subject,
         Err(error) => return finished(Err(error)),
     };
+    if shared.captured.captures(&subject) {
+        return publish_captured(shared, subject, nats_subject, payload);
+    }
     // Kept in case the queue is full: the attempt below then gives up the
     // message with its future. Both are reference counts, not copies.
     let retry = (nats_subject.clone(), payload.clone());
@@ -83,6 +88,35 @@ pub(crate) fn publish(shared: &Shared, message: Message) -> PublishFuture<'_> {
             Box::pin(hand_over(shared, subject, nats_subject, payload, None))
         }
     }
+}
+
+/// A message without headers on a subject a JetStream stream captures: like
+/// the plain path, handed to async-nats right here when it takes it at once,
+/// and the future returned is then an already finished one, unless the
+/// PubAck window is full: the future then awaits the oldest PubAcks (as the
+/// raw client's sliding window does). Otherwise [`publish_stored`], boxed.
+fn publish_captured(
+    shared: &Shared,
+    subject: Subject,
+    nats_subject: async_nats::Subject,
+    payload: bytes::Bytes,
+) -> PublishFuture<'_> {
+    // async-nats makes a timer for the publish: that needs a runtime, which
+    // a future merely created outside one (and awaited in one) lacks.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        match crate::durable::try_publish(shared, &nats_subject, &payload) {
+            Some(Ok(false)) => return Box::pin(Published),
+            Some(Ok(true)) => {
+                return Box::pin(async move {
+                    crate::durable::slide(shared).await;
+                    Ok(())
+                })
+            }
+            Some(Err(error)) => return finished(Err(not_stored(&subject, error))),
+            None => {}
+        }
+    }
+    Box::pin(async move { publish_stored(shared, &subject, nats_subject, payload, None).await })
 }
 
 /// The publish path for a message with headers, or on a subject a JetStream
@@ -229,17 +263,19 @@ async fn publish_stored(
     payload: bytes::Bytes,
     headers: Option<async_nats::HeaderMap>,
 ) -> Result<()> {
-    if shared.captured.pending_len() >= crate::durable::MAX_PENDING_ACKS {
-        crate::durable::confirm_oldest(shared).await?;
-    }
     crate::durable::publish(shared, nats_subject, payload, headers)
         .await
-        .map_err(|e| Error::Publish {
-            broker: KIND,
-            subject: subject.to_string(),
-            reason: "JetStream did not take the message".to_string(),
-            source: Some(Box::new(e)),
-        })
+        .map_err(|e| not_stored(subject, e))
+}
+
+/// JetStream refused a message (it was not sent).
+fn not_stored(subject: &Subject, error: async_nats::jetstream::context::PublishError) -> Error {
+    Error::Publish {
+        broker: KIND,
+        subject: subject.to_string(),
+        reason: "JetStream did not take the message".to_string(),
+        source: Some(Box::new(error)),
+    }
 }
 
 /// Waits until the server has processed everything published before, and

@@ -116,3 +116,88 @@ async fn flush_succeeds_after_the_stream_is_gone() {
     publisher.close().await.unwrap();
     owner.close().await.unwrap();
 }
+
+/// More messages than the PubAck window holds (4,096): publishes await the
+/// oldest PubAcks as they go, and after `flush` every message is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_means_stored_past_the_puback_window() {
+    let Some(url) = server::url() else { return };
+    let base = unique("window");
+    let name = base.replace('.', "-");
+    let admin = async_nats::connect(&url).await.unwrap();
+    let jetstream = async_nats::jetstream::new(admin);
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{base}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Connected after the stream exists: it publishes through JetStream.
+    let publisher = switchboard_nats::connect(&url).await.unwrap();
+    const COUNT: u64 = 12_000;
+    for seq in 0..COUNT {
+        publisher
+            .publish(Message::new(format!("{base}.x"), seq.to_string()).unwrap())
+            .await
+            .unwrap();
+    }
+    publisher.flush().await.unwrap();
+    let stored = jetstream
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(stored, COUNT, "messages stored when flush returned");
+    jetstream.delete_stream(&name).await.unwrap();
+    publisher.close().await.unwrap();
+}
+
+/// JetStream refusing to store messages (a stream full, discarding new
+/// ones) makes `flush` fail, counting them: those whose PubAck a publish
+/// awaited (the window slid) and those `flush` awaited itself. The next
+/// `flush` reports nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_reports_messages_jetstream_refused() {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy};
+    let Some(url) = server::url() else { return };
+    let base = unique("refused");
+    let name = base.replace('.', "-");
+    let admin = async_nats::connect(&url).await.unwrap();
+    let jetstream = async_nats::jetstream::new(admin);
+    jetstream
+        .create_stream(Config {
+            name: name.clone(),
+            subjects: vec![format!("{base}.>")],
+            max_messages: 10,
+            discard: DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let publisher = switchboard_nats::connect(&url).await.unwrap();
+    const COUNT: u64 = 6_000;
+    for seq in 0..COUNT {
+        publisher
+            .publish(Message::new(format!("{base}.x"), seq.to_string()).unwrap())
+            .await
+            .unwrap();
+    }
+    let error = publisher
+        .flush()
+        .await
+        .expect_err("JetStream refused messages");
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!("did not store {} of {COUNT}", COUNT - 10)),
+        "{text}"
+    );
+    publisher.flush().await.unwrap();
+    jetstream.delete_stream(&name).await.unwrap();
+    publisher.close().await.unwrap();
+}
