@@ -8,12 +8,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::Stream;
 use switchboard_core::{
     async_trait, Acknowledge, Delivery, Durable, Error, Message, Pattern, Result, Subject,
     Subscription, SubscriptionLink,
 };
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::connection::Conn;
 use crate::control::Control;
@@ -85,18 +89,137 @@ pub(crate) async fn subscribe(
         cluster: target.is_cluster(),
     };
     let capacity = options.capacity.clamp(1, PREFETCH);
-    let (tx, mut rx) = mpsc::channel(capacity);
+    let (tx, rx) = mpsc::channel(capacity);
+    let releasing = Arc::new(std::sync::Mutex::new(None));
+    let inbox = Inbox {
+        rx: Some(rx),
+        control: control.clone(),
+        member: member.clone(),
+        releasing: releasing.clone(),
+    };
     let task = tokio::spawn(run(target, options, control, member, tx, conn, shutdown));
-    let deliveries = stream::poll_fn(move |cx| rx.poll_recv(cx));
     Ok(
-        Subscription::new(pattern.clone(), None, deliveries).with_close(move || {
+        Subscription::new(pattern.clone(), None, inbox).with_close(move || {
             Box::pin(async move {
-                // The stream is gone, so the task ends and closes its connection.
+                // The stream is gone, so the task ends and closes its
+                // connection; then what it had read ahead is handed back.
                 let _ = task.await;
+                let release = releasing.lock().ok().and_then(|mut slot| slot.take());
+                if let Some(release) = release {
+                    let _ = release.await;
+                }
                 Ok(())
             })
         }),
     )
+}
+
+/// One entry read ahead for the subscription: its delivery, and what
+/// handing it back to the group takes if nobody takes it from the channel.
+struct ReadAhead {
+    delivery: Delivery,
+    id: String,
+    count: u32,
+}
+
+/// What the member's task sends: an entry read ahead, or an error item.
+type Item = Result<ReadAhead>;
+
+/// The subscription's side of the member's channel. When dropped (the
+/// subscription is dropped or closed), the entries read ahead that nobody
+/// took are handed back to the group at once (see [`release`]) instead of
+/// waiting out their ack deadline on a member that left.
+struct Inbox {
+    rx: Option<mpsc::Receiver<Item>>,
+    control: Arc<Control>,
+    member: Member,
+    /// The hand-back task, awaited by `Subscription::close`.
+    releasing: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Stream for Inbox {
+    type Item = Result<Delivery>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(rx) = this.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        rx.poll_recv(cx)
+            .map(|item| item.map(|item| item.map(|held| held.delivery)))
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        // No more sends; what is buffered, or sent on permits the task
+        // already holds, is still received below.
+        rx.close();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Outside a runtime nothing can be sent: the entries come back
+            // after their ack deadline, as from a member that crashed.
+            return;
+        };
+        let (control, member) = (self.control.clone(), self.member.clone());
+        let task = runtime.spawn(async move {
+            let mut held = Vec::new();
+            while let Ok(item) = rx.try_recv() {
+                held.extend(item.ok().map(|h| (h.id, h.count)));
+            }
+            release(&control, &member, held).await;
+            // The task may still send what it had read; it ends at its
+            // next send or read.
+            while let Some(item) = rx.recv().await {
+                if let Ok(h) = item {
+                    release(&control, &member, vec![(h.id, h.count)]).await;
+                }
+            }
+        });
+        if let Ok(mut slot) = self.releasing.lock() {
+            *slot = Some(task);
+        }
+    }
+}
+
+/// Hands entries read ahead but never taken back to the group, so another
+/// member claims them within about [`POLL`] instead of after `ack_wait`:
+/// `XCLAIM ... IDLE <ack_wait> RETRYCOUNT <count - 1> JUSTID` makes each one
+/// claimable at once, with the delivery count it had before this member read
+/// it (no handler saw it). One command per distinct count; a failure (Redis
+/// gone, the handle closed) leaves them to the ack deadline.
+async fn release(control: &Control, member: &Member, held: Vec<(String, u32)>) {
+    let mut counts: Vec<u32> = held.iter().map(|(_, count)| *count).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let idle = member.ack_wait.as_millis().max(1).to_string();
+    for count in counts {
+        let retry = count.saturating_sub(1).to_string();
+        let mut args: Vec<&[u8]> = vec![
+            b"XCLAIM",
+            member.stream.as_bytes(),
+            member.group.as_bytes(),
+            member.name.as_bytes(),
+            b"0",
+        ];
+        args.extend(
+            held.iter()
+                .filter(|(_, c)| *c == count)
+                .map(|(id, _)| id.as_bytes()),
+        );
+        args.extend([
+            b"IDLE".as_slice(),
+            idle.as_bytes(),
+            b"RETRYCOUNT",
+            retry.as_bytes(),
+            b"JUSTID",
+        ]);
+        if let Err(reason) = control.call(&args).await {
+            tracing::debug!(stream = %member.stream, group = %member.group, %reason, "redis: could not hand back entries read ahead; they come back after ack_wait");
+        }
+    }
 }
 
 async fn run(
@@ -104,7 +227,7 @@ async fn run(
     options: RedisOptions,
     control: Arc<Control>,
     member: Member,
-    tx: mpsc::Sender<Result<Delivery>>,
+    tx: mpsc::Sender<Item>,
     first: Conn,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -190,12 +313,7 @@ enum End {
 }
 
 /// Delivers entries until the connection breaks or the subscription is dropped.
-async fn pump(
-    conn: Conn,
-    member: &Member,
-    control: &Arc<Control>,
-    tx: &mpsc::Sender<Result<Delivery>>,
-) -> End {
+async fn pump(conn: Conn, member: &Member, control: &Arc<Control>, tx: &mpsc::Sender<Item>) -> End {
     match deliver_all(conn, member, control, tx).await {
         Ok(never) => match never {},
         Err(end) => end,
@@ -206,7 +324,7 @@ async fn deliver_all(
     mut conn: Conn,
     member: &Member,
     control: &Arc<Control>,
-    tx: &mpsc::Sender<Result<Delivery>>,
+    tx: &mpsc::Sender<Item>,
 ) -> std::result::Result<std::convert::Infallible, End> {
     let ack_wait_ms = member.ack_wait.as_millis().max(1).to_string();
     let max_deliver = member.max_deliver.to_string();
@@ -289,13 +407,32 @@ async fn deliver_all(
                 }
             }
         }
-        for entry in entries {
-            let item = deliver(entry, member, control);
+        let mut entries = entries.into_iter();
+        while let Some(entry) = entries.next() {
+            let (id, count) = (entry.id.clone(), entry.count);
+            let item = deliver(entry, member, control).map(|delivery| ReadAhead {
+                delivery,
+                id,
+                count,
+            });
             match permits.next() {
                 Some(permit) => {
                     permit.send(item);
                 }
-                None => tx.send(item).await.map_err(|_| End::Dropped)?,
+                None => {
+                    if let Err(mpsc::error::SendError(item)) = tx.send(item).await {
+                        // The subscription is gone: hand back what it will
+                        // never take.
+                        let held = item
+                            .ok()
+                            .map(|h| (h.id, h.count))
+                            .into_iter()
+                            .chain(entries.map(|e| (e.id, e.count)))
+                            .collect();
+                        release(control, member, held).await;
+                        return Err(End::Dropped);
+                    }
+                }
             }
         }
     }

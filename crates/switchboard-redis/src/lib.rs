@@ -152,7 +152,13 @@
 //!   least `ack_wait` (`XAUTOCLAIM`: a member that crashed or left with
 //!   unacknowledged messages, or a nacked message), else read new entries
 //!   (`XREADGROUP ... BLOCK 100 >`). At most 64 entries are read ahead per
-//!   member, so a member does not hoard a group's work.
+//!   member, so a member does not hoard a group's work. A member that is
+//!   closed or dropped hands what it read ahead and nobody took back to the
+//!   group at once (`XCLAIM ... IDLE <ack_wait> RETRYCOUNT <count - 1>
+//!   JUSTID`): another member gets those entries within about 100 ms, with
+//!   the delivery count they had, instead of after `ack_wait`. Only a member
+//!   that crashed (or whose handle was already closed) leaves them to the ack
+//!   deadline.
 //! - `ack` is `XACK`. `nack` sets the entry's idle time to `ack_wait`
 //!   (`XCLAIM ... IDLE ... JUSTID`), so the next claim, by any member,
 //!   delivers it again (within about 100 ms) with its delivery count one

@@ -632,3 +632,88 @@ async fn durable_throughput() {
     broker.remove_durable(&pattern, &consumer).await.unwrap();
     broker.close().await.unwrap();
 }
+
+/// A member that leaves (closed, or dropped) hands the entries it had read
+/// ahead, and nobody took, back to its group: the other member gets them at
+/// once, with delivery count 1, not after the 30 s ack deadline.
+async fn a_leaving_member_hands_back_its_read_ahead(close: bool) {
+    let Some(broker) = shared(RedisOptions::new()).await else {
+        return;
+    };
+    let Some(other) = shared(RedisOptions::new()).await else {
+        return;
+    };
+    let name = consumer_name(if close {
+        "handback-close"
+    } else {
+        "handback-drop"
+    });
+    let base = unique("handback");
+    let pattern: Pattern = format!("{base}.>").parse().unwrap();
+    let subject = format!("{base}.job");
+    let member = |who: &str| {
+        Durable::new(&format!("{name}-{who}"))
+            .and_then(|d| d.group(&name))
+            .unwrap()
+            .ack_wait(Duration::from_secs(30))
+    };
+    let mut a = broker
+        .subscribe_durable(&pattern, &member("a"))
+        .await
+        .unwrap();
+    const N: usize = 20;
+    for seq in 0..N {
+        broker
+            .publish(Message::new(subject.as_str(), seq.to_string()).unwrap())
+            .await
+            .unwrap();
+    }
+    broker.flush().await.unwrap();
+    // A reads ahead all of them (nobody else is there) and takes one.
+    let mut first = next(&mut a).await.unwrap();
+    first.ack().await.unwrap();
+    let mut b = other
+        .subscribe_durable(&pattern, &member("b"))
+        .await
+        .unwrap();
+    if close {
+        tokio::time::timeout(WAIT, a.close())
+            .await
+            .unwrap()
+            .unwrap();
+    } else {
+        drop(a);
+    }
+    let mut rest = Vec::new();
+    while rest.len() < N - 1 {
+        let mut delivery = next(&mut b)
+            .await
+            .unwrap_or_else(|e| panic!("after {} of {} handed back: {e}", rest.len(), N - 1));
+        assert_eq!(
+            delivery.delivery_count(),
+            Some(1),
+            "no handler saw it before: {:?}",
+            delivery.payload_str()
+        );
+        delivery.ack().await.unwrap();
+        rest.push(delivery.payload_str().unwrap().parse::<usize>().unwrap());
+    }
+    rest.push(first.payload_str().unwrap().parse().unwrap());
+    rest.sort_unstable();
+    assert_eq!(rest, (0..N).collect::<Vec<_>>());
+    silent(&mut b, Duration::from_millis(500)).await;
+    drop(b);
+    broker.remove_durable(&pattern, &member("b")).await.unwrap();
+    broker.close().await.unwrap();
+    other.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_closed_member_hands_back_its_read_ahead_to_the_group() {
+    a_leaving_member_hands_back_its_read_ahead(true).await;
+}
+
+#[tokio::test]
+async fn a_dropped_member_hands_back_its_read_ahead_to_the_group() {
+    a_leaving_member_hands_back_its_read_ahead(false).await;
+}
