@@ -170,6 +170,7 @@ macro_rules! suite {
             durable_ack_wait_redelivers
             durable_max_deliver_stops
             durable_group_shares_work
+            durable_leaving_member_hands_back
             durable_resume_continues
             durable_wildcard_pattern
             reconnects_after_cut

@@ -606,6 +606,11 @@ pub(crate) async fn subscribe(
     })?;
     let client = shared.client.clone();
     let timeout = shared.options.flush_timeout;
+    let releasing = Releasing::default();
+    let messages = Pulling {
+        messages,
+        releasing: releasing.clone(),
+    };
     Ok(Subscription::new(
         pattern.clone(),
         None,
@@ -613,7 +618,15 @@ pub(crate) async fn subscribe(
     )
     .with_close(move || {
         Box::pin(async move {
-            // Writes out the acks given so far.
+            // The stream is gone: its read-ahead is being handed back.
+            let tasks = match releasing.lock() {
+                Ok(mut tasks) => std::mem::take(&mut *tasks),
+                Err(_) => Vec::new(),
+            };
+            for task in tasks {
+                let _ = task.await;
+            }
+            // Writes out the acks (and hand-backs) given so far.
             match tokio::time::timeout(timeout, client.flush()).await {
                 Ok(_) => Ok(()),
                 Err(_) => Err(Error::Timeout {
@@ -625,6 +638,74 @@ pub(crate) async fn subscribe(
             }
         })
     }))
+}
+
+/// The tasks handing back what dropped [`Pulling`] streams held, awaited by
+/// `Subscription::close`.
+type Releasing = std::sync::Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+
+/// A member's pull stream. async-nats fetches up to two batches ahead; when
+/// the subscription is dropped or closed, the messages it already received
+/// and nobody took are handed back (`-NAK`), so another member of the group
+/// (or the next run of `listen --durable --count N`) gets them at once
+/// instead of after `ack_wait` (after [`HAND_BACK_AFTER`]). JetStream counts
+/// them as delivered: they come again with their delivery count one higher. Only what was still on its
+/// way from the server when the member left waits for `ack_wait`, as it does
+/// after a crash.
+struct Pulling {
+    messages: consumer::pull::Stream,
+    releasing: Releasing,
+}
+
+/// The delay of the `-NAK`s that hand a dropped member's read-ahead back.
+/// The member's pull request stays on the server (until it expires) as long
+/// as its inbox is subscribed, and async-nats unsubscribes from a task of its
+/// own: a message handed back at once could be redelivered to that pull
+/// request before the unsubscribe arrives, and then wait out `ack_wait`.
+const HAND_BACK_AFTER: Duration = Duration::from_millis(200);
+
+impl Stream for Pulling {
+    type Item = <consumer::pull::Stream as Stream>::Item;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.get_mut().messages.poll_next_unpin(cx)
+    }
+}
+
+impl Drop for Pulling {
+    fn drop(&mut self) {
+        // Only what is buffered is taken: a poll that finds nothing returns
+        // `Pending` (the waker is never woken). Such a poll may ask
+        // async-nats' task for another pull; dropping the stream right after
+        // aborts that task, and the server gives a pull request whose inbox
+        // is unsubscribed nothing.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut held = Vec::new();
+        while let std::task::Poll::Ready(Some(Ok(message))) = self.messages.poll_next_unpin(&mut cx)
+        {
+            held.push(message);
+        }
+        if held.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let task = runtime.spawn(async move {
+            for message in held {
+                if let Err(error) = message.ack_with(AckKind::Nak(Some(HAND_BACK_AFTER))).await {
+                    tracing::debug!(%error, "nats: could not hand back a message read ahead; it comes back after ack_wait");
+                }
+            }
+        });
+        if let Ok(mut tasks) = self.releasing.lock() {
+            tasks.retain(|task| !task.is_finished());
+            tasks.push(task);
+        }
+    }
 }
 
 /// Starts pulling from `consumer`: batches of [`PULL_BATCH`], each pull
@@ -653,14 +734,14 @@ async fn pull(
 /// (tests/cluster_durable.rs saw 33 s, and over 120 s in CI).
 fn deliveries(
     consumer: consumer::PullConsumer,
-    messages: consumer::pull::Stream,
+    messages: Pulling,
     pattern: Pattern,
     name: String,
 ) -> impl Stream<Item = Result<Delivery>> + Send {
     use consumer::pull::MessagesErrorKind as Kind;
     struct State {
         consumer: consumer::PullConsumer,
-        messages: consumer::pull::Stream,
+        messages: Pulling,
         pattern: Pattern,
         name: String,
         last: Option<Subject>,
@@ -687,7 +768,7 @@ fn deliveries(
                         // Without a connection this fails: the next missed
                         // heartbeat tries again.
                         if let Ok(fresh) = pull(&state.consumer).await {
-                            state.messages = fresh;
+                            state.messages.messages = fresh;
                         }
                         format!(
                             "JetStream consumer {name:?} missed its heartbeats (connection or server down?); the client pulls again, and what was not acknowledged is delivered again"

@@ -1,6 +1,7 @@
 //! Durable subscriptions: kept while away, removed when acknowledged,
 //! redelivered after a nack or a missed ack deadline with a rising delivery
-//! count, capped by `max_deliver`, shared by a group, resumed where they stopped.
+//! count, capped by `max_deliver`, shared by a group (a member that leaves
+//! hands back what it fetched ahead), resumed where they stopped.
 //!
 //! Every case here needs `capabilities.durable`; without it each checks that
 //! `subscribe_durable` fails with [`ErrorKind::Unsupported`] and prints a
@@ -348,6 +349,49 @@ pub async fn durable_group_shares_work(ctx: &Context) {
         .find(|d| number_of(d) == taken_number)
         .expect("the message the leaving member took");
     assert_count(ctx, again, 2, "the message the leaving member left unacked");
+    expect_silence(&mut b, NO_REDELIVERY).await;
+}
+
+/// A member of a durable group that leaves (closed) hands back what it had
+/// fetched ahead and not yet given out: the group's other member gets it at
+/// once, not after the ack deadline (60 s here, far beyond the wait). Only
+/// what a member's handler held unsettled waits for the deadline (see
+/// [`durable_group_shares_work`]).
+pub async fn durable_leaving_member_hands_back(ctx: &Context) {
+    if unsupported(ctx).await {
+        return;
+    }
+    const LONG_ACK_WAIT: Duration = Duration::from_secs(60);
+    let other = ctx.connect().await;
+    let pattern = ctx.pattern("handback.>");
+    let group = ctx.durable("handback");
+    let member = |name: &str| {
+        Durable::new(&format!("{}-{name}", group.name))
+            .and_then(|d| d.group(group.name.as_str()))
+            .map(|d| d.ack_wait(LONG_ACK_WAIT))
+            .expect("a valid member name")
+    };
+    let mut a = ctx
+        .subscribe_durable(ctx.broker(), &pattern, &member("a"))
+        .await;
+    const N: u32 = 10;
+    let subject = ctx.subject("handback.job");
+    for seq in 0..N {
+        publish(ctx.broker(), numbered(&subject, 0, seq)).await;
+    }
+    flush(ctx.broker()).await;
+    // A is alone: whatever it fetches ahead, it takes one, settles it, leaves.
+    let first = recv(&mut a).await;
+    let mut b = ctx.subscribe_durable(&other, &pattern, &member("b")).await;
+    close_subscription(a).await;
+    let rest = recv_n(&mut b, N as usize - 1).await;
+    let mut all = vec![first];
+    all.extend(rest);
+    assert_each_once(
+        &all,
+        N,
+        "what a leaving member took, and what the group's other member got after it left (well before the 60 s ack deadline)",
+    );
     expect_silence(&mut b, NO_REDELIVERY).await;
 }
 

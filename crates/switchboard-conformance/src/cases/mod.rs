@@ -40,9 +40,9 @@ pub use delivery::{
 };
 pub use durable::{
     durable_ack_removes, durable_ack_wait_redelivers, durable_group_shares_work,
-    durable_keeps_messages_while_away, durable_max_deliver_stops,
-    durable_nack_redelivers_with_count, durable_nack_with_delay, durable_resume_continues,
-    durable_wildcard_pattern,
+    durable_keeps_messages_while_away, durable_leaving_member_hands_back,
+    durable_max_deliver_stops, durable_nack_redelivers_with_count, durable_nack_with_delay,
+    durable_resume_continues, durable_wildcard_pattern,
 };
 pub use groups::{
     closed_group_member_gets_nothing, queue_group_shares_messages, queue_groups_are_independent,
@@ -124,6 +124,7 @@ case_table! {
     durable_ack_wait_redelivers
     durable_max_deliver_stops
     durable_group_shares_work
+    durable_leaving_member_hands_back
     durable_resume_continues
     durable_wildcard_pattern
     reconnects_after_cut
