@@ -197,6 +197,20 @@ impl Target {
     }
 }
 
+/// How much a read buffer grows by when it needs room.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A read buffer with less room than this gets [`READ_CHUNK`] more before a read.
+const MIN_SPARE: usize = 8 * 1024;
+
+/// Makes room in a read buffer before a read, if little is left (see
+/// [`Conn::read_more`]).
+pub(crate) fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < MIN_SPARE {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
 /// Boxed halves of a connection, so the reader and the writer can run apart.
 pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 /// See [`ReadHalf`].
@@ -240,14 +254,24 @@ impl Conn {
                     ))
                 }
             }
-            self.buf.reserve(64 * 1024);
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the server closed the connection",
-                ));
-            }
+            self.read_more().await?;
         }
+    }
+
+    /// Reads what the server sent into the buffer (at least one byte).
+    /// Cancel-safe. Makes room only when little is left: the frames taken
+    /// off the buffer share its memory, so making room while they live
+    /// means a new allocation, which per read (at high rates, per message)
+    /// cost more than the read.
+    pub(crate) async fn read_more(&mut self) -> io::Result<()> {
+        reserve(&mut self.buf);
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ));
+        }
+        Ok(())
     }
 
     /// Splits into halves; bytes already read stay in the returned buffer.

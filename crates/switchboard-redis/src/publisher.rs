@@ -555,6 +555,13 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
             dead_tx,
         )));
         let mut chunk = Vec::new();
+        // The idle PING's timer: one per connection, moved on only when it
+        // fires (a timer set per wait was a timer-wheel insert and removal
+        // per publish at moderate rates).
+        let idle = shared.keepalive.map(|keepalive| keepalive / 3);
+        let mut last_write = tokio::time::Instant::now();
+        let timer = tokio::time::sleep_until(last_write + idle.unwrap_or_default());
+        tokio::pin!(timer);
         let reason = loop {
             // Take what accumulated, or wait for more.
             let stop = {
@@ -573,11 +580,19 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
                     let _ = writer.shutdown().await;
                     return;
                 }
-                let idle = shared.keepalive.map(|keepalive| keepalive / 3);
                 tokio::select! {
                     _ = shared.wake.notified() => continue,
                     reason = &mut dead_rx => break reason.unwrap_or_else(|_| "reader ended".into()),
-                    _ = sleep_for(idle) => {
+                    _ = &mut timer, if idle.is_some() => {
+                        let Some(idle) = idle else { continue };
+                        let due = last_write + idle;
+                        if tokio::time::Instant::now() < due {
+                            // Written since it was set: not idle that long yet.
+                            timer.as_mut().reset(due);
+                            continue;
+                        }
+                        last_write = tokio::time::Instant::now();
+                        timer.as_mut().reset(last_write + idle);
                         // Idle with nothing owed: a PING proves the link alive.
                         let owed = written > *shared.answered.borrow();
                         if owed || shared.ping_at.load(Ordering::Acquire) != NO_PING {
@@ -612,6 +627,9 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
                     }
                 }
                 reason = &mut dead_rx => break reason.unwrap_or_else(|_| "reader ended".into()),
+            }
+            if idle.is_some() {
+                last_write = tokio::time::Instant::now();
             }
             chunk.clear();
             if chunk.capacity() > HIGH_WATER * 2 {
@@ -648,14 +666,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Sleeps for `delay`, or forever without one.
-async fn sleep_for(delay: Option<Duration>) {
-    match delay {
-        Some(delay) => tokio::time::sleep(delay).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Sleeps for `delay`; false if the publisher is shut down (now or meanwhile).
 async fn wait_or_shutdown(shared: &Shared, delay: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + delay;
@@ -680,6 +690,10 @@ async fn read_replies(
     // When bytes last came, or the connection last owed nothing.
     let mut heard = tokio::time::Instant::now();
     let check = shared.keepalive.map(|keepalive| keepalive / 3);
+    // One timer, moved on only when it fires (see `run`): due a third of
+    // the keepalive after bytes last came.
+    let timer = tokio::time::sleep_until(heard + check.unwrap_or_default());
+    tokio::pin!(timer);
     let reason = 'outer: loop {
         let before = answered;
         loop {
@@ -735,14 +749,25 @@ async fn read_replies(
         if answered != before {
             shared.answered.send_replace(answered);
         }
-        buf.reserve(64 * 1024);
+        crate::connection::reserve(&mut buf);
         tokio::select! {
             read = reader.read_buf(&mut buf) => match read {
                 Ok(0) => break "the server closed the connection".to_string(),
-                Ok(_) => heard = tokio::time::Instant::now(),
+                Ok(_) => {
+                    if check.is_some() {
+                        heard = tokio::time::Instant::now();
+                    }
+                }
                 Err(e) => break e.to_string(),
             },
-            _ = sleep_for(check) => {
+            _ = &mut timer, if check.is_some() => {
+                let Some(check) = check else { continue };
+                let due = heard + check;
+                if tokio::time::Instant::now() < due {
+                    timer.as_mut().reset(due);
+                    continue;
+                }
+                timer.as_mut().reset(tokio::time::Instant::now() + check);
                 let owed = shared.written.load(Ordering::Acquire) > answered
                     || shared.ping_at.load(Ordering::Acquire) != NO_PING;
                 match shared.keepalive {

@@ -195,6 +195,74 @@ pub(crate) fn parse_status(buf: &mut BytesMut) -> Result<Option<Option<String>>,
     }
 }
 
+/// A pub/sub message push taken off the buffer by [`take_push`]: the whole
+/// frame, and where its parts are in it.
+#[derive(Debug)]
+pub(crate) struct Push {
+    /// The frame's bytes (shared with the read buffer, not copied).
+    pub(crate) frame: Bytes,
+    /// The glob of a `pmessage` (`None` for a `message`).
+    pub(crate) glob: Option<Range<usize>>,
+    pub(crate) channel: Range<usize>,
+    pub(crate) body: Range<usize>,
+}
+
+impl Push {
+    /// The glob, for a `pmessage`.
+    pub(crate) fn glob(&self) -> Option<&[u8]> {
+        self.glob.clone().map(|r| &self.frame[r])
+    }
+
+    pub(crate) fn channel(&self) -> &[u8] {
+        &self.frame[self.channel.clone()]
+    }
+
+    /// The body, sharing the frame's memory.
+    pub(crate) fn body(&self) -> Bytes {
+        self.frame.slice(self.body.clone())
+    }
+}
+
+/// One bulk string at `pos`: its range and the position after it; `None`
+/// when it is incomplete or not a (non-null) bulk string.
+fn bulk_at(buf: &[u8], pos: usize) -> Option<(Range<usize>, usize)> {
+    if buf.get(pos) != Some(&b'$') {
+        return None;
+    }
+    let (end, next) = line(buf, pos + 1)?;
+    let len: usize = std::str::from_utf8(&buf[pos + 1..end]).ok()?.parse().ok()?;
+    let data_end = next.checked_add(len)?;
+    if buf.get(data_end..data_end.checked_add(2)?)? != b"\r\n" {
+        return None;
+    }
+    Some((next..data_end, data_end + 2))
+}
+
+/// Takes a complete `message` or `pmessage` push off the front of `buf`
+/// without building a [`Frame`] (the hub's hot path: no allocation per
+/// message). `None` leaves `buf` as it was: anything else, an incomplete
+/// push, or a malformed one is for [`parse`] to handle (or reject).
+pub(crate) fn take_push(buf: &mut BytesMut) -> Option<Push> {
+    const MESSAGE: &[u8] = b"*3\r\n$7\r\nmessage\r\n";
+    const PMESSAGE: &[u8] = b"*4\r\n$8\r\npmessage\r\n";
+    let (glob, at) = if buf.starts_with(MESSAGE) {
+        (None, MESSAGE.len())
+    } else if buf.starts_with(PMESSAGE) {
+        let (glob, at) = bulk_at(buf, PMESSAGE.len())?;
+        (Some(glob), at)
+    } else {
+        return None;
+    };
+    let (channel, at) = bulk_at(buf, at)?;
+    let (body, end) = bulk_at(buf, at)?;
+    Some(Push {
+        frame: buf.split_to(end).freeze(),
+        glob,
+        channel,
+        body,
+    })
+}
+
 fn put_len(buf: &mut impl BufMut, prefix: u8, n: usize) {
     buf.put_u8(prefix);
     let mut digits = [0u8; 20];
@@ -357,6 +425,39 @@ mod tests {
         );
         assert_eq!(parse(&mut buf), Ok(Some(Frame::Integer(1))));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn pushes_are_taken_without_frames() {
+        let mut buf = BytesMut::from(
+            &b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n*4\r\n$8\r\npmessage\r\n$3\r\nc.*\r\n$3\r\nc.d\r\n$0\r\n\r\n*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhel"[..],
+        );
+        let push = take_push(&mut buf).unwrap();
+        assert_eq!((push.glob(), push.channel()), (None, &b"ch"[..]));
+        assert_eq!(push.body(), Bytes::from_static(b"hello"));
+        let push = take_push(&mut buf).unwrap();
+        assert_eq!(push.glob(), Some(&b"c.*"[..]));
+        assert_eq!(push.channel(), b"c.d");
+        assert!(push.body().is_empty());
+        // Incomplete: left alone, and complete once the rest came.
+        let before = buf.len();
+        assert!(take_push(&mut buf).is_none());
+        assert_eq!(buf.len(), before);
+        buf.extend_from_slice(b"lo\r\n+PONG\r\n");
+        assert_eq!(
+            take_push(&mut buf).unwrap().body(),
+            Bytes::from_static(b"hello")
+        );
+        // Not a message push: for `parse`.
+        assert!(take_push(&mut buf).is_none());
+        assert_eq!(
+            parse(&mut buf),
+            Ok(Some(Frame::Simple(Bytes::from_static(b"PONG"))))
+        );
+        // A malformed push is left for `parse` to reject.
+        let mut buf = BytesMut::from(&b"*3\r\n$7\r\nmessage\r\n$2\r\nchXX$1\r\nx\r\n"[..]);
+        assert!(take_push(&mut buf).is_none());
+        assert!(parse(&mut buf).is_err());
     }
 
     #[test]

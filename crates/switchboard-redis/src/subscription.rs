@@ -131,6 +131,7 @@ impl Hub {
             pending: VecDeque::new(),
             waiting: Vec::new(),
             resubscribing: 0,
+            last_subject: None,
             link: SubscriptionLink::new(KIND, format!("{}-sub", self.options.client_name())),
         };
         tokio::spawn(task.run(self.shutdown.clone()));
@@ -445,6 +446,9 @@ struct Task {
     /// Resubscriptions not yet confirmed; at 0 the outage is over.
     resubscribing: usize,
     link: SubscriptionLink,
+    /// The subject of the last message's channel: a run of messages on one
+    /// channel is checked and allocated once (see [`dispatch`]).
+    last_subject: Option<Subject>,
 }
 
 /// Why the connection ended: `Some(reason)` it broke, `None` the handle was
@@ -629,23 +633,34 @@ impl Task {
             return Some(reason);
         }
         let keepalive = self.options.keepalive;
-        // When a frame last came, and whether a PING is out since.
+        // When bytes last came, and whether a PING is out since.
         let mut heard = Instant::now();
         let mut pinged = false;
+        // Bytes read with the handshake's replies (none, normally).
+        if let Err(reason) = self.drain(&mut conn.buf) {
+            return Some(reason);
+        }
+        // One timer for the connection, moved on only when it fires (not
+        // re-registered per read: at high rates that was a timer-wheel
+        // insert and removal per message).
+        let due = |heard: Instant, pinged: bool| {
+            keepalive.map(|keepalive| heard + if pinged { keepalive } else { keepalive / 3 })
+        };
+        let timer = tokio::time::sleep_until(due(heard, pinged).unwrap_or_else(Instant::now));
+        tokio::pin!(timer);
         loop {
-            let check =
-                keepalive.map(|keepalive| heard + if pinged { keepalive } else { keepalive / 3 });
             tokio::select! {
-                frame = conn.read_frame() => {
+                read = conn.read_more() => {
+                    if let Err(e) = read {
+                        return Some(e.to_string());
+                    }
                     heard = Instant::now();
                     pinged = false;
-                    match frame {
-                        Ok(frame) => {
-                            if let Err(reason) = self.frame(frame) {
-                                return Some(reason);
-                            }
-                        }
-                        Err(e) => return Some(e.to_string()),
+                    // Every complete frame read, handled in one go: one
+                    // wake-up of this task per read, not one turn of this
+                    // loop (and its futures) per message.
+                    if let Err(reason) = self.drain(&mut conn.buf) {
+                        return Some(reason);
                     }
                 }
                 command = self.commands.recv() => {
@@ -662,14 +677,22 @@ impl Task {
                         return Some(reason);
                     }
                 }
-                _ = sleep_until(check) => {
-                    let Some(keepalive) = keepalive else { continue };
+                _ = &mut timer, if keepalive.is_some() => {
+                    let (Some(keepalive), Some(at)) = (keepalive, due(heard, pinged)) else {
+                        continue;
+                    };
+                    if Instant::now() < at {
+                        // Bytes came since it was set: not due yet.
+                        timer.as_mut().reset(at);
+                        continue;
+                    }
                     if pinged {
                         return Some(format!(
                             "nothing from Redis for {keepalive:?}, not even an answer to PING (keepalive)"
                         ));
                     }
                     pinged = true;
+                    timer.as_mut().reset(heard + keepalive);
                     resp::encode_command(&mut out, &[b"PING"]);
                     self.pending.push_back(Pending::Ping);
                     if let Err(reason) = self.write(&mut conn, &mut out).await {
@@ -677,6 +700,35 @@ impl Task {
                     }
                 }
                 _ = closed(shutdown) => return None,
+            }
+        }
+    }
+
+    /// Handles every complete frame in `buf`: message pushes on the fast
+    /// path ([`resp::take_push`]), anything else as a [`Frame`]. `Err` when
+    /// the connection must be given up.
+    fn drain(&mut self, buf: &mut bytes::BytesMut) -> std::result::Result<(), String> {
+        loop {
+            if let Some(push) = resp::take_push(buf) {
+                let members = match push.glob() {
+                    None => self.registry.channels.get(push.channel()),
+                    Some(glob) => self.registry.globs.get(glob),
+                };
+                if let Some(members) = members {
+                    dispatch(
+                        members,
+                        push.channel(),
+                        &push.body(),
+                        &self.replies,
+                        &mut self.last_subject,
+                    );
+                }
+                continue;
+            }
+            match resp::parse(buf) {
+                Ok(Some(frame)) => self.frame(frame)?,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("the server does not speak RESP: {}", e.0)),
             }
         }
     }
@@ -775,7 +827,13 @@ impl Task {
             (PushKind::Message, [_, channel, body]) => {
                 if let (Some(channel), Some(body)) = (channel.bytes(), body.bytes()) {
                     if let Some(members) = self.registry.channels.get(&channel[..]) {
-                        dispatch(members, channel, body, &self.replies);
+                        dispatch(
+                            members,
+                            channel,
+                            body,
+                            &self.replies,
+                            &mut self.last_subject,
+                        );
                     }
                 }
             }
@@ -784,7 +842,13 @@ impl Task {
                     (glob.bytes(), channel.bytes(), body.bytes())
                 {
                     if let Some(members) = self.registry.globs.get(&glob[..]) {
-                        dispatch(members, channel, body, &self.replies);
+                        dispatch(
+                            members,
+                            channel,
+                            body,
+                            &self.replies,
+                            &mut self.last_subject,
+                        );
                     }
                 }
             }
@@ -883,25 +947,45 @@ fn unexpected(what: &str, pending: Option<Pending>) -> String {
     format!("Redis sent {what} where {expected} was due")
 }
 
-/// Hands a message to every subscription on its channel or glob.
+/// Hands a message to every subscription on its channel or glob. The
+/// channel is checked as a subject once (not once per subscription), and
+/// not at all when it is `last`'s channel again.
 fn dispatch(
     members: &[Member],
     channel: &[u8],
     body: &bytes::Bytes,
     replies: &Arc<publisher::Shared>,
+    last: &mut Option<Subject>,
 ) {
+    let subject = match last
+        .as_ref()
+        .filter(|subject| subject.as_str().as_bytes() == channel)
+    {
+        Some(subject) => Ok(subject.clone()),
+        None => {
+            let subject = subject_of(channel);
+            if let Ok(subject) = &subject {
+                *last = Some(subject.clone());
+            }
+            subject
+        }
+    };
     for member in members {
-        if let Some(item) = item(channel, body, &member.slot.pattern, Some(replies)) {
+        if let Some(item) = item_for(channel, &subject, body, &member.slot.pattern, Some(replies)) {
             member.slot.deliver(item);
         }
     }
 }
 
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+/// The subject a channel names, or why it is not one.
+fn subject_of(channel: &[u8]) -> std::result::Result<Subject, String> {
+    let Ok(text) = std::str::from_utf8(channel) else {
+        return Err("the channel is not UTF-8".to_string());
+    };
+    match Subject::new(text) {
+        Ok(subject) => Ok(subject),
+        Err(Error::InvalidSubject { reason, .. }) => Err(reason),
+        Err(other) => Err(other.to_string()),
     }
 }
 
@@ -911,53 +995,57 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// any channel); or `None` for a valid subject the pattern does not match (a
 /// glob is wider than a pattern). A message carrying a [`REPLY_TO`] inbox
 /// is a request, answered through `replies` (the broker's publisher).
+#[cfg(test)]
 fn item(
     channel: &[u8],
     body: &bytes::Bytes,
     pattern: &Pattern,
     replies: Option<&Arc<publisher::Shared>>,
 ) -> Option<Result<Delivery>> {
-    let invalid = |why: String| {
-        Some(Err(Error::InvalidSubject {
-            subject: String::from_utf8_lossy(channel).into_owned(),
-            reason: format!(
-                "a message received from redis for subscription '{pattern}' on channel {:?} cannot be delivered ({why}); it was skipped",
-                String::from_utf8_lossy(channel)
-            ),
-        }))
-    };
-    let Ok(text) = std::str::from_utf8(channel) else {
-        return invalid("the channel is not UTF-8".to_string());
-    };
-    match Subject::new(text) {
-        Ok(subject) if pattern.matches(subject.as_str()) => {
-            let (mut headers, payload) = wire::decode(body.clone());
-            let inbox = if headers.is_empty() {
-                None
-            } else {
-                headers.remove(REPLY_TO)
-            };
-            let delivery = Delivery::new(Message::from_parts(subject, payload, headers));
-            Some(Ok(
-                match (inbox.map(|inbox| Subject::new(&inbox)), replies) {
-                    (None, _) | (_, None) => delivery,
-                    (Some(Ok(inbox)), Some(replies)) => {
-                        delivery.with_replier(Box::new(RedisReply {
-                            publisher: replies.clone(),
-                            inbox,
-                        }))
-                    }
-                    (Some(Err(error)), _) => {
-                        tracing::warn!(subject = %delivery.subject(), %error, "redis: a request's reply channel is not a subject; it cannot be answered");
-                        delivery
-                    }
-                },
-            ))
+    item_for(channel, &subject_of(channel), body, pattern, replies)
+}
+
+/// [`item`], with the channel already checked as a subject (`subject`).
+fn item_for(
+    channel: &[u8],
+    subject: &std::result::Result<Subject, String>,
+    body: &bytes::Bytes,
+    pattern: &Pattern,
+    replies: Option<&Arc<publisher::Shared>>,
+) -> Option<Result<Delivery>> {
+    let subject = match subject {
+        Ok(subject) if pattern.matches(subject.as_str()) => subject.clone(),
+        Ok(_) => return None,
+        Err(why) => {
+            return Some(Err(Error::InvalidSubject {
+                subject: String::from_utf8_lossy(channel).into_owned(),
+                reason: format!(
+                    "a message received from redis for subscription '{pattern}' on channel {:?} cannot be delivered ({why}); it was skipped",
+                    String::from_utf8_lossy(channel)
+                ),
+            }))
         }
-        Ok(_) => None,
-        Err(Error::InvalidSubject { reason, .. }) => invalid(reason),
-        Err(other) => invalid(other.to_string()),
-    }
+    };
+    let (mut headers, payload) = wire::decode(body.clone());
+    let inbox = if headers.is_empty() {
+        None
+    } else {
+        headers.remove(REPLY_TO)
+    };
+    let delivery = Delivery::new(Message::from_parts(subject, payload, headers));
+    Some(Ok(
+        match (inbox.map(|inbox| Subject::new(&inbox)), replies) {
+            (None, _) | (_, None) => delivery,
+            (Some(Ok(inbox)), Some(replies)) => delivery.with_replier(Box::new(RedisReply {
+                publisher: replies.clone(),
+                inbox,
+            })),
+            (Some(Err(error)), _) => {
+                tracing::warn!(subject = %delivery.subject(), %error, "redis: a request's reply channel is not a subject; it cannot be answered");
+                delivery
+            }
+        },
+    ))
 }
 
 #[cfg(test)]
