@@ -98,8 +98,8 @@ pub struct AmqpOptions {
     /// Unacknowledged deliveries one subscription holds (0: no limit). URL:
     /// `prefetch=`; default [`DEFAULT_PREFETCH`].
     pub prefetch: u16,
-    /// Publishes that may await their confirm before `publish` waits (0 is
-    /// read as 1). URL: `confirm_window=`; default [`DEFAULT_CONFIRM_WINDOW`].
+    /// Publishes that may be in flight (being written by lapin's I/O thread
+    /// or awaiting their confirm) before `publish` waits (0 is read as 1). URL: `confirm_window=`; default [`DEFAULT_CONFIRM_WINDOW`].
     pub confirm_window: usize,
     /// The largest payload `publish` accepts. URL: `max_payload=`; default
     /// [`DEFAULT_MAX_PAYLOAD`].
@@ -201,8 +201,8 @@ impl AmqpOptions {
         self
     }
 
-    /// How many published messages may await their broker confirm before
-    /// `publish` waits for the oldest (default 256; URL `?confirm_window=`; at least 1).
+    /// How many published messages may be in flight (being written or
+    /// awaiting their broker confirm) before `publish` waits for the oldest (default 256; URL `?confirm_window=`; at least 1).
     pub fn confirm_window(mut self, window: usize) -> Self {
         self.confirm_window = window.max(1);
         self

@@ -894,3 +894,43 @@ async fn a_refused_subscription_ends_no_neighbour() {
         .unwrap();
     broker.close().await.unwrap();
 }
+
+/// Issue 13: `publish` hands a message to lapin's I/O thread without waiting
+/// for it to be written (a deep window of writes and confirms in flight), and
+/// order is still kept per subject: many subjects interleaved, every message
+/// confirmed by `flush` and received once, in publish order per subject.
+#[tokio::test]
+async fn pipelined_publishes_keep_order_per_subject() {
+    const SUBJECTS: usize = 40;
+    const PER_SUBJECT: usize = 150;
+    let broker = broker_or_skip!(&with_params(&url(), "confirm_window=4096"));
+    let p = switchboard_testkit::unique("pipelined_publishes_keep_order_per_subject");
+    let mut sub = broker
+        .subscribe(&format!("{p}.>").parse().unwrap())
+        .await
+        .unwrap();
+    for i in 0..PER_SUBJECT {
+        for s in 0..SUBJECTS {
+            broker
+                .publish(Message::new(format!("{p}.s{s}"), i.to_string()).unwrap())
+                .await
+                .unwrap();
+        }
+    }
+    broker.flush().await.unwrap();
+    let mut next_expected = std::collections::HashMap::new();
+    for _ in 0..SUBJECTS * PER_SUBJECT {
+        let mut delivery = next(&mut sub).await;
+        delivery.ack().await.unwrap();
+        let n: usize = delivery.payload_str().unwrap().parse().unwrap();
+        let expected = next_expected
+            .entry(delivery.subject().to_string())
+            .or_insert(0);
+        assert_eq!(n, *expected, "order on {}", delivery.subject());
+        *expected += 1;
+    }
+    assert_eq!(next_expected.len(), SUBJECTS);
+    assert!(next_expected.values().all(|&n| n == PER_SUBJECT));
+    nothing_more(&mut sub).await;
+    broker.close().await.unwrap();
+}
