@@ -36,7 +36,7 @@ struct Settings {
 
 impl Settings {
     /// `handler` in the default stack these settings describe, or why they are invalid.
-    fn wrap(&self, handler: BoxHandler) -> Result<BoxHandler, String> {
+    fn wrap(&self, handler: BoxHandler) -> Result<Arc<DefaultStack>, String> {
         if self.timeout.is_some_and(|limit| limit.is_zero()) {
             return Err("the timeout is zero, so every attempt would fail; give a positive limit, or none with `no_timeout()`".to_string());
         }
@@ -48,13 +48,12 @@ impl Settings {
         };
         // What `DeadLetter(Retry(Timeout(CatchPanic(handler))))` does, as
         // one future rather than four nested boxes.
-        Ok(DefaultStack {
+        Ok(Arc::new(DefaultStack {
             handler,
             retry: self.retry,
             timeout: self.timeout,
             dead_letter,
-        }
-        .boxed())
+        }))
     }
 }
 
@@ -352,7 +351,7 @@ impl Route {
         }
         // The schema check (if any) is the innermost layer: run on each attempt.
         let handler = self.contract.wrap(self.handler.clone()).map_err(invalid)?;
-        let stack = match &self.stack {
+        let (stack, default_stack): (BoxHandler, _) = match &self.stack {
             Stack::Custom { refused } if !refused.is_empty() => {
                 let setters: Vec<String> = refused.iter().map(|s| format!("`{s}`")).collect();
                 return Err(invalid(format!(
@@ -360,8 +359,11 @@ impl Route {
                     setters.join(", ")
                 )));
             }
-            Stack::Custom { .. } => handler,
-            Stack::Default(settings) => settings.wrap(handler).map_err(invalid)?,
+            Stack::Custom { .. } => (handler, None),
+            Stack::Default(settings) => {
+                let stack = settings.wrap(handler).map_err(invalid)?;
+                (stack.clone() as BoxHandler, Some(stack))
+            }
         };
         Ok(Prepared {
             pattern,
@@ -369,6 +371,8 @@ impl Route {
             durable,
             concurrency: self.concurrency.max(1),
             handler: BoxLayer::wrap_all(layers, stack),
+            // With worker layers the stack is only reached through them.
+            default_stack: default_stack.filter(|_| layers.is_empty()),
         })
     }
 }
@@ -401,4 +405,7 @@ pub(crate) struct Prepared {
     pub(crate) durable: Option<Durable>,
     pub(crate) concurrency: usize,
     pub(crate) handler: Arc<dyn Handler>,
+    /// The default stack, when `handler` is that stack and nothing else:
+    /// the route loop then runs it without a box per message.
+    pub(crate) default_stack: Option<Arc<DefaultStack>>,
 }

@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::Either;
 use futures::{FutureExt, StreamExt};
 use switchboard_core::{Delivery, Subscription};
 use tokio::sync::Semaphore;
@@ -25,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
-use crate::layer::panic_message;
+use crate::layer::{panic_message, DefaultStack};
 use crate::metrics::RouteMetrics;
 use crate::otel::OtelSpan;
 use crate::route::Prepared;
@@ -45,6 +46,9 @@ const GIVE_BACK_PATIENCE: Duration = Duration::from_secs(1);
 struct RouteState {
     name: Arc<str>,
     handler: Arc<dyn Handler>,
+    /// The route's handler as the default stack's own type, when it is
+    /// that (no worker layers): run without a box per message.
+    default_stack: Option<Arc<DefaultStack>>,
     metrics: Arc<RouteMetrics>,
     max_deliver: Option<u32>,
     shared: Arc<Shared>,
@@ -70,6 +74,7 @@ impl RouteTask {
             state: Arc::new(RouteState {
                 name: Arc::from(route.pattern.as_str()),
                 handler: route.handler,
+                default_stack: route.default_stack,
                 metrics,
                 max_deliver: route.durable.as_ref().and_then(|d| d.max_deliver),
                 shared,
@@ -261,9 +266,10 @@ impl RouteTask {
     /// Nacks a delivery the worker will not handle, and records it.
     async fn give_back(&self, mut delivery: Delivery) {
         let state = &self.state;
+        let subject = delivery.subject().clone();
         state
             .shared
-            .give_back(&state.metrics, &mut delivery, false)
+            .give_back(&state.metrics, &subject, Some(&mut delivery), false)
             .await;
     }
 }
@@ -271,26 +277,41 @@ impl RouteTask {
 /// Runs the handler stack on `delivery`, then acknowledges it, or nacks it
 /// when the stack failed (rejects it, without redelivery, when the error is
 /// permanent); on abort, gives it back.
-async fn handle(state: Arc<RouteState>, mut delivery: Delivery) {
+async fn handle(state: Arc<RouteState>, delivery: Delivery) {
     let shared = &state.shared;
     // Read once: the handler's context, the OpenTelemetry span and the
     // tracing span all start from the message's `traceparent`.
     let parent = TraceContext::from_headers(delivery.headers());
-    let mut ctx = Context::for_route(
-        delivery.message().clone(),
-        parent.as_ref(),
+    let (redelivered, delivery_count, replier) = (
         delivery.redelivered(),
+        delivery.delivery_count(),
+        delivery.replier(),
+    );
+    // Where there is nothing to acknowledge (NATS core, Redis PUBSUB,
+    // memory) the delivery is not kept: its message moves into the context
+    // instead of being copied (a copy of a payload made from a `Vec` costs
+    // an allocation, and its drop a second free).
+    let (message, mut delivery) = if delivery.is_acknowledgeable() {
+        (delivery.message().clone(), Some(delivery))
+    } else {
+        (delivery.into_message(), None)
+    };
+    let subject = message.subject().clone();
+    let mut ctx = Context::for_route(
+        message,
+        parent.as_ref(),
+        redelivered,
         state.name.clone(),
         shared.broker.clone(),
         state.metrics.counters.clone(),
-        delivery.replier(),
+        replier,
     )
-    .with_delivery(delivery.delivery_count(), state.max_deliver);
+    .with_delivery(delivery_count, state.max_deliver);
     // With OpenTelemetry export, the handler's span is the exported one:
     // its ids go into what the handler publishes.
     let (exported, otel_trace) = OtelSpan::consumer(
         &state.name,
-        delivery.subject().as_str(),
+        subject.as_str(),
         shared.broker.kind(),
         parent.as_ref(),
     );
@@ -300,7 +321,7 @@ async fn handle(state: Arc<RouteState>, mut delivery: Delivery) {
     let span = tracing::info_span!(
         "switchboard.message",
         route = %state.name,
-        subject = %delivery.subject(),
+        subject = %subject,
         attempt = 1u32,
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
@@ -315,14 +336,22 @@ async fn handle(state: Arc<RouteState>, mut delivery: Delivery) {
     }
     let _in_flight = state.metrics.in_flight();
     let began = Instant::now();
-    let call = AssertUnwindSafe(state.handler.as_ref().call(ctx))
+    // The default stack runs in this future, not in a box of its own;
+    // pinned where it is made, so that the wrappers below move a pointer
+    // rather than the whole stack's state (three copies of it were ~450
+    // instructions per message).
+    let call = std::pin::pin!(match &state.default_stack {
+        Some(stack) => Either::Left(stack.run(ctx)),
+        None => Either::Right(state.handler.as_ref().call(ctx)),
+    });
+    let call = AssertUnwindSafe(call)
         .catch_unwind()
         .instrument(span.clone());
     let outcome = tokio::select! {
         biased;
         outcome = call => outcome,
         _ = state.abort.cancelled() => {
-            shared.give_back(&state.metrics, &mut delivery, true).await;
+            shared.give_back(&state.metrics, &subject, delivery.as_mut(), true).await;
             exported.end(Some("cancelled at shutdown; the message was given back"));
             return;
         }
@@ -331,8 +360,10 @@ async fn handle(state: Arc<RouteState>, mut delivery: Delivery) {
     let _entered = span.enter();
     let (error, permanent) = match outcome {
         Ok(Ok(())) => {
-            if let Err(error) = delivery.ack().await {
-                tracing::warn!(%error, "ack failed; the broker may deliver the message again");
+            if let Some(delivery) = &mut delivery {
+                if let Err(error) = delivery.ack().await {
+                    tracing::warn!(%error, "ack failed; the broker may deliver the message again");
+                }
             }
             state.metrics.counters.add_handled();
             tracing::debug!("handled");
@@ -346,17 +377,21 @@ async fn handle(state: Arc<RouteState>, mut delivery: Delivery) {
     state.metrics.counters.add_failed();
     if permanent {
         // Redelivered, it would fail the same way, again and again.
-        if let Err(reject_error) = delivery.reject().await {
-            tracing::warn!(error = %reject_error, "reject failed");
+        if let Some(delivery) = &mut delivery {
+            if let Err(reject_error) = delivery.reject().await {
+                tracing::warn!(error = %reject_error, "reject failed");
+            }
         }
         tracing::error!(%error, "handling failed with a permanent error: the message is rejected without redelivery (give the route a dead letter to keep such messages)");
         return;
     }
     // Read before `nack`, which takes the acknowledgement handle.
-    let requeued =
-        (shared.redelivery || delivery.delivery_count().is_some()) && delivery.is_acknowledgeable();
-    if let Err(nack_error) = delivery.nack().await {
-        tracing::warn!(error = %nack_error, "nack failed");
+    let requeued = (shared.redelivery || delivery_count.is_some())
+        && delivery.as_ref().is_some_and(Delivery::is_acknowledgeable);
+    if let Some(delivery) = &mut delivery {
+        if let Err(nack_error) = delivery.nack().await {
+            tracing::warn!(error = %nack_error, "nack failed");
+        }
     }
     if requeued {
         tracing::warn!(%error, "handling failed; nacked for redelivery");

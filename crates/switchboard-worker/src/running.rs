@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use switchboard_core::{Broker, Delivery, Subscription};
+use switchboard_core::{Broker, Delivery, Subject, Subscription};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -59,26 +59,30 @@ impl Shared {
             .get_or_init(|| tokio::time::Instant::now() + self.grace)
     }
 
-    /// Nacks a delivery the worker will not finish, and records it as unfinished.
+    /// Nacks a delivery the worker will not finish (`None`: one without
+    /// acknowledgement, nothing to nack), and records it as unfinished.
     pub(crate) async fn give_back(
         &self,
         route: &RouteMetrics,
-        delivery: &mut Delivery,
+        subject: &Subject,
+        delivery: Option<&mut Delivery>,
         started: bool,
     ) {
         let counters = &route.counters;
         let route = &*route.route;
-        let requeued = self.redelivery && delivery.is_acknowledgeable();
-        if let Err(error) = delivery.nack().await {
-            tracing::warn!(route, subject = %delivery.subject(), %error, "nack failed");
+        let requeued = self.redelivery && delivery.as_ref().is_some_and(|d| d.is_acknowledgeable());
+        if let Some(delivery) = delivery {
+            if let Err(error) = delivery.nack().await {
+                tracing::warn!(route, %subject, %error, "nack failed");
+            }
         }
         if !requeued {
-            tracing::warn!(route, subject = %delivery.subject(), "message left unhandled at shutdown; the broker cannot redeliver it");
+            tracing::warn!(route, %subject, "message left unhandled at shutdown; the broker cannot redeliver it");
         }
         counters.add_unfinished();
         let unfinished = Unfinished {
             route: route.to_string(),
-            subject: delivery.subject().clone(),
+            subject: subject.clone(),
             started,
             requeued,
         };

@@ -27,9 +27,10 @@ pub(crate) struct DefaultStack {
     pub(crate) dead_letter: Option<DeadLetterSubject>,
 }
 
-#[async_trait]
-impl Handler for DefaultStack {
-    async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
+impl DefaultStack {
+    /// Handles `ctx` as [`Handler::call`] does, as a future the caller may
+    /// keep unboxed (the route loop does: a box less per message).
+    pub(crate) async fn run(&self, ctx: Context) -> Result<(), HandlerError> {
         let counters = ctx.counters();
         // One attempt: Timeout(CatchPanic(handler)).
         let attempt = |ctx: Context| async move {
@@ -44,5 +45,12 @@ impl Handler for DefaultStack {
             Some(subject) => dead_lettering(subject, &ctx, retried).await,
             None => retried.await,
         }
+    }
+}
+
+#[async_trait]
+impl Handler for DefaultStack {
+    async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
+        self.run(ctx).await
     }
 }
