@@ -787,11 +787,7 @@ fn delivery(
     pattern: &Pattern,
     last: &mut Option<Subject>,
 ) -> Result<Delivery> {
-    let count = message
-        .info()
-        .ok()
-        .and_then(|info| u32::try_from(info.delivered).ok())
-        .unwrap_or(1);
+    let count = delivered_count(message.reply.as_deref());
     let (message, acker) = message.split();
     // No client: the reply subject of a JetStream message is its ack subject, not a requester.
     let delivered = wire::delivery(message, pattern, last, None)?.into_message();
@@ -802,6 +798,33 @@ fn delivery(
         count > 1,
     )
     .with_delivery_count(count))
+}
+
+/// How many times JetStream delivered a message (1 the first time), read
+/// from its ack subject `reply` as async-nats' `Message::info` reads it
+/// (`$JS.ACK.` and 7 tokens, or 9 and more with domain and account hash),
+/// but only that token: `info` also parses both sequences, the pending count
+/// and the timestamp, about 1,700 instructions per delivery for a number
+/// this adapter does not use (callgrind, `nats-durable-instructions
+/// switchboard-consume`). 1 for a subject in neither form.
+fn delivered_count(reply: Option<&str>) -> u32 {
+    let Some(tokens) = reply.and_then(|reply| reply.strip_prefix("$JS.ACK.")) else {
+        return 1;
+    };
+    let mut split = tokens.split('.');
+    let mut first = [""; 5];
+    for token in &mut first {
+        *token = split.next().unwrap_or_default();
+    }
+    // 7 tokens in all: stream, consumer, delivered, ...; 9 and more:
+    // domain, account hash, stream, consumer, delivered, ...
+    let count = 5 + split.take(5).count();
+    let delivered = match count {
+        7 => first[2],
+        9.. => first[4],
+        _ => return 1,
+    };
+    delivered.parse().unwrap_or(1)
 }
 
 /// Acknowledges one JetStream delivery (`+ACK`, `-NAK` with an optional
@@ -955,3 +978,27 @@ pub(crate) fn try_publish(
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::delivered_count;
+
+    /// The delivered count is read from both ack subject forms as
+    /// async-nats' `Message::info` reads it; anything else counts as a
+    /// first delivery.
+    #[test]
+    fn delivered_count_reads_both_ack_subject_forms() {
+        let old = "$JS.ACK.orders.worker.3.41.17.1700000000000000000.0";
+        let new = "$JS.ACK.hub.ACCHASH.orders.worker.2.41.17.1700000000000000000.0.xyz";
+        let without_token = "$JS.ACK._.ACCHASH.orders.worker.5.41.17.1700000000000000000.0";
+        assert_eq!(delivered_count(Some(old)), 3);
+        assert_eq!(delivered_count(Some(new)), 2);
+        assert_eq!(delivered_count(Some(without_token)), 5);
+        assert_eq!(delivered_count(Some("$JS.ACK.orders.worker.3.41")), 1);
+        assert_eq!(delivered_count(Some("_INBOX.abc")), 1);
+        assert_eq!(
+            delivered_count(Some("$JS.ACK.s.c.x.41.17.1700000000000000000.0")),
+            1
+        );
+        assert_eq!(delivered_count(None), 1);
+    }
+}
