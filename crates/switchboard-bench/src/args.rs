@@ -5,6 +5,27 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The idle timeout of a run without `--durable` when `--idle-timeout` is not given.
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The idle timeout of a `--durable` run when `--idle-timeout` is not given:
+/// a durable pull (JetStream's batch of 64, a Redis `XREADGROUP`) can stall
+/// for seconds while the broker writes to disk, and with 3 s whole batches
+/// were reported lost although they arrived later (BENCHMARKS.md, "NATS
+/// durable publishing").
+pub(crate) const DURABLE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The idle timeout a run uses: the one given with `--idle-timeout`, else
+/// [`DURABLE_IDLE_TIMEOUT`] for durable runs and [`DEFAULT_IDLE_TIMEOUT`]
+/// for the others.
+pub(crate) fn idle_timeout(given: Option<Duration>, durable: bool) -> Duration {
+    match given {
+        Some(idle) => idle,
+        None if durable => DURABLE_IDLE_TIMEOUT,
+        None => DEFAULT_IDLE_TIMEOUT,
+    }
+}
+
 /// A workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Mode {
@@ -95,9 +116,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
     pub handler_time: Duration,
 
-    /// Subscribers stop waiting once nothing arrived for this long after the publisher finished.
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
-    pub idle_timeout: Duration,
+    /// Subscribers stop waiting once nothing arrived for this long after the publisher finished
+    /// [default: 3s; 30s with --durable, where a JetStream pull of 64 messages can stall for
+    /// seconds and a shorter wait counts the whole batch as lost].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
 
     /// Give up a run whose publishing takes longer than this.
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = humantime::parse_duration)]
@@ -135,4 +158,36 @@ pub struct BenchArgs {
     /// Exit non-zero if any run failed, any broker did not answer, or any message was lost.
     #[arg(long)]
     pub strict: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn idle_of(argv: &[&str]) -> Duration {
+        let cli = Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied()))
+            .expect("the arguments parse");
+        idle_timeout(cli.bench.idle_timeout, cli.bench.durable)
+    }
+
+    /// Durable runs wait 30 s for a stalled pull unless told otherwise;
+    /// at-most-once runs keep 3 s; an explicit `--idle-timeout` always wins.
+    #[test]
+    fn durable_runs_wait_longer_unless_told_otherwise() {
+        assert_eq!(idle_of(&[]), DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(idle_of(&["--durable"]), DURABLE_IDLE_TIMEOUT);
+        assert_eq!(
+            idle_of(&["--durable", "--idle-timeout", "3s"]),
+            Duration::from_secs(3)
+        );
+        assert_eq!(idle_of(&["--idle-timeout", "10s"]), Duration::from_secs(10));
+        assert!(DURABLE_IDLE_TIMEOUT > DEFAULT_IDLE_TIMEOUT);
+    }
 }

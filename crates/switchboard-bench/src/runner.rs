@@ -30,7 +30,8 @@ pub(crate) struct RunSpec {
     pub(crate) time: Option<Duration>,
     pub(crate) warmup: u64,
     pub(crate) subscribers: usize,
-    pub(crate) idle: Duration,
+    /// `--idle-timeout` if given; [`RunSpec::idle`] picks the default.
+    pub(crate) idle: Option<Duration>,
     pub(crate) timeout: Duration,
     /// Latency runs: messages per second and how long.
     pub(crate) rate: u64,
@@ -41,6 +42,15 @@ pub(crate) struct RunSpec {
     pub(crate) handler_time: Duration,
     /// Durable workload: a durable consumer stores the messages, the subscriber acks each.
     pub(crate) durable: bool,
+}
+
+impl RunSpec {
+    /// How long subscribers wait for progress once the publisher finished:
+    /// `--idle-timeout`, else longer for durable runs than for the others
+    /// ([`crate::args::idle_timeout`]).
+    pub(crate) fn idle(&self) -> Duration {
+        crate::args::idle_timeout(self.idle, self.durable)
+    }
 }
 
 /// Runs one measurement and describes it as a row (an `error` row if it failed).
@@ -365,8 +375,8 @@ impl Consumers {
         // A worker's deliveries come out of its handler: one that takes
         // `handler_time` is no sign of a stall for that long.
         let idle = match spec.mode {
-            Mode::Worker => spec.idle + spec.handler_time,
-            _ => spec.idle,
+            Mode::Worker => spec.idle() + spec.handler_time,
+            _ => spec.idle(),
         };
         let tasks = receivers
             .into_iter()

@@ -61,10 +61,35 @@ thread_local! {
     static LAST_DECISION: RefCell<Option<(Subject, u64, bool)>> = const { RefCell::new(None) };
 }
 
+/// A PubAck as a future: async-nats' [`PublishAckFuture`] made into one
+/// when it is kept (the allocation its `.await` makes anyway), so that the
+/// window can look whether it is in without waiting.
+type PubAck = std::pin::Pin<
+    Box<
+        dyn Future<Output = std::result::Result<jetstream::publish::PublishAck, PublishError>>
+            + Send,
+    >,
+>;
+
 /// A JetStream publish whose PubAck is not awaited yet.
 struct Stored {
     subject: async_nats::Subject,
-    ack: PublishAckFuture,
+    ack: PubAck,
+}
+
+/// The PubAcks not yet awaited, and what the window learnt from those a
+/// publish found already in when the window was full (taken out without a
+/// wait), for the next `flush` to report.
+#[derive(Default)]
+struct Window {
+    /// PubAcks in publishing order, fewer than [`MAX_PENDING_ACKS`] between
+    /// two publishes.
+    acks: VecDeque<Stored>,
+    /// PubAcks taken out of a full window already answered.
+    confirmed: usize,
+    /// Those that said the message was not stored, kept to be classified by
+    /// `flush` ([`not_stored_anywhere`] asks the server).
+    failures: Vec<(async_nats::Subject, PublishError)>,
 }
 
 /// What publishes learnt from the PubAcks they awaited (the window slid),
@@ -87,8 +112,8 @@ pub(crate) struct Captured {
     /// Changes with every change of `subjects` (see [`GENERATIONS`]).
     generation: AtomicU64,
     subjects: RwLock<Vec<Pattern>>,
-    /// PubAcks in publishing order, at most about [`MAX_PENDING_ACKS`].
-    window: Mutex<VecDeque<Stored>>,
+    /// PubAcks in publishing order, and what the full window learnt.
+    window: Mutex<Window>,
     /// Held while a publish awaits the oldest PubAck (the window slid), with
     /// what those PubAcks said: `flush` takes it after awaiting the window,
     /// so it returns only once those are in too, and reports their failures.
@@ -101,7 +126,7 @@ impl Default for Captured {
             any: AtomicBool::new(false),
             generation: AtomicU64::new(GENERATIONS.fetch_add(1, Ordering::Relaxed)),
             subjects: RwLock::new(Vec::new()),
-            window: Mutex::new(VecDeque::new()),
+            window: Mutex::new(Window::default()),
             sliding: tokio::sync::Mutex::new(Slid::default()),
         }
     }
@@ -166,7 +191,7 @@ impl Captured {
         self.change(|subjects| subjects.retain(|p| !patterns.contains(p)));
     }
 
-    fn window(&self) -> std::sync::MutexGuard<'_, VecDeque<Stored>> {
+    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
         match self.window.lock() {
             Ok(window) => window,
             Err(poisoned) => poisoned.into_inner(),
@@ -175,14 +200,45 @@ impl Captured {
 
     /// Keeps the PubAck of a JetStream publish for a later wait; true if the
     /// window is full (the publish should await the oldest, [`slide`]).
+    ///
+    /// A full window first takes out its oldest PubAcks that are in already
+    /// (with 4,096 outstanding, the oldest usually is): that costs what the
+    /// raw client's `.await` on a ready PubAck costs, under the one lock
+    /// taken for this publish anyway, where waiting for it in [`slide`] took
+    /// the window's lock three times and the `sliding` lock, and boxed the
+    /// wait. Only a PubAck not in yet is left to [`slide`]'s wait.
     fn keep(&self, subject: async_nats::Subject, ack: PublishAckFuture) -> bool {
         let mut window = self.window();
-        window.push_back(Stored { subject, ack });
-        window.len() >= MAX_PENDING_ACKS
+        window.acks.push_back(Stored {
+            subject,
+            ack: std::future::IntoFuture::into_future(ack),
+        });
+        while window.acks.len() >= MAX_PENDING_ACKS {
+            let Some(oldest) = window.acks.front_mut() else {
+                return false;
+            };
+            let waker = std::task::Waker::noop();
+            let result = match oldest
+                .ack
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker))
+            {
+                std::task::Poll::Ready(result) => result,
+                std::task::Poll::Pending => return true,
+            };
+            let Some(oldest) = window.acks.pop_front() else {
+                return false;
+            };
+            window.confirmed += 1;
+            if let Err(error) = result {
+                window.failures.push((oldest.subject, error));
+            }
+        }
+        false
     }
 
     fn is_full(&self) -> bool {
-        self.window().len() >= MAX_PENDING_ACKS
+        self.window().acks.len() >= MAX_PENDING_ACKS
     }
 }
 
@@ -232,7 +288,7 @@ pub(crate) async fn slide(shared: &Shared) {
         // Taken before the PubAck leaves the window, so that a `flush`
         // that no longer finds it there waits for it here.
         let mut slid = captured.sliding.lock().await;
-        let Some(oldest) = captured.window().pop_front() else {
+        let Some(oldest) = captured.window().acks.pop_front() else {
             return;
         };
         slid.confirmed += 1;
@@ -286,10 +342,14 @@ async fn not_stored_anywhere(
 /// Waits for every JetStream publish since the last flush to be stored
 /// (those publishes are awaiting included); reports the messages not stored.
 pub(crate) async fn confirm_pending(shared: &Shared) -> Result<()> {
-    let pending = std::mem::take(&mut *shared.captured.window());
+    let Window {
+        acks: pending,
+        confirmed,
+        failures,
+    } = std::mem::take(&mut *shared.captured.window());
     let timeout = shared.options.flush_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut count = pending.len();
+    let mut count = pending.len() + confirmed;
     let timed_out = |count: usize| Error::Flush {
         broker: KIND,
         reason: format!("JetStream did not confirm storing {count} message(s) within {timeout:?}"),
@@ -305,7 +365,11 @@ pub(crate) async fn confirm_pending(shared: &Shared) -> Result<()> {
         .map_err(|_| timed_out(count))?;
     let mut failed = 0;
     let mut first = None;
-    for (subject, result) in results {
+    // Those the full window took out come first: they are older.
+    let failures = failures
+        .into_iter()
+        .map(|(subject, error)| (subject, Err(error)));
+    for (subject, result) in failures.chain(results) {
         let Err(error) = result else { continue };
         if !not_stored_anywhere(shared, &subject, &error).await {
             failed += 1;
@@ -617,6 +681,12 @@ pub(crate) async fn subscribe(
         deliveries(consumer, messages, pattern.clone(), name),
     )
     .with_close(move || {
+        // The deliveries (async-nats' pull stream) are dropped before this
+        // runs: that stops its pull task and unsubscribes its inbox, and the
+        // server drops a pull request whose inbox nobody listens to, so
+        // after the flush below none is left waiting for its 30 s expiry
+        // (tests/durable.rs, `close_leaves_no_pull_request_waiting`).
+        // async-nats has no call to cancel a pull request, and needs none.
         Box::pin(async move {
             // The stream is gone: its read-ahead is being handed back.
             let tasks = match releasing.lock() {
@@ -626,7 +696,7 @@ pub(crate) async fn subscribe(
             for task in tasks {
                 let _ = task.await;
             }
-            // Writes out the acks (and hand-backs) given so far.
+            // Writes out the acks (and hand-backs) given so far, and the inbox's UNSUB.
             match tokio::time::timeout(timeout, client.flush()).await {
                 Ok(_) => Ok(()),
                 Err(_) => Err(Error::Timeout {
@@ -798,11 +868,7 @@ fn delivery(
     pattern: &Pattern,
     last: &mut Option<Subject>,
 ) -> Result<Delivery> {
-    let count = message
-        .info()
-        .ok()
-        .and_then(|info| u32::try_from(info.delivered).ok())
-        .unwrap_or(1);
+    let count = delivered_count(message.reply.as_deref());
     let (message, acker) = message.split();
     // No client: the reply subject of a JetStream message is its ack subject, not a requester.
     let delivered = wire::delivery(message, pattern, last, None)?.into_message();
@@ -813,6 +879,33 @@ fn delivery(
         count > 1,
     )
     .with_delivery_count(count))
+}
+
+/// How many times JetStream delivered a message (1 the first time), read
+/// from its ack subject `reply` as async-nats' `Message::info` reads it
+/// (`$JS.ACK.` and 7 tokens, or 9 and more with domain and account hash),
+/// but only that token: `info` also parses both sequences, the pending count
+/// and the timestamp, about 1,700 instructions per delivery for a number
+/// this adapter does not use (callgrind, `nats-durable-instructions
+/// switchboard-consume`). 1 for a subject in neither form.
+fn delivered_count(reply: Option<&str>) -> u32 {
+    let Some(tokens) = reply.and_then(|reply| reply.strip_prefix("$JS.ACK.")) else {
+        return 1;
+    };
+    let mut split = tokens.split('.');
+    let mut first = [""; 5];
+    for token in &mut first {
+        *token = split.next().unwrap_or_default();
+    }
+    // 7 tokens in all: stream, consumer, delivered, ...; 9 and more:
+    // domain, account hash, stream, consumer, delivered, ...
+    let count = 5 + split.take(5).count();
+    let delivered = match count {
+        7 => first[2],
+        9.. => first[4],
+        _ => return 1,
+    };
+    delivered.parse().unwrap_or(1)
 }
 
 /// Acknowledges one JetStream delivery (`+ACK`, `-NAK` with an optional
@@ -963,5 +1056,30 @@ pub(crate) fn try_publish(
         std::task::Poll::Ready(Ok(ack)) => Some(Ok(shared.captured.keep(subject.clone(), ack))),
         std::task::Poll::Ready(Err(error)) => Some(Err(error)),
         std::task::Poll::Pending => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delivered_count;
+
+    /// The delivered count is read from both ack subject forms as
+    /// async-nats' `Message::info` reads it; anything else counts as a
+    /// first delivery.
+    #[test]
+    fn delivered_count_reads_both_ack_subject_forms() {
+        let old = "$JS.ACK.orders.worker.3.41.17.1700000000000000000.0";
+        let new = "$JS.ACK.hub.ACCHASH.orders.worker.2.41.17.1700000000000000000.0.xyz";
+        let without_token = "$JS.ACK._.ACCHASH.orders.worker.5.41.17.1700000000000000000.0";
+        assert_eq!(delivered_count(Some(old)), 3);
+        assert_eq!(delivered_count(Some(new)), 2);
+        assert_eq!(delivered_count(Some(without_token)), 5);
+        assert_eq!(delivered_count(Some("$JS.ACK.orders.worker.3.41")), 1);
+        assert_eq!(delivered_count(Some("_INBOX.abc")), 1);
+        assert_eq!(
+            delivered_count(Some("$JS.ACK.s.c.x.41.17.1700000000000000000.0")),
+            1
+        );
+        assert_eq!(delivered_count(None), 1);
     }
 }

@@ -201,3 +201,65 @@ async fn flush_reports_messages_jetstream_refused() {
     jetstream.delete_stream(&name).await.unwrap();
     publisher.close().await.unwrap();
 }
+
+/// How many pull requests of consumer `name` wait on the server.
+async fn waiting_pulls(stream: &mut async_nats::jetstream::stream::Stream, name: &str) -> usize {
+    stream.consumer_info(name).await.unwrap().num_waiting
+}
+
+/// Polls `waiting_pulls` every 100 ms until `done` says yes, for up to 10 s
+/// (a third of the 30 s a pull request lives on the server); the last count.
+async fn wait_for_pulls(
+    stream: &mut async_nats::jetstream::stream::Stream,
+    name: &str,
+    done: impl Fn(usize) -> bool,
+) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting = waiting_pulls(stream, name).await;
+        if done(waiting) || tokio::time::Instant::now() >= deadline {
+            return waiting;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `close` of a durable subscription ends its pull request on the server at
+/// once, not when it expires (30 s later): the server sees no pull waiting,
+/// so a message published after the close is not handed to a subscription
+/// that is gone (it would wait out `ack_wait` before anyone got it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_leaves_no_pull_request_waiting() {
+    let Some(url) = server::url() else { return };
+    let broker = switchboard_nats::connect(&url).await.unwrap();
+    let base = unique("closing");
+    let pattern: Pattern = format!("{base}.>").parse().unwrap();
+    let name = base.replace('.', "-");
+    let durable = Durable::new(&name).unwrap();
+    let mut subscription = broker.subscribe_durable(&pattern, &durable).await.unwrap();
+    // async-nats sends the first pull request once the stream is polled.
+    assert!(
+        timeout(Duration::from_millis(300), subscription.next())
+            .await
+            .is_err(),
+        "nothing was published"
+    );
+    let jetstream = async_nats::jetstream::new(broker.client().clone());
+    let stream_name = jetstream
+        .stream_by_subject(pattern.as_str())
+        .await
+        .expect("a stream captures the pattern");
+    let mut stream = jetstream.get_stream(&stream_name).await.unwrap();
+    let waiting = wait_for_pulls(&mut stream, &name, |n| n > 0).await;
+    assert!(waiting > 0, "the open subscription's pull request waits");
+    let closing = std::time::Instant::now();
+    subscription.close().await.unwrap();
+    let waiting = wait_for_pulls(&mut stream, &name, |n| n == 0).await;
+    assert_eq!(waiting, 0, "pull requests still waiting 10 s after close");
+    eprintln!(
+        "no pull request waiting {:?} after close",
+        closing.elapsed()
+    );
+    broker.remove_durable(&pattern, &durable).await.unwrap();
+    broker.close().await.unwrap();
+}

@@ -67,8 +67,19 @@ pub struct DrillReport {
     pub reading: Received,
     /// The consumer away until every message was published.
     pub away: Received,
-    /// Messages published again after a failed publish or flush.
+    /// Distinct messages published again after a failed publish or flush
+    /// (each counted once, however many attempts it took).
     pub republished: u32,
+    /// Publishes repeated in all: a message in two failed batches counts
+    /// twice. Never less than `republished`.
+    pub republish_attempts: u32,
+}
+
+/// What the publisher had to publish again.
+#[derive(Debug, Clone, Copy, Default)]
+struct Republished {
+    distinct: u32,
+    attempts: u32,
 }
 
 impl RestartDrill {
@@ -113,13 +124,11 @@ impl RestartDrill {
             .expect("connecting the publisher");
         let started = Instant::now();
         let flushed = Arc::new(AtomicU32::new(0));
-        let republished = Arc::new(AtomicU32::new(0));
         let publishing = tokio::spawn(publish_all(
             self.clone(),
             publisher.clone(),
             subject,
             flushed.clone(),
-            republished.clone(),
         ));
         let receiving = tokio::spawn(receive_all(reading, self.messages, self.patience));
         for third in [self.messages / 3, 2 * self.messages / 3] {
@@ -136,7 +145,7 @@ impl RestartDrill {
             let outage = self.outage;
             tokio::task::block_in_place(|| restart(outage));
         }
-        timeout(self.patience * 2, publishing)
+        let republished = timeout(self.patience * 2, publishing)
             .await
             .expect("publishing finished in time")
             .expect("the publishing task");
@@ -168,7 +177,8 @@ impl RestartDrill {
         DrillReport {
             reading,
             away,
-            republished: republished.load(Ordering::Relaxed),
+            republished: republished.distinct,
+            republish_attempts: republished.attempts,
         }
     }
 }
@@ -188,16 +198,23 @@ async fn publish_all(
     publisher: Arc<dyn Broker>,
     subject: String,
     flushed: Arc<AtomicU32>,
-    republished: Arc<AtomicU32>,
-) {
+) -> Republished {
+    let mut republished = Republished::default();
+    // Messages handed to the broker in a batch that failed: each is
+    // published again, and counted once in `distinct`.
+    let mut again = vec![false; drill.messages as usize];
     let mut start = 0;
     let deadline = Instant::now() + drill.patience * 2;
     while start < drill.messages {
         assert!(Instant::now() < deadline, "publishing did not finish");
         let end = (start + drill.batch).min(drill.messages);
+        // One past the last message handed over (a failed publish may
+        // have reached the broker too).
+        let mut tried = end;
         let mut sent = true;
         for seq in start..end {
             if publisher.publish(numbered(&subject, seq)).await.is_err() {
+                tried = seq + 1;
                 sent = false;
                 break;
             }
@@ -207,10 +224,16 @@ async fn publish_all(
             start = end;
             tokio::time::sleep(drill.pause).await;
         } else {
-            republished.fetch_add(end - start, Ordering::Relaxed);
+            for seq in start..tried {
+                republished.attempts += 1;
+                if !std::mem::replace(&mut again[seq as usize], true) {
+                    republished.distinct += 1;
+                }
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    republished
 }
 
 /// Receives until every number `0..n` arrived, acknowledging each. Panics

@@ -8,14 +8,20 @@
 //! 4,096 outstanding, as `switchboard bench`'s raw baseline does), and deletes
 //! the stream. MODE is `switchboard` or `raw`; `switchboard-plain` and
 //! `raw-plain` publish at most once to a subject no stream captures (the
-//! at-most-once path, with the streams of the server known). Everything runs
-//! on one thread, so callgrind counts the connection's work too.
+//! at-most-once path, with the streams of the server known);
+//! `switchboard-consume` and `raw-consume` publish N messages through the raw
+//! JetStream loop above, then receive and ack them through a durable pull
+//! consumer (switchboard's `subscribe_durable`, or async-nats' pull stream
+//! with the bench baseline's settings: 64 a pull, 30 s expiry, 5 s
+//! heartbeats), so their difference per message is the consuming side's.
+//! Everything runs on one thread, so callgrind counts the connection's work
+//! too.
 //!
 //! Instructions per message = (I(n2) − I(n1)) ÷ (n2 − n1):
 //!
 //! ```sh
 //! cargo build --release -p switchboard-bench --bin nats-durable-instructions
-//! for m in raw switchboard; do for n in 20000 70000; do
+//! for m in raw switchboard raw-consume switchboard-consume; do for n in 20000 70000; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null \
 //!     target/release/nats-durable-instructions $m $n 2>&1 | grep Collected
 //! done; done
@@ -24,8 +30,11 @@
 
 use std::collections::VecDeque;
 
-use async_nats::jetstream::{self, stream};
-use switchboard::{Bytes, Headers, Message, Publisher, Subject};
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+use switchboard::{
+    Broker, Bytes, Durable, Headers, Message, Pattern, Publisher, Subject, Subscriber,
+};
 
 /// PubAcks outstanding at most on the raw side (the bench baseline's window).
 const ACK_WINDOW: usize = 4096;
@@ -35,7 +44,7 @@ fn main() {
     let (mode, count) = match args.as_slice() {
         [mode, count, ..] => (mode.as_str(), count.parse::<u64>().expect("N is a number")),
         _ => {
-            eprintln!("usage: nats-durable-instructions switchboard|raw|switchboard-plain|raw-plain N [URL]");
+            eprintln!("usage: nats-durable-instructions switchboard|raw|switchboard-plain|raw-plain|switchboard-consume|raw-consume N [URL]");
             std::process::exit(2);
         }
     };
@@ -82,26 +91,69 @@ async fn run(mode: &str, count: u64, url: &str) {
             }
             broker.flush().await.expect("flush");
         }
-        "raw" => {
-            let client = async_nats::connect(url).await.expect("NATS");
-            let jetstream = jetstream::new(client);
-            let subject = async_nats::Subject::from(subject.as_str());
-            let mut acks = VecDeque::with_capacity(ACK_WINDOW);
+        "raw" => publish_raw(url, &subject, &payload, count).await,
+        "switchboard-consume" => {
+            let broker = switchboard::nats::connect(url).await.expect("switchboard");
+            let pattern = Pattern::new(subject.as_str()).expect("a pattern");
+            let durable = Durable::new(&name).expect("a consumer name");
+            // The consumer starts after the stream's last message: it
+            // exists before anything is published.
+            broker
+                .subscribe_durable(&pattern, &durable)
+                .await
+                .expect("creating the consumer")
+                .close()
+                .await
+                .expect("closing");
+            publish_raw(url, &subject, &payload, count).await;
+            let mut subscription = broker
+                .subscribe_durable(&pattern, &durable)
+                .await
+                .expect("resuming the consumer");
             for _ in 0..count {
-                let ack = jetstream
-                    .publish(subject.clone(), payload.clone())
+                let mut delivery = subscription
+                    .next()
                     .await
-                    .expect("publish");
-                acks.push_back(ack);
-                while acks.len() >= ACK_WINDOW {
-                    if let Some(oldest) = acks.pop_front() {
-                        oldest.await.expect("PubAck");
-                    }
-                }
+                    .expect("a delivery")
+                    .expect("not an error");
+                delivery.ack().await.expect("ack");
             }
-            while let Some(ack) = acks.pop_front() {
-                ack.await.expect("PubAck");
+            subscription.close().await.expect("closing");
+            broker.close().await.expect("closing the connection");
+        }
+        "raw-consume" => {
+            publish_raw(url, &subject, &payload, count).await;
+            let client = async_nats::connect(url).await.expect("NATS");
+            let jetstream = jetstream::new(client.clone());
+            let consumer: consumer::PullConsumer = jetstream
+                .create_consumer_on_stream(
+                    consumer::pull::Config {
+                        durable_name: Some(name.clone()),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        ..Default::default()
+                    },
+                    name.as_str(),
+                )
+                .await
+                .expect("a consumer");
+            let mut messages = consumer
+                .stream()
+                .max_messages_per_batch(64)
+                .expires(std::time::Duration::from_secs(30))
+                .heartbeat(std::time::Duration::from_secs(5))
+                .messages()
+                .await
+                .expect("pulling");
+            for _ in 0..count {
+                let message = messages
+                    .next()
+                    .await
+                    .expect("a message")
+                    .expect("not an error");
+                message.ack().await.expect("ack");
             }
+            drop(messages);
+            client.flush().await.expect("flush");
         }
         "raw-plain" => {
             let client = async_nats::connect(url).await.expect("NATS");
@@ -130,4 +182,28 @@ async fn run(mode: &str, count: u64, url: &str) {
         .await
         .expect("deleting the stream");
     println!("{mode} {count}: stream holds {stored}");
+}
+
+/// Publishes `count` messages on `subject` through JetStream, at most
+/// [`ACK_WINDOW`] PubAcks outstanding, and awaits every PubAck.
+async fn publish_raw(url: &str, subject: &str, payload: &Bytes, count: u64) {
+    let client = async_nats::connect(url).await.expect("NATS");
+    let jetstream = jetstream::new(client);
+    let subject = async_nats::Subject::from(subject);
+    let mut acks = VecDeque::with_capacity(ACK_WINDOW);
+    for _ in 0..count {
+        let ack = jetstream
+            .publish(subject.clone(), payload.clone())
+            .await
+            .expect("publish");
+        acks.push_back(ack);
+        while acks.len() >= ACK_WINDOW {
+            if let Some(oldest) = acks.pop_front() {
+                oldest.await.expect("PubAck");
+            }
+        }
+    }
+    while let Some(ack) = acks.pop_front() {
+        ack.await.expect("PubAck");
+    }
 }
