@@ -236,11 +236,17 @@ impl Pattern {
         for (index, token) in self.tokens.iter().enumerate() {
             match token {
                 Token::Rest => {
-                    // `>` needs at least one remaining non-empty token, and all of them valid.
-                    let rest: Vec<&str> = parts.collect();
-                    return !rest.is_empty()
-                        && rest.iter().all(|t| !t.is_empty())
-                        && index + 1 == self.tokens.len();
+                    // `>` needs at least one remaining non-empty token, and all
+                    // of them valid; walked, not collected (this runs per
+                    // message where a broker matches patterns itself).
+                    let mut any = false;
+                    for part in parts {
+                        if part.is_empty() {
+                            return false;
+                        }
+                        any = true;
+                    }
+                    return any && index + 1 == self.tokens.len();
                 }
                 Token::Any => match parts.next() {
                     Some(part) if !part.is_empty() => {}
