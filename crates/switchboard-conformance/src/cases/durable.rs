@@ -48,6 +48,15 @@ fn consumer(ctx: &Context, name: &str) -> Durable {
     ctx.durable(name).ack_wait(ACK_WAIT)
 }
 
+/// Member `name` of the durable group named after `group`: a consumer
+/// name of its own, the group's name as its group, and `ack_wait`.
+fn group_member(group: &Durable, name: &str, ack_wait: Duration) -> Durable {
+    Durable::new(&format!("{}-{name}", group.name))
+        .and_then(|d| d.group(group.name.as_str()))
+        .map(|d| d.ack_wait(ack_wait))
+        .expect("a valid member name")
+}
+
 /// Closes a subscription, failing the case if that fails or hangs.
 async fn close_subscription(subscription: Subscription) {
     match timeout(RECEIVE_TIMEOUT, subscription.close()).await {
@@ -300,13 +309,8 @@ pub async fn durable_group_shares_work(ctx: &Context) {
     }
     let other = ctx.connect().await;
     let pattern = ctx.pattern("shared.>");
-    let group = ctx.durable("shared").ack_wait(ACK_WAIT);
-    let member = |name: &str| {
-        Durable::new(&format!("{}-{name}", group.name))
-            .and_then(|d| d.group(group.name.as_str()))
-            .map(|d| d.ack_wait(ACK_WAIT))
-            .expect("a valid member name")
-    };
+    let group = ctx.durable("shared");
+    let member = |name: &str| group_member(&group, name, ACK_WAIT);
     let mut a = ctx
         .subscribe_durable(ctx.broker(), &pattern, &member("a"))
         .await;
@@ -365,12 +369,7 @@ pub async fn durable_leaving_member_hands_back(ctx: &Context) {
     let other = ctx.connect().await;
     let pattern = ctx.pattern("handback.>");
     let group = ctx.durable("handback");
-    let member = |name: &str| {
-        Durable::new(&format!("{}-{name}", group.name))
-            .and_then(|d| d.group(group.name.as_str()))
-            .map(|d| d.ack_wait(LONG_ACK_WAIT))
-            .expect("a valid member name")
-    };
+    let member = |name: &str| group_member(&group, name, LONG_ACK_WAIT);
     let mut a = ctx
         .subscribe_durable(ctx.broker(), &pattern, &member("a"))
         .await;
