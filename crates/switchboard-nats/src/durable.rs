@@ -689,12 +689,9 @@ pub(crate) async fn subscribe(
         // async-nats has no call to cancel a pull request, and needs none.
         Box::pin(async move {
             // The stream is gone: its read-ahead is being handed back.
-            let tasks = match releasing.lock() {
-                Ok(mut tasks) => std::mem::take(&mut *tasks),
-                Err(_) => Vec::new(),
-            };
-            for task in tasks {
-                let _ = task.await;
+            let release = releasing.lock().ok().and_then(|mut slot| slot.take());
+            if let Some(release) = release {
+                let _ = release.await;
             }
             // Writes out the acks (and hand-backs) given so far, and the inbox's UNSUB.
             match tokio::time::timeout(timeout, client.flush()).await {
@@ -710,9 +707,11 @@ pub(crate) async fn subscribe(
     }))
 }
 
-/// The tasks handing back what dropped [`Pulling`] streams held, awaited by
+/// The task handing back what the dropped [`Pulling`] stream held (one per
+/// subscription: a fresh pull after missed heartbeats replaces the stream
+/// inside it, not the `Pulling`), awaited by
 /// `Subscription::close`.
-type Releasing = std::sync::Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+type Releasing = std::sync::Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>;
 
 /// A member's pull stream. async-nats fetches up to two batches ahead; when
 /// the subscription is dropped or closed, the messages it already received
@@ -771,9 +770,8 @@ impl Drop for Pulling {
                 }
             }
         });
-        if let Ok(mut tasks) = self.releasing.lock() {
-            tasks.retain(|task| !task.is_finished());
-            tasks.push(task);
+        if let Ok(mut slot) = self.releasing.lock() {
+            *slot = Some(task);
         }
     }
 }

@@ -184,6 +184,36 @@ impl Drop for Inbox {
     }
 }
 
+/// `XCLAIM <stream> <group> <this member> 0 <ids> IDLE <idle_ms> [RETRYCOUNT
+/// <retry>] JUSTID`: keeps `ids` pending on this member but sets their idle
+/// time, so that members (which claim entries idle for `ack_wait`) take them
+/// after `ack_wait - idle`. Without `retry` the delivery count is left as it
+/// is (`JUSTID` does not raise it); with it, it is set.
+async fn reidle(
+    control: &Control,
+    member: &Member,
+    ids: &[&str],
+    idle_ms: u128,
+    retry: Option<u32>,
+) -> std::result::Result<Frame, crate::control::Failure> {
+    let idle = idle_ms.to_string();
+    let retry = retry.map(|count| count.to_string());
+    let mut args: Vec<&[u8]> = vec![
+        b"XCLAIM",
+        member.stream.as_bytes(),
+        member.group.as_bytes(),
+        member.name.as_bytes(),
+        b"0",
+    ];
+    args.extend(ids.iter().map(|id| id.as_bytes()));
+    args.extend([b"IDLE".as_slice(), idle.as_bytes()]);
+    if let Some(retry) = &retry {
+        args.extend([b"RETRYCOUNT".as_slice(), retry.as_bytes()]);
+    }
+    args.push(b"JUSTID");
+    control.call(&args).await
+}
+
 /// Hands entries read ahead but never taken back to the group, so another
 /// member claims them within about [`POLL`] instead of after `ack_wait`:
 /// `XCLAIM ... IDLE <ack_wait> RETRYCOUNT <count - 1> JUSTID` makes each one
@@ -194,29 +224,21 @@ async fn release(control: &Control, member: &Member, held: Vec<(String, u32)>) {
     let mut counts: Vec<u32> = held.iter().map(|(_, count)| *count).collect();
     counts.sort_unstable();
     counts.dedup();
-    let idle = member.ack_wait.as_millis().max(1).to_string();
     for count in counts {
-        let retry = count.saturating_sub(1).to_string();
-        let mut args: Vec<&[u8]> = vec![
-            b"XCLAIM",
-            member.stream.as_bytes(),
-            member.group.as_bytes(),
-            member.name.as_bytes(),
-            b"0",
-        ];
-        args.extend(
-            held.iter()
-                .filter(|(_, c)| *c == count)
-                .map(|(id, _)| id.as_bytes()),
-        );
-        args.extend([
-            b"IDLE".as_slice(),
-            idle.as_bytes(),
-            b"RETRYCOUNT",
-            retry.as_bytes(),
-            b"JUSTID",
-        ]);
-        if let Err(reason) = control.call(&args).await {
+        let ids = held
+            .iter()
+            .filter(|(_, c)| *c == count)
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>();
+        let result = reidle(
+            control,
+            member,
+            &ids,
+            member.ack_wait.as_millis().max(1),
+            Some(count.saturating_sub(1)),
+        )
+        .await;
+        if let Err(reason) = result {
             tracing::debug!(stream = %member.stream, group = %member.group, %reason, "redis: could not hand back entries read ahead; they come back after ack_wait");
         }
     }
@@ -652,28 +674,22 @@ impl StreamAck {
         if delay > self.member.ack_wait {
             tracing::warn!(?delay, ack_wait = ?self.member.ack_wait, subject = %self.subject, "redis: a nack's delay is longer than the ack deadline; the message comes back after the ack deadline");
         }
-        let idle = self
-            .member
-            .ack_wait
-            .saturating_sub(delay)
-            .as_millis()
-            .to_string();
-        let m = &self.member;
-        self.call(
-            "nack",
-            &[
-                b"XCLAIM",
-                m.stream.as_bytes(),
-                m.group.as_bytes(),
-                m.name.as_bytes(),
-                b"0",
-                self.id.as_bytes(),
-                b"IDLE",
-                idle.as_bytes(),
-                b"JUSTID",
-            ],
+        let idle_ms = self.member.ack_wait.saturating_sub(delay).as_millis();
+        reidle(
+            &self.control,
+            &self.member,
+            &[self.id.as_str()],
+            idle_ms,
+            None,
         )
         .await
+        .map(|_| ())
+        .map_err(|reason| Error::Ack {
+            broker: KIND,
+            action: "nack",
+            subject: self.subject.clone(),
+            reason,
+        })
     }
 }
 
