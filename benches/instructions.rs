@@ -16,6 +16,16 @@
 //! `nats-raw-static` (async-nats with a `&'static str` subject, its cheapest
 //! call). Run with no arguments (as
 //! `cargo bench` does) it does nothing.
+//!
+//! Two flags, for both sides alike: `--fresh-payload` makes each message's
+//! payload a new `Bytes::copy_from_slice`, as a program encoding each message
+//! does (the default clones one static payload, which costs nothing; a
+//! `Vec`-backed `Bytes` allocates on its first clone, and that difference
+//! once hid a cost of switchboard's); `--multi-thread` runs on tokio's
+//! multi-thread runtime, for CPU and wall-clock comparisons under
+//! `/usr/bin/time` (the connection's task then runs on another thread, where
+//! reference counts shared with the publishing thread cost more than
+//! callgrind, which runs one thread at a time, shows).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
@@ -23,8 +33,20 @@ use switchboard::{Headers, MemoryBroker, Message, Publisher, Subject};
 
 const URL: &str = "nats://127.0.0.1:4222";
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+fn main() {
+    let flags: Vec<String> = std::env::args().filter(|a| a.starts_with("--")).collect();
+    let runtime = if flags.iter().any(|f| f == "--multi-thread") {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .build()
+    .unwrap();
+    runtime.block_on(run(flags.iter().any(|f| f == "--fresh-payload")));
+}
+
+async fn run(fresh_payload: bool) {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|arg| !arg.starts_with("--"))
@@ -33,9 +55,16 @@ async fn main() {
         return;
     };
     let count: u64 = count.parse().expect("N is a number of messages");
-    let payload = Bytes::from_static(b"0123456789abcdef");
+    let fixed = Bytes::from_static(b"0123456789abcdef");
     let subject = Subject::new("bench.instructions").unwrap();
-    let message = || Message::from_parts(subject.clone(), payload.clone(), Headers::new());
+    let payload = || {
+        if fresh_payload {
+            Bytes::copy_from_slice(b"0123456789abcdef")
+        } else {
+            fixed.clone()
+        }
+    };
+    let message = || Message::from_parts(subject.clone(), payload(), Headers::new());
     match mode.as_str() {
         "memory" => {
             let broker = MemoryBroker::new();
@@ -65,10 +94,7 @@ async fn main() {
             // its subject in a variable does.
             let subject = async_nats::Subject::from(String::from("bench.instructions"));
             for _ in 0..count {
-                client
-                    .publish(subject.clone(), payload.clone())
-                    .await
-                    .unwrap();
+                client.publish(subject.clone(), payload()).await.unwrap();
             }
             client.flush().await.unwrap();
         }
@@ -78,7 +104,7 @@ async fn main() {
             // turned into a static `Bytes`, with no reference count at all.
             for _ in 0..count {
                 client
-                    .publish("bench.instructions", payload.clone())
+                    .publish("bench.instructions", payload())
                     .await
                     .unwrap();
             }

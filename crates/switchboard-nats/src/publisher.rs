@@ -45,10 +45,11 @@ fn finished<'a>(result: Result<()>) -> PublishFuture<'a> {
 /// zero-sized one. `#[async_trait]` would instead allocate a future of several
 /// hundred bytes per message and copy it three times; that was most of what
 /// publishing through switchboard cost over async-nats itself (see
-/// BENCHMARKS.md, "Instructions per publish"). A subject a JetStream stream
-/// captures is published the same way as a JetStream publish
-/// ([`publish_captured`]); headers or a full queue take [`publish_queued`],
-/// boxed, as before.
+/// BENCHMARKS.md, "Instructions per publish"). The attempt to hand the
+/// message over is boxed (why is said below): one allocation, freed on this
+/// thread. A subject a JetStream stream captures is published the same way
+/// as a JetStream publish ([`publish_captured`]); headers take
+/// [`publish_queued`], boxed, and a full queue awaits the attempt itself.
 pub(crate) fn publish(shared: &Shared, message: Message) -> PublishFuture<'_> {
     let (subject, payload, headers) = message.into_parts();
     if !headers.is_empty() {
@@ -68,25 +69,27 @@ pub(crate) fn publish(shared: &Shared, message: Message) -> PublishFuture<'_> {
     if shared.captured.captures(&subject) {
         return publish_captured(shared, subject, nats_subject, payload);
     }
-    // Kept in case the queue is full: the attempt below then gives up the
-    // message with its future. Both are reference counts, not copies.
-    let retry = (nats_subject.clone(), payload.clone());
-    let attempt = {
-        let mut handing = std::pin::pin!(shared.client.publish(nats_subject, payload));
-        // Polled once with a waker that does nothing: a queue with room takes
-        // the message now; a full one leaves it `Pending`, and this attempt
-        // is dropped (which unregisters it) in favour of a real wait below.
-        handing
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-    };
-    match attempt {
+    // Boxed, not pinned on the stack: if the queue is full the attempt
+    // keeps the message and is awaited as it is. Keeping a copy of subject
+    // and payload for a second attempt instead cost two reference counts
+    // per message that the connection's task, on another thread, then also
+    // touched, and made a `Vec`-backed payload allocate on its first clone:
+    // more CPU time and fewer messages per socket write than async-nats
+    // alone (BENCHMARKS.md, "NATS publish: the copies kept for a retry").
+    let mut attempt = Box::pin(shared.client.publish(nats_subject, payload));
+    // Polled once with a waker that does nothing: a queue with room takes
+    // the message now; a full one (or a task out of its scheduling budget)
+    // leaves it `Pending`, and it is then awaited with this task's waker.
+    let polled = attempt
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    match polled {
         Poll::Ready(Ok(())) => Box::pin(Published),
         Poll::Ready(Err(e)) => finished(Err(not_taken(&subject, e))),
-        Poll::Pending => {
-            let (nats_subject, payload) = retry;
-            Box::pin(hand_over(shared, subject, nats_subject, payload, None))
-        }
+        Poll::Pending => Box::pin(async move {
+            let handed = await_room(shared, attempt.as_mut()).await;
+            handed_result(&subject, handed, shared.options.flush_timeout)
+        }),
     }
 }
 
@@ -165,33 +168,49 @@ async fn hand_over(
     headers: Option<async_nats::HeaderMap>,
 ) -> Result<()> {
     let client = &shared.client;
-    let mut handing = std::pin::pin!(match headers {
+    let handing = std::pin::pin!(match headers {
         None => Either::Left(client.publish(nats_subject, payload)),
         Some(map) => Either::Right(client.publish_with_headers(nats_subject, map, payload)),
     });
+    let handed = await_room(shared, handing).await;
+    handed_result(&subject, handed, shared.options.flush_timeout)
+}
+
+/// Awaits a publish handed to async-nats' queue: at once if there is room,
+/// else until there is (bounded while the connection is down, see
+/// [`wait_for_room`]). `None` if the connection stayed down too long.
+async fn await_room<F>(shared: &Shared, mut handing: Pin<&mut F>) -> Option<F::Output>
+where
+    F: Future<Output = std::result::Result<(), async_nats::PublishError>>,
+{
     // Polled with this task's context: if async-nats' queue is full, the
     // task is now registered to be woken when there is room.
-    let handed = match futures::future::poll_immediate(handing.as_mut()).await {
+    match futures::future::poll_immediate(handing.as_mut()).await {
         Some(handed) => Some(handed),
         None => {
             let timeout = shared.options.flush_timeout;
             Box::pin(wait_for_room(handing, &shared.registry.link, timeout)).await
         }
-    };
+    }
+}
+
+/// What [`await_room`] found, as the publish's result.
+fn handed_result(
+    subject: &Subject,
+    handed: Option<std::result::Result<(), async_nats::PublishError>>,
+    timeout: Duration,
+) -> Result<()> {
     match handed {
         Some(Ok(())) => Ok(()),
-        Some(Err(e)) => Err(not_taken(&subject, e)),
-        None => {
-            let timeout = shared.options.flush_timeout;
-            Err(Error::Publish {
-                broker: KIND,
-                subject: subject.to_string(),
-                reason: format!(
-                    "the connection to the server is down and the client's send queue stayed full for {timeout:?} while it reconnects; the message was not sent"
-                ),
-                source: None,
-            })
-        }
+        Some(Err(e)) => Err(not_taken(subject, e)),
+        None => Err(Error::Publish {
+            broker: KIND,
+            subject: subject.to_string(),
+            reason: format!(
+                "the connection to the server is down and the client's send queue stayed full for {timeout:?} while it reconnects; the message was not sent"
+            ),
+            source: None,
+        }),
     }
 }
 
