@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::{self, Stream, StreamExt};
+use futures::stream::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
@@ -422,12 +422,34 @@ impl Drop for Unroute {
     }
 }
 
-fn deliveries(
-    receiver: mpsc::Receiver<Envelope>,
-    guard: Unroute,
-) -> impl Stream<Item = Result<Delivery>> + Send {
-    stream::unfold((receiver, guard), |(mut receiver, guard)| async move {
-        let Envelope { message, reply } = receiver.recv().await?;
+fn deliveries(receiver: mpsc::Receiver<Envelope>, guard: Unroute) -> Deliveries {
+    Deliveries {
+        open: Some((receiver, guard)),
+    }
+}
+
+/// A memory subscription's stream, polling its channel directly (an
+/// `unfold` made a future per message and moved its state in and out).
+struct Deliveries {
+    /// The channel and the route's guard; `None` once the channel ended
+    /// (both dropped then, as the stream stays ended).
+    open: Option<(mpsc::Receiver<Envelope>, Unroute)>,
+}
+
+impl Stream for Deliveries {
+    type Item = Result<Delivery>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let Some((receiver, _)) = self.open.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let Some(Envelope { message, reply }) = std::task::ready!(receiver.poll_recv(cx)) else {
+            self.open = None;
+            return std::task::Poll::Ready(None);
+        };
         let delivery = match reply {
             None => Delivery::new(message),
             Some(slot) => {
@@ -435,9 +457,8 @@ fn deliveries(
                 Delivery::new(message).with_replier(Box::new(MemoryReply { slot, subject }))
             }
         };
-        Some((Ok(delivery), (receiver, guard)))
-    })
-    .fuse()
+        std::task::Poll::Ready(Some(Ok(delivery)))
+    }
 }
 
 impl Default for MemoryBroker {

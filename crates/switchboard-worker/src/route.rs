@@ -10,6 +10,7 @@ use switchboard_core::{Durable, Pattern, QueueGroup, Subject, DEFAULT_ACK_WAIT};
 use crate::contract::Contract;
 use crate::cycle::Via;
 use crate::layer::{BoxLayer, DefaultStack};
+use crate::route_loop::{Erased, Looped};
 use crate::{BoxHandler, DeadLetterSubject, Error, Handler, HandlerExt, RetryPolicy};
 
 /// The per-route concurrency limit unless set: one message at a time, in order.
@@ -351,7 +352,7 @@ impl Route {
         }
         // The schema check (if any) is the innermost layer: run on each attempt.
         let handler = self.contract.wrap(self.handler.clone()).map_err(invalid)?;
-        let (stack, default_stack): (BoxHandler, _) = match &self.stack {
+        let (stack, looped): (BoxHandler, Arc<dyn Looped>) = match &self.stack {
             Stack::Custom { refused } if !refused.is_empty() => {
                 let setters: Vec<String> = refused.iter().map(|s| format!("`{s}`")).collect();
                 return Err(invalid(format!(
@@ -359,20 +360,24 @@ impl Route {
                     setters.join(", ")
                 )));
             }
-            Stack::Custom { .. } => (handler, None),
+            Stack::Custom { .. } => (handler.clone(), Arc::new(Erased(handler))),
             Stack::Default(settings) => {
                 let stack = settings.wrap(handler).map_err(invalid)?;
-                (stack.clone() as BoxHandler, Some(stack))
+                (stack.clone() as BoxHandler, stack)
             }
+        };
+        // With worker layers the stack is only reached through them.
+        let looped = if layers.is_empty() {
+            looped
+        } else {
+            Arc::new(Erased(BoxLayer::wrap_all(layers, stack)))
         };
         Ok(Prepared {
             pattern,
             group,
             durable,
             concurrency: self.concurrency.max(1),
-            handler: BoxLayer::wrap_all(layers, stack),
-            // With worker layers the stack is only reached through them.
-            default_stack: default_stack.filter(|_| layers.is_empty()),
+            stack: looped,
         })
     }
 }
@@ -404,8 +409,6 @@ pub(crate) struct Prepared {
     pub(crate) group: Option<QueueGroup>,
     pub(crate) durable: Option<Durable>,
     pub(crate) concurrency: usize,
-    pub(crate) handler: Arc<dyn Handler>,
-    /// The default stack, when `handler` is that stack and nothing else:
-    /// the route loop then runs it without a box per message.
-    pub(crate) default_stack: Option<Arc<DefaultStack>>,
+    /// The route's whole stack (worker layers included), as its loop runs it.
+    pub(crate) stack: Arc<dyn Looped>,
 }

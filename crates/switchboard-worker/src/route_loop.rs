@@ -12,13 +12,15 @@
 //! runtime's threads (a handler busy computing would otherwise hold up the
 //! others).
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures::future::Either;
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use switchboard_core::{Delivery, Subscription};
 use tokio::sync::Semaphore;
@@ -32,7 +34,7 @@ use crate::otel::OtelSpan;
 use crate::route::Prepared;
 use crate::running::Shared;
 use crate::trace::TraceContext;
-use crate::{Context, Handler};
+use crate::{BoxHandler, Context, HandlerError};
 
 /// Most buffered messages looked at (and nacked) per route at shutdown.
 const MAX_DRAIN: usize = 10_000;
@@ -43,12 +45,10 @@ const GIVE_BACK_PATIENCE: Duration = Duration::from_secs(1);
 
 /// What every message of a route needs besides its delivery: shared by the
 /// route's handlings (one reference count per message, not one per field).
-struct RouteState {
+pub(crate) struct RouteState {
     name: Arc<str>,
-    handler: Arc<dyn Handler>,
-    /// The route's handler as the default stack's own type, when it is
-    /// that (no worker layers): run without a box per message.
-    default_stack: Option<Arc<DefaultStack>>,
+    /// The route's stack, run by a loop made for its type.
+    stack: Arc<dyn Looped>,
     metrics: Arc<RouteMetrics>,
     max_deliver: Option<u32>,
     shared: Arc<Shared>,
@@ -66,15 +66,14 @@ pub(crate) struct RouteTask {
 /// The loop's wait for the worker to stop taking messages, made once (each
 /// wait made anew would register with the token again) and polled only
 /// while the subscription has nothing ready.
-type Stopped<'a> = Pin<&'a mut WaitForCancellationFutureOwned>;
+pub(crate) type Stopped<'a> = Pin<&'a mut WaitForCancellationFutureOwned>;
 
 impl RouteTask {
     pub(crate) fn new(route: Prepared, metrics: Arc<RouteMetrics>, shared: Arc<Shared>) -> Self {
         let task = RouteTask {
             state: Arc::new(RouteState {
                 name: Arc::from(route.pattern.as_str()),
-                handler: route.handler,
-                default_stack: route.default_stack,
+                stack: route.stack,
                 metrics,
                 max_deliver: route.durable.as_ref().and_then(|d| d.max_deliver),
                 shared,
@@ -95,7 +94,10 @@ impl RouteTask {
         {
             let stopped = std::pin::pin!(shared.stop.clone().cancelled_owned());
             if self.concurrency <= 1 {
-                self.one_at_a_time(&mut subscription, stopped, &mut tasks)
+                state
+                    .stack
+                    .clone()
+                    .one_at_a_time(&self, &mut subscription, stopped, &mut tasks)
                     .await;
             } else {
                 self.concurrently(&mut subscription, stopped, &mut tasks)
@@ -143,42 +145,6 @@ impl RouteTask {
         subscription
     }
 
-    /// Concurrency 1: each message is handled here, in the loop, before the
-    /// next is taken. A handler still running when the worker stops goes on
-    /// in `tasks`, within the grace period, as with higher concurrency.
-    async fn one_at_a_time(
-        &self,
-        subscription: &mut Subscription,
-        mut stopped: Stopped<'_>,
-        tasks: &mut JoinSet<()>,
-    ) {
-        // One allocation for the loop, reused by each message's handling
-        // (a box per message was a malloc and a free per message).
-        let mut job = Box::pin(None);
-        while let Some(delivery) = self.take(subscription, &mut stopped).await {
-            job.set(Some(handle(self.state.clone(), delivery)));
-            let Some(running) = job.as_mut().as_pin_mut() else {
-                continue;
-            };
-            let stop = tokio::select! {
-                biased;
-                () = running => false,
-                _ = stopped.as_mut() => true,
-            };
-            if stop {
-                tasks.spawn(async move {
-                    if let Some(running) = job.as_mut().as_pin_mut() {
-                        running.await;
-                    }
-                });
-                break;
-            }
-            // Handlers that finish at once never yield: give the runtime's
-            // other tasks their turn now and then, as awaiting a task did.
-            tokio::task::consume_budget().await;
-        }
-    }
-
     /// Concurrency above 1: a task per message, at most `concurrency` at a time.
     async fn concurrently(
         &self,
@@ -206,9 +172,13 @@ impl RouteTask {
             let Some(delivery) = self.take(subscription, &mut stopped).await else {
                 break;
             };
-            let state = self.state.clone();
+            let handling = self
+                .state
+                .stack
+                .clone()
+                .handle(self.state.clone(), delivery);
             tasks.spawn(async move {
-                handle(state, delivery).await;
+                handling.await;
                 drop(permit);
             });
         }
@@ -226,15 +196,19 @@ impl RouteTask {
         let shared = &state.shared;
         loop {
             // Checked before each take: a subscription that always has a
-            // message ready would never let the select below see the stop.
+            // message ready would never let the wait below see the stop.
             if shared.stop.is_cancelled() {
                 return None;
             }
-            let item = tokio::select! {
-                biased;
-                item = subscription.next() => item,
-                _ = stopped.as_mut() => return None,
-            };
+            // The subscription first, then the stop (as a biased select,
+            // polling the stream directly).
+            let item = std::future::poll_fn(|cx| {
+                if let Poll::Ready(item) = subscription.poll_next_unpin(cx) {
+                    return Poll::Ready(Some(item));
+                }
+                stopped.as_mut().poll(cx).map(|()| None)
+            })
+            .await?;
             let delivery = match item {
                 None => {
                     tracing::info!(route = %state.name, "subscription ended");
@@ -274,10 +248,99 @@ impl RouteTask {
     }
 }
 
+/// A route's stack as its loop runs it: the loop is made for the stack's
+/// type, so that the stack's future (and, for a handler of a known type,
+/// the handler's) lives in the loop's frame without a box per message.
+pub(crate) trait Looped: Send + Sync + 'static {
+    /// Concurrency 1: each message is handled in the loop, before the next
+    /// is taken. A handler still running when the worker stops goes on in
+    /// `tasks`, within the grace period, as with higher concurrency.
+    fn one_at_a_time<'a>(
+        self: Arc<Self>,
+        task: &'a RouteTask,
+        subscription: &'a mut Subscription,
+        stopped: Stopped<'a>,
+        tasks: &'a mut JoinSet<()>,
+    ) -> BoxFuture<'a, ()>;
+
+    /// The handling of one message, for a task of its own.
+    fn handle(
+        self: Arc<Self>,
+        state: Arc<RouteState>,
+        delivery: Delivery,
+    ) -> BoxFuture<'static, ()>;
+}
+
+/// A stack the route loop can run.
+pub(crate) trait Stack: Send + Sync + 'static {
+    fn run_stack(&self, ctx: Context) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+impl Stack for DefaultStack {
+    fn run_stack(&self, ctx: Context) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        self.run(ctx)
+    }
+}
+
+/// A stack known only as a handler (a custom route's, or one under worker layers).
+pub(crate) struct Erased(pub(crate) BoxHandler);
+
+impl Stack for Erased {
+    fn run_stack(&self, ctx: Context) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        self.0.as_ref().call(ctx)
+    }
+}
+
+impl<S: Stack> Looped for S {
+    fn one_at_a_time<'a>(
+        self: Arc<Self>,
+        task: &'a RouteTask,
+        subscription: &'a mut Subscription,
+        mut stopped: Stopped<'a>,
+        tasks: &'a mut JoinSet<()>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            // One allocation for the loop, reused by each message's handling
+            // (a box per message was a malloc and a free per message).
+            let mut job = Box::pin(None);
+            while let Some(delivery) = task.take(subscription, &mut stopped).await {
+                job.set(Some(handle(task.state.clone(), self.clone(), delivery)));
+                let Some(running) = job.as_mut().as_pin_mut() else {
+                    continue;
+                };
+                let stop = tokio::select! {
+                    biased;
+                    () = running => false,
+                    _ = stopped.as_mut() => true,
+                };
+                if stop {
+                    tasks.spawn(async move {
+                        if let Some(running) = job.as_mut().as_pin_mut() {
+                            running.await;
+                        }
+                    });
+                    break;
+                }
+                // Handlers that finish at once never yield: give the runtime's
+                // other tasks their turn now and then, as awaiting a task did.
+                tokio::task::consume_budget().await;
+            }
+        })
+    }
+
+    fn handle(
+        self: Arc<Self>,
+        state: Arc<RouteState>,
+        delivery: Delivery,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(handle(state, self, delivery))
+    }
+}
+
 /// Runs the handler stack on `delivery`, then acknowledges it, or nacks it
 /// when the stack failed (rejects it, without redelivery, when the error is
 /// permanent); on abort, gives it back.
-async fn handle(state: Arc<RouteState>, delivery: Delivery) {
+async fn handle<S: Stack>(state: Arc<RouteState>, stack: Arc<S>, delivery: Delivery) {
     let shared = &state.shared;
     // Read once: the handler's context, the OpenTelemetry span and the
     // tracing span all start from the message's `traceparent`.
@@ -340,10 +403,7 @@ async fn handle(state: Arc<RouteState>, delivery: Delivery) {
     // pinned where it is made, so that the wrappers below move a pointer
     // rather than the whole stack's state (three copies of it were ~450
     // instructions per message).
-    let call = std::pin::pin!(match &state.default_stack {
-        Some(stack) => Either::Left(stack.run(ctx)),
-        None => Either::Right(state.handler.as_ref().call(ctx)),
-    });
+    let call = std::pin::pin!(stack.run_stack(ctx));
     let call = AssertUnwindSafe(call)
         .catch_unwind()
         .instrument(span.clone());
