@@ -45,11 +45,11 @@ fn finished<'a>(result: Result<()>) -> PublishFuture<'a> {
 /// zero-sized one. `#[async_trait]` would instead allocate a future of several
 /// hundred bytes per message and copy it three times; that was most of what
 /// publishing through switchboard cost over async-nats itself (see
-/// BENCHMARKS.md, "Instructions per publish"). The attempt to hand the
-/// message over is boxed (why is said below): one allocation, freed on this
-/// thread. A subject a JetStream stream captures is published the same way
-/// as a JetStream publish ([`publish_captured`]); headers take
-/// [`publish_queued`], boxed, and a full queue awaits the attempt itself.
+/// BENCHMARKS.md, "Instructions per publish"). How the attempt is kept in
+/// case the queue is full depends on the payload ([`publish_owned`],
+/// [`publish_shared`]). A subject a JetStream stream captures is published
+/// the same way as a JetStream publish ([`publish_captured`]); headers take
+/// [`publish_queued`], boxed.
 pub(crate) fn publish(shared: &Shared, message: Message) -> PublishFuture<'_> {
     let (subject, payload, headers) = message.into_parts();
     if !headers.is_empty() {
@@ -69,21 +69,28 @@ pub(crate) fn publish(shared: &Shared, message: Message) -> PublishFuture<'_> {
     if shared.captured.captures(&subject) {
         return publish_captured(shared, subject, nats_subject, payload);
     }
-    // Boxed, not pinned on the stack: if the queue is full the attempt
-    // keeps the message and is awaited as it is. Keeping a copy of subject
-    // and payload for a second attempt instead cost two reference counts
-    // per message that the connection's task, on another thread, then also
-    // touched, and made a `Vec`-backed payload allocate on its first clone:
-    // more CPU time and fewer messages per socket write than async-nats
-    // alone (BENCHMARKS.md, "NATS publish: the copies kept for a retry").
+    if payload.is_unique() {
+        publish_owned(shared, subject, nats_subject, payload)
+    } else {
+        publish_shared(shared, subject, nats_subject, payload)
+    }
+}
+
+/// The plain path for a payload nothing else holds (a `Vec`-backed `Bytes`
+/// made for this message, the usual case). The attempt is boxed, and if
+/// async-nats' queue is full the box itself is awaited. Cloning such a
+/// payload to publish it again instead would allocate (its first clone
+/// makes it shared) and leave both reference counts to the connection's
+/// task on the other thread: in a multi-thread runtime that cost more than
+/// the box (BENCHMARKS.md, "NATS publish: the copies kept for a retry").
+fn publish_owned(
+    shared: &Shared,
+    subject: Subject,
+    nats_subject: async_nats::Subject,
+    payload: bytes::Bytes,
+) -> PublishFuture<'_> {
     let mut attempt = Box::pin(shared.client.publish(nats_subject, payload));
-    // Polled once with a waker that does nothing: a queue with room takes
-    // the message now; a full one (or a task out of its scheduling budget)
-    // leaves it `Pending`, and it is then awaited with this task's waker.
-    let polled = attempt
-        .as_mut()
-        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
-    match polled {
+    match poll_once(attempt.as_mut()) {
         Poll::Ready(Ok(())) => Box::pin(Published),
         Poll::Ready(Err(e)) => finished(Err(not_taken(&subject, e))),
         Poll::Pending => Box::pin(async move {
@@ -91,6 +98,35 @@ pub(crate) fn publish(shared: &Shared, message: Message) -> PublishFuture<'_> {
             handed_result(&subject, handed, shared.options.flush_timeout)
         }),
     }
+}
+
+/// The plain path for a payload that is static or shared already: cloning
+/// it is a reference count at most, so the attempt stays on the stack and a
+/// clone is kept in case it stays `Pending` (it is then dropped, which
+/// unregisters it, and the message takes [`hand_over`]).
+fn publish_shared(
+    shared: &Shared,
+    subject: Subject,
+    nats_subject: async_nats::Subject,
+    payload: bytes::Bytes,
+) -> PublishFuture<'_> {
+    let retry = payload.clone();
+    let polled = poll_once(std::pin::pin!(shared.client.publish(nats_subject, payload)));
+    match polled {
+        Poll::Ready(Ok(())) => Box::pin(Published),
+        Poll::Ready(Err(e)) => finished(Err(not_taken(&subject, e))),
+        Poll::Pending => match wire::nats_subject(&subject) {
+            Ok(nats_subject) => Box::pin(hand_over(shared, subject, nats_subject, retry, None)),
+            Err(error) => finished(Err(error)),
+        },
+    }
+}
+
+/// Polls a publish once with a waker that does nothing: a queue with room
+/// takes the message now; a full one (or a task out of its scheduling
+/// budget) leaves it `Pending`.
+fn poll_once<F: Future>(attempt: Pin<&mut F>) -> Poll<F::Output> {
+    attempt.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
 }
 
 /// A message without headers on a subject a JetStream stream captures: like
