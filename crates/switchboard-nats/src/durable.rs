@@ -24,6 +24,7 @@ use switchboard_core::{
 };
 
 use crate::broker::Shared;
+use crate::publisher::{finished, poll_once};
 use crate::{wire, KIND};
 
 /// How long a pull request waits on the server before the client pulls again.
@@ -217,12 +218,7 @@ impl Captured {
             let Some(oldest) = window.acks.front_mut() else {
                 return false;
             };
-            let waker = std::task::Waker::noop();
-            let result = match oldest
-                .ack
-                .as_mut()
-                .poll(&mut std::task::Context::from_waker(waker))
-            {
+            let result = match poll_once(oldest.ack.as_mut()) {
                 std::task::Poll::Ready(result) => result,
                 std::task::Poll::Pending => return true,
             };
@@ -996,21 +992,6 @@ impl JetStreamAck {
     }
 }
 
-/// An acknowledgement already handed to the client: no allocation (a
-/// boxed zero-sized future allocates nothing).
-struct Handed;
-
-impl Future for Handed {
-    type Output = Result<()>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
 #[async_trait]
 impl Acknowledge for JetStreamAck {
     /// `+ACK` handed to the client, as before: like async-nats' `ack_with`,
@@ -1026,20 +1007,13 @@ impl Acknowledge for JetStreamAck {
     where
         Self: 'async_trait,
     {
-        let attempt = {
-            let mut sending = std::pin::pin!(self.acker.ack_with(AckKind::Ack));
-            // Polled once with a waker that does nothing; an `+ACK` the
-            // client cannot take at once is dropped unsent (async-nats sends
-            // nothing until its queue's room is taken) and made again, awaited.
-            sending
-                .as_mut()
-                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-        };
+        // An `+ACK` the client cannot take at once is dropped unsent
+        // (async-nats sends nothing until its queue's room is taken) and
+        // made again, awaited.
+        let attempt = poll_once(std::pin::pin!(self.acker.ack_with(AckKind::Ack)));
         match attempt {
-            std::task::Poll::Ready(Ok(())) => Box::pin(Handed),
-            std::task::Poll::Ready(Err(error)) => {
-                Box::pin(std::future::ready(Err(self.failed("ack", &error))))
-            }
+            std::task::Poll::Ready(Ok(())) => finished(Ok(())),
+            std::task::Poll::Ready(Err(error)) => finished(Err(self.failed("ack", &error))),
             std::task::Poll::Pending => Box::pin(self.send(AckKind::Ack, "ack")),
         }
     }
@@ -1146,16 +1120,12 @@ pub(crate) fn try_publish(
     subject: &async_nats::Subject,
     payload: &bytes::Bytes,
 ) -> Option<std::result::Result<bool, PublishError>> {
-    let attempt = {
-        let mut handing =
-            std::pin::pin!(shared.jetstream.publish(subject.clone(), payload.clone()));
-        // Polled once with a waker that does nothing; a publish that cannot
-        // go at once is dropped unsent (async-nats sends nothing until its
-        // permit and its queue's room are taken) and made again, awaited.
-        handing
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-    };
+    // A publish that cannot go at once is dropped unsent (async-nats sends
+    // nothing until its permit and its queue's room are taken) and made
+    // again, awaited.
+    let attempt = poll_once(std::pin::pin!(shared
+        .jetstream
+        .publish(subject.clone(), payload.clone())));
     match attempt {
         std::task::Poll::Ready(Ok(ack)) => Some(Ok(shared.captured.keep(subject.clone(), ack))),
         std::task::Poll::Ready(Err(error)) => Some(Err(error)),

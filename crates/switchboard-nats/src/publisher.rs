@@ -18,8 +18,8 @@ use crate::{wire, KIND};
 /// The future [`Publisher::publish`](switchboard_core::Publisher::publish) returns.
 pub(crate) type PublishFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 
-/// A publish that is already done: a zero-sized future, so boxing it
-/// allocates nothing.
+/// A publish (or an acknowledgement) that is already done: a zero-sized
+/// future, so boxing it allocates nothing.
 struct Published;
 
 impl Future for Published {
@@ -30,7 +30,8 @@ impl Future for Published {
     }
 }
 
-fn finished<'a>(result: Result<()>) -> PublishFuture<'a> {
+/// `result` as an already finished boxed future; `Ok` allocates nothing.
+pub(crate) fn finished<'a>(result: Result<()>) -> PublishFuture<'a> {
     match result {
         Ok(()) => Box::pin(Published),
         Err(error) => Box::pin(std::future::ready(Err(error))),
@@ -125,7 +126,7 @@ fn publish_shared(
 /// Polls a publish once with a waker that does nothing: a queue with room
 /// takes the message now; a full one (or a task out of its scheduling
 /// budget) leaves it `Pending`.
-fn poll_once<F: Future>(attempt: Pin<&mut F>) -> Poll<F::Output> {
+pub(crate) fn poll_once<F: Future + ?Sized>(attempt: Pin<&mut F>) -> Poll<F::Output> {
     attempt.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
 }
 
