@@ -195,6 +195,9 @@ pub(crate) struct Registry {
     next_synthetic: AtomicU64,
     /// Becomes `true` once async-nats reports the connection closed.
     closed: watch::Sender<bool>,
+    /// Counts the reconnects: the server then holds none of the
+    /// connection's JetStream pull requests any more.
+    reconnects: watch::Sender<u64>,
     /// The connection's state, for `Broker::status` and the outage log lines.
     pub(crate) link: Link,
     /// The client, to read the server's INFO after a reconnect. Set once
@@ -231,6 +234,7 @@ impl Registry {
             entries: Mutex::new(HashMap::new()),
             next_synthetic: AtomicU64::new(0),
             closed: watch::channel(false).0,
+            reconnects: watch::channel(0).0,
             link: Link::new(KIND),
             client: Mutex::new(None),
             server: Mutex::new(None),
@@ -370,6 +374,7 @@ impl Registry {
             }
             async_nats::Event::Connected => {
                 self.link.restored();
+                self.reconnects.send_modify(|count| *count += 1);
                 // async-nats sends every SUB again right after this event.
                 for entry in self.entries().values_mut() {
                     entry.link.resubscribed();
@@ -394,6 +399,11 @@ impl Registry {
             }
             other => tracing::info!(event = %other, "nats: connection event"),
         }
+    }
+
+    /// Changes on every reconnect (see [`crate::pull::Pull::start`]).
+    pub(crate) fn reconnects(&self) -> watch::Receiver<u64> {
+        self.reconnects.subscribe()
     }
 
     /// Waits until async-nats reports the connection closed.

@@ -25,18 +25,8 @@ use switchboard_core::{
 
 use crate::broker::Shared;
 use crate::publisher::{finished, poll_once};
+use crate::pull::{Pull, PullError};
 use crate::{wire, KIND};
-
-/// How long a pull request waits on the server before the client pulls again.
-const PULL_EXPIRES: Duration = Duration::from_secs(30);
-
-/// How often the server proves an idle pull is alive; two missed ones make
-/// the subscription report a disconnect and pull again.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
-
-/// Messages fetched in one pull: each goes to this member until acknowledged
-/// or until `ack_wait` is over, so smaller batches share work more evenly.
-const PULL_BATCH: usize = 64;
 
 /// PubAcks kept before a publish waits for the oldest (async-nats allows
 /// 5,000 in flight per JetStream context and then blocks publishing).
@@ -658,7 +648,16 @@ pub(crate) async fn subscribe(
         ),
         after: timeout,
     })??;
-    let messages = pull(&consumer).await.map_err(|e| {
+    let info = consumer.cached_info();
+    let messages = Pull::start(
+        context.clone(),
+        shared.client.clone(),
+        &info.stream_name,
+        &info.name,
+        shared.registry.reconnects(),
+    )
+    .await
+    .map_err(|e| {
         failed(
             format!("pulling from JetStream consumer {name:?} failed"),
             Some(Box::new(e)),
@@ -674,15 +673,15 @@ pub(crate) async fn subscribe(
     Ok(Subscription::new(
         pattern.clone(),
         None,
-        deliveries(consumer, messages, pattern.clone(), name),
+        deliveries(messages, pattern.clone(), name),
     )
     .with_close(move || {
-        // The deliveries (async-nats' pull stream) are dropped before this
-        // runs: that stops its pull task and unsubscribes its inbox, and the
-        // server drops a pull request whose inbox nobody listens to, so
-        // after the flush below none is left waiting for its 30 s expiry
+        // The deliveries (the pull stream) are dropped before this runs:
+        // that unsubscribes its inbox, and the server drops a pull request
+        // whose inbox nobody listens to, so after the flush below none is
+        // left waiting for its 30 s expiry
         // (tests/durable.rs, `close_leaves_no_pull_request_waiting`).
-        // async-nats has no call to cancel a pull request, and needs none.
+        // JetStream has no call to cancel a pull request, and needs none.
         Box::pin(async move {
             // The stream is gone: its read-ahead is being handed back.
             let release = releasing.lock().ok().and_then(|mut slot| slot.take());
@@ -703,56 +702,35 @@ pub(crate) async fn subscribe(
     }))
 }
 
-/// The task handing back what the dropped [`Pulling`] stream held (one per
-/// subscription: a fresh pull after missed heartbeats replaces the stream
-/// inside it, not the `Pulling`), awaited by
-/// `Subscription::close`.
+/// The task handing back what the dropped [`Pulling`] stream held,
+/// awaited by `Subscription::close`.
 type Releasing = std::sync::Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>;
 
-/// A member's pull stream. async-nats fetches up to two batches ahead; when
-/// the subscription is dropped or closed, the messages it already received
-/// and nobody took are handed back (`-NAK`), so another member of the group
-/// (or the next run of `listen --durable --count N`) gets them at once
-/// instead of after `ack_wait` (after [`HAND_BACK_AFTER`]). JetStream counts
-/// them as delivered: they come again with their delivery count one higher. Only what was still on its
-/// way from the server when the member left waits for `ack_wait`, as it does
-/// after a crash.
+/// A member's pull stream. It asks for the next batch while half of one is
+/// still to come, so up to two batches are read ahead; when the
+/// subscription is dropped or closed, the messages it already received and
+/// nobody took are handed back (`-NAK`), so another member of the group (or
+/// the next run of `listen --durable --count N`) gets them at once instead
+/// of after `ack_wait` (after [`HAND_BACK_AFTER`]). JetStream counts them as
+/// delivered: they come again with their delivery count one higher. Only
+/// what was still on its way from the server when the member left waits
+/// for `ack_wait`, as it does after a crash.
 struct Pulling {
-    messages: consumer::pull::Stream,
+    messages: Pull,
     releasing: Releasing,
 }
 
 /// The delay of the `-NAK`s that hand a dropped member's read-ahead back.
 /// The member's pull request stays on the server (until it expires) as long
-/// as its inbox is subscribed, and async-nats unsubscribes from a task of its
-/// own: a message handed back at once could be redelivered to that pull
-/// request before the unsubscribe arrives, and then wait out `ack_wait`.
+/// as its inbox is subscribed, and the client sends the unsubscribe from
+/// its own task: a message handed back at once could be redelivered to
+/// that pull request before the unsubscribe arrives, and then wait out
+/// `ack_wait`.
 const HAND_BACK_AFTER: Duration = Duration::from_millis(200);
-
-impl Stream for Pulling {
-    type Item = <consumer::pull::Stream as Stream>::Item;
-
-    fn poll_next(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.get_mut().messages.poll_next_unpin(cx)
-    }
-}
 
 impl Drop for Pulling {
     fn drop(&mut self) {
-        // Only what is buffered is taken: a poll that finds nothing returns
-        // `Pending` (the waker is never woken). Such a poll may ask
-        // async-nats' task for another pull; dropping the stream right after
-        // aborts that task, and the server gives a pull request whose inbox
-        // is unsubscribed nothing.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let mut held = Vec::new();
-        while let std::task::Poll::Ready(Some(Ok(message))) = self.messages.poll_next_unpin(&mut cx)
-        {
-            held.push(message);
-        }
+        let held = self.messages.take_received();
         if held.is_empty() {
             return;
         }
@@ -772,73 +750,31 @@ impl Drop for Pulling {
     }
 }
 
-/// Starts pulling from `consumer`: batches of [`PULL_BATCH`], each pull
-/// request kept [`PULL_EXPIRES`] on the server, heartbeats every
-/// [`PULL_HEARTBEAT`].
-async fn pull(
-    consumer: &consumer::PullConsumer,
-) -> std::result::Result<consumer::pull::Stream, consumer::StreamError> {
-    consumer
-        .stream()
-        .max_messages_per_batch(PULL_BATCH)
-        .expires(PULL_EXPIRES)
-        .heartbeat(PULL_HEARTBEAT)
-        .messages()
-        .await
-}
-
 /// JetStream's messages as deliveries; error items for missed heartbeats
-/// and failed pulls, and the end once the consumer was deleted.
-///
-/// After missed heartbeats the pull starts over with a fresh pull request.
-/// async-nats 0.51 does not pull again by itself until its pull request
-/// expires (35 s): when a cluster node dies with the consumer's leader, the
-/// pull request waiting there is gone and the client's count of messages
-/// still to come is wrong, so the consumer stalled for 35 s at a time
-/// (tests/cluster_durable.rs saw 33 s, and over 120 s in CI).
+/// (after which the stream has pulled again) and failed pulls, and the end
+/// once the consumer was deleted or refuses pull requests.
 fn deliveries(
-    consumer: consumer::PullConsumer,
     messages: Pulling,
     pattern: Pattern,
     name: String,
 ) -> impl Stream<Item = Result<Delivery>> + Send {
     Deliveries {
-        consumer,
         messages,
         pattern,
         name,
         last: None,
-        ended: false,
-        pulling_again: None,
     }
 }
 
-/// A fresh pull after missed heartbeats, and the error item to report once
-/// it is made.
-type PullAgain = (
-    std::pin::Pin<
-        Box<
-            dyn Future<Output = std::result::Result<consumer::pull::Stream, consumer::StreamError>>
-                + Send,
-        >,
-    >,
-    Error,
-);
-
 /// The stream [`deliveries`] returns, written out rather than made with
-/// `futures::stream::unfold`: `unfold` moves its whole state (the consumer
-/// with its info, the pull stream) into and out of a future for every
-/// message, about 1,500 instructions of copying per delivery (callgrind,
-/// `nats-durable-instructions switchboard-consume`).
+/// `futures::stream::unfold`: `unfold` moves its whole state into and out
+/// of a future for every message, about 1,500 instructions of copying per
+/// delivery (callgrind, `nats-durable-instructions switchboard-consume`).
 struct Deliveries {
-    consumer: consumer::PullConsumer,
     messages: Pulling,
     pattern: Pattern,
     name: String,
     last: Option<Subject>,
-    ended: bool,
-    /// Set while a fresh pull after missed heartbeats is being made.
-    pulling_again: Option<PullAgain>,
 }
 
 impl Stream for Deliveries {
@@ -848,25 +784,9 @@ impl Stream for Deliveries {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        use consumer::pull::MessagesErrorKind as Kind;
         use std::task::Poll;
         let this = self.get_mut();
-        if let Some((pulling, _)) = &mut this.pulling_again {
-            let fresh = std::task::ready!(pulling.as_mut().poll(cx));
-            let Some((_, error)) = this.pulling_again.take() else {
-                return Poll::Pending;
-            };
-            // Without a connection this fails: the next missed heartbeat
-            // tries again.
-            if let Ok(fresh) = fresh {
-                this.messages.messages = fresh;
-            }
-            return Poll::Ready(Some(Err(error)));
-        }
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        let error = match std::task::ready!(this.messages.poll_next_unpin(cx)) {
+        let error = match std::task::ready!(this.messages.messages.poll_next_unpin(cx)) {
             None => return Poll::Ready(None),
             Some(Ok(message)) => {
                 return Poll::Ready(Some(delivery(message, &this.pattern, &mut this.last)))
@@ -874,30 +794,22 @@ impl Stream for Deliveries {
             Some(Err(error)) => error,
         };
         let name = &this.name;
-        let disconnected = |reason| Error::Disconnected {
+        let reason = match error {
+            PullError::MissingHeartbeat => format!(
+                "JetStream consumer {name:?} missed its heartbeats (connection or server down?); the client pulls again, and what was not acknowledged is delivered again"
+            ),
+            PullError::ConsumerDeleted => format!("JetStream consumer {name:?} was deleted"),
+            PullError::Refused(status) => format!(
+                "JetStream consumer {name:?} refuses pull requests ({status}); the subscription ends"
+            ),
+            PullError::Failed(reason) => format!(
+                "pulling from JetStream consumer {name:?} failed: {reason}; the client pulls again"
+            ),
+        };
+        Poll::Ready(Some(Err(Error::Disconnected {
             broker: KIND,
             reason,
-        };
-        match error.kind() {
-            Kind::MissingHeartbeat => {
-                let error = disconnected(format!(
-                    "JetStream consumer {name:?} missed its heartbeats (connection or server down?); the client pulls again, and what was not acknowledged is delivered again"
-                ));
-                let consumer = this.consumer.clone();
-                this.pulling_again = Some((Box::pin(async move { pull(&consumer).await }), error));
-                // Polled at once: the pull is made before the error is reported.
-                std::pin::Pin::new(this).poll_next(cx)
-            }
-            Kind::ConsumerDeleted => {
-                this.ended = true;
-                Poll::Ready(Some(Err(disconnected(format!(
-                    "JetStream consumer {name:?} was deleted"
-                )))))
-            }
-            _ => Poll::Ready(Some(Err(disconnected(format!(
-                "pulling from JetStream consumer {name:?} failed: {error}; the client pulls again"
-            ))))),
-        }
+        })))
     }
 }
 

@@ -143,12 +143,20 @@
 //!   (a later member's settings update the consumer). Members of one group
 //!   pull from the same consumer, 64 messages a pull, so they share its
 //!   messages. Fetched messages wait in the client until the member takes
-//!   them; those a member fetched but never handed out when it went away
-//!   reach another member (or the next run) once `ack_wait` is over.
-//!   JetStream counts every fetch as a delivery, so such a message, or one
-//!   that waited in the client past `ack_wait`, comes with a higher delivery
-//!   count (and uses up one of `max_deliver`). (Giving them back with `-NAK`
-//!   on close was tried: nats-server 2.9.10 then delivered some twice.)
+//!   them; those a member received but never handed out when its
+//!   subscription is dropped or closed are given back (`-NAK`, 200 ms
+//!   later) to another member (or the next run); what was still on its way
+//!   from the server waits for `ack_wait`, as after a crash. JetStream
+//!   counts every fetch as a delivery, so such a message, or one that
+//!   waited in the client past `ack_wait`, comes with a higher delivery
+//!   count (and uses up one of `max_deliver`).
+//! - pulling is this adapter's own, not async-nats' `messages()` stream:
+//!   async-nats 0.51 counts a pull request only once its background task
+//!   has sent it, reads the answer's messages first now and then, loses
+//!   their count, and then waits for messages nobody owes it, stalling
+//!   the consumer until its heartbeats are missed (10 s; one bench run in
+//!   two or three under load). Here a request is counted before it is sent,
+//!   and after a reconnect the consumer pulls again at once.
 //! - deliveries: `ack` is `+ACK`, `nack` is `-NAK` (with a delay for
 //!   `nack_with_delay`), `reject` is `+TERM`; the delivery count is JetStream's
 //!   `delivered` count. A missed heartbeat (server or link down) is an
@@ -286,6 +294,7 @@ mod durable;
 mod error;
 mod options;
 mod publisher;
+mod pull;
 mod subscription;
 mod tls;
 mod wire;

@@ -59,7 +59,8 @@ async fn wait_for_jetstream(url: &str, first_node: &str) {
 // second node kill (async-nats pulled again only when its 30 s pull request
 // expired) and resuming the away consumer hit a consumer that could not be
 // read during the election, so it was created again from the stream's end.
-// Both are fixed in src/durable.rs.
+// Both are fixed (src/pull.rs pulls again after missed heartbeats and after
+// a reconnect; src/durable.rs retries reading the consumer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_durable_survives_losing_a_node_twice() {
     let Some(mut cluster) = NatsCluster::start_jetstream(3) else {

@@ -237,7 +237,7 @@ async fn close_leaves_no_pull_request_waiting() {
     let name = base.replace('.', "-");
     let durable = Durable::new(&name).unwrap();
     let mut subscription = broker.subscribe_durable(&pattern, &durable).await.unwrap();
-    // async-nats sends the first pull request once the stream is polled.
+    // The first pull request goes out once the stream is polled.
     assert!(
         timeout(Duration::from_millis(300), subscription.next())
             .await
