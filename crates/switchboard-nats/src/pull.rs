@@ -252,12 +252,6 @@ impl Stream for Pull {
         if this.ended {
             return Poll::Ready(None);
         }
-        if let Some(reconnect) = &mut this.reconnect {
-            if let Poll::Ready(next) = reconnect.as_mut().poll(cx) {
-                this.reconnect = next.map(next_reconnect);
-                this.start_over();
-            }
-        }
         loop {
             if let Some(error) = this.ask(cx) {
                 return Poll::Ready(Some(Err(error)));
@@ -269,7 +263,19 @@ impl Stream for Pull {
                     this.ended = true;
                     return Poll::Ready(None);
                 }
-                Poll::Pending => break,
+                Poll::Pending => {
+                    // Checked only when nothing is waiting: a reconnect
+                    // matters to a stream that would otherwise go idle, and
+                    // polling it per message would cost every message.
+                    match this.reconnect.as_mut().map(|r| r.as_mut().poll(cx)) {
+                        Some(Poll::Ready(next)) => {
+                            this.reconnect = next.map(next_reconnect);
+                            this.start_over();
+                            continue;
+                        }
+                        _ => break,
+                    }
+                }
             };
             this.heard = true;
             match message.status {
