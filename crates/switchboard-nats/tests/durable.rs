@@ -1,6 +1,6 @@
 //! Durable subscriptions on JetStream beyond the conformance suite: data
 //! survives nats-server restarts, `flush` means stored, and `remove_durable`
-//! leaves nothing behind.
+//! leaves nothing behind, and deleting the consumer ends a subscription.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod server;
@@ -261,5 +261,61 @@ async fn close_leaves_no_pull_request_waiting() {
         closing.elapsed()
     );
     broker.remove_durable(&pattern, &durable).await.unwrap();
+    broker.close().await.unwrap();
+}
+
+/// Deleting the consumer under an open durable subscription ends it: one
+/// error item naming the consumer, then the end of the stream (the server
+/// tells the waiting pull request `409 Consumer Deleted`), instead of a
+/// subscription that waits for messages that can no longer come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_consumer_ends_the_subscription() {
+    let Some(url) = server::url() else { return };
+    let broker = switchboard_nats::connect(&url).await.unwrap();
+    let base = unique("deleted");
+    let pattern: Pattern = format!("{base}.>").parse().unwrap();
+    let name = base.replace('.', "-");
+    let durable = Durable::new(&name).unwrap();
+    let mut subscription = broker.subscribe_durable(&pattern, &durable).await.unwrap();
+    let subject = format!("{base}.one");
+    broker
+        .publish(Message::new(subject.as_str(), "before").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    let mut first = timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the message published before the delete arrives")
+        .expect("the subscription is open")
+        .expect("a delivery");
+    first.ack().await.unwrap();
+
+    let jetstream = async_nats::jetstream::new(broker.client().clone());
+    let stream_name = jetstream
+        .stream_by_subject(pattern.as_str())
+        .await
+        .expect("a stream captures the pattern");
+    jetstream
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .delete_consumer(&name)
+        .await
+        .unwrap();
+
+    let error = timeout(Duration::from_secs(20), subscription.next())
+        .await
+        .expect("the subscription hears of the delete")
+        .expect("an error item before the end")
+        .expect_err("no delivery after the consumer is gone");
+    assert!(
+        error.to_string().contains(&format!("{name:?} was deleted")),
+        "the error names the deleted consumer: {error}"
+    );
+    let end = timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the subscription ends after the delete");
+    assert!(end.is_none(), "the stream ends, got {end:?}");
+    jetstream.delete_stream(&stream_name).await.unwrap();
     broker.close().await.unwrap();
 }
