@@ -60,11 +60,15 @@ impl Context {
     }
 
     /// The worker's context for a delivered `message`; `parent` is its
-    /// `traceparent` (read by the caller, which needs it too).
+    /// `traceparent` (read by the caller, which needs it too). `delivered`
+    /// is whether the broker says it delivered the message before, its
+    /// delivery count and the route's `max_deliver`, as
+    /// [`Context::with_delivery`] would set the last two (set here, the new
+    /// context is not copied on write).
     pub(crate) fn for_route(
         message: Message,
         parent: Option<&TraceContext>,
-        redelivered: bool,
+        (redelivered, delivery_count, max_deliver): (bool, Option<u32>, Option<u32>),
         route: Arc<str>,
         broker: Arc<dyn Broker>,
         counters: Arc<Counters>,
@@ -74,9 +78,9 @@ impl Context {
             shared: Arc::new(Shared {
                 trace: parent.map(TraceContext::child),
                 message,
-                redelivered,
-                delivery_count: None,
-                max_deliver: None,
+                redelivered: redelivered || delivery_count.is_some_and(|count| count > 1),
+                delivery_count,
+                max_deliver,
                 route,
                 broker,
                 counters,
