@@ -362,7 +362,7 @@ enum Recycle {
 /// when the stack failed (rejects it, without redelivery, when the error is
 /// permanent); on abort, gives it back. With [`Recycle::Yes`], returns the
 /// context's shared part for the next message once nothing else holds it
-/// (a context allocated and dropped per message was ~250 instructions).
+/// (a context allocated and dropped per message cost ~160 instructions more).
 async fn handle<S: Stack>(
     state: Arc<RouteState>,
     stack: Arc<S>,

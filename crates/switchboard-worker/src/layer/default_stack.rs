@@ -38,7 +38,7 @@ impl DefaultStack {
         // The first attempt's Timeout(CatchPanic(handler)) written out here,
         // its first poll made in this future: most handlers are done on it,
         // and then the retry's, the timeout's and the dead letter's futures
-        // are never made (about 500 instructions per message).
+        // are never made (about 420 instructions per message).
         let number = ctx.attempt().max(1);
         record_attempt(number);
         // The limit counts from the call.
