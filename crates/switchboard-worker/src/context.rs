@@ -60,11 +60,15 @@ impl Context {
     }
 
     /// The worker's context for a delivered `message`; `parent` is its
-    /// `traceparent` (read by the caller, which needs it too).
+    /// `traceparent` (read by the caller, which needs it too). `delivered`
+    /// is whether the broker says it delivered the message before, its
+    /// delivery count and the route's `max_deliver`, as
+    /// [`Context::with_delivery`] would set the last two (set here, the new
+    /// context is not copied on write).
     pub(crate) fn for_route(
         message: Message,
         parent: Option<&TraceContext>,
-        redelivered: bool,
+        (redelivered, delivery_count, max_deliver): (bool, Option<u32>, Option<u32>),
         route: Arc<str>,
         broker: Arc<dyn Broker>,
         counters: Arc<Counters>,
@@ -74,9 +78,9 @@ impl Context {
             shared: Arc::new(Shared {
                 trace: parent.map(TraceContext::child),
                 message,
-                redelivered,
-                delivery_count: None,
-                max_deliver: None,
+                redelivered: redelivered || delivery_count.is_some_and(|count| count > 1),
+                delivery_count,
+                max_deliver,
                 route,
                 broker,
                 counters,
@@ -84,6 +88,12 @@ impl Context {
             }),
             attempt: 1,
         }
+    }
+
+    /// A hold on this context's shared part, to take it back once every
+    /// copy of the context is gone (see [`Kept::into_spare`]).
+    pub(crate) fn keep(&self) -> Kept {
+        Kept(self.shared.clone())
     }
 
     /// The shared part, to change before the context is copied (a copy
@@ -227,6 +237,70 @@ impl Context {
     /// call it hands the context to.
     pub(crate) fn counters_handle(&self) -> &Arc<Counters> {
         &self.shared.counters
+    }
+}
+
+/// A context's shared part held by the route loop while the handler stack
+/// runs (see [`Context::keep`]).
+pub(crate) struct Kept(Arc<Shared>);
+
+impl Kept {
+    /// The shared part for the route's next message, when no copy of the
+    /// context is left (a handler may keep one, e.g. in a task it spawned).
+    /// The message stays in it until then; its reply handle and trace do
+    /// not (a requester may be waiting for the reply handle to go).
+    pub(crate) fn into_spare(mut self) -> Option<Spare> {
+        let shared = Arc::get_mut(&mut self.0)?;
+        shared.replier = None;
+        shared.trace = None;
+        Some(Spare(self.0))
+    }
+}
+
+/// The shared part of a route's finished context, reused for its next
+/// message: one allocation per route instead of one per message, and the
+/// route's name, broker and counters are not copied again.
+pub(crate) struct Spare(Arc<Shared>);
+
+impl Spare {
+    /// The worker's context for a delivered `message` on the route this
+    /// came from, as [`Context::for_route`] makes it.
+    pub(crate) fn reuse(
+        mut self,
+        message: Message,
+        parent: Option<&TraceContext>,
+        (redelivered, delivery_count, max_deliver): (bool, Option<u32>, Option<u32>),
+        replier: Option<Arc<dyn Reply>>,
+    ) -> Context {
+        let delivered = (redelivered, delivery_count, max_deliver);
+        let Some(shared) = Arc::get_mut(&mut self.0) else {
+            // Not reached: a spare is made only from a part nothing else holds.
+            let Shared {
+                route,
+                broker,
+                counters,
+                ..
+            } = &*self.0;
+            return Context::for_route(
+                message,
+                parent,
+                delivered,
+                route.clone(),
+                broker.clone(),
+                counters.clone(),
+                replier,
+            );
+        };
+        shared.trace = parent.map(TraceContext::child);
+        shared.message = message;
+        shared.redelivered = redelivered || delivery_count.is_some_and(|count| count > 1);
+        shared.delivery_count = delivery_count;
+        shared.max_deliver = max_deliver;
+        shared.replier = replier;
+        Context {
+            shared: self.0,
+            attempt: 1,
+        }
     }
 }
 

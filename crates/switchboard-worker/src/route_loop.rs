@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
+use crate::context::{Kept, Spare};
 use crate::layer::{panic_message, DefaultStack};
 use crate::metrics::RouteMetrics;
 use crate::otel::OtelSpan;
@@ -303,14 +304,24 @@ impl<S: Stack> Looped for S {
             // One allocation for the loop, reused by each message's handling
             // (a box per message was a malloc and a free per message).
             let mut job = Box::pin(None);
+            // The previous message's context, for the next one.
+            let mut spare = None;
             while let Some(delivery) = task.take(subscription, &mut stopped).await {
-                job.set(Some(handle(task.state.clone(), self.clone(), delivery)));
+                job.set(Some(handle(
+                    task.state.clone(),
+                    self.clone(),
+                    delivery,
+                    Recycle::Yes(spare.take()),
+                )));
                 let Some(running) = job.as_mut().as_pin_mut() else {
                     continue;
                 };
                 let stop = tokio::select! {
                     biased;
-                    () = running => false,
+                    left = running => {
+                        spare = left;
+                        false
+                    }
                     _ = stopped.as_mut() => true,
                 };
                 if stop {
@@ -333,14 +344,31 @@ impl<S: Stack> Looped for S {
         state: Arc<RouteState>,
         delivery: Delivery,
     ) -> BoxFuture<'static, ()> {
-        Box::pin(handle(state, self, delivery))
+        Box::pin(async move {
+            handle(state, self, delivery, Recycle::No).await;
+        })
     }
+}
+
+/// Whether a handling reuses its route's previous context and hands its
+/// own back for the next (a loop that handles one message at a time), and
+/// the previous one's if it was left.
+enum Recycle {
+    Yes(Option<Spare>),
+    No,
 }
 
 /// Runs the handler stack on `delivery`, then acknowledges it, or nacks it
 /// when the stack failed (rejects it, without redelivery, when the error is
-/// permanent); on abort, gives it back.
-async fn handle<S: Stack>(state: Arc<RouteState>, stack: Arc<S>, delivery: Delivery) {
+/// permanent); on abort, gives it back. With [`Recycle::Yes`], returns the
+/// context's shared part for the next message once nothing else holds it
+/// (a context allocated and dropped per message cost ~160 instructions more).
+async fn handle<S: Stack>(
+    state: Arc<RouteState>,
+    stack: Arc<S>,
+    delivery: Delivery,
+    recycle: Recycle,
+) -> Option<Spare> {
     let shared = &state.shared;
     // Read once: the handler's context, the OpenTelemetry span and the
     // tracing span all start from the message's `traceparent`.
@@ -360,16 +388,20 @@ async fn handle<S: Stack>(state: Arc<RouteState>, stack: Arc<S>, delivery: Deliv
         (delivery.into_message(), None)
     };
     let subject = message.subject().clone();
-    let mut ctx = Context::for_route(
-        message,
-        parent.as_ref(),
-        redelivered,
-        state.name.clone(),
-        shared.broker.clone(),
-        state.metrics.counters.clone(),
-        replier,
-    )
-    .with_delivery(delivery_count, state.max_deliver);
+    let delivered = (redelivered, delivery_count, state.max_deliver);
+    let recycling = matches!(recycle, Recycle::Yes(_));
+    let mut ctx = match recycle {
+        Recycle::Yes(Some(spare)) => spare.reuse(message, parent.as_ref(), delivered, replier),
+        Recycle::Yes(None) | Recycle::No => Context::for_route(
+            message,
+            parent.as_ref(),
+            delivered,
+            state.name.clone(),
+            shared.broker.clone(),
+            state.metrics.counters.clone(),
+            replier,
+        ),
+    };
     // With OpenTelemetry export, the handler's span is the exported one:
     // its ids go into what the handler publishes.
     let (exported, otel_trace) = OtelSpan::consumer(
@@ -397,6 +429,9 @@ async fn handle<S: Stack>(state: Arc<RouteState>, stack: Arc<S>, delivery: Deliv
             span.record("parent_span_id", parent.span_id());
         }
     }
+    // Held from here, once the context is complete (`with_trace` above
+    // would copy a shared part someone else holds).
+    let kept = recycling.then(|| ctx.keep());
     let _in_flight = state.metrics.in_flight();
     let began = Instant::now();
     // The default stack runs in this future, not in a box of its own;
@@ -404,18 +439,36 @@ async fn handle<S: Stack>(state: Arc<RouteState>, stack: Arc<S>, delivery: Deliv
     // rather than the whole stack's state (three copies of it were ~450
     // instructions per message).
     let call = std::pin::pin!(stack.run_stack(ctx));
-    let call = AssertUnwindSafe(call)
+    let mut call = std::pin::pin!(AssertUnwindSafe(call)
         .catch_unwind()
-        .instrument(span.clone());
-    let outcome = tokio::select! {
-        biased;
-        outcome = call => outcome,
-        _ = state.abort.cancelled() => {
-            shared.give_back(&state.metrics, &subject, delivery.as_mut(), true).await;
-            exported.end(Some("cancelled at shutdown; the message was given back"));
-            return;
+        .instrument(span.clone()));
+    // The stack first, then the abort (a biased select), whose wait is made
+    // only once the stack was not done on its first poll: most handlings
+    // never need it (making and dropping it was ~60 instructions).
+    let mut abort = std::pin::pin!(None);
+    let outcome = std::future::poll_fn(|cx| {
+        if let Poll::Ready(outcome) = call.as_mut().poll(cx) {
+            return Poll::Ready(Some(outcome));
         }
+        if abort.is_none() {
+            abort.set(Some(state.abort.cancelled()));
+        }
+        match abort.as_mut().as_pin_mut() {
+            Some(aborted) => aborted.poll(cx).map(|()| None),
+            None => Poll::Pending,
+        }
+    })
+    .await;
+    let Some(outcome) = outcome else {
+        shared
+            .give_back(&state.metrics, &subject, delivery.as_mut(), true)
+            .await;
+        exported.end(Some("cancelled at shutdown; the message was given back"));
+        return None;
     };
+    // The stack is done: its copies of the context are gone, unless the
+    // handler kept one.
+    let spare = kept.and_then(Kept::into_spare);
     state.metrics.handled_in(began.elapsed());
     let _entered = span.enter();
     let (error, permanent) = match outcome {
@@ -428,7 +481,7 @@ async fn handle<S: Stack>(state: Arc<RouteState>, stack: Arc<S>, delivery: Deliv
             state.metrics.counters.add_handled();
             tracing::debug!("handled");
             exported.end(None);
-            return;
+            return spare;
         }
         Ok(Err(error)) => (error.to_string(), error.is_permanent()),
         Err(payload) => (format!("panicked: {}", panic_message(&*payload)), false),
@@ -443,7 +496,7 @@ async fn handle<S: Stack>(state: Arc<RouteState>, stack: Arc<S>, delivery: Deliv
             }
         }
         tracing::error!(%error, "handling failed with a permanent error: the message is rejected without redelivery (give the route a dead letter to keep such messages)");
-        return;
+        return spare;
     }
     // Read before `nack`, which takes the acknowledgement handle.
     let requeued = (shared.redelivery || delivery_count.is_some())
@@ -458,4 +511,5 @@ async fn handle<S: Stack>(state: Arc<RouteState>, stack: Arc<S>, delivery: Deliv
     } else {
         tracing::error!(%error, "handling failed and the broker cannot redeliver: the message is not handled");
     }
+    spare
 }

@@ -863,3 +863,58 @@ async fn worker_layers_wrap_every_route_outside_its_stack_first_added_outermost(
     assert_eq!(summary.stats.failed, 1);
     assert_eq!(summary.stats.retried, 1);
 }
+
+/// The route loop reuses a finished message's context for the next one
+/// only when the handler kept no copy of it: a kept context still holds
+/// its own message afterwards.
+#[tokio::test]
+async fn contexts_a_handler_keeps_are_not_reused() {
+    let broker = MemoryBroker::new();
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (keep, saw) = (kept.clone(), seen.clone());
+    let worker = Worker::new(broker.clone())
+        .route(Route::new("jobs.>", move |ctx: Context| {
+            let (keep, saw) = (keep.clone(), saw.clone());
+            async move {
+                let payload = String::from_utf8(ctx.payload().to_vec()).unwrap();
+                saw.lock()
+                    .unwrap()
+                    .push((payload.clone(), ctx.subject().to_string()));
+                // Every other context is kept past its handling.
+                if payload.parse::<u32>().unwrap() % 2 == 0 {
+                    keep.lock().unwrap().push(ctx);
+                }
+                Ok::<_, HandlerError>(())
+            }
+        }))
+        .max_messages(6);
+    let running = worker.start().await.unwrap();
+    for n in 0..6 {
+        broker
+            .publish(Message::new(format!("jobs.{n}").as_str(), n.to_string()).unwrap())
+            .await
+            .unwrap();
+    }
+    let summary = running.wait().await;
+    assert_eq!(summary.stats.handled, 6);
+    let expected: Vec<(String, String)> = (0..6)
+        .map(|n| (n.to_string(), format!("jobs.{n}")))
+        .collect();
+    assert_eq!(*seen.lock().unwrap(), expected);
+    let kept: Vec<(String, String)> = kept
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|ctx| {
+            (
+                String::from_utf8(ctx.payload().to_vec()).unwrap(),
+                ctx.subject().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        [0, 2, 4].map(|n| (n.to_string(), format!("jobs.{n}")))
+    );
+}

@@ -43,12 +43,15 @@ pub(crate) async fn catching(
 ) -> Result<(), HandlerError> {
     match AssertUnwindSafe(attempt).catch_unwind().await {
         Ok(result) => result,
-        Err(payload) => {
-            counters.add_panicked();
-            Err(HandlerError::Panicked {
-                message: panic_message(&*payload),
-            })
-        }
+        Err(payload) => Err(panicked(counters, payload)),
+    }
+}
+
+/// The error of an attempt that panicked with `payload`, counted.
+pub(crate) fn panicked(counters: &Counters, payload: Box<dyn Any + Send>) -> HandlerError {
+    counters.add_panicked();
+    HandlerError::Panicked {
+        message: panic_message(&*payload),
     }
 }
 

@@ -148,19 +148,42 @@ where
     F: FnMut(Context) -> Fut,
     Fut: Future<Output = Result<(), HandlerError>>,
 {
+    let first = ctx.attempt().max(1);
+    record_attempt(first);
+    let result = attempt(ctx.clone().with_attempt(first)).await;
+    retrying_after(policy, ctx, result, attempt).await
+}
+
+/// Records the attempt number on the current tracing span.
+pub(crate) fn record_attempt(number: u32) {
+    // With INFO off everywhere no span can have the field: skip the
+    // look-up of the current span (about 80 instructions per message).
+    if tracing::level_enabled!(tracing::Level::INFO) {
+        tracing::Span::current().record("attempt", number);
+    }
+}
+
+/// [`retrying`] once the first attempt (numbered `ctx.attempt()`, at
+/// least 1) ended with `result`: the route's default stack makes that
+/// attempt itself, so that a message handled at once skips this future.
+pub(crate) async fn retrying_after<F, Fut>(
+    policy: &RetryPolicy,
+    ctx: &Context,
+    result: Result<(), HandlerError>,
+    mut attempt: F,
+) -> Result<(), HandlerError>
+where
+    F: FnMut(Context) -> Fut,
+    Fut: Future<Output = Result<(), HandlerError>>,
+{
+    let mut error = match result {
+        Ok(()) => return Ok(()),
+        Err(error) => error,
+    };
     let attempts = policy.attempts.max(1);
     let first = ctx.attempt().max(1);
     let mut number = first;
     loop {
-        // With INFO off everywhere no span can have the field: skip the
-        // look-up of the current span (about 80 instructions per message).
-        if tracing::level_enabled!(tracing::Level::INFO) {
-            tracing::Span::current().record("attempt", number);
-        }
-        let error = match attempt(ctx.clone().with_attempt(number)).await {
-            Ok(()) => return Ok(()),
-            Err(error) => error,
-        };
         let tried = number - first + 1;
         if error.is_permanent() {
             tracing::warn!(attempt = number, %error, "attempt failed with a permanent error; not retrying");
@@ -173,6 +196,11 @@ where
             ctx.counters().add_retried();
             tokio::time::sleep(delay).await;
             number += 1;
+            record_attempt(number);
+            error = match attempt(ctx.clone().with_attempt(number)).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
             continue;
         }
         return Err(HandlerError::Exhausted {

@@ -40,6 +40,17 @@ pub(crate) async fn timed(
     if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await {
         return result;
     }
+    finish_by(deadline, after, counters, attempt).await
+}
+
+/// The rest of [`timed`] once the attempt's first poll found it not
+/// finished: waits for it until `deadline` (its start plus `after`).
+pub(crate) async fn finish_by(
+    deadline: tokio::time::Instant,
+    after: Duration,
+    counters: &Counters,
+    attempt: impl Future<Output = Result<(), HandlerError>>,
+) -> Result<(), HandlerError> {
     match tokio::time::timeout_at(deadline, attempt).await {
         Ok(result) => result,
         Err(_) => {
