@@ -651,7 +651,6 @@ pub(crate) async fn subscribe(
     let info = consumer.cached_info();
     let messages = Pull::start(
         context.clone(),
-        shared.client.clone(),
         &info.stream_name,
         &info.name,
         shared.registry.reconnects(),

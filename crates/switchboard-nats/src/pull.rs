@@ -103,11 +103,11 @@ impl Pull {
     /// server then holds no request of this stream any more.
     pub(crate) async fn start(
         context: jetstream::Context,
-        client: Client,
         stream: &str,
         consumer: &str,
         reconnects: watch::Receiver<u64>,
     ) -> Result<Self, async_nats::SubscribeError> {
+        let client = context.client();
         let inbox = Subject::from(client.new_inbox());
         let subscriber = client.subscribe(inbox.clone()).await?;
         let request = format!(
