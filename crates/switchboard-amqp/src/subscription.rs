@@ -144,15 +144,80 @@ impl Drop for Lease {
 /// Starts a consumer of `queue` on `channel`, with manual acks and a tag
 /// chosen by the server: the same whether the channel is the subscription's
 /// own or shared with other fan-out subscriptions.
-async fn start_consumer(channel: &Channel, queue: ShortString) -> lapin::Result<Consumer> {
+async fn start_consumer(
+    channel: &Channel,
+    queue: ShortString,
+    tag: ShortString,
+) -> lapin::Result<Consumer> {
     channel
         .basic_consume(
             queue,
-            "".into(),
+            tag,
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await
+}
+
+/// Consumer tags this process chose, unique on every channel.
+static CONSUMER_TAGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A fresh consumer tag: chosen here rather than by the server, so a
+/// consumer whose `basic.consume` is given up can be cancelled by its tag
+/// before its `consume-ok` arrived (see [`Opened`]).
+fn consumer_tag() -> ShortString {
+    let n = CONSUMER_TAGS.fetch_add(1, Ordering::Relaxed);
+    ShortString::from(format!("switchboard-{}-{n}", std::process::id()))
+}
+
+/// What a declaring attempt has opened so far, to undo when the attempt is
+/// given up (timed out). lapin keeps a consumer whose `basic.consume` is
+/// answered after its caller stopped waiting: registered on its channel
+/// (which it keeps open) and never read, it holds `prefetch` messages
+/// unacknowledged for as long as the connection lives, and the queue
+/// alternates deliveries between it and the consumer the retry makes. Seen
+/// on a 3-node RabbitMQ cluster: a quorum queue's `basic.consume` outlived
+/// the timeout while a node was down, and 256 messages (the prefetch, every
+/// other sequence number) never reached the durable consumer
+/// (`tests/cluster.rs`).
+#[derive(Default)]
+struct Opened {
+    /// The attempt's own channel: closed, which cancels its consumer.
+    own: Option<Channel>,
+    /// A shared channel and the tag of the consumer started on it: cancelled.
+    shared: Option<(Channel, ShortString)>,
+}
+
+impl Opened {
+    /// Undoes what the given-up attempt opened, in the background (the
+    /// server answers in order, after the `basic.consume` it may still be
+    /// working on).
+    fn undo(slot: &Mutex<Opened>) {
+        let opened = match slot.lock() {
+            Ok(mut guard) => std::mem::take(&mut *guard),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some(channel) = opened.own {
+            runtime.spawn(async move {
+                if let Err(error) = channel.close(200, "declaring timed out".into()).await {
+                    tracing::debug!(%error, "closing the channel of a timed-out AMQP declare");
+                }
+            });
+        }
+        if let Some((channel, tag)) = opened.shared {
+            runtime.spawn(async move {
+                if let Err(error) = channel
+                    .basic_cancel(tag, BasicCancelOptions::default())
+                    .await
+                {
+                    tracing::debug!(%error, "cancelling the consumer of a timed-out AMQP declare");
+                }
+            });
+        }
+    }
 }
 
 /// A place on one of the session's shared channels: the first live one
@@ -315,9 +380,13 @@ async fn declare(inner: &Sessions, topology: &Topology, current: &Current) -> Re
     loop {
         attempt += 1;
         let session = inner.session().await?;
+        let opened = Mutex::new(Opened::default());
         let steps = async {
             let fanout = topology.durable.is_none() && topology.group_queue.is_none();
             let channel = session.connection.create_channel().await?;
+            if let Ok(mut opened) = opened.lock() {
+                opened.own = Some(channel.clone());
+            }
             if !fanout {
                 channel
                     .basic_qos(inner.config.options.prefetch, BasicQosOptions::default())
@@ -367,14 +436,21 @@ async fn declare(inner: &Sessions, topology: &Topology, current: &Current) -> Re
                 )
                 .await?;
             if !fanout {
-                let consumer = start_consumer(&channel, queue).await?;
+                let consumer = start_consumer(&channel, queue, consumer_tag()).await?;
                 return Ok::<_, lapin::Error>((Held::Own(channel), consumer));
             }
             // The declaring channel has done its part; closing it (in the
             // background: its queue is this connection's) costs no round trip.
+            if let Ok(mut opened) = opened.lock() {
+                opened.own = None;
+            }
             drop(channel);
             let (shared, lease) = lease(&session, inner.config.options.prefetch).await?;
-            let consumer = start_consumer(&shared, queue).await?;
+            let tag = consumer_tag();
+            if let Ok(mut opened) = opened.lock() {
+                opened.shared = Some((shared.clone(), tag.clone()));
+            }
+            let consumer = start_consumer(&shared, queue, tag).await?;
             let held = Held::Shared {
                 channel: shared,
                 tag: consumer.tag(),
@@ -389,6 +465,7 @@ async fn declare(inner: &Sessions, topology: &Topology, current: &Current) -> Re
             }
             Ok(Err(error)) => error,
             Err(_) => {
+                Opened::undo(&opened);
                 return Err(Error::Timeout {
                     broker: KIND,
                     operation: format!(
@@ -396,7 +473,7 @@ async fn declare(inner: &Sessions, topology: &Topology, current: &Current) -> Re
                         topology.pattern.as_str()
                     ),
                     after: timeout,
-                })
+                });
             }
         };
         // A group's auto-delete queue can vanish between declare and consume
