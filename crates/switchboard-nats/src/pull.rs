@@ -139,7 +139,7 @@ impl Pull {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut held = Vec::new();
         while let Poll::Ready(Some(message)) = self.subscriber.poll_next_unpin(&mut cx) {
-            if is_message(&message) {
+            if status_of(&message).is_none() {
                 held.push(jetstream::Message {
                     context: self.context.clone(),
                     message,
@@ -235,9 +235,10 @@ impl Pull {
     }
 }
 
-/// Whether `message` is a stored message rather than a status from the server.
-fn is_message(message: &async_nats::Message) -> bool {
-    message.status.is_none_or(|status| status == StatusCode::OK)
+/// The status the server sent instead of a stored message; `None` for a
+/// stored message.
+fn status_of(message: &async_nats::Message) -> Option<StatusCode> {
+    message.status.filter(|status| *status != StatusCode::OK)
 }
 
 fn next_reconnect(mut reconnects: watch::Receiver<u64>) -> Reconnect {
@@ -278,13 +279,13 @@ impl Stream for Pull {
                 }
             };
             this.heard = true;
-            match message.status {
-                Some(status) if status != StatusCode::OK => {
+            match status_of(&message) {
+                Some(status) => {
                     if let Some(error) = this.status(&message, status) {
                         return Poll::Ready(Some(Err(error)));
                     }
                 }
-                _ => {
+                None => {
                     this.pending = this.pending.saturating_sub(1);
                     return Poll::Ready(Some(Ok(jetstream::Message {
                         context: this.context.clone(),
