@@ -141,9 +141,9 @@ impl Drop for Lease {
     }
 }
 
-/// Starts a consumer of `queue` on `channel`, with manual acks and a tag
-/// chosen by the server: the same whether the channel is the subscription's
-/// own or shared with other fan-out subscriptions.
+/// Starts a consumer of `queue` on `channel`, with manual acks and the tag
+/// `tag` (from [`consumer_tag`]): the same whether the channel is the
+/// subscription's own or shared with other fan-out subscriptions.
 async fn start_consumer(
     channel: &Channel,
     queue: ShortString,
@@ -175,11 +175,12 @@ fn consumer_tag() -> ShortString {
 /// answered after its caller stopped waiting: registered on its channel
 /// (which it keeps open) and never read, it holds `prefetch` messages
 /// unacknowledged for as long as the connection lives, and the queue
-/// alternates deliveries between it and the consumer the retry makes. Seen
-/// on a 3-node RabbitMQ cluster: a quorum queue's `basic.consume` outlived
-/// the timeout while a node was down, and 256 messages (the prefetch, every
-/// other sequence number) never reached the durable consumer
-/// (`tests/cluster.rs`).
+/// alternates deliveries between it and the consumer the retry makes. The
+/// likely cause of what a 3-node RabbitMQ cluster drill showed
+/// (`tests/cluster.rs`): 256 messages (the prefetch, every other sequence
+/// number) never reached the durable consumer after a node was killed, when
+/// a quorum queue's `basic.consume` can outlive the timeout (the timeout
+/// itself was not logged in that run).
 #[derive(Default)]
 struct Opened {
     /// The attempt's own channel: closed, which cancels its consumer.
