@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
@@ -160,21 +161,19 @@ impl Sessions {
                 .lost("the AMQP connection or its publishing channel closed");
         }
         // The connection may be alive with only the publishing channel gone.
-        let session = match stale {
+        let reopened = match stale {
             Some(stale) if stale.connection.status().connected() => {
-                let connection = stale.connection.clone();
-                let publisher = open_publisher(&self.config, &connection).await?;
-                Session {
-                    connection,
-                    publisher,
-                    shared: tokio::sync::Mutex::default(),
-                }
+                reopen_publisher(&self.config, stale.connection.clone()).await?
             }
-            _ => open_session(&self.config, &self.link).await?,
+            _ => None,
+        };
+        let session = match reopened {
+            Some(session) => session,
+            None => open_session(&self.config, &self.link).await?,
         };
         let session = Arc::new(session);
         if self.is_closed() {
-            let _ = session.connection.close(200, "OK".into()).await;
+            close_within(&session.connection, self.config.options.connect_timeout).await;
             return Err(Error::Closed { broker: KIND });
         }
         let mut guard = match self.session.lock() {
@@ -243,9 +242,49 @@ async fn open_session(config: &Config, link: &Arc<Link>) -> Result<Session> {
             shared: tokio::sync::Mutex::default(),
         }),
         Err(error) => {
-            let _ = connection.close(200, "OK".into()).await;
+            close_within(&connection, timeout).await;
             Err(error)
         }
+    }
+}
+
+/// A new publishing channel on a connection that still says it is up, as a
+/// session; `Ok(None)` (the connection closed, at most `connect_timeout`
+/// later) if the channel does not open within `connect_timeout`.
+///
+/// Bounded because this runs while every other caller of
+/// [`Sessions::session`] waits for it (subscriptions resubscribing
+/// included): lapin can report a connection up that no longer answers (a
+/// node killed, a link gone quiet, before a heartbeat is missed).
+async fn reopen_publisher(config: &Config, connection: Arc<Connection>) -> Result<Option<Session>> {
+    let timeout = config.options.connect_timeout;
+    match tokio::time::timeout(timeout, open_publisher(config, &connection)).await {
+        Ok(publisher) => Ok(Some(Session {
+            connection,
+            publisher: publisher?,
+            shared: tokio::sync::Mutex::default(),
+        })),
+        Err(_) => {
+            tracing::debug!(
+                "amqp: the connection did not open a channel within {timeout:?}; connecting again"
+            );
+            close_within(&connection, timeout).await;
+            Ok(None)
+        }
+    }
+}
+
+/// Closes `connection`, waiting at most `within` for the broker's answer: a
+/// connection given up on may never answer (a frozen link, a killed node
+/// lapin has not noticed yet), and an unbounded wait here held up
+/// reconnecting.
+async fn close_within(connection: &Connection, within: Duration) {
+    match tokio::time::timeout(within, connection.close(200, "OK".into())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "amqp: closing a connection given up on"),
+        Err(_) => tracing::debug!(
+            "amqp: a connection given up on did not confirm closing within {within:?}; dropping it"
+        ),
     }
 }
 
