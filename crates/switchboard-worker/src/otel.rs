@@ -24,6 +24,8 @@ mod imp {
     };
     use opentelemetry::{InstrumentationScope, KeyValue};
 
+    use switchboard_core::Broker;
+
     use super::{TraceContext, SCOPE};
 
     /// A started OpenTelemetry span, ended with [`OtelSpan::end`].
@@ -36,7 +38,7 @@ mod imp {
         pub(crate) fn consumer(
             route: &str,
             subject: &str,
-            broker: &str,
+            broker: &dyn Broker,
             parent: Option<&TraceContext>,
         ) -> (OtelSpan, Option<TraceContext>) {
             start(
@@ -44,7 +46,7 @@ mod imp {
                 SpanKind::Consumer,
                 parent,
                 vec![
-                    KeyValue::new("messaging.system", broker.to_string()),
+                    KeyValue::new("messaging.system", broker.kind().to_string()),
                     KeyValue::new("messaging.operation.type", "process"),
                     KeyValue::new("messaging.destination.name", subject.to_string()),
                     KeyValue::new("switchboard.route", route.to_string()),
@@ -134,16 +136,20 @@ mod imp {
 
 #[cfg(not(feature = "otel"))]
 mod imp {
+    use switchboard_core::Broker;
+
     use super::TraceContext;
 
     /// Nothing: OpenTelemetry is not compiled in.
     pub(crate) struct OtelSpan;
 
     impl OtelSpan {
+        // The broker, not its kind: asking a `dyn Broker` its kind is a
+        // call per message, which only the exported span needs.
         pub(crate) fn consumer(
             _route: &str,
             _subject: &str,
-            _broker: &str,
+            _broker: &dyn Broker,
             _parent: Option<&TraceContext>,
         ) -> (OtelSpan, Option<TraceContext>) {
             (OtelSpan, None)

@@ -422,7 +422,7 @@ async fn handle<S: Stack>(
     let (exported, otel_trace) = OtelSpan::consumer(
         &state.name,
         subject.as_str(),
-        shared.broker.kind(),
+        &*shared.broker,
         parent.as_ref(),
     );
     if let Some(trace) = otel_trace {
