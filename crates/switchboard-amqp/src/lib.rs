@@ -57,7 +57,7 @@
 //! | parameter | meaning | default |
 //! |---|---|---|
 //! | `connect_timeout` | time allowed for connecting, reconnecting, declaring a subscription (`5s`, `500ms`) | 5 s |
-//! | `flush_timeout` | how long `flush` waits for the broker's confirms; also bounds `close` and `Subscription::close` | 10 s |
+//! | `flush_timeout` | how long `flush` waits for the broker's confirms; also bounds `close`, `Subscription::close`, and a delivery's `ack` or `nack` (lapin can leave one pending for ever on a connection that is failing) | 10 s |
 //! | `name` | the name RabbitMQ shows for the connection | `switchboard` |
 //! | `keepalive` | a connection silent this long is declared dead: the AMQP heartbeat, at half of it in whole seconds; `off` takes the broker's (RabbitMQ: 60 s, so about 2 minutes) | 15 s |
 //! | `exchange` | the topic exchange published to and bound to; another name is declared (durable, topic) if missing; other `amq.*` names are refused | `amq.topic` |

@@ -75,8 +75,9 @@ pub struct AmqpOptions {
     /// queue) may take. URL: `connect_timeout=5s` (or the older
     /// `connection_timeout=` in milliseconds); default [`DEFAULT_CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
-    /// How long `flush` (and `close`, and `Subscription::close`) wait for the
-    /// broker. URL: `flush_timeout=10s`; default [`DEFAULT_FLUSH_TIMEOUT`].
+    /// How long `flush` (and `close`, `Subscription::close`, and a delivery's
+    /// `ack` or `nack`) wait for the broker. URL: `flush_timeout=10s`;
+    /// default [`DEFAULT_FLUSH_TIMEOUT`].
     pub flush_timeout: Duration,
     /// The connection name RabbitMQ shows. URL: `name=api` (or the older
     /// `connection_name=`); default [`DEFAULT_NAME`].
@@ -143,7 +144,8 @@ impl AmqpOptions {
     /// confirms before failing with [`Error::Timeout`]; the confirms not seen
     /// yet stay counted, so a later `flush` waits for them again. Also the
     /// most `close` and `Subscription::close` wait for the broker to confirm
-    /// the close (default 10 s; URL `?flush_timeout=10s`).
+    /// the close, and a delivery's `ack` or `nack` waits to be sent (default
+    /// 10 s; URL `?flush_timeout=10s`).
     pub fn flush_timeout(mut self, timeout: Duration) -> Self {
         self.flush_timeout = timeout.max(Duration::from_millis(1));
         self
