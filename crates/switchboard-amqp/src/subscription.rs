@@ -779,13 +779,14 @@ impl AmqpAcker {
     /// Awaits `settling` (lapin's ack or nack, done once its frame is
     /// written), at most [`patience`](Self::patience).
     ///
-    /// Bounded because lapin 4.12 can leave it pending for ever: an ack
-    /// queued while the connection is failing, after lapin dropped the
-    /// frames it had queued but before it marked the channel failed, is
-    /// never written nor dropped. Seen in the single-node restart drill
-    /// (`tests/restart.rs`, about 1 run in 25): the consumer, awaiting its
-    /// ack, never read its subscription again, so the subscription never
-    /// resubscribed and its queue kept its messages with no consumer.
+    /// Bounded because lapin 4.12 can leave it pending for ever when the
+    /// connection fails. Seen in the single-node restart drill
+    /// (`tests/restart.rs`, 2 runs in 30): the consumer, awaiting its ack,
+    /// never read its subscription again, so the subscription never
+    /// resubscribed and its queue kept its messages with no consumer. The
+    /// likely path, read from lapin's code: an ack queued after lapin
+    /// dropped the failing connection's queued frames, but before it marked
+    /// the channel failed, is never written nor dropped.
     async fn settle(
         &self,
         action: &'static str,
@@ -800,14 +801,17 @@ impl AmqpAcker {
             )),
             Ok(Err(error)) => Err(self.error(action, error.to_string())),
             Err(_) => {
-                tracing::debug!(action, subject = %self.subject, patience = ?self.patience, "amqp: an ack or nack was not sent in time");
-                Err(self.error(
-                action,
-                format!(
+                tracing::debug!(
+                    action,
+                    subject = %self.subject,
+                    patience = ?self.patience,
+                    "amqp: an ack or nack was not sent in time"
+                );
+                let reason = format!(
                     "it was not sent within {:?} (the subscription's connection is likely gone); unless it was sent after all, the broker delivers the message again",
                     self.patience
-                ),
-            ))
+                );
+                Err(self.error(action, reason))
             }
         }
     }
