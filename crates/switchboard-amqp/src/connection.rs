@@ -102,13 +102,7 @@ impl Sessions {
         if !session.connection.status().connected() {
             return;
         }
-        match tokio::time::timeout_at(deadline, session.connection.close(200, "OK".into())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::debug!(%error, "closing the AMQP connection"),
-            Err(_) => tracing::debug!(
-                "amqp: the broker did not confirm closing the connection in time; dropping it"
-            ),
-        }
+        close_by(&session.connection, deadline).await;
     }
 
     /// Becomes `true` when the broker handle is closed, for subscriptions.
@@ -274,18 +268,22 @@ async fn reopen_publisher(config: &Config, connection: Arc<Connection>) -> Resul
     }
 }
 
-/// Closes `connection`, waiting at most `within` for the broker's answer: a
-/// connection given up on may never answer (a frozen link, a killed node
-/// lapin has not noticed yet), and an unbounded wait here held up
-/// reconnecting.
-async fn close_within(connection: &Connection, within: Duration) {
-    match tokio::time::timeout(within, connection.close(200, "OK".into())).await {
+/// Closes `connection`, waiting until `deadline` at most for the broker's
+/// answer: a frozen link, or a killed node lapin has not noticed yet, never
+/// answers, and an unbounded wait here held up closing and reconnecting.
+async fn close_by(connection: &Connection, deadline: tokio::time::Instant) {
+    match tokio::time::timeout_at(deadline, connection.close(200, "OK".into())).await {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::debug!(%error, "amqp: closing a connection given up on"),
+        Ok(Err(error)) => tracing::debug!(%error, "closing the AMQP connection"),
         Err(_) => tracing::debug!(
-            "amqp: a connection given up on did not confirm closing within {within:?}; dropping it"
+            "amqp: the broker did not confirm closing the connection in time; dropping it"
         ),
     }
+}
+
+/// [`close_by`] `within` from now.
+async fn close_within(connection: &Connection, within: Duration) {
+    close_by(connection, tokio::time::Instant::now() + within).await;
 }
 
 /// Tells `link` when lapin reports the connection failed. The task ends with
