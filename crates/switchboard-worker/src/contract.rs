@@ -45,6 +45,11 @@ impl Contract {
         }
     }
 
+    /// Whether [`Contract::wrap`] adds a schema check (or fails).
+    pub(crate) fn validates(&self) -> bool {
+        self.schema.is_some()
+    }
+
     /// `handler`, checked against the schema first when there is one; or
     /// why the schema could not be made.
     pub(crate) fn wrap(&self, handler: BoxHandler) -> Result<BoxHandler, String> {

@@ -11,12 +11,15 @@ use crate::contract::Contract;
 use crate::cycle::Via;
 use crate::layer::{BoxLayer, DefaultStack};
 use crate::route_loop::{Erased, Looped};
-use crate::{BoxHandler, DeadLetterSubject, Error, Handler, HandlerExt, RetryPolicy};
+use crate::{BoxHandler, DeadLetterSubject, Error, Handler, RetryPolicy};
 
 /// The per-route concurrency limit unless set: one message at a time, in order.
 pub const DEFAULT_CONCURRENCY: usize = 1;
 /// The per-attempt time limit unless set.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Makes a route's default stack for its handler's own type.
+type Unboxed = Arc<dyn Fn(&Settings) -> Result<Arc<dyn Looped>, String> + Send + Sync>;
 
 #[derive(Clone)]
 enum Stack {
@@ -37,7 +40,7 @@ struct Settings {
 
 impl Settings {
     /// `handler` in the default stack these settings describe, or why they are invalid.
-    fn wrap(&self, handler: BoxHandler) -> Result<Arc<DefaultStack>, String> {
+    fn wrap<H: Handler>(&self, handler: Arc<H>) -> Result<Arc<DefaultStack<H>>, String> {
         if self.timeout.is_some_and(|limit| limit.is_zero()) {
             return Err("the timeout is zero, so every attempt would fail; give a positive limit, or none with `no_timeout()`".to_string());
         }
@@ -94,6 +97,10 @@ pub struct Route {
     pub(crate) max_deliver: Option<u32>,
     pub(crate) concurrency: usize,
     handler: BoxHandler,
+    /// The default stack made for the handler's own type (no box per
+    /// message), used when nothing wraps the handler in between: no schema
+    /// check and no worker layers.
+    unboxed: Unboxed,
     stack: Stack,
     publishes: Vec<String>,
     /// Its payloads' codec, type and schema (see `Route::typed`, `Route::schema`).
@@ -102,14 +109,23 @@ pub struct Route {
 
 impl Route {
     /// A route to `handler` wrapped in the default stack.
-    pub fn new(pattern: impl Into<String>, handler: impl Handler) -> Self {
+    pub fn new<H: Handler>(pattern: impl Into<String>, handler: H) -> Self {
+        let handler = Arc::new(handler);
+        let unboxed: Unboxed = {
+            let handler = handler.clone();
+            Arc::new(move |settings: &Settings| {
+                let stack: Arc<dyn Looped> = settings.wrap(handler.clone())?;
+                Ok(stack)
+            })
+        };
         Route {
             pattern: pattern.into(),
             group: None,
             durable: None,
             max_deliver: None,
             concurrency: DEFAULT_CONCURRENCY,
-            handler: handler.boxed(),
+            handler,
+            unboxed,
             publishes: Vec::new(),
             contract: Contract::default(),
             stack: Stack::Default(Settings {
@@ -361,8 +377,12 @@ impl Route {
                 )));
             }
             Stack::Custom { .. } => (handler.clone(), Arc::new(Erased(handler))),
+            Stack::Default(settings) if layers.is_empty() && !self.contract.validates() => {
+                let looped = (self.unboxed)(settings).map_err(invalid)?;
+                (handler, looped)
+            }
             Stack::Default(settings) => {
-                let stack = settings.wrap(handler).map_err(invalid)?;
+                let stack = settings.wrap(Arc::new(handler)).map_err(invalid)?;
                 (stack.clone() as BoxHandler, stack)
             }
         };

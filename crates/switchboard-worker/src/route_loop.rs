@@ -281,7 +281,7 @@ pub(crate) trait Stack: Send + Sync + 'static {
     fn run_stack(&self, ctx: Context) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
-impl Stack for DefaultStack {
+impl<H: crate::Handler> Stack for DefaultStack<H> {
     fn run_stack(&self, ctx: Context) -> impl Future<Output = Result<(), HandlerError>> + Send {
         self.run(ctx)
     }

@@ -196,6 +196,25 @@ where
     F: TypedFn<T>,
 {
     async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
+        self.handle(ctx).await
+    }
+
+    fn call_unboxed(&self, ctx: Context) -> impl Future<Output = Result<(), HandlerError>> + Send
+    where
+        Self: Sized,
+    {
+        self.handle(ctx)
+    }
+}
+
+impl<C, T, F> Typed<C, T, F>
+where
+    C: Codec,
+    T: DeserializeOwned + Send + 'static,
+    F: TypedFn<T>,
+{
+    /// Decodes the payload, calls the function, and sends its reply, if any.
+    async fn handle(&self, ctx: Context) -> Result<(), HandlerError> {
         let (format, value) = read(&self.formats, &ctx, || {
             std::any::type_name::<T>().to_string()
         })?;

@@ -183,6 +183,51 @@ async fn a_panicking_handler_does_not_stop_the_others() {
     );
 }
 
+/// A closure that panics before it returns its future: the default stack
+/// (which calls a closure's future unboxed) must still count the panic as a
+/// failed attempt, retry it and dead-letter it, as `Handler::call` does.
+#[tokio::test]
+async fn a_closure_panicking_before_its_future_is_a_failed_attempt() {
+    for concurrency in [1, 4] {
+        let broker = MemoryBroker::new();
+        let mut dlq = broker.subscribe(&"dlq.>".parse().unwrap()).await.unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let worker = Worker::new(broker.clone())
+            .route(
+                Route::new("boom", move |ctx: Context| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    if ctx.payload_str() == Some("now") {
+                        panic!("before the future");
+                    }
+                    async { Ok::<_, HandlerError>(()) }
+                })
+                .attempts(3)
+                .backoff(FAST)
+                .concurrency(concurrency),
+            )
+            .max_messages(2);
+        let running = worker.start().await.unwrap();
+        for payload in ["now", "later"] {
+            broker
+                .publish(Message::new("boom", payload).unwrap())
+                .await
+                .unwrap();
+        }
+        let summary = running.wait().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "concurrency {concurrency}");
+        assert_eq!(summary.stats.handled, 2, "concurrency {concurrency}");
+        assert_eq!(summary.stats.panicked, 3, "concurrency {concurrency}");
+        assert_eq!(summary.stats.retried, 2, "concurrency {concurrency}");
+        assert_eq!(summary.stats.dead_lettered, 1, "concurrency {concurrency}");
+        let letter = next(&mut dlq).await;
+        assert_eq!(
+            letter.headers().get(ERROR_HEADER),
+            Some("panicked: before the future")
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_panic_escaping_a_custom_stack_is_caught_by_the_router() {
     let broker = MemoryBroker::new();

@@ -8,8 +8,9 @@
 //! the very functions the layers run — make one future, boxed once; the
 //! behaviour is the layers', step for step.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -23,14 +24,18 @@ use crate::{BoxHandler, Context, DeadLetterSubject, Handler, HandlerError, Retry
 
 /// `DeadLetter(Retry(Timeout(CatchPanic(handler))))`, the timeout and the
 /// dead letter optional.
-pub(crate) struct DefaultStack {
-    pub(crate) handler: BoxHandler,
+///
+/// Made for the handler's type where the route knows it (`H` is then the
+/// handler itself, and its future lives in this stack's, unboxed: see
+/// [`Handler::call_unboxed`]), or for a [`BoxHandler`] where it does not.
+pub(crate) struct DefaultStack<H = BoxHandler> {
+    pub(crate) handler: Arc<H>,
     pub(crate) retry: RetryPolicy,
     pub(crate) timeout: Option<Duration>,
     pub(crate) dead_letter: Option<DeadLetterSubject>,
 }
 
-impl DefaultStack {
+impl<H: Handler> DefaultStack<H> {
     /// Handles `ctx` as [`Handler::call`] does, as a future the caller may
     /// keep unboxed (the route loop does: a box less per message).
     pub(crate) async fn run(&self, ctx: Context) -> Result<(), HandlerError> {
@@ -45,7 +50,10 @@ impl DefaultStack {
         let deadline = self
             .timeout
             .map(|after| (tokio::time::Instant::now() + after, after));
-        let mut call = self.handler.as_ref().call(ctx.clone().with_attempt(number));
+        let mut call = std::pin::pin!(self
+            .handler
+            .as_ref()
+            .call_unboxed(ctx.clone().with_attempt(number)));
         let first_poll =
             poll_fn(|cx| Poll::Ready(catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx)))))
                 .await;
@@ -63,7 +71,7 @@ impl DefaultStack {
         };
         // Further attempts: Timeout(CatchPanic(handler)).
         let attempt = |ctx: Context| async move {
-            let call = catching(counters, self.handler.as_ref().call(ctx));
+            let call = catching(counters, self.handler.as_ref().call_unboxed(ctx));
             match self.timeout {
                 Some(after) => timed(after, counters, call).await,
                 None => call.await,
@@ -78,7 +86,7 @@ impl DefaultStack {
 }
 
 #[async_trait]
-impl Handler for DefaultStack {
+impl<H: Handler> Handler for DefaultStack<H> {
     async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
         self.run(ctx).await
     }
