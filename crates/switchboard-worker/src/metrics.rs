@@ -7,7 +7,7 @@
 //!
 //! - `GET /metrics`: OpenMetrics text (which Prometheus scrapes):
 //!   - `switchboard_worker_messages_total{route, outcome}`: one series per
-//!     [`Stats`](crate::Stats) field — `received`, `handled`, `failed`,
+//!     [`Stats`] field — `received`, `handled`, `failed`,
 //!     `retried`, `permanent`, `dead_lettered`, `decode_failed`,
 //!     `timed_out`, `panicked`, `unfinished`;
 //!   - `switchboard_worker_handler_duration_seconds{route}`: how long each

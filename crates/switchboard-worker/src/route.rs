@@ -66,12 +66,12 @@ impl Settings {
 ///
 /// [`Route::new`] wraps the handler in the default stack, outermost first:
 ///
-/// 1. [`DeadLetter`] — publishes what finally failed to `dlq.<subject>`
+/// 1. [`DeadLetter`](crate::DeadLetter) — publishes what finally failed to `dlq.<subject>`
 ///    ([`Route::dead_letter`], [`Route::no_dead_letter`]);
-/// 2. [`Retry`] — 3 attempts, backoff from 100 ms doubling, with jitter
+/// 2. [`Retry`](crate::Retry) — 3 attempts, backoff from 100 ms doubling, with jitter
 ///    ([`Route::attempts`], [`Route::backoff`], [`Route::retry`]);
-/// 3. [`Timeout`] — 30 s per attempt ([`Route::timeout`], [`Route::no_timeout`]);
-/// 4. [`CatchPanic`] — a panic is a failed attempt;
+/// 3. [`Timeout`](crate::Timeout) — 30 s per attempt ([`Route::timeout`], [`Route::no_timeout`]);
+/// 4. [`CatchPanic`](crate::CatchPanic) — a panic is a failed attempt;
 /// 5. your handler.
 ///
 /// [`Route::custom`] uses the handler exactly as given, to order or replace
@@ -168,7 +168,7 @@ impl Route {
 
     /// On a durable route: at most `n` deliveries of one message. A failure
     /// before the last delivery goes back to the broker, which delivers the
-    /// message again; on the last one the [`DeadLetter`] layer dead-letters
+    /// message again; on the last one the [`DeadLetter`](crate::DeadLetter) layer dead-letters
     /// it (stored by the broker before the original is acknowledged).
     pub fn max_deliver(mut self, n: u32) -> Self {
         self.max_deliver = Some(n);
