@@ -43,13 +43,18 @@ pub trait Handler: Send + Sync + 'static {
     /// The same as [`call`](Handler::call), as a future of the handler's
     /// own type where it has one, so that the caller need not box it.
     ///
-    /// The worker calls this on a route's handler: for an async closure it
-    /// is the closure's future, without the allocation `#[async_trait]`
-    /// makes per call (with a handler that does little, a fifth of what
-    /// the worker adds per message on NATS; BENCHMARKS.md, "Round six").
-    /// Implement [`call`](Handler::call) only: this default hands on its
-    /// future, and a type-erased handler (`dyn Handler`) cannot be called
-    /// this way.
+    /// The worker calls this on the handler of a route made with
+    /// [`Route::new`](crate::Route::new) (or [`Worker::on`](crate::Worker::on))
+    /// when no worker layer or schema check wraps it: for an async closure
+    /// it is the closure's future, without the allocation `#[async_trait]`
+    /// makes per call (with a handler that does nothing, about 290
+    /// instructions per message, a quarter of what the worker added over a
+    /// raw async-nats loop; BENCHMARKS.md, "Round six").
+    ///
+    /// Implementing [`call`](Handler::call) is enough: this default hands
+    /// on its (boxed) future. A handler type of your own may override this
+    /// to return its future unboxed, as the typed handlers do. A
+    /// type-erased handler (`dyn Handler`) cannot be called this way.
     fn call_unboxed(&self, ctx: Context) -> impl Future<Output = Result<(), HandlerError>> + Send
     where
         Self: Sized,
