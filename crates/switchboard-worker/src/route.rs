@@ -109,6 +109,14 @@ pub struct Route {
 
 impl Route {
     /// A route to `handler` wrapped in the default stack.
+    ///
+    /// The stack is made for `handler`'s own type, so that its future is not
+    /// boxed per message (see [`Handler::call_unboxed`]). Each handler type
+    /// therefore adds its own copy of the route loop to the program: about
+    /// 90 KB of code in a release build (BENCHMARKS.md, "Round six"). With
+    /// many routes whose handlers are all of different types, passing
+    /// `handler.boxed()` (a [`BoxHandler`]) makes them share one copy, for an
+    /// allocation per message.
     pub fn new<H: Handler>(pattern: impl Into<String>, handler: H) -> Self {
         let handler = Arc::new(handler);
         let unboxed: Unboxed = {

@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use switchboard::worker::asyncapi::AsyncApi;
-use switchboard::worker::{Context, HandlerError};
 
 use super::config::Config;
 
@@ -40,7 +39,7 @@ pub(crate) fn render(
     let routes: Vec<_> = config
         .routes
         .iter()
-        .map(|route| route.route(|_ctx: Context| async { Ok::<_, HandlerError>(()) }))
+        .map(|route| route.route(super::config::unhandled()))
         .collect();
     let document = document.document(&routes);
     let mut text = match format {

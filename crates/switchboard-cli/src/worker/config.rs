@@ -41,7 +41,9 @@ use std::time::Duration;
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
-use switchboard::worker::{find_cycle, Context, DeadLetterSubject, HandlerError, Route, Schema};
+use switchboard::worker::{
+    find_cycle, BoxHandler, Context, DeadLetterSubject, HandlerError, HandlerExt, Route, Schema,
+};
 use switchboard::{ConsumerName, Pattern, QueueGroup, Subject};
 use toml::Spanned;
 
@@ -150,6 +152,15 @@ pub(crate) enum Action {
     Publish(String),
     /// Print one line on stdout.
     Log,
+}
+
+/// A handler that does nothing, for routes built only to be looked at (the
+/// loop check, the AsyncAPI document). Boxed like the worker's own handlers
+/// (`action::handler`): a route made for a handler type of its own
+/// adds a copy of the route loop made for that type to the binary (see
+/// `Handler::call_unboxed`), which these routes never run.
+pub(crate) fn unhandled() -> BoxHandler {
+    (|_ctx: Context| async { Ok::<_, HandlerError>(()) }).boxed()
 }
 
 impl RouteConfig {
@@ -325,7 +336,7 @@ pub(crate) fn parse_in(name: &str, text: &str, base: &Path) -> anyhow::Result<Co
 fn check_loops(name: &str, routes: &[RouteConfig]) -> anyhow::Result<()> {
     let checked: Vec<Route> = routes
         .iter()
-        .map(|route| route.route(|_ctx: Context| async { Ok::<_, HandlerError>(()) }))
+        .map(|route| route.route(unhandled()))
         .collect();
     let Some(cycle) = find_cycle(&checked) else {
         return Ok(());
