@@ -99,8 +99,8 @@ pub struct Route {
     handler: BoxHandler,
     /// The default stack made for the handler's own type (no box per
     /// message), used when nothing wraps the handler in between: no schema
-    /// check and no worker layers.
-    unboxed: Unboxed,
+    /// check and no worker layers. `None` on a custom route.
+    unboxed: Option<Unboxed>,
     stack: Stack,
     publishes: Vec<String>,
     /// Its payloads' codec, type and schema (see `Route::typed`, `Route::schema`).
@@ -126,8 +126,27 @@ impl Route {
                 Ok(stack)
             })
         };
+        Route::with_stack(
+            pattern.into(),
+            handler,
+            Some(unboxed),
+            Stack::Default(Settings {
+                retry: RetryPolicy::default(),
+                timeout: Some(DEFAULT_TIMEOUT),
+                dead_letter: Some(DeadLetterSubject::DEFAULT.to_string()),
+            }),
+        )
+    }
+
+    /// A route with the defaults of everything but its handler and stack.
+    fn with_stack(
+        pattern: String,
+        handler: BoxHandler,
+        unboxed: Option<Unboxed>,
+        stack: Stack,
+    ) -> Self {
         Route {
-            pattern: pattern.into(),
+            pattern,
             group: None,
             durable: None,
             max_deliver: None,
@@ -136,11 +155,7 @@ impl Route {
             unboxed,
             publishes: Vec::new(),
             contract: Contract::default(),
-            stack: Stack::Default(Settings {
-                retry: RetryPolicy::default(),
-                timeout: Some(DEFAULT_TIMEOUT),
-                dead_letter: Some(DeadLetterSubject::DEFAULT.to_string()),
-            }),
+            stack,
         }
     }
 
@@ -152,12 +167,16 @@ impl Route {
     /// ([`Error::InvalidRoute`] naming the setter): wrap the handler in the
     /// layers you want instead.
     pub fn custom(pattern: impl Into<String>, handler: impl Handler) -> Self {
-        Route {
-            stack: Stack::Custom {
+        // Boxed: a custom stack is run as a `dyn Handler` (a stack made for
+        // the handler's type would be code the route never runs).
+        Route::with_stack(
+            pattern.into(),
+            Arc::new(handler),
+            None,
+            Stack::Custom {
                 refused: Vec::new(),
             },
-            ..Route::new(pattern, handler)
-        }
+        )
     }
 
     /// Subscribes as durable consumer `name` (letters, digits, `-`, `_`):
@@ -385,14 +404,15 @@ impl Route {
                 )));
             }
             Stack::Custom { .. } => (handler.clone(), Arc::new(Erased(handler))),
-            Stack::Default(settings) if layers.is_empty() && !self.contract.validates() => {
-                let looped = (self.unboxed)(settings).map_err(invalid)?;
-                (handler, looped)
-            }
-            Stack::Default(settings) => {
-                let stack = settings.wrap(Arc::new(handler)).map_err(invalid)?;
-                (stack.clone() as BoxHandler, stack)
-            }
+            Stack::Default(settings) => match &self.unboxed {
+                Some(unboxed) if layers.is_empty() && !self.contract.validates() => {
+                    (handler, unboxed(settings).map_err(invalid)?)
+                }
+                _ => {
+                    let stack = settings.wrap(Arc::new(handler)).map_err(invalid)?;
+                    (stack.clone() as BoxHandler, stack)
+                }
+            },
         };
         // With worker layers the stack is only reached through them.
         let looped = if layers.is_empty() {
