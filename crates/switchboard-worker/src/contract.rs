@@ -45,23 +45,21 @@ impl Contract {
         }
     }
 
-    /// Whether [`Contract::wrap`] adds a schema check (or fails).
-    pub(crate) fn validates(&self) -> bool {
-        self.schema.is_some()
-    }
-
-    /// `handler`, checked against the schema first when there is one; or
-    /// why the schema could not be made.
-    pub(crate) fn wrap(&self, handler: BoxHandler) -> Result<BoxHandler, String> {
+    /// `handler` checked against the schema first, when there is one
+    /// (`None` when there is none: the handler is used as it is); or why
+    /// the schema could not be made.
+    pub(crate) fn wrap(&self, handler: BoxHandler) -> Result<Option<BoxHandler>, String> {
         match &self.schema {
-            None => Ok(handler),
+            None => Ok(None),
             Some(Err(reason)) => Err(reason.clone()),
-            Some(Ok(schema)) => Ok(Validate {
-                inner: handler,
-                schema: schema.clone(),
-                formats: Formats::with_default(self.default_format()),
-            }
-            .boxed()),
+            Some(Ok(schema)) => Ok(Some(
+                Validate {
+                    inner: handler,
+                    schema: schema.clone(),
+                    formats: Formats::with_default(self.default_format()),
+                }
+                .boxed(),
+            )),
         }
     }
 }

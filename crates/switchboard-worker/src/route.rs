@@ -394,7 +394,9 @@ impl Route {
             }
         }
         // The schema check (if any) is the innermost layer: run on each attempt.
-        let handler = self.contract.wrap(self.handler.clone()).map_err(invalid)?;
+        let checked = self.contract.wrap(self.handler.clone()).map_err(invalid)?;
+        let wrapped = checked.is_some();
+        let handler = checked.unwrap_or_else(|| self.handler.clone());
         let (stack, looped): (BoxHandler, Arc<dyn Looped>) = match &self.stack {
             Stack::Custom { refused } if !refused.is_empty() => {
                 let setters: Vec<String> = refused.iter().map(|s| format!("`{s}`")).collect();
@@ -405,7 +407,7 @@ impl Route {
             }
             Stack::Custom { .. } => (handler.clone(), Arc::new(Erased(handler))),
             Stack::Default(settings) => match &self.unboxed {
-                Some(unboxed) if layers.is_empty() && !self.contract.validates() => {
+                Some(unboxed) if layers.is_empty() && !wrapped => {
                     (handler, unboxed(settings).map_err(invalid)?)
                 }
                 _ => {
