@@ -222,6 +222,7 @@ impl Delivery {
 
     /// The message, dropping the acknowledgement handle: the message is then
     /// neither acknowledged nor rejected (see [the delivery contract](Delivery#the-delivery-contract)).
+    #[inline]
     pub fn into_message(self) -> Message {
         self.message
     }

@@ -37,8 +37,14 @@ pub(crate) struct DefaultStack<H = BoxHandler> {
 
 impl<H: Handler> DefaultStack<H> {
     /// Handles `ctx` as [`Handler::call`] does, as a future the caller may
-    /// keep unboxed (the route loop does: a box less per message).
-    pub(crate) async fn run(&self, ctx: Context) -> Result<(), HandlerError> {
+    /// keep unboxed (the route loop does: a box less per message); `began`
+    /// is when the call started, which the timeout counts from (the route
+    /// loop passes the time it read for its duration histogram).
+    pub(crate) async fn run_from(
+        &self,
+        ctx: Context,
+        began: tokio::time::Instant,
+    ) -> Result<(), HandlerError> {
         let counters = ctx.counters();
         // The first attempt's Timeout(CatchPanic(handler)) written out here,
         // its first poll made in this future: most handlers are done on it,
@@ -47,9 +53,7 @@ impl<H: Handler> DefaultStack<H> {
         let number = ctx.attempt().max(1);
         record_attempt(number);
         // The limit counts from the call.
-        let deadline = self
-            .timeout
-            .map(|after| (tokio::time::Instant::now() + after, after));
+        let deadline = self.timeout.map(|after| (began + after, after));
         let mut call = std::pin::pin!(self
             .handler
             .as_ref()
@@ -88,6 +92,6 @@ impl<H: Handler> DefaultStack<H> {
 #[async_trait]
 impl<H: Handler> Handler for DefaultStack<H> {
     async fn call(&self, ctx: Context) -> Result<(), HandlerError> {
-        self.run(ctx).await
+        self.run_from(ctx, tokio::time::Instant::now()).await
     }
 }
