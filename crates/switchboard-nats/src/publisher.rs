@@ -56,9 +56,8 @@ pub(crate) fn publish(shared: &Shared, message: Message) -> PublishFuture<'_> {
     if !headers.is_empty() {
         return Box::pin(publish_queued(shared, subject, payload, headers));
     }
-    // An empty map owns no allocation, yet dropping it walks an empty
-    // iterator: ~50 instructions per message, a fortieth of a publish.
-    std::mem::forget(headers);
+    // Empty: dropping it is a comparison (core keeps headers in a vector).
+    drop(headers);
     let max = shared.client.max_payload();
     if payload.len() > max {
         return finished(Err(too_large(&subject, payload.len(), max)));
