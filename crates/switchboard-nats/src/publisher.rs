@@ -56,7 +56,7 @@ pub(crate) fn publish(shared: &Shared, message: Message) -> PublishFuture<'_> {
     if !headers.is_empty() {
         return Box::pin(publish_queued(shared, subject, payload, headers));
     }
-    // Empty: dropping it is a comparison (core keeps headers in a vector).
+    // Empty: dropping it is a comparison (core keeps no map for no headers).
     drop(headers);
     let max = shared.client.max_payload();
     if payload.len() > max {

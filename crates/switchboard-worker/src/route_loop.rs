@@ -203,7 +203,7 @@ impl RouteTask {
         loop {
             // Checked before each take: a subscription that always has a
             // message ready would never let the wait below see the stop.
-            if shared.stop.is_cancelled() {
+            if shared.is_stopping() {
                 return None;
             }
             // The subscription first, then the stop (as a biased select,
@@ -231,11 +231,11 @@ impl RouteTask {
                 let taken = shared.taken.fetch_add(1, Ordering::AcqRel) + 1;
                 if taken > max {
                     self.give_back(delivery).await;
-                    shared.stop.cancel();
+                    shared.stop_taking();
                     return None;
                 }
                 if taken == max {
-                    shared.stop.cancel();
+                    shared.stop_taking();
                 }
             }
             state.metrics.counters.add_received();

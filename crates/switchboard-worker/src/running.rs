@@ -5,13 +5,14 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use switchboard_core::{Broker, Delivery, Subject, Subscription};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::metrics::{MetricsServer, RouteMetrics};
 use crate::route::Prepared;
@@ -35,6 +36,13 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// Cancelled on shutdown or when `max_messages` were taken: stop taking.
     pub(crate) stop: CancellationToken,
+    /// Set once `stop` is cancelled, and what the route loops read before
+    /// each take: an atomic load, where the token's `is_cancelled` locks a
+    /// mutex every route shares (~40 instructions per message, and
+    /// contended between routes on different threads). Set with the token
+    /// by [`Shared::stop_taking`]; when the token is cancelled through the
+    /// shutdown token, by the watcher [`Running`] keeps.
+    stopping: AtomicBool,
     pub(crate) grace: Duration,
     pub(crate) max_messages: Option<u64>,
     pub(crate) taken: AtomicU64,
@@ -52,6 +60,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Stops every route taking messages (`max_messages` were taken).
+    pub(crate) fn stop_taking(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stop.cancel();
+    }
+
+    /// Whether the routes must stop taking messages.
+    #[inline]
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
     /// The end of the grace period, counted from the first call.
     pub(crate) fn deadline(&self) -> tokio::time::Instant {
         *self
@@ -95,6 +115,8 @@ impl Shared {
 
 /// A started worker: its routes are subscribed and handling messages.
 pub struct Running {
+    /// Sets `Shared::stopping` when the shutdown token is cancelled.
+    _watcher: AbortOnDropHandle<()>,
     routes: usize,
     loops: JoinSet<Subscription>,
     shared: Arc<Shared>,
@@ -130,6 +152,7 @@ impl Running {
             broker: launch.broker,
             counters: launch.counters,
             stop: launch.shutdown.child_token(),
+            stopping: AtomicBool::new(false),
             grace: launch.grace,
             max_messages: launch.max_messages,
             taken: AtomicU64::new(0),
@@ -144,7 +167,16 @@ impl Running {
             let task = RouteTask::new(route, metrics, shared.clone());
             loops.spawn(task.run(subscription));
         }
+        // A shutdown comes through the token (`Running::shutdown`, or its
+        // holder cancelling it): mirrored into `stopping` for the loops.
+        // Aborted with `Running`, so a worker dropped unstopped leaves no task.
+        let watched = shared.clone();
+        let watcher = AbortOnDropHandle::new(tokio::spawn(async move {
+            watched.stop.cancelled().await;
+            watched.stopping.store(true, Ordering::Release);
+        }));
         Running {
+            _watcher: watcher,
             routes: loops.len(),
             loops,
             shared,

@@ -352,6 +352,60 @@ async fn shutdown_during_a_slow_handler_lets_it_finish() {
     assert_eq!(started.load(Ordering::SeqCst), 1);
 }
 
+/// A route whose subscription always has a message ready, and whose
+/// handler never waits, still sees the shutdown token cancelled from
+/// outside the worker (here by the handler itself): it stops taking while
+/// messages are still buffered, and gives those back.
+#[tokio::test]
+async fn cancelling_the_token_stops_a_route_that_always_has_a_message_ready() {
+    const BACKLOG: usize = 500;
+    let broker = MemoryBroker::new();
+    let worker = Worker::new(broker.clone());
+    let token = worker.shutdown_token();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let (count, cancel) = (handled.clone(), token.clone());
+    let running = worker
+        .on("ready.>", move |_ctx: Context| {
+            let (count, cancel) = (count.clone(), cancel.clone());
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                cancel.cancel();
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    // On this single-threaded runtime the route's loop has not run yet: the
+    // whole backlog is buffered before it takes the first message (outside
+    // the task's cooperative budget, which would yield to it midway).
+    tokio::task::unconstrained(async {
+        for i in 0..BACKLOG {
+            broker
+                .publish(Message::new("ready.x", i.to_string()).unwrap())
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    let summary = tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .expect("the worker stops");
+    assert_eq!(summary.reason, StopReason::Shutdown);
+    let handled = handled.load(Ordering::SeqCst);
+    assert!(
+        (1..BACKLOG / 2).contains(&handled),
+        "{handled} of {BACKLOG} handled: the loop did not see the stop while messages were ready"
+    );
+    assert_eq!(summary.stats.handled as usize, handled);
+    assert_eq!(
+        handled + summary.unfinished.len(),
+        BACKLOG,
+        "the rest is given back: {:?}",
+        summary.stats
+    );
+}
+
 #[tokio::test]
 async fn handlers_past_the_grace_period_are_reported_unfinished() {
     let broker = MemoryBroker::new();
