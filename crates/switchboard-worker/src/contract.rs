@@ -48,13 +48,13 @@ impl Contract {
     /// `handler` checked against the schema first, when there is one
     /// (`None` when there is none: the handler is used as it is); or why
     /// the schema could not be made.
-    pub(crate) fn wrap(&self, handler: BoxHandler) -> Result<Option<BoxHandler>, String> {
+    pub(crate) fn wrap(&self, handler: &BoxHandler) -> Result<Option<BoxHandler>, String> {
         match &self.schema {
             None => Ok(None),
             Some(Err(reason)) => Err(reason.clone()),
             Some(Ok(schema)) => Ok(Some(
                 Validate {
-                    inner: handler,
+                    inner: handler.clone(),
                     schema: schema.clone(),
                     formats: Formats::with_default(self.default_format()),
                 }

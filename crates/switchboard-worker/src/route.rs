@@ -394,7 +394,7 @@ impl Route {
             }
         }
         // The schema check (if any) is the innermost layer: run on each attempt.
-        let checked = self.contract.wrap(self.handler.clone()).map_err(invalid)?;
+        let checked = self.contract.wrap(&self.handler).map_err(invalid)?;
         let wrapped = checked.is_some();
         let handler = checked.unwrap_or_else(|| self.handler.clone());
         let (stack, looped): (BoxHandler, Arc<dyn Looped>) = match &self.stack {
