@@ -21,9 +21,15 @@ pub enum Error {
         /// The header's length: the smallest size.
         header: usize,
     },
-    /// `--rate 0`: a latency run would never send.
-    #[error("--rate must be above 0")]
-    ZeroRate,
+    /// A count or a duration given as 0 (`--rate`, `--msgs`, `--time`,
+    /// `--duration`, `--repeat`, `--subscribers`, `--concurrency`,
+    /// `--timeout`): a run of nothing measures nothing, and taking it for 1
+    /// would report what was not asked for.
+    #[error("{option} must be above 0")]
+    Zero {
+        /// The option given as 0.
+        option: &'static str,
+    },
     /// The broker list names no broker.
     #[error("--broker names no broker; give e.g. --broker nats,redis,amqp,mqtt,memory")]
     NoBroker,

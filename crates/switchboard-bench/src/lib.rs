@@ -97,8 +97,18 @@ pub async fn run(brokers: Option<&str>, args: BenchArgs) -> Result<(), Error> {
             header: payload::HEADER_LEN,
         });
     }
-    if args.rate == 0 {
-        return Err(Error::ZeroRate);
+    let zero = [
+        ("--rate", args.rate == 0),
+        ("--msgs", args.msgs == Some(0)),
+        ("--time", args.time.is_some_and(|t| t.is_zero())),
+        ("--duration", args.duration.is_zero()),
+        ("--repeat", args.repeat == 0),
+        ("--subscribers", args.subscribers == 0),
+        ("--concurrency", args.concurrency == 0),
+        ("--timeout", args.timeout.is_zero()),
+    ];
+    if let Some((option, _)) = zero.into_iter().find(|(_, is_zero)| *is_zero) {
+        return Err(Error::Zero { option });
     }
     let targets = Target::list(brokers);
     if targets.is_empty() {

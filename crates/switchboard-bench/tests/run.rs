@@ -178,10 +178,13 @@ async fn passwords_in_broker_urls_never_reach_the_results() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_arguments_are_refused_before_anything_runs() {
-    let cases: [(&str, &[&str]); 3] = [
+    let cases: [(&str, &[&str]); 6] = [
         ("memory", &["--size", "16,8"]),
         ("memory", &["--rate", "0"]),
         (" , ", &[]),
+        ("memory", &["--msgs", "0"]),
+        ("memory", &["--time", "0s"]),
+        ("memory", &["--repeat", "0"]),
     ];
     let mut errors = Vec::new();
     for (brokers, list) in cases {
@@ -201,8 +204,20 @@ async fn bad_arguments_are_refused_before_anything_runs() {
         ),
         "{errors:?}"
     );
-    assert!(matches!(errors[1], Error::ZeroRate), "{errors:?}");
+    assert!(
+        matches!(errors[1], Error::Zero { option: "--rate" }),
+        "{errors:?}"
+    );
     assert!(matches!(errors[2], Error::NoBroker), "{errors:?}");
+    let zeros: Vec<String> = errors[3..].iter().map(ToString::to_string).collect();
+    assert_eq!(
+        zeros,
+        [
+            "--msgs must be above 0",
+            "--time must be above 0",
+            "--repeat must be above 0"
+        ]
+    );
     assert_eq!(
         errors[0].to_string(),
         "--size 8 is too small: every message carries a 16-byte header (sequence number and send time)"
