@@ -96,6 +96,16 @@ pub(crate) struct Row {
     pub(crate) latency: Option<Latency>,
     /// How many repetitions this row is the median of.
     pub(crate) repeats: usize,
+    /// With `--repeat` above 1: what each repetition measured, in the order
+    /// they ran (msgs/s, or p99 µs for latency rows); the row is the median.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) each: Vec<Option<f64>>,
+    /// Switchboard rows with `--repeat` above 1: switchboard ÷ raw of each
+    /// repetition, whose two runs went one right after the other (in
+    /// alternating order). Their spread is how far one pair of runs can be
+    /// trusted on this machine; `ratio` is the ratio of the medians.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) pair_ratios: Vec<f64>,
 }
 
 impl Row {
@@ -152,6 +162,8 @@ impl Row {
             achieved_rate: None,
             latency: None,
             repeats: 1,
+            each: Vec::new(),
+            pair_ratios: Vec::new(),
         }
     }
 
@@ -173,13 +185,20 @@ impl Row {
         self.mode == Mode::Latency.name()
     }
 
-    /// The number repetitions are ranked by: p99 for latency, msgs/s otherwise.
-    fn key(&self) -> f64 {
+    /// What the run measured: p99 µs for latency, msgs/s otherwise.
+    fn measured(&self) -> Option<f64> {
         if self.is_latency() {
-            self.latency.map_or(f64::MAX, |l| l.p99_us)
+            self.latency.map(|l| l.p99_us)
         } else {
-            self.msgs_per_s.unwrap_or(0.0)
+            self.msgs_per_s
         }
+    }
+
+    /// The number repetitions are ranked by: what they measured, a run
+    /// that measured nothing last for latency and first otherwise.
+    fn key(&self) -> f64 {
+        self.measured()
+            .unwrap_or(if self.is_latency() { f64::MAX } else { 0.0 })
     }
 }
 
@@ -190,9 +209,13 @@ pub(crate) fn median(mut rows: Vec<Row>) -> Option<Row> {
         return Some(rows.swap_remove(failed));
     }
     let repeats = rows.len();
+    let each: Vec<Option<f64>> = rows.iter().map(Row::measured).collect();
     rows.sort_by(|a, b| a.key().total_cmp(&b.key()));
     let mut row = rows.into_iter().nth(repeats / 2)?;
     row.repeats = repeats;
+    if repeats > 1 {
+        row.each = each;
+    }
     Some(row)
 }
 
@@ -214,6 +237,17 @@ pub(crate) fn add_ratios(rows: &mut [Row]) {
             continue;
         };
         let (raw_rate, raw_latency) = (raw.msgs_per_s, raw.latency);
+        if row.each.len() > 1 && row.each.len() == raw.each.len() {
+            row.pair_ratios = row
+                .each
+                .iter()
+                .zip(&raw.each)
+                .filter_map(|pair| match pair {
+                    (Some(sb), Some(raw)) if *raw > 0.0 => Some(sb / raw),
+                    _ => None,
+                })
+                .collect();
+        }
         if row.is_latency() {
             if let (Some(sb), Some(raw)) = (row.latency, raw_latency) {
                 row.ratio = (raw.p99_us > 0.0).then(|| sb.p99_us / raw.p99_us);
@@ -224,6 +258,28 @@ pub(crate) fn add_ratios(rows: &mut [Row]) {
             row.ratio_of = Some("msgs_per_s");
         }
     }
+}
+
+/// The `sb/raw` cell: the ratio of the medians, then, with `--repeat`, the
+/// lowest and highest ratio of one pair of runs.
+fn ratio_cell(row: &Row) -> String {
+    let Some(ratio) = row.ratio else {
+        return "-".to_string();
+    };
+    let mut cell = format!("{ratio:.2}");
+    if row.ratio_of == Some("p99_us") {
+        cell.push_str(" p99");
+    }
+    let spread = row
+        .pair_ratios
+        .iter()
+        .fold(None, |range: Option<(f64, f64)>, r| {
+            Some(range.map_or((*r, *r), |(lo, hi)| (lo.min(*r), hi.max(*r))))
+        });
+    if let (Some((lo, hi)), true) = (spread, row.pair_ratios.len() > 1) {
+        let _ = write!(cell, " ({lo:.2}–{hi:.2})");
+    }
+    cell
 }
 
 fn thousands(value: f64) -> String {
@@ -288,11 +344,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
                 row.lost.to_string(),
                 row.reordered.to_string(),
                 opt(row.cpu_s, |v| format!("{v:.2}")),
-                match (row.ratio, row.ratio_of) {
-                    (Some(r), Some("p99_us")) => format!("{r:.2} p99"),
-                    (Some(r), _) => format!("{r:.2}"),
-                    _ => "-".to_string(),
-                },
+                ratio_cell(row),
                 opt(lat.map(|l| l.p50_us), micros),
                 opt(lat.map(|l| l.p90_us), micros),
                 opt(lat.map(|l| l.p99_us), micros),
@@ -450,6 +502,36 @@ mod tests {
             ]
         );
         assert_eq!(rows[0].url, "nats://u:***@h:4222", "password redacted");
+    }
+
+    #[test]
+    fn repeated_runs_report_the_ratio_of_each_pair_and_its_spread() {
+        let runs = |implementation: &str, rates: [f64; 3]| {
+            median(rates.map(|r| throughput(implementation, r)).to_vec()).unwrap()
+        };
+        let mut rows = vec![
+            runs("switchboard", [80.0, 120.0, 90.0]),
+            runs("raw", [100.0, 100.0, 120.0]),
+        ];
+        add_ratios(&mut rows);
+        assert_eq!(rows[0].each, [Some(80.0), Some(120.0), Some(90.0)]);
+        assert_eq!(rows[0].pair_ratios, [0.8, 1.2, 0.75]);
+        // The ratio of the medians (90 / 100), then the lowest and highest pair.
+        assert_eq!(rows[0].ratio, Some(0.9));
+        assert!(
+            table(&rows).contains(" 0.90 (0.75–1.20)  "),
+            "{}",
+            table(&rows)
+        );
+        let json = serde_json::to_value(&rows[0]).unwrap();
+        assert_eq!(json["pair_ratios"], serde_json::json!([0.8, 1.2, 0.75]));
+        // One run each: no spread to show, and none written.
+        let mut single = vec![throughput("switchboard", 90.0), throughput("raw", 100.0)];
+        add_ratios(&mut single);
+        assert!(single[0].pair_ratios.is_empty());
+        assert!(table(&single).contains(" 0.90  "), "{}", table(&single));
+        let json = serde_json::to_value(&single[0]).unwrap();
+        assert!(json.get("pair_ratios").is_none() && json.get("each").is_none());
     }
 
     #[test]
