@@ -270,13 +270,10 @@ fn ratio_cell(row: &Row) -> String {
     if row.ratio_of == Some("p99_us") {
         cell.push_str(" p99");
     }
-    let spread = row
-        .pair_ratios
-        .iter()
-        .fold(None, |range: Option<(f64, f64)>, r| {
-            Some(range.map_or((*r, *r), |(lo, hi)| (lo.min(*r), hi.max(*r))))
-        });
-    if let (Some((lo, hi)), true) = (spread, row.pair_ratios.len() > 1) {
+    if row.pair_ratios.len() > 1 {
+        let pairs = row.pair_ratios.iter().copied();
+        let lo = pairs.clone().fold(f64::INFINITY, f64::min);
+        let hi = pairs.fold(f64::NEG_INFINITY, f64::max);
         let _ = write!(cell, " ({lo:.2}–{hi:.2})");
     }
     cell
