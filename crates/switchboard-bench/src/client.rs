@@ -126,7 +126,7 @@ pub(crate) struct Work {
 impl Work {
     pub(crate) fn new(concurrency: usize, handler_time: Duration) -> Self {
         Work {
-            concurrency: concurrency.max(1),
+            concurrency,
             handler_time,
             spent: Arc::new((AtomicU64::new(0), AtomicU64::new(0))),
         }
@@ -178,7 +178,7 @@ pub(crate) trait Client: Send + Sync + fmt::Debug {
     async fn serve(&self, work: Work) -> Result<Receiver, RunError> {
         let messages = self.subscribe(None).await?;
         let (handled, receiver) = futures::channel::mpsc::unbounded();
-        let concurrency = work.concurrency.max(1);
+        let concurrency = work.concurrency;
         tokio::spawn(messages.for_each_concurrent(concurrency, move |item| {
             let (work, handled) = (work.clone(), handled.clone());
             async move {

@@ -97,6 +97,8 @@ pub async fn run(brokers: Option<&str>, args: BenchArgs) -> Result<(), Error> {
             header: payload::HEADER_LEN,
         });
     }
+    // Checked once, here: the runs take these as given (a concurrency of 0
+    // would be `for_each_concurrent`'s "no limit", a rate of 0 a division by 0).
     let zero = [
         ("--rate", args.rate == 0),
         ("--msgs", args.msgs == Some(0)),
@@ -219,7 +221,7 @@ async fn measure(target: &Target, args: &BenchArgs, progress: &Progress) -> Vec<
         for size in &args.size {
             let mut per_impl: Vec<(Implementation, Vec<Row>)> =
                 implementations.iter().map(|i| (*i, Vec::new())).collect();
-            for repetition in 0..args.repeat.max(1) {
+            for repetition in 0..args.repeat {
                 // Alternate who goes first, so neither always gets the warmer broker.
                 let order: Vec<usize> = if repetition % 2 == 0 {
                     (0..per_impl.len()).collect()
@@ -284,7 +286,7 @@ async fn measure(target: &Target, args: &BenchArgs, progress: &Progress) -> Vec<
 }
 
 fn planned_runs(targets: &[Target], args: &BenchArgs) -> u64 {
-    let per_impl = (args.mode.len() * args.size.len() * args.repeat.max(1)) as u64;
+    let per_impl = (args.mode.len() * args.size.len() * args.repeat) as u64;
     targets
         .iter()
         .map(|t| {

@@ -448,7 +448,7 @@ fn subscribers_for(spec: &RunSpec) -> usize {
     match spec.mode {
         Mode::Pub => 0,
         Mode::Pubsub | Mode::Latency | Mode::Worker => 1,
-        Mode::Fanout | Mode::Group => spec.subscribers.max(1),
+        Mode::Fanout | Mode::Group => spec.subscribers,
     }
 }
 
@@ -610,7 +610,7 @@ fn pace(
     } else {
         Duration::from_micros(60)
     };
-    let interval_ns = 1e9 / rate.max(1) as f64;
+    let interval_ns = 1e9 / rate as f64;
     let spins = interval_ns >= 4.0 * spin.as_nanos() as f64;
     let mut buf = payload::buffer(size);
     let start = Instant::now() + Duration::from_millis(1);
