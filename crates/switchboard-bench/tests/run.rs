@@ -321,6 +321,62 @@ async fn nats_runs_next_to_the_raw_client() {
     }
 }
 
+/// A latency run above 25,000 msg/s, where the pacer sleeps to each send
+/// time instead of spinning, on Redis next to redis-rs, repeated: every
+/// message of the schedule is sent and received on both sides, and the
+/// switchboard row carries each repetition and each pair's ratio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_latency_runs_send_the_whole_schedule_and_show_each_pair() {
+    if !answers(6379) {
+        switchboard_conformance::skip_or_fail("no Redis server on 127.0.0.1:6379");
+        return;
+    }
+    let json = temp("fast-latency.json");
+    let runs = bench(
+        "redis",
+        &[
+            "--mode",
+            "latency",
+            "--size",
+            "128",
+            "--rate",
+            "50000",
+            "--duration",
+            "1s",
+            "--repeat",
+            "2",
+            "--idle-timeout",
+            "10s",
+        ],
+        &json,
+    )
+    .await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for run in &runs {
+        check_fields(run);
+        assert_eq!(run["status"], "ok", "{run}");
+        assert_eq!(run["messages"], 50_000, "{run}");
+        assert_eq!(run["received"], 50_000, "{run}");
+        assert_eq!(run["lost"], 0, "{run}");
+        assert_eq!(run["repeats"], 2, "{run}");
+        let each = run["each"].as_array().expect("each repetition");
+        assert_eq!(each.len(), 2, "{run}");
+        assert!(each.iter().all(|p99| p99.as_f64().unwrap() > 0.0), "{run}");
+    }
+    let switchboard = runs
+        .iter()
+        .find(|r| r["implementation"] == "switchboard")
+        .unwrap();
+    let pairs = switchboard["pair_ratios"].as_array().expect("pair ratios");
+    assert_eq!(pairs.len(), 2, "{switchboard}");
+    assert!(
+        pairs.iter().all(|r| r.as_f64().unwrap() > 0.0),
+        "{switchboard}"
+    );
+    let raw = runs.iter().find(|r| r["implementation"] == "raw").unwrap();
+    assert!(raw.get("pair_ratios").is_none(), "{raw}");
+}
+
 /// `--mode worker`: a switchboard `Worker` on memory, and on NATS next to the
 /// raw subscriber loop, each with every message handled once; with a
 /// handler that takes time, the note states the concurrency and the ideal.
