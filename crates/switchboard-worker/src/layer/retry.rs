@@ -154,11 +154,18 @@ where
     retrying_after(policy, ctx, result, attempt).await
 }
 
-/// Records the attempt number on the current tracing span.
+/// Records the number of a retry on the current tracing span.
+///
+/// The first attempt is not recorded: the worker's `switchboard.message`
+/// span starts at `attempt=1`, and the text log format appends each value
+/// recorded, so every line of every message read `attempt=1 attempt=1`
+/// (and looking up the current span cost each message a registry update
+/// with INFO on). A retry's number is recorded: the line then reads
+/// `attempt=1 attempt=2`, the attempts so far.
 pub(crate) fn record_attempt(number: u32) {
     // With INFO off everywhere no span can have the field: skip the
-    // look-up of the current span (about 80 instructions per message).
-    if tracing::level_enabled!(tracing::Level::INFO) {
+    // look-up of the current span (about 80 instructions).
+    if number > 1 && tracing::level_enabled!(tracing::Level::INFO) {
         tracing::Span::current().record("attempt", number);
     }
 }
