@@ -5,7 +5,6 @@ use tracing::Metadata;
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::Layer as _;
 
 /// The client libraries whose traces dump protocol frames and commands with
 /// credentials in them. (async-nats redacts its CONNECT in traces itself.)
@@ -35,10 +34,16 @@ pub(crate) fn init(verbose: u8) {
     let levels = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let output = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_filter(filter_fn(carries_no_credentials));
+        .with_writer(std::io::stderr);
+    // The credentials filter is global, beside the levels, rather than the
+    // output layer's own: it decides per call site once, where a per-layer
+    // filter keeps per-span state on every enter, exit and close (with INFO
+    // on, the worker's span per message made that ~3 % of a busy worker's
+    // time; BENCHMARKS.md, "Round nine"). The output is the only layer, so
+    // what it shows is the same.
     let _ = tracing_subscriber::registry()
         .with(levels)
+        .with(filter_fn(carries_no_credentials))
         .with(output)
         .try_init();
 }
