@@ -85,6 +85,7 @@ pub(crate) fn nats_headers(headers: &Headers) -> Result<(async_nats::HeaderMap, 
 ///
 /// `last` is the subscription's previous subject: consecutive messages on one
 /// subject share it instead of validating and allocating it again.
+#[inline]
 pub(crate) fn delivery(
     message: async_nats::Message,
     pattern: &Pattern,
