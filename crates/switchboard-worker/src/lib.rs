@@ -115,8 +115,13 @@
 //!
 //! # Observability
 //!
-//! Each message is handled in a `switchboard.message` tracing span with the
-//! `route`, `subject` and `attempt` fields; [`Worker::stats`] and
+//! Each message is handled in a `switchboard.message` tracing span (level
+//! INFO, target `switchboard_worker::route_loop`) with the `route`, `subject`
+//! and `attempt` fields (`attempt` is recorded again on each retry); with a
+//! text log subscriber at INFO the span is most of what the worker costs
+//! per message, and the directive `switchboard_worker::route_loop=warn`
+//! turns it off (with the route loop's own INFO events, such as a
+//! subscription ending); [`Worker::stats`] and
 //! [`Running::stats`] read the counters; [`Running::serve_metrics`] serves
 //! them per route, with a handler-duration histogram, in-flight gauges and
 //! the broker connection state, as Prometheus metrics, and `/healthz` and
