@@ -26,12 +26,60 @@
 //! `/usr/bin/time` (the connection's task then runs on another thread, where
 //! reference counts shared with the publishing thread cost more than
 //! callgrind, which runs one thread at a time, shows).
+//!
+//! # Receiving and reacting
+//!
+//! The other modes publish N messages the same way on every side (a raw
+//! async-nats client, or the memory broker itself) and take them in a task
+//! of their own, so what differs between two modes is the receiving side
+//! alone; the script subtracts the publishing (`nats-raw`) to report it.
+//!
+//! - `nats-raw-recv` (baseline) / `nats-recv` / `memory-recv`: a subscriber
+//!   reading N messages (async-nats' `Subscriber`, or switchboard's
+//!   `Subscription` through `switchboard::connect`), each payload's length
+//!   summed.
+//! - `nats-raw-loop` (baseline: `while let Some(m) = sub.next().await {
+//!   handle(m).await }`, the leanest loop a program writes) /
+//!   `nats-raw-foreach` (`for_each_concurrent(1, handle)`, as the `switchboard
+//!   bench --mode worker` baseline runs it) / `nats-worker` / `memory-worker`
+//!   (a switchboard `Worker` with one route, its default layers on: dead
+//!   letter, retry, timeout, catch panic, the metrics): a handler that counts
+//!   the message, the same on every side.
+//!
+//! Publishing gives way to the receiving task every [`CHUNK`] messages, on
+//! every side alike, so that no buffer overflows and no message is dropped;
+//! every mode checks it received exactly N.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
-use switchboard::{Headers, MemoryBroker, Message, Publisher, Subject};
+use futures::StreamExt;
+use switchboard::worker::{Context, HandlerError, Route, Worker};
+use switchboard::{Headers, MemoryBroker, Message, Pattern, Publisher, Subject};
+use tokio::sync::Notify;
 
 const URL: &str = "nats://127.0.0.1:4222";
+
+/// The subject of the receiving modes.
+const RECEIVED_ON: &str = "bench.instructions.received";
+
+/// Messages published before the publisher gives way to the receiver.
+const CHUNK: u64 = 1_000;
+
+/// Messages the handler of a reacting mode has counted.
+static HANDLED: AtomicU64 = AtomicU64::new(0);
+/// How many it waits for.
+static EXPECTED: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Told once the handler has counted all it waits for.
+static ALL_HANDLED: Notify = Notify::const_new();
+
+/// The handler of every reacting mode: counts the message.
+fn count_handled() {
+    if HANDLED.fetch_add(1, Ordering::Relaxed) + 1 == EXPECTED.load(Ordering::Relaxed) {
+        ALL_HANDLED.notify_one();
+    }
+}
 
 fn main() {
     let flags: Vec<String> = std::env::args().filter(|a| a.starts_with("--")).collect();
@@ -110,8 +158,146 @@ async fn run(fresh_payload: bool) {
             }
             client.flush().await.unwrap();
         }
+        "nats-raw-recv" | "nats-recv" | "memory-recv" | "nats-raw-loop" | "nats-raw-foreach"
+        | "nats-worker" | "memory-worker" => receive(mode, count).await,
         other => {
-            panic!("unknown mode {other:?}: memory, nats, nats-dyn, nats-raw or nats-raw-static")
+            panic!("unknown mode {other:?}: memory, nats, nats-dyn, nats-raw, nats-raw-static, nats-raw-recv, nats-recv, memory-recv, nats-raw-loop, nats-raw-foreach, nats-worker or memory-worker")
         }
     }
+}
+
+/// The receiving and reacting modes: `count` messages published, taken by
+/// the side `mode` names.
+async fn receive(mode: &str, count: u64) {
+    EXPECTED.store(count, Ordering::Relaxed);
+    let memory = MemoryBroker::new();
+    let nats_publisher = if mode.starts_with("nats") {
+        Some(async_nats::connect(URL).await.unwrap())
+    } else {
+        None
+    };
+    let pattern = Pattern::new(RECEIVED_ON).unwrap();
+    // The receiving side, subscribed before anything is published.
+    let taking = match mode {
+        "nats-raw-recv" => {
+            let client = raw_subscriber().await;
+            let mut messages = client.subscribe(RECEIVED_ON).await.unwrap();
+            client.flush().await.unwrap();
+            tokio::spawn(async move {
+                let mut bytes = 0;
+                for _ in 0..count {
+                    bytes += messages.next().await.unwrap().payload.len();
+                }
+                (bytes, None)
+            })
+        }
+        "nats-recv" | "memory-recv" => {
+            let broker = if mode == "nats-recv" {
+                switchboard::connect(&format!("{URL}?capacity=1048576"))
+                    .await
+                    .unwrap()
+            } else {
+                std::sync::Arc::new(memory.clone()) as switchboard::AnyBroker
+            };
+            let mut deliveries = broker.subscribe(&pattern).await.unwrap();
+            tokio::spawn(async move {
+                let mut bytes = 0;
+                for _ in 0..count {
+                    bytes += deliveries.next().await.unwrap().unwrap().payload().len();
+                }
+                (bytes, None)
+            })
+        }
+        "nats-raw-loop" | "nats-raw-foreach" => {
+            let client = raw_subscriber().await;
+            let mut messages = client.subscribe(RECEIVED_ON).await.unwrap();
+            client.flush().await.unwrap();
+            let foreach = mode == "nats-raw-foreach";
+            tokio::spawn(async move {
+                async fn handle(_message: async_nats::Message) {
+                    count_handled();
+                }
+                let looping = async {
+                    if foreach {
+                        (&mut messages).for_each_concurrent(1, handle).await;
+                    } else {
+                        while let Some(message) = messages.next().await {
+                            handle(message).await;
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = looping => panic!("the subscription ended"),
+                    () = ALL_HANDLED.notified() => {}
+                }
+                (0, None)
+            })
+        }
+        _ => {
+            let broker = if mode == "nats-worker" {
+                switchboard::connect(&format!("{URL}?capacity=1048576"))
+                    .await
+                    .unwrap()
+            } else {
+                std::sync::Arc::new(memory.clone()) as switchboard::AnyBroker
+            };
+            let handler = |_ctx: Context| async {
+                count_handled();
+                Ok::<_, HandlerError>(())
+            };
+            let running = Worker::new(broker)
+                .route(Route::new(RECEIVED_ON, handler))
+                .start()
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                ALL_HANDLED.notified().await;
+                (0, Some(running.shutdown().await))
+            })
+        }
+    };
+    let payload = Bytes::from_static(b"0123456789abcdef");
+    let nats_subject = async_nats::Subject::from(String::from(RECEIVED_ON));
+    let subject = Subject::new(RECEIVED_ON).unwrap();
+    for sent in 1..=count {
+        match &nats_publisher {
+            Some(client) => client
+                .publish(nats_subject.clone(), payload.clone())
+                .await
+                .unwrap(),
+            None => memory
+                .publish(Message::from_parts(
+                    subject.clone(),
+                    payload.clone(),
+                    Headers::new(),
+                ))
+                .await
+                .unwrap(),
+        }
+        if sent % CHUNK == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    if let Some(client) = &nats_publisher {
+        client.flush().await.unwrap();
+    }
+    let (bytes, summary) = taking.await.unwrap();
+    match summary {
+        Some(summary) => {
+            let stats = summary.stats;
+            assert_eq!(stats.handled, count, "{mode}: {stats}");
+        }
+        None if mode.ends_with("-recv") => assert_eq!(bytes as u64, count * 16, "{mode}"),
+        None => assert_eq!(HANDLED.load(Ordering::Relaxed), count, "{mode}"),
+    }
+}
+
+/// A raw async-nats client whose subscriptions buffer as many messages as
+/// switchboard's (`capacity`), so that neither side drops any.
+async fn raw_subscriber() -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .subscription_capacity(1 << 20)
+        .connect(URL)
+        .await
+        .unwrap()
 }
