@@ -37,7 +37,9 @@
 //! - `nats-raw-recv` (baseline) / `nats-recv` / `memory-recv`: a subscriber
 //!   reading N messages (async-nats' `Subscriber`, or switchboard's
 //!   `Subscription` through `switchboard::connect`), each payload's length
-//!   summed.
+//!   summed. `nats-pubsub` is `nats-recv` with switchboard publishing too (a
+//!   `dyn Broker` of its own), as `switchboard bench --mode pubsub` runs it:
+//!   the one mode whose publishing differs from its baseline's.
 //! - `nats-raw-loop` (baseline: `while let Some(m) = sub.next().await {
 //!   handle(m).await }`, the leanest loop a program writes) /
 //!   `nats-raw-foreach` (`for_each_concurrent(1, handle)`, as the `switchboard
@@ -158,10 +160,10 @@ async fn run(fresh_payload: bool) {
             }
             client.flush().await.unwrap();
         }
-        "nats-raw-recv" | "nats-recv" | "memory-recv" | "nats-raw-loop" | "nats-raw-foreach"
-        | "nats-worker" | "memory-worker" => receive(mode, count).await,
+        "nats-raw-recv" | "nats-recv" | "nats-pubsub" | "memory-recv" | "nats-raw-loop"
+        | "nats-raw-foreach" | "nats-worker" | "memory-worker" => receive(mode, count).await,
         other => {
-            panic!("unknown mode {other:?}: memory, nats, nats-dyn, nats-raw, nats-raw-static, nats-raw-recv, nats-recv, memory-recv, nats-raw-loop, nats-raw-foreach, nats-worker or memory-worker")
+            panic!("unknown mode {other:?}: memory, nats, nats-dyn, nats-raw, nats-raw-static, nats-raw-recv, nats-recv, nats-pubsub, memory-recv, nats-raw-loop, nats-raw-foreach, nats-worker or memory-worker")
         }
     }
 }
@@ -171,7 +173,12 @@ async fn run(fresh_payload: bool) {
 async fn receive(mode: &str, count: u64) {
     EXPECTED.store(count, Ordering::Relaxed);
     let memory = MemoryBroker::new();
-    let nats_publisher = if mode.starts_with("nats") {
+    let switchboard_publisher = if mode == "nats-pubsub" {
+        Some(switchboard::connect(URL).await.unwrap())
+    } else {
+        None
+    };
+    let nats_publisher = if mode.starts_with("nats") && switchboard_publisher.is_none() {
         Some(async_nats::connect(URL).await.unwrap())
     } else {
         None
@@ -191,8 +198,8 @@ async fn receive(mode: &str, count: u64) {
                 (bytes, None)
             })
         }
-        "nats-recv" | "memory-recv" => {
-            let broker = if mode == "nats-recv" {
+        "nats-recv" | "nats-pubsub" | "memory-recv" => {
+            let broker = if mode != "memory-recv" {
                 switchboard::connect(&format!("{URL}?capacity=1048576"))
                     .await
                     .unwrap()
@@ -260,12 +267,20 @@ async fn receive(mode: &str, count: u64) {
     let nats_subject = async_nats::Subject::from(String::from(RECEIVED_ON));
     let subject = Subject::new(RECEIVED_ON).unwrap();
     for sent in 1..=count {
-        match &nats_publisher {
-            Some(client) => client
+        match (&nats_publisher, &switchboard_publisher) {
+            (Some(client), _) => client
                 .publish(nats_subject.clone(), payload.clone())
                 .await
                 .unwrap(),
-            None => memory
+            (None, Some(broker)) => broker
+                .publish(Message::from_parts(
+                    subject.clone(),
+                    payload.clone(),
+                    Headers::new(),
+                ))
+                .await
+                .unwrap(),
+            (None, None) => memory
                 .publish(Message::from_parts(
                     subject.clone(),
                     payload.clone(),
@@ -281,13 +296,18 @@ async fn receive(mode: &str, count: u64) {
     if let Some(client) = &nats_publisher {
         client.flush().await.unwrap();
     }
+    if let Some(broker) = &switchboard_publisher {
+        broker.flush().await.unwrap();
+    }
     let (bytes, summary) = taking.await.unwrap();
     match summary {
         Some(summary) => {
             let stats = summary.stats;
             assert_eq!(stats.handled, count, "{mode}: {stats}");
         }
-        None if mode.ends_with("-recv") => assert_eq!(bytes as u64, count * 16, "{mode}"),
+        None if mode.ends_with("-recv") || mode == "nats-pubsub" => {
+            assert_eq!(bytes as u64, count * 16, "{mode}")
+        }
         None => assert_eq!(HANDLED.load(Ordering::Relaxed), count, "{mode}"),
     }
 }

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n1=${1:-20000}
 n2=${2:-120000}
-modes=${MODES:-"nats-raw nats-raw-static nats nats-dyn memory nats-raw-recv nats-recv memory-recv nats-raw-loop nats-raw-foreach nats-worker memory-worker"}
+modes=${MODES:-"nats-raw nats-raw-static nats nats-dyn memory nats-raw-recv nats-recv nats-pubsub memory-recv nats-raw-loop nats-raw-foreach nats-worker memory-worker"}
 bin=$(cargo bench --bench instructions --no-run 2>&1 | grep -o 'target/release/deps/instructions-[0-9a-f]*' | tail -1)
 [ -x "$bin" ] || { echo "error: could not build the instructions benchmark" >&2; exit 1; }
 out=$(mktemp -d)
@@ -26,7 +26,7 @@ for mode in $modes; do
   b=$(count "$mode" "$n2")
   per[$mode]=$(( (b - a) / (n2 - n1) ))
   case $mode in
-    *-recv|*-loop|*-foreach|*-worker) what="per message published and taken" ;;
+    *-recv|*-pubsub|*-loop|*-foreach|*-worker) what="per message published and taken" ;;
     *) what="per publish" ;;
   esac
   printf '%-16s %6d instructions %s   (I(%d)=%d, I(%d)=%d)\n' "$mode" "${per[$mode]}" "$what" "$n1" "$a" "$n2" "$b"
@@ -43,6 +43,12 @@ done
 # Receiving and reacting: what the receiving side costs per message (the
 # publishing subtracted), switchboard's against the raw client's.
 ratio receiving nats-recv nats-raw-recv nats-raw
+# Both sides through switchboard, as `switchboard bench --mode pubsub` runs
+# them: its publishing is switchboard's (`nats-dyn`), its baseline's raw.
+if [ -n "${per[nats-pubsub]:-}" ] && [ -n "${per[nats-raw-recv]:-}" ]; then
+  awk -v s="${per[nats-pubsub]}" -v r="${per[nats-raw-recv]}" \
+    'BEGIN { printf "%-10s %-16s %6d vs %-16s %6d: %+5d, %.3f x (publishing and receiving)\n", "pub+sub", "nats-pubsub", s, "nats-raw-recv", r, s - r, s / r }'
+fi
 ratio reacting nats-worker nats-raw-loop nats-raw
 ratio reacting nats-worker nats-raw-foreach nats-raw
 for mode in memory-recv memory-worker; do
