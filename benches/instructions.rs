@@ -50,7 +50,8 @@
 //!
 //! Publishing gives way to the receiving task every [`CHUNK`] messages, on
 //! every side alike, so that no buffer overflows and no message is dropped;
-//! every mode checks it received exactly N.
+//! every mode checks it received exactly N. `--fresh-payload` applies to
+//! these modes' publishing too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -161,7 +162,9 @@ async fn run(fresh_payload: bool) {
             client.flush().await.unwrap();
         }
         "nats-raw-recv" | "nats-recv" | "nats-pubsub" | "memory-recv" | "nats-raw-loop"
-        | "nats-raw-foreach" | "nats-worker" | "memory-worker" => receive(mode, count).await,
+        | "nats-raw-foreach" | "nats-worker" | "memory-worker" => {
+            receive(mode, count, payload).await
+        }
         other => {
             panic!("unknown mode {other:?}: memory, nats, nats-dyn, nats-raw, nats-raw-static, nats-raw-recv, nats-recv, nats-pubsub, memory-recv, nats-raw-loop, nats-raw-foreach, nats-worker or memory-worker")
         }
@@ -170,7 +173,7 @@ async fn run(fresh_payload: bool) {
 
 /// The receiving and reacting modes: `count` messages published, taken by
 /// the side `mode` names.
-async fn receive(mode: &str, count: u64) {
+async fn receive(mode: &str, count: u64, payload: impl Fn() -> Bytes) {
     EXPECTED.store(count, Ordering::Relaxed);
     let memory = MemoryBroker::new();
     let switchboard_publisher = if mode == "nats-pubsub" {
@@ -263,19 +266,18 @@ async fn receive(mode: &str, count: u64) {
             })
         }
     };
-    let payload = Bytes::from_static(b"0123456789abcdef");
     let nats_subject = async_nats::Subject::from(String::from(RECEIVED_ON));
     let subject = Subject::new(RECEIVED_ON).unwrap();
     for sent in 1..=count {
         match (&nats_publisher, &switchboard_publisher) {
             (Some(client), _) => client
-                .publish(nats_subject.clone(), payload.clone())
+                .publish(nats_subject.clone(), payload())
                 .await
                 .unwrap(),
             (None, Some(broker)) => broker
                 .publish(Message::from_parts(
                     subject.clone(),
-                    payload.clone(),
+                    payload(),
                     Headers::new(),
                 ))
                 .await
@@ -283,7 +285,7 @@ async fn receive(mode: &str, count: u64) {
             (None, None) => memory
                 .publish(Message::from_parts(
                     subject.clone(),
-                    payload.clone(),
+                    payload(),
                     Headers::new(),
                 ))
                 .await

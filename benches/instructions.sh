@@ -6,6 +6,7 @@
 # on both sides, subtracted; to nats-raw-recv and to the raw loops).
 #   benches/instructions.sh [N1 N2]     (default 20000 120000)
 #   MODES="nats-raw nats-worker" benches/instructions.sh    (some modes only)
+#   FLAGS=--fresh-payload benches/instructions.sh      (a payload made per message)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n1=${1:-20000}
@@ -16,7 +17,8 @@ bin=$(cargo bench --bench instructions --no-run 2>&1 | grep -o 'target/release/d
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 count() { # mode n -> total instructions
-  valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$bin" "$1" "$2" 2>"$out/log" >/dev/null || {
+  # shellcheck disable=SC2086 # FLAGS is a list of flags.
+  valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$bin" "$1" "$2" ${FLAGS:-} 2>"$out/log" >/dev/null || {
     echo "error: mode $1 with $2 messages failed:" >&2; tail -5 "$out/log" >&2; exit 1; }
   grep -o 'Collected : [0-9]*' "$out/log" | awk '{print $3}'
 }
