@@ -1,6 +1,7 @@
-//! Instructions per published message, counted by callgrind: the noise-free
-//! measure of switchboard's cost over the raw client (issue 13), comparable
-//! commit to commit on a shared, noisy machine where wall-clock runs are not.
+//! Instructions per message published, received or handled, counted by
+//! callgrind: the noise-free measure of switchboard's cost over the raw
+//! client (issue 13), comparable commit to commit on a shared, noisy machine
+//! where wall-clock runs are not.
 //!
 //! Not a criterion benchmark: `benches/instructions.sh` builds this program
 //! and runs it under `valgrind --tool=callgrind` twice per mode, with two
@@ -8,7 +9,7 @@
 //! instructions per message = (I(n2) − I(n1)) ÷ (n2 − n1).
 //!
 //! `instructions MODE N` publishes N 16-byte messages on one subject, then
-//! flushes. MODE is `memory` (the in-memory broker, no subscriber), `nats`
+//! flushes (the receiving modes below also take them). MODE is `memory` (the in-memory broker, no subscriber), `nats`
 //! (switchboard's NATS adapter, concrete type), `nats-dyn` (the same through
 //! `switchboard::connect`, a `dyn Broker` as the CLI and most programs use it),
 //! `nats-raw` (async-nats itself, the baseline: the subject a cloned
