@@ -142,6 +142,14 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_raw: bool,
 
+    /// An A/A run: the raw client on both sides, the side switchboard would
+    /// take labelled `control`, so that the ratio column shows how far two
+    /// identical clients differ on this machine — the noise floor under every
+    /// sb/raw ratio of the same workload. Needs brokers with a raw client
+    /// (not memory).
+    #[arg(long, conflicts_with_all = ["no_raw", "plot"])]
+    pub control: bool,
+
     /// Also run `redis-benchmark -c 1 -P 256 PUBLISH` (one connection, pipelined)
     /// against each Redis broker, as an extra row per size.
     #[arg(long)]

@@ -224,7 +224,7 @@ pub(crate) async fn connect(
         Implementation::Switchboard => {
             Ok(Box::new(SwitchboardClient::connect(target, subject).await?))
         }
-        Implementation::Raw => match target.kind.as_str() {
+        Implementation::Raw | Implementation::Control => match target.kind.as_str() {
             "nats" => Ok(Box::new(
                 raw_nats::RawNats::connect(&target.url, subject).await?,
             )),

@@ -57,6 +57,13 @@ pub enum Error {
     /// No run measured anything: every broker failed or did not answer.
     #[error("no run succeeded")]
     NothingMeasured,
+
+    /// `--control` on a broker without a raw client to run on both sides.
+    #[error("--control runs the raw client on both sides, and {broker} has none; measure nats, redis, amqp or mqtt")]
+    NoControl {
+        /// The broker named.
+        broker: String,
+    },
     /// `--strict`, and a run failed, a broker did not answer, or a message was lost.
     #[error("--strict: some runs failed, a broker did not answer, or messages were lost")]
     Strict,

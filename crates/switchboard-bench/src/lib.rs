@@ -116,6 +116,13 @@ pub async fn run(brokers: Option<&str>, args: BenchArgs) -> Result<(), Error> {
     if targets.is_empty() {
         return Err(Error::NoBroker);
     }
+    if args.control {
+        if let Some(target) = targets.iter().find(|t| !t.has_raw_client()) {
+            return Err(Error::NoControl {
+                broker: target.kind.clone(),
+            });
+        }
+    }
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -189,7 +196,12 @@ fn style(template: &str) -> ProgressStyle {
 /// Every workload of `args` on one broker: one row per mode, size and
 /// implementation (the median of `--repeat` runs), then the `redis-benchmark` rows.
 async fn measure(target: &Target, args: &BenchArgs, progress: &Progress) -> Vec<Row> {
-    let mut implementations = vec![Implementation::Switchboard];
+    let first = if args.control {
+        Implementation::Control
+    } else {
+        Implementation::Switchboard
+    };
+    let mut implementations = vec![first];
     if !args.no_raw && target.has_raw_client() {
         implementations.push(Implementation::Raw);
     }

@@ -219,17 +219,19 @@ pub(crate) fn median(mut rows: Vec<Row>) -> Option<Row> {
     Some(row)
 }
 
-/// Sets `ratio` on every switchboard row that has a raw row to compare with.
+/// Sets `ratio` on every switchboard (or `--control`) row that has a raw row
+/// to compare with.
 pub(crate) fn add_ratios(rows: &mut [Row]) {
     let raws: Vec<Row> = rows
         .iter()
         .filter(|r| r.is_ok() && r.implementation == Implementation::Raw.name())
         .cloned()
         .collect();
-    for row in rows
-        .iter_mut()
-        .filter(|r| r.is_ok() && r.implementation == Implementation::Switchboard.name())
-    {
+    for row in rows.iter_mut().filter(|r| {
+        r.is_ok()
+            && (r.implementation == Implementation::Switchboard.name()
+                || r.implementation == Implementation::Control.name())
+    }) {
         let Some(raw) = raws
             .iter()
             .find(|r| r.broker == row.broker && r.mode == row.mode && r.size == row.size)
@@ -316,7 +318,15 @@ pub(crate) fn table(rows: &[Row]) -> String {
         "lost",
         "reord",
         "cpu s",
-        "sb/raw",
+        // An A/A run (`--control`) compares the raw client with itself.
+        if rows
+            .iter()
+            .any(|r| r.implementation == Implementation::Control.name())
+        {
+            "control/raw"
+        } else {
+            "sb/raw"
+        },
         "p50 µs",
         "p90 µs",
         "p99 µs",

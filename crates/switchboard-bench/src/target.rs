@@ -11,6 +11,9 @@ pub(crate) enum Implementation {
     Switchboard,
     /// Directly with async-nats, redis-rs, lapin or rumqttc.
     Raw,
+    /// The raw client again, in switchboard's place (`--control`): an A/A
+    /// run whose ratio is the machine's noise, not switchboard's cost.
+    Control,
 }
 
 impl Implementation {
@@ -19,6 +22,7 @@ impl Implementation {
         match self {
             Implementation::Switchboard => "switchboard",
             Implementation::Raw => "raw",
+            Implementation::Control => "control",
         }
     }
 }

@@ -321,6 +321,61 @@ async fn nats_runs_next_to_the_raw_client() {
     }
 }
 
+/// `--control`: the raw client on both sides, one side labelled `control`
+/// and compared with the other; refused on a broker without a raw client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_runs_compare_the_raw_client_with_itself() {
+    let error = switchboard_bench::run(Some("nats,memory"), args(&["--control"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::NoControl { broker } if broker == "memory"),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "--control runs the raw client on both sides, and memory has none; measure nats, redis, amqp or mqtt"
+    );
+    if !nats_answers() {
+        switchboard_conformance::skip_or_fail("no NATS server on 127.0.0.1:4222");
+        return;
+    }
+    let json = temp("control.json");
+    let runs = bench(
+        "nats",
+        &[
+            "--mode",
+            "pub,pubsub",
+            "--size",
+            "16",
+            "--msgs",
+            "3000",
+            "--repeat",
+            "2",
+            "--idle-timeout",
+            "10s",
+            "--control",
+        ],
+        &json,
+    )
+    .await;
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    for run in &runs {
+        check_fields(run);
+        assert_eq!(run["status"], "ok", "{run}");
+        assert_eq!(run["lost"], 0, "{run}");
+        assert_ne!(run["implementation"], "switchboard", "{run}");
+    }
+    for run in runs.iter().filter(|r| r["implementation"] == "control") {
+        assert!(run["ratio"].as_f64().unwrap() > 0.0, "{run}");
+        assert_eq!(run["pair_ratios"].as_array().unwrap().len(), 2, "{run}");
+    }
+    assert_eq!(
+        runs.iter().filter(|r| r["implementation"] == "raw").count(),
+        2
+    );
+}
+
 /// A latency run above 25,000 msg/s, where the pacer sleeps to each send
 /// time instead of spinning, on Redis next to redis-rs, repeated: every
 /// message of the schedule is sent and received on both sides, and the
