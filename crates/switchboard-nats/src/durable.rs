@@ -821,7 +821,7 @@ fn delivery(
     let count = delivered_count(message.reply.as_deref());
     let (message, acker) = message.split();
     // No client: the reply subject of a JetStream message is its ack subject, not a requester.
-    let delivered = wire::delivery(message, pattern, last, None)?.into_message();
+    let delivered = wire::delivery(message, pattern, None, last, None)?.into_message();
     let subject = delivered.subject().clone();
     Ok(Delivery::with_acker(
         delivered,

@@ -120,6 +120,16 @@ pub(crate) fn sid_of(subscriber: &async_nats::Subscriber) -> Option<u64> {
     rest[..digits].parse().ok()
 }
 
+/// The one subject a subscription to `pattern` receives, if it is a literal
+/// pattern (no `*`, no `>`).
+fn pattern_subject(pattern: &Pattern) -> Option<Subject> {
+    if pattern.is_literal() {
+        Subject::new(pattern.as_str()).ok()
+    } else {
+        None
+    }
+}
+
 /// A subscription's stream: async-nats' messages converted to deliveries,
 /// with `Err` items for what the event callback reported.
 pub(crate) struct NatsStream {
@@ -134,6 +144,8 @@ pub(crate) struct NatsStream {
     registry: Weak<Registry>,
     pattern: Pattern,
     capacity: usize,
+    /// The subject of every message, when the pattern is a literal one.
+    literal: Option<Subject>,
     last_subject: Option<Subject>,
 }
 
@@ -146,6 +158,7 @@ impl NatsStream {
         capacity: usize,
     ) -> Self {
         let (key, notices) = registry.register(sid_of(&inner), &pattern);
+        let literal = pattern_subject(&pattern);
         NatsStream {
             inner,
             client,
@@ -157,6 +170,7 @@ impl NatsStream {
             registry: Arc::downgrade(registry),
             pattern,
             capacity,
+            literal,
             last_subject: None,
         }
     }
@@ -213,6 +227,7 @@ impl Stream for NatsStream {
                     return Poll::Ready(Some(wire::delivery(
                         message,
                         &this.pattern,
+                        this.literal.as_ref(),
                         &mut this.last_subject,
                         Some(&this.client),
                     )));
