@@ -64,6 +64,7 @@ pub enum Error {
         /// The broker named.
         broker: String,
     },
+
     /// `--strict`, and a run failed, a broker did not answer, or a message was lost.
     #[error("--strict: some runs failed, a broker did not answer, or messages were lost")]
     Strict,
