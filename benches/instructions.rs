@@ -269,28 +269,15 @@ async fn receive(mode: &str, count: u64, payload: impl Fn() -> Bytes) {
     };
     let nats_subject = async_nats::Subject::from(String::from(RECEIVED_ON));
     let subject = Subject::new(RECEIVED_ON).unwrap();
+    let message = || Message::from_parts(subject.clone(), payload(), Headers::new());
     for sent in 1..=count {
         match (&nats_publisher, &switchboard_publisher) {
             (Some(client), _) => client
                 .publish(nats_subject.clone(), payload())
                 .await
                 .unwrap(),
-            (None, Some(broker)) => broker
-                .publish(Message::from_parts(
-                    subject.clone(),
-                    payload(),
-                    Headers::new(),
-                ))
-                .await
-                .unwrap(),
-            (None, None) => memory
-                .publish(Message::from_parts(
-                    subject.clone(),
-                    payload(),
-                    Headers::new(),
-                ))
-                .await
-                .unwrap(),
+            (None, Some(broker)) => broker.publish(message()).await.unwrap(),
+            (None, None) => memory.publish(message()).await.unwrap(),
         }
         if sent % CHUNK == 0 {
             tokio::task::yield_now().await;
