@@ -191,9 +191,7 @@ async fn receive(mode: &str, count: u64, payload: impl Fn() -> Bytes) {
     // The receiving side, subscribed before anything is published.
     let taking = match mode {
         "nats-raw-recv" => {
-            let client = raw_subscriber().await;
-            let mut messages = client.subscribe(RECEIVED_ON).await.unwrap();
-            client.flush().await.unwrap();
+            let (_client, mut messages) = raw_subscription().await;
             tokio::spawn(async move {
                 let mut bytes = 0;
                 for _ in 0..count {
@@ -203,13 +201,7 @@ async fn receive(mode: &str, count: u64, payload: impl Fn() -> Bytes) {
             })
         }
         "nats-recv" | "nats-pubsub" | "memory-recv" => {
-            let broker = if mode != "memory-recv" {
-                switchboard::connect(&format!("{URL}?capacity=1048576"))
-                    .await
-                    .unwrap()
-            } else {
-                std::sync::Arc::new(memory.clone()) as switchboard::AnyBroker
-            };
+            let broker = receiving_broker(mode != "memory-recv", &memory).await;
             let mut deliveries = broker.subscribe(&pattern).await.unwrap();
             tokio::spawn(async move {
                 let mut bytes = 0;
@@ -220,9 +212,7 @@ async fn receive(mode: &str, count: u64, payload: impl Fn() -> Bytes) {
             })
         }
         "nats-raw-loop" | "nats-raw-foreach" => {
-            let client = raw_subscriber().await;
-            let mut messages = client.subscribe(RECEIVED_ON).await.unwrap();
-            client.flush().await.unwrap();
+            let (_client, mut messages) = raw_subscription().await;
             let foreach = mode == "nats-raw-foreach";
             tokio::spawn(async move {
                 async fn handle(_message: async_nats::Message) {
@@ -245,13 +235,7 @@ async fn receive(mode: &str, count: u64, payload: impl Fn() -> Bytes) {
             })
         }
         _ => {
-            let broker = if mode == "nats-worker" {
-                switchboard::connect(&format!("{URL}?capacity=1048576"))
-                    .await
-                    .unwrap()
-            } else {
-                std::sync::Arc::new(memory.clone()) as switchboard::AnyBroker
-            };
+            let broker = receiving_broker(mode == "nats-worker", &memory).await;
             let handler = |_ctx: Context| async {
                 count_handled();
                 Ok::<_, HandlerError>(())
@@ -302,12 +286,28 @@ async fn receive(mode: &str, count: u64, payload: impl Fn() -> Bytes) {
     }
 }
 
-/// A raw async-nats client whose subscriptions buffer as many messages as
-/// switchboard's (`capacity`), so that neither side drops any.
-async fn raw_subscriber() -> async_nats::Client {
-    async_nats::ConnectOptions::new()
+/// A raw async-nats subscription to the receiving modes' subject, buffering
+/// as many messages as switchboard's (`capacity`) so that neither side drops
+/// any, and its client; resolves once the server has the SUB.
+async fn raw_subscription() -> (async_nats::Client, async_nats::Subscriber) {
+    let client = async_nats::ConnectOptions::new()
         .subscription_capacity(1 << 20)
         .connect(URL)
         .await
-        .unwrap()
+        .unwrap();
+    let messages = client.subscribe(RECEIVED_ON).await.unwrap();
+    client.flush().await.unwrap();
+    (client, messages)
+}
+
+/// The broker switchboard's side of a receiving mode takes from: its own
+/// NATS connection (`nats`), or the memory broker the publisher uses.
+async fn receiving_broker(nats: bool, memory: &MemoryBroker) -> switchboard::AnyBroker {
+    if nats {
+        switchboard::connect(&format!("{URL}?capacity=1048576"))
+            .await
+            .unwrap()
+    } else {
+        std::sync::Arc::new(memory.clone())
+    }
 }
