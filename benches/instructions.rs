@@ -53,6 +53,14 @@
 //! every side alike, so that no buffer overflows and no message is dropped;
 //! every mode checks it received exactly N. `--fresh-payload` applies to
 //! these modes' publishing too.
+//!
+//! `--lockstep` makes the publisher wait, after each [`CHUNK`], until the
+//! receiving side has taken all it published: no backlog builds up, so the
+//! process's CPU time (`/usr/bin/time`) is what the messages cost, not what
+//! a backlog of a different size costs in page faults and cache misses (a
+//! receiving side slower by a few per cent lets the publisher run further
+//! ahead, and its backlog's memory costs more than the difference itself).
+//! Its waits are idle time: read the CPU time, not the wall clock.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,10 +86,36 @@ static EXPECTED: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Told once the handler has counted all it waits for.
 static ALL_HANDLED: Notify = Notify::const_new();
 
+/// Messages the receiving side took (`--lockstep`).
+static TAKEN: AtomicU64 = AtomicU64::new(0);
+/// How many the publisher waits for (`--lockstep`).
+static CAUGHT_UP_AT: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Told once the receiving side took as many as the publisher waits for.
+static CAUGHT_UP: Notify = Notify::const_new();
+
 /// The handler of every reacting mode: counts the message.
 fn count_handled() {
-    if HANDLED.fetch_add(1, Ordering::Relaxed) + 1 == EXPECTED.load(Ordering::Relaxed) {
+    let handled = HANDLED.fetch_add(1, Ordering::Relaxed) + 1;
+    if handled == EXPECTED.load(Ordering::Relaxed) {
         ALL_HANDLED.notify_one();
+    }
+    took(handled);
+}
+
+/// Tells a publisher in lockstep that the receiving side has taken `taken`.
+fn took(taken: u64) {
+    TAKEN.store(taken, Ordering::Release);
+    if taken == CAUGHT_UP_AT.load(Ordering::Acquire) {
+        CAUGHT_UP.notify_one();
+    }
+}
+
+/// `--lockstep`: waits until the receiving side has taken `sent` messages.
+async fn catch_up(sent: u64) {
+    CAUGHT_UP_AT.store(sent, Ordering::Release);
+    // A permit left by an earlier chunk can end a wait early: check again.
+    while TAKEN.load(Ordering::Acquire) < sent {
+        CAUGHT_UP.notified().await;
     }
 }
 
@@ -95,10 +129,13 @@ fn main() {
     .enable_all()
     .build()
     .unwrap();
-    runtime.block_on(run(flags.iter().any(|f| f == "--fresh-payload")));
+    runtime.block_on(run(
+        flags.iter().any(|f| f == "--fresh-payload"),
+        flags.iter().any(|f| f == "--lockstep"),
+    ));
 }
 
-async fn run(fresh_payload: bool) {
+async fn run(fresh_payload: bool, lockstep: bool) {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|arg| !arg.starts_with("--"))
@@ -164,7 +201,7 @@ async fn run(fresh_payload: bool) {
         }
         "nats-raw-recv" | "nats-recv" | "nats-pubsub" | "memory-recv" | "nats-raw-loop"
         | "nats-raw-foreach" | "nats-worker" | "memory-worker" => {
-            receive(mode, count, payload).await
+            receive(mode, count, payload, lockstep).await
         }
         other => {
             panic!("unknown mode {other:?}: memory, nats, nats-dyn, nats-raw, nats-raw-static, nats-raw-recv, nats-recv, nats-pubsub, memory-recv, nats-raw-loop, nats-raw-foreach, nats-worker or memory-worker")
@@ -174,7 +211,7 @@ async fn run(fresh_payload: bool) {
 
 /// The receiving and reacting modes: `count` messages published, taken by
 /// the side `mode` names.
-async fn receive(mode: &str, count: u64, payload: impl Fn() -> Bytes) {
+async fn receive(mode: &str, count: u64, payload: impl Fn() -> Bytes, lockstep: bool) {
     EXPECTED.store(count, Ordering::Relaxed);
     let memory = MemoryBroker::new();
     let switchboard_publisher = if mode == "nats-pubsub" {
@@ -194,8 +231,9 @@ async fn receive(mode: &str, count: u64, payload: impl Fn() -> Bytes) {
             let (_client, mut messages) = raw_subscription().await;
             tokio::spawn(async move {
                 let mut bytes = 0;
-                for _ in 0..count {
+                for taken in 1..=count {
                     bytes += messages.next().await.unwrap().payload.len();
+                    took(taken);
                 }
                 (bytes, None)
             })
@@ -205,8 +243,9 @@ async fn receive(mode: &str, count: u64, payload: impl Fn() -> Bytes) {
             let mut deliveries = broker.subscribe(&pattern).await.unwrap();
             tokio::spawn(async move {
                 let mut bytes = 0;
-                for _ in 0..count {
+                for taken in 1..=count {
                     bytes += deliveries.next().await.unwrap().unwrap().payload().len();
+                    took(taken);
                 }
                 (bytes, None)
             })
@@ -264,7 +303,17 @@ async fn receive(mode: &str, count: u64, payload: impl Fn() -> Bytes) {
             (None, None) => memory.publish(message()).await.unwrap(),
         }
         if sent % CHUNK == 0 {
-            tokio::task::yield_now().await;
+            if lockstep {
+                if let Some(client) = &nats_publisher {
+                    client.flush().await.unwrap();
+                }
+                if let Some(broker) = &switchboard_publisher {
+                    broker.flush().await.unwrap();
+                }
+                catch_up(sent).await;
+            } else {
+                tokio::task::yield_now().await;
+            }
         }
     }
     if let Some(client) = &nats_publisher {
