@@ -11,6 +11,20 @@
 //! message gets a task of its own, so that handlers run in parallel on the
 //! runtime's threads (a handler busy computing would otherwise hold up the
 //! others).
+//!
+//! # The clock
+//!
+//! Each message's handling is timed for the duration histogram: two clock
+//! reads per message. They are the CPU's time-stamp counter through
+//! `quanta` rather than `Instant::now()`, whose `clock_gettime` through the
+//! vDSO cost 25 ns per read on the machines this was measured on, about 4 %
+//! of the worker's process CPU per message with a handler that does nothing
+//! (BENCHMARKS.md, "Round eleven"). `quanta` calibrates the counter against
+//! the OS clock once per process (bounded at 200 ms; the worker does it on
+//! a blocking thread while it subscribes), and falls back to the OS clock
+//! where the counter is not invariant. Timeouts keep tokio's clock (which
+//! tests may pause): it is read only for a handler not done on its first
+//! poll.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -25,7 +39,6 @@ use futures::{FutureExt, StreamExt};
 use switchboard_core::{Delivery, Subscription};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
@@ -280,12 +293,11 @@ pub(crate) trait Looped: Send + Sync + 'static {
 /// A stack the route loop can run.
 pub(crate) trait Stack: Send + Sync + 'static {
     /// Handles `ctx`; `began` is when the call started, read once by the
-    /// loop for the duration histogram and the timeout both (a clock read
-    /// is ~40 instructions).
+    /// loop for the duration histogram and the timeout both.
     fn run_stack(
         &self,
         ctx: Context,
-        began: Instant,
+        began: quanta::Instant,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
@@ -293,7 +305,7 @@ impl<H: crate::Handler> Stack for DefaultStack<H> {
     fn run_stack(
         &self,
         ctx: Context,
-        began: Instant,
+        began: quanta::Instant,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         self.run_from(ctx, began)
     }
@@ -306,7 +318,7 @@ impl Stack for Erased {
     fn run_stack(
         &self,
         ctx: Context,
-        _began: Instant,
+        _began: quanta::Instant,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         self.0.as_ref().call(ctx)
     }
@@ -464,7 +476,7 @@ async fn handle<S: Stack>(
     // would copy a shared part someone else holds).
     let kept = recycling.then(|| ctx.keep());
     let _in_flight = state.metrics.in_flight();
-    let began = Instant::now();
+    let began = quanta::Instant::now();
     // The default stack runs in this future, not in a box of its own;
     // pinned where it is made, so that the wrappers below move a pointer
     // rather than the whole stack's state (three copies of it were ~450
