@@ -61,6 +61,9 @@
 //! receiving side slower by a few per cent lets the publisher run further
 //! ahead, and its backlog's memory costs more than the difference itself).
 //! Its waits are idle time: read the CPU time, not the wall clock.
+//!
+//! A run whose receiving side takes nothing for [`STALL`] ends with its
+//! counts (exit status 2) instead of waiting for ever.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -107,6 +110,29 @@ fn took(taken: u64) {
     TAKEN.store(taken, Ordering::Release);
     if taken == CAUGHT_UP_AT.load(Ordering::Acquire) {
         CAUGHT_UP.notify_one();
+    }
+}
+
+/// How long the receiving side may take nothing before the run is ended as stalled.
+const STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Ends the process, with the counts, once the receiving side has taken
+/// nothing for [`STALL`]: a message lost on the way would otherwise leave
+/// the run waiting for it forever, with nothing said.
+async fn watch_for_stalls(mode: String, count: u64) {
+    let mut seen = 0;
+    let mut since = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let taken = TAKEN.load(Ordering::Acquire);
+        if taken != seen {
+            (seen, since) = (taken, std::time::Instant::now());
+        } else if since.elapsed() >= STALL {
+            eprintln!(
+                "error: {mode}: the receiving side took {taken} of {count} messages, then nothing for {STALL:?}"
+            );
+            std::process::exit(2);
+        }
     }
 }
 
@@ -213,6 +239,7 @@ async fn run(fresh_payload: bool, lockstep: bool) {
 /// the side `mode` names.
 async fn receive(mode: &str, count: u64, payload: impl Fn() -> Bytes, lockstep: bool) {
     EXPECTED.store(count, Ordering::Relaxed);
+    tokio::spawn(watch_for_stalls(mode.to_string(), count));
     let memory = MemoryBroker::new();
     let switchboard_publisher = if mode == "nats-pubsub" {
         Some(switchboard::connect(URL).await.unwrap())
