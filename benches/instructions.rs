@@ -372,7 +372,16 @@ async fn raw_subscription() -> (async_nats::Client, async_nats::Subscriber) {
         .await
         .unwrap();
     let messages = client.subscribe(RECEIVED_ON).await.unwrap();
+    // `flush` only writes the SUB to the socket: the first messages of the
+    // publisher (another connection) could reach the server before it, and
+    // be dropped (the receiving side then took 958 or 972 of the first
+    // 1,000 and waited for ever). An echo through the server comes back
+    // only once the server processed the SUB before it.
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish(inbox, Bytes::new()).await.unwrap();
     client.flush().await.unwrap();
+    echo.next().await.unwrap();
     (client, messages)
 }
 

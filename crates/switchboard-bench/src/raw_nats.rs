@@ -122,6 +122,23 @@ impl RawNats {
             acks: Mutex::new(VecDeque::new()),
         })
     }
+
+    /// Resolves once the server has processed everything this connection
+    /// sent before. `Client::flush` only writes the client's buffer to the
+    /// socket, and async-nats has no public PING: one message is echoed
+    /// through the server instead, which processes a connection's
+    /// operations in order (as the adapter's flush does).
+    async fn round_trip(&self) -> Result<(), RunError> {
+        let inbox = self.client.new_inbox();
+        let mut echo = self.client.subscribe(inbox.clone()).await?;
+        self.client.publish(inbox, Bytes::new()).await?;
+        self.client.flush().await?;
+        match tokio::time::timeout(FLUSH_TIMEOUT, echo.next()).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(RunError::NatsClosed),
+            Err(_) => Err(RunError::NatsFlushTimeout(FLUSH_TIMEOUT)),
+        }
+    }
 }
 
 #[switchboard::async_trait]
@@ -162,19 +179,7 @@ impl Client for RawNats {
             }
             return Ok(());
         }
-        // `Client::flush` only writes the client's buffer to the socket. To
-        // know the server has everything (as the adapter's flush does), echo
-        // one message through the server after the burst: it processes a
-        // connection's messages in order.
-        let inbox = self.client.new_inbox();
-        let mut echo = self.client.subscribe(inbox.clone()).await?;
-        self.client.publish(inbox, Bytes::new()).await?;
-        self.client.flush().await?;
-        match tokio::time::timeout(FLUSH_TIMEOUT, echo.next()).await {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(RunError::NatsClosed),
-            Err(_) => Err(RunError::NatsFlushTimeout(FLUSH_TIMEOUT)),
-        }
+        self.round_trip().await
     }
 
     async fn subscribe(&self, group: Option<&str>) -> Result<Receiver, RunError> {
@@ -186,8 +191,10 @@ impl Client for RawNats {
             }
             None => self.client.subscribe(self.subject.clone()).await?,
         };
-        // The SUB must reach the server before the publisher starts.
-        self.client.flush().await?;
+        // The server must have the SUB before the publisher starts (on a
+        // connection of its own): `Client::flush` would only write it to the
+        // socket, and the first messages published could pass it.
+        self.round_trip().await?;
         Ok(subscriber.map(|m| Stamp::parse(&m.payload)).boxed())
     }
 
