@@ -44,7 +44,7 @@ pub struct WorkerArgs {
     pub config: PathBuf,
 
     /// Exit 0 once N messages were handled (succeeded or dead-lettered).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
 
     /// How long in-flight actions may take to finish after Ctrl-C/SIGTERM

@@ -184,6 +184,9 @@ fn unreachable_broker_url_hides_the_password() {
 fn usage_errors_exit_2() {
     fails(&["send", "x"], 2, "--on");
     fails(&["listen", "--on", "a", "--count", "0"], 2, "--count");
+    // Accepted before: the worker waited for a message, gave it back (lost
+    // on a broker that cannot redeliver) and stopped.
+    fails(&["worker", "-c", "w.toml", "--count", "0"], 2, "--count");
     fails(&["listen", "--on", "a", "--format", "xml"], 2, "--format");
     fails(
         &["send", "--on", "a", "--file", "f", "message"],

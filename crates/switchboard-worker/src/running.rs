@@ -162,6 +162,12 @@ impl Running {
             deadline: OnceLock::new(),
             routes: metrics.clone(),
         });
+        if shared.max_messages == Some(0) {
+            // Done before the first: a route would otherwise take one
+            // message only to give it back (lost where the broker cannot
+            // redeliver it).
+            shared.stop_taking();
+        }
         let mut loops = JoinSet::new();
         for ((route, subscription), metrics) in routes.into_iter().zip(metrics) {
             let task = RouteTask::new(route, metrics, shared.clone());

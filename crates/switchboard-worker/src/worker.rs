@@ -153,7 +153,8 @@ impl Worker {
         self
     }
 
-    /// Stops (gracefully) once `count` messages were taken and finished.
+    /// Stops (gracefully) once `count` messages were taken and finished;
+    /// with 0, before taking any.
     pub fn max_messages(mut self, count: u64) -> Self {
         self.max_messages = Some(count);
         self

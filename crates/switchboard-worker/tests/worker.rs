@@ -1017,3 +1017,22 @@ async fn contexts_a_handler_keeps_are_not_reused() {
         [0, 2, 4].map(|n| (n.to_string(), format!("jobs.{n}")))
     );
 }
+
+#[tokio::test]
+async fn max_messages_zero_stops_before_taking_any() {
+    let broker = MemoryBroker::new();
+    let worker = Worker::new(broker.clone())
+        .route(Route::new("jobs.>", |_ctx: Context| async {
+            Ok::<(), HandlerError>(())
+        }))
+        .max_messages(0);
+    let running = worker.start().await.unwrap();
+    // Before, the route waited for a first message (none comes here), only
+    // to give it back; the guard turns that wait into a failure.
+    let summary = tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .expect("a worker told to take 0 messages stops without waiting for one");
+    assert_eq!(summary.reason, StopReason::MaxMessages);
+    assert_eq!(summary.stats.received, 0, "{}", summary.stats);
+    assert_eq!(summary.stats.unfinished, 0, "{}", summary.stats);
+}
