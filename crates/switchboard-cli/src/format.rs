@@ -88,6 +88,9 @@ pub(crate) fn json_line(message: &Message, delivery_count: Option<u32>) -> Strin
 /// A line as [`json_line`] writes it, read back (for `send --format json`):
 /// `subject` (unless `subject` is given, which wins), `headers` (optional,
 /// string values), and `payload` or `payload_base64` (neither: empty).
+/// A `delivery_count` (what a durable `listen` adds) is accepted and left
+/// out: it says how often the broker delivered the captured message, which
+/// is no part of the message, so a durable capture replays as any other.
 /// Errors say what is wrong with the line, not where it is.
 pub(crate) fn message_from_json(line: &[u8], subject: Option<&Subject>) -> anyhow::Result<Message> {
     #[derive(Deserialize)]
@@ -98,6 +101,8 @@ pub(crate) fn message_from_json(line: &[u8], subject: Option<&Subject>) -> anyho
         headers: BTreeMap<String, String>,
         payload: Option<String>,
         payload_base64: Option<String>,
+        #[serde(default, rename = "delivery_count")]
+        _delivery_count: Option<u32>,
     }
     let line: Line = serde_json::from_slice(line).map_err(|error| {
         anyhow::anyhow!(
@@ -226,5 +231,12 @@ mod tests {
         let value: serde_json::Value =
             serde_json::from_str(&json_line(&message(b"x", &[]), Some(3))).unwrap();
         assert_eq!(value["delivery_count"], 3);
+    }
+
+    #[test]
+    fn a_durable_capture_reads_back_without_its_delivery_count() {
+        let m = message(b"x", &[("severity", "high")]);
+        let back = message_from_json(json_line(&m, Some(3)).as_bytes(), None).unwrap();
+        assert_eq!(back, m);
     }
 }

@@ -208,8 +208,15 @@ pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
     };
     let lost = broker.status().disconnects.saturating_sub(disconnects);
     if lost > 0 {
+        // Only a flush that went through shows the link came back; a failed
+        // one is reported below with its reason.
+        let back = if flushed.is_ok() {
+            " and the client reconnected"
+        } else {
+            ""
+        };
         eprintln!(
-            "warning: the connection to {shown_url} was lost {lost} time(s) while sending and the client reconnected: messages handed to the client before a reconnect may not have reached the broker ({count} message(s) sent in all)"
+            "warning: the connection to {shown_url} was lost {lost} time(s) while sending{back}: messages handed to the client before a reconnect may not have reached the broker ({count} message(s) sent in all)"
         );
     }
     let reconnects = match lost {
@@ -403,6 +410,9 @@ async fn publish_lines(
     let mut reader = tokio::io::BufReader::new(stdin);
     let mut line = Vec::new();
     let mut count = 0u64;
+    // Lines read, blank ones included, so that an error names the line a
+    // user finds in the file (blank lines are skipped in JSON input).
+    let mut number = 0u64;
     loop {
         line.clear();
         let read = tokio::select! {
@@ -412,7 +422,7 @@ async fn publish_lines(
         };
         match read {
             Ok(0) => return Published::All(count),
-            Ok(_) => {}
+            Ok(_) => number += 1,
             Err(error) => {
                 return Published::Stopped(
                     count,
@@ -450,7 +460,7 @@ async fn publish_lines(
                 Err(error) => {
                     return Published::Stopped(
                         count,
-                        error.context(format!("line {} of stdin", count + 1)),
+                        error.context(format!("line {number} of stdin")),
                     )
                 }
             }
@@ -473,7 +483,7 @@ async fn publish_lines(
         };
         if let Err(error) = published {
             let bad_line = error.kind() == switchboard::ErrorKind::InvalidInput;
-            let error = connection::one_line(error).context(format!("line {} of stdin", count + 1));
+            let error = connection::one_line(error).context(format!("line {number} of stdin"));
             return if bad_line {
                 Published::Stopped(count, error)
             } else {

@@ -98,6 +98,30 @@ fn send_ends_within_its_flush_timeout_when_nats_dies_mid_stream() {
     assert!(errors[0].contains("unknown"), "{stderr}");
 }
 
+/// The server is killed between two lines and stays down: `send` fails at
+/// its flush, and its warning about the lost link does not claim that the
+/// client reconnected (it did before).
+#[test]
+fn send_whose_server_stays_down_does_not_claim_a_reconnect() {
+    let Some(mut server) = NatsServer::start(&[]) else {
+        return;
+    };
+    let url = format!("{}?flush_timeout=2s", server.url());
+    let mut send = Process::start(&["--broker", &url, "send", "--on", "a.b"], Stdout::Read);
+    let feeder = Feeder::start(send.stdin(), Duration::from_millis(10));
+    feeder.wait_written(20);
+    server.process.kill();
+    send.wait_stderr("connection lost", PATIENCE);
+    feeder.finish();
+    let (status, _stdout, stderr) = send.wait(Duration::from_secs(30));
+    assert!(!status.success(), "{status}; {stderr}");
+    assert!(stderr.contains("lost 1 time(s) while sending:"), "{stderr}");
+    assert!(!stderr.contains("reconnected"), "{stderr}");
+    let errors = error_lines(&stderr);
+    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+    assert!(errors[0].contains("handed to the client"), "{stderr}");
+}
+
 #[test]
 fn send_across_a_nats_restart_warns_that_messages_may_be_lost() {
     let Some(mut server) = NatsServer::start(&[]) else {
@@ -116,7 +140,7 @@ fn send_across_a_nats_restart_warns_that_messages_may_be_lost() {
     let (status, _stdout, stderr) = send.wait(EXIT_PATIENCE);
     assert!(status.success(), "{status}; {stderr}");
     assert!(
-        stderr.contains("lost 1 time(s) while sending"),
+        stderr.contains("lost 1 time(s) while sending and the client reconnected"),
         "no warning about the reconnect: {stderr}"
     );
     assert!(stderr.contains("may not have reached"), "{stderr}");

@@ -173,6 +173,21 @@ fn bad_json_lines_are_one_line() {
         assert_one_error_line(&stderr, expected);
         assert!(stderr.contains("sent 1 message(s)"), "{stderr}");
     }
+    // Blank lines are skipped but counted: the error names the line a user
+    // finds in the file. A durable capture's `delivery_count` is no part of
+    // the message and is accepted.
+    let captured = format!(
+        "{{\"subject\":\"{subject}\",\"headers\":{{}},\"payload\":\"y\",\"delivery_count\":2}}\n"
+    );
+    let output = run(
+        &url,
+        &["send", "--format", "json"],
+        format!("{good}\n  \n{captured}\nnot json\n").as_bytes(),
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_one_error_line(&stderr, "line 6 of stdin: not a JSON message");
+    assert!(stderr.contains("sent 2 message(s)"), "{stderr}");
     let output = run(&url, &["send", "--format", "json", "hello"], b"");
     assert_one_error_line(
         &String::from_utf8_lossy(&output.stderr),
