@@ -45,6 +45,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The results table could not be written to standard output.
+    #[error("cannot write the results to stdout")]
+    Stdout(#[source] std::io::Error),
     /// The SVG plot could not be drawn or written.
     #[error("cannot draw {}", path.display())]
     Plot {

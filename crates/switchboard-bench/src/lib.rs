@@ -135,7 +135,7 @@ pub async fn run(brokers: Option<&str>, args: BenchArgs) -> Result<(), Error> {
     progress.finish();
 
     report::add_ratios(&mut rows);
-    print!("{}", report::table(&rows));
+    write_table(&report::table(&rows))?;
     if let Some(path) = &args.json {
         report::write_json(&rows, path, started)?;
     }
@@ -337,4 +337,18 @@ fn verdict(rows: &[Row], strict: bool) -> Result<(), Error> {
         return Err(Error::Strict);
     }
     Ok(())
+}
+
+/// Prints the results table. A reader that went away (`| head`) is not an
+/// error: the JSON and the plot are still written. `print!` would panic.
+fn write_table(table: &str) -> Result<(), Error> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(table.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Stdout(error)),
+        _ => Ok(()),
+    }
 }

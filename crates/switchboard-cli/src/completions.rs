@@ -2,7 +2,6 @@
 //! (clap_complete) and a man page (clap_mangen), generated from the same
 //! definitions clap parses, so they never drift from the real options.
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -41,10 +40,6 @@ pub(crate) fn man() -> anyhow::Result<ExitCode> {
 }
 
 fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(bytes)
-        .and_then(|()| stdout.flush())
-        .context("cannot write to stdout")?;
+    crate::stdout::write_now(bytes)?;
     Ok(ExitCode::SUCCESS)
 }

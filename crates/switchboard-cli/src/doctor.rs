@@ -8,6 +8,7 @@ use futures::StreamExt as _;
 use switchboard::{AnyBroker, Bytes, Headers, Message, Pattern, QueueGroup, Subject, Subscription};
 
 use crate::connection;
+use crate::stdout::line_now;
 
 /// How long each check waits for what it expects.
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -42,12 +43,12 @@ pub(crate) async fn run(url: &str, _args: DoctorArgs) -> anyhow::Result<ExitCode
     let broker = connection::connect(url).await?;
     let connect_time = started.elapsed();
     let capabilities = broker.capabilities();
-    println!(
+    line_now(&format!(
         "broker     {} at {}",
         broker.kind(),
         connection::display_url(url)
-    );
-    println!("connected  in {}", millis(connect_time));
+    ))?;
+    line_now(&format!("connected  in {}", millis(connect_time)))?;
     let declared: Vec<&str> = [
         ("queue groups", capabilities.queue_groups),
         ("headers", capabilities.headers),
@@ -62,7 +63,7 @@ pub(crate) async fn run(url: &str, _args: DoctorArgs) -> anyhow::Result<ExitCode
     .into_iter()
     .filter_map(|(name, yes)| yes.then_some(name))
     .collect();
-    println!("declares   {}", declared.join(", "));
+    line_now(&format!("declares   {}", declared.join(", ")))?;
     let prefix = format!(
         "_switchboard.doctor.p{}n{}",
         std::process::id(),
@@ -91,16 +92,16 @@ pub(crate) async fn run(url: &str, _args: DoctorArgs) -> anyhow::Result<ExitCode
     ];
     for (name, outcome) in checks {
         match outcome {
-            Outcome::Ok(detail) => println!("ok     {name:<14} {detail}"),
-            Outcome::Skip(detail) => println!("skip   {name:<14} {detail}"),
+            Outcome::Ok(detail) => line_now(&format!("ok     {name:<14} {detail}"))?,
+            Outcome::Skip(detail) => line_now(&format!("skip   {name:<14} {detail}"))?,
             Outcome::Fail(detail) => {
                 failed += 1;
-                println!("FAIL   {name:<14} {detail}");
+                line_now(&format!("FAIL   {name:<14} {detail}"))?;
             }
         }
     }
     let status = broker.status();
-    println!(
+    line_now(&format!(
         "link       {} ({} disconnect(s) while checking)",
         if status.connected {
             "connected"
@@ -108,7 +109,7 @@ pub(crate) async fn run(url: &str, _args: DoctorArgs) -> anyhow::Result<ExitCode
             "DOWN"
         },
         status.disconnects
-    );
+    ))?;
     let _ = connection::close(&broker).await;
     Ok(if failed == 0 {
         ExitCode::SUCCESS

@@ -79,7 +79,7 @@ pub(crate) async fn run(url: &str, args: RequestArgs) -> anyhow::Result<ExitCode
     };
     tokio::select! {
         reply = asking => {
-            println!("{}", args.format.line(&reply?, None));
+            crate::stdout::line_now(&args.format.line(&reply?, None))?;
             Ok(ExitCode::SUCCESS)
         }
         signal = signals.recv() => {

@@ -6,7 +6,8 @@
 //! only this thread waits, the command can still stop, and it can tell how
 //! many lines did get out. Lines are flushed as soon as they are written (a
 //! reader sees each at once); lines queued while the writer is busy go out
-//! together in one write.
+//! together in one write. Commands that print a result once and end write
+//! it with [`write_now`] instead.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,6 +110,26 @@ impl Stdout {
             .await
             .map_err(|_| self.shared.failure())
     }
+}
+
+/// Writes `bytes` to standard output and flushes, for commands that print
+/// their result and end (`request`, `doctor`, `completions`, `man`, `worker
+/// --asyncapi`). A reader that went away (`| head -1`, `| true`) is not an
+/// error, as for `listen`: it stopped reading what it did not want. Any other
+/// failure is, with the reason (`println!` would panic on either).
+pub(crate) fn write_now(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(error).context("cannot write to stdout"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// [`write_now`] for one line (a line break is added).
+pub(crate) fn line_now(line: &str) -> anyhow::Result<()> {
+    write_now(format!("{line}\n").as_bytes())
 }
 
 /// The writer thread: takes what is queued, writes it in one go, flushes.

@@ -188,6 +188,20 @@ fn usage_errors_exit_2() {
     // on a broker that cannot redeliver) and stopped.
     fails(&["worker", "-c", "w.toml", "--count", "0"], 2, "--count");
     fails(&["listen", "--on", "a", "--format", "xml"], 2, "--format");
+    // Raised to 1s in silence before.
+    fails(
+        &[
+            "listen",
+            "--on",
+            "a",
+            "--durable",
+            "d",
+            "--ack-wait",
+            "100ms",
+        ],
+        2,
+        "the ack wait must be at least 1s",
+    );
     fails(
         &["send", "--on", "a", "--file", "f", "message"],
         2,
@@ -248,5 +262,33 @@ fn unknown_url_keys_and_bad_escapes_are_one_line_on_every_broker() {
             1,
             "`connect_timeout=5` must be a duration",
         );
+    }
+}
+
+/// A reader that went away before the result was printed (`| true`, `| head`)
+/// ends a command normally, as it does `listen`: `doctor`, `bench` and
+/// `completions` exited 101 with a panic ("failed printing to stdout").
+#[test]
+fn a_closed_stdout_is_no_panic() {
+    for args in [
+        &["--broker", "memory", "doctor"][..],
+        &[
+            "--broker", "memory", "bench", "--mode", "pub", "--msgs", "1000", "--no-raw",
+        ],
+        &["completions", "bash"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let child = switchboard()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = wait_output(child, Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
