@@ -2,13 +2,12 @@
 //! forward to another subject, or log — with retries, dead letters,
 //! concurrency limits and graceful shutdown (the `switchboard::worker` library).
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use switchboard::worker::{Running, Summary, Worker};
+use switchboard::worker::{Running, StopReason, Summary, Worker};
 use tokio::sync::watch;
 
 use crate::connection;
@@ -33,7 +32,10 @@ Stopping:
   `log` lines are written by a thread of their own: a stdout nobody reads holds
   those actions (until the grace period cancels them), never the shutdown.
 
-Exits 1 with one `error:` line if the config or the broker is wrong.";
+Exits 1 with one `error:` line if the config or the broker is wrong, or if
+the broker ends the subscription of every route (a durable consumer removed,
+say); a route whose subscription ended while others run makes `/readyz`
+answer 503.";
 
 /// Arguments of `switchboard worker`.
 #[derive(Debug, clap::Args)]
@@ -80,17 +82,9 @@ pub(crate) async fn run(url: &str, args: WorkerArgs) -> anyhow::Result<ExitCode>
     let config = config::load(&args.config)?;
     if args.asyncapi {
         let document = asyncapi::render(url, &args.config, &config, args.format)?;
-        let mut stdout = std::io::stdout().lock();
-        match stdout
-            .write_all(document.as_bytes())
-            .and_then(|()| stdout.flush())
-        {
-            // A reader that stopped early (`| head`) is not an error.
-            Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
-                anyhow::bail!("cannot write the AsyncAPI document to stdout: {error}")
-            }
-            _ => return Ok(ExitCode::SUCCESS),
-        }
+        crate::stdout::write_now(document.as_bytes())
+            .context("cannot write the AsyncAPI document")?;
+        return Ok(ExitCode::SUCCESS);
     }
     if args.check {
         eprintln!(
@@ -144,6 +138,13 @@ pub(crate) async fn run(url: &str, args: WorkerArgs) -> anyhow::Result<ExitCode>
     let summary: Summary = running.run_until(signalled).await;
     // What went wrong while shutting down was logged as it happened.
     eprintln!("{summary}");
+    if summary.reason == StopReason::SubscriptionsEnded {
+        // Nobody asked it to stop: a supervisor restarting on failure must
+        // see one, as with `listen` (the warnings above say why they ended).
+        anyhow::bail!(
+            "the broker ended the subscription of every route, so the worker stopped (see the warnings above); start it again once the broker is back"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -710,3 +710,46 @@ async fn durable_route_dead_letters_a_poison_message_once_on_amqp() {
 async fn durable_route_dead_letters_a_poison_message_once_on_redis() {
     durable_route_dead_letters_a_poison_message_once("redis").await;
 }
+
+/// A worker whose only route's subscription the broker ends (its durable
+/// consumer removed from Redis while it runs) stops with exit 1 and an
+/// `error:` line, as `listen` does: nobody asked it to stop, and a supervisor
+/// restarting on failure must see one. Before, it exited 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_subscriptions_the_broker_ended_exits_1() {
+    let test = "a_worker_whose_subscriptions_the_broker_ended_exits_1";
+    let url =
+        switchboard_conformance::broker_url("SWITCHBOARD_REDIS_URL", "redis://127.0.0.1:6379");
+    let broker = match switchboard::connect(&url).await {
+        Ok(broker) => broker,
+        Err(error) => {
+            switchboard_conformance::skip_or_fail(format_args!(
+                "{test}: Redis at {url} does not answer: {error}"
+            ));
+            return;
+        }
+    };
+    let prefix = unique("ended");
+    let name = format!("ended{}", std::process::id());
+    let dir = TempDir::new("ended");
+    let config = dir.write(
+        "reactions.toml",
+        &format!("[[route]]\non = \"{prefix}.>\"\ndurable = \"{name}\"\nlog = true\n"),
+    );
+    let worker = WorkerProcess::start(&url, &config, &[]);
+    let pattern = format!("{prefix}.>").parse().unwrap();
+    broker
+        .remove_durable(&pattern, &switchboard::Durable::new(&name).unwrap())
+        .await
+        .unwrap();
+    let (status, _stdout, stderr) = worker.wait(Duration::from_secs(60));
+    broker.close().await.unwrap();
+    assert_eq!(status.code(), Some(1), "{status}; stderr:\n{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("ended the subscription of every route"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no longer exists"), "{stderr}");
+}
