@@ -236,6 +236,14 @@ impl Shared {
     pub(crate) async fn publish(&self, message: &Message) -> Result<()> {
         let subject = message.subject().as_str().as_bytes();
         let (payload, headers) = (&message.payload()[..], message.headers());
+        if headers.contains(crate::request::REPLY_TO) {
+            // Delivered, it would turn the message into a request answered
+            // to whatever it names, and vanish from the headers.
+            return Err(Error::InvalidHeader {
+                name: crate::request::REPLY_TO.to_string(),
+                reason: "the Redis adapter carries a request's inbox in this envelope header; rename the header, or use `request` to ask".into(),
+            });
+        }
         let body_len = wire::encoded_len(headers, payload);
         if body_len > self.max_payload {
             return Err(Error::PayloadTooLarge {

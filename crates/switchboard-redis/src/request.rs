@@ -30,7 +30,8 @@ use crate::{publisher, subscription, wire, KIND};
 /// out of the delivered message's headers, so a handler sees the same
 /// headers on every broker; a plain Redis client makes a request by setting
 /// it in the envelope (see [`wire`](crate::wire)) and subscribing to the
-/// channel it names.
+/// channel it names. Reserved: publishing a message with a header of this
+/// name fails with [`Error::InvalidHeader`](switchboard_core::Error::InvalidHeader).
 pub const REPLY_TO: &str = "switchboard-reply-to";
 
 /// What a broker keeps for its requests: the connection their PUBLISH goes

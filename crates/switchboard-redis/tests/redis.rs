@@ -248,6 +248,19 @@ async fn headers_and_magic_payloads_round_trip() {
     assert_eq!(d.message(), &with_headers);
     let d = next(&mut sub).await.unwrap();
     assert_eq!(d.message(), &magic);
+    // The request inbox's header is the adapter's: published, it vanished
+    // from the headers and made the message a request answered to whatever
+    // it named. It is refused, and nothing is sent.
+    let reserved = Message::new(format!("{p}.h"), "x")
+        .unwrap()
+        .with_header(switchboard_redis::REPLY_TO, "elsewhere")
+        .unwrap();
+    match broker.publish(reserved).await {
+        Err(Error::InvalidHeader { name, .. }) => assert_eq!(name, switchboard_redis::REPLY_TO),
+        other => panic!("a reserved header was not refused: {other:?}"),
+    }
+    broker.flush().await.unwrap();
+    silent(&mut sub, Duration::from_millis(300)).await;
     broker.close().await.unwrap();
 }
 
