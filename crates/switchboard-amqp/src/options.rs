@@ -458,7 +458,8 @@ fn apply_query(query: &Query, options: &mut AmqpOptions) -> Result<Option<u16>> 
     {
         options.name = Some(name.to_string());
     }
-    if let Some(max) = query.parse_as("max_payload", "a number of bytes")? {
+    // 0 would refuse every message, the empty one included.
+    if let Some(max) = query.count("max_payload")? {
         options.max_payload = max;
     }
     if let Some(keepalive) = query.keepalive()? {
@@ -518,6 +519,23 @@ mod tests {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains(needle), "{bad}: {e}");
             assert!(!e.contains("secret"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn max_payload_is_a_number_above_zero() {
+        assert_eq!(
+            parse("amqp://h/?max_payload=10")
+                .unwrap()
+                .options
+                .max_payload,
+            10
+        );
+        for bad in ["0", "x", "-1"] {
+            let e = parse(&format!("amqp://h/?max_payload={bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("a whole number above 0"), "{bad}: {e}");
         }
     }
 
