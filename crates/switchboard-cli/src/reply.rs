@@ -27,8 +27,8 @@ its stdin, SWITCHBOARD_SUBJECT in its environment; its stdout is the reply. A
 command that fails (non-zero exit, or still running after --command-timeout) is
 reported on stderr and the request gets no reply (the requester times out).
 Each answered request is one line on stderr. A message that was published, not
-sent as a request, is skipped with a warning. Exits 0 after --count requests or
-on Ctrl-C/SIGTERM.";
+sent as a request, is skipped with a warning. Exits 0 after --count requests;
+Ctrl-C/SIGTERM stops it and exits 130/143.";
 
 /// Arguments of `switchboard reply`.
 #[derive(Debug, clap::Args)]
