@@ -35,6 +35,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bridge;
+mod child;
 mod completions;
 mod connection;
 mod demo;

@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use switchboard::{Bytes, Delivery, Pattern, QueueGroup};
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::AsyncReadExt as _;
 
+use crate::child::{self, Children};
 use crate::connection;
 use crate::format::text_line;
 use crate::membership::Membership;
@@ -22,13 +23,15 @@ Examples:
   switchboard --broker redis reply --on billing.quote --command 'bc -l'
   switchboard --broker amqp reply --on jobs.resize --group resizers --count 1 --command ./resize.sh
 
-With --command, CMD runs with `sh -c` for each request: the request's payload on
-its stdin, SWITCHBOARD_SUBJECT in its environment; its stdout is the reply. A
-command that fails (non-zero exit, or still running after --command-timeout) is
-reported on stderr and the request gets no reply (the requester times out).
-Each answered request is one line on stderr. A message that was published, not
-sent as a request, is skipped with a warning. Exits 0 after --count requests or
-on Ctrl-C/SIGTERM.";
+With --command, CMD runs with `sh -c` for each request, in a process group of
+its own: the request's payload on its stdin, SWITCHBOARD_SUBJECT in its
+environment; its stdout is the reply. A command that fails (non-zero exit, or
+still running after --command-timeout, when it is killed with whatever it
+started) is reported on stderr and the request gets no reply (the requester
+times out). Each answered request is one line on stderr. A message that was
+published, not sent as a request, is skipped with a warning. Exits 0 after
+--count requests; Ctrl-C/SIGTERM kills a running command's process group and
+exits 130/143.";
 
 /// Arguments of `switchboard reply`.
 #[derive(Debug, clap::Args)]
@@ -67,7 +70,11 @@ pub struct ReplyArgs {
 enum Answer {
     Text(Bytes),
     Echo,
-    Command { command: String, timeout: Duration },
+    Command {
+        command: String,
+        timeout: Duration,
+        children: Children,
+    },
 }
 
 /// Runs `switchboard reply`.
@@ -82,6 +89,7 @@ pub(crate) async fn run(url: &str, args: ReplyArgs) -> anyhow::Result<ExitCode> 
         (_, Some(command), _) => Answer::Command {
             command,
             timeout: args.command_timeout,
+            children: Children::default(),
         },
         (_, None, text) => Answer::Text(Bytes::from(text.unwrap_or_default())),
     };
@@ -159,7 +167,11 @@ async fn answer_one(mut delivery: Delivery, answer: &Answer) -> bool {
     let reply = match answer {
         Answer::Text(text) => Ok((text.clone(), Default::default())),
         Answer::Echo => Ok((delivery.payload().clone(), delivery.headers().clone())),
-        Answer::Command { command, timeout } => run_command(command, *timeout, &delivery)
+        Answer::Command {
+            command,
+            timeout,
+            children,
+        } => run_command(command, *timeout, children, &delivery)
             .await
             .map(|output| (output, Default::default())),
     };
@@ -183,35 +195,43 @@ async fn answer_one(mut delivery: Delivery, answer: &Answer) -> bool {
     }
 }
 
-/// Runs `command` for one request; its stdout, or why it failed.
+/// Runs `command` for one request; its stdout, or why it failed. The command
+/// runs in a process group of its own, killed whole when it outlives
+/// `timeout` or the replier stops (this future dropped), so nothing it
+/// started is left running.
 async fn run_command(
     command: &str,
     timeout: Duration,
+    children: &Children,
     request: &Delivery,
 ) -> Result<Bytes, String> {
     let running = async {
-        let mut child = tokio::process::Command::new("sh")
-            .arg("-c")
+        let mut sh = tokio::process::Command::new("sh");
+        sh.arg("-c")
             .arg(command)
             .env("SWITCHBOARD_SUBJECT", request.subject().as_str())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start sh")?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A command that does not read its stdin closes it: not an error.
-            let _ = stdin.write_all(request.payload()).await;
-        }
-        let output = child
-            .wait_with_output()
+            .stderr(Stdio::inherit());
+        let mut running = child::spawn(&mut sh, children).context("cannot start sh")?;
+        let stdout = running.child.stdout.take();
+        let mut output = Vec::new();
+        let mut read = Ok(0);
+        let out = async {
+            if let Some(mut stdout) = stdout {
+                read = stdout.read_to_end(&mut output).await;
+            }
+        };
+        // Its stderr is the replier's own: nothing to read.
+        let status = running
+            .finish(request.payload().clone(), out, async {})
             .await
             .context("cannot wait for the command")?;
-        if !output.status.success() {
-            anyhow::bail!("the command {command:?} failed ({})", output.status);
+        read.context("cannot read the command's output")?;
+        if !status.success() {
+            anyhow::bail!("the command {command:?} failed ({status})");
         }
-        anyhow::Ok(Bytes::from(output.stdout))
+        anyhow::Ok(Bytes::from(output))
     };
     match tokio::time::timeout(timeout, running).await {
         Ok(result) => result.map_err(|e| format!("{e:#}")),

@@ -100,7 +100,7 @@ pub(crate) async fn run(url: &str, args: WorkerArgs) -> anyhow::Result<ExitCode>
         .grace
         .or(config.grace_period)
         .unwrap_or(switchboard::worker::DEFAULT_GRACE_PERIOD);
-    let children = action::Children::default();
+    let children = crate::child::Children::default();
     let stopping = watch_signals(Signals::install()?, grace, children.clone());
     let stdout = Stdout::start().context("cannot start writing to stdout")?;
     let starting = start(url, &args, &config, grace, &children, &stdout);
@@ -154,7 +154,7 @@ async fn start(
     args: &WorkerArgs,
     config: &config::Config,
     grace: Duration,
-    children: &action::Children,
+    children: &crate::child::Children,
     stdout: &Stdout,
 ) -> anyhow::Result<Running> {
     let broker = connection::connect(url).await?;
@@ -189,7 +189,7 @@ async fn start(
 fn watch_signals(
     mut signals: Signals,
     grace: Duration,
-    children: action::Children,
+    children: crate::child::Children,
 ) -> watch::Receiver<Option<Signal>> {
     let (sender, receiver) = watch::channel(None);
     tokio::spawn(async move {

@@ -9,7 +9,11 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::{assert_one_error_line, broker_url, run, unique, Process, Stdout, PATIENCE};
+use harness::{
+    assert_one_error_line, broker_url, run, unique, wait_for_file, Process, Stdout, TempDir,
+    PATIENCE,
+};
+use switchboard::Message;
 
 /// Starts `switchboard reply ARGS...` and waits until it answers requests.
 fn replier(url: &str, args: &[&str]) -> Process {
@@ -84,6 +88,189 @@ fn command_replies_redis() {
 #[test]
 fn command_replies_amqp() {
     command_replies("amqp");
+}
+
+/// A request larger than a pipe holds (1 MiB less room for the subject and
+/// headers: NATS's max_payload) is answered by `--command cat` byte for byte:
+/// the command's stdin is written while its stdout is read, so `cat` never
+/// blocks on a full stdout pipe while the replier blocks on its full stdin.
+#[test]
+fn a_command_answers_a_request_larger_than_a_pipe() {
+    let Some(url) = broker_url("nats", "a_command_answers_a_large_request") else {
+        return;
+    };
+    let subject = format!("{}.big", unique("rr"));
+    let answering = replier(
+        &url,
+        &[
+            "--on",
+            &subject,
+            "--count",
+            "1",
+            "--command",
+            "cat",
+            "--command-timeout",
+            "10s",
+        ],
+    );
+    let payload: Vec<u8> = (0..1024 * 1024 - 4096).map(|i| (i % 251) as u8).collect();
+    let request = Message::new(subject.as_str(), payload.clone()).unwrap();
+    let reply = harness::request(&url, request, Duration::from_secs(15));
+    let reply = reply.unwrap_or_else(|error| panic!("{error}\n{}", clipped(&answering.stderr())));
+    assert_eq!(reply.payload().len(), payload.len());
+    assert!(
+        reply.payload().as_ref() == payload.as_slice(),
+        "not the request's bytes"
+    );
+    let (status, _, stderr) = answering.wait(PATIENCE);
+    let stderr = clipped(&stderr);
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("answered 1 request(s)"), "{stderr}");
+}
+
+/// `text` with each line cut to 300 characters: a warning about a large
+/// request shows all its payload.
+fn clipped(text: &str) -> String {
+    text.lines()
+        .map(|line| line.chars().take(300).collect::<String>() + "\n")
+        .collect()
+}
+
+/// The pids of the running processes whose arguments are exactly `argv` (a
+/// zombie has none, so a killed process not yet reaped is not among them).
+fn processes(argv: &[&str]) -> Vec<u32> {
+    let wanted: Vec<u8> = argv.iter().flat_map(|arg| arg.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            (cmdline == wanted).then_some(pid)
+        })
+        .collect()
+}
+
+/// Waits up to 10s for every process running `argv` to be gone; kills those
+/// left (so a failing test leaves none behind) and fails the test.
+fn assert_gone(argv: &[&str], context: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes(argv);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            for pid in &left {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            panic!("{argv:?} still runs (pids {left:?}) after the replier let it go\n{context}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A --command that writes a line to a file, then waits in a `sleep` with an
+/// argument no other process has (`whole.<this test process's pid>`, so runs
+/// of this file side by side never share one), then prints.
+struct Sleeper {
+    _dir: TempDir,
+    started: std::path::PathBuf,
+    argv: [String; 2],
+    command: String,
+}
+
+impl Sleeper {
+    fn new(tag: &str, whole: u32) -> Sleeper {
+        let dir = TempDir::new(tag);
+        let started = dir.path("started");
+        let argv = [
+            "sleep".to_string(),
+            format!("{whole}.{}", std::process::id()),
+        ];
+        let command = format!(
+            "echo started > {}; {} {}; echo hi",
+            started.display(),
+            argv[0],
+            argv[1]
+        );
+        Sleeper {
+            _dir: dir,
+            started,
+            argv,
+            command,
+        }
+    }
+
+    /// Fails the test unless its `sleep` is gone within 10s.
+    fn assert_gone(&self, context: &str) {
+        assert_gone(&[&self.argv[0], &self.argv[1]], context);
+    }
+}
+
+/// A command still running after --command-timeout is killed with what it
+/// started (its process group): the shell's `sleep` does not outlive it.
+#[test]
+fn a_command_past_its_timeout_is_killed_with_its_children() {
+    let Some(url) = broker_url("nats", "a_command_past_its_timeout_is_killed") else {
+        return;
+    };
+    let subject = format!("{}.slow", unique("rr"));
+    let sleeper = Sleeper::new("rr-timeout", 37);
+    let answering = replier(
+        &url,
+        &[
+            "--on",
+            &subject,
+            "--count",
+            "1",
+            "--command",
+            &sleeper.command,
+            "--command-timeout",
+            "2s",
+        ],
+    );
+    let asked = run(
+        &url,
+        &["request", "--on", &subject, "--timeout", "5s", "x"],
+        b"",
+    );
+    assert_eq!(asked.status.code(), Some(1), "{asked:?}");
+    wait_for_file(&sleeper.started);
+    answering.wait_stderr("was still running after 2s", PATIENCE);
+    sleeper.assert_gone(&answering.stderr());
+}
+
+/// Ctrl-C while a command runs: the replier exits 130 and the command's
+/// process group goes with it.
+#[test]
+fn ctrl_c_kills_a_running_command_with_its_children() {
+    let Some(url) = broker_url("nats", "ctrl_c_kills_a_running_command") else {
+        return;
+    };
+    let subject = format!("{}.interrupted", unique("rr"));
+    let sleeper = Sleeper::new("rr-interrupted", 38);
+    let answering = replier(&url, &["--on", &subject, "--command", &sleeper.command]);
+    let asking = {
+        let url = url.clone();
+        let subject = subject.clone();
+        std::thread::spawn(move || {
+            run(
+                &url,
+                &["request", "--on", &subject, "--timeout", "5s", "x"],
+                b"",
+            )
+        })
+    };
+    wait_for_file(&sleeper.started);
+    answering.signal("INT");
+    let (status, _, stderr) = answering.wait(PATIENCE);
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    sleeper.assert_gone(&stderr);
+    let asked = asking.join().unwrap();
+    assert_eq!(asked.status.code(), Some(1), "{asked:?}");
 }
 
 /// Nobody subscribed: the request fails at once (well within its timeout),

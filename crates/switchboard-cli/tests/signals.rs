@@ -7,10 +7,9 @@
 mod harness;
 
 use std::io::Write as _;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harness::{broker_url, unique, Listener, Process, Stdout, TempDir, PATIENCE};
+use harness::{broker_url, unique, wait_for_file, Listener, Process, Stdout, TempDir, PATIENCE};
 use switchboard::Message;
 
 /// How long a stopped command may take to exit before the test calls it a hang.
@@ -143,23 +142,6 @@ impl Drop for KillOnDrop {
                     .status();
             }
         }
-    }
-}
-
-fn wait_for_file(path: &Path) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if text.ends_with('\n') {
-                return text;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never written",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

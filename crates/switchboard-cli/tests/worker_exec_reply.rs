@@ -56,17 +56,8 @@ exec = ["sh", "-c", 'printf "\377\000"; cat']
     );
 
     // The library's request gets the bytes exactly as printed.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let reply = runtime.block_on(async {
-        let broker = switchboard::connect(&url).await.unwrap();
-        let request = Message::new(format!("{prefix}.bin.x"), &b"\x01tail"[..]).unwrap();
-        let reply = broker.request(request, Duration::from_secs(10)).await;
-        let _ = broker.close().await;
-        reply
-    });
+    let request = Message::new(format!("{prefix}.bin.x"), &b"\x01tail"[..]).unwrap();
+    let reply = harness::request(&url, request, Duration::from_secs(10));
     let reply = reply.unwrap_or_else(|error| panic!("{error}\n{}", worker.stderr()));
     assert_eq!(reply.payload().as_ref(), b"\xff\x00\x01tail");
 

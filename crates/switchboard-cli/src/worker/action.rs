@@ -1,15 +1,15 @@
 //! The actions a route of `switchboard worker` runs: exec, publish, log.
 
-use std::collections::HashSet;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use switchboard::worker::{async_trait, Context, Handler, HandlerError};
 use switchboard::{Message, Subject};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use super::config::Action;
+use crate::child::{self, Children};
 use crate::stdout::Stdout;
 
 /// The handler for `action` on the route `route` (its pattern, used as log
@@ -34,46 +34,6 @@ pub(crate) fn handler(
             stdout: stdout.clone(),
         }),
     }
-}
-
-/// The process groups of the `exec` commands running now. Each command is
-/// killed with its group when its attempt is cancelled; a worker that quits at
-/// once (a second Ctrl-C) runs no destructor, so it kills them all through
-/// this list before exiting.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Children {
-    groups: Arc<Mutex<HashSet<u32>>>,
-}
-
-impl Children {
-    fn groups(&self) -> MutexGuard<'_, HashSet<u32>> {
-        match self.groups.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    /// Kills the process group of every command still running (SIGKILL);
-    /// returns how many there were.
-    pub(crate) fn kill_all(&self) -> usize {
-        let groups: Vec<u32> = self.groups().drain().collect();
-        kill_groups(&groups);
-        groups.len()
-    }
-}
-
-/// `kill -KILL -- -PGID...`: each command and whatever it started.
-fn kill_groups(groups: &[u32]) {
-    if groups.is_empty() {
-        return;
-    }
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", "--"])
-        .args(groups.iter().map(|pgid| format!("-{pgid}")))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
 }
 
 /// The environment variable name for header `name`: `SWITCHBOARD_HEADER_` then
@@ -104,43 +64,6 @@ struct Exec {
     route: String,
     argv: Vec<String>,
     children: Children,
-}
-
-/// Kills the command's process group unless it was disarmed (the command
-/// exited), and keeps it listed in [`Children`] meanwhile.
-struct KillGroup {
-    pgid: Option<u32>,
-    children: Children,
-}
-
-impl KillGroup {
-    fn arm(pgid: Option<u32>, children: &Children) -> Self {
-        if let Some(pgid) = pgid {
-            children.groups().insert(pgid);
-        }
-        KillGroup {
-            pgid,
-            children: children.clone(),
-        }
-    }
-
-    /// The command exited by itself: nothing to kill.
-    fn disarm(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
-            self.children.groups().remove(&pgid);
-        }
-    }
-}
-
-impl Drop for KillGroup {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
-            // Not listed any more means `kill_all` has killed it already.
-            if self.children.groups().remove(&pgid) {
-                kill_groups(&[pgid]);
-            }
-        }
-    }
 }
 
 /// Forwards the command's output to stderr line by line, prefixed with the
@@ -191,8 +114,7 @@ impl Handler for Exec {
             .env("SWITCHBOARD_ROUTE", ctx.route())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         for (name, value) in ctx.headers() {
             command.env(header_env_name(name), value);
         }
@@ -204,9 +126,7 @@ impl Handler for Exec {
                 command.env("TRACESTATE", state);
             }
         }
-        #[cfg(unix)]
-        command.process_group(0);
-        let mut child = command.spawn().map_err(|error| {
+        let mut running = child::spawn(&mut command, &self.children).map_err(|error| {
             let text = format!("cannot run {program:?}: {error}");
             // A program that does not exist or may not be run will not start on a
             // later attempt either: dead-letter at once instead of retrying.
@@ -217,25 +137,11 @@ impl Handler for Exec {
                 _ => HandlerError::new(text),
             }
         })?;
-        #[cfg(unix)]
-        let mut guard = KillGroup::arm(child.id(), &self.children);
-        #[cfg(not(unix))]
-        let mut guard = KillGroup::arm(None, &self.children);
-
-        let stdin = child.stdin.take();
-        let payload = ctx.payload().clone();
-        let feed = async move {
-            if let Some(mut stdin) = stdin {
-                // A command that does not read its stdin is fine: ignore a broken pipe.
-                let _ = stdin.write_all(&payload).await;
-                let _ = stdin.shutdown().await;
-            }
-        };
         let (mut last_out, mut last_err) = (None, None);
         // A request is answered with the command's stdout, byte for byte.
         let mut reply = ctx.is_request().then(Vec::new);
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
+        let stdout = running.child.stdout.take();
+        let stderr = running.child.stderr.take();
         let out = async {
             if let Some(stdout) = stdout {
                 forward_output(&self.route, stdout, &mut last_out, reply.as_mut()).await;
@@ -246,11 +152,12 @@ impl Handler for Exec {
                 forward_output(&self.route, stderr, &mut last_err, None).await;
             }
         };
-        let ((), (), (), status) = tokio::join!(feed, out, err, child.wait());
-        let status = status.map_err(|error| {
-            HandlerError::new(format!("waiting for {program:?} failed: {error}"))
-        })?;
-        guard.disarm();
+        let status = running
+            .finish(ctx.payload().clone(), out, err)
+            .await
+            .map_err(|error| {
+                HandlerError::new(format!("waiting for {program:?} failed: {error}"))
+            })?;
         if status.success() {
             if let Some(reply) = reply {
                 // A failed reply fails the message like a failed publish:

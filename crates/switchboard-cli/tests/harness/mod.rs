@@ -429,6 +429,44 @@ impl Drop for Process {
     }
 }
 
+/// Waits until `path` holds a complete line (a command the test started has
+/// written it) and returns its text, failing the test after [`PATIENCE`].
+pub fn wait_for_file(path: &std::path::Path) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if text.ends_with('\n') {
+                return text;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never written",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `request` with the library's `Broker::request` on its own
+/// connection to `url`: the reply's bytes exactly as they came.
+pub fn request(
+    url: &str,
+    request: switchboard::Message,
+    timeout: Duration,
+) -> switchboard::Result<switchboard::Message> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let broker = switchboard::connect(url).await.unwrap();
+        let reply = broker.request(request, timeout).await;
+        let _ = broker.close().await;
+        reply
+    })
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir(std::path::PathBuf);
 
