@@ -54,6 +54,25 @@ pub(crate) fn text_line(message: &Message) -> String {
     line
 }
 
+/// Longest [`text_brief`] line, in bytes, before it is cut.
+const BRIEF: usize = 200;
+
+/// [`text_line`] cut to about 200 bytes, for status lines on stderr that name
+/// a message (`reply`'s "answered …", "no reply to …"): a 1 MiB request
+/// would otherwise be a 1 MiB warning.
+pub(crate) fn text_brief(message: &Message) -> String {
+    let mut line = text_line(message);
+    if line.len() > BRIEF {
+        let mut cut = BRIEF;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        let _ = write!(line, "… ({} bytes of payload)", message.payload().len());
+    }
+    line
+}
+
 /// One message in JSON, fields in this order.
 #[derive(serde::Serialize)]
 struct JsonLine<'a> {
@@ -231,6 +250,16 @@ mod tests {
         let value: serde_json::Value =
             serde_json::from_str(&json_line(&message(b"x", &[]), Some(3))).unwrap();
         assert_eq!(value["delivery_count"], 3);
+    }
+
+    #[test]
+    fn a_brief_line_is_cut_at_a_character() {
+        let short = message(b"hi", &[]);
+        assert_eq!(text_brief(&short), text_line(&short));
+        let long = Message::new("alerts.cpu", "é".repeat(1000)).unwrap();
+        let brief = text_brief(&long);
+        assert!(brief.len() < BRIEF + 40, "{brief}");
+        assert!(brief.ends_with("… (2000 bytes of payload)"), "{brief}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt as _;
 
 use crate::child::{self, Children};
 use crate::connection;
-use crate::format::text_line;
+use crate::format::text_brief;
 use crate::membership::Membership;
 use crate::signals::Signals;
 
@@ -158,7 +158,7 @@ pub(crate) async fn run(url: &str, args: ReplyArgs) -> anyhow::Result<ExitCode> 
 
 /// Answers one delivery; whether it was a request that got its reply.
 async fn answer_one(mut delivery: Delivery, answer: &Answer) -> bool {
-    let shown = text_line(&delivery);
+    let shown = text_brief(&delivery);
     if !delivery.is_request() {
         eprintln!("warning: skipped {shown}: it was published, not sent as a request");
         let _ = delivery.ack().await;
