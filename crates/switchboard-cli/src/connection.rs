@@ -38,6 +38,24 @@ pub(crate) fn warn_if_in_process(broker: &AnyBroker) {
     }
 }
 
+/// Warns, for `listen --durable` and a worker with durable routes, that what
+/// `broker` keeps for durable consumers does not survive a restart of the
+/// server (its capabilities say `durable_storage: false`: Redis without
+/// `appendonly yes`, say). The memory broker's own note says more.
+pub(crate) fn warn_if_durable_is_not_stored(broker: &AnyBroker, url: &str) {
+    let capabilities = broker.capabilities();
+    if capabilities.durable
+        && !capabilities.durable_storage
+        && broker.kind() != switchboard::memory::KIND
+    {
+        eprintln!(
+            "warning: {} at {} keeps what it stores for durable consumers in memory only (for Redis: it runs without `appendonly yes`), so a restart of the server loses it",
+            broker.kind(),
+            display_url(url)
+        );
+    }
+}
+
 /// Flushes what `broker` was given, then closes it, both within
 /// [`SHUTDOWN_DEADLINE`] (a broker that is down or a frozen link never answers).
 pub(crate) async fn flush_and_close(broker: &AnyBroker) -> anyhow::Result<()> {

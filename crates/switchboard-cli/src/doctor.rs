@@ -58,6 +58,7 @@ pub(crate) async fn run(url: &str, _args: DoctorArgs) -> anyhow::Result<ExitCode
         ("persistence", capabilities.persistence),
         ("order per publisher", capabilities.ordered_per_publisher),
         ("durable", capabilities.durable),
+        ("durable storage", capabilities.durable_storage),
         ("request/reply", capabilities.request_reply),
     ]
     .into_iter()

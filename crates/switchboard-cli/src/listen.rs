@@ -137,6 +137,9 @@ pub(crate) async fn run(url: &str, args: ListenArgs) -> anyhow::Result<ExitCode>
             return Ok(signal.exit_code());
         }
     };
+    if matches!(mode, Membership::Durable(_)) {
+        connection::warn_if_durable_is_not_stored(&broker, url);
+    }
     let shown_url = connection::display_url(url);
     let in_group = match &mode {
         Membership::Plain => String::new(),

@@ -169,6 +169,9 @@ async fn start(
             );
         }
     }
+    if config.routes.iter().any(|route| route.durable.is_some()) {
+        connection::warn_if_durable_is_not_stored(&broker, url);
+    }
     // The worker closes the connection at the end of its shutdown, within the
     // grace period like the rest of it.
     let mut worker = Worker::new(broker).grace_period(grace).close_broker(true);

@@ -39,6 +39,20 @@ fn durable_listen_keeps_what_was_sent_meanwhile_on_amqp() {
     }
 }
 
+/// What the broker at `url` declares: whether durable messages survive its restart.
+fn stores_durable_messages(url: &str) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let broker = switchboard::connect(url).await.unwrap();
+        let stored = broker.capabilities().durable_storage;
+        broker.close().await.unwrap();
+        stored
+    })
+}
+
 fn keeps_what_was_sent_meanwhile(url: &str) {
     let url = url.to_string();
     let prefix = unique("durable");
@@ -56,6 +70,13 @@ fn keeps_what_was_sent_meanwhile(url: &str) {
     assert!(status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!("as durable consumer '{name}'")),
+        "{stderr}"
+    );
+    // A server that keeps durable messages in memory only (the shared Redis
+    // runs without `appendonly yes`) is said to lose them on a restart.
+    assert_eq!(
+        stderr.contains("so a restart of the server loses it"),
+        !stores_durable_messages(&url),
         "{stderr}"
     );
     // Nobody listens while these are sent.
