@@ -45,6 +45,7 @@ mod listen;
 mod logging;
 mod membership;
 mod otel;
+mod remove_durable;
 mod reply;
 mod request;
 mod send;
@@ -87,6 +88,8 @@ pub enum Command {
     Bridge(bridge::BridgeArgs),
     /// Run reactions from a config file: exec a command, forward, or log, with retries and dead letters.
     Worker(worker::WorkerArgs),
+    /// Delete a durable consumer (made by `listen --durable` or a worker route) and what the broker keeps for it.
+    RemoveDurable(remove_durable::RemoveDurableArgs),
     /// Measure throughput and latency across brokers, against raw-client baselines.
     Bench(switchboard_bench::BenchArgs),
     /// Run the alert/reaction scenario in one process (in-memory broker by default).
@@ -169,6 +172,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor(args) => doctor::run(&url, args).await,
+        Command::RemoveDurable(args) => remove_durable::run(&url, args).await,
         Command::Completions(args) => completions::completions(&args),
         Command::Man => completions::man(),
         Command::Demo(args) => demo::run(cli.broker.as_deref().unwrap_or("memory://"), args).await,

@@ -188,6 +188,7 @@ fn usage_errors_exit_2() {
     // on a broker that cannot redeliver) and stopped.
     fails(&["worker", "-c", "w.toml", "--count", "0"], 2, "--count");
     fails(&["listen", "--on", "a", "--format", "xml"], 2, "--format");
+    fails(&["remove-durable", "--on", "a.>"], 2, "<NAME>");
     // Raised to 1s in silence before.
     fails(
         &[

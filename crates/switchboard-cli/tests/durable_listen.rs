@@ -8,7 +8,7 @@
 
 mod harness;
 
-use harness::{broker_url, remove_durable, send, unique, Listener, PATIENCE};
+use harness::{broker_url, remove_durable, run, send, unique, Listener, PATIENCE};
 
 fn listener(url: &str, args: &[&str]) -> Listener {
     Listener::start(url, args).unwrap_or_else(|(status, stderr)| {
@@ -132,5 +132,38 @@ fn keeps_what_was_sent_meanwhile(url: &str) {
     assert_eq!(third.lines(1), [format!("[{subject}] c")]);
     let (status, stderr) = third.wait(PATIENCE);
     assert!(status.success(), "{stderr}");
+    // `remove-durable` deletes the consumer with what was kept for it: a
+    // message stored for it is not delivered to the consumer made again
+    // under the same name.
+    send(&url, &["--on", &subject, "kept"], b"");
+    let removed = run(&url, &["remove-durable", "--on", &pattern, &name], b"");
+    let stderr = String::from_utf8_lossy(&removed.stderr);
+    assert!(removed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("removed durable consumer '{name}'")),
+        "{stderr}"
+    );
+    let again = listener(
+        &url,
+        &["--on", &pattern, "--durable", &name, "--count", "1"],
+    );
+    send(&url, &["--on", &subject, "after"], b"");
+    assert_eq!(again.lines(1), [format!("[{subject}] after")]);
+    let (status, stderr) = again.wait(PATIENCE);
+    assert!(status.success(), "{stderr}");
     remove_durable(&url, &pattern, &name);
+}
+
+/// On a broker without durable consumers, `remove-durable` is one error line.
+#[test]
+fn remove_durable_on_mqtt_is_one_error_line() {
+    let Some(url) = broker_url("mqtt", "remove_durable_on_mqtt") else {
+        return;
+    };
+    let output = run(&url, &["remove-durable", "--on", "a.>", "x"], b"");
+    assert_eq!(output.status.code(), Some(1));
+    harness::assert_one_error_line(
+        &String::from_utf8_lossy(&output.stderr),
+        "mqtt does not support durable subscriptions",
+    );
 }
