@@ -90,12 +90,14 @@ pub(crate) fn from_field_table(table: Option<&FieldTable>) -> Headers {
         match value_text(value) {
             Some(text) => {
                 if let Err(error) = headers.insert(name.as_str(), text) {
-                    tracing::debug!(%error, "skipping an AMQP header switchboard headers cannot hold");
+                    tracing::warn!(%error, "amqp: header left out of a received message");
                 }
             }
-            None => tracing::debug!(
+            // A warning, as on NATS: the receiver would otherwise never learn
+            // that a plain client's header did not reach it.
+            None => tracing::warn!(
                 header = name.as_str(),
-                "skipping an AMQP header whose value is not text, a number or a boolean"
+                "amqp: header left out of a received message: its value is an array, a table, bytes or void, not text, a number or a boolean"
             ),
         }
     }
