@@ -67,7 +67,7 @@ pub struct WorkerArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics, with /healthz (200
     /// while the process runs) and /readyz (200 while subscribed and
     /// connected, 503 while the broker connection is down), e.g.
-    /// 127.0.0.1:9464 (0.0.0.0:9464 for every interface).
+    /// 127.0.0.1:9464 or localhost:9464 (0.0.0.0:9464 for every interface).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
 
