@@ -63,9 +63,19 @@ pub struct BridgeArgs {
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub(crate) flush: Duration,
 
-    /// How often the counts are printed on stderr.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How often the counts are printed on stderr (above zero).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_report)]
     pub(crate) report: Duration,
+}
+
+/// A `--report` period: above zero, since a timer cannot tick every 0s
+/// (`tokio::time::interval` panics on it; the bridge exited 101).
+fn parse_report(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        Ok(_) => Err("the counts cannot be printed every 0s; give a period above zero, e.g. 10s (the default)".to_string()),
+        Err(error) => Err(format!("{error}; write e.g. 500ms, 10s or 1m")),
+    }
 }
 
 /// Deliveries forwarded but not yet flushed on the destination.

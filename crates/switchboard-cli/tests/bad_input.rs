@@ -188,6 +188,16 @@ fn usage_errors_exit_2() {
     // on a broker that cannot redeliver) and stopped.
     fails(&["worker", "-c", "w.toml", "--count", "0"], 2, "--count");
     fails(&["listen", "--on", "a", "--format", "xml"], 2, "--format");
+    // A panic before (exit 101): a timer cannot tick every 0s.
+    for zero in ["0s", "0ms"] {
+        fails(
+            &[
+                "bridge", "--from", "nats", "--to", "redis", "--on", "a.>", "--report", zero,
+            ],
+            2,
+            "--report",
+        );
+    }
     fails(
         &["send", "--on", "a", "--file", "f", "message"],
         2,
