@@ -12,6 +12,10 @@ use crate::connection;
 use crate::membership::Membership;
 use crate::signals::{Signal, Signals};
 
+mod endpoint;
+
+use endpoint::Endpoint;
+
 const EXAMPLES: &str = "\
 Examples:
   switchboard bridge --from nats://127.0.0.1:4222 --to redis://127.0.0.1:6379 --on 'alerts.>'
@@ -22,7 +26,15 @@ Each message is published to --to with its subject, headers and payload, and
 acknowledged on --from only once --to has it (after a flush, done every
 --batch messages and every --flush): on a source that acknowledges (RabbitMQ), a
 bridge that dies loses nothing. Counts go to stderr every --report and at the
-end. Ctrl-C/SIGTERM flushes what was forwarded and exits 130/143.";
+end. Ctrl-C/SIGTERM flushes what was forwarded and exits 130/143.
+
+--from and --to must be different brokers: subjects are forwarded unchanged,
+so a broker bridged to itself would get each message back, match --on again
+and forward it forever. They are one broker when they are of one kind and
+reach a common server (host names resolved, default ports filled in: 127.0.0.1
+and localhost are one; the user, the query and a Redis database number do not
+tell them apart, since PUBSUB spans every database) and, on AMQP, name the
+same vhost and exchange. Such a pair is refused before connecting.";
 
 /// Arguments of `switchboard bridge`.
 #[derive(Debug, clap::Args)]
@@ -32,7 +44,8 @@ pub struct BridgeArgs {
     #[arg(long, value_name = "KIND|URL")]
     pub(crate) from: String,
 
-    /// The broker to publish to (kind or URL).
+    /// The broker to publish to (kind or URL); not the broker of --from
+    /// (see below).
     #[arg(long, value_name = "KIND|URL")]
     pub(crate) to: String,
 
@@ -63,9 +76,19 @@ pub struct BridgeArgs {
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub(crate) flush: Duration,
 
-    /// How often the counts are printed on stderr.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How often the counts are printed on stderr (above zero).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_report)]
     pub(crate) report: Duration,
+}
+
+/// A `--report` period: above zero, since a timer cannot tick every 0s
+/// (`tokio::time::interval` panics on it; the bridge exited 101).
+fn parse_report(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        Ok(_) => Err("the counts cannot be printed every 0s; give a period above zero, e.g. 10s (the default)".to_string()),
+        Err(error) => Err(format!("{error}; write e.g. 500ms, 10s or 1m")),
+    }
 }
 
 /// Deliveries forwarded but not yet flushed on the destination.
@@ -90,6 +113,30 @@ impl Pending {
     }
 }
 
+/// Fails when --from and --to are one broker (see [`Endpoint`]): the bridge
+/// forwards subjects unchanged, so every forwarded message would match --on
+/// again on the source and be forwarded again, endlessly. URLs that cannot
+/// be read are left to the connection, which says what is wrong with them,
+/// unless they are the same text.
+async fn refuse_one_broker(args: &BridgeArgs, pattern: &Pattern) -> anyhow::Result<()> {
+    let (from_url, to_url) = (
+        switchboard::resolve_url(&args.from),
+        switchboard::resolve_url(&args.to),
+    );
+    let shared = match (Endpoint::parse(from_url), Endpoint::parse(to_url)) {
+        (Some(from), Some(to)) => from.shared_with(&to).await,
+        _ => (from_url == to_url).then(|| switchboard::redact_url(from_url)),
+    };
+    let Some(shared) = shared else {
+        return Ok(());
+    };
+    anyhow::bail!(
+        "--from {} and --to {} are the same broker (both reach {shared}): every forwarded message would match '{pattern}' again and loop; give --to another broker (or, on AMQP, another vhost or exchange=)",
+        connection::display_url(&args.from),
+        connection::display_url(&args.to),
+    )
+}
+
 /// Runs `switchboard bridge`.
 pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
     let pattern = Pattern::new(&args.on)?;
@@ -102,11 +149,7 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
         connection::display_url(&args.from),
         connection::display_url(&args.to),
     );
-    if from_shown == to_shown {
-        anyhow::bail!(
-            "--from and --to are the same broker ({from_shown}): every forwarded message would match '{pattern}' again and loop"
-        );
-    }
+    refuse_one_broker(&args, &pattern).await?;
     let mut signals = Signals::install()?;
     let connecting = async {
         let from = connection::connect(&args.from).await?;

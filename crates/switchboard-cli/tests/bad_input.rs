@@ -203,6 +203,16 @@ fn usage_errors_exit_2() {
         2,
         "the ack wait must be at least 1s",
     );
+    // A panic before (exit 101): a timer cannot tick every 0s.
+    for zero in ["0s", "0ms"] {
+        fails(
+            &[
+                "bridge", "--from", "nats", "--to", "redis", "--on", "a.>", "--report", zero,
+            ],
+            2,
+            "--report",
+        );
+    }
     fails(
         &["send", "--on", "a", "--file", "f", "message"],
         2,

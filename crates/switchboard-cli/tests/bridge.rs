@@ -204,25 +204,53 @@ fn a_durable_bridge_forwards_what_was_published_while_it_was_down() {
     });
 }
 
+/// Runs `switchboard bridge --from FROM --to TO --on PATTERN`, which must
+/// be refused before connecting: exit 1, one line naming both URLs.
+fn refused_as_one_broker(from: &str, to: &str, pattern: &str) -> String {
+    let output = run(
+        "memory://",
+        &["bridge", "--from", from, "--to", to, "--on", pattern],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{from} -> {to}: {stderr}");
+    assert_one_error_line(&stderr, &format!("would match '{pattern}' again and loop"));
+    stderr
+}
+
 /// The same broker on both sides would loop: refused in one line.
 #[test]
 fn the_same_broker_on_both_sides_is_refused() {
-    let output = run(
-        "memory://",
-        &[
-            "bridge",
-            "--from",
-            "nats://127.0.0.1:4222",
-            "--to",
-            "nats://127.0.0.1:4222",
-            "--on",
-            "a.>",
-        ],
-        b"",
+    let stderr = refused_as_one_broker("nats://127.0.0.1:4222", "nats://127.0.0.1:4222", "a.>");
+    assert!(stderr.contains("give --to another broker"), "{stderr}");
+}
+
+/// One NATS server written two ways (`127.0.0.1` and `localhost`, a port
+/// left out, a trailing `/`, a query, a user) is one broker: before, only
+/// the same text was refused, and the bridge forwarded each message back to
+/// the server it came from, endlessly. Against the real server, so that a
+/// bridge that is not refused would connect and run (and the test time out).
+#[test]
+fn one_broker_written_two_ways_is_refused() {
+    let Some(nats) = broker_url("nats", "bridge_same_broker") else {
+        return;
+    };
+    if nats != "nats://127.0.0.1:4222" {
+        println!("skipped: written for the NATS server on 127.0.0.1:4222, not {nats}");
+        return;
+    }
+    let pattern = format!("{}.>", unique("hloop"));
+    let stderr = refused_as_one_broker("nats://127.0.0.1:4222", "nats://localhost:4222", &pattern);
+    assert!(
+        stderr.contains("--from nats://127.0.0.1:4222 and --to nats://localhost:4222"),
+        "{stderr}"
     );
-    assert_eq!(output.status.code(), Some(1));
-    assert_one_error_line(
-        &String::from_utf8_lossy(&output.stderr),
-        "would match 'a.>' again and loop",
-    );
+    for (from, to) in [
+        ("nats", "nats://127.0.0.1:4222/"),
+        ("nats://127.0.0.1", "nats://127.0.0.1:4222?name=bridge"),
+        ("nats://localhost", "nats://u:S3cretPw@127.0.0.1:4222"),
+    ] {
+        let stderr = refused_as_one_broker(from, to, &pattern);
+        assert!(!stderr.contains("S3cretPw"), "{stderr}");
+    }
 }

@@ -9,7 +9,10 @@ mod harness;
 use std::process::Stdio;
 use std::time::Duration;
 
-use harness::{broker_url, switchboard, unique, wait_output, Listener, PATIENCE};
+use harness::{
+    assert_one_error_line, broker_url, switchboard, unique, wait_output, Listener, TempDir,
+    PATIENCE,
+};
 use switchboard_testkit::{free_port, NatsServer};
 
 /// `secret` as the byte values a `Debug` of its bytes prints, without spaces
@@ -236,4 +239,42 @@ fn every_server_of_a_nats_list_is_redacted() {
     for secret in secrets {
         assert_hidden(&stderr, secret, "error");
     }
+}
+
+/// A URL refused for its form is named in the error with the password
+/// hidden: a raw `#`, `?` or `/` in the password (which a URL parser takes
+/// for the end of the authority), no scheme, a mistyped scheme. Each of
+/// these printed the password before.
+#[test]
+fn malformed_urls_are_refused_without_their_password() {
+    for (url, secrets) in [
+        ("redis://:pa#ss@127.0.0.1:1", &["pa#ss", "#ss@"][..]),
+        ("amqp://u:se#cret@127.0.0.1:1/%2f", &["se#cret", "#cret@"]),
+        ("mqtt://u:se?cret@127.0.0.1:1", &["se?cret", "?cret@"]),
+        ("nats://u:pa/ss@127.0.0.1:1", &["pa/ss", "/ss@"]),
+        ("u:secretpw@127.0.0.1:4222", &["secretpw"]),
+        ("nats:/u:secretpw@h", &["secretpw"]),
+    ] {
+        let stderr = stderr_of(&["--broker", url, "send", "--on", "a.b", "x"], &[]);
+        assert_one_error_line(&stderr, "invalid broker URL");
+        assert!(stderr.contains(":***@"), "{url}: {stderr}");
+        for secret in secrets {
+            assert!(!stderr.contains(secret), "{url} shows {secret:?}: {stderr}");
+        }
+    }
+    let dir = TempDir::new("asyncapi-secret");
+    let config = dir.write("reactions.toml", "[[route]]\non = \"a.b\"\nlog = true\n");
+    let stderr = stderr_of(
+        &[
+            "--broker",
+            "u:S3cretPW@h",
+            "worker",
+            "-c",
+            &config,
+            "--asyncapi",
+        ],
+        &[],
+    );
+    assert_one_error_line(&stderr, "u:***@h");
+    assert!(!stderr.contains("S3cretPW"), "{stderr}");
 }
