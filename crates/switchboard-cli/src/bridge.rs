@@ -72,23 +72,13 @@ pub struct BridgeArgs {
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) batch: u64,
 
-    /// Flush --to (then acknowledge on --from) at least this often.
-    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = humantime::parse_duration)]
+    /// Flush --to (then acknowledge on --from) at least this often (above zero).
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = crate::duration_arg::above_zero)]
     pub(crate) flush: Duration,
 
     /// How often the counts are printed on stderr (above zero).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_report)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::duration_arg::above_zero)]
     pub(crate) report: Duration,
-}
-
-/// A `--report` period: above zero, since a timer cannot tick every 0s
-/// (`tokio::time::interval` panics on it; the bridge exited 101).
-fn parse_report(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(duration) if !duration.is_zero() => Ok(duration),
-        Ok(_) => Err("the counts cannot be printed every 0s; give a period above zero, e.g. 10s (the default)".to_string()),
-        Err(error) => Err(format!("{error}; write e.g. 500ms, 10s or 1m")),
-    }
 }
 
 /// Deliveries forwarded but not yet flushed on the destination.
@@ -177,7 +167,7 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
         deliveries: Vec::new(),
     };
     let (mut forwarded, mut settled, mut warnings) = (0u64, 0u64, 0u64);
-    let mut flush_tick = tokio::time::interval(args.flush.max(Duration::from_millis(1)));
+    let mut flush_tick = tokio::time::interval(args.flush);
     let mut report_tick = tokio::time::interval(args.report);
     report_tick.reset();
     let outcome: anyhow::Result<Option<Signal>> = loop {

@@ -40,6 +40,7 @@ mod completions;
 mod connection;
 mod demo;
 mod doctor;
+mod duration_arg;
 mod format;
 mod listen;
 mod logging;

@@ -75,7 +75,7 @@ pub struct ListenArgs {
 
     /// With --durable: how long a message may stay unacknowledged before the
     /// broker delivers it again (at least 1s).
-    #[arg(long, value_name = "DURATION", value_parser = parse_ack_wait, default_value = "30s", requires = "durable")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration_arg::at_least_a_second, default_value = "30s", requires = "durable")]
     pub(crate) ack_wait: Duration,
 
     /// Exit after N messages.
@@ -288,17 +288,6 @@ async fn receive(
                 Err(error) => stdout_failed(error),
             };
         }
-    }
-}
-
-/// `--ack-wait`: at least a second, refused below that rather than raised
-/// in silence (brokers count it in seconds or milliseconds, and a shorter
-/// one would redeliver what is still being handled).
-fn parse_ack_wait(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(wait) if wait >= Duration::from_secs(1) => Ok(wait),
-        Ok(_) => Err("the ack wait must be at least 1s, e.g. 30s".to_string()),
-        Err(error) => Err(format!("{error}; write e.g. 30s or 2m")),
     }
 }
 

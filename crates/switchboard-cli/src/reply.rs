@@ -57,8 +57,8 @@ pub struct ReplyArgs {
     #[arg(long, value_name = "CMD", conflicts_with = "text")]
     pub(crate) command: Option<String>,
 
-    /// How long CMD may run for one request.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long CMD may run for one request (above zero).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::duration_arg::above_zero)]
     pub(crate) command_timeout: Duration,
 
     /// The text to answer every request with.

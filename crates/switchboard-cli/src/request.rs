@@ -32,7 +32,7 @@ pub struct RequestArgs {
     pub(crate) on: String,
 
     /// How long to wait for the reply (e.g. 500ms, 2s, 1m).
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_timeout)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::duration_arg::above_zero)]
     pub(crate) timeout: Duration,
 
     /// Header to attach, as NAME=VALUE (repeatable).
@@ -46,15 +46,6 @@ pub struct RequestArgs {
     /// The request's payload (empty if left out).
     #[arg(value_name = "PAYLOAD")]
     pub(crate) payload: Option<String>,
-}
-
-/// A positive duration in humantime's syntax.
-fn parse_timeout(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(duration) if !duration.is_zero() => Ok(duration),
-        Ok(_) => Err("the timeout must be above zero, e.g. 2s".to_string()),
-        Err(error) => Err(format!("{error}; write e.g. 500ms, 2s or 1m")),
-    }
 }
 
 /// Runs `switchboard request`.

@@ -51,7 +51,7 @@ pub struct WorkerArgs {
 
     /// How long in-flight actions may take to finish after Ctrl-C/SIGTERM
     /// (overrides the file's `grace_period`; default 10s).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration_arg::above_zero)]
     pub grace: Option<Duration>,
 
     /// Only check the config file, then exit.

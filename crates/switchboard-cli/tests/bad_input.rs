@@ -201,7 +201,34 @@ fn usage_errors_exit_2() {
             "100ms",
         ],
         2,
-        "the ack wait must be at least 1s",
+        "it must be at least 1s",
+    );
+    // Accepted before: no grace at all (the file's `grace_period = "0s"` was
+    // refused), every command killed at once, a flush every 1ms.
+    fails(
+        &["worker", "-c", "w.toml", "--grace", "0s"],
+        2,
+        "above zero",
+    );
+    fails(
+        &[
+            "reply",
+            "--on",
+            "a",
+            "--command",
+            "cat",
+            "--command-timeout",
+            "0s",
+        ],
+        2,
+        "above zero",
+    );
+    fails(
+        &[
+            "bridge", "--from", "nats", "--to", "redis", "--on", "a.>", "--flush", "0s",
+        ],
+        2,
+        "above zero",
     );
     // A panic before (exit 101): a timer cannot tick every 0s.
     for zero in ["0s", "0ms"] {
