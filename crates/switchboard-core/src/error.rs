@@ -434,17 +434,58 @@ impl Error {
     }
 
     /// Shorthand for [`Error::InvalidUrl`], redacting the password in `url`.
+    /// When the user information holds `#`, `?` or `/`, which end the host
+    /// part for a URL parser (so the complaint is about the host or port),
+    /// the reason says to percent-encode them.
     pub fn invalid_url(url: &str, reason: impl fmt::Display) -> Self {
+        let hint = if raw_delimiter_in_password(url) {
+            "; if the password holds `#`, `?` or `/`, percent-encode them (%23, %3F, %2F)"
+        } else {
+            ""
+        };
         Error::InvalidUrl {
             url: crate::redact_url(url),
-            reason: reason.to_string(),
+            reason: format!("{reason}{hint}"),
         }
     }
+}
+
+/// Whether `url`'s text before its last `@` looks like `user:password` with
+/// a `#`, `?` or `/` in it.
+fn raw_delimiter_in_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let Some(at) = rest.rfind('@') else {
+        return false;
+    };
+    let userinfo = &rest[..at];
+    userinfo.contains(':') && userinfo.contains(['#', '?', '/'])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unencoded_delimiter_in_a_password_is_named() {
+        for url in [
+            "redis://:pa#ss@h:1",
+            "nats://u:pa/ss@h",
+            "amqp://u:se?cret@h/%2f",
+        ] {
+            let text = Error::invalid_url(url, "empty host").to_string();
+            assert!(
+                text.contains("percent-encode them (%23, %3F, %2F)"),
+                "{text}"
+            );
+            assert!(!text.contains("ss@") && !text.contains("cret"), "{text}");
+        }
+        for url in ["nats://h:4222", "nats://u:p@h/x?y", "redis://h/0"] {
+            let text = Error::invalid_url(url, "bad").to_string();
+            assert!(!text.contains("percent-encode"), "{url}: {text}");
+        }
+    }
 
     #[test]
     fn connect_errors_are_temporary_by_kind() {
