@@ -10,7 +10,7 @@ mod harness;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use harness::{broker_url, remove_durable, unique, Listener, PATIENCE};
+use harness::{broker_url, capabilities, remove_durable, unique, Listener, PATIENCE};
 
 /// Messages in the stream.
 const MESSAGES: u32 = 3000;
@@ -53,24 +53,11 @@ fn seq_of(line: &str) -> u32 {
     payload.parse().unwrap_or_else(|_| panic!("{line:?}"))
 }
 
-fn durable_of(url: &str) -> bool {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let broker = switchboard::connect(url).await.unwrap();
-        let durable = broker.capabilities().durable;
-        broker.close().await.unwrap();
-        durable
-    })
-}
-
 fn sigkilled_listener_loses_nothing(kind: &str) {
     let Some(url) = broker_url(kind, "durable_kill") else {
         return;
     };
-    if !durable_of(&url) {
+    if !capabilities(&url).durable {
         eprintln!("skipped: {kind} has no durable mode (capabilities.durable is false)");
         return;
     }

@@ -8,7 +8,7 @@
 
 mod harness;
 
-use harness::{broker_url, remove_durable, run, send, unique, Listener, PATIENCE};
+use harness::{broker_url, capabilities, remove_durable, run, send, unique, Listener, PATIENCE};
 
 fn listener(url: &str, args: &[&str]) -> Listener {
     Listener::start(url, args).unwrap_or_else(|(status, stderr)| {
@@ -39,20 +39,6 @@ fn durable_listen_keeps_what_was_sent_meanwhile_on_amqp() {
     }
 }
 
-/// What the broker at `url` declares: whether durable messages survive its restart.
-fn stores_durable_messages(url: &str) -> bool {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let broker = switchboard::connect(url).await.unwrap();
-        let stored = broker.capabilities().durable_storage;
-        broker.close().await.unwrap();
-        stored
-    })
-}
-
 fn keeps_what_was_sent_meanwhile(url: &str) {
     let url = url.to_string();
     let prefix = unique("durable");
@@ -76,7 +62,7 @@ fn keeps_what_was_sent_meanwhile(url: &str) {
     // runs without `appendonly yes`) is said to lose them on a restart.
     assert_eq!(
         stderr.contains("so a restart of the server loses it"),
-        !stores_durable_messages(&url),
+        !capabilities(&url).durable_storage,
         "{stderr}"
     );
     // Nobody listens while these are sent.

@@ -504,6 +504,20 @@ pub fn error_lines(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
+/// What the broker at `url` declares, read on a connection of its own.
+pub fn capabilities(url: &str) -> switchboard::Capabilities {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let broker = switchboard::connect(url).await.unwrap();
+        let capabilities = broker.capabilities();
+        broker.close().await.unwrap();
+        capabilities
+    })
+}
+
 /// Removes the durable consumer `name` over `pattern` from the broker at `url`.
 pub fn remove_durable(url: &str, pattern: &str, name: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread()
