@@ -455,11 +455,7 @@ pub fn request(
     request: switchboard::Message,
     timeout: Duration,
 ) -> switchboard::Result<switchboard::Message> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         let broker = switchboard::connect(url).await.unwrap();
         let reply = broker.request(request, timeout).await;
         let _ = broker.close().await;
@@ -506,11 +502,7 @@ pub fn error_lines(stderr: &str) -> Vec<&str> {
 
 /// What the broker at `url` declares, read on a connection of its own.
 pub fn capabilities(url: &str) -> switchboard::Capabilities {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         let broker = switchboard::connect(url).await.unwrap();
         let capabilities = broker.capabilities();
         broker.close().await.unwrap();
@@ -520,11 +512,7 @@ pub fn capabilities(url: &str) -> switchboard::Capabilities {
 
 /// Removes the durable consumer `name` over `pattern` from the broker at `url`.
 pub fn remove_durable(url: &str, pattern: &str, name: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         let broker = switchboard::connect(url).await.unwrap();
         broker
             .remove_durable(
@@ -535,4 +523,14 @@ pub fn remove_durable(url: &str, pattern: &str, name: &str) {
             .unwrap();
         broker.close().await.unwrap();
     });
+}
+
+/// Runs `future` to completion on a runtime of its own, for the library calls
+/// a test makes beside the binary it runs.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
 }
