@@ -25,8 +25,11 @@ Examples:
 Each message is published to --to with its subject, headers and payload, and
 acknowledged on --from only once --to has it (after a flush, done every
 --batch messages and every --flush): on a source that acknowledges (RabbitMQ), a
-bridge that dies loses nothing. Counts go to stderr every --report and at the
-end. Ctrl-C/SIGTERM flushes what was forwarded and exits 130/143.
+bridge that dies loses nothing. When --to fails (a publish or a flush refused),
+the bridge gives back to --from what --to may not have (nack: a durable or
+group source delivers it again at once, to the next bridge, not after its ack
+wait) and exits 1. Counts go to stderr every --report and at the end.
+Ctrl-C/SIGTERM flushes what was forwarded and exits 130/143.
 
 --from and --to must be different brokers: subjects are forwarded unchanged,
 so a broker bridged to itself would get each message back, match --on again
@@ -88,11 +91,15 @@ struct Pending {
 
 impl Pending {
     /// Flushes `to`, then acknowledges the deliveries on the source; how many.
+    /// If the flush fails they are given back to the source instead.
     async fn settle(&mut self, to: &AnyBroker) -> anyhow::Result<u64> {
         if self.deliveries.is_empty() {
             return Ok(0);
         }
-        to.flush().await.map_err(connection::one_line)?;
+        if let Err(error) = to.flush().await {
+            give_back(self.deliveries.drain(..)).await;
+            return Err(connection::one_line(error));
+        }
         let settled = self.deliveries.len() as u64;
         for mut delivery in self.deliveries.drain(..) {
             if let Err(error) = delivery.ack().await {
@@ -101,6 +108,25 @@ impl Pending {
         }
         Ok(settled)
     }
+}
+
+/// How long giving deliveries back to the source may take once --to failed.
+const GIVE_BACK: Duration = Duration::from_secs(5);
+
+/// Gives `deliveries` back to the source (`nack`): whether --to has them is
+/// unknown, and a durable or group source then delivers them again at once,
+/// to the next bridge, instead of after its ack wait (a no-op on a source
+/// that does not redeliver). Bounded by [`GIVE_BACK`]: the source may be
+/// failing too.
+async fn give_back(deliveries: impl IntoIterator<Item = Delivery>) {
+    let giving = async {
+        for mut delivery in deliveries {
+            if let Err(error) = delivery.nack().await {
+                eprintln!("warning: {}", connection::one_line(error));
+            }
+        }
+    };
+    let _ = tokio::time::timeout(GIVE_BACK, giving).await;
 }
 
 /// Fails when --from and --to are one broker (see [`Endpoint`]): the bridge
@@ -179,11 +205,14 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
                 Some(Ok(delivery)) => {
                     let message = delivery.message().clone();
                     if let Err(error) = to.publish(message).await {
-                        // Not acknowledged: a source that redelivers keeps it.
-                        break Err(connection::one_line(error).context(format!(
+                        let error = connection::one_line(error).context(format!(
                             "cannot forward a message on '{}' to {to_shown}",
                             delivery.subject()
-                        )));
+                        ));
+                        // A source that redelivers keeps it (and those not
+                        // settled yet, given back below).
+                        give_back([delivery]).await;
+                        break Err(error);
                     }
                     forwarded += 1;
                     pending.deliveries.push(delivery);

@@ -204,6 +204,57 @@ fn a_durable_bridge_forwards_what_was_published_while_it_was_down() {
     });
 }
 
+/// A durable bridge whose destination dies gives back what it could not
+/// forward: the next bridge gets it at once, not after the 30 s ack wait
+/// (it waited out the ack wait before: the delivery was dropped unsettled).
+/// The destination is a redis-server of the test's own, killed and started
+/// again on its port.
+#[test]
+fn a_durable_bridge_gives_back_what_it_could_not_forward() {
+    let Some(nats) = broker_url("nats", "bridge_gives_back") else {
+        return;
+    };
+    let Some(mut redis) = switchboard_testkit::RedisServer::start(&[]) else {
+        return;
+    };
+    let to = redis.url();
+    let prefix = unique("bridgeback");
+    let pattern = format!("{prefix}.>");
+    let subject = format!("{prefix}.n");
+    let name = format!("back-{}", std::process::id());
+    let args = [
+        "--from",
+        nats.as_str(),
+        "--to",
+        to.as_str(),
+        "--on",
+        pattern.as_str(),
+        "--durable",
+        name.as_str(),
+    ];
+    let first = bridge(&args);
+    let at_destination = listener(&to, &["--on", &pattern, "--count", "1"]);
+    send(&nats, &["--on", &subject, "a"], b"");
+    assert_eq!(at_destination.lines(1), [format!("[{subject}] a")]);
+    drop(at_destination);
+    redis.process.kill();
+    // The bridge fails on the first message it cannot forward (at once, or
+    // at the flush that follows), gives it back and exits 1.
+    send(&nats, &["--on", &subject, "b"], b"");
+    let (status, _, stderr) = first.wait(PATIENCE);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    redis.process.start_again();
+    let at_destination = listener(&to, &["--on", &pattern, "--count", "1"]);
+    let mut again = args.to_vec();
+    again.extend_from_slice(&["--count", "1"]);
+    let second = bridge(&again);
+    // Within PATIENCE (20 s): before the 30 s ack wait is over.
+    assert_eq!(at_destination.lines(1), [format!("[{subject}] b")]);
+    let (status, _, stderr) = second.wait(PATIENCE);
+    assert!(status.success(), "{stderr}");
+    harness::remove_durable(&nats, &pattern, &name);
+}
+
 /// Runs `switchboard bridge --from FROM --to TO --on PATTERN`, which must
 /// be refused before connecting: exit 1, one line naming both URLs.
 fn refused_as_one_broker(from: &str, to: &str, pattern: &str) -> String {
