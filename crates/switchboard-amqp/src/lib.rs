@@ -314,7 +314,21 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// there when its `amqp` feature is on).
 pub const DRIVER: Driver = Driver::new(KIND, SCHEMES, DEFAULT_URL, |url| {
     Box::pin(async move { Ok(Arc::new(connect(url).await?) as Arc<dyn Broker>) })
-});
+})
+.with_locate(locate);
+
+/// Where an AMQP URL leads: each host of its list (port 5672, or 5671 for
+/// `amqps://`, where none is written), within its vhost and exchange: a
+/// message published to one exchange reaches no queue bound to another.
+/// `None` for a URL [`connect`] would refuse.
+fn locate(url: &str) -> Option<switchboard_core::Location> {
+    let config = options::Config::parse(url, AmqpOptions::default()).ok()?;
+    let scope = format!(
+        "vhost {}, exchange {}",
+        config.uri.vhost, config.options.exchange
+    );
+    Some(switchboard_core::Location::servers(config.hosts).within(scope))
+}
 
 /// Connects to the AMQP broker at `url` with the default [`AmqpOptions`]
 /// (the URL's query parameters applied). See the [crate docs](crate).

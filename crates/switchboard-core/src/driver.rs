@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::{Broker, Result};
+use crate::{Broker, Location, Result};
 
 /// How an adapter connects, as the facade's registry keeps it: the broker
 /// kind, the URL schemes it takes, the URL a bare kind stands for, and a
@@ -38,10 +38,15 @@ pub struct Driver {
     schemes: &'static [&'static str],
     default_url: &'static str,
     connect: Connect,
+    locate: Option<Locate>,
 }
 
 /// The function a [`Driver`] connects with: a URL in, a broker out.
 pub type Connect = for<'a> fn(&'a str) -> BoxFuture<'a, Result<Arc<dyn Broker>>>;
+
+/// The function a [`Driver`] reads where a URL leads with, without
+/// connecting: `None` for a URL it cannot read.
+pub type Locate = fn(&str) -> Option<Location>;
 
 impl Driver {
     /// A driver for broker `kind` (what [`Broker::kind`] returns), reached by
@@ -59,7 +64,30 @@ impl Driver {
             schemes,
             default_url,
             connect,
+            locate: None,
         }
+    }
+
+    /// This driver, able to say where its URLs lead ([`Driver::locate`])
+    /// with `locate`, the adapter's own URL parser: only the adapter knows
+    /// its default ports and how it writes several servers or a socket.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchboard_core::{Broker, Driver, Location, MemoryBroker};
+    ///
+    /// const DRIVER: Driver = Driver::new("echo", &["echo"], "echo://", |url| {
+    ///     Box::pin(async move {
+    ///         let memory = url.replacen("echo://", "memory://", 1);
+    ///         Ok(Arc::new(MemoryBroker::connect(&memory)?) as Arc<dyn Broker>)
+    ///     })
+    /// })
+    /// .with_locate(|url| Some(Location::place(url.trim_end_matches('/'))));
+    /// assert_eq!(DRIVER.locate("echo://a/"), Some(Location::place("echo://a")));
+    /// ```
+    pub const fn with_locate(mut self, locate: Locate) -> Self {
+        self.locate = Some(locate);
+        self
     }
 
     /// The broker kind (`nats`, `redis`, `amqp`, `memory`, or an adapter's own).
@@ -80,6 +108,13 @@ impl Driver {
     /// Whether `scheme` (any case, without `://`) is one of this driver's.
     pub fn takes_scheme(&self, scheme: &str) -> bool {
         self.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme))
+    }
+
+    /// Where `url` leads (its servers or place, and scope), read without
+    /// connecting; `None` when the URL cannot be read or the driver does
+    /// not say (a third-party driver without [`Driver::with_locate`]).
+    pub fn locate(&self, url: &str) -> Option<Location> {
+        self.locate.and_then(|locate| locate(url))
     }
 
     /// Connects to `url` with this driver's adapter.

@@ -49,7 +49,20 @@ pub const DEFAULT_CAPACITY: usize = 65_536;
 /// (always registered there).
 pub const DRIVER: crate::Driver = crate::Driver::new(KIND, SCHEMES, DEFAULT_URL, |url| {
     Box::pin(async move { Ok(Arc::new(MemoryBroker::connect(url)?) as Arc<dyn Broker>) })
-});
+})
+.with_locate(locate);
+
+/// Where a `memory://` URL leads: its hub, named by the URL's host (the
+/// query only configures this handle).
+fn locate(url: &str) -> Option<crate::Location> {
+    let parsed = url::Url::parse(url.trim()).ok()?;
+    (parsed.scheme() == KIND).then(|| {
+        crate::Location::place(format!(
+            "memory://{}",
+            parsed.host_str().unwrap_or_default()
+        ))
+    })
+}
 
 struct Route {
     id: u64,

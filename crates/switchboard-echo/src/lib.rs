@@ -41,7 +41,16 @@ pub const DEFAULT_URL: &str = "echo://";
 /// This adapter's entry for `switchboard::register`.
 pub const DRIVER: Driver = Driver::new(KIND, SCHEMES, DEFAULT_URL, |url| {
     Box::pin(async move { Ok(Arc::new(connect(url)?) as Arc<dyn Broker>) })
-});
+})
+.with_locate(locate);
+
+/// Where an echo URL leads: its hub (what `switchboard bridge` compares to
+/// refuse a hub bridged to itself).
+fn locate(url: &str) -> Option<switchboard_core::Location> {
+    let rest = url.split_once("://")?.1;
+    let hub = rest.split(['?', '/', '#']).next().unwrap_or_default();
+    Some(switchboard_core::Location::place(format!("echo://{hub}")))
+}
 
 /// Connects to `echo://[name][?capacity=N]`: the in-memory hub `name`.
 pub fn connect(url: &str) -> Result<EchoBroker> {

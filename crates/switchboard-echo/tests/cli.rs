@@ -46,3 +46,34 @@ fn an_unknown_scheme_lists_the_registered_one() {
     assert!(stderr.contains("echo://"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// The adapter says where its URLs lead, so `bridge` sees one hub written
+/// two ways (a query, a trailing slash) and refuses to loop it into itself.
+#[test]
+fn a_bridge_from_a_hub_to_itself_is_refused() {
+    let mut bridge = Command::new(env!("CARGO_BIN_EXE_switchboard-echo"))
+        .args([
+            "bridge",
+            "--from",
+            "echo://hub?capacity=8",
+            "--to",
+            "echo://hub/",
+        ])
+        .args(["--on", "a.>"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A bridge that was not refused runs until stopped: give it 20 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while bridge.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = bridge.kill();
+    let output = bridge.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("are the same broker (both reach echo://hub)"),
+        "{stderr}"
+    );
+}

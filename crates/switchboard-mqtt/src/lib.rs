@@ -203,7 +203,18 @@ pub const DEFAULT_URL: &str = "mqtt://127.0.0.1:1883";
 /// there when its `mqtt` feature is on).
 pub const DRIVER: Driver = Driver::new(KIND, SCHEMES, DEFAULT_URL, |url| {
     Box::pin(async move { Ok(Arc::new(connect(url).await?) as Arc<dyn Broker>) })
-});
+})
+.with_locate(locate);
+
+/// Where an MQTT URL leads: its server, port 1883 (8883 for `mqtts://`)
+/// where none is written. `None` for a URL [`connect`] would refuse.
+fn locate(url: &str) -> Option<switchboard_core::Location> {
+    let target = options::parse_url(url, MqttOptions::default()).ok()?;
+    Some(switchboard_core::Location::servers([(
+        target.host,
+        target.port,
+    )]))
+}
 
 /// Connects to an `mqtt://` or `mqtts://` URL with the default
 /// [`MqttOptions`]. Same as [`MqttBroker::connect`].

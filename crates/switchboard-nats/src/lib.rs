@@ -326,7 +326,20 @@ pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 /// there when its `nats` feature is on).
 pub const DRIVER: Driver = Driver::new(KIND, SCHEMES, DEFAULT_URL, |url| {
     Box::pin(async move { Ok(Arc::new(connect(url).await?) as Arc<dyn Broker>) })
-});
+})
+.with_locate(locate);
+
+/// Where a NATS URL leads: each server of its list, port 4222 where none is
+/// written. `None` for a URL [`connect`] would refuse.
+fn locate(url: &str) -> Option<switchboard_core::Location> {
+    let target = options::parse_url(url, NatsOptions::new()).ok()?;
+    Some(switchboard_core::Location::servers(
+        target
+            .servers
+            .iter()
+            .map(|server| (server.host(), server.port())),
+    ))
+}
 
 /// Connects to the NATS server at `url` with the default options (overridden
 /// by the URL's query). Same as [`NatsBroker::connect`].

@@ -605,7 +605,25 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 /// there when its `redis` feature is on).
 pub const DRIVER: Driver = Driver::new(KIND, SCHEMES, DEFAULT_URL, |url| {
     Box::pin(async move { Ok(Arc::new(connect(url).await?) as Arc<dyn Broker>) })
-});
+})
+.with_locate(locate);
+
+/// Where a Redis URL leads: its server (port 6379 where none is written),
+/// every seed node of a cluster URL, or a unix socket's path. The database
+/// number is left out: PUBSUB channels span every database. `None` for a
+/// URL [`connect`] would refuse.
+fn locate(url: &str) -> Option<switchboard_core::Location> {
+    let target = options::Target::parse(url, &mut RedisOptions::default()).ok()?;
+    Some(match (&target.socket, target.cluster.is_empty()) {
+        (Some(socket), _) => switchboard_core::Location::place(
+            std::fs::canonicalize(socket)
+                .unwrap_or_else(|_| socket.clone())
+                .to_string_lossy(),
+        ),
+        (None, true) => switchboard_core::Location::servers([(target.host, target.port)]),
+        (None, false) => switchboard_core::Location::servers(target.cluster),
+    })
+}
 
 /// Connects to a `redis://` or `rediss://` URL with the default [`RedisOptions`].
 ///

@@ -190,4 +190,24 @@ mod tests {
         let error = unknown_scheme("kafka".into(), "kafka://h").to_string();
         assert!(!error.contains("cargo feature"), "{error}");
     }
+
+    /// Every built-in driver says where its URLs lead (what `switchboard
+    /// bridge` compares), its default URL included.
+    #[test]
+    fn built_in_drivers_locate_their_urls() {
+        for driver in drivers() {
+            let location = driver.locate(driver.default_url());
+            assert!(
+                location.is_some(),
+                "{} cannot locate {}",
+                driver.kind(),
+                driver.default_url()
+            );
+        }
+        let nats = driver_for_scheme("nats").map(|d| d.locate("nats://Example:4222,nats://b"));
+        if let Some(location) = nats {
+            let expected = switchboard_core::Location::servers([("example", 4222), ("b", 4222)]);
+            assert_eq!(location, Some(expected));
+        }
+    }
 }

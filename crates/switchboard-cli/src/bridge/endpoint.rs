@@ -7,121 +7,36 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use percent_encoding::percent_decode_str;
+use switchboard::Location;
 
 /// How long a host name may take to resolve; one that does not is compared
 /// by its name only.
 const RESOLVE_DEADLINE: Duration = Duration::from_secs(5);
 
-/// The AMQP exchange a URL without `exchange=` publishes to (the AMQP
-/// adapter's default).
-const AMQP_DEFAULT_EXCHANGE: &str = switchboard::amqp::DEFAULT_EXCHANGE;
-
-/// One broker URL, reduced to what decides which messages it carries.
+/// One broker URL, reduced to what decides which messages it carries: the
+/// driver's kind (brokers of two kinds never share messages) and where the
+/// driver says the URL leads (its servers with default ports filled in, or
+/// the hub or socket it names, and on AMQP the vhost and exchange).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Endpoint {
-    /// The driver's kind (`nats`, `redis`, ...): brokers of two kinds never
-    /// share messages.
     kind: &'static str,
-    /// The servers, as written (host lowercased, brackets taken off) with
-    /// the scheme's port when none is written: any one of a list may be
-    /// the one connected to.
-    servers: BTreeSet<(String, u16)>,
-    /// What names the broker where there is no host: the in-memory hub's
-    /// name, a Redis unix socket's path.
-    place: Option<String>,
-    /// The part of one server whose messages are apart from the rest: an
-    /// AMQP vhost and exchange. Empty where a server has no such parts (a
-    /// Redis PUBSUB channel is global across database numbers, MQTT and
-    /// NATS have none in the URL).
-    scope: String,
+    location: Location,
 }
 
 impl Endpoint {
-    /// Reads `url` (a resolved URL, not a bare kind); `None` for a URL this
-    /// cannot read (the connection will say what is wrong with it) or of a
-    /// driver it does not know.
+    /// Reads `url` (a resolved URL, not a bare kind) with its driver's own
+    /// parser; `None` for a URL the driver cannot read (the connection will
+    /// say what is wrong with it) or of a driver that does not say where its
+    /// URLs lead.
     pub(super) fn parse(url: &str) -> Option<Self> {
-        let (scheme, _) = url.split_once("://")?;
-        let scheme = scheme.trim().to_ascii_lowercase();
-        let kind = switchboard::drivers()
+        let (scheme, _) = url.trim().split_once("://")?;
+        let driver = switchboard::drivers()
             .into_iter()
-            .find(|driver| driver.takes_scheme(&scheme))?
-            .kind();
-        let default_port = match scheme.as_str() {
-            "nats" | "tls" => 4222,
-            "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => 6379,
-            "amqp" => 5672,
-            "amqps" => 5671,
-            "mqtt" => 1883,
-            "mqtts" => 8883,
-            "memory" => {
-                let parsed = url::Url::parse(url.trim()).ok()?;
-                return Some(Self {
-                    kind,
-                    servers: BTreeSet::new(),
-                    place: Some(format!(
-                        "memory://{}",
-                        parsed.host_str().unwrap_or_default()
-                    )),
-                    scope: String::new(),
-                });
-            }
-            "redis+unix" | "unix" => return Some(Self::unix_socket(kind, url)),
-            _ => return None,
-        };
-        // A list of servers: `nats://a:1,nats://b:2` (each with its scheme),
-        // `amqp://u:p@a:5672,b:5672/vh` and `redis+cluster://a:1,b:2` (hosts
-        // only after the first; the path and query follow the last).
-        let mut servers = BTreeSet::new();
-        let mut last = None;
-        for part in url.trim().split(',') {
-            let part = part.trim();
-            let parsed = if part.contains("://") {
-                url::Url::parse(part)
-            } else {
-                url::Url::parse(&format!("{scheme}://{part}"))
-            }
-            .ok()?;
-            let host = parsed.host_str().filter(|host| !host.is_empty())?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            servers.insert((
-                host.to_ascii_lowercase(),
-                parsed.port().unwrap_or(default_port),
-            ));
-            last = Some(parsed);
-        }
-        let scope = match kind {
-            "amqp" => amqp_scope(&last?),
-            _ => String::new(),
-        };
+            .find(|driver| driver.takes_scheme(scheme))?;
         Some(Self {
-            kind,
-            servers,
-            place: None,
-            scope,
+            kind: driver.kind(),
+            location: driver.locate(url.trim())?,
         })
-    }
-
-    /// A Redis unix socket URL (`redis+unix://[:pw@]/path.sock[?db=N]`): the
-    /// socket's path names the server.
-    fn unix_socket(kind: &'static str, url: &str) -> Self {
-        let rest = url.trim().split_once("://").map_or("", |(_, rest)| rest);
-        let path_start = rest.find('/').unwrap_or(rest.len());
-        let path = rest[path_start..]
-            .split(['?', '#'])
-            .next()
-            .unwrap_or_default();
-        let path = percent_decode_str(path).decode_utf8_lossy().into_owned();
-        let place = std::fs::canonicalize(&path)
-            .map(|canonical| canonical.to_string_lossy().into_owned())
-            .unwrap_or(path);
-        Self {
-            kind,
-            servers: BTreeSet::new(),
-            place: Some(place),
-            scope: String::new(),
-        }
     }
 
     /// What `self` and `other` share, if they may be the same broker: a
@@ -129,38 +44,20 @@ impl Endpoint {
     /// Host names are resolved (`localhost` is `127.0.0.1` and `::1`), so
     /// this waits for the resolver (a few seconds at most).
     pub(super) async fn shared_with(&self, other: &Self) -> Option<String> {
-        if self.kind != other.kind || self.scope != other.scope {
+        let (mine, theirs) = (&self.location, &other.location);
+        if self.kind != other.kind || mine.scope() != theirs.scope() {
             return None;
         }
-        if let (Some(place), Some(other_place)) = (&self.place, &other.place) {
-            return (place == other_place).then(|| place.clone());
+        if let (Some(place), Some(other_place)) = (mine.named_place(), theirs.named_place()) {
+            return (place == other_place).then(|| place.to_string());
         }
-        if let Some((host, port)) = self.servers.intersection(&other.servers).next() {
+        if let Some((host, port)) = mine.shared_servers(theirs).next() {
             return Some(show(host, *port));
         }
-        let mine = resolve(&self.servers).await;
-        let theirs = resolve(&other.servers).await;
+        let mine = resolve(mine.server_list()).await;
+        let theirs = resolve(theirs.server_list()).await;
         mine.intersection(&theirs).next().map(ToString::to_string)
     }
-}
-
-/// The AMQP vhost and exchange a parsed URL names: `amqp://h`, `amqp://h/`
-/// and `amqp://h/%2f` are all the default vhost `/`.
-fn amqp_scope(url: &url::Url) -> String {
-    let vhost = match url.path() {
-        "" | "/" => "/".to_string(),
-        path => percent_decode_str(&path[1..])
-            .decode_utf8_lossy()
-            .into_owned(),
-    };
-    let exchange = url
-        .query_pairs()
-        .find(|(key, _)| key == "exchange")
-        .map_or_else(
-            || AMQP_DEFAULT_EXCHANGE.to_string(),
-            |(_, v)| v.into_owned(),
-        );
-    format!("vhost {vhost}, exchange {exchange}")
 }
 
 /// `host:port`, with brackets around an IPv6 address.
@@ -173,7 +70,7 @@ fn show(host: &str, port: u16) -> String {
 
 /// The socket addresses `servers` stand for. A name that does not resolve
 /// in time stands for nothing more than itself (compared by name already).
-async fn resolve(servers: &BTreeSet<(String, u16)>) -> BTreeSet<SocketAddr> {
+async fn resolve(servers: impl Iterator<Item = &(String, u16)>) -> BTreeSet<SocketAddr> {
     let mut addresses = BTreeSet::new();
     for (host, port) in servers {
         if let Ok(ip) = host.parse::<IpAddr>() {
