@@ -5,7 +5,8 @@
 //! can (and logged as such), reported as not redeliverable elsewhere, while
 //! one whose error is permanent is rejected without redelivery; the
 //! worker acknowledges only after its handler finished, so a worker that dies
-//! mid-handler leaves the message to the next one.
+//! mid-handler leaves the message to the next one; a route ordered per
+//! subject keeps each subject's order at concurrency 8.
 //!
 //! URLs come from `SWITCHBOARD_NATS_URL`, `SWITCHBOARD_REDIS_URL` and
 //! `SWITCHBOARD_AMQP_URL` (local defaults otherwise). A broker that does not
@@ -322,6 +323,56 @@ async fn dying_mid_handler_leaves_the_message(broker: AnyBroker, url: String) {
     other.close().await.unwrap();
 }
 
+/// A route ordered per subject at concurrency 8 handles each subject's
+/// messages in the order published (the broker keeps one publisher's order),
+/// however long each handler takes.
+async fn ordered_per_subject(broker: AnyBroker) {
+    const SUBJECTS: usize = 3;
+    const EACH: usize = 20;
+    let prefix = unique("ordered");
+    let seen = Arc::new(Mutex::new(Vec::<(String, usize)>::new()));
+    let record = seen.clone();
+    let worker = Worker::new(broker.clone())
+        .route(
+            Route::new(format!("{prefix}.orders.*"), move |ctx: Context| {
+                let record = record.clone();
+                async move {
+                    let n: usize = ctx.payload_str().unwrap().parse().unwrap();
+                    tokio::time::sleep(Duration::from_millis(((n * 7) % 5) as u64)).await;
+                    let subject = ctx.message().subject().to_string();
+                    record.lock().unwrap().push((subject, n));
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .concurrency(8)
+            .ordered_per_subject(),
+        )
+        .max_messages((SUBJECTS * EACH) as u64);
+    let running = worker.start().await.unwrap();
+    for n in 0..EACH {
+        for s in 0..SUBJECTS {
+            let message = Message::new(format!("{prefix}.orders.{s}"), n.to_string()).unwrap();
+            broker.publish(message).await.unwrap();
+        }
+    }
+    broker.flush().await.unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(30), running.wait())
+        .await
+        .expect("the worker finishes");
+    assert_eq!(summary.stats.handled as usize, SUBJECTS * EACH);
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    for s in 0..SUBJECTS {
+        let subject = format!("{prefix}.orders.{s}");
+        let order: Vec<usize> = seen
+            .iter()
+            .filter(|(on, _)| *on == subject)
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(order, (0..EACH).collect::<Vec<_>>(), "{subject}");
+    }
+    broker.close().await.unwrap();
+}
+
 macro_rules! on_broker {
     ($module:ident, $kind:literal, $env:literal, $default:literal) => {
         mod $module {
@@ -364,6 +415,14 @@ macro_rules! on_broker {
                 );
                 if let Some(broker) = broker_or_skip($kind, $env, $default, test).await {
                     super::permanent_failure_is_not_redelivered(broker).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn ordered_per_subject() {
+                let test = concat!(stringify!($module), "::ordered_per_subject");
+                if let Some(broker) = broker_or_skip($kind, $env, $default, test).await {
+                    super::ordered_per_subject(broker).await;
                 }
             }
 

@@ -44,7 +44,8 @@
 //!   [`ATTEMPTS_HEADER`], [`ERROR_HEADER`] and [`PERMANENT_HEADER`]);
 //!   [`layer_fn`] makes your own; [`HandlerExt`] chains them;
 //! - [`Route`]: pattern, queue group, concurrency limit (a semaphore in the
-//!   router; 1 keeps order) and the default stack, outermost first:
+//!   router; 1 keeps order, [`Route::ordered_per_subject`] keeps each
+//!   subject's order above 1) and the default stack, outermost first:
 //!   `DeadLetter(Retry(Timeout(CatchPanic(handler))))`; [`Route::custom`]
 //!   takes a stack you built (and refuses the default stack's setters);
 //! - [`Worker::layer`]: middleware on every route, outside each route's

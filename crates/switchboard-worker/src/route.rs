@@ -96,6 +96,8 @@ pub struct Route {
     pub(crate) durable: Option<String>,
     pub(crate) max_deliver: Option<u32>,
     pub(crate) concurrency: usize,
+    /// Messages of one subject are handled in order at any concurrency.
+    pub(crate) ordered_per_subject: bool,
     handler: BoxHandler,
     /// The default stack made for the handler's own type (no box per
     /// message), used when nothing wraps the handler in between: no schema
@@ -151,6 +153,7 @@ impl Route {
             durable: None,
             max_deliver: None,
             concurrency: DEFAULT_CONCURRENCY,
+            ordered_per_subject: false,
             handler,
             unboxed,
             publishes: Vec::new(),
@@ -209,9 +212,37 @@ impl Route {
     }
 
     /// Handles up to `limit` messages at a time (at least 1). With 1 (the
-    /// default) messages are handled one after the other, in order.
+    /// default) messages are handled one after the other, in order; above
+    /// 1 they may finish, and be acknowledged, in any order, unless the
+    /// route is [ordered per subject](Route::ordered_per_subject).
     pub fn concurrency(mut self, limit: usize) -> Self {
         self.concurrency = limit.max(1);
+        self
+    }
+
+    /// With [concurrency](Route::concurrency) above 1, handles the messages
+    /// of one subject one after the other, in the order they arrived, while
+    /// messages of different subjects still run side by side: per-key order
+    /// with a subject per key (`orders.1042`, `orders.1043`), as a
+    /// partitioned log gives per partition. A message waits for the one
+    /// before it on its subject to finish (retries and dead letter
+    /// included), holding one of the route's `concurrency` slots while it
+    /// waits, so a run of messages on one subject is as slow as with
+    /// concurrency 1. What a broker delivers again (a nack, an expired ack
+    /// wait) comes back after later messages, as at concurrency 1.
+    ///
+    /// ```
+    /// use switchboard_worker::{Context, HandlerError, Route};
+    ///
+    /// let route = Route::new("orders.*", |ctx: Context| async move {
+    ///     println!("{}: {} bytes", ctx.message().subject(), ctx.message().payload().len());
+    ///     Ok::<_, HandlerError>(())
+    /// })
+    /// .concurrency(16)
+    /// .ordered_per_subject();
+    /// ```
+    pub fn ordered_per_subject(mut self) -> Self {
+        self.ordered_per_subject = true;
         self
     }
 
@@ -427,6 +458,7 @@ impl Route {
             group,
             durable,
             concurrency: self.concurrency.max(1),
+            ordered_per_subject: self.ordered_per_subject,
             stack: looped,
         })
     }
@@ -440,6 +472,7 @@ impl fmt::Debug for Route {
             .field("durable", &self.durable)
             .field("max_deliver", &self.max_deliver)
             .field("concurrency", &self.concurrency)
+            .field("ordered_per_subject", &self.ordered_per_subject)
             .field("publishes", &self.publishes)
             .field("contract", &self.contract);
         match &self.stack {
@@ -459,6 +492,7 @@ pub(crate) struct Prepared {
     pub(crate) group: Option<QueueGroup>,
     pub(crate) durable: Option<Durable>,
     pub(crate) concurrency: usize,
+    pub(crate) ordered_per_subject: bool,
     /// The route's whole stack (worker layers included), as its loop runs it.
     pub(crate) stack: Arc<dyn Looped>,
 }

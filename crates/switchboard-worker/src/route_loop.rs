@@ -12,6 +12,14 @@
 //! runtime's threads (a handler busy computing would otherwise hold up the
 //! others).
 //!
+//! # Order per subject
+//!
+//! A route [ordered per subject](crate::Route::ordered_per_subject) keeps,
+//! for each subject, the end of the latest handling taken ([`Turns`]); the
+//! next message on that subject waits for it before its stack runs. Only
+//! handlings in flight are waited on, so the table holds at most one entry
+//! per slot once the finished ones are swept.
+//!
 //! # The clock
 //!
 //! Each message's handling is timed for the duration histogram: two clock
@@ -26,6 +34,7 @@
 //! tests may pause): it is read only for a handler not done on its first
 //! poll.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -36,8 +45,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use switchboard_core::{Delivery, Subscription};
-use tokio::sync::Semaphore;
+use switchboard_core::{Delivery, Subject, Subscription};
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
@@ -80,6 +89,7 @@ pub(crate) struct RouteState {
 pub(crate) struct RouteTask {
     state: Arc<RouteState>,
     concurrency: usize,
+    ordered_per_subject: bool,
 }
 
 /// The loop's wait for the worker to stop taking messages, made once (each
@@ -99,6 +109,7 @@ impl RouteTask {
                 abort: CancellationToken::new(),
             }),
             concurrency: route.concurrency,
+            ordered_per_subject: route.ordered_per_subject,
         };
         tracing::debug!(route = %task.state.name, concurrency = task.concurrency, "route subscribed");
         task
@@ -172,6 +183,7 @@ impl RouteTask {
         tasks: &mut JoinSet<()>,
     ) {
         let limit = Arc::new(Semaphore::new(self.concurrency));
+        let mut turns = self.ordered_per_subject.then(Turns::default);
         loop {
             // Reap finished tasks so the set stays small.
             if tasks.len() > self.concurrency {
@@ -191,14 +203,40 @@ impl RouteTask {
             let Some(delivery) = self.take(subscription, &mut stopped).await else {
                 break;
             };
-            let handling = self
-                .state
-                .stack
-                .clone()
-                .handle(self.state.clone(), delivery);
+            let Some(turns) = turns.as_mut() else {
+                let handling = self
+                    .state
+                    .stack
+                    .clone()
+                    .handle(self.state.clone(), delivery);
+                tasks.spawn(async move {
+                    handling.await;
+                    drop(permit);
+                });
+                continue;
+            };
+            let (previous, done) = turns.take(delivery.subject(), self.concurrency);
+            let state = self.state.clone();
             tasks.spawn(async move {
-                handling.await;
-                drop(permit);
+                if let Some(previous) = previous {
+                    let aborted = tokio::select! {
+                        biased;
+                        () = state.abort.cancelled() => true,
+                        _ = previous => false,
+                    };
+                    if aborted {
+                        // Never started: given back as the buffered ones are.
+                        let mut delivery = delivery;
+                        let subject = delivery.subject().clone();
+                        state
+                            .shared
+                            .give_back(&state.metrics, &subject, Some(&mut delivery), false)
+                            .await;
+                        return;
+                    }
+                }
+                state.stack.clone().handle(state, delivery).await;
+                drop((done, permit));
             });
         }
     }
@@ -264,6 +302,34 @@ impl RouteTask {
             .shared
             .give_back(&state.metrics, &subject, Some(&mut delivery), false)
             .await;
+    }
+}
+
+/// Per subject, the end of the latest handling taken by a route ordered per
+/// subject: the next message on that subject waits for it.
+#[derive(Default)]
+struct Turns {
+    /// Resolves (sent or dropped) when that handling is over.
+    last: HashMap<Subject, oneshot::Receiver<()>>,
+}
+
+impl Turns {
+    /// A turn on `subject`: the end of the handling before it on that
+    /// subject, if one was taken, and the sender to drop once this one is
+    /// over. At most `concurrency` handlings are in flight, so entries past
+    /// that many are finished ones, swept before the table grows.
+    fn take(
+        &mut self,
+        subject: &Subject,
+        concurrency: usize,
+    ) -> (Option<oneshot::Receiver<()>>, oneshot::Sender<()>) {
+        if self.last.len() > concurrency.saturating_mul(2).saturating_add(64) {
+            self.last.retain(|_, over| {
+                matches!(over.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+            });
+        }
+        let (done, over) = oneshot::channel();
+        (self.last.insert(subject.clone(), over), done)
     }
 }
 

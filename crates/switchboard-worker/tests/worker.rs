@@ -1036,3 +1036,109 @@ async fn max_messages_zero_stops_before_taking_any() {
     assert_eq!(summary.stats.received, 0, "{}", summary.stats);
     assert_eq!(summary.stats.unfinished, 0, "{}", summary.stats);
 }
+
+/// Ordered per subject at concurrency 8: each subject's messages are handled
+/// in the order published, although handlers take different times and
+/// messages of different subjects run side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_ordered_per_subject_keeps_each_subjects_order() {
+    const SUBJECTS: usize = 4;
+    const EACH: usize = 25;
+    let broker = MemoryBroker::new();
+    let seen = Arc::new(Mutex::new(Vec::<(String, usize)>::new()));
+    let (in_flight, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (record, now, peak) = (seen.clone(), in_flight.clone(), most.clone());
+    let route = Route::new("orders.*", move |ctx: Context| {
+        let (record, now, peak) = (record.clone(), now.clone(), peak.clone());
+        async move {
+            let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(running, Ordering::SeqCst);
+            let n: usize = ctx.message().payload_str().unwrap().parse().unwrap();
+            // 0 to 4 ms, varying from message to message: later ones would
+            // often finish first if nothing kept them in order.
+            tokio::time::sleep(Duration::from_millis(((n * 7) % 5) as u64)).await;
+            let subject = ctx.message().subject().to_string();
+            record.lock().unwrap().push((subject, n));
+            now.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, HandlerError>(())
+        }
+    })
+    .concurrency(8)
+    .ordered_per_subject();
+    let running = Worker::new(broker.clone())
+        .route(route)
+        .max_messages((SUBJECTS * EACH) as u64)
+        .start()
+        .await
+        .unwrap();
+    for n in 0..EACH {
+        for s in 0..SUBJECTS {
+            let message = Message::new(format!("orders.{s}"), n.to_string()).unwrap();
+            broker.publish(message).await.unwrap();
+        }
+    }
+    let summary = tokio::time::timeout(Duration::from_secs(30), running.wait())
+        .await
+        .expect("the worker finishes");
+    assert_eq!(summary.stats.handled as usize, SUBJECTS * EACH);
+    let seen = seen.lock().unwrap();
+    for s in 0..SUBJECTS {
+        let subject = format!("orders.{s}");
+        let order: Vec<usize> = seen
+            .iter()
+            .filter(|(on, _)| *on == subject)
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(order, (0..EACH).collect::<Vec<_>>(), "{subject}");
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!(most > 1, "subjects never ran side by side ({most} at most)");
+    assert!(most <= 8, "{most} handlers at once, above the limit of 8");
+}
+
+/// Messages waiting for their turn when the grace period runs out are
+/// given back unstarted; the one running is cancelled and given back.
+#[tokio::test]
+async fn messages_waiting_their_turn_are_given_back_at_shutdown() {
+    let broker = MemoryBroker::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let count = started.clone();
+    let worker = Worker::new(broker.clone())
+        .route(
+            Route::new("orders.*", move |_ctx: Context| {
+                count.fetch_add(1, Ordering::SeqCst);
+                async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .no_timeout()
+            .concurrency(4)
+            .ordered_per_subject(),
+        )
+        .grace_period(Duration::from_millis(100));
+    let token = worker.shutdown_token();
+    let running = worker.start().await.unwrap();
+    for n in 0..3 {
+        let message = Message::new("orders.1", n.to_string()).unwrap();
+        broker.publish(message).await.unwrap();
+    }
+    wait_until("the first handler started", || {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The other two are taken (4 slots) and wait behind the first.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    token.cancel();
+    let summary = tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .expect("the worker stops");
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        1,
+        "a message ran out of turn"
+    );
+    let mut unfinished: Vec<bool> = summary.unfinished.iter().map(|u| u.started).collect();
+    unfinished.sort();
+    assert_eq!(unfinished, [false, false, true], "{:?}", summary.unfinished);
+}

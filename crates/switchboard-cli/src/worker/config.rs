@@ -9,6 +9,7 @@
 //! durable = "pager"          # optional durable consumer: kept while the worker is away
 //! max_deliver = 3            # optional, with durable: deliveries before dead-lettering
 //! concurrency = 4            # optional
+//! ordered_per_subject = true # optional: one subject's messages in order at any concurrency
 //! attempts = 3               # optional, total tries before dead-lettering
 //! backoff = "100ms"          # optional, first retry delay ("0s" retries at once)
 //! timeout = "5s"             # optional, per attempt, above zero
@@ -94,6 +95,8 @@ struct RawRoute {
     max_deliver: Option<u32>,
     #[serde(default, deserialize_with = "concurrency")]
     concurrency: Option<usize>,
+    #[serde(default)]
+    ordered_per_subject: bool,
     #[serde(default, deserialize_with = "attempts")]
     attempts: Option<u32>,
     #[serde(default, deserialize_with = "duration")]
@@ -123,6 +126,8 @@ pub(crate) struct RouteConfig {
     pub(crate) durable: Option<ConsumerName>,
     pub(crate) max_deliver: Option<u32>,
     pub(crate) concurrency: Option<usize>,
+    /// Each subject's messages handled in order at any concurrency.
+    pub(crate) ordered_per_subject: bool,
     pub(crate) attempts: Option<u32>,
     pub(crate) backoff: Option<Duration>,
     pub(crate) timeout: Option<Duration>,
@@ -178,6 +183,9 @@ impl RouteConfig {
         }
         if let Some(concurrency) = self.concurrency {
             route = route.concurrency(concurrency);
+        }
+        if self.ordered_per_subject {
+            route = route.ordered_per_subject();
         }
         if let Some(attempts) = self.attempts {
             route = route.attempts(attempts);
@@ -315,6 +323,7 @@ pub(crate) fn parse_in(name: &str, text: &str, base: &Path) -> anyhow::Result<Co
             durable: raw.durable,
             max_deliver: raw.max_deliver,
             concurrency: raw.concurrency,
+            ordered_per_subject: raw.ordered_per_subject,
             attempts: raw.attempts,
             backoff: raw.backoff,
             timeout: raw.timeout,
@@ -572,6 +581,7 @@ grace_period = "3s"
 on = "alerts.>"
 group = "pagers"
 concurrency = 4
+ordered_per_subject = true
 attempts = 3
 backoff = "100ms"
 timeout = "5s"
@@ -594,6 +604,8 @@ dead_letter = false
         let first = &config.routes[0];
         assert_eq!(first.on.as_str(), "alerts.>");
         assert_eq!(first.concurrency, Some(4));
+        assert!(first.ordered_per_subject);
+        assert!(!config.routes[1].ordered_per_subject);
         assert_eq!(first.backoff, Some(Duration::from_millis(100)));
         assert_eq!(
             first.action,
