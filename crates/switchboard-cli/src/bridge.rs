@@ -25,10 +25,16 @@ Examples:
 Each message is published to --to with its subject, headers and payload, and
 acknowledged on --from only once --to has it (after a flush, done every
 --batch messages and every --flush): on a source that acknowledges (RabbitMQ), a
-bridge that dies loses nothing. When --to fails (a publish or a flush refused),
-the bridge gives back to --from what --to may not have (nack: a durable or
-group source delivers it again at once, to the next bridge, not after its ack
-wait) and exits 1. Counts go to stderr every --report and at the end.
+bridge that dies loses nothing. When --to fails (a publish or a flush refused,
+a broker restarting), the bridge stops reading --from and forwards what it
+holds again on the adapters' reconnection schedule (100ms doubling to 5s) for
+up to --retry-for (30s): an outage shorter than that loses nothing, though
+what was held may arrive twice. A source that keeps nothing for its readers
+(NATS core, Redis PUBSUB) buffers what comes meanwhile up to its capacity (an
+overflow is counted as a warning). Past --retry-for the bridge gives back to
+--from what --to may not have (nack: a durable or group source delivers it
+again at once, to the next bridge, not after its ack wait) and exits 1.
+Counts go to stderr every --report and at the end.
 Ctrl-C/SIGTERM flushes what was forwarded and exits 130/143.
 
 --from and --to must be different brokers: subjects are forwarded unchanged,
@@ -67,6 +73,12 @@ pub struct BridgeArgs {
     #[arg(long, value_name = "NAME")]
     pub(crate) durable: Option<String>,
 
+    /// How long to keep trying when --to fails (a publish or flush refused,
+    /// a broker restarting) before giving back what is held and exiting 1;
+    /// 0s gives up at once.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::duration_arg::zero_or_more)]
+    pub(crate) retry_for: Duration,
+
     /// Exit after forwarding N messages.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) count: Option<u64>,
@@ -90,16 +102,14 @@ struct Pending {
 }
 
 impl Pending {
-    /// Flushes `to`, then acknowledges the deliveries on the source; how many.
-    /// If the flush fails they are given back to the source instead.
-    async fn settle(&mut self, to: &AnyBroker) -> anyhow::Result<u64> {
+    /// Flushes `to`, then acknowledges the deliveries on the source; how
+    /// many. If the flush fails they stay pending: the caller forwards them
+    /// again or gives them back.
+    async fn settle(&mut self, to: &AnyBroker) -> switchboard::Result<u64> {
         if self.deliveries.is_empty() {
             return Ok(0);
         }
-        if let Err(error) = to.flush().await {
-            give_back(self.deliveries.drain(..)).await;
-            return Err(connection::one_line(error));
-        }
+        to.flush().await?;
         let settled = self.deliveries.len() as u64;
         for mut delivery in self.deliveries.drain(..) {
             if let Err(error) = delivery.ack().await {
@@ -108,20 +118,116 @@ impl Pending {
         }
         Ok(settled)
     }
+
+    /// Publishes every pending message to `to` again and settles them:
+    /// after --to failed, which of them it has is unknown, so some may
+    /// arrive twice (at least once, never lost).
+    async fn forward_again(&mut self, to: &AnyBroker) -> switchboard::Result<u64> {
+        for delivery in &self.deliveries {
+            to.publish(delivery.message().clone()).await?;
+        }
+        self.settle(to).await
+    }
+}
+
+/// How an outage of --to ended.
+enum Outage {
+    /// --to took the held messages: this many were settled.
+    Over(u64),
+    /// A signal came first.
+    Signal(Signal),
+    /// --to still failed when `--retry-for` was over.
+    GaveUp(anyhow::Error),
+}
+
+/// Waits out a failure of --to (`error`, from a publish or a flush): the
+/// bridge stops reading --from and forwards what it holds again on the
+/// adapters' reconnection schedule, until --to takes it, a signal comes, or
+/// `retry_for` is over. Most outages are a restart or a failover that the
+/// adapter's own reconnection rides out; exiting at once made every such
+/// restart a bridge restart, and lost what a source that keeps nothing
+/// (NATS core, Redis PUBSUB) sent meanwhile.
+async fn ride_out(
+    to: &AnyBroker,
+    to_shown: &str,
+    pending: &mut Pending,
+    signals: &mut Signals,
+    retry_for: Duration,
+    error: switchboard::Error,
+) -> Outage {
+    let held = pending.deliveries.len();
+    let give_up = |error: switchboard::Error| {
+        Outage::GaveUp(connection::one_line(error).context(format!(
+            "cannot forward to {to_shown} (kept trying for {}); {held} message(s) given back to --from",
+            humantime::format_duration(retry_for)
+        )))
+    };
+    if retry_for.is_zero() {
+        return give_up(error);
+    }
+    eprintln!(
+        "warning: cannot forward to {to_shown}: {}; retrying for up to {} with {held} message(s) held, not reading --from meanwhile",
+        connection::one_line(error),
+        humantime::format_duration(retry_for)
+    );
+    let deadline = tokio::time::Instant::now() + retry_for;
+    let mut attempts = switchboard::Backoff::DEFAULT.attempts();
+    let mut last = None;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return give_up(last.unwrap_or_else(|| switchboard::Error::Timeout {
+                broker: to.kind(),
+                operation: "forwarding the held messages".into(),
+                after: retry_for,
+            }));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(attempts.failed().min(left)) => {}
+            signal = signals.recv() => return Outage::Signal(signal),
+        }
+        // An attempt may hang on a link that is half there: bounded by
+        // what is left, at least a second.
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_secs(1));
+        tokio::select! {
+            attempt = tokio::time::timeout(left, pending.forward_again(to)) => match attempt {
+                Ok(Ok(settled)) => {
+                    eprintln!("bridge: {to_shown} takes messages again; the {held} held were forwarded");
+                    return Outage::Over(settled);
+                }
+                Ok(Err(error)) => last = Some(error),
+                Err(_) => {}
+            },
+            signal = signals.recv() => return Outage::Signal(signal),
+        }
+    }
 }
 
 /// How long giving deliveries back to the source may take once --to failed.
 const GIVE_BACK: Duration = Duration::from_secs(5);
 
+/// How long after it is given back a message may come again, where the
+/// source can delay a redelivery (JetStream): the bridge closes its
+/// subscription right after, and a message redelivered at once could go to
+/// this bridge's own pull request, still open on the server until the
+/// unsubscribe arrives, and then wait out the whole ack wait.
+const REDELIVER_AFTER: Duration = Duration::from_millis(200);
+
 /// Gives `deliveries` back to the source (`nack`): whether --to has them is
-/// unknown, and a durable or group source then delivers them again at once,
-/// to the next bridge, instead of after its ack wait (a no-op on a source
-/// that does not redeliver). Bounded by [`GIVE_BACK`]: the source may be
-/// failing too.
+/// unknown, and a durable or group source then delivers them again (after
+/// [`REDELIVER_AFTER`] where it can wait that long) to the next bridge,
+/// instead of after its ack wait (a no-op on a source that does not
+/// redeliver). Bounded by [`GIVE_BACK`]: the source may be failing too.
 async fn give_back(deliveries: impl IntoIterator<Item = Delivery>) {
     let giving = async {
         for mut delivery in deliveries {
-            if let Err(error) = delivery.nack().await {
+            let given = match delivery.nack_with_delay(REDELIVER_AFTER).await {
+                Err(switchboard::Error::Unsupported { .. }) => delivery.nack().await,
+                given => given,
+            };
+            if let Err(error) = given {
                 eprintln!("warning: {}", connection::one_line(error));
             }
         }
@@ -193,6 +299,8 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
         deliveries: Vec::new(),
     };
     let (mut forwarded, mut settled, mut warnings) = (0u64, 0u64, 0u64);
+    // Set once --to failed for good: what is held is given back, not flushed.
+    let mut to_failed = false;
     let mut flush_tick = tokio::time::interval(args.flush);
     let mut report_tick = tokio::time::interval(args.report);
     report_tick.reset();
@@ -200,57 +308,112 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
         if args.count.is_some_and(|count| forwarded >= count) {
             break Ok(None);
         }
-        tokio::select! {
+        let failed = tokio::select! {
             next = subscription.next() => match next {
                 Some(Ok(delivery)) => {
-                    let message = delivery.message().clone();
-                    if let Err(error) = to.publish(message).await {
-                        let error = connection::one_line(error).context(format!(
-                            "cannot forward a message on '{}' to {to_shown}",
-                            delivery.subject()
-                        ));
-                        // A source that redelivers keeps it (and those not
-                        // settled yet, given back below).
-                        give_back([delivery]).await;
-                        break Err(error);
-                    }
+                    let published = to.publish(delivery.message().clone()).await;
                     forwarded += 1;
-                    pending.deliveries.push(delivery);
-                    if pending.deliveries.len() as u64 >= args.batch {
-                        match pending.settle(&to).await {
-                            Ok(n) => settled += n,
-                            Err(error) => break Err(error),
+                    if published.is_err() {
+                        // What was published before may be confirmed all the
+                        // same (answered before the link broke): settled
+                        // first, so that only what --to may lack is held.
+                        if let Ok(n) = pending.settle(&to).await {
+                            settled += n;
                         }
+                    }
+                    pending.deliveries.push(delivery);
+                    match published {
+                        Err(error) => Some(error),
+                        Ok(()) if pending.deliveries.len() as u64 >= args.batch => {
+                            match pending.settle(&to).await {
+                                Ok(n) => {
+                                    settled += n;
+                                    None
+                                }
+                                Err(error) => Some(error),
+                            }
+                        }
+                        Ok(()) => None,
                     }
                 }
                 Some(Err(error)) => {
                     warnings += 1;
                     eprintln!("warning: {}", connection::one_line(error));
+                    None
                 }
                 None => break Err(anyhow::anyhow!("{from_shown} ended the subscription to '{pattern}'")),
             },
             _ = flush_tick.tick() => match pending.settle(&to).await {
-                Ok(n) => settled += n,
-                Err(error) => break Err(error),
+                Ok(n) => {
+                    settled += n;
+                    None
+                }
+                Err(error) => Some(error),
             },
             _ = report_tick.tick() => {
                 eprintln!("bridge: {forwarded} forwarded, {settled} confirmed by {to_shown}, {warnings} warning(s)");
+                None
             }
             signal = signals.recv() => break Ok(Some(signal)),
+        };
+        let Some(error) = failed else {
+            continue;
+        };
+        match ride_out(
+            &to,
+            &to_shown,
+            &mut pending,
+            &mut signals,
+            args.retry_for,
+            error,
+        )
+        .await
+        {
+            Outage::Over(n) => {
+                settled += n;
+                // The ticks that fell due meanwhile fire once, not in a burst.
+                flush_tick.reset();
+            }
+            Outage::Signal(signal) => {
+                to_failed = true;
+                break Ok(Some(signal));
+            }
+            Outage::GaveUp(error) => {
+                to_failed = true;
+                break Err(error);
+            }
         }
     };
-    let last = pending.settle(&to).await;
+    let last = if to_failed {
+        give_back(pending.deliveries.drain(..)).await;
+        Ok(0)
+    } else {
+        match pending.settle(&to).await {
+            Ok(n) => Ok(n),
+            Err(error) => {
+                give_back(pending.deliveries.drain(..)).await;
+                Err(connection::one_line(error))
+            }
+        }
+    };
     if let Ok(n) = &last {
         settled += n;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), subscription.close()).await;
     let _ = connection::close(&from).await;
-    let closed = connection::flush_and_close(&to).await;
+    // --to failing for good has nothing left to flush (and may not answer).
+    let closed = if to_failed {
+        connection::close(&to).await
+    } else {
+        connection::flush_and_close(&to).await
+    };
     eprintln!(
         "bridge: {forwarded} forwarded, {settled} confirmed by {to_shown}, {warnings} warning(s)"
     );
     let stopped_by = outcome?;
     last?;
-    closed?;
+    if !to_failed {
+        closed?;
+    }
     Ok(stopped_by.map_or(ExitCode::SUCCESS, Signal::exit_code))
 }

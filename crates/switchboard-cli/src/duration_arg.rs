@@ -7,6 +7,11 @@
 
 use std::time::Duration;
 
+/// Any duration, zero included (`bridge --retry-for 0s`: give up at once).
+pub(crate) fn zero_or_more(text: &str) -> Result<Duration, String> {
+    at_least(text, Duration::ZERO, "zero or more")
+}
+
 /// A duration above zero.
 pub(crate) fn above_zero(text: &str) -> Result<Duration, String> {
     at_least(text, Duration::from_nanos(1), "above zero")
@@ -43,5 +48,7 @@ mod tests {
             .unwrap_err()
             .contains("at least 1s"));
         assert!(above_zero("2").unwrap_err().contains("write e.g. 500ms"));
+        assert_eq!(zero_or_more("0s"), Ok(Duration::ZERO));
+        assert!(zero_or_more("-1s").is_err());
     }
 }

@@ -177,6 +177,8 @@ fn a_durable_bridge_forwards_what_was_published_while_it_was_down() {
         pattern.as_str(),
         "--durable",
         name.as_str(),
+        "--retry-for",
+        "2s",
     ];
     let first = bridge(&args);
     first.signal("TERM");
@@ -231,6 +233,8 @@ fn a_durable_bridge_gives_back_what_it_could_not_forward() {
         pattern.as_str(),
         "--durable",
         name.as_str(),
+        "--retry-for",
+        "2s",
     ];
     let first = bridge(&args);
     let at_destination = listener(&to, &["--on", &pattern, "--count", "1"]);
@@ -239,7 +243,8 @@ fn a_durable_bridge_gives_back_what_it_could_not_forward() {
     drop(at_destination);
     redis.process.kill();
     // The bridge fails on the first message it cannot forward (at once, or
-    // at the flush that follows), gives it back and exits 1.
+    // at the flush that follows), tries again for 2 s, gives it back and
+    // exits 1.
     send(&nats, &["--on", &subject, "b"], b"");
     let (status, _, stderr) = first.wait(PATIENCE);
     assert_eq!(status.code(), Some(1), "{stderr}");
