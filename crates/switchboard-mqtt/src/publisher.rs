@@ -145,14 +145,14 @@ pub(crate) async fn request(
         .inbox
         .get_or_try_init(|| subscription::subscribe_inbox(shared))
         .await?;
+    let topic = wire::topic_for(message.subject());
+    let (request_subject, payload, headers) = message.into_parts();
+    wire::check_headers(&headers)?;
+    let subject = request_subject.as_str().to_string();
     let number = shared.next_request.fetch_add(1, Ordering::AcqRel);
     let correlation = Bytes::from(number.to_be_bytes().to_vec());
     let (tx, rx) = oneshot::channel();
     lock(&shared.requests).insert(correlation.clone(), tx);
-    let subject = message.subject().as_str().to_string();
-    let topic = wire::topic_for(message.subject());
-    let (_, payload, headers) = message.into_parts();
-    wire::check_headers(&headers)?;
     let properties = PublishProperties {
         user_properties: wire::properties_for(&headers),
         response_topic: Some(shared.inbox_topic()),
@@ -162,7 +162,12 @@ pub(crate) async fn request(
     let outcome = async {
         send(shared, &subject, topic, payload, properties).await?;
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
+            // The reply arrives on the inbox; it is reported on the
+            // request's subject, as on every broker.
+            Ok(Ok(reply)) => {
+                let (_, payload, headers) = reply.into_parts();
+                Ok(Message::from_parts(request_subject, payload, headers))
+            }
             Ok(Err(_)) => Err(Error::Closed { broker: KIND }),
             // MQTT cannot tell that nobody listens: a timeout is all there is.
             Err(_) => Err(Error::request_timeout(KIND, subject.as_str(), timeout)),

@@ -13,7 +13,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// With `capabilities.request_reply`: a subscriber on another connection
 /// receives a request (`is_request()`), replies with a payload and a header,
-/// and the requester gets exactly that reply; a plain publish is not a request
+/// and the requester gets exactly that reply, reported on the request's
+/// subject; a plain publish is not a request
 /// and replying to it fails with [`ErrorKind::Unsupported`]. Without the
 /// capability, `request` fails with [`ErrorKind::Unsupported`] at once.
 pub async fn request_gets_the_reply(ctx: &Context) {
@@ -90,6 +91,13 @@ pub async fn request_gets_the_reply(ctx: &Context) {
         reply.payload_str(),
         Some("pong"),
         "the reply's payload changed"
+    );
+    // Whatever inbox carried it, the reply is reported on the request's
+    // subject: one behaviour on every broker.
+    assert_eq!(
+        reply.subject(),
+        &subject,
+        "the reply is not reported on the request's subject"
     );
     assert_eq!(
         reply.headers().get("x-answer"),
