@@ -66,8 +66,17 @@ struct Exec {
     children: Children,
 }
 
+/// Longest part of one line of a command's output that the worker keeps
+/// and prints, in bytes: a command writing without line breaks (`cat` of a
+/// binary, `yes | tr -d '\n'`) made one line of its whole output, held in
+/// memory up to four times (the line, the last line kept, the error, the
+/// log) and logged whole (400 MB of output: 1.6 GB of memory, a 1.2 GB log).
+const MAX_SHOWN_LINE: usize = 4096;
+
 /// Forwards the command's output to stderr line by line, prefixed with the
-/// route, keeping its last non-blank line in `last` and, with `capture`,
+/// route, each line cut to [`MAX_SHOWN_LINE`] bytes and its control
+/// characters escaped (as `listen` shows payloads: a line cannot drive the
+/// terminal); keeps the last non-blank line in `last` and, with `capture`,
 /// every byte exactly as printed (what a request's reply carries).
 async fn forward_output(
     route: &str,
@@ -76,27 +85,53 @@ async fn forward_output(
     mut capture: Option<&mut Vec<u8>>,
 ) {
     let mut reader = BufReader::new(stream);
-    let mut line = Vec::new();
+    // The line so far (at most `MAX_SHOWN_LINE` bytes) and what was cut.
+    let (mut line, mut cut) = (Vec::new(), 0usize);
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) => break,
-            Ok(_) => {
-                if let Some(capture) = capture.as_deref_mut() {
-                    capture.extend_from_slice(&line);
-                }
-                let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end_matches(['\n', '\r']);
-                eprintln!("[{route}] {text}");
-                if !text.trim().is_empty() {
-                    *last = Some(text.to_string());
-                }
-            }
+        let chunk = match reader.fill_buf().await {
+            Ok(chunk) => chunk,
             Err(error) => {
                 eprintln!("[{route}] <cannot read the command's output: {error}>");
                 break;
             }
+        };
+        if chunk.is_empty() {
+            if !line.is_empty() || cut > 0 {
+                show_line(route, &line, cut, last);
+            }
+            break;
         }
+        let end = chunk.iter().position(|&b| b == b'\n');
+        let part = &chunk[..end.map_or(chunk.len(), |at| at + 1)];
+        if let Some(capture) = capture.as_deref_mut() {
+            capture.extend_from_slice(part);
+        }
+        let kept = part.len().min(MAX_SHOWN_LINE.saturating_sub(line.len()));
+        line.extend_from_slice(&part[..kept]);
+        // A line break cut off is no part of the line.
+        cut += part.len() - kept - usize::from(end.is_some() && kept < part.len());
+        let taken = part.len();
+        reader.consume(taken);
+        if end.is_some() {
+            show_line(route, &line, cut, last);
+            line.clear();
+            cut = 0;
+        }
+    }
+}
+
+/// Prints one line of a command's output (`cut` bytes of it left out) and
+/// keeps it in `last` unless it is blank.
+fn show_line(route: &str, line: &[u8], cut: usize, last: &mut Option<String>) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches(['\n', '\r']);
+    let mut text = crate::format::escape_controls(text).into_owned();
+    if cut > 0 {
+        text.push_str(&format!("… ({cut} more bytes)"));
+    }
+    eprintln!("[{route}] {text}");
+    if !text.trim().is_empty() {
+        *last = Some(text);
     }
 }
 
@@ -231,6 +266,38 @@ mod tests {
     fn header_names_become_env_names() {
         assert_eq!(header_env_name("trace-id"), "SWITCHBOARD_HEADER_TRACE_ID");
         assert_eq!(header_env_name("X.Host_1"), "SWITCHBOARD_HEADER_X_HOST_1");
+    }
+
+    /// A line without end is cut, not held whole; control characters are
+    /// escaped; the capture (a request's reply) keeps every byte.
+    #[tokio::test]
+    async fn output_lines_are_cut_and_escaped() {
+        let mut output = vec![b'x'; 3 * MAX_SHOWN_LINE];
+        output.extend_from_slice(b"\nbad\rline\0\x1b[31m\n\n");
+        let (mut last, mut capture) = (None, Vec::new());
+        forward_output("r", &output[..], &mut last, Some(&mut capture)).await;
+        assert_eq!(capture, output);
+        assert_eq!(last.as_deref(), Some("bad\\rline\\u{0}\\u{1b}[31m"));
+        let mut last = None;
+        forward_output("r", &output[..3 * MAX_SHOWN_LINE], &mut last, None).await;
+        let shown = last.unwrap();
+        assert!(
+            shown.ends_with(&format!("… ({} more bytes)", 2 * MAX_SHOWN_LINE)),
+            "{}",
+            &shown[MAX_SHOWN_LINE - 10..]
+        );
+        assert_eq!(
+            shown.len(),
+            MAX_SHOWN_LINE + format!("… ({} more bytes)", 2 * MAX_SHOWN_LINE).len()
+        );
+        let mut last = None;
+        let exact = [vec![b'y'; MAX_SHOWN_LINE], b"\n".to_vec()].concat();
+        forward_output("r", &exact[..], &mut last, None).await;
+        assert_eq!(
+            last.unwrap().len(),
+            MAX_SHOWN_LINE,
+            "a cut line break counted as cut"
+        );
     }
 
     #[test]
