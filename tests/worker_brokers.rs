@@ -373,6 +373,67 @@ async fn ordered_per_subject(broker: AnyBroker) {
     broker.close().await.unwrap();
 }
 
+/// A durable route whose handler is still running when the worker stops
+/// hands its message back: the summary says it is requeued (it was "not
+/// redeliverable" on NATS and Redis, whose core modes do not redeliver), and
+/// the next member of the durable consumer gets it at once, not after the
+/// 30 s ack wait (on JetStream the nack went to the stopping worker's own
+/// pull request, still open on the server).
+async fn a_stopped_durable_route_hands_its_message_back(broker: AnyBroker, url: String) {
+    if !broker.capabilities().durable {
+        eprintln!("skipped: {} has no durable subscriptions", broker.kind());
+        broker.close().await.unwrap();
+        return;
+    }
+    let prefix = unique("handback");
+    let pattern: switchboard::Pattern = format!("{prefix}.jobs.*").parse().unwrap();
+    let name = format!("{}-workers", prefix.replace('.', "-"));
+    let durable = switchboard::Durable::new(&name).unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let entered = started.clone();
+    let worker = Worker::new(broker.clone())
+        .route(
+            Route::new(pattern.as_str(), move |_ctx: Context| {
+                entered.notify_one();
+                std::future::pending::<Result<(), HandlerError>>()
+            })
+            .durable(name.clone())
+            .no_timeout(),
+        )
+        .grace_period(Duration::from_millis(300));
+    let running = worker.start().await.unwrap();
+    broker
+        .publish(Message::new(format!("{prefix}.jobs.a"), "work").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), started.notified())
+        .await
+        .expect("the handler starts");
+    let summary = tokio::time::timeout(Duration::from_secs(10), running.shutdown())
+        .await
+        .expect("the worker stops");
+    assert_eq!(summary.unfinished.len(), 1, "{:?}", summary.unfinished);
+    assert!(summary.unfinished[0].started);
+    assert!(summary.unfinished[0].requeued, "{:?}", summary.unfinished);
+    let other = if broker.kind() == "memory" {
+        broker.clone()
+    } else {
+        switchboard::connect(&url).await.unwrap()
+    };
+    let mut next = other.subscribe_durable(&pattern, &durable).await.unwrap();
+    let mut again = tokio::time::timeout(Duration::from_secs(10), next.next())
+        .await
+        .expect("the message handed back comes again before the ack wait is over")
+        .expect("subscription open")
+        .expect("no error");
+    assert_eq!(again.payload_str(), Some("work"));
+    again.ack().await.unwrap();
+    next.close().await.unwrap();
+    other.remove_durable(&pattern, &durable).await.unwrap();
+    other.close().await.unwrap();
+}
+
 macro_rules! on_broker {
     ($module:ident, $kind:literal, $env:literal, $default:literal) => {
         mod $module {
@@ -415,6 +476,18 @@ macro_rules! on_broker {
                 );
                 if let Some(broker) = broker_or_skip($kind, $env, $default, test).await {
                     super::permanent_failure_is_not_redelivered(broker).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn a_stopped_durable_route_hands_its_message_back() {
+                let test = concat!(
+                    stringify!($module),
+                    "::a_stopped_durable_route_hands_its_message_back"
+                );
+                if let Some(broker) = broker_or_skip($kind, $env, $default, test).await {
+                    let url = switchboard_conformance::broker_url($env, $default);
+                    super::a_stopped_durable_route_hands_its_message_back(broker, url).await;
                 }
             }
 

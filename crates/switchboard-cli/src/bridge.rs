@@ -208,26 +208,16 @@ async fn ride_out(
 /// How long giving deliveries back to the source may take once --to failed.
 const GIVE_BACK: Duration = Duration::from_secs(5);
 
-/// How long after it is given back a message may come again, where the
-/// source can delay a redelivery (JetStream): the bridge closes its
-/// subscription right after, and a message redelivered at once could go to
-/// this bridge's own pull request, still open on the server until the
-/// unsubscribe arrives, and then wait out the whole ack wait.
-const REDELIVER_AFTER: Duration = Duration::from_millis(200);
-
-/// Gives `deliveries` back to the source (`nack`): whether --to has them is
-/// unknown, and a durable or group source then delivers them again (after
-/// [`REDELIVER_AFTER`] where it can wait that long) to the next bridge,
-/// instead of after its ack wait (a no-op on a source that does not
-/// redeliver). Bounded by [`GIVE_BACK`]: the source may be failing too.
+/// Gives `deliveries` back to the source ([`Delivery::hand_back`]: the
+/// bridge closes its subscription right after): whether --to has them is
+/// unknown, and a durable or group source then delivers them again at once
+/// to the next bridge, instead of after its ack wait (a no-op on a source
+/// that does not redeliver). Bounded by [`GIVE_BACK`]: the source may be
+/// failing too.
 async fn give_back(deliveries: impl IntoIterator<Item = Delivery>) {
     let giving = async {
         for mut delivery in deliveries {
-            let given = match delivery.nack_with_delay(REDELIVER_AFTER).await {
-                Err(switchboard::Error::Unsupported { .. }) => delivery.nack().await,
-                given => given,
-            };
-            if let Err(error) = given {
+            if let Err(error) = delivery.hand_back().await {
                 eprintln!("warning: {}", connection::one_line(error));
             }
         }

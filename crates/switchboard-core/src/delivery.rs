@@ -10,6 +10,11 @@ use bytes::Bytes;
 
 use crate::{Error, Headers, Message, Result};
 
+/// How long a message [handed back](Delivery::hand_back) waits before the
+/// broker delivers it again, where it can wait: long enough for the closing
+/// subscriber's unsubscribe to reach the server first.
+pub const HAND_BACK_DELAY: Duration = Duration::from_millis(200);
+
 /// How an adapter acknowledges or rejects one delivery at its broker.
 ///
 /// Adapters for brokers with acknowledgement implement this; on brokers without
@@ -209,6 +214,23 @@ impl Delivery {
                 })
             }
             None => Ok(()),
+        }
+    }
+
+    /// Gives the message back to the broker from a subscriber about to close
+    /// its subscription (a stopping worker or bridge): a
+    /// [`nack`](Delivery::nack) whose redelivery waits [`HAND_BACK_DELAY`]
+    /// where the broker can delay one, plain elsewhere.
+    ///
+    /// Why the wait: on JetStream a message nacked while this subscription's
+    /// pull request is still open on the server can be redelivered to that
+    /// very request before the unsubscribe reaches the server, and is then
+    /// lost to everyone until its ack wait is over (30 s by default). A
+    /// no-op on brokers without acknowledgement.
+    pub async fn hand_back(&mut self) -> Result<()> {
+        match self.nack_with_delay(HAND_BACK_DELAY).await {
+            Err(Error::Unsupported { .. }) => self.nack().await,
+            handed => handed,
         }
     }
 

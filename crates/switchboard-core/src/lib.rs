@@ -49,7 +49,7 @@ pub use backoff::{Attempts, Backoff};
 pub use broker::{Broker, Publisher, Subscriber};
 pub use capabilities::Capabilities;
 pub use codec::{Codec, Json, CONTENT_TYPE_HEADER};
-pub use delivery::{Acknowledge, Delivery, Reply};
+pub use delivery::{Acknowledge, Delivery, Reply, HAND_BACK_DELAY};
 pub use driver::{Connect, Driver, Locate};
 pub use durable::{ConsumerName, Durable, DEFAULT_ACK_WAIT};
 pub use error::{BoxError, ConnectKind, Error, ErrorKind, Result};

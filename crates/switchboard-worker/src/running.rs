@@ -90,9 +90,13 @@ impl Shared {
     ) {
         let counters = &route.counters;
         let route = &*route.route;
-        let requeued = self.redelivery && delivery.as_ref().is_some_and(|d| d.is_acknowledgeable());
+        // A durable delivery (it has a count) comes again on any broker.
+        let requeued = delivery.as_ref().is_some_and(|d| {
+            d.is_acknowledgeable() && (self.redelivery || d.delivery_count().is_some())
+        });
         if let Some(delivery) = delivery {
-            if let Err(error) = delivery.nack().await {
+            // The route's subscription closes next: see `hand_back`.
+            if let Err(error) = delivery.hand_back().await {
                 tracing::warn!(route, %subject, %error, "nack failed");
             }
         }
@@ -285,8 +289,17 @@ impl Running {
         }
         let deadline = self.shared.deadline();
         let grace = self.shared.grace;
-        let late =
-            |what: &str| format!("{what} did not finish within the grace period ({grace:?})");
+        // Handlers cancelled at the end of the grace period leave the steps
+        // below no time: each is still tried once (what finishes at once,
+        // finishes), and the error then says why it was not waited for.
+        let spent = tokio::time::Instant::now() >= deadline;
+        let late = |what: &str| {
+            if spent {
+                format!("{what} was not waited for: in-flight handlers used the whole grace period ({grace:?})")
+            } else {
+                format!("{what} did not finish within the grace period ({grace:?})")
+            }
+        };
         let broker = &self.shared.broker;
         // Handlers publish only for messages they took: with none taken there
         // is nothing to flush (and a broker that is down need not be waited for).
