@@ -30,7 +30,8 @@ pattern, or resumes it: messages published while no listener of NAME ran
 were kept and come first. Each is acknowledged once its line is written,
 and only then removed; with --count N exactly N are acknowledged and the
 rest stay for the next run (those the broker had already handed to this run
-come again once --ack-wait is over). With --group G, NAME is this member and
+are given back as it ends, so they come at once to the next run; only a run
+that crashed leaves them until --ack-wait is over). With --group G, NAME is this member and
 G the consumer the members share (each message to one of them).
 
 Once subscribed, `listening on 'PATTERN' at URL (Ctrl-C to stop)` is printed on

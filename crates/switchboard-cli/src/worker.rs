@@ -45,7 +45,9 @@ pub struct WorkerArgs {
     #[arg(long, short, value_name = "FILE")]
     pub config: PathBuf,
 
-    /// Exit 0 once N messages were handled (succeeded or dead-lettered).
+    /// Stop once N messages were taken and finished: exit 0 if each was
+    /// handled (succeeded or dead-lettered), 1 if any failed (a failed one
+    /// on a durable route is delivered again to the next run).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
 
@@ -143,6 +145,14 @@ pub(crate) async fn run(url: &str, args: WorkerArgs) -> anyhow::Result<ExitCode>
         // see one, as with `listen` (the warnings above say why they ended).
         anyhow::bail!(
             "the broker ended the subscription of every route, so the worker stopped (see the warnings above); start it again once the broker is back"
+        );
+    }
+    if summary.reason == StopReason::MaxMessages && summary.stats.failed > 0 {
+        // `--count N` drains N messages: one that failed is not drained.
+        anyhow::bail!(
+            "{} of the {} message(s) taken failed (see the warnings above): neither handled nor dead-lettered",
+            summary.stats.failed,
+            summary.stats.received
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -412,6 +412,42 @@ publish = "{prefix}.audit.{{subject}}"
     );
 }
 
+/// `--count N` drains N messages: one whose command failed (no retry left,
+/// no dead letter) is not drained, so the worker exits 1 saying so (it
+/// exited 0, and a script draining a queue went on as if it were done).
+#[tokio::test(flavor = "multi_thread")]
+async fn count_exits_one_when_a_taken_message_failed() {
+    let Some(broker) = nats_or_skip("count_exits_one_when_a_taken_message_failed").await else {
+        return;
+    };
+    let prefix = unique("countfail");
+    let dir = TempDir::new("countfail");
+    let config = dir.write(
+        "reactions.toml",
+        &format!(
+            r#"
+[[route]]
+on = "{prefix}.jobs.*"
+attempts = 1
+dead_letter = false
+exec = ["sh", "-c", "exit 1"]
+"#
+        ),
+    );
+    let worker = WorkerProcess::start(&nats_url(), &config, &["--count", "1"]);
+    publish(
+        &broker,
+        Message::new(format!("{prefix}.jobs.a"), "x").unwrap(),
+    )
+    .await;
+    let (status, _stdout, stderr) = worker.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: 1 of the 1 message(s) taken failed"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigint_during_a_slow_command_lets_it_finish() {
     let Some(broker) = nats_or_skip("sigint_during_a_slow_command_lets_it_finish").await else {
