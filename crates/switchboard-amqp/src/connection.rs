@@ -112,6 +112,14 @@ impl Sessions {
 
     /// The current session without checking it is alive (publish's fast path:
     /// `basic_publish` fails on a dead channel, and the retry checks).
+    /// The live connection's negotiated `frame_max`; RabbitMQ's default
+    /// (131,072) while there is none.
+    pub(crate) fn frame_max(&self) -> u32 {
+        self.current_unchecked().map_or(131_072, |session| {
+            session.connection.configuration().frame_max()
+        })
+    }
+
     pub(crate) fn current_unchecked(&self) -> Option<Arc<Session>> {
         let guard = match self.session.lock() {
             Ok(g) => g,

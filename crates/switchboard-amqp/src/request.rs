@@ -80,7 +80,7 @@ async fn ask(sessions: &Sessions, channel: &Channel, message: Message) -> Result
     let mut properties = BasicProperties::default()
         .with_reply_to(ShortString::from(DIRECT_REPLY_TO))
         .with_correlation_id(ShortString::from(correlation.as_str()));
-    if let Some(table) = wire::to_field_table(&headers) {
+    if let Some(table) = wire::to_field_table(&headers, sessions.frame_max())? {
         properties = properties.with_headers(table);
     }
     let routing_key = ShortString::from(subject.as_str());
@@ -184,7 +184,8 @@ impl Reply for AmqpReply {
         if let Some(id) = &self.correlation_id {
             properties = properties.with_correlation_id(id.clone());
         }
-        if let Some(table) = wire::to_field_table(&headers) {
+        let frame_max = session.connection.configuration().frame_max();
+        if let Some(table) = wire::to_field_table(&headers, frame_max)? {
             properties = properties.with_headers(table);
         }
         let publishing = async {

@@ -313,6 +313,7 @@ async fn consume(
         current: current.clone(),
         backoff,
         dropped_unsettled: Arc::default(),
+        ended: false,
     };
     let close_timeout = state.inner.config.options.flush_timeout;
     let stream = futures::stream::unfold(state, |mut state| async move {
@@ -505,12 +506,15 @@ struct State {
     dropped_unsettled: Arc<AtomicBool>,
     /// The subscription's outages, for the one "resubscribed" log line.
     link: SubscriptionLink,
+    /// Set once the durable consumer's queue was found deleted: the stream
+    /// ends, as it does on the other brokers when a consumer is removed.
+    ended: bool,
 }
 
 impl State {
     async fn next_item(&mut self) -> Option<Result<Delivery>> {
         loop {
-            if self.inner.is_closed() {
+            if self.inner.is_closed() || self.ended {
                 return None;
             }
             let Some(consumer) = self.consumer.as_mut() else {
@@ -532,6 +536,19 @@ impl State {
             if self.inner.is_closed() {
                 return None;
             }
+            if let Some(queue) = self.removed_durable_queue().await {
+                // Declared again, it would store every matching message
+                // for a consumer its operator retired.
+                self.ended = true;
+                return Some(Err(Error::Subscribe {
+                    broker: KIND,
+                    pattern: self.topology.pattern.to_string(),
+                    reason: format!(
+                        "the durable consumer's queue {queue:?} was deleted (switchboard remove-durable, or by hand); the subscription ends"
+                    ),
+                    source: None,
+                }));
+            }
             self.link.lost(&reason);
             // A durable consumer's queue keeps what arrives meanwhile.
             let meanwhile = if self.topology.durable.is_some() {
@@ -546,6 +563,45 @@ impl State {
                     self.topology.pattern
                 ),
             }));
+        }
+    }
+
+    /// After the broker cancelled the consumer: the durable queue's name if
+    /// that queue no longer exists (a passive declare answers 404), `None`
+    /// otherwise or when it cannot tell (then the subscription resubscribes
+    /// as after any lost channel).
+    async fn removed_durable_queue(&self) -> Option<String> {
+        let durable = self.topology.durable.as_ref()?;
+        let session = self.inner.session().await.ok()?;
+        let checking = async {
+            let channel = session.connection.create_channel().await?;
+            let declared = channel
+                .queue_declare(
+                    durable.name.clone(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            // A refused passive declare has closed the channel already.
+            if declared.is_ok() {
+                let _ = channel.close(200, "OK".into()).await;
+            }
+            Ok::<_, lapin::Error>(declared)
+        };
+        let timeout = self.inner.config.options.flush_timeout;
+        match tokio::time::timeout(timeout, checking).await {
+            Ok(Ok(Err(error)))
+                if matches!(
+                    amqp_error(&error),
+                    Some(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+                ) =>
+            {
+                Some(durable.name.to_string())
+            }
+            _ => None,
         }
     }
 

@@ -27,10 +27,41 @@ pub(crate) fn binding_key(pattern: &Pattern) -> Result<ShortString, Error> {
     })
 }
 
-/// Headers as an AMQP field table of long strings; `None` when there are none.
-pub(crate) fn to_field_table(headers: &Headers) -> Option<FieldTable> {
+/// Room in a content header frame for everything but the header table: the
+/// frame's own 8 bytes, the header's fixed 14, and the other properties the
+/// adapter sets (a reply-to and a correlation id, short strings).
+const CONTENT_HEADER_RESERVE: usize = 8 + 14 + 2 * 256 + 64;
+
+/// Headers as an AMQP field table of long strings; `None` when there are
+/// none. Refused with [`Error::InvalidHeader`] when the table would not fit
+/// the connection's `frame_max` (0: no limit): AMQP carries a message's
+/// properties in one frame, and RabbitMQ answers a larger one by closing the
+/// whole connection, and every subscription on it.
+pub(crate) fn to_field_table(
+    headers: &Headers,
+    frame_max: u32,
+) -> switchboard_core::Result<Option<FieldTable>> {
     if headers.is_empty() {
-        return None;
+        return Ok(None);
+    }
+    // A table is its 4-byte length, then per entry a short-string name,
+    // a type byte and a long string (4-byte length).
+    let size = 4 + headers
+        .iter()
+        .map(|(name, value)| 1 + name.len() + 1 + 4 + value.len())
+        .sum::<usize>();
+    let room = (frame_max as usize).saturating_sub(CONTENT_HEADER_RESERVE);
+    if frame_max != 0 && size > room {
+        let largest = headers
+            .iter()
+            .max_by_key(|(_, value)| value.len())
+            .map_or("", |(name, _)| name);
+        return Err(Error::InvalidHeader {
+            name: largest.to_string(),
+            reason: format!(
+                "the headers take {size} bytes, and AMQP carries them in one frame: at most {room} bytes with this connection's frame_max of {frame_max}; put large data in the payload"
+            ),
+        });
     }
     let mut table = FieldTable::default();
     for (name, value) in headers {
@@ -39,7 +70,7 @@ pub(crate) fn to_field_table(headers: &Headers) -> Option<FieldTable> {
             table.insert(name, AMQPValue::LongString(LongString::from(value)));
         }
     }
-    Some(table)
+    Ok(Some(table))
 }
 
 /// An AMQP field value as header text: strings as they are, numbers, booleans,
@@ -124,13 +155,13 @@ mod tests {
         let headers: Headers = vec![("trace-id", "abc"), ("Case", "Ünïcode: ok")]
             .try_into()
             .unwrap();
-        let table = to_field_table(&headers).unwrap();
+        let table = to_field_table(&headers, 131_072).unwrap().unwrap();
         assert_eq!(
             table.inner().get("trace-id"),
             Some(&AMQPValue::LongString("abc".into()))
         );
         assert_eq!(from_field_table(Some(&table)), headers);
-        assert!(to_field_table(&Headers::new()).is_none());
+        assert!(to_field_table(&Headers::new(), 131_072).unwrap().is_none());
 
         let mut foreign = FieldTable::default();
         foreign.insert("n".into(), AMQPValue::LongInt(-42));

@@ -61,7 +61,14 @@ pub struct Cli {
     /// Broker kind (nats, redis, amqp, mqtt, memory, or a registered adapter's) or URL
     /// (nats://, tls://, redis://, rediss://, amqp://, amqps://, mqtt://, mqtts://, memory://, …).
     /// Defaults to nats://127.0.0.1:4222, or memory:// for `demo`.
-    #[arg(long, global = true, env = "BROKER_URL", value_name = "KIND|URL")]
+    // The env value is not shown in `--help`: it holds the password.
+    #[arg(
+        long,
+        global = true,
+        env = "BROKER_URL",
+        hide_env_values = true,
+        value_name = "KIND|URL"
+    )]
     pub broker: Option<String>,
 
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.

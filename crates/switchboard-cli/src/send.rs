@@ -39,8 +39,8 @@ Exit status and what is reported (on stderr):
        handed over before a reconnect may not have reached the broker.
   1    one `error:` line. If publishing failed (e.g. the broker went away and
        the client could not take a message within the flush timeout), it says
-       how many lines were handed to the client before (their delivery is
-       unknown) and that the rest of stdin was not sent.
+       how many messages were handed to the client before (their delivery
+       is unknown) and what was not sent (the rest of stdin, or of --count).
   130  Ctrl-C, 143 SIGTERM: stops reading, flushes what was sent (within 10s),
        says how many messages were sent. A second signal exits at once.";
 
@@ -174,6 +174,11 @@ pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
     connection::warn_if_in_process(&broker);
     let shown_url = connection::display_url(url);
     let disconnects = broker.status().disconnects;
+    // How many --count asked for, to say what was left unsent on failure.
+    let repeat = match &source {
+        Source::Repeat { count, .. } => Some(*count),
+        _ => None,
+    };
 
     let published = publish_all(
         &broker,
@@ -194,8 +199,16 @@ pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
             if count == 0 {
                 return Err(error);
             }
+            // The message that failed is not counted: `count` went before it.
+            let rest = match repeat {
+                Some(total) => format!(
+                    "the other {} of --count {total} were not sent",
+                    total.saturating_sub(count + 1)
+                ),
+                None => "the rest of stdin was not sent".to_string(),
+            };
             return Err(anyhow::anyhow!(
-                "{error:#}; {count} earlier line(s) were handed to the client, but whether they reached the broker is unknown; the rest of stdin was not sent"
+                "{error:#}; {count} earlier message(s) were handed to the client, but whether they reached the broker is unknown; {rest}"
             ));
         }
     };

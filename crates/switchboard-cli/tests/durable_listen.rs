@@ -140,6 +140,55 @@ fn keeps_what_was_sent_meanwhile(url: &str) {
     remove_durable(&url, &pattern, &name);
 }
 
+/// A listener still running as NAME when `remove-durable` removes NAME
+/// stops, exit 1, on every broker: on RabbitMQ it took the broker's cancel
+/// for a lost channel and declared the queue again, so the retired consumer
+/// came back and went on storing every matching message.
+fn a_running_listener_stops_when_its_consumer_is_removed(url: &str) {
+    let prefix = unique("removed");
+    let pattern = format!("{prefix}.>");
+    let name = prefix.replace('.', "-");
+    let running = listener(url, &["--on", &pattern, "--durable", &name]);
+    let removed = run(url, &["remove-durable", "--on", &pattern, &name], b"");
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let (status, stderr) = running.wait(PATIENCE);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    // Nothing declared it again behind the operator's back.
+    let probe = format!("{prefix}-probe");
+    send(url, &["--on", &format!("{prefix}.x"), "after"], b"");
+    let again = listener(url, &["--on", &pattern, "--durable", &name, "--count", "1"]);
+    send(url, &["--on", &format!("{prefix}.x"), &probe], b"");
+    assert_eq!(again.lines(1), [format!("[{prefix}.x] {probe}")]);
+    let (status, stderr) = again.wait(PATIENCE);
+    assert!(status.success(), "{stderr}");
+    remove_durable(url, &pattern, &name);
+}
+
+#[test]
+fn a_running_listener_stops_when_its_consumer_is_removed_on_nats() {
+    if let Some(url) = broker_url("nats", "durable_listen_removed") {
+        a_running_listener_stops_when_its_consumer_is_removed(&url);
+    }
+}
+
+#[test]
+fn a_running_listener_stops_when_its_consumer_is_removed_on_redis() {
+    if let Some(url) = broker_url("redis", "durable_listen_removed") {
+        a_running_listener_stops_when_its_consumer_is_removed(&url);
+    }
+}
+
+#[test]
+fn a_running_listener_stops_when_its_consumer_is_removed_on_amqp() {
+    if let Some(url) = broker_url("amqp", "durable_listen_removed") {
+        a_running_listener_stops_when_its_consumer_is_removed(&url);
+    }
+}
+
 /// On a broker without durable consumers, `remove-durable` is one error line.
 #[test]
 fn remove_durable_on_mqtt_is_one_error_line() {

@@ -122,6 +122,38 @@ fn send_whose_server_stays_down_does_not_claim_a_reconnect() {
     assert!(errors[0].contains("handed to the client"), "{stderr}");
 }
 
+/// `send MESSAGE --count N` whose server dies mid-way says how many of the
+/// N were not sent; it spoke of lines and of "the rest of stdin", which it
+/// never read.
+#[test]
+fn send_count_whose_server_dies_says_how_many_were_not_sent() {
+    let Some(mut server) = switchboard_testkit::RedisServer::start(&[]) else {
+        return;
+    };
+    let url = format!("{}?flush_timeout=2s", server.url());
+    let send = Process::start(
+        &[
+            "--broker", &url, "send", "--on", "a.b", "--count", "1000000", "--sleep", "1ms", "m",
+        ],
+        Stdout::Read,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    server.process.kill();
+    let (status, _stdout, stderr) = send.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let errors = error_lines(&stderr);
+    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+    assert!(
+        errors[0].contains("earlier message(s) were handed to the client"),
+        "{stderr}"
+    );
+    assert!(
+        errors[0].contains(" of --count 1000000 were not sent"),
+        "{stderr}"
+    );
+    assert!(!errors[0].contains("stdin"), "{stderr}");
+}
+
 #[test]
 fn send_across_a_nats_restart_warns_that_messages_may_be_lost() {
     let Some(mut server) = NatsServer::start(&[]) else {

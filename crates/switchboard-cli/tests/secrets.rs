@@ -278,3 +278,29 @@ fn malformed_urls_are_refused_without_their_password() {
     assert_one_error_line(&stderr, "u:***@h");
     assert!(!stderr.contains("S3cretPW"), "{stderr}");
 }
+
+/// `--help` of every command shows that `BROKER_URL` is read, not its value:
+/// clap printed the whole URL, password included, in help text that people
+/// paste into issues and chats.
+#[test]
+fn help_does_not_show_the_password_in_broker_url() {
+    let url = "amqp://app:hunter2@rabbit.invalid:5672/%2f";
+    for args in [
+        &["--help"][..],
+        &["send", "-h"],
+        &["listen", "--help"],
+        &["worker", "--help"],
+        &["bridge", "--help"],
+    ] {
+        let output = switchboard()
+            .args(args)
+            .env("BROKER_URL", url)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{args:?}: {stdout}");
+        assert!(stdout.contains("[env: BROKER_URL"), "{args:?}: {stdout}");
+        assert_hidden(&stdout, "hunter2", &format!("{args:?}"));
+    }
+}

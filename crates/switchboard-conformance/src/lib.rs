@@ -141,6 +141,7 @@ macro_rules! suite {
             payload_limit_is_exact
             headers_round_trip
             headers_edge_cases
+            oversized_header_is_carried_or_refused
             no_headers_arrive_empty
             subjects_stay_separate
             wildcards_match_reference

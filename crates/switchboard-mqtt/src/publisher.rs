@@ -41,6 +41,22 @@ async fn send(
     if shared.is_closed() {
         return Err(Error::Closed { broker: KIND });
     }
+    // MQTT 5 strings carry a 2-byte length: a longer user property would be
+    // framed wrong, and the server drops the connection (and with it every
+    // subscription) rather than the message.
+    for (name, value) in &properties.user_properties {
+        for (what, text) in [("name", name), ("value", value)] {
+            if text.len() > usize::from(u16::MAX) {
+                return Err(Error::InvalidHeader {
+                    name: name.chars().take(64).collect(),
+                    reason: format!(
+                        "its {what} is {} bytes once encoded; an MQTT 5 user property's name and value are at most 65,535 bytes each",
+                        text.len()
+                    ),
+                });
+            }
+        }
+    }
     let max_packet = shared.max_packet();
     let limit = max_payload(max_packet);
     let size = wire::packet_size(&topic, &payload, &properties);

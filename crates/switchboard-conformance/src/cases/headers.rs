@@ -3,8 +3,8 @@
 use switchboard_core::{ErrorKind, Headers};
 
 use super::payload::round_trip;
-use super::{assert_kind, expect_err, msg};
-use crate::Context;
+use super::{assert_kind, expect_err, flush, msg, publish, subscribe};
+use crate::{recv, Context};
 
 /// Several headers (mixed-case names kept as written; values with spaces,
 /// colons, quotes and Unicode) arrive exactly as sent, with nothing added.
@@ -73,6 +73,46 @@ pub async fn headers_edge_cases(ctx: &Context) {
     }
     let message = msg(ctx.subject("headers.edge"), "").with_headers(headers);
     round_trip(ctx, message).await;
+}
+
+/// A 200 KiB header value is either carried whole or refused at `publish`
+/// with [`ErrorKind::InvalidInput`] (MQTT 5 carries at most 64 KiB per
+/// user property, AMQP a message's headers in one frame of `frame_max`),
+/// and either way the connection goes on: a message published next
+/// arrives. Refused only after the broker had closed the connection (and
+/// every subscription on it) was the defect this case stops. Needs
+/// `capabilities.headers`.
+pub async fn oversized_header_is_carried_or_refused(ctx: &Context) {
+    if !ctx.capabilities().headers {
+        ctx.skip("capabilities.headers is false");
+        return;
+    }
+    let subject = ctx.subject("headers.big");
+    let mut subscription = subscribe(ctx.broker(), &subject.clone().into()).await;
+    let big = "v".repeat(200 * 1024);
+    let message = msg(subject.clone(), "big")
+        .with_header("big", &big)
+        .expect("a valid header");
+    match ctx.broker().publish(message).await {
+        Ok(()) => {
+            flush(ctx.broker()).await;
+            let delivery = recv(&mut subscription).await;
+            assert_eq!(
+                delivery.headers().get("big").map(str::len),
+                Some(big.len()),
+                "a 200 KiB header published without error did not arrive whole"
+            );
+        }
+        Err(error) => assert_kind(&error, ErrorKind::InvalidInput, "a 200 KiB header refused"),
+    }
+    publish(ctx.broker(), msg(subject, "after")).await;
+    flush(ctx.broker()).await;
+    let delivery = recv(&mut subscription).await;
+    assert_eq!(
+        delivery.payload_str(),
+        Some("after"),
+        "the message after a 200 KiB header did not arrive"
+    );
 }
 
 /// A message published without headers arrives with empty headers (the

@@ -47,7 +47,10 @@ pub use durable::{
 pub use groups::{
     closed_group_member_gets_nothing, queue_group_shares_messages, queue_groups_are_independent,
 };
-pub use headers::{headers_edge_cases, headers_round_trip, no_headers_arrive_empty};
+pub use headers::{
+    headers_edge_cases, headers_round_trip, no_headers_arrive_empty,
+    oversized_header_is_carried_or_refused,
+};
 pub use lifecycle::{
     capabilities_are_sane, close_ends_subscriptions, close_flushes_pending_publishes,
     close_leaves_other_connections_working, close_rejects_publish_and_subscribe,
@@ -95,6 +98,7 @@ case_table! {
     payload_limit_is_exact
     headers_round_trip
     headers_edge_cases
+    oversized_header_is_carried_or_refused
     no_headers_arrive_empty
     subjects_stay_separate
     wildcards_match_reference
