@@ -34,6 +34,8 @@ what was held may arrive twice. A source that keeps nothing for its readers
 overflow is counted as a warning). Past --retry-for the bridge gives back to
 --from what --to may not have (nack: a durable or group source delivers it
 again at once, to the next bridge, not after its ack wait) and exits 1.
+A message --to refuses for what it is (too large for it, a header it cannot
+carry) is rejected on --from with a warning, and the bridge goes on.
 Counts go to stderr every --report and at the end.
 Ctrl-C/SIGTERM flushes what was forwarded and exits 130/143.
 
@@ -128,6 +130,16 @@ impl Pending {
         }
         self.settle(to).await
     }
+}
+
+/// Whether --to refused a message for what it is (too large, a header it
+/// cannot carry, a feature it lacks) rather than for the state of the link:
+/// such a message is never carried, however often it is tried again.
+fn never_carried(error: &switchboard::Error) -> bool {
+    matches!(
+        error.kind(),
+        switchboard::ErrorKind::InvalidInput | switchboard::ErrorKind::Unsupported
+    )
 }
 
 /// How an outage of --to ended.
@@ -300,8 +312,25 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
         }
         let failed = tokio::select! {
             next = subscription.next() => match next {
-                Some(Ok(delivery)) => {
+                Some(Ok(mut delivery)) => {
                     let published = to.publish(delivery.message().clone()).await;
+                    let refused = match &published {
+                        Err(error) if never_carried(error) => Some(error.to_string()),
+                        _ => None,
+                    };
+                    if let Some(error) = refused {
+                        // Retried, it would fail the same way and hold up
+                        // everything behind it.
+                        warnings += 1;
+                        eprintln!(
+                            "warning: the message on '{}' cannot be forwarded to {to_shown}: {error}; rejected on --from (a dead-letter exchange there keeps it), the bridge goes on",
+                            delivery.subject(),
+                        );
+                        if let Err(error) = delivery.reject().await {
+                            eprintln!("warning: {}", connection::one_line(error));
+                        }
+                        continue;
+                    }
                     forwarded += 1;
                     if published.is_err() {
                         // What was published before may be confirmed all the

@@ -310,3 +310,33 @@ fn one_broker_written_two_ways_is_refused() {
         assert!(!stderr.contains("S3cretPw"), "{stderr}");
     }
 }
+
+/// A message the destination can never carry (a 70 KB header: valid on
+/// NATS, over MQTT 5's 64 KiB per user property) is rejected on the source
+/// with a warning, and the messages after it are forwarded: retried, it
+/// held up everything behind it (and before the header check, the MQTT
+/// server closed the bridge's connection over it).
+#[test]
+fn a_message_the_destination_cannot_carry_does_not_stop_the_bridge() {
+    let (Some(nats), Some(mqtt)) = (
+        broker_url("nats", "bridge_poison_from"),
+        broker_url("mqtt", "bridge_poison_to"),
+    ) else {
+        return;
+    };
+    let prefix = unique("poison");
+    let pattern = format!("{prefix}.>");
+    let at_destination = listener(&mqtt, &["--on", &pattern]);
+    let running = bridge(&["--from", &nats, "--to", &mqtt, "--on", &pattern]);
+    let huge = format!("big={}", "v".repeat(70_000));
+    send(&nats, &["--on", &format!("{prefix}.a"), "-H", &huge, "too big"], b"");
+    send(&nats, &["--on", &format!("{prefix}.b"), "fine"], b"");
+    assert_eq!(at_destination.lines(1), [format!("[{prefix}.b] fine")]);
+    running.signal("TERM");
+    let (status, _, stderr) = running.wait(PATIENCE);
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains(&format!("the message on '{prefix}.a' cannot be forwarded")),
+        "{stderr}"
+    );
+}
