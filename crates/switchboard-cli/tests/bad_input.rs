@@ -330,3 +330,22 @@ fn a_closed_stdout_is_no_panic() {
         assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+/// A subscription capacity past what tokio's channels hold (2^61 - 1) is one
+/// error line naming the range: it was a panic (exit 101) on NATS, MQTT and
+/// the in-memory broker.
+#[test]
+fn a_capacity_too_large_is_one_error_line() {
+    for url in [
+        "nats://127.0.0.1:4222?capacity=18446744073709551615",
+        "mqtt://127.0.0.1:1883?capacity=2305843009213693952",
+        "memory://?capacity=2305843009213693952",
+        "redis://127.0.0.1:6379?capacity=2305843009213693952",
+    ] {
+        fails(
+            &["--broker", url, "send", "--on", "a.b", "x"],
+            1,
+            "must be a whole number from 1 to 2305843009213693951",
+        );
+    }
+}

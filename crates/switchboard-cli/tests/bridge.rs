@@ -329,7 +329,11 @@ fn a_message_the_destination_cannot_carry_does_not_stop_the_bridge() {
     let at_destination = listener(&mqtt, &["--on", &pattern]);
     let running = bridge(&["--from", &nats, "--to", &mqtt, "--on", &pattern]);
     let huge = format!("big={}", "v".repeat(70_000));
-    send(&nats, &["--on", &format!("{prefix}.a"), "-H", &huge, "too big"], b"");
+    send(
+        &nats,
+        &["--on", &format!("{prefix}.a"), "-H", &huge, "too big"],
+        b"",
+    );
     send(&nats, &["--on", &format!("{prefix}.b"), "fine"], b"");
     assert_eq!(at_destination.lines(1), [format!("[{prefix}.b] fine")]);
     running.signal("TERM");

@@ -334,7 +334,7 @@ impl MemoryBroker {
         let name = parsed.host_str().unwrap_or("");
         let query = crate::options::Query::parse(url, &parsed, &[crate::options::CAPACITY])?;
         let mut broker = Self::named(name);
-        if let Some(capacity) = query.count(crate::options::CAPACITY)? {
+        if let Some(capacity) = query.capacity()? {
             broker.capacity = capacity;
         }
         Ok(broker)
@@ -381,7 +381,7 @@ impl MemoryBroker {
 
     /// Sets how many messages each new subscription buffers before publishers wait.
     pub fn with_capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity.max(1);
+        self.capacity = capacity.clamp(1, crate::options::MAX_CAPACITY);
         self
     }
 

@@ -36,6 +36,11 @@ pub const CONNECT_TIMEOUT: &str = "connect_timeout";
 pub const FLUSH_TIMEOUT: &str = "flush_timeout";
 /// `capacity=N`: messages each subscription buffers in the client while its reader is behind.
 pub const CAPACITY: &str = "capacity";
+
+/// The largest subscription `capacity` an adapter takes: tokio's bounded
+/// channels, which buffer the NATS, MQTT and in-memory subscriptions, panic
+/// above it (`2^61 - 1` on 64-bit targets).
+pub const MAX_CAPACITY: usize = tokio::sync::Semaphore::MAX_PERMITS;
 /// `name=api`: the connection name the broker shows.
 pub const NAME: &str = "name";
 /// `keepalive=15s`: a link that passes nothing for about this long is
@@ -180,6 +185,21 @@ impl Query {
         }
     }
 
+    /// The `capacity` key: a whole number from 1 to [`MAX_CAPACITY`].
+    pub fn capacity(&self) -> Result<Option<usize>> {
+        let Some(value) = self.text(CAPACITY) else {
+            return Ok(None);
+        };
+        match value.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_CAPACITY).contains(&n) => Ok(Some(n)),
+            _ => Err(self.invalid(
+                CAPACITY,
+                value,
+                &format!("a whole number from 1 to {MAX_CAPACITY}"),
+            )),
+        }
+    }
+
     /// `key` as a whole number above zero.
     pub fn count(&self, key: &str) -> Result<Option<usize>> {
         let Some(value) = self.text(key) else {
@@ -314,13 +334,18 @@ mod tests {
                 FLUSH_TIMEOUT,
                 "`flush_timeout=soon`",
             ),
-            ("x://u:pw@h?capacity=0", CAPACITY, "above 0"),
-            ("x://u:pw@h?capacity=-1", CAPACITY, "above 0"),
+            ("x://u:pw@h?capacity=0", CAPACITY, "from 1 to"),
+            ("x://u:pw@h?capacity=-1", CAPACITY, "from 1 to"),
+            (
+                "x://u:pw@h?capacity=2305843009213693952",
+                CAPACITY,
+                "from 1 to 2305843009213693951",
+            ),
             ("x://u:pw@h?keepalive=15", KEEPALIVE, "`off`"),
         ] {
             let q = query(url, COMMON).unwrap();
             let error = match key {
-                CAPACITY => q.count(key).unwrap_err(),
+                CAPACITY => q.capacity().unwrap_err(),
                 KEEPALIVE => q.keepalive().unwrap_err(),
                 _ => q.duration(key).unwrap_err(),
             }

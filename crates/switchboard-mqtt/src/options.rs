@@ -117,7 +117,7 @@ impl MqttOptions {
     /// (at least 1). Past that messages are dropped and the subscription
     /// yields an [`Error::Lost`] item with the count. URL: `capacity=1048576`.
     pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity.max(1);
+        self.capacity = capacity.clamp(1, switchboard_core::options::MAX_CAPACITY);
         self
     }
 
@@ -264,7 +264,7 @@ pub(crate) fn parse_url(url: &str, mut options: MqttOptions) -> Result<Target> {
 }
 
 fn apply_query(query: &Query, options: &mut MqttOptions) -> Result<()> {
-    if let Some(capacity) = query.count(options::CAPACITY)? {
+    if let Some(capacity) = query.capacity()? {
         options.capacity = capacity;
     }
     if let Some(timeout) = query.duration(options::CONNECT_TIMEOUT)? {

@@ -160,7 +160,7 @@ impl NatsOptions {
     /// reader is behind (at least 1). Past that async-nats drops messages, and
     /// the subscription yields an [`Error::Lost`] item. URL: `capacity=1048576`.
     pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity.max(1);
+        self.capacity = capacity.clamp(1, switchboard_core::options::MAX_CAPACITY);
         self
     }
 
@@ -320,7 +320,7 @@ pub(crate) fn parse_url(url: &str, mut options: NatsOptions) -> Result<Target> {
 }
 
 fn apply_query(query: &Query, options: &mut NatsOptions) -> Result<()> {
-    if let Some(capacity) = query.count(options::CAPACITY)? {
+    if let Some(capacity) = query.capacity()? {
         options.capacity = capacity;
     }
     if let Some(timeout) = query.duration(options::CONNECT_TIMEOUT)? {

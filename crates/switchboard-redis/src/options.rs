@@ -175,7 +175,7 @@ impl RedisOptions {
     /// for one slow reader.
     /// URL: `capacity=65536`.
     pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity.max(1);
+        self.capacity = capacity.clamp(1, switchboard_core::options::MAX_CAPACITY);
         self
     }
 
@@ -253,7 +253,7 @@ impl RedisOptions {
         if let Some(timeout) = query.duration(options::FLUSH_TIMEOUT)? {
             self.flush_timeout = timeout;
         }
-        if let Some(capacity) = query.count(options::CAPACITY)? {
+        if let Some(capacity) = query.capacity()? {
             self.capacity = capacity;
         }
         if let Some(name) = query.text(options::NAME).filter(|name| !name.is_empty()) {
