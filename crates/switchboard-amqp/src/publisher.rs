@@ -182,9 +182,11 @@ async fn publish_once(sessions: &Sessions, message: &Message, retry: bool) -> Re
     let routing_key = ShortString::try_new(message.subject().as_str())
         .map_err(|_| publish_error("the subject is longer than 255 bytes".to_string(), None))?;
     let mut properties = BasicProperties::default();
-    let frame_max = session.connection.configuration().frame_max();
-    if let Some(headers) = wire::to_field_table(message.headers(), frame_max)? {
-        properties = properties.with_headers(headers);
+    if !message.headers().is_empty() {
+        let frame_max = session.connection.configuration().frame_max();
+        if let Some(headers) = wire::to_field_table(message.headers(), frame_max)? {
+            properties = properties.with_headers(headers);
+        }
     }
     let payload = message.payload().clone();
     let exchange = sessions.exchange.clone();
