@@ -6,7 +6,7 @@
 //! that proves the server has processed everything sent before.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -106,15 +106,43 @@ pub(crate) async fn open(url: &str, options: NatsOptions) -> Result<Connection> 
 /// has no public PING, hence the echo. The echo is visible to other
 /// subscribers of `_INBOX.>` (or `>`), like any request/reply inbox traffic.
 ///
+/// A user the server does not let publish to `_INBOX.>` (least-privilege
+/// accounts) gets a `Permissions Violation` for the echo: the round trip
+/// then ends at once, warns once, and from then on this connection's round
+/// trips only write to the socket (what any NATS client's flush does),
+/// instead of each waiting out the timeout. A publish the server refused
+/// before the round trip ended (`Permissions Violation for Publish to S`)
+/// fails it when `refusals_fail` (a flush), naming `S`: without it the
+/// refusal was a log line and the caller was told its message may have
+/// arrived. Each refusal is reported once. It reaches the adapter as an
+/// event, on a channel of its own, so one that comes just before the echo
+/// may be seen only by the next flush (the check gives the event task one
+/// turn first); without the echo (see above) there is no round trip to wait
+/// for, and a refusal is reported by whichever flush comes after it arrived.
+///
 /// The whole round trip is bounded by the flush timeout: while the
 /// connection is down async-nats takes no commands and answers no flush.
 pub(crate) async fn round_trip(
     client: &async_nats::Client,
-    link: &Link,
+    registry: &Registry,
     timeout: Duration,
+    refusals_fail: bool,
 ) -> std::result::Result<(), (String, Option<BoxError>)> {
+    let mut refusals = registry.refusals.subscribe();
+    let before = refusals.borrow_and_update().count;
     let inbox = client.new_inbox();
+    let written = || async {
+        client.flush().await.map_err(|e| {
+            (
+                "writing to the server failed".to_string(),
+                Some(ClientError::boxed(e)),
+            )
+        })
+    };
     let echoed = async {
+        if registry.echo_refused.load(Ordering::Acquire) {
+            return written().await;
+        }
         let mut echo = client.subscribe(inbox.clone()).await.map_err(|e| {
             (
                 "the client is gone".to_string(),
@@ -130,32 +158,74 @@ pub(crate) async fn round_trip(
                     Some(ClientError::boxed(e)),
                 )
             })?;
-        client.flush().await.map_err(|e| {
-            (
-                "writing to the server failed".to_string(),
-                Some(ClientError::boxed(e)),
-            )
-        })?;
-        match echo.next().await {
-            Some(_) => Ok(()),
-            None => Err(("the connection was closed".to_string(), None)),
+        written().await?;
+        let echo_refused = async {
+            loop {
+                if refusals
+                    .borrow_and_update()
+                    .since(before)
+                    .any(|subject| *subject == inbox.as_str())
+                {
+                    return;
+                }
+                if refusals.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            echoed = echo.next() => match echoed {
+                Some(_) => Ok(()),
+                None => Err(("the connection was closed".to_string(), None)),
+            },
+            () = echo_refused => {
+                if !registry.echo_refused.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        "nats: this user may not publish to _INBOX.> (the server refused it), so flush and subscribe confirm only that the client wrote to the socket, not that the server processed it; grant publish permission on _INBOX.> for confirmed flushes"
+                    );
+                }
+                Ok(())
+            }
         }
     };
-    match tokio::time::timeout(timeout, echoed).await {
-            Ok(result) => result,
-            Err(_) if !link.status().connected => Err((
-                format!(
-                    "the connection to the server is down and did not come back within {timeout:?} (the client keeps reconnecting); messages published since it broke may not have reached the server"
-                ),
-                None,
-            )),
-            Err(_) => Err((
-                format!(
-                    "the server did not answer within {timeout:?} (is the link frozen, or may this client not publish and subscribe to {inbox:?}?)"
-                ),
-                None,
-            )),
-        }
+    let outcome = match tokio::time::timeout(timeout, echoed).await {
+        Ok(result) => result,
+        Err(_) if !registry.link.status().connected => Err((
+            format!(
+                "the connection to the server is down and did not come back within {timeout:?} (the client keeps reconnecting); messages published since it broke may not have reached the server"
+            ),
+            None,
+        )),
+        Err(_) => Err((
+            format!(
+                "the server did not answer within {timeout:?} (is the link frozen, or may this client not publish and subscribe to {inbox:?}?)"
+            ),
+            None,
+        )),
+    };
+    outcome?;
+    if !refusals_fail {
+        return Ok(());
+    }
+    tokio::task::yield_now().await;
+    let refusals = registry.refusals.borrow();
+    let reported = registry
+        .refusals_reported
+        .swap(refusals.count, Ordering::AcqRel);
+    let refused: Vec<&String> = refusals
+        .since(reported)
+        .filter(|subject| !subject.starts_with("_INBOX."))
+        .collect();
+    match refused.first() {
+        None => Ok(()),
+        Some(first) => Err((
+            format!(
+                "the server refused {} publish(es) since the last flush (Permissions Violation), e.g. to {first:?}: this user may not publish there",
+                refused.len()
+            ),
+            None,
+        )),
+    }
 }
 
 /// Bit set on registry keys that are not async-nats sids (see [`sid_of`](crate::subscription::sid_of)).
@@ -208,6 +278,43 @@ pub(crate) struct Registry {
     server: Mutex<Option<ServerName>>,
     /// The servers of the URL, to name the one connected to as the user did.
     servers: Vec<async_nats::ServerAddr>,
+    /// The subjects the server refused this connection to publish to
+    /// (`Permissions Violation for Publish to …`), the latest last.
+    refusals: watch::Sender<Refusals>,
+    /// Set once the server refused the round trip's echo: this user may not
+    /// publish to `_INBOX.>`, and round trips fall back to a socket flush.
+    echo_refused: AtomicBool,
+    /// How many of `refusals` a flush has reported: each is reported once,
+    /// by the first flush that sees it.
+    refusals_reported: AtomicU64,
+}
+
+/// Publish refusals the server reported, counted; the last few kept.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Refusals {
+    count: u64,
+    recent: std::collections::VecDeque<String>,
+}
+
+impl Refusals {
+    /// How many refused subjects are kept.
+    const KEPT: usize = 16;
+
+    /// The subjects refused after the `since`-th refusal, oldest first.
+    fn since(&self, since: u64) -> impl Iterator<Item = &String> {
+        let new = (self.count.saturating_sub(since)).min(self.recent.len() as u64) as usize;
+        self.recent.iter().skip(self.recent.len() - new)
+    }
+}
+
+/// The subject of a server error `Permissions Violation for Publish to "S"`.
+fn refused_publish(error: &str) -> Option<String> {
+    const MARK: &str = "permissions violation for publish to";
+    let at = error.to_ascii_lowercase().find(MARK)?;
+    let subject = error[at + MARK.len()..]
+        .trim()
+        .trim_matches(['"', '\'', ' ']);
+    (!subject.is_empty()).then(|| subject.to_string())
 }
 
 /// How long to wait, after async-nats says it is connected again, for the
@@ -239,6 +346,9 @@ impl Registry {
             client: Mutex::new(None),
             server: Mutex::new(None),
             servers,
+            refusals: watch::channel(Refusals::default()).0,
+            echo_refused: AtomicBool::new(false),
+            refusals_reported: AtomicU64::new(0),
         })
     }
 
@@ -386,7 +496,24 @@ impl Registry {
                 self.closed.send_replace(true);
             }
             async_nats::Event::ServerError(error) => {
-                tracing::warn!(%error, "nats: the server reported an error");
+                let refused = match &error {
+                    async_nats::ServerError::Other(text) => refused_publish(text),
+                    _ => None,
+                };
+                match refused {
+                    // The next flush reports it (see `round_trip`).
+                    Some(subject) => {
+                        tracing::debug!(%subject, "nats: the server refused a publish");
+                        self.refusals.send_modify(|refusals| {
+                            refusals.count += 1;
+                            if refusals.recent.len() == Refusals::KEPT {
+                                refusals.recent.pop_front();
+                            }
+                            refusals.recent.push_back(subject);
+                        });
+                    }
+                    None => tracing::warn!(%error, "nats: the server reported an error"),
+                }
             }
             async_nats::Event::ClientError(error) => {
                 // While reconnecting, async-nats reports every failed attempt;

@@ -232,7 +232,12 @@
 //! adapter publishes an empty message to a fresh `_INBOX.*` subject and waits
 //! for it to come back (the server processes one connection's commands in
 //! order). Subscribers of `>` or `_INBOX.>` see these echoes, as they see any
-//! request/reply traffic.
+//! request/reply traffic. A user the server does not let publish to
+//! `_INBOX.>` (a least-privilege account) still works: the refused echo is
+//! noticed at once, a warning says so, and from then on that connection's
+//! `flush` and `subscribe` only write to the socket, as a plain NATS
+//! client's flush does. A publish the server refuses (`Permissions
+//! Violation for Publish to S`) makes the next `flush` fail naming `S`.
 //!
 //! # Request/reply
 //!

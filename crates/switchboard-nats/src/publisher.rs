@@ -339,8 +339,9 @@ pub(crate) async fn flush(shared: &Shared) -> Result<()> {
     crate::durable::confirm_pending(shared).await?;
     round_trip(
         &shared.client,
-        &shared.registry.link,
+        &shared.registry,
         shared.options.flush_timeout,
+        true,
     )
     .await
     .map_err(|(reason, source)| Error::Flush {

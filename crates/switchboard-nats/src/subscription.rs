@@ -59,8 +59,9 @@ pub(crate) async fn subscribe(
     // `stream` on failure unsubscribes).
     round_trip(
         &shared.client,
-        &shared.registry.link,
+        &shared.registry,
         shared.options.flush_timeout,
+        false,
     )
     .await
     .map_err(|(reason, source)| failed(reason, source))?;

@@ -155,3 +155,82 @@ async fn foreign_missing_or_malformed_creds_files_are_named_without_the_seed() {
     assert_auth_error(&err, &seed_only.seed_file, &[&seed_only.seed]);
     assert!(err.to_string().contains("is not usable"), "{err}");
 }
+
+/// A nats-server of the test's own with user `lim` (password `lpw`)
+/// allowed to publish to `publish` and to subscribe to `allowed.>` and
+/// `_INBOX.>`; the URL to connect as `lim`.
+fn limited_server(publish: &str) -> Option<(switchboard_testkit::NatsServer, String)> {
+    let auth = NatsAuth::new();
+    let config = auth.write(
+        "limited.conf",
+        &format!(
+            r#"authorization {{ users = [ {{ user: lim, password: lpw, permissions: {{ publish: {publish}, subscribe: ["allowed.>", "_INBOX.>"] }} }} ] }}"#
+        ),
+    );
+    let server = switchboard_testkit::NatsServer::start(&["-c", &config.display().to_string()])?;
+    let url = server.url().replacen("nats://", "nats://lim:lpw@", 1);
+    Some((server, format!("{url}?flush_timeout=5s")))
+}
+
+/// A least-privilege user who may publish only to `allowed.>` (replies to
+/// `_INBOX` only subscribed, as plain NATS clients need): the round trip's
+/// echo to `_INBOX` is refused, so subscribing and flushing fall back to a
+/// socket flush at once, instead of subscribing never finishing and every
+/// flush failing after the flush timeout.
+#[tokio::test]
+async fn a_user_who_may_not_publish_to_inboxes_still_works() {
+    let Some((_server, url)) = limited_server(r#""allowed.>""#) else {
+        return;
+    };
+    let broker = switchboard_nats::connect(&url).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut subscription = broker.subscribe_to("allowed.>").await.unwrap();
+    broker
+        .publish(Message::new("allowed.x", "hi").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    let delivery = switchboard_conformance::recv(&mut subscription).await;
+    assert_eq!(delivery.payload_str(), Some("hi"));
+    // Neither waited out the 5 s flush timeout (a "does not hang" bound).
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    broker.close().await.unwrap();
+}
+
+/// A publish the server refuses (`Permissions Violation`) fails the flush
+/// that follows, naming the subject: it was a log line, and the flush said
+/// the message had been processed.
+#[tokio::test]
+async fn a_flush_after_a_refused_publish_fails_naming_the_subject() {
+    let Some((_server, url)) = limited_server(r#"["allowed.>", "_INBOX.>"]"#) else {
+        return;
+    };
+    let broker = switchboard_nats::connect(&url).await.unwrap();
+    broker
+        .publish(Message::new("secret.x", "no").unwrap())
+        .await
+        .unwrap();
+    // The refusal comes as an event, on a channel of its own: it is
+    // reported by the flush that follows or, rarely, the next one.
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        if let Err(error) = broker.flush().await {
+            errors.push(error.to_string());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(errors.len(), 1, "reported once: {errors:?}");
+    assert!(errors[0].contains("\"secret.x\""), "{errors:?}");
+    assert!(errors[0].contains("may not publish there"), "{errors:?}");
+    // The connection goes on.
+    broker
+        .publish(Message::new("allowed.x", "yes").unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    broker.close().await.unwrap();
+}
