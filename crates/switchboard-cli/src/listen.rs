@@ -269,11 +269,14 @@ async fn receive(
             }
         };
         let printed = tokio::select! {
-            signal = signals.recv() => return Ok(Stop::Signal(signal)),
-            printed = printed => printed,
+            signal = signals.recv() => Err(Ok(Stop::Signal(signal))),
+            printed = printed => printed.map_err(stdout_failed),
         };
-        if let Err(error) = printed {
-            return stdout_failed(error);
+        if let Err(stop) = printed {
+            // Not shown, so not acknowledged: given back to come at once to
+            // the next reader (JetStream kept it for the ack wait, 30 s).
+            let _ = tokio::time::timeout(HAND_BACK_PATIENCE, delivery.hand_back()).await;
+            return stop;
         }
         *received += 1;
         if let Err(error) = delivery.ack().await {
@@ -291,6 +294,10 @@ async fn receive(
         }
     }
 }
+
+/// How long giving back the message whose line was not written may take
+/// (the link may be down).
+const HAND_BACK_PATIENCE: Duration = Duration::from_secs(2);
 
 /// A failed write: a reader that went away (`| head -1`) ends `listen` quietly.
 fn stdout_failed(error: std::io::Error) -> anyhow::Result<Stop> {

@@ -189,6 +189,63 @@ fn a_running_listener_stops_when_its_consumer_is_removed_on_amqp() {
     }
 }
 
+/// `listen --durable NAME | head -1`: the message whose line could not be
+/// written (the reader went away) is given back with the ones fetched
+/// ahead, so the next run gets all the rest at once; on NATS it waited out
+/// the 30 s ack wait.
+fn an_unwritten_message_comes_back_at_once(url: &str) {
+    let prefix = unique("unwritten");
+    let pattern = format!("{prefix}.>");
+    let subject = format!("{prefix}.x");
+    let name = prefix.replace('.', "-");
+    let created = listener(url, &["--on", &pattern, "--durable", &name, "--count", "1"]);
+    send(url, &["--on", &subject, "0"], b"");
+    assert_eq!(created.lines(1).len(), 1);
+    assert!(created.wait(PATIENCE).0.success());
+    send(url, &["--on", &subject, "--count", "5", "m {{Count}}"], b"");
+    let program = env!("CARGO_BIN_EXE_switchboard");
+    let piped = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{program}' --broker '{url}' listen --on '{pattern}' --durable '{name}' | head -1"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stdout),
+        format!("[{subject}] m 1\n")
+    );
+    // Well within the 30 s ack wait: the four others, at once.
+    let rest = listener(url, &["--on", &pattern, "--durable", &name, "--count", "4"]);
+    let mut lines = rest.lines(4);
+    lines.sort();
+    let expected: Vec<String> = (2..=5).map(|n| format!("[{subject}] m {n}")).collect();
+    assert_eq!(lines, expected);
+    assert!(rest.wait(PATIENCE).0.success());
+    remove_durable(url, &pattern, &name);
+}
+
+#[test]
+fn an_unwritten_message_comes_back_at_once_on_nats() {
+    if let Some(url) = broker_url("nats", "durable_listen_unwritten") {
+        an_unwritten_message_comes_back_at_once(&url);
+    }
+}
+
+#[test]
+fn an_unwritten_message_comes_back_at_once_on_redis() {
+    if let Some(url) = broker_url("redis", "durable_listen_unwritten") {
+        an_unwritten_message_comes_back_at_once(&url);
+    }
+}
+
+#[test]
+fn an_unwritten_message_comes_back_at_once_on_amqp() {
+    if let Some(url) = broker_url("amqp", "durable_listen_unwritten") {
+        an_unwritten_message_comes_back_at_once(&url);
+    }
+}
+
 /// On a broker without durable consumers, `remove-durable` is one error line.
 #[test]
 fn remove_durable_on_mqtt_is_one_error_line() {
