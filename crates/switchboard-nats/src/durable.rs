@@ -563,17 +563,36 @@ async fn consumer_for(
         match created {
             Ok(consumer) => return Ok(consumer),
             // Another member created it meanwhile (servers before 2.10 say
-            // so with a generic create error): update that one.
+            // so with a generic create error), or the server is busy: read
+            // it again. A refusal of the consumer itself is not retried.
             Err(error)
-                if matches!(
-                    error.kind(),
-                    stream::ConsumerCreateStrictErrorKind::AlreadyExists
-                        | stream::ConsumerCreateStrictErrorKind::JetStream(_)
-                ) =>
+                if match error.kind() {
+                    stream::ConsumerCreateStrictErrorKind::AlreadyExists => true,
+                    stream::ConsumerCreateStrictErrorKind::JetStream(ref e) => {
+                        !refuses_the_consumer(e)
+                    }
+                    _ => false,
+                } =>
             {
                 last_error = Some(Box::new(error));
             }
-            Err(error) => return Err(failed("creating", Box::new(error))),
+            Err(error) => {
+                let work_queue = matches!(
+                    error.kind(),
+                    stream::ConsumerCreateStrictErrorKind::JetStream(ref e)
+                        if (10098..=10101).contains(&e.error_code().0)
+                );
+                if work_queue {
+                    return Err(subscribe_error(
+                        pattern,
+                        format!(
+                            "JetStream stream {stream_name:?} is a work-queue stream: it takes only consumers that start at its beginning and do not overlap, and a durable subscription starts at the end of a limits-retention stream; subscribe to subjects such a stream captures (or that no stream captures yet: switchboard then provisions one)"
+                        ),
+                        Some(Box::new(error)),
+                    ));
+                }
+                return Err(failed("creating", Box::new(error)));
+            }
         }
     }
     Err(subscribe_error(
@@ -584,6 +603,16 @@ async fn consumer_for(
         ),
         last_error,
     ))
+}
+
+/// Whether JetStream refused a consumer for what it is (its settings, the
+/// stream's kind: a 4xx answer other than "exists"), which no retry changes.
+fn refuses_the_consumer(error: &jetstream::Error) -> bool {
+    let code = error.error_code();
+    (400..500).contains(&error.code())
+        && code != jetstream::ErrorCode::CONSUMER_ALREADY_EXISTS
+        && code != jetstream::ErrorCode::CONSUMER_NAME_EXIST
+        && code.0 != 10012
 }
 
 /// Reads or creates of a consumer tried before giving up, [`CONSUMER_RETRY`] apart.

@@ -319,3 +319,41 @@ async fn deleting_the_consumer_ends_the_subscription() {
     jetstream.delete_stream(&stream_name).await.unwrap();
     broker.close().await.unwrap();
 }
+
+/// A user's work-queue stream over the pattern refuses switchboard's
+/// consumer (it must start at the stream's beginning): the refusal is one
+/// error at once naming the stream and what to do, not 20 retries over five
+/// seconds blamed on a leader election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_queue_stream_is_refused_at_once_with_why() {
+    let Some(url) = server::url() else { return };
+    let broker = switchboard_nats::connect(&url).await.unwrap();
+    let base = unique("wq");
+    let jetstream = async_nats::jetstream::new(broker.client().clone());
+    let stream_name = base.replace('.', "_").to_uppercase();
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![format!("{base}.>")],
+            retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pattern: Pattern = format!("{base}.a").parse().unwrap();
+    let durable = Durable::new(&base.replace('.', "-")).unwrap();
+    let started = std::time::Instant::now();
+    let error = match broker.subscribe_durable(&pattern, &durable).await {
+        Ok(_) => panic!("a consumer on a work-queue stream was accepted"),
+        Err(error) => error.to_string(),
+    };
+    jetstream.delete_stream(&stream_name).await.unwrap();
+    assert!(error.contains("is a work-queue stream"), "{error}");
+    assert!(!error.contains("electing a leader"), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    broker.close().await.unwrap();
+}
