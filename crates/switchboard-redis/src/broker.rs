@@ -19,6 +19,21 @@ use crate::{durable, publisher, request, routing, subscription, KIND};
 /// Redis's default `proto-max-bulk-len`, used when the server does not say.
 const DEFAULT_MAX_PAYLOAD: usize = 512 * 1024 * 1024;
 
+/// Room kept, under the PUBSUB output buffer limit, for the frame a message
+/// is pushed to a subscriber in: `pmessage`, the pattern and the channel
+/// (each at most 255 bytes here, more once escaped) and the lengths.
+const PUBSUB_FRAME_RESERVE: usize = 4096;
+
+/// The hard limit of the `pubsub` class in a `client-output-buffer-limit`
+/// value (`normal 0 0 0 replica 268435456 67108864 60 pubsub 33554432
+/// 8388608 60`); `None` when there is none (0: unlimited) or it cannot be read.
+fn pubsub_hard_limit(config: &str) -> Option<usize> {
+    let mut words = config.split_whitespace();
+    words.find(|word| word.eq_ignore_ascii_case("pubsub"))?;
+    let hard: usize = words.next()?.parse().ok()?;
+    (hard > 0).then_some(hard)
+}
+
 /// A connection to Redis PUBSUB. Cheap to clone: clones share the publishing
 /// connection, and closing one closes them all.
 ///
@@ -111,6 +126,28 @@ impl RedisBroker {
             _ => None,
         }
         .unwrap_or(DEFAULT_MAX_PAYLOAD);
+        // A PUBSUB message larger than the subscribers' output buffer hard
+        // limit (32 MiB by default) disconnects every subscriber it is sent
+        // to and is lost, although `PUBLISH` succeeded. Redis counts that
+        // buffer by its allocations, which can be a quarter larger than the
+        // bytes (jemalloc's size classes; a 1 MiB limit dropped a subscriber
+        // over a 1,044,480-byte message): three quarters of it are declared.
+        let buffers = tokio::time::timeout(
+            options.connect_timeout,
+            conn.command(&[b"CONFIG", b"GET", b"client-output-buffer-limit"]),
+        )
+        .await;
+        let pubsub_limit = match buffers {
+            Ok(Ok(Frame::Array(Some(items)))) => items
+                .get(1)
+                .and_then(Frame::bytes)
+                .and_then(|b| pubsub_hard_limit(std::str::from_utf8(b).ok()?)),
+            _ => None,
+        };
+        let max_payload = match pubsub_limit {
+            Some(limit) => max_payload.min((limit / 4 * 3).saturating_sub(PUBSUB_FRAME_RESERVE)),
+            None => max_payload,
+        };
         let appendonly = matches!(
             tokio::time::timeout(
                 options.connect_timeout,
@@ -399,4 +436,18 @@ async fn start_durable(
         ),
     }
     Ok((control, routing))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pubsub_hard_limit;
+
+    #[test]
+    fn the_pubsub_hard_limit_is_read_from_the_config() {
+        let default = "normal 0 0 0 replica 268435456 67108864 60 pubsub 33554432 8388608 60";
+        assert_eq!(pubsub_hard_limit(default), Some(33_554_432));
+        assert_eq!(pubsub_hard_limit("normal 0 0 0 pubsub 0 0 0"), None);
+        assert_eq!(pubsub_hard_limit("normal 0 0 0"), None);
+        assert_eq!(pubsub_hard_limit("pubsub lots"), None);
+    }
 }

@@ -114,7 +114,7 @@
 //! | ack, redelivery, persistence | no: a message published while nobody subscribes is gone |
 //! | request/reply | yes (see [Request/reply](#requestreply)) |
 //! | durable subscriptions | yes, on Redis 7.0 or later, over Redis Streams (see [Durable mode](#durable-mode)): delivery counts, nack with a delay (up to the ack deadline); `durable_storage` is declared only where the server runs with `appendonly yes`. On Redis Cluster too (see [Redis Cluster](#redis-cluster)). On an older server (no functions) or for an ACL user without `FUNCTION`/`FCALL`, `subscribe_durable` returns `Unsupported` saying so, and publishing stays plain PUBLISH |
-//! | max payload | the server's `proto-max-bulk-len` (512 MiB by default), envelope included |
+//! | max payload | the server's `proto-max-bulk-len` (512 MiB by default), envelope included, and at most three quarters of the `client-output-buffer-limit pubsub` hard limit less 4 KiB (24 MiB by default): a message over that limit disconnects every subscriber it is sent to and is lost, while `PUBLISH` succeeds (Redis counts the buffer by its allocations, up to a quarter over the bytes) |
 //!
 //! # Durable mode
 //!

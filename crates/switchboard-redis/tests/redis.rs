@@ -884,3 +884,43 @@ async fn the_shared_connection_outlives_its_last_subscription() {
     assert_eq!(next(&mut sub).await.unwrap().payload_str(), Some("same"));
     broker.close().await.unwrap();
 }
+
+/// The declared `max_payload` stays under the PUBSUB subscribers' output
+/// buffer hard limit (`client-output-buffer-limit pubsub`, 32 MiB by
+/// default): a larger message disconnected every subscriber and was lost
+/// while `publish` and `flush` succeeded. At the declared limit a message
+/// arrives; one byte more is refused before it is sent.
+#[tokio::test]
+async fn max_payload_stays_under_the_pubsub_output_buffer_limit() {
+    let Some(server) = RedisServer::start(&["--client-output-buffer-limit", "pubsub 1048576 0 0"])
+    else {
+        return;
+    };
+    let broker = switchboard_redis::connect(&server.url()).await.unwrap();
+    let max = broker.capabilities().max_payload.unwrap();
+    assert!(max < 1_048_576 && max > 700_000, "declared {max}");
+    let mut subscription = broker
+        .subscribe(&"big.x".parse::<Pattern>().unwrap())
+        .await
+        .unwrap();
+    broker
+        .publish(Message::new("big.x", vec![7u8; max]).unwrap())
+        .await
+        .unwrap();
+    broker.flush().await.unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the message at the limit arrives")
+        .unwrap()
+        .expect("no disconnect");
+    assert_eq!(delivery.payload().len(), max);
+    let error = broker
+        .publish(Message::new("big.x", vec![7u8; max + 1]).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, switchboard_core::Error::PayloadTooLarge { .. }),
+        "{error}"
+    );
+    broker.close().await.unwrap();
+}
