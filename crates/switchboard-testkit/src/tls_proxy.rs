@@ -116,7 +116,7 @@ async fn serve(listener: TcpListener, target: SocketAddr, config: Arc<ServerConf
 }
 
 fn server_config(pki: &Pki, mutual: bool) -> ServerConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = switchboard_tls::crypto_provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("TLS versions");
