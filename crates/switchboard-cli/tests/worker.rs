@@ -208,7 +208,7 @@ async fn exec_runs_the_command_with_payload_and_environment() {
             r#"
 [[route]]
 on = "{prefix}.alerts.>"
-exec = ["sh", "-c", "{{ echo \"subject=$SWITCHBOARD_SUBJECT attempt=$SWITCHBOARD_ATTEMPT host=$SWITCHBOARD_HEADER_HOST trace=$SWITCHBOARD_HEADER_TRACE_ID\"; cat; echo; echo said hello >&2; }} >> {out}"]
+exec = ["sh", "-c", "{{ echo \"subject=$SWITCHBOARD_SUBJECT attempt=$SWITCHBOARD_ATTEMPT host=$SWITCHBOARD_HEADER_HOST trace=$SWITCHBOARD_HEADER_TRACE_ID\"; echo \"$SWITCHBOARD_HEADERS\"; cat; echo; echo said hello >&2; }} >> {out}"]
 "#,
             out = out.display()
         ),
@@ -229,8 +229,10 @@ exec = ["sh", "-c", "{{ echo \"subject=$SWITCHBOARD_SUBJECT attempt=$SWITCHBOARD
     assert_eq!(
         text,
         format!(
-            "subject={prefix}.alerts.cpu attempt=1 host=web-1 trace=t-42\nCPU at 90%\n\
-             subject={prefix}.alerts.cpu attempt=1 host=web-2 trace=t-42\nCPU at 91%\n"
+            "subject={prefix}.alerts.cpu attempt=1 host=web-1 trace=t-42\n\
+             {{\"host\":\"web-1\",\"trace-id\":\"t-42\"}}\nCPU at 90%\n\
+             subject={prefix}.alerts.cpu attempt=1 host=web-2 trace=t-42\n\
+             {{\"host\":\"web-2\",\"trace-id\":\"t-42\"}}\nCPU at 91%\n"
         )
     );
     // The command's output goes to the worker's stderr with the route as prefix.

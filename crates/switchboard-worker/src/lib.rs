@@ -173,7 +173,7 @@ pub use layer::{
     MAX_ERROR_HEADER_LEN, ORIGINAL_SUBJECT_HEADER, PERMANENT_HEADER, ROUTE_HEADER,
 };
 pub use metrics::MetricsServer;
-pub use route::{Route, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT};
+pub use route::{Route, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, MAX_CONCURRENCY};
 pub use running::Running;
 pub use schema::{Schema, SchemaError, SchemaViolation};
 pub use stats::{Counters, Stats};

@@ -13,6 +13,10 @@ use crate::layer::{BoxLayer, DefaultStack};
 use crate::route_loop::{Erased, Looped};
 use crate::{BoxHandler, DeadLetterSubject, Error, Handler, RetryPolicy};
 
+/// The largest [`Route::concurrency`]: the router's semaphore (tokio's)
+/// holds at most this many permits (`2^61 - 1` on 64-bit targets).
+pub const MAX_CONCURRENCY: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
 /// The per-route concurrency limit unless set: one message at a time, in order.
 pub const DEFAULT_CONCURRENCY: usize = 1;
 /// The per-attempt time limit unless set.
@@ -211,12 +215,13 @@ impl Route {
         self
     }
 
-    /// Handles up to `limit` messages at a time (at least 1). With 1 (the
+    /// Handles up to `limit` messages at a time (at least 1, at most
+    /// [`MAX_CONCURRENCY`]). With 1 (the
     /// default) messages are handled one after the other, in order; above
     /// 1 they may finish, and be acknowledged, in any order, unless the
     /// route is [ordered per subject](Route::ordered_per_subject).
     pub fn concurrency(mut self, limit: usize) -> Self {
-        self.concurrency = limit.max(1);
+        self.concurrency = limit.clamp(1, MAX_CONCURRENCY);
         self
     }
 

@@ -51,8 +51,9 @@ pub(crate) fn header_env_name(name: &str) -> String {
 }
 
 /// Runs a command per message: the payload on stdin, `SWITCHBOARD_SUBJECT`,
-/// `SWITCHBOARD_ATTEMPT`, `SWITCHBOARD_ROUTE` and one `SWITCHBOARD_HEADER_<NAME>`
-/// per header in the environment (and, for a message with a W3C
+/// `SWITCHBOARD_ATTEMPT`, `SWITCHBOARD_ROUTE`, `SWITCHBOARD_HEADERS` (all
+/// headers as one JSON object) and one `SWITCHBOARD_HEADER_<NAME>` per header
+/// in the environment (and, for a message with a W3C
 /// `traceparent`, `TRACEPARENT` and `TRACESTATE` naming the handler's span); its output lines go to stderr prefixed
 /// with the route. A non-zero exit fails the attempt. When the message is a
 /// request, the command's stdout, bytes as printed, is the reply once it
@@ -153,6 +154,13 @@ impl Handler for Exec {
         for (name, value) in ctx.headers() {
             command.env(header_env_name(name), value);
         }
+        // All of them, names as sent: names that differ only in case or
+        // punctuation share one `SWITCHBOARD_HEADER_` variable.
+        let headers: std::collections::BTreeMap<&str, &str> = ctx.headers().iter().collect();
+        command.env(
+            "SWITCHBOARD_HEADERS",
+            serde_json::to_string(&headers).unwrap_or_else(|_| "{}".to_string()),
+        );
         // W3C trace context for child processes: the handler's span as parent.
         command.env_remove("TRACEPARENT").env_remove("TRACESTATE");
         if let Some(trace) = ctx.trace() {

@@ -394,34 +394,38 @@ fn durable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ConsumerName>, D::E
         .map_err(de::Error::custom)
 }
 
-fn max_deliver<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+/// A whole number from 1 to `max` (the type's or the library's limit).
+fn count<'de, D: Deserializer<'de>, T: TryFrom<i64> + Into<u64> + Copy>(
+    d: D,
+    name: &str,
+    max: u64,
+    hint: &str,
+) -> Result<Option<T>, D::Error> {
     let value = i64::deserialize(d)?;
-    match u32::try_from(value) {
-        Ok(n) if n >= 1 => Ok(Some(n)),
+    match T::try_from(value) {
+        Ok(n) if (1..=max).contains(&n.into()) => Ok(Some(n)),
         _ => Err(de::Error::custom(format!(
-            "max_deliver must be 1 or more, not {value}"
+            "{name} must be from 1 to {max}{hint}, not {value}"
         ))),
     }
+}
+
+fn max_deliver<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    count(d, "max_deliver", u32::MAX.into(), "")
 }
 
 fn concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
-    let value = i64::deserialize(d)?;
-    match usize::try_from(value) {
-        Ok(n) if n >= 1 => Ok(Some(n)),
-        _ => Err(de::Error::custom(format!(
-            "concurrency must be 1 or more, not {value}"
-        ))),
-    }
+    let max = switchboard::worker::MAX_CONCURRENCY as u64;
+    Ok(count::<D, u64>(d, "concurrency", max, "")?.map(|n| n as usize))
 }
 
 fn attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    let value = i64::deserialize(d)?;
-    match u32::try_from(value) {
-        Ok(n) if n >= 1 => Ok(Some(n)),
-        _ => Err(de::Error::custom(format!(
-            "attempts must be 1 or more (total tries, the first included), not {value}"
-        ))),
-    }
+    count(
+        d,
+        "attempts",
+        u32::MAX.into(),
+        " (total tries, the first included)",
+    )
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -773,7 +777,19 @@ dead_letter = false
             ("[[route]]\nlog = true\n", "r.toml:1: missing field `on`"),
             (
                 "[[route]]\non = \"a\"\nlog = true\nattempts = 0\n",
-                "r.toml:4: attempts must be 1 or more",
+                "r.toml:4: attempts must be from 1 to 4294967295",
+            ),
+            (
+                "[[route]]\non = \"a\"\nlog = true\nattempts = 5000000000\n",
+                "r.toml:4: attempts must be from 1 to 4294967295 (total tries",
+            ),
+            (
+                "[[route]]\non = \"a\"\nlog = true\ndurable = \"d\"\nmax_deliver = 99999999999999999\n",
+                "r.toml:5: max_deliver must be from 1 to 4294967295, not 99999999999999999",
+            ),
+            (
+                "[[route]]\non = \"a\"\nlog = true\nconcurrency = 9223372036854775807\n",
+                "r.toml:4: concurrency must be from 1 to 2305843009213693951",
             ),
             (
                 "[[route]]\non = \"a\"\nlog = true\ngroup = \"a b\"\n",
