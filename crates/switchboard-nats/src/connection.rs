@@ -476,7 +476,7 @@ impl Registry {
             }
             async_nats::Event::Disconnected => {
                 self.link
-                    .lost("messages published until it is back are lost on core NATS");
+                    .lost("core NATS subscriptions miss what is published until it is back; durable ones get it from JetStream");
                 for entry in self.entries().values_mut() {
                     entry.link.lost("the connection broke");
                     entry.notices.bump(&entry.notices.disconnects);

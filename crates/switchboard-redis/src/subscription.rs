@@ -427,8 +427,8 @@ enum Pending {
         pattern: Pattern,
         ready: oneshot::Sender<Result<()>>,
     },
-    /// A channel or glob subscribed again after a reconnection.
-    Resubscribe,
+    /// A channel or glob (named) subscribed again after a reconnection.
+    Resubscribe(String),
     Unsubscribe(Option<oneshot::Sender<()>>),
     Ping,
 }
@@ -609,14 +609,29 @@ impl Task {
     /// frame, and gives the connection up after all of it.
     async fn serve(&mut self, mut conn: Conn, shutdown: &mut watch::Receiver<bool>) -> Ended {
         let mut out = Vec::new();
+        // A channel a waiting subscription asks for is subscribed below, once:
+        // a refusal (an ACL's NOPERM) is then that subscription's error, not
+        // also a warning about a failed resubscribe it never had.
+        let asked: std::collections::HashSet<(bool, String)> = self
+            .waiting
+            .iter()
+            .map(|(_, pattern, _)| {
+                let (channel, glob) = channel_for(pattern);
+                (glob, channel)
+            })
+            .collect();
         for (glob, map) in [
             (false, &self.registry.channels),
             (true, &self.registry.globs),
         ] {
             let command: &[u8] = if glob { b"PSUBSCRIBE" } else { b"SUBSCRIBE" };
             for channel in map.keys() {
+                let name = String::from_utf8_lossy(channel).into_owned();
+                if asked.contains(&(glob, name.clone())) {
+                    continue;
+                }
                 resp::encode_command(&mut out, &[command, channel]);
-                self.pending.push_back(Pending::Resubscribe);
+                self.pending.push_back(Pending::Resubscribe(name));
                 self.resubscribing += 1;
             }
         }
@@ -799,9 +814,10 @@ impl Task {
                         }));
                         return Ok(());
                     }
-                    Some(Pending::Resubscribe) => {
+                    Some(Pending::Resubscribe(channel)) => {
                         tracing::warn!(
-                            "redis: resubscribing a channel failed (Redis answered {text}); its subscriptions get nothing until the next reconnection"
+                            %channel,
+                            "redis: subscribing again to a channel after a reconnection failed (Redis answered {text}); its subscriptions get nothing until the next reconnection"
                         );
                         self.resubscribed();
                         return Ok(());
@@ -856,7 +872,7 @@ impl Task {
                 Some(Pending::Subscribe { ready, .. }) => {
                     let _ = ready.send(Ok(()));
                 }
-                Some(Pending::Resubscribe) => self.resubscribed(),
+                Some(Pending::Resubscribe(_)) => self.resubscribed(),
                 other => return Err(unexpected("a subscription confirmation", other)),
             },
             (PushKind::Unsubscribed, _) => match self.pending.pop_front() {
@@ -940,7 +956,7 @@ impl PushKind {
 fn unexpected(what: &str, pending: Option<Pending>) -> String {
     let expected = match pending {
         None => "nothing",
-        Some(Pending::Subscribe { .. } | Pending::Resubscribe) => "a subscription confirmation",
+        Some(Pending::Subscribe { .. } | Pending::Resubscribe(_)) => "a subscription confirmation",
         Some(Pending::Unsubscribe(_)) => "an unsubscription confirmation",
         Some(Pending::Ping) => "a PING answer",
     };
