@@ -43,8 +43,10 @@ pub(crate) async fn run(url: &str, args: RemoveDurableArgs) -> anyhow::Result<Ex
     let removed = broker.remove_durable(&pattern, &durable).await;
     let _ = connection::close(&broker).await;
     removed.map_err(connection::one_line)?;
+    // The brokers answer a removal of what does not exist as a success:
+    // said so, so that a mistyped NAME or PATTERN is not taken for done.
     eprintln!(
-        "removed durable consumer '{}' over '{pattern}' at {}",
+        "durable consumer '{}' over '{pattern}' at {} removed, or there was none (check NAME and --on if you expected one)",
         args.name,
         connection::display_url(url)
     );

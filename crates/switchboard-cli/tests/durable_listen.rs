@@ -126,7 +126,7 @@ fn keeps_what_was_sent_meanwhile(url: &str) {
     let stderr = String::from_utf8_lossy(&removed.stderr);
     assert!(removed.status.success(), "{stderr}");
     assert!(
-        stderr.contains(&format!("removed durable consumer '{name}'")),
+        stderr.contains(&format!("durable consumer '{name}' over '{pattern}' at")),
         "{stderr}"
     );
     let again = listener(
