@@ -409,7 +409,7 @@ impl Error {
         Error::Timeout {
             broker,
             operation: format!(
-                "a request on {subject:?} (no reply; is anything subscribed to answer it?)"
+                "a request on {subject:?} (no reply: is anything subscribed to answer it, and did its handler succeed? one that fails sends none)"
             ),
             after,
         }
