@@ -24,6 +24,25 @@ const DEFAULT_MAX_PAYLOAD: usize = 512 * 1024 * 1024;
 /// (each at most 255 bytes here, more once escaped) and the lengths.
 const PUBSUB_FRAME_RESERVE: usize = 4096;
 
+/// The value of `CONFIG GET name`: `None` when the server does not tell
+/// (CONFIG disabled or not permitted, no answer within `timeout`); `Err` when
+/// the connection broke.
+async fn config_get(
+    conn: &mut crate::connection::Conn,
+    name: &str,
+    timeout: std::time::Duration,
+) -> std::io::Result<Option<String>> {
+    match tokio::time::timeout(timeout, conn.command(&[b"CONFIG", b"GET", name.as_bytes()])).await {
+        Ok(Ok(Frame::Array(Some(items)))) => Ok(items
+            .get(1)
+            .and_then(Frame::bytes)
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .map(str::to_string)),
+        Ok(Err(error)) => Err(error),
+        _ => Ok(None),
+    }
+}
+
 /// The hard limit of the `pubsub` class in a `client-output-buffer-limit`
 /// value (`normal 0 0 0 replica 268435456 67108864 60 pubsub 33554432
 /// 8388608 60`); `None` when there is none (0: unlimited) or it cannot be read.
@@ -105,58 +124,39 @@ impl RedisBroker {
         let mut conn = target
             .connect_durable(options.connect_timeout, &options.client_name())
             .await?;
-        // The server's payload limit, if it tells (CONFIG may be disabled or not permitted).
-        let limit = tokio::time::timeout(
-            options.connect_timeout,
-            conn.command(&[b"CONFIG", b"GET", b"proto-max-bulk-len"]),
-        )
-        .await;
-        let max_payload = match limit {
-            Ok(Ok(Frame::Array(Some(items)))) => items
-                .get(1)
-                .and_then(Frame::bytes)
-                .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()),
-            Ok(Err(e)) => {
-                return Err(target.error(
-                    ConnectKind::Other,
-                    "the connection broke right after the handshake",
-                    Some(Box::new(e)),
-                ))
-            }
-            _ => None,
-        }
-        .unwrap_or(DEFAULT_MAX_PAYLOAD);
+        // What the server says of itself, where it tells (CONFIG may be
+        // disabled or not permitted); a connection that broke meanwhile fails.
+        let timeout = options.connect_timeout;
+        let broke = |e: std::io::Error| {
+            target.error(
+                ConnectKind::Other,
+                "the connection broke right after the handshake",
+                Some(Box::new(e)),
+            )
+        };
+        let max_payload = config_get(&mut conn, "proto-max-bulk-len", timeout)
+            .await
+            .map_err(broke)?
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(DEFAULT_MAX_PAYLOAD);
         // A PUBSUB message larger than the subscribers' output buffer hard
         // limit (32 MiB by default) disconnects every subscriber it is sent
         // to and is lost, although `PUBLISH` succeeded. Redis counts that
         // buffer by its allocations, which can be a quarter larger than the
         // bytes (jemalloc's size classes; a 1 MiB limit dropped a subscriber
         // over a 1,044,480-byte message): three quarters of it are declared.
-        let buffers = tokio::time::timeout(
-            options.connect_timeout,
-            conn.command(&[b"CONFIG", b"GET", b"client-output-buffer-limit"]),
-        )
-        .await;
-        let pubsub_limit = match buffers {
-            Ok(Ok(Frame::Array(Some(items)))) => items
-                .get(1)
-                .and_then(Frame::bytes)
-                .and_then(|b| pubsub_hard_limit(std::str::from_utf8(b).ok()?)),
-            _ => None,
-        };
+        let pubsub_limit = config_get(&mut conn, "client-output-buffer-limit", timeout)
+            .await
+            .map_err(broke)?
+            .and_then(|value| pubsub_hard_limit(&value));
         let max_payload = match pubsub_limit {
             Some(limit) => max_payload.min((limit / 4 * 3).saturating_sub(PUBSUB_FRAME_RESERVE)),
             None => max_payload,
         };
-        let appendonly = matches!(
-            tokio::time::timeout(
-                options.connect_timeout,
-                conn.command(&[b"CONFIG", b"GET", b"appendonly"]),
-            )
-            .await,
-            Ok(Ok(Frame::Array(Some(items))))
-                if items.get(1).and_then(Frame::bytes).is_some_and(|v| &v[..] == b"yes")
-        );
+        let appendonly = config_get(&mut conn, "appendonly", timeout)
+            .await
+            .map_err(broke)?
+            .is_some_and(|value| value == "yes");
         let (publisher, writer) =
             publisher::start(conn, target.clone(), options.clone(), max_payload);
         let shutdown = watch::Sender::new(false);
