@@ -216,11 +216,18 @@ pub(crate) async fn round_trip(
         .since(reported)
         .filter(|subject| !subject.starts_with("_INBOX."))
         .collect();
+    // Only the last `Refusals::KEPT` subjects are kept: past that many, the
+    // count of those kept is a floor.
+    let floor = if refusals.count - reported > refusals.recent.len() as u64 {
+        "at least "
+    } else {
+        ""
+    };
     match refused.first() {
         None => Ok(()),
         Some(first) => Err((
             format!(
-                "the server refused {} publish(es) since the last flush (Permissions Violation), e.g. to {first:?}: this user may not publish there",
+                "the server refused {floor}{} publish(es) since the last flush (Permissions Violation), e.g. to {first:?}: this user may not publish there",
                 refused.len()
             ),
             None,
