@@ -8,6 +8,12 @@
 //! reader sees each at once); lines queued while the writer is busy go out
 //! together in one write. Commands that print a result once and end write
 //! it with [`write_now`] instead.
+//!
+//! A write is what tells a writer that its reader went away, and a command
+//! waiting for messages may have nothing to write for a long time: `listen |
+//! head -1` would wait for a second message only to learn that `head` had
+//! ended. So when standard output is a pipe, it is also watched for the
+//! error condition the kernel raises on a pipe without readers.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +32,8 @@ const BATCH_BYTES: usize = 64 * 1024;
 pub(crate) struct Stdout {
     queue: mpsc::Sender<Job>,
     shared: Arc<Shared>,
+    /// Standard output when it is a pipe, watched for its reader leaving.
+    pipe: Option<Arc<Pipe>>,
 }
 
 #[derive(Debug, Default)]
@@ -62,7 +70,11 @@ impl Stdout {
         std::thread::Builder::new()
             .name("stdout".into())
             .spawn(move || write_lines(jobs, &writer))?;
-        Ok(Stdout { queue, shared })
+        Ok(Stdout {
+            queue,
+            shared,
+            pipe: Pipe::watch().map(Arc::new),
+        })
     }
 
     /// Queues `line` (a line break is added) and returns at once, unless the
@@ -87,12 +99,24 @@ impl Stdout {
         done.await.map_err(|_| self.shared.failure())
     }
 
-    /// Resolves once writing has failed (e.g. `BrokenPipe`: the reader went
-    /// away), with why; pending forever while all is well.
+    /// Resolves once writing has failed, or standard output is a pipe whose
+    /// reader went away (`BrokenPipe`, though nothing was written since),
+    /// with why; pending forever while all is well.
     pub(crate) async fn failed(&self) -> std::io::Error {
-        // The writer thread drops the queue's receiving end only when it stops.
-        self.queue.closed().await;
-        self.shared.failure()
+        let reader_gone = async {
+            match &self.pipe {
+                Some(pipe) => pipe.reader_gone().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // The writer thread drops the queue's receiving end only when it stops.
+            () = self.queue.closed() => self.shared.failure(),
+            () = reader_gone => std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the reader of standard output went away",
+            ),
+        }
     }
 
     /// How many lines were written and flushed so far.
@@ -109,6 +133,57 @@ impl Stdout {
             .send(Job { line, written })
             .await
             .map_err(|_| self.shared.failure())
+    }
+}
+
+/// Standard output, when it is a pipe, registered with the runtime: Linux
+/// raises an error condition on the writing end of a pipe once no reader is
+/// left (`EPOLLERR`), whether or not anything is written.
+///
+/// The registration is a duplicate of the descriptor, only ever waited on:
+/// every write goes through the writer thread's blocking `std::io::Stdout`,
+/// which is why the duplicate is not switched to non-blocking mode (the flag
+/// belongs to the pipe both descriptors share).
+#[derive(Debug)]
+struct Pipe {
+    #[cfg(unix)]
+    sender: tokio::net::unix::pipe::Sender,
+}
+
+impl Pipe {
+    /// Watches standard output if it is a pipe (a terminal, a file or
+    /// `/dev/null` has no reader to lose); `None` otherwise, or where the
+    /// runtime cannot watch it.
+    #[cfg(unix)]
+    fn watch() -> Option<Pipe> {
+        use std::os::fd::AsFd as _;
+        use std::os::unix::fs::FileTypeExt as _;
+        // Registering needs the runtime's reactor; without one, no watch.
+        tokio::runtime::Handle::try_current().ok()?;
+        let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
+        let file = std::fs::File::from(fd);
+        if !file.metadata().ok()?.file_type().is_fifo() {
+            return None;
+        }
+        let sender = tokio::net::unix::pipe::Sender::from_file_unchecked(file).ok()?;
+        Some(Pipe { sender })
+    }
+
+    #[cfg(not(unix))]
+    fn watch() -> Option<Pipe> {
+        None
+    }
+
+    /// Resolves once the pipe has no reader left.
+    async fn reader_gone(&self) {
+        #[cfg(unix)]
+        if let Ok(ready) = self.sender.ready(tokio::io::Interest::ERROR).await {
+            // Otherwise the runtime is shutting down.
+            if ready.is_error() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
     }
 }
 

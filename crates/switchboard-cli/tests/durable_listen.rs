@@ -8,6 +8,11 @@
 
 mod harness;
 
+use std::io::Read as _;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
 use harness::{broker_url, capabilities, remove_durable, run, send, unique, Listener, PATIENCE};
 
 fn listener(url: &str, args: &[&str]) -> Listener {
@@ -189,10 +194,12 @@ fn a_running_listener_stops_when_its_consumer_is_removed_on_amqp() {
     }
 }
 
-/// `listen --durable NAME | head -1`: the message whose line could not be
-/// written (the reader went away) is given back with the ones fetched
-/// ahead, so the next run gets all the rest at once; on NATS it waited out
-/// the 30 s ack wait.
+/// A line `listen --durable NAME` could not write (its reader went away in
+/// the middle of it) is not acknowledged but given back, with the messages
+/// fetched ahead, so the next run gets them all at once; on NATS the message
+/// waited out the 30 s ack wait. The line is longer than a pipe holds, so the
+/// write is still under way when the test closes the pipe: nothing else here
+/// decides whether the message was taken before or after the reader left.
 fn an_unwritten_message_comes_back_at_once(url: &str) {
     let prefix = unique("unwritten");
     let pattern = format!("{prefix}.>");
@@ -202,24 +209,66 @@ fn an_unwritten_message_comes_back_at_once(url: &str) {
     send(url, &["--on", &subject, "0"], b"");
     assert_eq!(created.lines(1).len(), 1);
     assert!(created.wait(PATIENCE).0.success());
-    send(url, &["--on", &subject, "--count", "5", "m {{Count}}"], b"");
-    let program = env!("CARGO_BIN_EXE_switchboard");
-    let piped = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "'{program}' --broker '{url}' listen --on '{pattern}' --durable '{name}' | head -1"
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&piped.stdout),
-        format!("[{subject}] m 1\n")
+    // 100 kB: more than a pipe's 64 KiB, less than any broker's limit.
+    let filler = "x".repeat(100_000);
+    send(
+        url,
+        &[
+            "--on",
+            &subject,
+            "--count",
+            "5",
+            &format!("m {{{{Count}}}} {filler}"),
+        ],
+        b"",
     );
-    // Well within the 30 s ack wait: the four others, at once.
-    let rest = listener(url, &["--on", &pattern, "--durable", &name, "--count", "4"]);
-    let mut lines = rest.lines(4);
+    let mut child = harness::switchboard()
+        .args([
+            "--broker",
+            url,
+            "listen",
+            "--on",
+            &pattern,
+            "--durable",
+            &name,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (started, start) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut begun = [0u8; 1000];
+        let read = stdout.read_exact(&mut begun).map(|()| begun.to_vec());
+        // Closing the pipe now, with the line only begun, as `head -c` would.
+        drop(stdout);
+        let _ = started.send(read);
+    });
+    let Ok(Ok(begun)) = start.recv_timeout(PATIENCE) else {
+        let output = harness::wait_output(child, Duration::ZERO);
+        panic!(
+            "listen printed nothing: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    assert!(begun.starts_with(format!("[{subject}] m 1 x").as_bytes()));
+    let output = harness::wait_output(child, PATIENCE);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "a closed stdout should exit 0: {stderr}"
+    );
+    // Well within the 30 s ack wait: all five, the first one again.
+    let rest = listener(url, &["--on", &pattern, "--durable", &name, "--count", "5"]);
+    let mut lines: Vec<String> = rest
+        .lines(5)
+        .iter()
+        .map(|line| line.split(' ').take(3).collect::<Vec<_>>().join(" "))
+        .collect();
     lines.sort();
-    let expected: Vec<String> = (2..=5).map(|n| format!("[{subject}] m {n}")).collect();
+    let expected: Vec<String> = (1..=5).map(|n| format!("[{subject}] m {n}")).collect();
     assert_eq!(lines, expected);
     assert!(rest.wait(PATIENCE).0.success());
     remove_durable(url, &pattern, &name);
