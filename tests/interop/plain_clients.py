@@ -165,6 +165,32 @@ async def nats_main():
     check("switchboard request gets a plain responder's reply", code == 0 and reply and reply.get("payload") == "pong:ping", repr((code, reply, err)))
     code, reply, err = await asyncio.get_running_loop().run_in_executor(None, sb_request, f"{PREFIX}.rr.nobody", "ping")
     check("a request nobody answers fails at once, naming it", code == 1 and "no responders" in err, repr((code, err)))
+
+    # Error replies are NATS micro's: a micro service's error fails a
+    # switchboard request, and a failed `reply --command` reaches a plain
+    # requester as the micro error headers.
+    from nats.micro import add_service
+
+    async def refuse(req):
+        await req.respond_error("503", "overloaded, try later")
+
+    service = await add_service(nc, name="interop", version="0.0.1")
+    await service.add_endpoint(name="refuse", subject=f"{PREFIX}.rr.micro", handler=refuse)
+    await nc.flush()
+    code, reply, err = await asyncio.get_running_loop().run_in_executor(None, sb_request, f"{PREFIX}.rr.micro", "ping")
+    check("a micro service's error reply fails switchboard request at once", code == 1 and "overloaded, try later (error code 503)" in err, repr((code, err)))
+    await service.stop()
+    replier = start_replier(f"{PREFIX}.rr.failing", "--command", "exit 3")
+    try:
+        msg = await nc.request(f"{PREFIX}.rr.failing", b"x", timeout=10)
+        hdrs = msg.headers or {}
+        check("a failed reply command reaches a plain requester as micro error headers",
+              hdrs.get("Nats-Service-Error-Code") == "500" and "exit status: 3" in hdrs.get("Nats-Service-Error", "") and "exit 3" not in hdrs.get("Nats-Service-Error", ""),
+              repr(hdrs))
+    except Exception as e:  # noqa: BLE001 - reported as a failed check
+        check("a failed reply command reaches a plain requester as micro error headers", False, repr(e))
+    replier.kill()
+    replier.wait(timeout=15)
     await nc.close()
 
 

@@ -175,7 +175,9 @@ impl Broker for AmqpBroker {
         if self.inner.sessions.is_closed() {
             return Err(Error::Closed { broker: KIND });
         }
-        request::request(&self.inner.sessions, message, timeout).await
+        let subject = message.subject().clone();
+        let reply = request::request(&self.inner.sessions, message, timeout).await?;
+        switchboard_core::reply_outcome(KIND, subject.as_str(), reply)
     }
 
     fn status(&self) -> ConnectionStatus {

@@ -27,8 +27,10 @@ With --command, CMD runs with `sh -c` for each request, in a process group of
 its own: the request's payload on its stdin, SWITCHBOARD_SUBJECT in its
 environment; its stdout is the reply. A command that fails (non-zero exit, or
 still running after --command-timeout, when it is killed with whatever it
-started) is reported on stderr and the request gets no reply (the requester
-times out). Each answered request is one line on stderr. A message that was
+started) is reported on stderr, and the request gets an error reply (NATS
+micro's Nats-Service-Error headers, code 500, saying how the command failed
+but not what it was): the requester's `switchboard request` fails at once
+with that line instead of timing out. Each answered request is one line on stderr. A message that was
 published, not sent as a request, is skipped with a warning. Exits 0 after
 --count requests; Ctrl-C/SIGTERM kills a running command's process group and
 exits 130/143.";
@@ -173,14 +175,27 @@ async fn answer_one(mut delivery: Delivery, answer: &Answer) -> bool {
             children,
         } => run_command(command, *timeout, children, &delivery)
             .await
-            .map(|output| (output, Default::default())),
+            .map(|output| (output, Default::default()))
+            .map_err(|reason| CommandFailure { command, reason }),
     };
     let outcome = match reply {
         Ok((payload, headers)) => delivery
             .reply_with(payload, headers)
             .await
             .map_err(|e| connection::one_line(e).to_string()),
-        Err(error) => Err(error),
+        Err(failure) => {
+            // The requester learns at once why there is no answer. The
+            // command itself is not named to it: it may hold secrets.
+            let sent = delivery.reply_error(500, &failure.reason).await;
+            Err(match sent {
+                Ok(()) => format!("{}; the requester was sent an error reply", failure.local()),
+                Err(error) => format!(
+                    "{}; the error reply failed too: {}",
+                    failure.local(),
+                    connection::one_line(error)
+                ),
+            })
+        }
     };
     let _ = delivery.ack().await;
     match outcome {
@@ -195,7 +210,22 @@ async fn answer_one(mut delivery: Delivery, answer: &Answer) -> bool {
     }
 }
 
-/// Runs `command` for one request; its stdout, or why it failed. The command
+/// Why a request's command gave no reply.
+struct CommandFailure<'a> {
+    command: &'a str,
+    /// How it failed, without the command (this goes to the requester).
+    reason: String,
+}
+
+impl CommandFailure<'_> {
+    /// The failure as the replier's own stderr tells it, naming the command.
+    fn local(&self) -> String {
+        format!("the command {:?}: {}", self.command, self.reason)
+    }
+}
+
+/// Runs `command` for one request; its stdout, or how it failed (without
+/// naming the command, as the requester is told). The command
 /// runs in a process group of its own, killed whole when it outlives
 /// `timeout` or the replier stops (this future dropped), so nothing it
 /// started is left running.
@@ -229,14 +259,14 @@ async fn run_command(
             .context("cannot wait for the command")?;
         read.context("cannot read the command's output")?;
         if !status.success() {
-            anyhow::bail!("the command {command:?} failed ({status})");
+            anyhow::bail!("the command failed ({status})");
         }
         anyhow::Ok(Bytes::from(output))
     };
     match tokio::time::timeout(timeout, running).await {
         Ok(result) => result.map_err(|e| format!("{e:#}")),
         Err(_) => Err(format!(
-            "the command {command:?} was still running after {timeout:?}; it was killed"
+            "the command was still running after {timeout:?}; it was killed"
         )),
     }
 }

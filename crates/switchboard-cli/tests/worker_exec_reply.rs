@@ -1,6 +1,7 @@
 //! `switchboard worker`'s `exec` action answers requests with the command's
 //! stdout (bytes as printed), on NATS, Redis and RabbitMQ: asked with
-//! `switchboard request` and with the library's `Broker::request`. A broker
+//! `switchboard request` and with the library's `Broker::request`; a failed
+//! command's requester gets an error reply. A broker
 //! that does not answer is skipped unless `SWITCHBOARD_REQUIRE_BROKERS=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
@@ -28,6 +29,11 @@ exec = ["sh", "-c", 'printf "pong %s:" "$SWITCHBOARD_SUBJECT"; cat; echo']
 [[route]]
 on = "{prefix}.bin.>"
 exec = ["sh", "-c", 'printf "\377\000"; cat']
+
+[[route]]
+on = "{prefix}.failing.>"
+exec = ["sh", "-c", 'exit 4']
+attempts = 1
 "#
         ),
     );
@@ -61,10 +67,33 @@ exec = ["sh", "-c", 'printf "\377\000"; cat']
     let reply = reply.unwrap_or_else(|error| panic!("{error}\n{}", worker.stderr()));
     assert_eq!(reply.payload().as_ref(), b"\xff\x00\x01tail");
 
+    // A request whose command fails is dead-lettered and answered with an
+    // error reply, long before the requester's 60 s are up.
+    let failing = run(
+        &url,
+        &[
+            "request",
+            "--on",
+            &format!("{prefix}.failing.x"),
+            "--timeout",
+            "60s",
+            "?",
+        ],
+        b"",
+    );
+    assert_eq!(failing.status.code(), Some(1), "{failing:?}");
+    harness::assert_one_error_line(
+        &String::from_utf8_lossy(&failing.stderr),
+        "failed: command \"sh\" exited with code 4 (error code 500)",
+    );
+
     worker.signal("INT");
     let (status, _, stderr) = worker.wait(PATIENCE);
     assert!(status.success(), "{stderr}");
-    assert!(stderr.contains("2 handled"), "{stderr}");
+    assert!(
+        stderr.contains("3 handled (2 succeeded, 1 dead-lettered)"),
+        "{stderr}"
+    );
 }
 
 #[test]

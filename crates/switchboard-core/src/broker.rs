@@ -83,6 +83,9 @@ pub trait Broker: Publisher + Subscriber {
     /// Fails with [`Error::NoResponders`](crate::Error::NoResponders) where the
     /// broker can tell that nobody is subscribed, with
     /// [`Error::Timeout`](crate::Error::Timeout) when no reply came in time,
+    /// with [`Error::Service`](crate::Error::Service) when the reply is an
+    /// error reply ([`Delivery::reply_error`](crate::Delivery::reply_error),
+    /// or a NATS micro service's; see [`reply_outcome`](crate::reply_outcome)),
     /// and with [`Error::Unsupported`](crate::Error::Unsupported) where the
     /// broker has no request/reply ([`Capabilities::request_reply`]).
     async fn request(&self, message: Message, timeout: Duration) -> Result<Message>;

@@ -176,6 +176,16 @@ impl Delivery {
         }
     }
 
+    /// Answers a request with an error reply (see [`error_reply_headers`](crate::error_reply_headers)):
+    /// the requester's [`Broker::request`](crate::Broker::request) fails at
+    /// once with [`Error::Service`] carrying `code` and `description`,
+    /// instead of waiting out its timeout. By convention 400 is a request
+    /// that would fail the same way again, 500 a failure that may pass.
+    pub async fn reply_error(&self, code: u16, description: &str) -> Result<()> {
+        self.reply_with(Bytes::new(), crate::error_reply_headers(code, description)?)
+            .await
+    }
+
     /// Whether `ack`/`nack` reach a broker (false on brokers without acknowledgement).
     pub fn is_acknowledgeable(&self) -> bool {
         self.acker.is_some()

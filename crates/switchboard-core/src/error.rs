@@ -214,6 +214,22 @@ pub enum Error {
         /// The subject of the request.
         subject: String,
     },
+    /// The responder answered a request with an error reply
+    /// ([`Delivery::reply_error`](crate::Delivery::reply_error), or any NATS
+    /// micro service's `Nats-Service-Error` headers) instead of a result.
+    #[error("{broker}: the responder to a request on {subject:?} failed: {description} (error code {code})")]
+    Service {
+        /// The broker kind.
+        broker: &'static str,
+        /// The subject of the request.
+        subject: String,
+        /// The responder's error code: 400 for a request that fails the same
+        /// way however often it is sent, 500 for a failure that may pass, or
+        /// the responder's own (a missing or unreadable code reads as 500).
+        code: u16,
+        /// The responder's one-line description of what went wrong.
+        description: String,
+    },
     /// A payload could not be encoded or decoded as JSON.
     #[error("JSON payload on {subject:?}: {source}")]
     Json {
@@ -326,6 +342,8 @@ pub enum ErrorKind {
     Closed,
     /// A request had nobody to answer it.
     NoResponders,
+    /// The responder answered a request with an error ([`Error::Service`]).
+    Service,
     /// JSON encoding or decoding failed.
     Json,
     /// Encoding or decoding with another [`Codec`](crate::Codec) failed.
@@ -363,6 +381,7 @@ impl Error {
             Error::Lost { .. } | Error::Disconnected { .. } => ErrorKind::Lost,
             Error::Closed { .. } => ErrorKind::Closed,
             Error::NoResponders { .. } => ErrorKind::NoResponders,
+            Error::Service { .. } => ErrorKind::Service,
             Error::Json { .. } => ErrorKind::Json,
             Error::Codec { .. } => ErrorKind::Codec,
             Error::Timeout { .. } => ErrorKind::Timeout,
@@ -373,9 +392,12 @@ impl Error {
     /// timeouts, a request nobody answered yet). A connect error is temporary
     /// only if its [`ConnectKind`] is:
     /// a wrong password or a TLS mismatch stays wrong however often it is tried.
+    /// An error reply is temporary when its code is 500 or above (the
+    /// responder failed), not below (the request itself was refused).
     pub fn is_temporary(&self) -> bool {
         match self {
             Error::Connect { kind, .. } => kind.is_temporary(),
+            Error::Service { code, .. } => *code >= 500,
             _ => matches!(
                 self.kind(),
                 ErrorKind::Broker | ErrorKind::Lost | ErrorKind::Timeout | ErrorKind::NoResponders
@@ -409,7 +431,7 @@ impl Error {
         Error::Timeout {
             broker,
             operation: format!(
-                "a request on {subject:?} (no reply: is anything subscribed to answer it, and did its handler succeed? one that fails sends none)"
+                "a request on {subject:?} (no reply: is anything subscribed to answer it? a responder still at work, or one whose failure sends no error reply, leaves the requester waiting)"
             ),
             after,
         }

@@ -82,6 +82,48 @@ impl Headers {
         Ok(())
     }
 
+    /// `text` made a valid value of at most `max` bytes: line breaks, tabs
+    /// and other control characters become spaces, runs of spaces one, the
+    /// ends are trimmed, and a longer value is cut on a character boundary,
+    /// ending with `…`. For text from elsewhere, such as an error.
+    ///
+    /// ```
+    /// use switchboard_core::Headers;
+    /// assert_eq!(Headers::one_line_value("a\r\nb\t\0c  d\n", 100), "a b c d");
+    /// assert_eq!(Headers::one_line_value("héllo wörld", 7), "hél…");
+    /// ```
+    pub fn one_line_value(text: &str, max: usize) -> String {
+        let mut out = String::with_capacity(text.len().min(max));
+        let mut last_space = true;
+        for c in text.chars() {
+            let c = if c.is_control() || c.is_whitespace() {
+                ' '
+            } else {
+                c
+            };
+            if c == ' ' {
+                if last_space {
+                    continue;
+                }
+                last_space = true;
+            } else {
+                last_space = false;
+            }
+            out.push(c);
+        }
+        let trimmed = out.trim_end().len();
+        out.truncate(trimmed);
+        if out.len() > max {
+            let mut cut = max.saturating_sub('…'.len_utf8());
+            while cut > 0 && !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            out.push('…');
+        }
+        out
+    }
+
     /// Sets `name` to `value`, replacing any earlier value. Fails on an invalid name or value.
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) -> Result<()> {
         let (name, value) = (name.into(), value.into());

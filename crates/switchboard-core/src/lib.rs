@@ -34,6 +34,7 @@ mod delivery;
 mod driver;
 mod durable;
 mod error;
+mod error_reply;
 mod ext;
 mod headers;
 mod link;
@@ -53,6 +54,10 @@ pub use delivery::{Acknowledge, Delivery, Reply, HAND_BACK_DELAY};
 pub use driver::{Connect, Driver, Locate};
 pub use durable::{ConsumerName, Durable, DEFAULT_ACK_WAIT};
 pub use error::{BoxError, ConnectKind, Error, ErrorKind, Result};
+pub use error_reply::{
+    error_reply_headers, reply_outcome, MAX_SERVICE_ERROR_LEN, SERVICE_ERROR_CODE_HEADER,
+    SERVICE_ERROR_HEADER,
+};
 pub use ext::{PublisherExt, SubscriberExt};
 pub use headers::{Headers, Iter as HeaderIter, MAX_HEADER_NAME_LEN};
 pub use link::{ConnectionStatus, Link, SubscriptionLink};

@@ -629,7 +629,7 @@ impl Broker for MemoryBroker {
             });
         }
         match tokio::time::timeout(timeout, receiver).await {
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(reply)) => crate::reply_outcome(KIND, &subject, reply),
             // Every delivery of the request was dropped without a reply.
             Ok(Err(_)) | Err(_) => Err(Error::request_timeout(KIND, &subject, timeout)),
         }

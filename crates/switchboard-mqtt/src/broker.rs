@@ -186,7 +186,9 @@ impl Broker for MqttBroker {
     /// MQTT cannot tell that nobody is subscribed: without a reply this
     /// fails with [`Error::Timeout`].
     async fn request(&self, message: Message, timeout: Duration) -> Result<Message> {
-        publisher::request(self.inner.shared(), message, timeout).await
+        let subject = message.subject().clone();
+        let reply = publisher::request(self.inner.shared(), message, timeout).await?;
+        switchboard_core::reply_outcome(KIND, subject.as_str(), reply)
     }
 
     fn status(&self) -> ConnectionStatus {

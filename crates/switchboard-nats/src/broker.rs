@@ -206,7 +206,9 @@ impl Broker for NatsBroker {
 
     async fn request(&self, message: Message, timeout: Duration) -> Result<Message> {
         self.check_open()?;
-        publisher::request(&self.shared, message, timeout).await
+        let subject = message.subject().clone();
+        let reply = publisher::request(&self.shared, message, timeout).await?;
+        switchboard_core::reply_outcome(KIND, subject.as_str(), reply)
     }
 
     fn status(&self) -> ConnectionStatus {

@@ -336,7 +336,8 @@ impl Broker for RedisBroker {
         if self.inner.publisher.is_closed() {
             return Err(Error::Closed { broker: KIND });
         }
-        request::request(
+        let subject = message.subject().clone();
+        let reply = request::request(
             &self.inner.requests,
             &self.inner.subscriptions,
             &self.inner.target,
@@ -344,7 +345,8 @@ impl Broker for RedisBroker {
             message,
             timeout,
         )
-        .await
+        .await?;
+        switchboard_core::reply_outcome(KIND, subject.as_str(), reply)
     }
 
     fn status(&self) -> ConnectionStatus {

@@ -228,6 +228,22 @@ impl Context {
         }
     }
 
+    /// Answers the request with an error reply: the requester's `request`
+    /// fails at once with [`Error::Service`](switchboard_core::Error::Service)
+    /// carrying `code` and `description` (see
+    /// [`Delivery::reply_error`](switchboard_core::Delivery::reply_error)).
+    /// The worker sends one itself when a request's handling fails for good
+    /// (400 for a permanent error, 500 otherwise); a handler calls this to
+    /// refuse with a code of its own. Fails like [`Context::reply_with`] when
+    /// the message is not a request.
+    pub async fn reply_error(&self, code: u16, description: &str) -> switchboard_core::Result<()> {
+        self.reply_with(
+            Bytes::new(),
+            switchboard_core::error_reply_headers(code, description)?,
+        )
+        .await
+    }
+
     /// The worker's counters (layers add to them).
     pub fn counters(&self) -> &Counters {
         &self.shared.counters

@@ -188,35 +188,7 @@ impl From<switchboard_core::Error> for HandlerError {
 /// `text` as one line of at most `max` bytes (cut on a character boundary,
 /// ending with `…` when cut).
 pub(crate) fn one_line(text: &str, max: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max));
-    let mut last_space = true;
-    for c in text.chars() {
-        let c = if c.is_control() || c.is_whitespace() {
-            ' '
-        } else {
-            c
-        };
-        if c == ' ' {
-            if last_space {
-                continue;
-            }
-            last_space = true;
-        } else {
-            last_space = false;
-        }
-        out.push(c);
-    }
-    let trimmed = out.trim_end().len();
-    out.truncate(trimmed);
-    if out.len() > max {
-        let mut cut = max.saturating_sub('…'.len_utf8());
-        while cut > 0 && !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-        out.push('…');
-    }
-    out
+    switchboard_core::Headers::one_line_value(text, max)
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use switchboard_core::{Delivery, Subject, Subscription};
+use switchboard_core::{Bytes, Delivery, Reply, Subject, Subscription};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -497,6 +497,8 @@ async fn handle<S: Stack>(
         (delivery.into_message(), None)
     };
     let subject = message.subject().clone();
+    // Kept to tell a requester of a failure for good (`None` unless a request).
+    let requester = replier.clone();
     let delivered = (redelivered, delivery_count, state.max_deliver);
     let recycling = matches!(recycle, Recycle::Yes(_));
     let mut ctx = match recycle {
@@ -611,6 +613,7 @@ async fn handle<S: Stack>(
             }
         }
         tracing::error!(parent: span, %error, "handling failed with a permanent error: the message is rejected without redelivery (give the route a dead letter to keep such messages)");
+        reply_failure(requester, true, &error, span).await;
         return spare;
     }
     // Read before `nack`, which takes the acknowledgement handle.
@@ -622,9 +625,33 @@ async fn handle<S: Stack>(
         }
     }
     if requeued {
+        // Delivered again, the request may still be answered.
         tracing::warn!(parent: span, %error, "handling failed; nacked for redelivery");
     } else {
         tracing::error!(parent: span, %error, "handling failed and the broker cannot redeliver: the message is not handled");
+        reply_failure(requester, false, &error, span).await;
     }
     spare
+}
+
+/// Answers a request whose handling failed for good with an error reply
+/// (400 when the error is permanent, 500 otherwise), so that its requester
+/// fails at once rather than waiting out its timeout.
+pub(crate) async fn reply_failure(
+    requester: Option<Arc<dyn Reply>>,
+    permanent: bool,
+    error: &str,
+    span: &tracing::Span,
+) {
+    let Some(requester) = requester else {
+        return;
+    };
+    let code = if permanent { 400 } else { 500 };
+    let sent = match switchboard_core::error_reply_headers(code, error) {
+        Ok(headers) => requester.reply(Bytes::new(), headers).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = sent {
+        tracing::warn!(parent: span, %error, "the error reply to the request could not be sent; the requester waits out its timeout");
+    }
 }

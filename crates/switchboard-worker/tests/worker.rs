@@ -1142,3 +1142,64 @@ async fn messages_waiting_their_turn_are_given_back_at_shutdown() {
     unfinished.sort();
     assert_eq!(unfinished, [false, false, true], "{:?}", summary.unfinished);
 }
+
+/// A request whose handling fails for good is answered with an error reply,
+/// so its requester fails at once (`Error::Service`) instead of waiting out
+/// its timeout: 500 after the retries of a dead-lettered failure, 400 for a
+/// permanent error, 500 from the router when a custom stack fails; a
+/// handler's own `reply_error` code reaches the requester unchanged.
+#[tokio::test]
+async fn a_request_that_fails_gets_an_error_reply() {
+    use switchboard_core::ErrorKind;
+    let broker = MemoryBroker::new();
+    let worker = Worker::new(broker.clone())
+        .route(
+            Route::new("jobs.flaky", |_ctx: Context| async {
+                Err::<(), _>("disk full\nsecond line")
+            })
+            .attempts(2)
+            .backoff(FAST),
+        )
+        .route(Route::new("jobs.bad", |_ctx: Context| async {
+            Err::<(), _>(HandlerError::permanent("bad order id"))
+        }))
+        .route(Route::custom("jobs.custom", |_ctx: Context| async {
+            Err::<(), _>("no layers here")
+        }))
+        .route(Route::new("jobs.busy", |ctx: Context| async move {
+            ctx.reply_error(503, "busy").await?;
+            Ok::<_, HandlerError>(())
+        }))
+        .max_messages(4);
+    let running = worker.start().await.unwrap();
+    // Far longer than the test may take: an answer comes from the error reply.
+    let patience = Duration::from_secs(300);
+    for (subject, code, description) in [
+        ("jobs.flaky", 500, "disk full second line"),
+        ("jobs.bad", 400, "bad order id"),
+        ("jobs.custom", 500, "no layers here"),
+        ("jobs.busy", 503, "busy"),
+    ] {
+        let asked = tokio::time::timeout(
+            Duration::from_secs(10),
+            broker.request(Message::new(subject, "x").unwrap(), patience),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{subject}: no error reply, the request waits"));
+        let error = asked.expect_err(subject);
+        assert_eq!(error.kind(), ErrorKind::Service, "{subject}: {error}");
+        match error {
+            switchboard_core::Error::Service {
+                code: got,
+                description: said,
+                ..
+            } => {
+                assert_eq!(got, code, "{subject}");
+                assert!(said.contains(description), "{subject}: {said}");
+            }
+            other => panic!("{subject}: {other}"),
+        }
+    }
+    let summary = running.wait().await;
+    assert_eq!(summary.stats.failed, 1, "{summary}");
+}

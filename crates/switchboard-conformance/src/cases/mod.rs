@@ -60,7 +60,9 @@ pub use link::{durable_resumes_after_cut, reconnects_after_cut};
 pub use payload::{
     payload_binary, payload_empty, payload_limit_is_exact, payload_one_mebibyte, payload_utf8,
 };
-pub use request::{request_gets_the_reply, request_without_responders_fails};
+pub use request::{
+    request_gets_the_error_reply, request_gets_the_reply, request_without_responders_fails,
+};
 pub use routing::{
     cross_connection_delivery, fan_out_to_every_subscriber, many_subscriptions_on_one_connection,
     resubscribe_after_close, subject_at_max_length, subjects_stay_separate,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use switchboard_core::{ErrorKind, Headers};
+use switchboard_core::{Error, ErrorKind, Headers};
 use tokio::time::{timeout, Instant};
 
 use super::{assert_kind, expect_err, flush, msg, publish, subscribe};
@@ -136,4 +136,62 @@ pub async fn request_without_responders_fails(ctx: &Context) {
         "the request took {:?} to fail with a timeout of {wait:?}",
         started.elapsed()
     );
+}
+
+/// With `capabilities.request_reply`: a responder that answers with
+/// `reply_error(503, …)` fails the request at once with
+/// [`ErrorKind::Service`], carrying the code and the description made one
+/// line, long before the request's timeout (its headers, NATS micro's,
+/// arrived as they were sent). Skipped otherwise.
+pub async fn request_gets_the_error_reply(ctx: &Context) {
+    if !ctx.capabilities().request_reply {
+        ctx.skip("capabilities.request_reply is false");
+        return;
+    }
+    let subject = ctx.subject("refused");
+    let responder = ctx.connect().await;
+    let mut requests = subscribe(&responder, &subject.clone().into()).await;
+    let answering = tokio::spawn(async move {
+        let request = recv(&mut requests).await;
+        request
+            .reply_error(503, "busy:\n try again later")
+            .await
+            .expect("an error reply failed");
+        requests
+    });
+    let started = Instant::now();
+    let error = expect_err(
+        timeout(
+            REQUEST_TIMEOUT + RECEIVE_TIMEOUT,
+            ctx.broker()
+                .request(msg(subject.clone(), "work"), REQUEST_TIMEOUT),
+        )
+        .await
+        .expect("a request answered with an error did not resolve"),
+        "a request answered with an error reply",
+    );
+    assert_kind(&error, ErrorKind::Service, "an error reply");
+    match &error {
+        Error::Service {
+            code,
+            description,
+            subject: on,
+            ..
+        } => {
+            assert_eq!(*code, 503, "the error reply's code changed: {error}");
+            assert_eq!(
+                description, "busy: try again later",
+                "the error reply's description changed"
+            );
+            assert_eq!(on, subject.as_str(), "the error names another subject");
+        }
+        other => panic!("an error reply should be Error::Service, not {other:?}"),
+    }
+    assert!(error.is_temporary(), "a 503 error reply is not temporary");
+    assert!(
+        started.elapsed() < REQUEST_TIMEOUT,
+        "the error reply took {:?}: the request waited out its timeout",
+        started.elapsed()
+    );
+    answering.await.expect("the responder failed");
 }

@@ -67,7 +67,9 @@ impl Default for DeadLetterSubject {
 /// [`ATTEMPTS_HEADER`], [`ERROR_HEADER`], [`PERMANENT_HEADER`] and
 /// [`ROUTE_HEADER`]) and returns `Ok`, so the worker acknowledges the
 /// original. If publishing fails, that error is returned and the message is
-/// not acknowledged.
+/// not acknowledged. A dead-lettered request is also answered with an error
+/// reply (400 when the error was permanent, else 500; see
+/// [`Context::reply_error`]), so its requester does not wait out its timeout.
 #[derive(Debug, Clone)]
 pub struct DeadLetter<H> {
     inner: H,
@@ -143,6 +145,15 @@ pub(crate) async fn dead_lettering(
     ctx.broker().flush().await?;
     ctx.counters().add_dead_lettered();
     tracing::warn!(dead_letter = %target, permanent = error.is_permanent(), %error, "message dead-lettered");
+    if ctx.is_request() {
+        // Handled as far as the broker goes, but its requester gets no
+        // answer: say so now rather than after its timeout.
+        let code = if error.is_permanent() { 400 } else { 500 };
+        let description = one_line(&error.last().to_string(), MAX_ERROR_HEADER_LEN);
+        if let Err(reply_error) = ctx.reply_error(code, &description).await {
+            tracing::warn!(error = %reply_error, "the error reply to the request could not be sent; the requester waits out its timeout");
+        }
+    }
     Ok(())
 }
 
