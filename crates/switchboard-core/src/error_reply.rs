@@ -20,16 +20,22 @@ pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
 pub const MAX_SERVICE_ERROR_LEN: usize = 1000;
 
 /// The headers of an error reply with `code` and `description` (made one
-/// line of at most [`MAX_SERVICE_ERROR_LEN`] bytes).
+/// line of at most [`MAX_SERVICE_ERROR_LEN`] bytes, with the password of
+/// any URL in it redacted by [`redact_text`](crate::redact_text): the
+/// description leaves the process, and a handler's error may name a URL
+/// it connected to).
 ///
 /// ```
 /// use switchboard_core::{error_reply_headers, SERVICE_ERROR_HEADER};
 /// let headers = error_reply_headers(503, "busy:\n try later")?;
 /// assert_eq!(headers.get(SERVICE_ERROR_HEADER), Some("busy: try later"));
+/// let headers = error_reply_headers(500, "redis://:hunter2@cache:6379 refused")?;
+/// assert_eq!(headers.get(SERVICE_ERROR_HEADER), Some("redis://:***@cache:6379 refused"));
 /// # Ok::<(), switchboard_core::Error>(())
 /// ```
 pub fn error_reply_headers(code: u16, description: &str) -> Result<Headers> {
-    let mut description = Headers::one_line_value(description, MAX_SERVICE_ERROR_LEN);
+    let mut description =
+        Headers::one_line_value(&crate::redact_text(description), MAX_SERVICE_ERROR_LEN);
     if description.is_empty() {
         // An empty value would read, on the requester's side, as no reason at all.
         description = format!("failed with code {code}");

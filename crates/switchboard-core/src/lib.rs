@@ -64,7 +64,7 @@ pub use link::{ConnectionStatus, Link, SubscriptionLink};
 pub use location::Location;
 pub use memory::MemoryBroker;
 pub use message::Message;
-pub use redact::redact_url;
+pub use redact::{redact_text, redact_url};
 pub use subject::{Pattern, QueueGroup, Subject, Token, MAX_SUBJECT_LEN};
 pub use subscription::{CloseFuture, Subscription};
 

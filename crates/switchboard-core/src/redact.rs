@@ -42,6 +42,45 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Returns `text` with the password of every `scheme://user:password@host`
+/// URL in it redacted as [`redact_url`] does, for free text such as an
+/// error that names a URL (`cannot connect to "postgres://app:pw@db/x"`)
+/// before it leaves the process. Each whitespace-separated word holding
+/// `://` and `@` is redacted from its scheme on; the rest is kept as it is.
+///
+/// ```
+/// use switchboard_core::redact_text;
+/// assert_eq!(
+///     redact_text("cannot connect to \"postgres://app:pw@db:5432/x\": refused"),
+///     "cannot connect to \"postgres://app:***@db:5432/x\": refused"
+/// );
+/// assert_eq!(redact_text("mail a@b.c, see https://x.org"), "mail a@b.c, see https://x.org");
+/// ```
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let word_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let word = &rest[..word_end];
+        match word.find("://").filter(|_| word.contains('@')) {
+            Some(separator) => {
+                // The scheme runs back from `://` over scheme characters; a
+                // quote or bracket before it is kept as it is.
+                let scheme_start = word[..separator]
+                    .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+                    .map_or(0, |index| index + 1);
+                out.push_str(&word[..scheme_start]);
+                out.push_str(&redact_url(&word[scheme_start..]));
+            }
+            None => out.push_str(word),
+        }
+        let space_end = word_end + rest[word_end..].len() - rest[word_end..].trim_start().len();
+        out.push_str(&rest[word_end..space_end]);
+        rest = &rest[space_end..];
+    }
+    out
+}
+
 /// The position of the comma that starts the next URL of a list, if any.
 fn next_url_start(text: &str) -> Option<usize> {
     text.match_indices(',')
@@ -120,7 +159,24 @@ fn scheme_and_authority_start(url: &str) -> (Option<String>, usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_text, redact_url};
+
+    #[test]
+    fn redacts_urls_inside_text() {
+        for (text, expected) in [
+            (
+                "connect to amqp://u:p@h/v failed; retry nats://tok@n:4222",
+                "connect to amqp://u:***@h/v failed; retry nats://***@n:4222",
+            ),
+            ("(redis://:pa#ss@h:1)", "(redis://:***@h:1)"),
+            ("  two\tspaces  kept ", "  two\tspaces  kept "),
+            ("a@b c://d", "a@b c://d"),
+            ("", ""),
+            ("ünïcode postgres://ü:pw@h", "ünïcode postgres://ü:***@h"),
+        ] {
+            assert_eq!(redact_text(text), expected, "{text}");
+        }
+    }
 
     #[test]
     fn redacts_passwords_and_tokens() {

@@ -141,6 +141,7 @@ case_table! {
     close_leaves_other_connections_working
     invalid_input_is_rejected
     request_gets_the_reply
+    request_gets_the_error_reply
     request_without_responders_fails
 }
 
