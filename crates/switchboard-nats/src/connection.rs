@@ -211,28 +211,33 @@ pub(crate) async fn round_trip(
     let refusals = registry.refusals.borrow();
     let reported = registry
         .refusals_reported
-        .swap(refusals.count, Ordering::AcqRel);
-    let refused: Vec<&String> = refusals
-        .since(reported)
-        .filter(|subject| !subject.starts_with("_INBOX."))
-        .collect();
-    // Only the last `Refusals::KEPT` subjects are kept: past that many, the
-    // count of those kept is a floor.
-    let floor = if refusals.count - reported > refusals.recent.len() as u64 {
-        "at least "
-    } else {
-        ""
-    };
-    match refused.first() {
-        None => Ok(()),
-        Some(first) => Err((
-            format!(
-                "the server refused {floor}{} publish(es) since the last flush (Permissions Violation), e.g. to {first:?}: this user may not publish there",
-                refused.len()
-            ),
-            None,
-        )),
+        .swap(refusals.publishes, Ordering::AcqRel);
+    let refused = refusals.publishes.saturating_sub(reported);
+    if refused == 0 {
+        return Ok(());
     }
+    // Only the last `Refusals::KEPT` subjects are kept: the latest stands for all.
+    let example = match refusals
+        .recent
+        .iter()
+        .rev()
+        .find(|subject| !is_inbox(subject))
+    {
+        Some(subject) => format!(", e.g. to {subject:?}"),
+        None => String::new(),
+    };
+    Err((
+        format!(
+            "the server refused {refused} publish(es) since the last flush (Permissions Violation){example}: this user may not publish there"
+        ),
+        None,
+    ))
+}
+
+/// Whether `subject` is an inbox: the round trip's echo goes to one, and its
+/// refusal is no publish of the caller's.
+fn is_inbox(subject: &str) -> bool {
+    subject.starts_with("_INBOX.")
 }
 
 /// Bit set on registry keys that are not async-nats sids (see [`sid_of`](crate::subscription::sid_of)).
@@ -291,7 +296,7 @@ pub(crate) struct Registry {
     /// Set once the server refused the round trip's echo: this user may not
     /// publish to `_INBOX.>`, and round trips fall back to a socket flush.
     echo_refused: AtomicBool,
-    /// How many of `refusals` a flush has reported: each is reported once,
+    /// How many of `refusals.publishes` a flush has reported: each is reported once,
     /// by the first flush that sees it.
     refusals_reported: AtomicU64,
 }
@@ -299,7 +304,11 @@ pub(crate) struct Registry {
 /// Publish refusals the server reported, counted; the last few kept.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Refusals {
+    /// Every refusal, the round trip's own echoes included.
     count: u64,
+    /// Refusals of publishes outside `_INBOX.`: what a flush reports,
+    /// counted exactly however many came between two flushes.
+    publishes: u64,
     recent: std::collections::VecDeque<String>,
 }
 
@@ -513,6 +522,9 @@ impl Registry {
                         tracing::debug!(%subject, "nats: the server refused a publish");
                         self.refusals.send_modify(|refusals| {
                             refusals.count += 1;
+                            if !is_inbox(&subject) {
+                                refusals.publishes += 1;
+                            }
                             if refusals.recent.len() == Refusals::KEPT {
                                 refusals.recent.pop_front();
                             }

@@ -226,6 +226,34 @@ async fn a_flush_after_a_refused_publish_fails_naming_the_subject() {
     assert_eq!(errors.len(), 1, "reported once: {errors:?}");
     assert!(errors[0].contains("\"secret.x\""), "{errors:?}");
     assert!(errors[0].contains("may not publish there"), "{errors:?}");
+    // More refusals between two flushes than the subjects kept (16) are
+    // still counted exactly.
+    for n in 0..40 {
+        broker
+            .publish(Message::new(format!("secret.{n}"), "no").unwrap())
+            .await
+            .unwrap();
+    }
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        if let Err(error) = broker.flush().await {
+            errors.push(error.to_string());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let refused: usize = errors
+        .iter()
+        .map(|error| {
+            let count = error.split("refused ").nth(1).unwrap_or_default();
+            count
+                .split(' ')
+                .next()
+                .unwrap_or_default()
+                .parse::<usize>()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(refused, 40, "every refusal counted once: {errors:?}");
     // The connection goes on.
     broker
         .publish(Message::new("allowed.x", "yes").unwrap())
