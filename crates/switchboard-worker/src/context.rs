@@ -256,6 +256,17 @@ impl Context {
     }
 }
 
+/// The code of the error reply the worker sends for a request whose
+/// handling failed for good: 400 when the error is permanent (the request
+/// would fail the same way again), 500 otherwise.
+pub(crate) fn failure_code(permanent: bool) -> u16 {
+    if permanent {
+        400
+    } else {
+        500
+    }
+}
+
 /// A context's shared part held by the route loop while the handler stack
 /// runs (see [`Context::keep`]).
 pub(crate) struct Kept(Arc<Shared>);

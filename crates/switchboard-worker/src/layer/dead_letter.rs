@@ -148,7 +148,7 @@ pub(crate) async fn dead_lettering(
     if ctx.is_request() {
         // Handled as far as the broker goes, but its requester gets no
         // answer: say so now rather than after its timeout.
-        let code = if error.is_permanent() { 400 } else { 500 };
+        let code = crate::context::failure_code(error.is_permanent());
         let description = one_line(&error.last().to_string(), MAX_ERROR_HEADER_LEN);
         if let Err(reply_error) = ctx.reply_error(code, &description).await {
             tracing::warn!(error = %reply_error, "the error reply to the request could not be sent; the requester waits out its timeout");
