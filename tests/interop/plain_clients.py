@@ -238,27 +238,36 @@ def redis_main():
     check("reply exits 0 after --count 1", replier_done(replier), "".join(replier.lines))
 
     # switchboard request -> plain responder
-    ps = client.pubsub()
-    ps.subscribe(f"{PREFIX}.rr.plain")
-    ps.get_message(timeout=5)
+    def respond(subject, answer):
+        ps = client.pubsub()
+        ps.subscribe(subject)
+        ps.get_message(timeout=5)
 
-    def respond():
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            msg = ps.get_message(timeout=1)
-            if msg and msg["type"] == "message":
-                head, _, payload = msg["data"].partition(b"\n\n")
-                for line in head.split(b"\n")[1:]:
-                    name, _, value = line.partition(b": ")
-                    if name == b"switchboard-reply-to":
-                        client.publish(value.decode(), b"pong:" + payload)
-                return
+        def run():
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                msg = ps.get_message(timeout=1)
+                if msg and msg["type"] == "message":
+                    head, _, payload = msg["data"].partition(b"\n\n")
+                    for line in head.split(b"\n")[1:]:
+                        name, _, value = line.partition(b": ")
+                        if name == b"switchboard-reply-to":
+                            client.publish(value.decode(), answer(payload))
+                    return
 
-    responder = threading.Thread(target=respond, daemon=True)
-    responder.start()
+        responder = threading.Thread(target=run, daemon=True)
+        responder.start()
+        return responder
+
+    responder = respond(f"{PREFIX}.rr.plain", lambda payload: b"pong:" + payload)
     code, reply, err = sb_request(f"{PREFIX}.rr.plain", "ping")
     responder.join(timeout=10)
     check("switchboard request gets a plain responder's reply", code == 0 and reply and reply.get("payload") == "pong:ping", repr((code, reply, err)))
+    # An error reply written by hand, as a plain client would: a padded value, CRLF.
+    responder = respond(f"{PREFIX}.rr.failing", lambda payload: b"\0SBH1\nNats-Service-Error: disk full \nNats-Service-Error-Code: 507\r\n\n")
+    code, reply, err = sb_request(f"{PREFIX}.rr.failing", "ping")
+    responder.join(timeout=10)
+    check("a plain responder's error reply fails switchboard request", code == 1 and "failed: disk full (error code 507)" in err, repr((code, reply, err)))
     code, reply, err = sb_request(f"{PREFIX}.rr.nobody", "ping")
     check("a request nobody answers fails at once, naming it", code == 1 and "no responders" in err, repr((code, err)))
 
@@ -330,6 +339,25 @@ def amqp_main():
     check("switchboard request gets a plain responder's reply", code == 0 and reply and reply.get("payload") == "pong:ping", repr((code, reply, err)))
     code, reply, err = sb_request(f"{PREFIX}.rr.nobody", "ping")
     check("a request nobody answers fails at once, naming it", code == 1 and "no responders" in err, repr((code, err)))
+
+    # A plain RPC server's error reply, its description ending in a line break
+    # as error strings often do.
+    failing = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(failing, "amq.topic", routing_key=f"{PREFIX}.rr.failing")
+
+    def refuse(c, method, props, body):
+        c.basic_publish("", props.reply_to, b"", pika.BasicProperties(correlation_id=props.correlation_id, headers={"Nats-Service-Error": "database unavailable\n", "Nats-Service-Error-Code": "503"}))
+        c.basic_ack(method.delivery_tag)
+
+    ch.basic_consume(failing, refuse)
+    result = {}
+    asking = threading.Thread(target=lambda: result.update(r=sb_request(f"{PREFIX}.rr.failing", "ping")), daemon=True)
+    asking.start()
+    deadline = time.time() + 15
+    while asking.is_alive() and time.time() < deadline:
+        conn.process_data_events(time_limit=0.2)
+    code, reply, err = result.get("r", (None, None, "no answer"))
+    check("a plain RPC server's error reply fails switchboard request", code == 1 and "failed: database unavailable (error code 503)" in err, repr((code, reply, err)))
     conn.close()
 
 

@@ -110,8 +110,10 @@ fn decimal_text(value: u32, scale: u8) -> String {
     format!("{int}.{frac}")
 }
 
-/// Headers from an AMQP field table (see [`value_text`]); a name or value
-/// switchboard's [`Headers`] cannot hold is skipped.
+/// Headers from an AMQP field table (see [`value_text`]); a value with line
+/// breaks or surrounding whitespace is made one trimmed line
+/// ([`Headers::insert_received`]), and a name switchboard's [`Headers`]
+/// cannot hold is skipped.
 pub(crate) fn from_field_table(table: Option<&FieldTable>) -> Headers {
     let mut headers = Headers::new();
     let Some(table) = table else {
@@ -120,7 +122,7 @@ pub(crate) fn from_field_table(table: Option<&FieldTable>) -> Headers {
     for (name, value) in table.inner() {
         match value_text(value) {
             Some(text) => {
-                if let Err(error) = headers.insert(name.as_str(), text) {
+                if let Err(error) = headers.insert_received(name.as_str(), &text) {
                     tracing::warn!(%error, "amqp: header left out of a received message");
                 }
             }
@@ -179,6 +181,8 @@ mod tests {
         assert_eq!(h.get("b"), Some("true"));
         assert_eq!(h.get("d"), Some("0.05"));
         assert_eq!(h.get("s"), Some("x"));
-        assert_eq!(h.len(), 4);
+        // Made one line rather than dropped (`Headers::insert_received`).
+        assert_eq!(h.get("nl"), Some("a b"));
+        assert_eq!(h.len(), 5);
     }
 }

@@ -168,7 +168,14 @@ async fn answer_one(mut delivery: Delivery, answer: &Answer) -> bool {
     }
     let reply = match answer {
         Answer::Text(text) => Ok((text.clone(), Default::default())),
-        Answer::Echo => Ok((delivery.payload().clone(), delivery.headers().clone())),
+        Answer::Echo => {
+            // A request carrying error-reply headers echoed back would read
+            // as this replier's failure.
+            let mut headers = delivery.headers().clone();
+            headers.remove(switchboard::SERVICE_ERROR_HEADER);
+            headers.remove(switchboard::SERVICE_ERROR_CODE_HEADER);
+            Ok((delivery.payload().clone(), headers))
+        }
         Answer::Command {
             command,
             timeout,
@@ -179,16 +186,27 @@ async fn answer_one(mut delivery: Delivery, answer: &Answer) -> bool {
             .map_err(|reason| CommandFailure { command, reason }),
     };
     let outcome = match reply {
-        Ok((payload, headers)) => delivery
-            .reply_with(payload, headers)
-            .await
-            .map_err(|e| connection::one_line(e).to_string()),
+        Ok((payload, headers)) => match delivery.reply_with(payload, headers).await {
+            Ok(()) => Ok(()),
+            // The reply itself could not go (too large, say): the requester
+            // is told why rather than left to wait out its timeout.
+            Err(error) => {
+                let error = connection::one_line(error).to_string();
+                let told = delivery
+                    .reply_error(500, &format!("the reply could not be sent: {error}"))
+                    .await;
+                Err(match told {
+                    Ok(()) => format!("{error}; an error reply was sent instead"),
+                    Err(_) => error,
+                })
+            }
+        },
         Err(failure) => {
             // The requester learns at once why there is no answer. The
             // command itself is not named to it: it may hold secrets.
             let sent = delivery.reply_error(500, &failure.reason).await;
             Err(match sent {
-                Ok(()) => format!("{}; the requester was sent an error reply", failure.local()),
+                Ok(()) => format!("{}; an error reply was sent", failure.local()),
                 Err(error) => format!(
                     "{}; the error reply failed too: {}",
                     failure.local(),

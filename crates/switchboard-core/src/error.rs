@@ -217,16 +217,17 @@ pub enum Error {
     /// The responder answered a request with an error reply
     /// ([`Delivery::reply_error`](crate::Delivery::reply_error), or any NATS
     /// micro service's `Nats-Service-Error` headers) instead of a result.
-    #[error("{broker}: the responder to a request on {subject:?} failed: {description} (error code {code})")]
+    #[error("{broker}: the responder to a request on {subject:?} failed: {description} ({})", crate::error_reply::ServiceCode(*.code))]
     Service {
         /// The broker kind.
         broker: &'static str,
         /// The subject of the request.
         subject: String,
-        /// The responder's error code: 400 for a request that fails the same
-        /// way however often it is sent, 500 for a failure that may pass, or
-        /// the responder's own (a missing or unreadable code reads as 500).
-        code: u16,
+        /// The responder's error code: by convention 400 for a request that
+        /// fails the same way however often it is sent, 500 for a failure
+        /// that may pass, or the responder's own; `None` when the reply
+        /// carries none, or none that reads as a number from 0 to 65535.
+        code: Option<u16>,
         /// The responder's one-line description of what went wrong.
         description: String,
     },
@@ -393,11 +394,12 @@ impl Error {
     /// only if its [`ConnectKind`] is:
     /// a wrong password or a TLS mismatch stays wrong however often it is tried.
     /// An error reply is temporary when its code is 500 or above (the
-    /// responder failed), not below (the request itself was refused).
+    /// responder failed), or unreadable, not below (the request itself was
+    /// refused).
     pub fn is_temporary(&self) -> bool {
         match self {
             Error::Connect { kind, .. } => kind.is_temporary(),
-            Error::Service { code, .. } => *code >= 500,
+            Error::Service { code, .. } => code.is_none_or(|code| code >= 500),
             _ => matches!(
                 self.kind(),
                 ErrorKind::Broker | ErrorKind::Lost | ErrorKind::Timeout | ErrorKind::NoResponders

@@ -124,6 +124,26 @@ impl Headers {
         out
     }
 
+    /// Sets `name` to `value` as received from a broker, where a plain
+    /// client may have sent what [`Headers::insert`] refuses: a value with
+    /// line breaks, control characters or surrounding whitespace is made one
+    /// trimmed line ([`Headers::one_line_value`]) rather than dropped, as
+    /// NATS's own client trims. Fails only on an invalid name.
+    ///
+    /// ```
+    /// use switchboard_core::Headers;
+    /// let mut headers = Headers::new();
+    /// headers.insert_received("error", "disk full\r\n")?;
+    /// assert_eq!(headers.get("error"), Some("disk full"));
+    /// # Ok::<(), switchboard_core::Error>(())
+    /// ```
+    pub fn insert_received(&mut self, name: &str, value: &str) -> Result<()> {
+        if Self::validate_value(name, value).is_ok() {
+            return self.insert(name, value);
+        }
+        self.insert(name, Self::one_line_value(value, usize::MAX))
+    }
+
     /// Sets `name` to `value`, replacing any earlier value. Fails on an invalid name or value.
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) -> Result<()> {
         let (name, value) = (name.into(), value.into());

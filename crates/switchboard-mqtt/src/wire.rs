@@ -232,7 +232,7 @@ pub fn headers_from(properties: &[(String, String)]) -> Headers {
         } else {
             value.clone()
         };
-        if let Err(e) = headers.insert(name.as_str(), value) {
+        if let Err(e) = headers.insert_received(name.as_str(), &value) {
             tracing::warn!(error = %e, "mqtt: a user property is not a valid header; left out");
         }
     }

@@ -16,7 +16,9 @@
 //! ```
 //!
 //! Header names are visible ASCII without `:` and values have no CR, LF or NUL
-//! (the rules of [`Headers`]), so the lines need no escaping.
+//! (the rules of [`Headers`]), so the lines need no escaping. A received
+//! value with surrounding whitespace or a CR (a plain client's CRLF lines) is
+//! trimmed ([`Headers::insert_received`]).
 //!
 //! A payload sent without headers that happens to start with the magic prefix
 //! is wrapped in an envelope with zero headers (`\0SBH1\n\n` + payload), so it
@@ -109,7 +111,9 @@ fn parse_envelope(body: &[u8]) -> Option<(Headers, usize)> {
         if headers.contains(name) {
             return None;
         }
-        headers.insert(name, value).ok()?;
+        // A plain client's value may end in a space or `\r` (CRLF lines):
+        // made one trimmed line, as on the other brokers.
+        headers.insert_received(name, value).ok()?;
     }
 }
 
@@ -123,6 +127,15 @@ mod tests {
             h.insert(*n, *v).unwrap();
         }
         h
+    }
+
+    #[test]
+    fn a_plain_clients_padded_or_crlf_value_is_trimmed() {
+        let (decoded, payload) = decode(Bytes::from_static(
+            b"\0SBH1\nerror: disk full \ncode: 507\r\n\nbody",
+        ));
+        assert_eq!(decoded, headers(&[("code", "507"), ("error", "disk full")]));
+        assert_eq!(&payload[..], b"body");
     }
 
     fn round_trip(h: &Headers, payload: &[u8]) {

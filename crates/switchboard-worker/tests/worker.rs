@@ -1194,7 +1194,7 @@ async fn a_request_that_fails_gets_an_error_reply() {
                 description: said,
                 ..
             } => {
-                assert_eq!(got, code, "{subject}");
+                assert_eq!(got, Some(code), "{subject}");
                 assert!(said.contains(description), "{subject}: {said}");
             }
             other => panic!("{subject}: {other}"),

@@ -14,7 +14,8 @@ use crate::{Context, Handler, HandlerError, Layer};
 pub const ORIGINAL_SUBJECT_HEADER: &str = "switchboard-original-subject";
 /// The header a dead letter carries with how many attempts were made.
 pub const ATTEMPTS_HEADER: &str = "switchboard-attempts";
-/// The header a dead letter carries with the last error, as one line.
+/// The header a dead letter carries with the last error, as one line
+/// (URL passwords redacted).
 pub const ERROR_HEADER: &str = "switchboard-error";
 /// The header a dead letter carries with the pattern of the route that gave up.
 pub const ROUTE_HEADER: &str = "switchboard-route";
@@ -109,9 +110,13 @@ fn letter(
     let mut headers = original.headers().clone();
     headers.insert(ORIGINAL_SUBJECT_HEADER, original.subject().as_str())?;
     headers.insert(ATTEMPTS_HEADER, attempts.to_string())?;
+    // Redacted before it is cut: a password cut short would escape redaction.
     headers.insert(
         ERROR_HEADER,
-        one_line(&error.last().to_string(), MAX_ERROR_HEADER_LEN),
+        one_line(
+            &switchboard_core::redact_text(&error.last().to_string()),
+            MAX_ERROR_HEADER_LEN,
+        ),
     )?;
     headers.insert(PERMANENT_HEADER, error.is_permanent().to_string())?;
     headers.insert(ROUTE_HEADER, ctx.route())?;
@@ -149,7 +154,8 @@ pub(crate) async fn dead_lettering(
         // Handled as far as the broker goes, but its requester gets no
         // answer: say so now rather than after its timeout.
         let code = crate::context::failure_code(error.is_permanent());
-        let description = one_line(&error.last().to_string(), MAX_ERROR_HEADER_LEN);
+        // Whole: the error reply redacts it before cutting it to one line.
+        let description = error.last().to_string();
         if let Err(reply_error) = ctx.reply_error(code, &description).await {
             tracing::warn!(error = %reply_error, "the error reply to the request could not be sent; the requester waits out its timeout");
         }
