@@ -362,3 +362,36 @@ fn bad_arguments_are_one_line() {
         "a reply needs TEXT, --echo or --command"
     );
 }
+
+/// A reply larger than the broker carries (2 MB against NATS's 1 MiB) is
+/// refused for its size, and the requester gets an error reply saying so at
+/// once instead of waiting out its 60 s timeout.
+#[test]
+fn a_reply_too_large_to_send_becomes_an_error_reply() {
+    let Some(url) = broker_url("nats", "a_reply_too_large_to_send") else {
+        return;
+    };
+    let subject = format!("{}.huge", unique("rr"));
+    let answering = replier(
+        &url,
+        &["--on", &subject, "--command", "head -c 2000000 /dev/zero"],
+    );
+    let asked = run(
+        &url,
+        &["request", "--on", &subject, "--timeout", "60s", "x"],
+        b"",
+    );
+    assert_eq!(asked.status.code(), Some(1), "{asked:?}");
+    assert_one_error_line(
+        &String::from_utf8_lossy(&asked.stderr),
+        "the reply could not be sent: nats: message to",
+    );
+    assert!(
+        String::from_utf8_lossy(&asked.stderr)
+            .contains("is 2000000 bytes, over the broker's limit"),
+        "{asked:?}"
+    );
+    answering.wait_stderr("an error reply was sent instead", PATIENCE);
+    answering.signal("INT");
+    let _ = answering.wait(PATIENCE);
+}

@@ -163,10 +163,26 @@ struct NatsReply {
 #[async_trait]
 impl Reply for NatsReply {
     async fn reply(&self, payload: Bytes, headers: Headers) -> Result<()> {
+        // Checked here, as for a publish: async-nats refuses it with an error
+        // that names no size, and the requester is then told only that the
+        // client did not take the reply.
+        let max = self.client.max_payload();
+        let too_large = |size: usize| Error::PayloadTooLarge {
+            broker: KIND,
+            subject: self.inbox.to_string(),
+            size,
+            max,
+        };
         let sent = if headers.is_empty() {
+            if payload.len() > max {
+                return Err(too_large(payload.len()));
+            }
             self.client.publish(self.inbox.clone(), payload).await
         } else {
-            let (map, _) = nats_headers(&headers)?;
+            let (map, header_size) = nats_headers(&headers)?;
+            if header_size + payload.len() > max {
+                return Err(too_large(header_size + payload.len()));
+            }
             self.client
                 .publish_with_headers(self.inbox.clone(), map, payload)
                 .await

@@ -154,9 +154,9 @@ fn parse_change(body: &[u8]) -> Option<Registry> {
     })
 }
 
-/// How long a closing handle's routing link still reads, to acknowledge a
-/// change that reached it before the close.
-const DRAIN: Duration = Duration::from_millis(20);
+/// How long a closing handle's routing link waits for its UNSUBSCRIBE to
+/// be confirmed, acknowledging the changes that come before it.
+const LEAVE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Waits until the broker handle is closed or dropped.
 async fn ended(shutdown: &mut watch::Receiver<bool>) {
@@ -195,10 +195,13 @@ pub(crate) async fn run(
                 tokio::select! {
                     reason = pump(&mut conn, &control, &publisher, &acks, id, options.keepalive) => reason,
                     _ = ended(&mut shutdown) => {
-                        // Closing: acknowledge a change already received, so
-                        // whoever made it does not wait for this handle.
-                        let drain = pump(&mut conn, &control, &publisher, &acks, id, None);
-                        let _ = tokio::time::timeout(DRAIN, drain).await;
+                        // Closing: a change whose PUBLISH counted this link
+                        // is acknowledged, so whoever made it does not wait
+                        // out its deadline for this handle (a fixed 20 ms of
+                        // reading missed one on a loaded machine, and a
+                        // durable subscribe then took 16 s).
+                        let leaving = leave(&mut conn, &channel, &control, &publisher, &acks, id);
+                        let _ = tokio::time::timeout(LEAVE_PATIENCE, leaving).await;
                         return;
                     }
                 }
@@ -299,18 +302,63 @@ async fn pump(
             [kind, _, body] if kind.bytes().is_some_and(|k| &k[..] == b"message") => body,
             _ => continue,
         };
-        let Some(change) = body.bytes().and_then(|b| parse_change(b)) else {
-            tracing::warn!("redis: an unreadable durable registry change; reloading the registry");
-            return "an unreadable registry change".into();
+        if let Err(reason) = apply(body, control, publisher, acks, id).await {
+            return reason;
+        }
+    }
+}
+
+/// Applies one change (a message's body) to the publisher's routing and
+/// acknowledges it on the acks channel.
+async fn apply(
+    body: &Frame,
+    control: &Control,
+    publisher: &publisher::Shared,
+    acks: &str,
+    id: u64,
+) -> std::result::Result<(), String> {
+    let Some(change) = body.bytes().and_then(|b| parse_change(b)) else {
+        tracing::warn!("redis: an unreadable durable registry change; reloading the registry");
+        return Err("an unreadable registry change".into());
+    };
+    let version = change.version;
+    publisher.set_routing(version, change.patterns, false);
+    let text = format!("{version} {id:016x}");
+    control
+        .call(&[b"PUBLISH", acks.as_bytes(), text.as_bytes()])
+        .await
+        .map(drop)
+        .map_err(|reason| format!("acknowledging registry version {version} failed: {reason}"))
+}
+
+/// Unsubscribes the closing link, acknowledging every change that comes
+/// before the confirmation: Redis delivers on one connection in order, so a
+/// change whose PUBLISH counted this link arrives before it.
+async fn leave(
+    conn: &mut Conn,
+    channel: &str,
+    control: &Control,
+    publisher: &publisher::Shared,
+    acks: &str,
+    id: u64,
+) {
+    if conn
+        .send(&[b"UNSUBSCRIBE", channel.as_bytes()])
+        .await
+        .is_err()
+    {
+        return;
+    }
+    while let Ok(frame) = conn.read_frame().await {
+        let Frame::Array(Some(items)) = frame else {
+            continue;
         };
-        let version = change.version;
-        publisher.set_routing(version, change.patterns, false);
-        let text = format!("{version} {id:016x}");
-        if let Err(reason) = control
-            .call(&[b"PUBLISH", acks.as_bytes(), text.as_bytes()])
-            .await
-        {
-            return format!("acknowledging registry version {version} failed: {reason}");
+        match items.as_slice() {
+            [kind, _, body] if kind.bytes().is_some_and(|k| &k[..] == b"message") => {
+                let _ = apply(body, control, publisher, acks, id).await;
+            }
+            [kind, ..] if kind.bytes().is_some_and(|k| &k[..] == b"unsubscribe") => return,
+            _ => {}
         }
     }
 }
