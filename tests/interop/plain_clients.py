@@ -328,14 +328,18 @@ def amqp_main():
         c.basic_publish("", props.reply_to, b"pong:" + body, pika.BasicProperties(correlation_id=props.correlation_id))
         c.basic_ack(method.delivery_tag)
 
+    def ask_while_serving(subject):
+        """`switchboard request` in a thread while this connection serves its consumers."""
+        result = {}
+        asking = threading.Thread(target=lambda: result.update(r=sb_request(subject, "ping")), daemon=True)
+        asking.start()
+        deadline = time.time() + 15
+        while asking.is_alive() and time.time() < deadline:
+            conn.process_data_events(time_limit=0.2)
+        return result.get("r", (None, None, "no answer"))
+
     ch.basic_consume(q, respond)
-    result = {}
-    asking = threading.Thread(target=lambda: result.update(r=sb_request(f"{PREFIX}.rr.plain", "ping")), daemon=True)
-    asking.start()
-    deadline = time.time() + 15
-    while asking.is_alive() and time.time() < deadline:
-        conn.process_data_events(time_limit=0.2)
-    code, reply, err = result.get("r", (None, None, "no answer"))
+    code, reply, err = ask_while_serving(f"{PREFIX}.rr.plain")
     check("switchboard request gets a plain responder's reply", code == 0 and reply and reply.get("payload") == "pong:ping", repr((code, reply, err)))
     code, reply, err = sb_request(f"{PREFIX}.rr.nobody", "ping")
     check("a request nobody answers fails at once, naming it", code == 1 and "no responders" in err, repr((code, err)))
@@ -350,13 +354,7 @@ def amqp_main():
         c.basic_ack(method.delivery_tag)
 
     ch.basic_consume(failing, refuse)
-    result = {}
-    asking = threading.Thread(target=lambda: result.update(r=sb_request(f"{PREFIX}.rr.failing", "ping")), daemon=True)
-    asking.start()
-    deadline = time.time() + 15
-    while asking.is_alive() and time.time() < deadline:
-        conn.process_data_events(time_limit=0.2)
-    code, reply, err = result.get("r", (None, None, "no answer"))
+    code, reply, err = ask_while_serving(f"{PREFIX}.rr.failing")
     check("a plain RPC server's error reply fails switchboard request", code == 1 and "failed: database unavailable (error code 503)" in err, repr((code, reply, err)))
     conn.close()
 

@@ -214,15 +214,7 @@ async fn a_flush_after_a_refused_publish_fails_naming_the_subject() {
         .publish(Message::new("secret.x", "no").unwrap())
         .await
         .unwrap();
-    // The refusal comes as an event, on a channel of its own: it is
-    // reported by the flush that follows or, rarely, the next one.
-    let mut errors = Vec::new();
-    for _ in 0..3 {
-        if let Err(error) = broker.flush().await {
-            errors.push(error.to_string());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let errors = three_flushes(&broker).await;
     assert_eq!(errors.len(), 1, "reported once: {errors:?}");
     assert!(errors[0].contains("\"secret.x\""), "{errors:?}");
     assert!(errors[0].contains("may not publish there"), "{errors:?}");
@@ -234,13 +226,7 @@ async fn a_flush_after_a_refused_publish_fails_naming_the_subject() {
             .await
             .unwrap();
     }
-    let mut errors = Vec::new();
-    for _ in 0..3 {
-        if let Err(error) = broker.flush().await {
-            errors.push(error.to_string());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let errors = three_flushes(&broker).await;
     let refused: usize = errors
         .iter()
         .map(|error| {
@@ -261,4 +247,18 @@ async fn a_flush_after_a_refused_publish_fails_naming_the_subject() {
         .unwrap();
     broker.flush().await.unwrap();
     broker.close().await.unwrap();
+}
+
+/// The errors of three flushes 50 ms apart: a refusal comes as an event, on
+/// a channel of its own, so it is reported by the flush that follows or,
+/// rarely, the next one.
+async fn three_flushes(broker: &NatsBroker) -> Vec<String> {
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        if let Err(error) = broker.flush().await {
+            errors.push(error.to_string());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    errors
 }
