@@ -127,7 +127,9 @@ pub(crate) async fn run(url: &str, args: ListenArgs) -> anyhow::Result<ExitCode>
     };
     // Installed before the ready line, so a signal right after it is ours to handle.
     let mut signals = Signals::install()?;
-    let stdout = Stdout::start().context("cannot start writing to stdout")?;
+    let stdout = Stdout::start()
+        .context("cannot start writing to stdout")?
+        .watching_reader();
 
     let subscribing = subscribe(url, &pattern, &mode);
     let (broker, mut subscription) = tokio::select! {

@@ -12,8 +12,9 @@
 //! A write is what tells a writer that its reader went away, and a command
 //! waiting for messages may have nothing to write for a long time: `listen |
 //! head -1` would wait for a second message only to learn that `head` had
-//! ended. So when standard output is a pipe, it is also watched for the
-//! error condition the kernel raises on a pipe without readers.
+//! ended. So for `listen`, when standard output is a pipe, it is also
+//! watched for the error condition the kernel raises on a pipe without
+//! readers ([`Stdout::watching_reader`]).
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,8 +74,17 @@ impl Stdout {
         Ok(Stdout {
             queue,
             shared,
-            pipe: Pipe::watch().map(Arc::new),
+            pipe: None,
         })
+    }
+
+    /// Also watches standard output, when it is a pipe, for its reader
+    /// leaving, so that [`Stdout::failed`] tells of it while nothing is
+    /// written. Only for a command that waits on `failed` (`listen`): the
+    /// worker never does, and would register the descriptor for nothing.
+    pub(crate) fn watching_reader(mut self) -> Self {
+        self.pipe = Pipe::watch().map(Arc::new);
+        self
     }
 
     /// Queues `line` (a line break is added) and returns at once, unless the

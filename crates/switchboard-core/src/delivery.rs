@@ -49,6 +49,12 @@ pub trait Acknowledge: Send + Sync + fmt::Debug {
 pub trait Reply: Send + Sync + fmt::Debug {
     /// Sends `payload` with `headers` back to the requester.
     async fn reply(&self, payload: Bytes, headers: Headers) -> Result<()>;
+
+    /// Sends an error reply (see [`Delivery::reply_error`]).
+    async fn reply_error(&self, code: u16, description: &str) -> Result<()> {
+        self.reply(Bytes::new(), crate::error_reply_headers(code, description)?)
+            .await
+    }
 }
 
 /// A message received on a [`Subscription`](crate::Subscription), with `ack`/`nack`.

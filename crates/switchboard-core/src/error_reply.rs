@@ -34,8 +34,7 @@ pub const MAX_SERVICE_ERROR_LEN: usize = 1000;
 /// # Ok::<(), switchboard_core::Error>(())
 /// ```
 pub fn error_reply_headers(code: u16, description: &str) -> Result<Headers> {
-    let mut description =
-        Headers::one_line_value(&crate::redact_text(description), MAX_SERVICE_ERROR_LEN);
+    let mut description = clean(description);
     if description.is_empty() {
         // An empty value would read, on the requester's side, as no reason at all.
         description = format!("failed with code {code}");
@@ -74,10 +73,7 @@ pub fn reply_outcome(broker: &'static str, subject: &str, reply: Message) -> Res
     if description.is_none() && code.is_none() {
         return Ok(reply);
     }
-    let description = Headers::one_line_value(
-        &crate::redact_text(description.unwrap_or_default()),
-        MAX_SERVICE_ERROR_LEN,
-    );
+    let description = clean(description.unwrap_or_default());
     Err(Error::Service {
         broker,
         subject: subject.to_string(),
@@ -88,6 +84,13 @@ pub fn reply_outcome(broker: &'static str, subject: &str, reply: Message) -> Res
             description
         },
     })
+}
+
+/// A description as an error reply carries it, sent or received: URL
+/// passwords redacted first (a password cut short would escape redaction),
+/// then one line of at most [`MAX_SERVICE_ERROR_LEN`] bytes.
+fn clean(description: &str) -> String {
+    Headers::one_line_value(&crate::redact_text(description), MAX_SERVICE_ERROR_LEN)
 }
 
 /// An error reply's code as [`Error::Service`] shows it.

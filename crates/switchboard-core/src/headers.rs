@@ -138,10 +138,9 @@ impl Headers {
     /// # Ok::<(), switchboard_core::Error>(())
     /// ```
     pub fn insert_received(&mut self, name: &str, value: &str) -> Result<()> {
-        if Self::validate_value(name, value).is_ok() {
-            return self.insert(name, value);
-        }
-        self.insert(name, Self::one_line_value(value, usize::MAX))
+        // Validated once on the common path; only a refused one is remade.
+        self.insert(name, value)
+            .or_else(|_| self.insert(name, Self::one_line_value(value, usize::MAX)))
     }
 
     /// Sets `name` to `value`, replacing any earlier value. Fails on an invalid name or value.

@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use switchboard_core::{Bytes, Delivery, Reply, Subject, Subscription};
+use switchboard_core::{Delivery, Reply, Subject, Subscription};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -651,11 +651,7 @@ async fn reply_failure(
     let Some(requester) = requester else {
         return;
     };
-    let sent = match switchboard_core::error_reply_headers(failure_code(permanent), error) {
-        Ok(headers) => requester.reply(Bytes::new(), headers).await,
-        Err(error) => Err(error),
-    };
-    if let Err(error) = sent {
+    if let Err(error) = requester.reply_error(failure_code(permanent), error).await {
         tracing::warn!(parent: span, %error, "the error reply to the request could not be sent; the requester waits out its timeout");
     }
 }
