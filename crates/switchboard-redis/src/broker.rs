@@ -418,6 +418,22 @@ async fn start_durable(
         tracing::debug!(%reason, "redis: durable mode unavailable");
         return Err(reason);
     }
+    // An ACL user allowed FUNCTION but not switchboard's keys would have
+    // every durable publish refused, and until its routing link is up every
+    // publish is a durable one: a user limited to its own channels could not
+    // publish at all. For it the durable mode is off, as for a user without
+    // FUNCTION, and its publishes are plain PUBLISHes.
+    let keys = routing::Keys::of(target);
+    if let Err(reason) = routing::load(&control, keys).await {
+        if reason.contains("NOPERM") {
+            let reason = format!(
+                "this user may not read switchboard's durable registry ({reason}); an ACL user needs the keys `~{}*` and the channels `&switchboard:durable:*` for durable subscriptions, and without them publishes plainly",
+                keys.registry()
+            );
+            tracing::debug!(%reason, "redis: durable mode unavailable");
+            return Err(reason);
+        }
+    }
     publisher.enable_durable();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let routing = tokio::spawn(routing::run(

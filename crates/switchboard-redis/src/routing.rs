@@ -119,7 +119,7 @@ fn patterns<'a>(items: impl Iterator<Item = &'a [u8]>) -> Vec<Pattern> {
 }
 
 /// Reads the registry through the control connection.
-async fn load(control: &Control, keys: Keys) -> std::result::Result<Registry, String> {
+pub(crate) async fn load(control: &Control, keys: Keys) -> std::result::Result<Registry, String> {
     let reply = control
         .call(&[
             b"FCALL_RO",

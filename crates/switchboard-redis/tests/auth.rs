@@ -189,3 +189,52 @@ async fn a_socket_nobody_serves_is_named() {
     assert!(text.contains(&dir.display().to_string()), "{text}");
     assert_chain_does_not_repeat(&err);
 }
+
+/// A user limited to its own channels, with no keys (`FUNCTION` and every
+/// other command allowed): the durable mode is off for it, so it publishes
+/// plainly. Before, every publish went to the durable function, whose keys
+/// it may not touch, and no publish of it got through.
+#[tokio::test]
+async fn a_user_without_the_durable_keys_publishes_plainly() {
+    let acl = [
+        "--user",
+        "carol",
+        "on",
+        ">c4rol-pw",
+        "&own.*",
+        "+@all",
+        "--user",
+        "default",
+        "off",
+    ];
+    let Some(server) = RedisServer::start(&acl) else {
+        return;
+    };
+    let url = format!("redis://carol:c4rol-pw@127.0.0.1:{}", server.port());
+    let publisher = switchboard_redis::connect(&url).await.unwrap();
+    let subscriber = switchboard_redis::connect(&url).await.unwrap();
+    assert!(!publisher.capabilities().durable);
+    let mut subscription = subscriber.subscribe_to("own.news").await.unwrap();
+    publisher
+        .publish(Message::new("own.news", "plainly").unwrap())
+        .await
+        .unwrap();
+    publisher.flush().await.unwrap();
+    let delivery = switchboard_conformance::recv(&mut subscription).await;
+    assert_eq!(delivery.payload_str(), Some("plainly"));
+
+    let durable = switchboard_core::Durable::new("carols").unwrap();
+    let err = subscriber
+        .subscribe_durable_to("own.>", &durable)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        switchboard_core::ErrorKind::Unsupported,
+        "{err}"
+    );
+    assert!(err.to_string().contains("~switchboard:durable*"), "{err}");
+    assert!(!err.to_string().contains("c4rol-pw"), "{err}");
+    publisher.close().await.unwrap();
+    subscriber.close().await.unwrap();
+}
