@@ -14,6 +14,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 use switchboard_core::{BoxError, Error, Message, Result, Subject};
@@ -62,7 +63,7 @@ struct Pending {
 struct Window {
     pending: VecDeque<Pending>,
     /// Failures seen while making room in the window, reported by the next flush.
-    failures: Vec<String>,
+    failures: Vec<Unconfirmed>,
 }
 
 /// A broker handle's confirm window, shared by its clones.
@@ -143,11 +144,19 @@ impl Confirms {
         }
         match failures.len() {
             0 => Ok(()),
+            n if failures.iter().all(|f| f.refused) => Err(Error::Refused {
+                broker: KIND,
+                count: n as u64,
+                reason: format!(
+                    "first: {}; this user may not publish there",
+                    failures[0].text
+                ),
+            }),
             n => Err(Error::Flush {
                 broker: KIND,
                 reason: format!(
                     "{n} message(s) not confirmed by the broker; first: {}",
-                    failures[0]
+                    failures[0].text
                 ),
                 source: None,
             }),
@@ -212,28 +221,55 @@ async fn publish_once(sessions: &Sessions, message: &Message, retry: bool) -> Re
     }
 }
 
+/// A message the broker did not confirm, and why.
+struct Unconfirmed {
+    text: String,
+    /// The broker refused it (`ACCESS_REFUSED`): this user may not publish
+    /// there, so it was not delivered.
+    refused: bool,
+}
+
 /// The outcome of one confirm: `None` when acked, else what went wrong.
-async fn settle(mut pending: Pending) -> Option<String> {
+async fn settle(mut pending: Pending) -> Option<Unconfirmed> {
     let outcome = pending.confirm.outcome().await;
     failure(&pending.subject, outcome)
 }
 
 /// What went wrong with the message to `subject`, given its confirm; `None` when acked.
-fn failure(subject: &Subject, outcome: lapin::Result<Confirmation>) -> Option<String> {
-    match outcome {
-        Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => None,
-        Ok(Confirmation::Ack(Some(returned))) => Some(format!(
+fn failure(subject: &Subject, outcome: lapin::Result<Confirmation>) -> Option<Unconfirmed> {
+    let text = match outcome {
+        Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => return None,
+        Ok(Confirmation::Ack(Some(returned))) => format!(
             "message to {:?} was returned: {}",
             subject.as_str(),
             returned.reply_text
-        )),
-        Ok(Confirmation::Nack(_)) => Some(format!(
+        ),
+        Ok(Confirmation::Nack(_)) => format!(
             "message to {:?} was nacked (the broker could not take it)",
             subject.as_str()
-        )),
-        Err(error) => Some(format!(
+        ),
+        Err(error) if is_access_refused(&error) => {
+            return Some(Unconfirmed {
+                text: format!("message to {:?}: {error}", subject.as_str()),
+                refused: true,
+            })
+        }
+        Err(error) => format!(
             "message to {:?}: the connection or channel failed before the broker confirmed it ({error}); it may or may not have been delivered",
             subject.as_str()
-        )),
-    }
+        ),
+    };
+    Some(Unconfirmed {
+        text,
+        refused: false,
+    })
+}
+
+/// Whether the broker closed the channel with `ACCESS_REFUSED`: a publish to
+/// an exchange this user may not write to.
+fn is_access_refused(error: &lapin::Error) -> bool {
+    matches!(
+        crate::error::amqp_error(error),
+        Some(AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED))
+    )
 }

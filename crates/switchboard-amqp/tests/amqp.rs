@@ -934,3 +934,74 @@ async fn pipelined_publishes_keep_order_per_subject() {
     nothing_more(&mut sub).await;
     broker.close().await.unwrap();
 }
+
+/// A RabbitMQ user of the test's own on the broker under test, deleted when
+/// dropped (also when the test fails).
+struct RabbitUser {
+    name: String,
+}
+
+impl RabbitUser {
+    /// Adds `name` with password `password` and the vhost `/` permissions
+    /// `configure`, `write`, `read`; `None` (the test skips, or fails when
+    /// brokers are required) without a `rabbitmqctl` that answers.
+    fn add(name: &str, password: &str, [configure, write, read]: [&str; 3]) -> Option<Self> {
+        let ctl = |args: &[&str]| {
+            std::process::Command::new("rabbitmqctl")
+                .args(args)
+                .output()
+                .is_ok_and(|out| out.status.success())
+        };
+        if !ctl(&["add_user", name, password]) {
+            switchboard_conformance::skip_or_fail(format_args!("rabbitmqctl add_user failed"));
+            return None;
+        }
+        let user = RabbitUser { name: name.into() };
+        assert!(ctl(&[
+            "set_permissions",
+            "-p",
+            "/",
+            name,
+            configure,
+            write,
+            read
+        ]));
+        Some(user)
+    }
+}
+
+impl Drop for RabbitUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .output();
+    }
+}
+
+/// A user who may not write to the exchange: the next `flush` says the
+/// broker refused the messages, how many, and that trying again will not
+/// help. It said they "may or may not have been delivered".
+#[tokio::test]
+async fn a_publish_this_user_may_not_make_is_refused() {
+    let _ = broker_or_skip!();
+    let name = switchboard_testkit::unique("refused").replace('.', "-");
+    let Some(_user) = RabbitUser::add(&name, "refused-pw", ["^$", "^$", "^$"]) else {
+        return;
+    };
+    let mut parsed = url::Url::parse(&url()).unwrap();
+    parsed.set_username(&name).unwrap();
+    parsed.set_password(Some("refused-pw")).unwrap();
+    let broker = broker_or_skip!(parsed.as_str());
+    for n in 0..3 {
+        broker
+            .publish(Message::new("refused.x", format!("m{n}")).unwrap())
+            .await
+            .unwrap();
+    }
+    let err = broker.flush().await.unwrap_err();
+    assert!(matches!(err, Error::Refused { count: 3, .. }), "{err:?}");
+    assert!(!err.is_temporary(), "{err}");
+    assert!(err.to_string().contains("ACCESS_REFUSED"), "{err}");
+    assert!(!err.to_string().contains("refused-pw"), "{err}");
+    let _ = broker.close().await;
+}

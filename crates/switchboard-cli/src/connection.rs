@@ -60,8 +60,37 @@ pub(crate) fn warn_if_durable_is_not_stored(broker: &AnyBroker, url: &str) {
 /// [`SHUTDOWN_DEADLINE`] (a broker that is down or a frozen link never answers).
 pub(crate) async fn flush_and_close(broker: &AnyBroker) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
-    within(broker.kind(), "flush", deadline, broker.flush()).await?;
-    within(broker.kind(), "close", deadline, broker.close()).await
+    let flushed = within(broker.kind(), "flush", deadline, broker.flush()).await;
+    let refused = match &flushed {
+        Ok(()) => None,
+        Err(error) => match error.downcast_ref::<switchboard::Error>() {
+            Some(switchboard::Error::Refused {
+                broker,
+                count,
+                reason,
+            }) => Some((*broker, *count, reason.clone())),
+            // A broken link: closing would only wait longer.
+            _ => return flushed,
+        },
+    };
+    let closed = within(broker.kind(), "close", deadline, broker.close()).await;
+    let Some((kind, count, reason)) = refused else {
+        return closed;
+    };
+    // A refusal the flush had not seen yet is counted by the close: NATS
+    // reports refusals as events, which can trail the flush's round trip.
+    let more = match closed
+        .as_ref()
+        .map_err(|e| e.downcast_ref::<switchboard::Error>())
+    {
+        Err(Some(switchboard::Error::Refused { count, .. })) => *count,
+        _ => 0,
+    };
+    Err(one_line(switchboard::Error::Refused {
+        broker: kind,
+        count: count + more,
+        reason,
+    }))
 }
 
 /// Closes `broker` within [`SHUTDOWN_DEADLINE`].

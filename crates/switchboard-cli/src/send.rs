@@ -249,6 +249,15 @@ pub(crate) async fn run(url: &str, args: SendArgs) -> anyhow::Result<ExitCode> {
         return Ok(signal.exit_code());
     }
     if let Err(error) = flushed {
+        // A refusal is known, not unknown: the broker said which it did not take.
+        if let Some(switchboard::Error::Refused { count: refused, .. }) =
+            error.downcast_ref::<switchboard::Error>()
+        {
+            let delivered = count.saturating_sub(*refused);
+            return Err(error.context(format!(
+                "the broker took {delivered} of {count} message(s){reconnects}"
+            )));
+        }
         return Err(error.context(unknown));
     }
     if let Some(error) = stopped {

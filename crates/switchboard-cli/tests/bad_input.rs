@@ -349,3 +349,28 @@ fn a_capacity_too_large_is_one_error_line() {
         );
     }
 }
+
+/// Sending where the user may not publish: one line saying how many of its
+/// messages the broker took and that it refused the rest, exit 1. It said
+/// whether they had reached the broker was unknown.
+#[test]
+fn sending_where_the_user_may_not_is_refused_counted() {
+    let auth = switchboard_testkit::NatsAuth::new();
+    let config = auth.write(
+        "refusing.conf",
+        r#"authorization { users = [ { user: lim, password: lpw, permissions: { publish: ["allowed.>", "_INBOX.>"], subscribe: ["_INBOX.>"] } } ] }"#,
+    );
+    let Some(server) =
+        switchboard_testkit::NatsServer::start(&["-c", &config.display().to_string()])
+    else {
+        return;
+    };
+    let url = server.url().replacen("nats://", "nats://lim:lpw@", 1);
+    let output = harness::run(&url, &["send", "--on", "secret.x"], b"one\ntwo\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_one_error_line(&stderr, "the broker took 0 of 2 message(s)");
+    assert!(stderr.contains("refused 2 message(s)"), "{stderr}");
+    assert!(stderr.contains("\"secret.x\""), "{stderr}");
+    assert!(!stderr.contains("lpw"), "{stderr}");
+}

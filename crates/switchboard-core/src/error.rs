@@ -162,6 +162,20 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+    /// The broker refused published messages because this user may not
+    /// publish there: NATS' `Permissions Violation`, a Redis ACL's `NOPERM`,
+    /// RabbitMQ's `ACCESS_REFUSED`. Reported by `flush`, which knows how many.
+    /// They were not delivered, and publishing them again fails the same way
+    /// until the broker's permissions change, so this is not temporary.
+    #[error("{broker}: the broker refused {count} message(s): {reason}")]
+    Refused {
+        /// The broker kind.
+        broker: &'static str,
+        /// How many messages were refused since the previous flush.
+        count: u64,
+        /// The broker's words, with a subject refused.
+        reason: String,
+    },
     /// Acknowledging or rejecting a delivery failed.
     #[error("{broker}: {action} of a message on {subject:?} failed: {reason}")]
     Ack {
@@ -337,6 +351,8 @@ pub enum ErrorKind {
     Unsupported,
     /// A broker operation failed; it may succeed if tried again.
     Broker,
+    /// The broker refused messages this user may not publish ([`Error::Refused`]).
+    Refused,
     /// Messages were lost or the connection broke while subscribed.
     Lost,
     /// The handle is closed.
@@ -379,6 +395,7 @@ impl Error {
             | Error::Subscribe { .. }
             | Error::Flush { .. }
             | Error::Ack { .. } => ErrorKind::Broker,
+            Error::Refused { .. } => ErrorKind::Refused,
             Error::Lost { .. } | Error::Disconnected { .. } => ErrorKind::Lost,
             Error::Closed { .. } => ErrorKind::Closed,
             Error::NoResponders { .. } => ErrorKind::NoResponders,

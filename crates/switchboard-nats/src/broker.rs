@@ -232,11 +232,28 @@ impl Broker for NatsBroker {
         // every subscription stream ends after its buffered messages.
         let flushed = tokio::time::timeout_at(deadline, client.flush()).await;
         let drained = tokio::time::timeout_at(deadline, client.drain()).await;
+        let mut closed = false;
         if let Ok(Ok(())) = drained {
             // Bounded too in case the `Closed` event was dropped.
-            let _ = tokio::time::timeout_at(deadline, self.shared.registry.wait_closed()).await;
+            closed = tokio::time::timeout_at(deadline, self.shared.registry.wait_closed())
+                .await
+                .is_ok();
         }
         match flushed {
+            // The server's refusals come as events, in order, before
+            // `Closed`: once it is seen, every refusal of a publish made
+            // before closing is counted (a flush's round trip can finish
+            // just before its event is handled, and `send` flushes once).
+            Ok(Ok(())) if closed => {
+                match crate::connection::refused_since_last_flush(&self.shared.registry).await {
+                    None => Ok(()),
+                    Some((count, reason)) => Err(Error::Refused {
+                        broker: KIND,
+                        count,
+                        reason,
+                    }),
+                }
+            }
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::Flush {
                 broker: KIND,

@@ -110,15 +110,10 @@ pub(crate) async fn open(url: &str, options: NatsOptions) -> Result<Connection> 
 /// accounts) gets a `Permissions Violation` for the echo: the round trip
 /// then ends at once, warns once, and from then on this connection's round
 /// trips only write to the socket (what any NATS client's flush does),
-/// instead of each waiting out the timeout. A publish the server refused
-/// before the round trip ended (`Permissions Violation for Publish to S`)
-/// fails it when `refusals_fail` (a flush), naming `S`: without it the
-/// refusal was a log line and the caller was told its message may have
-/// arrived. Each refusal is reported once. It reaches the adapter as an
-/// event, on a channel of its own, so one that comes just before the echo
-/// may be seen only by the next flush (the check gives the event task one
-/// turn first); without the echo (see above) there is no round trip to wait
-/// for, and a refusal is reported by whichever flush comes after it arrived.
+/// instead of each waiting out the timeout. A flush then reports the
+/// publishes the server refused ([`refused_since_last_flush`]); without the
+/// echo there is no round trip to wait for, and a refusal is reported by
+/// whichever flush comes after it arrived.
 ///
 /// The whole round trip is bounded by the flush timeout: while the
 /// connection is down async-nats takes no commands and answers no flush.
@@ -126,7 +121,6 @@ pub(crate) async fn round_trip(
     client: &async_nats::Client,
     registry: &Registry,
     timeout: Duration,
-    refusals_fail: bool,
 ) -> std::result::Result<(), (String, Option<BoxError>)> {
     let mut refusals = registry.refusals.subscribe();
     let before = refusals.borrow_and_update().count;
@@ -203,10 +197,16 @@ pub(crate) async fn round_trip(
             None,
         )),
     };
-    outcome?;
-    if !refusals_fail {
-        return Ok(());
-    }
+    outcome
+}
+
+/// The publishes the server refused (`Permissions Violation for Publish to
+/// S`) since the previous call, with one subject refused, if any; each
+/// refusal is reported once. A flush calls it after its round trip: the
+/// refusals reach the adapter as events, on a channel of their own, so the
+/// event task is given one turn first, and one that comes just before the
+/// echo may be seen only by the next flush.
+pub(crate) async fn refused_since_last_flush(registry: &Registry) -> Option<(u64, String)> {
     tokio::task::yield_now().await;
     let refusals = registry.refusals.borrow();
     let reported = registry
@@ -214,7 +214,7 @@ pub(crate) async fn round_trip(
         .swap(refusals.publishes, Ordering::AcqRel);
     let refused = refusals.publishes.saturating_sub(reported);
     if refused == 0 {
-        return Ok(());
+        return None;
     }
     // Only the last `Refusals::KEPT` subjects are kept: the latest stands for all.
     let example = match refusals
@@ -226,11 +226,9 @@ pub(crate) async fn round_trip(
         Some(subject) => format!(", e.g. to {subject:?}"),
         None => String::new(),
     };
-    Err((
-        format!(
-            "the server refused {refused} publish(es) since the last flush (Permissions Violation){example}: this user may not publish there"
-        ),
-        None,
+    Some((
+        refused,
+        format!("Permissions Violation{example}: this user may not publish there"),
     ))
 }
 

@@ -11,7 +11,7 @@ use futures::future::Either;
 use switchboard_core::{Error, Link, Message, Result, Subject};
 
 use crate::broker::Shared;
-use crate::connection::round_trip;
+use crate::connection::{refused_since_last_flush, round_trip};
 use crate::error::ClientError;
 use crate::{wire, KIND};
 
@@ -341,14 +341,23 @@ pub(crate) async fn flush(shared: &Shared) -> Result<()> {
         &shared.client,
         &shared.registry,
         shared.options.flush_timeout,
-        true,
     )
     .await
     .map_err(|(reason, source)| Error::Flush {
         broker: KIND,
         reason,
         source,
-    })
+    })?;
+    // Without this a refusal was a log line, and the caller was told its
+    // message may have arrived.
+    match refused_since_last_flush(&shared.registry).await {
+        None => Ok(()),
+        Some((count, reason)) => Err(Error::Refused {
+            broker: KIND,
+            count,
+            reason,
+        }),
+    }
 }
 
 /// Awaits `handing`, a publish that found async-nats' command queue full;

@@ -61,7 +61,6 @@ pub(crate) async fn subscribe(
         &shared.client,
         &shared.registry,
         shared.options.flush_timeout,
-        false,
     )
     .await
     .map_err(|(reason, source)| failed(reason, source))?;

@@ -216,8 +216,17 @@ async fn a_flush_after_a_refused_publish_fails_naming_the_subject() {
         .unwrap();
     let errors = three_flushes(&broker).await;
     assert_eq!(errors.len(), 1, "reported once: {errors:?}");
-    assert!(errors[0].contains("\"secret.x\""), "{errors:?}");
-    assert!(errors[0].contains("may not publish there"), "{errors:?}");
+    let text = errors[0].to_string();
+    assert!(text.contains("\"secret.x\""), "{text}");
+    assert!(text.contains("may not publish there"), "{text}");
+    assert!(
+        !errors[0].is_temporary(),
+        "publishing again fails again: {text}"
+    );
+    assert!(
+        matches!(errors[0], Error::Refused { count: 1, .. }),
+        "{errors:?}"
+    );
     // More refusals between two flushes than the subjects kept (16) are
     // still counted exactly.
     for n in 0..40 {
@@ -227,16 +236,11 @@ async fn a_flush_after_a_refused_publish_fails_naming_the_subject() {
             .unwrap();
     }
     let errors = three_flushes(&broker).await;
-    let refused: usize = errors
+    let refused: u64 = errors
         .iter()
-        .map(|error| {
-            let count = error.split("refused ").nth(1).unwrap_or_default();
-            count
-                .split(' ')
-                .next()
-                .unwrap_or_default()
-                .parse::<usize>()
-                .unwrap_or(0)
+        .map(|error| match error {
+            Error::Refused { count, .. } => *count,
+            other => panic!("not a refusal: {other}"),
         })
         .sum();
     assert_eq!(refused, 40, "every refusal counted once: {errors:?}");
@@ -252,11 +256,11 @@ async fn a_flush_after_a_refused_publish_fails_naming_the_subject() {
 /// The errors of three flushes 50 ms apart: a refusal comes as an event, on
 /// a channel of its own, so it is reported by the flush that follows or,
 /// rarely, the next one.
-async fn three_flushes(broker: &NatsBroker) -> Vec<String> {
+async fn three_flushes(broker: &NatsBroker) -> Vec<Error> {
     let mut errors = Vec::new();
     for _ in 0..3 {
         if let Err(error) = broker.flush().await {
-            errors.push(error.to_string());
+            errors.push(error);
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

@@ -38,6 +38,8 @@ struct Failure {
     first: u64,
     last: u64,
     reason: String,
+    /// An ACL refused them (`NOPERM`): not delivered, and not temporary.
+    refused: bool,
 }
 
 #[derive(Debug, Default)]
@@ -360,6 +362,13 @@ impl Shared {
             None => Ok(()),
             Some(first) => {
                 let count: u64 = failed.iter().map(|f| f.last - f.first + 1).sum();
+                if failed.iter().all(|f| f.refused) {
+                    return Err(Error::Refused {
+                        broker: KIND,
+                        count,
+                        reason: format!("{}: this user may not publish there", first.reason),
+                    });
+                }
                 Err(Error::Flush {
                     broker: KIND,
                     reason: format!(
@@ -444,12 +453,19 @@ impl Shared {
     }
 
     fn fail(&self, state: &mut State, first: u64, last: u64, reason: String) {
+        self.record(state, first, last, reason, false);
+    }
+
+    /// Records publishes `first..=last` as failed; `refused` when an ACL
+    /// refused them.
+    fn record(&self, state: &mut State, first: u64, last: u64, reason: String, refused: bool) {
         if first <= last {
             tracing::warn!(count = last - first + 1, %reason, "redis: publishes failed");
             state.failures.push(Failure {
                 first,
                 last,
                 reason,
+                refused,
             });
         }
     }
@@ -734,11 +750,12 @@ async fn read_replies(
                     }
                     {
                         let mut state = lock(&shared.state);
-                        shared.fail(
+                        shared.record(
                             &mut state,
                             answered,
                             answered,
                             format!("Redis answered {error}"),
+                            error.starts_with("NOPERM"),
                         );
                     }
                     if crate::cluster::is_redirect(error.as_bytes()) {

@@ -223,6 +223,19 @@ async fn a_user_without_the_durable_keys_publishes_plainly() {
     let delivery = switchboard_conformance::recv(&mut subscription).await;
     assert_eq!(delivery.payload_str(), Some("plainly"));
 
+    // A channel it may not publish on: refused, counted, not temporary.
+    for _ in 0..3 {
+        publisher
+            .publish(Message::new("others.news", "no").unwrap())
+            .await
+            .unwrap();
+    }
+    let err = publisher.flush().await.unwrap_err();
+    assert!(matches!(err, Error::Refused { count: 3, .. }), "{err:?}");
+    assert!(!err.is_temporary(), "{err}");
+    assert!(err.to_string().contains("NOPERM"), "{err}");
+    publisher.flush().await.unwrap();
+
     let durable = switchboard_core::Durable::new("carols").unwrap();
     let err = subscriber
         .subscribe_durable_to("own.>", &durable)
