@@ -144,7 +144,7 @@ pub(crate) async fn run(url: &str, args: WorkerArgs) -> anyhow::Result<ExitCode>
         // Nobody asked it to stop: a supervisor restarting on failure must
         // see one, as with `listen` (the warnings above say why they ended).
         anyhow::bail!(
-            "the broker ended the subscription of every route, so the worker stopped (see the warnings above); start it again once the broker is back"
+            "the broker ended the subscription of every route, so the worker stopped; the warnings above say why (a durable consumer that was removed is made anew, empty, when the worker starts again)"
         );
     }
     if summary.reason == StopReason::MaxMessages && summary.stats.failed > 0 {

@@ -750,19 +750,21 @@ async fn durable_route_dead_letters_a_poison_message_once_on_redis() {
 }
 
 /// A worker whose only route's subscription the broker ends (its durable
-/// consumer removed from Redis while it runs) stops with exit 1 and an
-/// `error:` line, as `listen` does: nobody asked it to stop, and a supervisor
-/// restarting on failure must see one. Before, it exited 0.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_worker_whose_subscriptions_the_broker_ended_exits_1() {
+/// consumer removed while it runs) stops with exit 1 and an `error:` line,
+/// as `listen` does: nobody asked it to stop, and a supervisor restarting on
+/// failure must see one. Before, it exited 0; on RabbitMQ its route task
+/// panicked draining the ended subscription, and it went on reporting ready.
+async fn a_worker_whose_subscriptions_the_broker_ended_exits_1(kind: &str, gone: &str) {
     let test = "a_worker_whose_subscriptions_the_broker_ended_exits_1";
-    let url =
-        switchboard_conformance::broker_url("SWITCHBOARD_REDIS_URL", "redis://127.0.0.1:6379");
+    let url = switchboard_conformance::broker_url(
+        &format!("SWITCHBOARD_{}_URL", kind.to_uppercase()),
+        switchboard::resolve_url(kind),
+    );
     let broker = match switchboard::connect(&url).await {
         Ok(broker) => broker,
         Err(error) => {
             switchboard_conformance::skip_or_fail(format_args!(
-                "{test}: Redis at {url} does not answer: {error}"
+                "{test}: {kind} at {url} does not answer: {error}"
             ));
             return;
         }
@@ -783,11 +785,27 @@ async fn a_worker_whose_subscriptions_the_broker_ended_exits_1() {
     let (status, _stdout, stderr) = worker.wait(Duration::from_secs(60));
     broker.close().await.unwrap();
     assert_eq!(status.code(), Some(1), "{status}; stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked at"), "{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(
         errors[0].contains("ended the subscription of every route"),
         "{stderr}"
     );
-    assert!(stderr.contains("no longer exists"), "{stderr}");
+    assert!(stderr.contains(gone), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_subscriptions_the_broker_ended_exits_1_on_redis() {
+    a_worker_whose_subscriptions_the_broker_ended_exits_1("redis", "no longer exists").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_subscriptions_the_broker_ended_exits_1_on_amqp() {
+    a_worker_whose_subscriptions_the_broker_ended_exits_1("amqp", "was deleted").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_subscriptions_the_broker_ended_exits_1_on_nats() {
+    a_worker_whose_subscriptions_the_broker_ended_exits_1("nats", "was deleted").await;
 }

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use futures::stream::{BoxStream, Stream};
+use futures::stream::{BoxStream, Fuse, FusedStream, Stream, StreamExt as _};
 
 use crate::{Delivery, Pattern, QueueGroup, Result};
 
@@ -20,7 +20,8 @@ pub type CloseFuture = BoxFuture<'static, Result<()>>;
 /// item and goes on — `let delivery = item?;` would end the loop at the first
 /// recoverable [`Error::Disconnected`](crate::Error::Disconnected). Dropping
 /// the subscription unsubscribes; [`Subscription::close`] does so and waits
-/// for the broker.
+/// for the broker. Once it has ended it stays ended: polling it again
+/// returns `None` (it is a [`FusedStream`]), whatever the adapter's stream.
 ///
 /// ```no_run
 /// # async fn run(broker: &dyn switchboard_core::Broker) -> switchboard_core::Result<()> {
@@ -44,7 +45,10 @@ pub type CloseFuture = BoxFuture<'static, Result<()>>;
 pub struct Subscription {
     pattern: Pattern,
     group: Option<QueueGroup>,
-    stream: BoxStream<'static, Result<Delivery>>,
+    /// Fused: an adapter's stream may panic when polled after its end
+    /// (`futures::stream::unfold` does), and a caller draining what is left
+    /// after a loop ended would otherwise have to know that.
+    stream: Fuse<BoxStream<'static, Result<Delivery>>>,
     close: Option<Box<dyn FnOnce() -> CloseFuture + Send>>,
 }
 
@@ -58,7 +62,7 @@ impl Subscription {
         Subscription {
             pattern,
             group,
-            stream: Box::pin(stream),
+            stream: (Box::pin(stream) as BoxStream<'static, Result<Delivery>>).fuse(),
             close: None,
         }
     }
@@ -97,10 +101,16 @@ impl Subscription {
 impl Stream for Subscription {
     type Item = Result<Delivery>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.stream.as_mut().poll_next(cx)
+        self.stream.poll_next_unpin(cx)
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.stream.size_hint()
+    }
+}
+
+impl FusedStream for Subscription {
+    fn is_terminated(&self) -> bool {
+        self.stream.is_terminated()
     }
 }
 
@@ -110,5 +120,31 @@ impl fmt::Debug for Subscription {
             .field("pattern", &self.pattern)
             .field("group", &self.group)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{FutureExt as _, StreamExt as _};
+
+    use super::*;
+
+    /// An adapter stream made with `unfold` panics when polled after its end;
+    /// a subscription over it answers `None` again (the worker drained a
+    /// RabbitMQ route's ended subscription and its task panicked).
+    #[test]
+    fn an_ended_subscription_stays_ended() {
+        let stream = futures::stream::unfold(0u8, |n| async move {
+            (n < 1).then(|| (Err(crate::Error::Closed { broker: "test" }), n + 1))
+        });
+        let pattern = Pattern::new("a.>").unwrap_or_else(|e| panic!("{e}"));
+        let mut subscription = Subscription::new(pattern, None, stream);
+        assert!(matches!(
+            subscription.next().now_or_never(),
+            Some(Some(Err(_)))
+        ));
+        assert!(matches!(subscription.next().now_or_never(), Some(None)));
+        assert!(subscription.is_terminated());
+        assert!(matches!(subscription.next().now_or_never(), Some(None)));
     }
 }

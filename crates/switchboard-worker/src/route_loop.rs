@@ -85,6 +85,18 @@ pub(crate) struct RouteState {
     abort: CancellationToken,
 }
 
+/// A running route loop, counted in [`Shared::active`] until dropped; the
+/// last one out ends the worker.
+struct Active<'a>(&'a Shared);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.ended.cancel();
+        }
+    }
+}
+
 /// One route of a running worker.
 pub(crate) struct RouteTask {
     state: Arc<RouteState>,
@@ -120,6 +132,9 @@ impl RouteTask {
     pub(crate) async fn run(self, mut subscription: Subscription) -> Subscription {
         let state = &self.state;
         let shared = &state.shared;
+        // Counted out however the loop ends, a panic included: readiness
+        // must not go on reporting a route whose task is gone.
+        let _active = Active(shared);
         let mut tasks = JoinSet::new();
         {
             let stopped = std::pin::pin!(shared.stop.clone().cancelled_owned());
@@ -168,9 +183,6 @@ impl RouteTask {
                 tracing::warn!(route = %state.name, "handlers still giving their message back after the grace period; abandoned");
                 tasks.abort_all();
             }
-        }
-        if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            shared.ended.cancel();
         }
         subscription
     }
