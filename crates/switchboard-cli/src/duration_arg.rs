@@ -17,11 +17,17 @@ pub(crate) fn above_zero(text: &str) -> Result<Duration, String> {
     at_least(text, Duration::from_nanos(1), "above zero")
 }
 
-/// A duration of one second or more (`listen --ack-wait`: brokers count it
+/// An ack wait (`listen --ack-wait`): one second or more (brokers count it
 /// in seconds or milliseconds, and a shorter one would redeliver what is
-/// still being handled).
-pub(crate) fn at_least_a_second(text: &str) -> Result<Duration, String> {
-    at_least(text, Duration::from_secs(1), "at least 1s")
+/// still being handled), at most [`switchboard::Durable::MAX_ACK_WAIT`].
+pub(crate) fn ack_wait(text: &str) -> Result<Duration, String> {
+    let duration = at_least(text, Duration::from_secs(1), "at least 1s")?;
+    if duration > switchboard::Durable::MAX_ACK_WAIT {
+        // A value the broker cannot store failed only once subscribing (or,
+        // on Redis, on every read).
+        return Err("it must be at most 365d, the longest ack wait every broker stores".into());
+    }
+    Ok(duration)
 }
 
 fn at_least(text: &str, least: Duration, what: &str) -> Result<Duration, String> {
@@ -43,11 +49,11 @@ mod tests {
             above_zero("0s"),
             Err("it must be above zero, e.g. 2s".into())
         );
-        assert_eq!(at_least_a_second("1s"), Ok(Duration::from_secs(1)));
-        assert!(at_least_a_second("999ms")
-            .unwrap_err()
-            .contains("at least 1s"));
+        assert_eq!(ack_wait("1s"), Ok(Duration::from_secs(1)));
+        assert!(ack_wait("999ms").unwrap_err().contains("at least 1s"));
         assert!(above_zero("2").unwrap_err().contains("write e.g. 500ms"));
+        assert_eq!(ack_wait("365d"), Ok(Duration::from_secs(365 * 86_400)));
+        assert!(ack_wait("366d").unwrap_err().contains("at most 365d"));
         assert_eq!(zero_or_more("0s"), Ok(Duration::ZERO));
         assert!(zero_or_more("-1s").is_err());
     }

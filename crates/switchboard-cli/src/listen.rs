@@ -76,7 +76,7 @@ pub struct ListenArgs {
 
     /// With --durable: how long a message may stay unacknowledged before the
     /// broker delivers it again (at least 1s).
-    #[arg(long, value_name = "DURATION", value_parser = crate::duration_arg::at_least_a_second, default_value = "30s", requires = "durable")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration_arg::ack_wait, default_value = "30s", requires = "durable")]
     pub(crate) ack_wait: Duration,
 
     /// Exit after N messages.

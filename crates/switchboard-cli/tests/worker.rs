@@ -261,7 +261,7 @@ on = "{prefix}.jobs.*"
 attempts = 3
 backoff = "10ms"
 dead_letter = "{prefix}.dead.{{subject}}"
-exec = ["sh", "-c", "echo try $SWITCHBOARD_ATTEMPT >> {tries}; echo disk full >&2; exit 3"]
+exec = ["sh", "-c", "echo try $SWITCHBOARD_ATTEMPT >> {tries}; echo disk full at amqp://admin:hunter2@db:5672/ >&2; exit 3"]
 "#,
             tries = tries.display()
         ),
@@ -294,7 +294,16 @@ exec = ["sh", "-c", "echo try $SWITCHBOARD_ATTEMPT >> {tries}; echo disk full >&
     assert_eq!(headers.get("switchboard-permanent"), Some("false"));
     assert_eq!(
         headers.get("switchboard-error"),
-        Some("command \"sh\" exited with code 3: disk full")
+        Some("command \"sh\" exited with code 3: disk full at amqp://admin:***@db:5672/")
+    );
+    // Neither in the dead letter nor in the worker's own log lines (the
+    // command's stderr is passed on as the command wrote it).
+    assert!(
+        stderr
+            .lines()
+            .filter(|line| line.contains("WARN"))
+            .all(|line| !line.contains("hunter2")),
+        "{stderr}"
     );
     assert_eq!(headers.get("trace-id"), Some("t-1"));
     assert_eq!(

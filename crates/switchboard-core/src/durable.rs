@@ -74,11 +74,18 @@ impl Durable {
         Ok(self)
     }
 
+    /// The longest [`ack_wait`](Durable::ack_wait): a year. Every broker
+    /// stores it (JetStream refused 200 years, Redis' `XAUTOCLAIM` a
+    /// millisecond count past 2^63), and a delivery unacknowledged longer is
+    /// one nobody will acknowledge.
+    pub const MAX_ACK_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
     /// How long a delivery may stay unacknowledged before it is delivered
-    /// again (at least one second: brokers count it in seconds or
-    /// milliseconds, and less would redeliver what is still being handled).
+    /// again: at least one second (brokers count it in seconds or
+    /// milliseconds, and less would redeliver what is still being handled),
+    /// at most [`Durable::MAX_ACK_WAIT`].
     pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
-        self.ack_wait = ack_wait.max(Duration::from_secs(1));
+        self.ack_wait = ack_wait.clamp(Duration::from_secs(1), Self::MAX_ACK_WAIT);
         self
     }
 

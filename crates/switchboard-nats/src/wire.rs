@@ -138,15 +138,16 @@ pub(crate) fn reply_message(reply: async_nats::Message, subject: Subject) -> Mes
     Message::from_parts(subject, reply.payload, headers)
 }
 
-/// The headers of a received message that switchboard accepts; the others
-/// are left out with a warning, and a name sent several times keeps its last
-/// value.
+/// The headers of a received message: a value switchboard's rules refuse
+/// (a NUL, a control character) is made one line, as on every broker; a
+/// name switchboard refuses is left out with a warning; a name sent several
+/// times keeps its last value.
 fn headers_of(map: Option<&async_nats::HeaderMap>, subject: &Subject) -> Headers {
     let mut headers = Headers::new();
     for (name, values) in map.into_iter().flat_map(|map| map.iter()) {
         let Some(value) = values.last() else { continue };
         let name: &str = name.as_ref();
-        if let Err(error) = headers.insert(name, value.as_str()) {
+        if let Err(error) = headers.insert_received(name, value.as_str()) {
             tracing::warn!(subject = %subject, %error, "nats: header left out of a received message");
         }
     }
@@ -254,7 +255,9 @@ mod tests {
         assert_eq!(delivery.subject().as_str(), "a.b");
         assert_eq!(&delivery.payload()[..], b"\x00\xffbytes");
         assert_eq!(delivery.headers().get("k"), Some("last"));
-        assert_eq!(delivery.headers().len(), 1);
+        // A plain client's NUL is made one line, as on RabbitMQ and Redis.
+        assert_eq!(delivery.headers().get("z"), Some("nul"));
+        assert_eq!(delivery.headers().len(), 2);
 
         let long = async_nats::Message {
             subject: "a".repeat(300).as_str().into(),

@@ -213,9 +213,11 @@ impl Handler for Exec {
             Some(code) => format!("exited with code {code}"),
             None => "was killed by a signal".to_string(),
         };
+        // The line goes into the error, which the worker logs and puts in
+        // the dead letter and the error reply: URL passwords out of all three.
         let detail = last_err
             .or(last_out)
-            .map(|line| format!(": {line}"))
+            .map(|line| format!(": {}", switchboard::redact_text(&line)))
             .unwrap_or_default();
         Err(HandlerError::new(format!(
             "command {program:?} {how}{detail}"
