@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use switchboard::{AnyBroker, Delivery, Durable, Pattern, QueueGroup};
 
 use crate::connection;
@@ -32,8 +32,10 @@ up to --retry-for (30s): an outage shorter than that loses nothing, though
 what was held may arrive twice. A source that keeps nothing for its readers
 (NATS core, Redis PUBSUB) buffers what comes meanwhile up to its capacity (an
 overflow is counted as a warning). Past --retry-for the bridge gives back to
---from what --to may not have (nack: a durable or group source delivers it
-again at once, to the next bridge, not after its ack wait) and exits 1.
+--from what --to may not have, and what --from had delivered that it had not
+read yet (nack: a durable or group source delivers it again at once, to the
+next bridge, not after its ack wait; a source that keeps nothing for it loses
+them, and the error says how many) and exits 1.
 A message --to refuses for what it is (too large for it, a header it cannot
 carry) is rejected on --from with a warning, and the bridge goes on.
 Counts go to stderr every --report and at the end.
@@ -170,7 +172,7 @@ async fn ride_out(
     let held = pending.deliveries.len();
     let give_up = |error: switchboard::Error| {
         Outage::GaveUp(connection::one_line(error).context(format!(
-            "cannot forward to {to_shown} (kept trying for {}); {held} message(s) given back to --from",
+            "cannot forward to {to_shown} (kept trying for {})",
             humantime::format_duration(retry_for)
         )))
     };
@@ -226,6 +228,25 @@ const GIVE_BACK: Duration = Duration::from_secs(5);
 /// to the next bridge, instead of after its ack wait (a no-op on a source
 /// that does not redeliver). Bounded by [`GIVE_BACK`]: the source may be
 /// failing too.
+/// Most messages [`take_unread`] takes: a subscription's buffer is bounded
+/// by its capacity, which can be large.
+const MAX_UNREAD: usize = 1 << 20;
+
+/// What the subscription has already received and the bridge not read.
+fn take_unread(subscription: &mut switchboard::Subscription) -> Vec<Delivery> {
+    let mut unread = Vec::new();
+    while unread.len() < MAX_UNREAD {
+        // Outside the task's budget: a tokio channel answers `Pending` once
+        // it is spent, which would read as "nothing more buffered".
+        match tokio::task::unconstrained(subscription.next()).now_or_never() {
+            Some(Some(Ok(delivery))) => unread.push(delivery),
+            Some(Some(Err(_))) => continue,
+            Some(None) | None => break,
+        }
+    }
+    unread
+}
+
 async fn give_back(deliveries: impl IntoIterator<Item = Delivery>) {
     let giving = async {
         for mut delivery in deliveries {
@@ -305,6 +326,10 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
     let mut to_failed = false;
     let mut flush_tick = tokio::time::interval(args.flush);
     let mut report_tick = tokio::time::interval(args.report);
+    // Ticks that fell due while a step took long (an outage) fire once, not
+    // in a burst of report lines.
+    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     report_tick.reset();
     let outcome: anyhow::Result<Option<Signal>> = loop {
         if args.count.is_some_and(|count| forwarded >= count) {
@@ -390,7 +415,6 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
         {
             Outage::Over(n) => {
                 settled += n;
-                // The ticks that fell due meanwhile fire once, not in a burst.
                 flush_tick.reset();
             }
             Outage::Signal(signal) => {
@@ -399,7 +423,19 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
             }
             Outage::GaveUp(error) => {
                 to_failed = true;
-                break Err(error);
+                // What --from delivered while the bridge was not reading goes
+                // with what it held: it was dropped at exit, uncounted.
+                let unread = take_unread(&mut subscription);
+                let held = pending.deliveries.len() + unread.len();
+                pending.deliveries.extend(unread);
+                let fate = match &membership {
+                    Membership::Durable(_) => "given back to --from",
+                    Membership::Group(_) if from.capabilities().redelivery => {
+                        "given back to --from, which keeps them for the group's other members, if there are any"
+                    }
+                    _ => "lost: --from keeps nothing for this bridge (--durable would have kept them)",
+                };
+                break Err(error.context(format!("{held} message(s) not forwarded, {fate}")));
             }
         }
     };

@@ -344,3 +344,53 @@ fn a_message_the_destination_cannot_carry_does_not_stop_the_bridge() {
         "{stderr}"
     );
 }
+
+/// A bridge from a source that keeps nothing (NATS core) that gives up says
+/// how many messages it did not forward and that they are lost, counting
+/// what its subscription had received while it was not reading: it said
+/// "1 message(s) given back to --from" and dropped the rest uncounted.
+#[test]
+fn a_bridge_that_gives_up_counts_what_it_received_and_lost() {
+    let Some(nats) = broker_url("nats", "bridge_gives_up") else {
+        return;
+    };
+    let Some(mut redis) = switchboard_testkit::RedisServer::start(&[]) else {
+        return;
+    };
+    let to = redis.url();
+    let prefix = unique("bridgelost");
+    let pattern = format!("{prefix}.>");
+    let subject = format!("{prefix}.n");
+    let args = [
+        "--from",
+        nats.as_str(),
+        "--to",
+        to.as_str(),
+        "--on",
+        pattern.as_str(),
+        "--retry-for",
+        "2s",
+        "--flush",
+        "20ms",
+    ];
+    let first = bridge(&args);
+    let at_destination = listener(&to, &["--on", &pattern, "--count", "1"]);
+    send(&nats, &["--on", &subject, "a"], b"");
+    assert_eq!(at_destination.lines(1), [format!("[{subject}] a")]);
+    drop(at_destination);
+    // Settled by a flush tick before the destination goes.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    redis.process.kill();
+    let lines: String = (1..=50).map(|n| format!("{n}\n")).collect();
+    send(&nats, &["--on", &subject], lines.as_bytes());
+    let (status, _, stderr) = first.wait(PATIENCE);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|line| line.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        error.contains("50 message(s) not forwarded, lost"),
+        "{stderr}"
+    );
+}
