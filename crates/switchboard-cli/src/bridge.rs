@@ -294,6 +294,15 @@ pub(crate) async fn run(args: BridgeArgs) -> anyhow::Result<ExitCode> {
         connection::display_url(&args.from),
         connection::display_url(&args.to),
     );
+    for (option, url) in [("--from", &args.from), ("--to", &args.to)] {
+        // Nothing else runs in the bridge's process: it would forward
+        // nothing, or to nobody, and say nothing of it.
+        if switchboard::resolve_url(url).starts_with("memory:") {
+            anyhow::bail!(
+                "{option} {url}: the memory broker reaches only this process, so a bridge can do nothing with it; bridge brokers that other programs reach (nats, redis, amqp, mqtt)"
+            );
+        }
+    }
     refuse_one_broker(&args, &pattern).await?;
     let mut signals = Signals::install()?;
     let connecting = async {

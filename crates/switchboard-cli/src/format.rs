@@ -123,6 +123,13 @@ pub(crate) fn message_from_json(line: &[u8], subject: Option<&Subject>) -> anyho
         #[serde(default, rename = "delivery_count")]
         _delivery_count: Option<u32>,
     }
+    // serde would read an array as the struct's fields in order, and name
+    // the struct in its error ("expected struct Line with 5 elements").
+    if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        anyhow::bail!(
+            "not a JSON message (not a JSON object); expected {{\"subject\":…,\"headers\":{{…}},\"payload\":…}} as `listen --format json` prints"
+        );
+    }
     let line: Line = serde_json::from_slice(line).map_err(|error| {
         anyhow::anyhow!(
             "not a JSON message ({error}); expected {{\"subject\":…,\"headers\":{{…}},\"payload\":…}} as `listen --format json` prints"

@@ -111,6 +111,27 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Parses the command line; a `BROKER_URL` that is set but empty counts
+    /// as unset (as 12-factor setups write it), where it was an error about
+    /// a URL ` ` with no word of where it came from. `--broker ''` stays an
+    /// error.
+    fn parse_treating_empty_env_as_unset() -> Cli {
+        let matches = <Cli as clap::CommandFactory>::command().get_matches();
+        let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(error) => error.exit(),
+        };
+        if cli
+            .broker
+            .as_deref()
+            .is_some_and(|url| url.trim().is_empty())
+            && matches.value_source("broker") == Some(clap::parser::ValueSource::EnvVariable)
+        {
+            cli.broker = None;
+        }
+        cli
+    }
+
     /// The broker URL for commands that default to the local NATS server.
     fn broker_or_default(&self) -> String {
         self.broker
@@ -126,7 +147,7 @@ pub fn main() -> ExitCode {
     // raw clients `bench` drives (async-nats, redis-rs, lapin), which ask
     // rustls for the process default.
     switchboard_tls::install_default_provider();
-    let cli = Cli::parse();
+    let cli = Cli::parse_treating_empty_env_as_unset();
     logging::init(cli.verbose);
     // Before the runtime: the exporter's HTTP client and its batch thread
     // are made outside any async context.

@@ -374,3 +374,23 @@ fn sending_where_the_user_may_not_is_refused_counted() {
     assert!(stderr.contains("\"secret.x\""), "{stderr}");
     assert!(!stderr.contains("lpw"), "{stderr}");
 }
+
+/// `BROKER_URL=` (set, empty) is unset: the default broker, as 12-factor
+/// setups expect. It was an error about the URL ` `, not naming BROKER_URL.
+#[test]
+fn an_empty_broker_url_counts_as_unset() {
+    let Some(_) = harness::broker_url("nats", "an_empty_broker_url_counts_as_unset") else {
+        return;
+    };
+    let child = switchboard()
+        .env("BROKER_URL", "")
+        .args(["send", "--on", "sbtest.empty_env", "hi"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = wait_output(child, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+}

@@ -274,6 +274,22 @@ fn refused_as_one_broker(from: &str, to: &str, pattern: &str) -> String {
     stderr
 }
 
+/// The memory broker on either side: refused in one line (a bridge in its
+/// own process forwarded nothing, for ever, without a word).
+#[test]
+fn the_memory_broker_on_either_side_is_refused() {
+    for (from, to) in [("memory", "nats"), ("nats", "memory://x")] {
+        let output = run(
+            "nats",
+            &["bridge", "--from", from, "--to", to, "--on", "a.>"],
+            b"",
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{from} -> {to}: {stderr}");
+        assert_one_error_line(&stderr, "reaches only this process");
+    }
+}
+
 /// The same broker on both sides would loop: refused in one line.
 #[test]
 fn the_same_broker_on_both_sides_is_refused() {

@@ -151,6 +151,10 @@ fn bad_json_lines_are_one_line() {
     for (line, expected) in [
         ("not json\n", "line 2 of stdin: not a JSON message"),
         (
+            "[]\n",
+            "line 2 of stdin: not a JSON message (not a JSON object)",
+        ),
+        (
             "{\"payload\":\"x\"}\n",
             "line 2 of stdin: the line has no \"subject\"",
         ),

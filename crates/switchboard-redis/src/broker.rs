@@ -248,7 +248,7 @@ impl Subscriber for RedisBroker {
     ) -> Result<Subscription> {
         Err(Error::unsupported(
             KIND,
-            "queue groups (Redis PUBSUB delivers every message to every subscriber)",
+            "queue groups (Redis PUBSUB delivers every message to every subscriber); the members of a durable consumer share its messages (subscribe_durable with Durable::group; listen --durable NAME --group G)",
         ))
     }
 
@@ -446,6 +446,10 @@ async fn start_durable(
     ));
     match tokio::time::timeout(options.connect_timeout * 2, ready_rx).await {
         Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(reason))) if reason.contains("NOPERM") => tracing::warn!(
+            "redis: this user may not subscribe to switchboard's channel {:?} ({reason}), so every publish goes through the durable function, which costs Redis more; grant it `&switchboard:durable:*`",
+            routing::changes_channel(target)
+        ),
         Ok(Ok(Err(reason))) => {
             tracing::warn!(%reason, "redis: the durable routing link is not up; publishing everything through the durable function until it is")
         }
