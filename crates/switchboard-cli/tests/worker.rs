@@ -818,3 +818,79 @@ async fn a_worker_whose_subscriptions_the_broker_ended_exits_1_on_amqp() {
 async fn a_worker_whose_subscriptions_the_broker_ended_exits_1_on_nats() {
     a_worker_whose_subscriptions_the_broker_ended_exits_1("nats", "was deleted").await;
 }
+
+/// A durable NATS route whose handlers outlive the grace period gives back
+/// everything it held (two cancelled in flight, three fetched ahead) at
+/// once: a `listen --durable` of the same consumer right after gets all five
+/// long before the route's ack wait (30 s here), in two rounds on one
+/// stream. The subscription's close, which gives back what it fetched, got
+/// no time once the handlers had used the grace period; by hand, on a stream
+/// with a longer history, the three fetched ahead then waited out the ack
+/// wait (29 s), which this test's fresh stream did not show.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_durable_route_past_its_grace_period_gives_everything_back() {
+    let test = "a_durable_route_past_its_grace_period_gives_everything_back";
+    let Some(broker) = nats_or_skip(test).await else {
+        return;
+    };
+    let prefix = unique("grace");
+    let name = format!("grace{}", std::process::id());
+    let pattern: switchboard::Pattern = format!("{prefix}.>").parse().unwrap();
+    let dir = TempDir::new("grace");
+    let config = dir.write(
+        "reactions.toml",
+        &format!(
+            "grace_period = \"1s\"\n[[route]]\non = \"{prefix}.>\"\ndurable = \"{name}\"\nconcurrency = 2\ntimeout = \"5s\"\nexec = [\"sleep\", \"30\"]\n"
+        ),
+    );
+    for round in 1..=2 {
+        let worker = WorkerProcess::start(&nats_url(), &config, &[]);
+        for n in 1..=5 {
+            publish(
+                &broker,
+                Message::new(format!("{prefix}.x"), format!("m{n}")).unwrap(),
+            )
+            .await;
+        }
+        // Two handlers start; three wait in the subscription.
+        std::thread::sleep(Duration::from_secs(1));
+        let status = Command::new("kill")
+            .args(["-TERM", &worker.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (status, _stdout, stderr) = worker.wait(Duration::from_secs(20));
+        assert!(status.success(), "{status}; stderr:\n{stderr}");
+        let mut listen = Command::new(BIN)
+            .args(["--broker", &nats_url(), "listen", "--on", pattern.as_str()])
+            .args(["--durable", &name, "--count", "5"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let exited = loop {
+            if let Some(status) = listen.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = listen.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let output = listen.wait_with_output().unwrap();
+        broker
+            .remove_durable(&pattern, &switchboard::Durable::new(&name).unwrap())
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            exited.is_some_and(|status| status.success()),
+            "round {round}: not all five back within 15 s: {stdout}; worker stderr:\n{stderr}"
+        );
+        assert_eq!(stdout.lines().count(), 5, "{stdout}");
+    }
+    broker.close().await.unwrap();
+}

@@ -69,7 +69,7 @@ const YIELD_EVERY: u32 = 64;
 
 /// How long handlers cancelled at the end of the grace period may take to
 /// give their message back (a nack on a dead link may never finish).
-const GIVE_BACK_PATIENCE: Duration = Duration::from_secs(1);
+pub(crate) const GIVE_BACK_PATIENCE: Duration = Duration::from_secs(1);
 
 /// What every message of a route needs besides its delivery: shared by the
 /// route's handlings (one reference count per message, not one per field).

@@ -16,7 +16,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::metrics::{MetricsServer, RouteMetrics};
 use crate::route::Prepared;
-use crate::route_loop::RouteTask;
+use crate::route_loop::{RouteTask, GIVE_BACK_PATIENCE};
 use crate::stats::Counters;
 use crate::{Error, Stats, StopReason, Summary, Unfinished};
 
@@ -312,9 +312,15 @@ impl Running {
                 Err(_) => errors.push(late("flushing what handlers published")),
             }
         }
+        // Closing a subscription is what gives back what it fetched ahead
+        // (and what handlers nacked, which a durable consumer may have
+        // delivered to it again meanwhile): without it NATS keeps those
+        // until the ack wait is over. So it gets a second even when the
+        // handlers used the whole grace period, as they do to give back.
+        let closing = deadline.max(tokio::time::Instant::now() + GIVE_BACK_PATIENCE);
         for subscription in subscriptions {
             let pattern = subscription.pattern().to_string();
-            match tokio::time::timeout_at(deadline, subscription.close()).await {
+            match tokio::time::timeout_at(closing, subscription.close()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => errors.push(format!(
                     "closing the subscription to {pattern:?} failed: {error}"
