@@ -232,6 +232,31 @@ pub(crate) async fn refused_since_last_flush(registry: &Registry) -> Option<(u64
     ))
 }
 
+/// How many refusals the server reported so far (for [`refused_js_api`]).
+pub(crate) fn refusals_so_far(registry: &Registry) -> u64 {
+    registry.refusals.borrow().count
+}
+
+/// Resolves with the subject once the server refuses a publish to the
+/// JetStream API (`$JS.API.…`) after the `before`-th refusal: JetStream
+/// requests are publishes, and a user who may not make them otherwise
+/// learns of it only as a timeout.
+pub(crate) async fn refused_js_api(registry: &Registry, before: u64) -> String {
+    let mut refusals = registry.refusals.subscribe();
+    loop {
+        if let Some(subject) = refusals
+            .borrow_and_update()
+            .since(before)
+            .find(|subject| subject.starts_with("$JS.API."))
+        {
+            return subject.clone();
+        }
+        if refusals.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Whether `subject` is an inbox: the round trip's echo goes to one, and its
 /// refusal is no publish of the caller's.
 fn is_inbox(subject: &str) -> bool {
@@ -249,6 +274,9 @@ pub(crate) struct Notices {
     pub(crate) epoch: AtomicU64,
     pub(crate) lost: AtomicU64,
     pub(crate) disconnects: AtomicU64,
+    /// The server's refusal of the subscription (`Permissions Violation
+    /// for Subscription to …`), once it came.
+    pub(crate) refused: std::sync::OnceLock<String>,
     pub(crate) waker: AtomicWaker,
 }
 
@@ -257,6 +285,14 @@ impl Notices {
         counter.fetch_add(1, Ordering::Relaxed);
         self.epoch.fetch_add(1, Ordering::Release);
         self.waker.wake();
+    }
+
+    /// The server refused the subscription: its stream ends with one error.
+    fn refuse(&self, error: &str) {
+        if self.refused.set(error.to_string()).is_ok() {
+            self.epoch.fetch_add(1, Ordering::Release);
+            self.waker.wake();
+        }
     }
 }
 
@@ -267,6 +303,8 @@ struct Entry {
     exact: bool,
     /// The subscription's outages, for the "resubscribed" log line.
     link: SubscriptionLink,
+    /// The subject subscribed to, as the server names it in a refusal.
+    subject: String,
 }
 
 /// Live subscriptions of one connection, shared with its event callback.
@@ -328,6 +366,18 @@ fn refused_publish(error: &str) -> Option<String> {
     let subject = error[at + MARK.len()..]
         .trim()
         .trim_matches(['"', '\'', ' ']);
+    (!subject.is_empty()).then(|| subject.to_string())
+}
+
+/// The subject of a server error `Permissions Violation for Subscription
+/// to "S"` (followed by ` using queue "Q"` for a queue group).
+fn refused_subscription(error: &str) -> Option<String> {
+    const MARK: &str = "permissions violation for subscription to";
+    let at = error.to_ascii_lowercase().find(MARK)?;
+    let rest = error[at + MARK.len()..]
+        .trim()
+        .trim_start_matches(['\'', '"']);
+    let subject = rest.split(['"', '\'', ' ']).next().unwrap_or_default();
     (!subject.is_empty()).then(|| subject.to_string())
 }
 
@@ -454,6 +504,7 @@ impl Registry {
                 notices: notices.clone(),
                 exact,
                 link: SubscriptionLink::new(KIND, pattern),
+                subject: pattern.as_str().to_string(),
             },
         );
         (key, notices)
@@ -510,6 +561,23 @@ impl Registry {
                 self.closed.send_replace(true);
             }
             async_nats::Event::ServerError(error) => {
+                if let async_nats::ServerError::Other(text) = &error {
+                    if let Some(subject) = refused_subscription(text) {
+                        // The server does not say which SUB it refused, only
+                        // its subject; the same user is refused the same
+                        // subject every time, so every subscription to it is.
+                        let refused = self
+                            .entries()
+                            .values()
+                            .filter(|entry| entry.subject == subject)
+                            .map(|entry| entry.notices.refuse(text))
+                            .count();
+                        if refused == 0 {
+                            tracing::debug!(%subject, "nats: the server refused a subscription already gone");
+                        }
+                        return;
+                    }
+                }
                 let refused = match &error {
                     async_nats::ServerError::Other(text) => refused_publish(text),
                     _ => None,
@@ -563,5 +631,33 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_subscriptions_are_parsed() {
+        let cases = [
+            (
+                "Permissions Violation for Subscription to \"nosub.>\"",
+                Some("nosub.>"),
+            ),
+            (
+                "permissions violation for subscription to \"a.b\" using queue \"q\"",
+                Some("a.b"),
+            ),
+            (
+                "Permissions Violation for Subscription to 'x.*'",
+                Some("x.*"),
+            ),
+            ("Permissions Violation for Publish to \"a\"", None),
+            ("Permissions Violation for Subscription to \"\"", None),
+        ];
+        for (text, subject) in cases {
+            assert_eq!(refused_subscription(text).as_deref(), subject, "{text}");
+        }
     }
 }

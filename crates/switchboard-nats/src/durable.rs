@@ -643,7 +643,24 @@ pub(crate) async fn subscribe(
     // Timeouts are `Error::Timeout`, which is temporary: a JetStream cluster
     // electing a leader after losing a node answers nothing for a while.
     let timeout = shared.options.flush_timeout;
-    let stream = tokio::time::timeout(timeout, stream_for(context, pattern, shared.options.replicas))
+    // A user the server does not let use the JetStream API is refused at
+    // once: said then, naming the subject, instead of a timeout later.
+    let before = crate::connection::refusals_so_far(&shared.registry);
+    let refused = || async {
+        let subject = crate::connection::refused_js_api(&shared.registry, before).await;
+        Err::<std::convert::Infallible, _>(failed(
+            format!(
+                "the server refused this user's JetStream request to {subject:?} (Permissions Violation); durable subscriptions need publish permission on \"$JS.API.>\" (at least the STREAM and CONSUMER requests)"
+            ),
+            None,
+        ))
+    };
+    let stream = tokio::time::timeout(timeout, async {
+        tokio::select! {
+            stream = stream_for(context, pattern, shared.options.replicas) => stream,
+            refused = refused() => refused.map(|never| match never {}),
+        }
+    })
         .await
         .map_err(|_| Error::Timeout {
             broker: KIND,
@@ -664,10 +681,12 @@ pub(crate) async fn subscribe(
         .collect();
     shared.captured.add(captured);
     let name = durable.consumer().to_string();
-    let consumer = tokio::time::timeout(
-        shared.options.flush_timeout,
-        consumer_for(stream, pattern, durable),
-    )
+    let consumer = tokio::time::timeout(shared.options.flush_timeout, async {
+        tokio::select! {
+            consumer = consumer_for(stream, pattern, durable) => consumer,
+            refused = refused() => refused.map(|never| match never {}),
+        }
+    })
     .await
     .map_err(|_| Error::Timeout {
         broker: KIND,

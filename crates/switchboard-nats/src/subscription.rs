@@ -64,6 +64,19 @@ pub(crate) async fn subscribe(
     )
     .await
     .map_err(|(reason, source)| failed(reason, source))?;
+    // The server answers a SUB it refuses with an error, before the round
+    // trip's echo; async-nats hands that to the event callback, on a task of
+    // its own, so it is given a few turns to get there. A refusal that comes
+    // later still ends the stream with one error item.
+    for _ in 0..REFUSAL_TURNS {
+        if stream.notices.refused.get().is_some() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    if let Some(error) = stream.notices.refused.get() {
+        return Err(failed(refusal_reason(error, pattern), None));
+    }
     let client = shared.client.clone();
     let registry = shared.registry.clone();
     let timeout = shared.options.flush_timeout;
@@ -88,6 +101,18 @@ pub(crate) async fn subscribe(
                 }
             })
         }),
+    )
+}
+
+/// How many times `subscribe` lets other tasks run, after its round trip,
+/// for a refusal the server sent before the echo to reach the registry.
+const REFUSAL_TURNS: usize = 8;
+
+/// Why a subscription the server refused (`error` is its words) failed.
+fn refusal_reason(error: &str, pattern: &Pattern) -> String {
+    format!(
+        "the server refused the subscription (Permissions Violation): this user may not subscribe to {:?} (the server said: {error})",
+        pattern.as_str()
     )
 }
 
@@ -147,6 +172,8 @@ pub(crate) struct NatsStream {
     /// The subject of every message, when the pattern is a literal one.
     literal: Option<Subject>,
     last_subject: Option<Subject>,
+    /// The server refused the subscription and the stream said so: it has ended.
+    ended: bool,
 }
 
 impl NatsStream {
@@ -172,6 +199,7 @@ impl NatsStream {
             capacity,
             literal,
             last_subject: None,
+            ended: false,
         }
     }
 
@@ -180,6 +208,17 @@ impl NatsStream {
         let epoch = self.notices.epoch.load(Ordering::Acquire);
         if epoch == self.seen_epoch {
             return None;
+        }
+        if let Some(error) = self.notices.refused.get() {
+            // The server will send nothing on this subscription: waiting
+            // for messages would look like a quiet subject for ever.
+            self.ended = true;
+            return Some(Error::Subscribe {
+                broker: KIND,
+                pattern: self.pattern.as_str().to_string(),
+                reason: refusal_reason(error, &self.pattern),
+                source: None,
+            });
         }
         let disconnects = self.notices.disconnects.load(Ordering::Relaxed);
         if disconnects != self.seen_disconnects {
@@ -219,6 +258,9 @@ impl Stream for NatsStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
             if let Some(error) = this.take_notice() {
                 return Poll::Ready(Some(Err(error)));
             }

@@ -266,3 +266,83 @@ async fn three_flushes(broker: &NatsBroker) -> Vec<Error> {
     }
     errors
 }
+
+/// A nats-server whose user `u` may publish anywhere (`inboxes`: to
+/// `_INBOX.>` too) but not subscribe to `nosub.>`; its URL.
+fn no_subscribe_server(inboxes: bool) -> Option<(switchboard_testkit::NatsServer, String)> {
+    let auth = NatsAuth::new();
+    let publish = if inboxes {
+        r#"">""#
+    } else {
+        r#"{ deny: ["_INBOX.>"] }"#
+    };
+    let config = auth.write(
+        "nosub.conf",
+        &format!(
+            r#"authorization {{ users = [ {{ user: u, password: p-secret, permissions: {{ publish: {publish}, subscribe: {{ deny: ["nosub.>"] }} }} }} ] }}"#
+        ),
+    );
+    let server = switchboard_testkit::NatsServer::start(&["-c", &config.display().to_string()])?;
+    let url = server.url().replacen("nats://", "nats://u:p-secret@", 1);
+    Some((server, format!("{url}?flush_timeout=5s")))
+}
+
+/// Checks that `err` is the refusal of a subscription to `nosub.>`.
+fn assert_subscription_refused(err: &Error) {
+    let text = err.to_string();
+    assert!(matches!(err, Error::Subscribe { .. }), "{err:?}");
+    assert!(text.contains("Permissions Violation"), "{text}");
+    assert!(
+        text.contains(r#"this user may not subscribe to "nosub.>""#),
+        "{text}"
+    );
+    assert!(!text.contains("p-secret"), "{text}");
+}
+
+/// A subscription the server refuses fails `subscribe`, naming the
+/// refusal. Before, it looked like success: a logged warning, and a
+/// subscription waiting for ever for messages that could never come.
+#[tokio::test]
+async fn a_refused_subscription_fails_subscribe() {
+    let Some((_server, url)) = no_subscribe_server(true) else {
+        return;
+    };
+    let broker = switchboard_nats::connect(&url).await.unwrap();
+    for _ in 0..20 {
+        let err = broker.subscribe_to("nosub.>").await.unwrap_err();
+        assert_subscription_refused(&err);
+    }
+    // Allowed subjects still work on the same connection.
+    round_trip(&broker).await;
+    broker.close().await.unwrap();
+}
+
+/// Without the round trip's echo (the user may not publish to `_INBOX.>`)
+/// the refusal can come after `subscribe` returned: the subscription then
+/// yields one error item saying so, and ends.
+#[tokio::test]
+async fn a_refusal_after_subscribe_returned_ends_the_subscription() {
+    use futures::StreamExt;
+    let Some((_server, url)) = no_subscribe_server(false) else {
+        return;
+    };
+    let broker = switchboard_nats::connect(&url).await.unwrap();
+    match broker.subscribe_to("nosub.>").await {
+        Err(err) => assert_subscription_refused(&err),
+        Ok(mut subscription) => {
+            let wait = std::time::Duration::from_secs(5);
+            let item = tokio::time::timeout(wait, subscription.next())
+                .await
+                .expect("the refusal is an item");
+            match item {
+                Some(Err(err)) => assert_subscription_refused(&err),
+                other => panic!("{other:?}"),
+            }
+            let end = tokio::time::timeout(wait, subscription.next())
+                .await
+                .expect("the stream ends");
+            assert!(end.is_none(), "{end:?}");
+        }
+    }
+    broker.close().await.unwrap();
+}

@@ -16,7 +16,7 @@ use switchboard_core::{
     async_trait, Acknowledge, Delivery, Durable, Error, Message, Pattern, Result, Subject,
     Subscription, SubscriptionLink,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::connection::Conn;
@@ -97,7 +97,28 @@ pub(crate) async fn subscribe(
         member: member.clone(),
         releasing: releasing.clone(),
     };
-    let task = tokio::spawn(run(target, options, control, member, tx, conn, shutdown));
+    // The member's first reads run before `subscribe_durable` returns, so a
+    // user whose ACL refuses them (or an `ack_wait` Redis does not take)
+    // gets one error from it instead of a subscription that reconnects for
+    // ever.
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let pattern_text = member.pattern.to_string();
+    let task = tokio::spawn(run(
+        target, options, control, member, tx, conn, shutdown, ready_tx,
+    ));
+    match ready_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => {
+            return Err(Error::Subscribe {
+                broker: KIND,
+                pattern: pattern_text,
+                reason,
+                source: None,
+            })
+        }
+        // The task ended without a word: only the handle's close does that.
+        Err(_) => return Err(Error::Closed { broker: KIND }),
+    }
     Ok(
         Subscription::new(pattern.clone(), None, inbox).with_close(move || {
             Box::pin(async move {
@@ -244,6 +265,35 @@ async fn release(control: &Control, member: &Member, held: Vec<(String, u32)>) {
     }
 }
 
+/// What the member's task learns while it reads, for its reconnect loop.
+struct Progress {
+    /// Told once the first reads succeeded (or why they cannot), so
+    /// `subscribe` returns only then.
+    ready: Option<oneshot::Sender<std::result::Result<(), String>>>,
+    /// Whether Redis answered a read on the current connection: only then
+    /// is the member back, and the next loss a new outage.
+    read: bool,
+}
+
+impl Progress {
+    /// Redis answered a read: the member is (back) up.
+    fn answered(&mut self, link: &mut SubscriptionLink) {
+        if !self.read {
+            self.read = true;
+            link.resubscribed();
+        }
+    }
+
+    /// The first reads went through: `subscribe` may return.
+    fn ready(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(Ok(()));
+        }
+    }
+}
+
+// The task's inputs, each needed for as long as it runs.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     target: Target,
     options: RedisOptions,
@@ -252,10 +302,15 @@ async fn run(
     tx: mpsc::Sender<Item>,
     first: Conn,
     mut shutdown: watch::Receiver<bool>,
+    ready: oneshot::Sender<std::result::Result<(), String>>,
 ) {
     let mut first = Some(first);
     let mut link = SubscriptionLink::new(KIND, &member.pattern);
     let mut backoff = options.reconnect_backoff.attempts();
+    let mut progress = Progress {
+        ready: Some(ready),
+        read: false,
+    };
     let name = format!("{}-durable", options.client_name());
     loop {
         let opened = match first.take() {
@@ -268,38 +323,61 @@ async fn run(
         };
         match opened {
             Ok(conn) => {
-                link.resubscribed();
-                backoff.succeeded();
+                progress.read = false;
                 let reason = tokio::select! {
-                    end = pump(conn, &member, &control, &tx) => match end {
+                    end = pump(conn, &member, &control, &tx, &mut progress, &mut link) => match end {
                         End::Lost(reason) => reason,
                         End::Dropped => return,
-                        End::Removed(reason) => {
-                            let _ = tx.send(Err(Error::Subscribe {
-                                broker: KIND,
-                                pattern: member.pattern.to_string(),
-                                reason,
-                                source: None,
-                            })).await;
+                        End::Removed(reason) | End::Refused(reason) => {
+                            // Permanent: the same reads on a new connection
+                            // get the same answer, so the subscription ends
+                            // (or never starts) with one error.
+                            match progress.ready.take() {
+                                Some(ready) => {
+                                    let _ = ready.send(Err(reason));
+                                }
+                                None => {
+                                    let _ = tx.send(Err(Error::Subscribe {
+                                        broker: KIND,
+                                        pattern: member.pattern.to_string(),
+                                        reason,
+                                        source: None,
+                                    })).await;
+                                }
+                            }
                             return;
                         }
                     },
                     _ = ended(&mut shutdown) => return,
                 };
-                link.lost(&reason);
-                let report = Err(Error::Disconnected {
-                    broker: KIND,
-                    reason: format!(
-                        "the durable subscription to '{}' lost its connection ({reason}); reconnecting. Nothing is lost: its messages wait in the stream",
-                        member.pattern
-                    ),
-                });
-                tokio::select! {
-                    sent = tx.send(report) => if sent.is_err() { return },
-                    _ = ended(&mut shutdown) => return,
+                // A connection lost during the first reads still makes a
+                // subscription: it reports the loss and reconnects.
+                progress.ready();
+                // One error item per outage: a connection that broke again
+                // before Redis answered a read belongs to the same outage.
+                if link.lost(&reason) {
+                    let report = Err(Error::Disconnected {
+                        broker: KIND,
+                        reason: format!(
+                            "the durable subscription to '{}' lost its connection ({reason}); reconnecting. Nothing is lost: its messages wait in the stream",
+                            member.pattern
+                        ),
+                    });
+                    tokio::select! {
+                        sent = tx.send(report) => if sent.is_err() { return },
+                        _ = ended(&mut shutdown) => return,
+                    }
                 }
+                // Only a connection Redis answered reads on resets the
+                // backoff: one that fails right after each reconnect (an
+                // error reply that is not a refusal) waits longer each time
+                // instead of every 100 ms.
+                if progress.read {
+                    backoff.succeeded();
+                }
+                let delay = backoff.failed();
                 tokio::select! {
-                    _ = tokio::time::sleep(options.reconnect_backoff.min()) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = tx.closed() => return,
                     _ = ended(&mut shutdown) => return,
                 }
@@ -332,11 +410,21 @@ enum End {
     Lost(String),
     /// The consumer group or stream is gone (`remove_durable`): why.
     Removed(String),
+    /// Redis refuses the reads themselves (the user's ACL, an argument it
+    /// does not take): why. Not a lost connection.
+    Refused(String),
 }
 
 /// Delivers entries until the connection breaks or the subscription is dropped.
-async fn pump(conn: Conn, member: &Member, control: &Arc<Control>, tx: &mpsc::Sender<Item>) -> End {
-    match deliver_all(conn, member, control, tx).await {
+async fn pump(
+    conn: Conn,
+    member: &Member,
+    control: &Arc<Control>,
+    tx: &mpsc::Sender<Item>,
+    progress: &mut Progress,
+    link: &mut SubscriptionLink,
+) -> End {
+    match deliver_all(conn, member, control, tx, progress, link).await {
         Ok(never) => match never {},
         Err(end) => end,
     }
@@ -347,6 +435,8 @@ async fn deliver_all(
     member: &Member,
     control: &Arc<Control>,
     tx: &mpsc::Sender<Item>,
+    progress: &mut Progress,
+    link: &mut SubscriptionLink,
 ) -> std::result::Result<std::convert::Infallible, End> {
     let ack_wait_ms = member.ack_wait.as_millis().max(1).to_string();
     let max_deliver = member.max_deliver.to_string();
@@ -374,6 +464,7 @@ async fn deliver_all(
                 &[&ack_wait_ms, &batch, &max_deliver, &from, "1"],
             )
             .await?;
+            progress.answered(link);
             if !read.is_empty() {
                 own = Some(next);
             }
@@ -390,10 +481,14 @@ async fn deliver_all(
                     &[&ack_wait_ms, &batch, &max_deliver, &cursor, "0"],
                 )
                 .await?;
+                progress.answered(link);
                 cursor = next;
                 entries.extend(claimed);
             }
             if entries.is_empty() {
+                // The claims went through; a read that blocks for `POLL`
+                // is no reason to keep `subscribe` waiting.
+                progress.ready();
                 let args: [&[u8]; 11] = [
                     b"XREADGROUP",
                     b"GROUP",
@@ -408,6 +503,9 @@ async fn deliver_all(
                     b">",
                 ];
                 let reply = answered(&mut conn, member, &args).await;
+                if matches!(reply, Ok(Frame::Array(_))) {
+                    progress.answered(link);
+                }
                 match reply {
                     Ok(Frame::Array(Some(streams))) => {
                         for stream in streams {
@@ -428,6 +526,11 @@ async fn deliver_all(
                     Err(e) => return Err(End::Lost(e.to_string())),
                 }
             }
+        }
+        if !entries.is_empty() {
+            // Sending may wait for a reader, which `subscribe` has not
+            // returned to yet.
+            progress.ready();
         }
         let mut entries = entries.into_iter();
         while let Some(entry) = entries.next() {
@@ -461,7 +564,9 @@ async fn deliver_all(
 }
 
 /// Why reading failed when Redis answered an error: the group or stream
-/// was removed (`remove_durable`; the subscription ends), or something else.
+/// was removed (`remove_durable`; the subscription ends), Redis refuses the
+/// reads themselves (see [`refusal`]; the subscription ends), or something
+/// else (the member reconnects).
 /// On a cluster a stream that vanished under a blocked read may have been
 /// migrated to another node (resharding): the member reconnects, and its
 /// next read says which (`NOGROUP` when removed, `MOVED` or `ASK` when moved).
@@ -476,9 +581,112 @@ fn gone(member: &Member, error: &[u8]) -> End {
             "the durable consumer '{}' no longer exists in Redis (removed with remove_durable?); the subscription ends: {text}",
             member.group
         ))
+    } else if refusal(&text) {
+        End::Refused(format!(
+            "Redis refuses the reads of the durable consumer '{}' on stream {} (it answered {text}); not a lost connection: trying again gets the same answer{}",
+            member.group,
+            member.stream,
+            if text.starts_with("NOPERM") || text.contains("can't") {
+                format!("; {ACL_NEEDS}")
+            } else if text.contains("min-idle-time") {
+                format!("; ack_wait {:?} is longer than Redis takes", member.ack_wait)
+            } else {
+                String::new()
+            }
+        ))
     } else {
         End::Lost(format!("Redis answered {text}"))
     }
+}
+
+/// What an ACL user needs for durable subscriptions, as errors say it.
+const ACL_NEEDS: &str = "an ACL user of durable subscriptions needs the commands FCALL, XREADGROUP, XAUTOCLAIM, XPENDING, XACK and XCLAIM, the keys `~switchboard:durable*` and the channels `&switchboard:durable:*`";
+
+/// Whether an error reply refuses the command itself rather than telling of
+/// a passing state: the user's ACL (`NOPERM`, or a function calling a
+/// command the ACL denies), or arguments Redis does not take (an `ack_wait`
+/// beyond `XAUTOCLAIM`'s range). A new connection gets the same answer, so
+/// reconnecting would loop for ever. Passing states (`LOADING`, `BUSY`,
+/// `MASTERDOWN`, `TRYAGAIN`, `READONLY` in a failover, `MOVED`/`ASK`) are
+/// not refusals.
+fn refusal(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    if lower.starts_with("noperm") || lower.starts_with("wrongtype") {
+        return true;
+    }
+    lower.starts_with("err")
+        && [
+            "can't run this command",
+            "can't access",
+            "no permissions",
+            "invalid",
+            "wrong number of arguments",
+            "syntax error",
+            "unknown command",
+            "out of range",
+            "not an integer",
+        ]
+        .iter()
+        .any(|mark| lower.contains(mark))
+}
+
+/// The commands of the claim function this user may not run. Redis says
+/// only that a function's command was refused, not which, so each is sent
+/// with an argument it rejects after the ACL check: a `NOPERM` answer
+/// names it, and nothing is read, claimed or acknowledged.
+async fn denied_commands(conn: &mut Conn, member: &Member) -> Vec<&'static str> {
+    let (stream, group, name) = (
+        member.stream.as_bytes(),
+        member.group.as_bytes(),
+        member.name.as_bytes(),
+    );
+    let probes: [(&'static str, Vec<&[u8]>); 5] = [
+        // An unbalanced list of streams.
+        (
+            "XREADGROUP",
+            vec![
+                b"XREADGROUP",
+                b"GROUP",
+                group,
+                name,
+                b"COUNT",
+                b"1",
+                b"STREAMS",
+                stream,
+            ],
+        ),
+        // COUNT must be above 0.
+        (
+            "XAUTOCLAIM",
+            vec![
+                b"XAUTOCLAIM",
+                stream,
+                group,
+                name,
+                b"0",
+                b"0-0",
+                b"COUNT",
+                b"0",
+            ],
+        ),
+        // Not an id.
+        (
+            "XPENDING",
+            vec![b"XPENDING", stream, group, b"-", b"+", b"x"],
+        ),
+        ("XACK", vec![b"XACK", stream, group, b"x"]),
+        ("XCLAIM", vec![b"XCLAIM", stream, group, name, b"x", b"0-1"]),
+    ];
+    let mut denied = Vec::new();
+    for (command, args) in probes {
+        match answered(conn, member, &args).await {
+            Ok(Frame::Error(e)) if e.starts_with(b"NOPERM") => denied.push(command),
+            Ok(_) => {}
+            // The connection broke: what is known so far.
+            Err(_) => break,
+        }
+    }
+    denied
 }
 
 /// Runs the claim function (`args`: min idle, count, max deliver, cursor,
@@ -524,7 +732,19 @@ async fn claim(
             };
             Ok((next, entries))
         }
-        Ok(Frame::Error(e)) => Err(gone(member, &e)),
+        Ok(Frame::Error(e)) => match gone(member, &e) {
+            End::Refused(reason) if e.windows(14).any(|w| w == b"can't run this") => {
+                let denied = denied_commands(conn, member).await;
+                Err(End::Refused(match denied.as_slice() {
+                    [] => reason,
+                    denied => format!(
+                        "this user may not run {}, which durable subscriptions need: {reason}",
+                        denied.join(", ")
+                    ),
+                }))
+            }
+            end => Err(end),
+        },
         Ok(other) => Err(End::Lost(format!(
             "unexpected reply to the claim function: {}",
             other.describe()

@@ -251,3 +251,66 @@ async fn a_user_without_the_durable_keys_publishes_plainly() {
     publisher.close().await.unwrap();
     subscriber.close().await.unwrap();
 }
+
+/// `subscribe_durable` for a user whose ACL refuses one of the durable
+/// reads' commands, on a server of its own; the error within 10 s.
+async fn durable_refused(denied: &str, durable: switchboard_core::Durable) -> Error {
+    let acl = [
+        "--user",
+        "part",
+        "on",
+        ">ppw-secret",
+        "~*",
+        "&*",
+        "+@all",
+        denied,
+        "--user",
+        "default",
+        "off",
+    ];
+    let server = RedisServer::start(&acl).expect("redis-server");
+    let url = format!("redis://part:ppw-secret@127.0.0.1:{}", server.port());
+    let broker = switchboard_redis::connect(&url).await.unwrap();
+    assert!(broker.capabilities().durable, "{denied}");
+    let subscribed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        broker.subscribe_durable_to("a.>", &durable),
+    )
+    .await
+    .expect("subscribe_durable answers");
+    let err = match subscribed {
+        Ok(_) => panic!("{denied}: subscribe_durable succeeded for a user who may not read"),
+        Err(err) => err,
+    };
+    broker.close().await.unwrap();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Subscribe { .. }), "{err:?}");
+    assert!(!text.contains("ppw-secret"), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+    assert!(text.contains("a.>"), "{text}");
+    err
+}
+
+/// A durable subscription Redis refuses to serve (the ACL denies a command
+/// of its reads, or `ack_wait` is beyond `XAUTOCLAIM`'s range) fails with
+/// one error naming what is missing. Before, each refusal counted as a lost
+/// connection: the subscription reconnected every 100 ms for ever.
+#[tokio::test]
+async fn a_durable_subscription_redis_refuses_fails_naming_why() {
+    if switchboard_testkit::process::find_program("redis-server").is_none() {
+        return;
+    }
+    let durable = || switchboard_core::Durable::new("d1").unwrap();
+    for denied in ["-xautoclaim", "-xreadgroup"] {
+        let err = durable_refused(denied, durable()).await;
+        let command = denied.trim_start_matches('-').to_ascii_uppercase();
+        assert!(
+            err.to_string()
+                .contains(&format!("this user may not run {command}")),
+            "{denied}: {err}"
+        );
+    }
+    let huge = durable().ack_wait(std::time::Duration::from_secs(99_999_999_999_999_999));
+    let err = durable_refused("+@all", huge).await;
+    assert!(err.to_string().contains("min-idle-time"), "{err}");
+}
