@@ -277,7 +277,9 @@ impl Running {
     /// [`close_broker`](crate::Worker::close_broker)) the broker get what is left of
     /// it; a step that does not finish in time is abandoned and listed in
     /// [`Summary::errors`]. Handlers cancelled at the end of the grace period
-    /// get at most one more second to give their message back.
+    /// get at most one more second to give their message back, and closing
+    /// the subscriptions, which gives back what they fetched ahead, gets at
+    /// least a second too.
     pub async fn wait(mut self) -> Summary {
         let mut subscriptions = Vec::with_capacity(self.routes);
         let mut errors = Vec::new();
