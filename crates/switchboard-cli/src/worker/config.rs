@@ -247,7 +247,21 @@ pub(crate) fn parse(name: &str, text: &str) -> anyhow::Result<Config> {
 /// `schema` paths are relative to `base`.
 pub(crate) fn parse_in(name: &str, text: &str, base: &Path) -> anyhow::Result<Config> {
     let fail = |span: Option<Range<usize>>, message: &str| {
-        let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+        // serde's words for the two slips it cannot name itself.
+        if message.contains("invalid type: map, expected a sequence") {
+            message.push_str("; each route is a [[route]] table, with two brackets");
+        } else if [
+            "expected i64",
+            "expected u32",
+            "expected u64",
+            "expected usize",
+        ]
+        .iter()
+        .any(|expected| message.contains(expected))
+        {
+            message.push_str("; write a whole number without quotes");
+        }
         match span {
             Some(span) => anyhow::anyhow!("{name}:{}: {message}", line_of(text, span.start)),
             None => anyhow::anyhow!("{name}: {message}"),
@@ -429,7 +443,19 @@ fn attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(d)?;
+    /// A bare number is read to say what to write instead.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Text(String),
+        Number(f64),
+    }
+    let text = match Written::deserialize(d)? {
+        Written::Text(text) => text,
+        Written::Number(n) => return Err(de::Error::custom(format!(
+            "a duration is text with a unit: write \"{n}s\" or \"{n}ms\", not the bare number {n}"
+        ))),
+    };
     humantime::parse_duration(&text).map(Some).map_err(|error| {
         de::Error::custom(format!(
             "bad duration {text:?}: {error}; write it like \"250ms\", \"5s\" or \"1m 30s\""
@@ -773,6 +799,18 @@ dead_letter = false
             (
                 "[[route]]\non = \"a\"\nlog = true\ntimeout = \"5 parsecs\"\n",
                 "r.toml:4: bad duration",
+            ),
+            (
+                "[[route]]\non = \"a\"\nlog = true\ntimeout = 5\n",
+                "r.toml:4: a duration is text with a unit: write \"5s\"",
+            ),
+            (
+                "[route]\non = \"a\"\nlog = true\n",
+                "r.toml:1: invalid type: map, expected a sequence; each route is a [[route]] table, with two brackets",
+            ),
+            (
+                "[[route]]\non = \"a\"\nlog = true\nconcurrency = \"4\"\n",
+                "r.toml:4: invalid type: string \"4\", expected i64; write a whole number without quotes",
             ),
             ("[[route]]\nlog = true\n", "r.toml:1: missing field `on`"),
             (
