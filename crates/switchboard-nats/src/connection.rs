@@ -221,7 +221,7 @@ pub(crate) async fn refused_since_last_flush(registry: &Registry) -> Option<(u64
         .recent
         .iter()
         .rev()
-        .find(|subject| !is_inbox(subject))
+        .find(|subject| !is_own_request(subject))
     {
         Some(subject) => format!(", e.g. to {subject:?}"),
         None => String::new(),
@@ -257,10 +257,12 @@ pub(crate) async fn refused_js_api(registry: &Registry, before: u64) -> String {
     }
 }
 
-/// Whether `subject` is an inbox: the round trip's echo goes to one, and its
-/// refusal is no publish of the caller's.
-fn is_inbox(subject: &str) -> bool {
-    subject.starts_with("_INBOX.")
+/// Whether `subject` is one the adapter publishes to itself: an inbox (the
+/// round trip's echo) or the JetStream API (its durable subscriptions'
+/// requests, whose refusal fails the subscription). Its refusal is no
+/// publish of the caller's, for a flush to report.
+fn is_own_request(subject: &str) -> bool {
+    subject.starts_with("_INBOX.") || subject.starts_with("$JS.API.")
 }
 
 /// Bit set on registry keys that are not async-nats sids (see [`sid_of`](crate::subscription::sid_of)).
@@ -588,7 +590,7 @@ impl Registry {
                         tracing::debug!(%subject, "nats: the server refused a publish");
                         self.refusals.send_modify(|refusals| {
                             refusals.count += 1;
-                            if !is_inbox(&subject) {
+                            if !is_own_request(&subject) {
                                 refusals.publishes += 1;
                             }
                             if refusals.recent.len() == Refusals::KEPT {

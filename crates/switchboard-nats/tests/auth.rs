@@ -346,3 +346,45 @@ async fn a_refusal_after_subscribe_returned_ends_the_subscription() {
     }
     broker.close().await.unwrap();
 }
+
+/// A durable subscription whose JetStream requests the server refuses fails
+/// at once naming the `$JS.API` subject (it timed out after 10 s), and the
+/// refusal of the adapter's own request is no refused publish of the
+/// caller's: the next flush succeeds.
+#[tokio::test]
+async fn a_durable_subscription_jetstream_refuses_fails_at_once() {
+    let auth = NatsAuth::new();
+    let config = auth.write(
+        "nojs.conf",
+        r#"authorization { users = [ { user: u, password: p-secret, permissions: { publish: { deny: ["$JS.API.CONSUMER.>"] } } } ] }"#,
+    );
+    let store = auth.dir().join("js");
+    let Some(server) = switchboard_testkit::NatsServer::start(&[
+        "-js",
+        "-sd",
+        &store.display().to_string(),
+        "-c",
+        &config.display().to_string(),
+    ]) else {
+        return;
+    };
+    let url = server.url().replacen("nats://", "nats://u:p-secret@", 1);
+    let broker = switchboard_nats::connect(&url).await.unwrap();
+    let started = std::time::Instant::now();
+    let durable = switchboard_core::Durable::new("nojs").unwrap();
+    let err = broker
+        .subscribe_durable_to("nojs.>", &durable)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("$JS.API"), "{text}");
+    assert!(!text.contains("p-secret"), "{text}");
+    // Not the 10 s timeout (a "does not hang" bound).
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    broker.flush().await.unwrap();
+    broker.close().await.unwrap();
+}

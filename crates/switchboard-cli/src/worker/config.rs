@@ -452,9 +452,11 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
     }
     let text = match Written::deserialize(d)? {
         Written::Text(text) => text,
-        Written::Number(n) => return Err(de::Error::custom(format!(
+        Written::Number(n) => {
+            return Err(de::Error::custom(format!(
             "a duration is text with a unit: write \"{n}s\" or \"{n}ms\", not the bare number {n}"
-        ))),
+        )))
+        }
     };
     humantime::parse_duration(&text).map(Some).map_err(|error| {
         de::Error::custom(format!(
