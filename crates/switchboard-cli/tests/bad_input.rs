@@ -8,18 +8,24 @@ use std::time::{Duration, Instant};
 
 use harness::{assert_one_error_line, switchboard, wait_output};
 
-/// Runs `switchboard ARGS...` and checks it fails within a few seconds with
-/// exit code `code` and, for code 1, one error line containing `expected`.
-fn fails(args: &[&str], code: i32, expected: &str) {
-    let started = Instant::now();
+/// Runs `switchboard ARGS...` with `env` set, stdin empty, for at most 20 s.
+fn run_with(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let child = switchboard()
         .args(args)
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let output = wait_output(child, Duration::from_secs(20));
+    wait_output(child, Duration::from_secs(20))
+}
+
+/// Runs `switchboard ARGS...` and checks it fails within a few seconds with
+/// exit code `code` and, for code 1, one error line containing `expected`.
+fn fails(args: &[&str], code: i32, expected: &str) {
+    let started = Instant::now();
+    let output = run_with(args, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
     assert!(
@@ -382,15 +388,10 @@ fn an_empty_broker_url_counts_as_unset() {
     let Some(_) = harness::broker_url("nats", "an_empty_broker_url_counts_as_unset") else {
         return;
     };
-    let child = switchboard()
-        .env("BROKER_URL", "")
-        .args(["send", "--on", "sbtest.empty_env", "hi"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = wait_output(child, Duration::from_secs(20));
+    let output = run_with(
+        &["send", "--on", "sbtest.empty_env", "hi"],
+        &[("BROKER_URL", "")],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
 }

@@ -29,6 +29,42 @@ fn bridge(args: &[&str]) -> Process {
     process
 }
 
+/// A bridge from NATS to a redis-server of the test's own, started with
+/// `extra` arguments after `--from --to --on`, which has forwarded one
+/// message (`a`) on `subject`; what the tests of a destination that dies
+/// start from.
+struct ToOwnRedis {
+    redis: switchboard_testkit::RedisServer,
+    args: Vec<String>,
+    pattern: String,
+    subject: String,
+    first: Process,
+}
+
+impl ToOwnRedis {
+    fn start(nats: &str, tag: &str, extra: &[&str]) -> Option<ToOwnRedis> {
+        let redis = switchboard_testkit::RedisServer::start(&[])?;
+        let prefix = unique(tag);
+        let (pattern, subject) = (format!("{prefix}.>"), format!("{prefix}.n"));
+        let mut args: Vec<String> = ["--from", nats, "--to", &redis.url(), "--on", &pattern]
+            .iter()
+            .map(|arg| arg.to_string())
+            .collect();
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        let first = bridge(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let at_destination = listener(&redis.url(), &["--on", &pattern, "--count", "1"]);
+        send(nats, &["--on", &subject, "a"], b"");
+        assert_eq!(at_destination.lines(1), [format!("[{subject}] a")]);
+        Some(ToOwnRedis {
+            redis,
+            args,
+            pattern,
+            subject,
+            first,
+        })
+    }
+}
+
 /// Messages sent on `from` reach a listener on `to` as the same JSON lines
 /// a listener on `from` prints; the bridge exits 0 after --count.
 fn forwards(from: &str, to: &str) {
@@ -216,31 +252,18 @@ fn a_durable_bridge_gives_back_what_it_could_not_forward() {
     let Some(nats) = broker_url("nats", "bridge_gives_back") else {
         return;
     };
-    let Some(mut redis) = switchboard_testkit::RedisServer::start(&[]) else {
+    let name = format!("back-{}", std::process::id());
+    let extra = ["--durable", name.as_str(), "--retry-for", "2s"];
+    let Some(ToOwnRedis {
+        mut redis,
+        args,
+        pattern,
+        subject,
+        first,
+    }) = ToOwnRedis::start(&nats, "bridgeback", &extra)
+    else {
         return;
     };
-    let to = redis.url();
-    let prefix = unique("bridgeback");
-    let pattern = format!("{prefix}.>");
-    let subject = format!("{prefix}.n");
-    let name = format!("back-{}", std::process::id());
-    let args = [
-        "--from",
-        nats.as_str(),
-        "--to",
-        to.as_str(),
-        "--on",
-        pattern.as_str(),
-        "--durable",
-        name.as_str(),
-        "--retry-for",
-        "2s",
-    ];
-    let first = bridge(&args);
-    let at_destination = listener(&to, &["--on", &pattern, "--count", "1"]);
-    send(&nats, &["--on", &subject, "a"], b"");
-    assert_eq!(at_destination.lines(1), [format!("[{subject}] a")]);
-    drop(at_destination);
     redis.process.kill();
     // The bridge fails on the first message it cannot forward (at once, or
     // at the flush that follows), tries again for 2 s, gives it back and
@@ -249,8 +272,8 @@ fn a_durable_bridge_gives_back_what_it_could_not_forward() {
     let (status, _, stderr) = first.wait(PATIENCE);
     assert_eq!(status.code(), Some(1), "{stderr}");
     redis.process.start_again();
-    let at_destination = listener(&to, &["--on", &pattern, "--count", "1"]);
-    let mut again = args.to_vec();
+    let at_destination = listener(&redis.url(), &["--on", &pattern, "--count", "1"]);
+    let mut again: Vec<&str> = args.iter().map(String::as_str).collect();
     again.extend_from_slice(&["--count", "1"]);
     let second = bridge(&again);
     // Within PATIENCE (20 s): before the 30 s ack wait is over.
@@ -370,30 +393,16 @@ fn a_bridge_that_gives_up_counts_what_it_received_and_lost() {
     let Some(nats) = broker_url("nats", "bridge_gives_up") else {
         return;
     };
-    let Some(mut redis) = switchboard_testkit::RedisServer::start(&[]) else {
+    let extra = ["--retry-for", "2s", "--flush", "20ms"];
+    let Some(ToOwnRedis {
+        mut redis,
+        subject,
+        first,
+        ..
+    }) = ToOwnRedis::start(&nats, "bridgelost", &extra)
+    else {
         return;
     };
-    let to = redis.url();
-    let prefix = unique("bridgelost");
-    let pattern = format!("{prefix}.>");
-    let subject = format!("{prefix}.n");
-    let args = [
-        "--from",
-        nats.as_str(),
-        "--to",
-        to.as_str(),
-        "--on",
-        pattern.as_str(),
-        "--retry-for",
-        "2s",
-        "--flush",
-        "20ms",
-    ];
-    let first = bridge(&args);
-    let at_destination = listener(&to, &["--on", &pattern, "--count", "1"]);
-    send(&nats, &["--on", &subject, "a"], b"");
-    assert_eq!(at_destination.lines(1), [format!("[{subject}] a")]);
-    drop(at_destination);
     // Settled by a flush tick before the destination goes.
     std::thread::sleep(std::time::Duration::from_millis(500));
     redis.process.kill();

@@ -161,6 +161,11 @@ pub struct SubscriptionLink {
 }
 
 impl SubscriptionLink {
+    /// The pattern subscribed to, as given to [`SubscriptionLink::new`].
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
     /// The link of a subscription to `pattern` that is up.
     pub fn new(broker: &'static str, pattern: impl fmt::Display) -> Self {
         SubscriptionLink {

@@ -303,10 +303,9 @@ struct Entry {
     /// Whether the key is the async-nats sid, so `SlowConsumer(sid)` can be
     /// matched to exactly this subscription.
     exact: bool,
-    /// The subscription's outages, for the "resubscribed" log line.
+    /// The subscription's outages, for the "resubscribed" log line; its
+    /// pattern is the subject the server names in a refusal.
     link: SubscriptionLink,
-    /// The subject subscribed to, as the server names it in a refusal.
-    subject: String,
 }
 
 /// Live subscriptions of one connection, shared with its event callback.
@@ -506,7 +505,6 @@ impl Registry {
                 notices: notices.clone(),
                 exact,
                 link: SubscriptionLink::new(KIND, pattern),
-                subject: pattern.as_str().to_string(),
             },
         );
         (key, notices)
@@ -571,7 +569,7 @@ impl Registry {
                         let refused = self
                             .entries()
                             .values()
-                            .filter(|entry| entry.subject == subject)
+                            .filter(|entry| entry.link.pattern() == subject)
                             .map(|entry| entry.notices.refuse(text))
                             .count();
                         if refused == 0 {
