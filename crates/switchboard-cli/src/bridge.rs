@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use futures::{FutureExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use switchboard::{AnyBroker, Delivery, Durable, Pattern, QueueGroup};
 
 use crate::connection;
@@ -222,12 +222,6 @@ async fn ride_out(
 /// How long giving deliveries back to the source may take once --to failed.
 const GIVE_BACK: Duration = Duration::from_secs(5);
 
-/// Gives `deliveries` back to the source ([`Delivery::hand_back`]: the
-/// bridge closes its subscription right after): whether --to has them is
-/// unknown, and a durable or group source then delivers them again at once
-/// to the next bridge, instead of after its ack wait (a no-op on a source
-/// that does not redeliver). Bounded by [`GIVE_BACK`]: the source may be
-/// failing too.
 /// Most messages [`take_unread`] takes: a subscription's buffer is bounded
 /// by its capacity, which can be large.
 const MAX_UNREAD: usize = 1 << 20;
@@ -236,17 +230,21 @@ const MAX_UNREAD: usize = 1 << 20;
 fn take_unread(subscription: &mut switchboard::Subscription) -> Vec<Delivery> {
     let mut unread = Vec::new();
     while unread.len() < MAX_UNREAD {
-        // Outside the task's budget: a tokio channel answers `Pending` once
-        // it is spent, which would read as "nothing more buffered".
-        match tokio::task::unconstrained(subscription.next()).now_or_never() {
-            Some(Some(Ok(delivery))) => unread.push(delivery),
-            Some(Some(Err(_))) => continue,
-            Some(None) | None => break,
+        match subscription.next_ready() {
+            Some(Ok(delivery)) => unread.push(delivery),
+            Some(Err(_)) => continue,
+            None => break,
         }
     }
     unread
 }
 
+/// Gives `deliveries` back to the source ([`Delivery::hand_back`]: the
+/// bridge closes its subscription right after): whether --to has them is
+/// unknown, and a durable or group source then delivers them again at once
+/// to the next bridge, instead of after its ack wait (a no-op on a source
+/// that does not redeliver). Bounded by [`GIVE_BACK`]: the source may be
+/// failing too.
 async fn give_back(deliveries: impl IntoIterator<Item = Delivery>) {
     let giving = async {
         for mut delivery in deliveries {

@@ -91,6 +91,19 @@ impl Subscription {
         self.group.as_ref()
     }
 
+    /// The next item this subscription has already received, without
+    /// waiting: `None` when nothing is ready or it has ended. For giving back
+    /// what a reader that stops reading still holds (the worker at shutdown,
+    /// the bridge giving up).
+    ///
+    /// It looks outside the task's cooperative budget: a tokio channel
+    /// answers `Pending` once the budget is spent (128 receives), which
+    /// would read as "nothing more ready" and leave the rest uncounted.
+    pub fn next_ready(&mut self) -> Option<Result<Delivery>> {
+        use futures::{FutureExt as _, StreamExt as _};
+        tokio::task::unconstrained(self.next()).now_or_never()?
+    }
+
     /// Unsubscribes and waits until the broker has been told.
     pub async fn close(self) -> Result<()> {
         let Subscription { stream, close, .. } = self;

@@ -157,15 +157,12 @@ impl RouteTask {
         } else {
             tokio::time::Instant::now() + shared.grace
         };
-        // What the subscription already buffered is given back. Outside the
-        // task's cooperative budget: a tokio channel answers `Pending` once
-        // the budget is spent (128 receives), which read as "nothing more
-        // buffered" and left the rest uncounted.
+        // What the subscription already buffered is given back.
         for _ in 0..MAX_DRAIN {
-            match tokio::task::unconstrained(subscription.next()).now_or_never() {
-                Some(Some(Ok(delivery))) => self.give_back(delivery).await,
-                Some(Some(Err(_))) => continue,
-                Some(None) | None => break,
+            match subscription.next_ready() {
+                Some(Ok(delivery)) => self.give_back(delivery).await,
+                Some(Err(_)) => continue,
+                None => break,
             }
         }
         let finished = tokio::time::timeout_at(deadline, async {
