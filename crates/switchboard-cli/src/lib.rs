@@ -106,8 +106,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
-    /// Print the man page (roff): `switchboard man > switchboard.1`.
-    Man,
+    /// Print a man page (roff): `switchboard man > switchboard.1`, `switchboard man send`, or every page with `--dir`.
+    Man(completions::ManArgs),
 }
 
 impl Cli {
@@ -203,7 +203,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(&url, args).await,
         Command::RemoveDurable(args) => remove_durable::run(&url, args).await,
         Command::Completions(args) => completions::completions(&args),
-        Command::Man => completions::man(),
+        Command::Man(args) => completions::man(&args),
         Command::Demo(args) => demo::run(cli.broker.as_deref().unwrap_or("memory://"), args).await,
     }
 }

@@ -68,3 +68,64 @@ fn the_man_page_is_roff_with_every_subcommand() {
         assert!(page.contains(subcommand), "{subcommand} missing");
     }
 }
+
+#[test]
+fn every_page_the_main_page_names_can_be_printed() {
+    let main = String::from_utf8(switchboard().arg("man").output().unwrap().stdout).unwrap();
+    assert!(!main.contains("switchboard\\-help(1)"), "help has no page");
+    let named: Vec<String> = main
+        .lines()
+        .filter_map(|line| line.strip_prefix("switchboard\\-")?.strip_suffix("(1)"))
+        .map(|name| name.replace("\\-", "-"))
+        .collect();
+    assert!(named.len() >= SUBCOMMANDS.len(), "{named:?}");
+    for name in &named {
+        let output = switchboard().args(["man", name]).output().unwrap();
+        assert!(output.status.success(), "man {name}");
+        let page = String::from_utf8(output.stdout).unwrap();
+        let title = format!(".TH switchboard-{name} 1");
+        assert!(
+            page.contains(&title),
+            "man {name}: {}",
+            &page[..80.min(page.len())]
+        );
+    }
+}
+
+#[test]
+fn man_dir_writes_every_page_and_an_unknown_page_is_a_usage_error() {
+    let dir = std::env::temp_dir().join(format!("switchboard-man-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = switchboard()
+        .args(["man", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let mut written: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(output.status.success(), "{output:?}");
+    assert!(written.contains(&"switchboard.1".to_owned()), "{written:?}");
+    for subcommand in SUBCOMMANDS {
+        assert!(
+            written.contains(&format!("switchboard-{subcommand}.1")),
+            "{subcommand} missing from {written:?}"
+        );
+    }
+    assert!(
+        !written.iter().any(|name| name.contains("help")),
+        "{written:?}"
+    );
+
+    let output = switchboard().args(["man", "sned"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no man page for `sned`") && stderr.contains("send"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
