@@ -1,12 +1,13 @@
 //! Commands run for a message (the worker's `exec` action, `reply --command`):
 //! each started in a process group of its own, fed its input while its output
-//! is read, and killed with everything it started when it is cancelled.
+//! is read, and killed with everything it started when it is cancelled — or
+//! when switchboard itself is killed (see [`Guardian`]).
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::io;
+use std::io::{self, Write as _};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use switchboard::Bytes;
 use tokio::io::AsyncWriteExt as _;
@@ -19,6 +20,9 @@ use tokio::process::{Child, Command};
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Children {
     groups: Arc<Mutex<HashSet<u32>>>,
+    /// Started with the first command, so that a worker without `exec`
+    /// routes starts no process of its own.
+    guardian: Arc<OnceLock<Option<Guardian>>>,
 }
 
 impl Children {
@@ -27,6 +31,32 @@ impl Children {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    fn guardian(&self) -> Option<&Guardian> {
+        self.guardian.get_or_init(Guardian::start).as_ref()
+    }
+
+    /// Lists `pgid`, with the guardian too, under one lock so that the
+    /// guardian hears of each group in the order it came and went.
+    fn insert(&self, pgid: u32) {
+        let mut groups = self.groups();
+        groups.insert(pgid);
+        if let Some(guardian) = self.guardian() {
+            guardian.tell('+', pgid);
+        }
+    }
+
+    /// Unlists `pgid`; false if it was not listed (`kill_all` took it).
+    fn remove(&self, pgid: u32) -> bool {
+        let mut groups = self.groups();
+        let listed = groups.remove(&pgid);
+        if listed {
+            if let Some(guardian) = self.guardian.get().and_then(Option::as_ref) {
+                guardian.tell('-', pgid);
+            }
+        }
+        listed
     }
 
     /// Kills the process group of every command still running (SIGKILL);
@@ -62,7 +92,7 @@ struct KillGroup {
 impl KillGroup {
     fn arm(pgid: Option<u32>, children: &Children) -> Self {
         if let Some(pgid) = pgid {
-            children.groups().insert(pgid);
+            children.insert(pgid);
         }
         KillGroup {
             pgid,
@@ -73,7 +103,7 @@ impl KillGroup {
     /// The command exited by itself: nothing to kill.
     fn disarm(&mut self) {
         if let Some(pgid) = self.pgid.take() {
-            self.children.groups().remove(&pgid);
+            self.children.remove(pgid);
         }
     }
 }
@@ -82,7 +112,7 @@ impl Drop for KillGroup {
     fn drop(&mut self) {
         if let Some(pgid) = self.pgid.take() {
             // Not listed any more means `kill_all` has killed it already.
-            if self.children.groups().remove(&pgid) {
+            if self.children.remove(pgid) {
                 kill_groups(&[pgid]);
             }
         }
@@ -104,6 +134,9 @@ pub(crate) struct Running {
 /// keeps a terminal's Ctrl-C from reaching it: switchboard decides when it
 /// is stopped.
 pub(crate) fn spawn(command: &mut Command, children: &Children) -> io::Result<Running> {
+    // Before the command, so that it is never running unguarded.
+    #[cfg(unix)]
+    children.guardian();
     command.kill_on_drop(true);
     #[cfg(unix)]
     command.process_group(0);
@@ -141,5 +174,78 @@ impl Running {
         // the group's id may be given to another process).
         self.guard.disarm();
         Ok(status)
+    }
+}
+
+/// A `sh` that outlives switchboard to kill the commands it left running.
+///
+/// A switchboard killed with SIGKILL (the OOM killer, `kill -9`, a
+/// container runtime out of patience) runs no destructor, and its commands
+/// would run on with no one to stop them. So the first command starts this
+/// guardian: a shell in a process group of its own, told on its stdin each
+/// group that starts (`+ PGID`) and ends (`- PGID`). Its stdin closes when
+/// switchboard exits, however it exits — the kernel closes the pipe — and
+/// the guardian then kills every group still listed, and exits.
+///
+/// A shell and not a thread or a prctl: nothing in a killed process runs,
+/// and a parent-death signal needs code between fork and exec, which
+/// `unsafe_code = "forbid"` rules out (and would reach the command only, not
+/// what it started). A command started in the instant before switchboard was
+/// killed, before the guardian heard of it, is not covered.
+#[derive(Debug)]
+struct Guardian {
+    stdin: Mutex<std::process::ChildStdin>,
+}
+
+/// The guardian's script: a list of groups as a space-separated string, and
+/// signals that would stop it early ignored (its own group spares it a
+/// terminal's Ctrl-C; a `kill` of switchboard's group spares it too).
+const GUARDIAN_SCRIPT: &str = r#"trap '' HUP INT TERM
+groups=' '
+while read -r op id; do
+  case "$op" in
+    +) groups="$groups$id " ;;
+    -) case "$groups" in *" $id "*) groups="${groups%%" $id "*} ${groups#*" $id "}" ;; esac ;;
+  esac
+done
+for id in $groups; do kill -s KILL -- "-$id" 2>/dev/null; done
+"#;
+
+impl Guardian {
+    /// Starts the guardian, or says on stderr why there is none (commands
+    /// then run as before: killed on every exit but SIGKILL).
+    fn start() -> Option<Guardian> {
+        let mut command = std::process::Command::new("sh");
+        command
+            .args(["-c", GUARDIAN_SCRIPT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        match command.spawn() {
+            // Never waited for: it exits after switchboard does, or when the
+            // last `Children` is dropped, moments before switchboard exits.
+            Ok(mut child) => child.stdin.take().map(|stdin| Guardian {
+                stdin: Mutex::new(stdin),
+            }),
+            Err(error) => {
+                tracing::warn!(
+                    "cannot start `sh` to watch the commands run for messages ({error}): \
+                     were switchboard killed with SIGKILL, they would run on"
+                );
+                None
+            }
+        }
+    }
+
+    fn tell(&self, op: char, pgid: u32) {
+        let mut stdin = match self.stdin.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // A guardian killed by hand is no reason to fail a message: its
+        // commands are still killed on every exit but SIGKILL.
+        let _ = writeln!(stdin, "{op} {pgid}");
     }
 }

@@ -188,3 +188,98 @@ fn a_second_ctrl_c_kills_running_exec_commands_before_exiting() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Waits until `pid` has exited, or fails the test naming what outlived what.
+fn wait_gone(pid: u32, what: &str, stderr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} (pid {pid}) outlived the SIGKILLed switchboard; stderr:\n{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A command whose shell started a child of its own and waits for it, and
+/// writes the child's pid to `pid_file` once it runs.
+fn shell_with_a_child(pid_file: &std::path::Path) -> String {
+    let pid_file = pid_file.display();
+    format!("sleep 300 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait")
+}
+
+#[test]
+fn a_sigkilled_worker_takes_its_exec_commands_and_their_children_with_it() {
+    let Some(url) = broker_url("nats", "a_sigkilled_worker_takes_its_exec_commands") else {
+        return;
+    };
+    let subject = unique("sigkilled");
+    let dir = TempDir::new("sigkilled");
+    let pid_file = dir.path("pid");
+    let config = dir.write(
+        "reactions.toml",
+        &format!(
+            "[[route]]\non = \"{subject}\"\nexec = [\"sh\", \"-c\", \"{}\"]\n",
+            shell_with_a_child(&pid_file)
+        ),
+    );
+    let worker = Process::start(
+        &["--broker", &url, "worker", "--config", &config],
+        Stdout::Read,
+    );
+    worker.wait_stderr("worker ready", PATIENCE);
+    publish_many(&url, &subject, 1, 1);
+    let pid: u32 = wait_for_file(&pid_file).trim().parse().unwrap();
+    let _cleanup = KillOnDrop(Some(pid));
+    assert!(alive(pid));
+    worker.signal("KILL");
+    let (status, _stdout, stderr) = worker.wait(EXIT_PATIENCE);
+    assert_eq!(status.code(), None, "{status}; {stderr}");
+    wait_gone(pid, "the exec command's child", &stderr);
+}
+
+#[test]
+fn a_sigkilled_reply_takes_its_running_command_with_it() {
+    let Some(url) = broker_url("nats", "a_sigkilled_reply_takes_its_command") else {
+        return;
+    };
+    let subject = unique("sigkilledreply");
+    let dir = TempDir::new("sigkilledreply");
+    let pid_file = dir.path("pid");
+    let reply = Process::start(
+        &[
+            "--broker",
+            &url,
+            "reply",
+            "--on",
+            &subject,
+            "--command-timeout",
+            "120s",
+            "--command",
+            &shell_with_a_child(&pid_file),
+        ],
+        Stdout::Read,
+    );
+    reply.wait_stderr("answering", PATIENCE);
+    let request = Process::start(
+        &[
+            "--broker",
+            &url,
+            "request",
+            "--on",
+            &subject,
+            "--timeout",
+            "30s",
+            "ping",
+        ],
+        Stdout::Read,
+    );
+    let pid: u32 = wait_for_file(&pid_file).trim().parse().unwrap();
+    let _cleanup = KillOnDrop(Some(pid));
+    assert!(alive(pid));
+    reply.signal("KILL");
+    let (_status, _stdout, stderr) = reply.wait(EXIT_PATIENCE);
+    wait_gone(pid, "the reply command's child", &stderr);
+    request.signal("KILL");
+    let _ = request.wait(EXIT_PATIENCE);
+}
