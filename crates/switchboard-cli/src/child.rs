@@ -8,6 +8,7 @@ use std::future::Future;
 use std::io::{self, Write as _};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use switchboard::Bytes;
 use tokio::io::AsyncWriteExt as _;
@@ -148,12 +149,24 @@ pub(crate) fn spawn(command: &mut Command, children: &Children) -> io::Result<Ru
     Ok(Running { child, guard })
 }
 
+/// How long the output of a command that has exited is still read: what it
+/// wrote before exiting is in the pipe already, so this only bounds the wait
+/// for a process it left running (`job &`) that holds the same pipe.
+const OUTPUT_LINGER: Duration = Duration::from_millis(250);
+
 impl Running {
     /// Writes `input` to the command's stdin and closes it, while `out` and
     /// `err` read its stdout and stderr, and waits for it to exit: all at once,
     /// because a command may print more than a pipe holds before it has read
     /// all its input (`cat` of a large message), and would block for ever on
     /// its output if its input were written first.
+    ///
+    /// The command's exit decides, not the end of its output: a process it
+    /// left running in the background that still holds its stdout, stderr or
+    /// stdin (`sleep 60 & echo ok`) would otherwise keep the attempt waiting
+    /// until its timeout, and a command that exited 0 be called timed out.
+    /// Such a process is left running, as a shell would leave it; what it
+    /// writes after [`OUTPUT_LINGER`] is not read.
     pub(crate) async fn finish(
         mut self,
         input: Bytes,
@@ -168,11 +181,33 @@ impl Running {
                 let _ = stdin.shutdown().await;
             }
         };
-        let ((), (), (), status) = tokio::join!(feed, out, err, self.child.wait());
-        let status = status?;
+        let pipes = async {
+            tokio::join!(feed, out, err);
+        };
+        tokio::pin!(pipes);
+        let exited = self.child.wait();
+        tokio::pin!(exited);
+        let mut pipes_done = false;
+        let status = loop {
+            tokio::select! {
+                status = &mut exited => break status?,
+                () = &mut pipes, if !pipes_done => pipes_done = true,
+            }
+        };
         // It exited by itself: nothing to kill (and once its group is empty,
         // the group's id may be given to another process).
         self.guard.disarm();
+        if !pipes_done
+            && tokio::time::timeout(OUTPUT_LINGER, &mut pipes)
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                "a command exited ({status}) but left a process running that holds its \
+                 stdin, stdout or stderr: its output from now on is not read (redirect a \
+                 background job's, e.g. `job >/dev/null 2>&1 &`)"
+            );
+        }
         Ok(status)
     }
 }

@@ -495,6 +495,50 @@ exec = ["sh", "-c", "echo started > {mark}; sleep 1; cat >> {out}"]
     assert!(stderr.contains("0 unfinished"), "{stderr}");
 }
 
+/// A command that exits 0 but leaves a background job holding its stdout
+/// succeeds: its exit decides, not the end of its output (it was called
+/// timed out after `timeout` and failed).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_that_exits_leaving_a_job_on_its_output_succeeds() {
+    let Some(broker) = nats_or_skip("a_command_that_exits_leaving_a_job_on_its_output").await
+    else {
+        return;
+    };
+    let prefix = unique("bgjob");
+    let dir = TempDir::new("bgjob");
+    let pid_file = dir.path("pid");
+    let config = dir.write(
+        "reactions.toml",
+        &format!(
+            r#"
+[[route]]
+on = "{prefix}.jobs"
+attempts = 1
+dead_letter = false
+timeout = "5s"
+exec = ["sh", "-c", "sleep 300 & echo $! > {pid}; echo started the job"]
+"#,
+            pid = pid_file.display()
+        ),
+    );
+    let worker = WorkerProcess::start(&nats_url(), &config, &["--count", "1"]);
+    publish(
+        &broker,
+        Message::new(format!("{prefix}.jobs"), "x").unwrap(),
+    )
+    .await;
+    let (status, _stdout, stderr) = worker.wait(Duration::from_secs(30));
+    let job = wait_for_file(&pid_file, "\n");
+    let _ = Command::new("kill").args(["-KILL", job.trim()]).status();
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+    assert!(stderr.contains("started the job"), "{stderr}");
+    assert!(
+        stderr.contains("left a process running that holds its"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 handled"), "{stderr}");
+}
+
 /// Runs `switchboard worker --config <config> <extra>` on the memory broker and
 /// asserts it fails with one line `error: <config>:<line>: ...` containing `what`.
 fn assert_refused(config: &Path, extra: &[&str], line: usize, what: &str) {
