@@ -143,13 +143,22 @@ pub(crate) async fn run(url: &str, args: ReplyArgs) -> anyhow::Result<ExitCode> 
                 anyhow::bail!("the broker ended the subscription to '{pattern}'");
             }
         };
-        tokio::select! {
-            done = answer_one(delivery, &answer) => {
+        let mut delivery = delivery;
+        let mut settled = false;
+        let interrupted = tokio::select! {
+            done = answer_one(&mut delivery, &answer, &mut settled) => {
                 if done {
                     answered += 1;
                 }
+                None
             }
-            signal = signals.recv() => break Some(signal),
+            signal = signals.recv() => Some(signal),
+        };
+        if let Some(signal) = interrupted {
+            if !settled {
+                stopped_mid_request(&mut delivery, signal).await;
+            }
+            break Some(signal);
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), subscription.close()).await;
@@ -158,11 +167,35 @@ pub(crate) async fn run(url: &str, args: ReplyArgs) -> anyhow::Result<ExitCode> 
     Ok(stopped_by.map_or(ExitCode::SUCCESS, |signal| signal.exit_code()))
 }
 
+/// Tells the requester whose request a signal interrupted that no answer
+/// will come (a command being run for it was killed with its group), and
+/// settles the delivery: left unsettled, the requester waited out its
+/// timeout and RabbitMQ's client warned of a delivery dropped unacknowledged.
+async fn stopped_mid_request(delivery: &mut Delivery, signal: crate::signals::Signal) {
+    let told = async {
+        let description = format!("the replier stopped ({signal}) before answering; send it again");
+        let _ = delivery.reply_error(503, &description).await;
+        let _ = delivery.ack().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(2), told)
+        .await
+        .is_ok()
+    {
+        eprintln!(
+            "told the requester of {} that it will get no answer",
+            text_brief(delivery)
+        );
+    }
+}
+
 /// Answers one delivery; whether it was a request that got its reply.
-async fn answer_one(mut delivery: Delivery, answer: &Answer) -> bool {
-    let shown = text_brief(&delivery);
+/// `settled` is set once the delivery is acknowledged (with or without a
+/// reply), so that a signal after that does not answer it twice.
+async fn answer_one(delivery: &mut Delivery, answer: &Answer, settled: &mut bool) -> bool {
+    let shown = text_brief(delivery);
     if !delivery.is_request() {
         eprintln!("warning: skipped {shown}: it was published, not sent as a request");
+        *settled = true;
         let _ = delivery.ack().await;
         return false;
     }
@@ -180,7 +213,7 @@ async fn answer_one(mut delivery: Delivery, answer: &Answer) -> bool {
             command,
             timeout,
             children,
-        } => run_command(command, *timeout, children, &delivery)
+        } => run_command(command, *timeout, children, delivery)
             .await
             .map(|output| (output, Default::default()))
             .map_err(|reason| CommandFailure { command, reason }),
@@ -215,6 +248,7 @@ async fn answer_one(mut delivery: Delivery, answer: &Answer) -> bool {
             })
         }
     };
+    *settled = true;
     let _ = delivery.ack().await;
     match outcome {
         Ok(()) => {

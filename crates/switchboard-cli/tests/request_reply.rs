@@ -256,11 +256,22 @@ fn a_command_past_its_timeout_is_killed_with_its_children() {
 /// process group goes with it.
 #[test]
 fn ctrl_c_kills_a_running_command_with_its_children() {
-    let Some(url) = broker_url("nats", "ctrl_c_kills_a_running_command") else {
+    ctrl_c_mid_request_kills_the_command_and_tells_the_requester("nats");
+}
+
+#[test]
+fn ctrl_c_mid_request_tells_the_requester_on_amqp() {
+    ctrl_c_mid_request_kills_the_command_and_tells_the_requester("amqp");
+}
+
+/// The request a signal interrupted gets an error reply at once (it waited
+/// out its timeout), and RabbitMQ's delivery is settled, not dropped.
+fn ctrl_c_mid_request_kills_the_command_and_tells_the_requester(kind: &str) {
+    let Some(url) = broker_url(kind, "ctrl_c_kills_a_running_command") else {
         return;
     };
     let subject = format!("{}.interrupted", unique("rr"));
-    let sleeper = Sleeper::new("rr-interrupted", 38);
+    let sleeper = Sleeper::new(&format!("rr-interrupted-{kind}"), 38);
     let answering = replier(&url, &["--on", &subject, "--command", &sleeper.command]);
     let asking = {
         let url = url.clone();
@@ -268,7 +279,7 @@ fn ctrl_c_kills_a_running_command_with_its_children() {
         std::thread::spawn(move || {
             run(
                 &url,
-                &["request", "--on", &subject, "--timeout", "5s", "x"],
+                &["request", "--on", &subject, "--timeout", "60s", "x"],
                 b"",
             )
         })
@@ -278,8 +289,15 @@ fn ctrl_c_kills_a_running_command_with_its_children() {
     let (status, _, stderr) = answering.wait(PATIENCE);
     assert_eq!(status.code(), Some(130), "{stderr}");
     sleeper.assert_gone(&stderr);
+    assert!(stderr.contains("told the requester"), "{stderr}");
+    assert!(!stderr.contains("without ack"), "{stderr}");
     let asked = asking.join().unwrap();
     assert_eq!(asked.status.code(), Some(1), "{asked:?}");
+    let said = String::from_utf8_lossy(&asked.stderr);
+    assert!(
+        said.contains("the replier stopped (Ctrl-C) before answering"),
+        "{said}"
+    );
 }
 
 /// Nobody subscribed: the request fails at once (well within its timeout),
