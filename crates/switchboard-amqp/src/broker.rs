@@ -61,7 +61,7 @@ impl AmqpBroker {
     /// Awaits every confirm in the window, for at most the flush timeout.
     async fn drain(&self) -> Result<()> {
         let after = self.options().flush_timeout;
-        let deadline = tokio::time::Instant::now() + after;
+        let deadline = switchboard_core::deadline(after);
         self.inner.confirms.drain(after, deadline).await
     }
 }
@@ -79,6 +79,10 @@ impl Publisher for AmqpBroker {
     }
 
     async fn flush(&self) -> Result<()> {
+        // As on every broker: a closed handle has nothing to flush, and says so.
+        if self.inner.sessions.is_closed() {
+            return Err(Error::Closed { broker: KIND });
+        }
         self.drain().await
     }
 }
@@ -195,7 +199,7 @@ impl Broker for AmqpBroker {
         }
         sessions.link.close();
         let after = self.options().flush_timeout;
-        let deadline = tokio::time::Instant::now() + after;
+        let deadline = switchboard_core::deadline(after);
         let flushed = self.inner.confirms.drain(after, deadline).await;
         sessions.announce_closed();
         sessions.close(deadline).await;

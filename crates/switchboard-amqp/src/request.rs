@@ -33,7 +33,7 @@ pub(crate) async fn request(
     message: Message,
     timeout: Duration,
 ) -> Result<Message> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = switchboard_core::deadline(timeout);
     let subject = message.subject().clone();
     let timed_out = || Error::request_timeout(KIND, subject.as_str(), timeout);
     let asking = async {

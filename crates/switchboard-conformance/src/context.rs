@@ -223,6 +223,13 @@ impl Suite {
     /// Connects for case `case`. When the broker does not answer, prints
     /// `skipped: <broker> at <url> does not answer: <error>` to stderr and
     /// returns `None` — or panics if [`REQUIRE_BROKERS_ENV`] is `1`.
+    ///
+    /// Only a broker that does not answer (a connect error that
+    /// [`is_temporary`](switchboard_core::Error::is_temporary): refused, timed
+    /// out, not resolved) skips. Any other failure panics whatever the
+    /// environment says: a URL the adapter cannot parse, a scheme nobody
+    /// registered, refused credentials or TLS are the adapter's or the
+    /// setup's bugs, and skipping them reported every case passed.
     pub async fn context(&self, case: &'static str) -> Option<Context> {
         self.context_or_skip(case, brokers_required()).await
     }
@@ -238,6 +245,13 @@ impl Suite {
                 self.connector.clone(),
                 broker,
             )),
+            Err(error) if !does_not_answer(&error) => panic!(
+                "{} at {} could not be connected to, and not because it does not answer: \
+                 {error} (fix the URL, the adapter's connect or its registration; only a \
+                 broker that does not answer skips the suite)",
+                self.broker,
+                redact_url(&url),
+            ),
             Err(error) if require => panic!(
                 "{} at {} does not answer: {error} ({REQUIRE_BROKERS_ENV}=1 requires it; \
                  start the broker or point {} at one)",
@@ -255,6 +269,14 @@ impl Suite {
             }
         }
     }
+}
+
+/// Whether `error` says the broker is not there (nothing listens, or it did
+/// not answer in time), as opposed to the connection being wrong.
+fn does_not_answer(error: &switchboard_core::Error) -> bool {
+    error
+        .connect_kind()
+        .is_some_and(switchboard_core::ConnectKind::is_temporary)
 }
 
 /// What a case works with: a connected broker, the means to open more

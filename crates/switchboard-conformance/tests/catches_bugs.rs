@@ -574,3 +574,39 @@ async fn run_all_fails_naming_the_case() {
         .run_all_but(&[("no_silent_loss_under_flood", "not about headers")])
         .await;
 }
+
+/// A suite whose connector fails with `error`, as a third-party adapter's
+/// might, at a URL its environment variable does not override.
+fn failing_suite(error: fn(&str) -> Error) -> Suite {
+    Suite::new(
+        "myecho",
+        "SWITCHBOARD_CONFORMANCE_TEST_UNSET_URL",
+        "myecho://",
+        Connector::new(move |url: String| async move { Err::<MemoryBroker, _>(error(&url)) }),
+    )
+}
+
+/// A URL the adapter cannot parse (or a forgotten `register`) is its bug,
+/// not a broker that is away: the suite fails instead of skipping every case
+/// (it reported all of them passed).
+#[tokio::test]
+#[should_panic(expected = "not because it does not answer: invalid broker URL myecho://")]
+async fn a_connect_bug_fails_the_suite_even_when_brokers_are_optional() {
+    let suite = failing_suite(|url| Error::invalid_url(url, "the parser rejects everything"));
+    let _ = suite.context_or_skip("a_connect_bug", false).await;
+}
+
+/// A broker that does not answer skips, when brokers are optional.
+#[tokio::test]
+async fn a_broker_that_does_not_answer_skips() {
+    let suite = failing_suite(|url| {
+        Error::connect(
+            "myecho",
+            url,
+            switchboard_core::ConnectKind::Refused,
+            "connection refused",
+            None,
+        )
+    });
+    assert!(suite.context_or_skip("not_there", false).await.is_none());
+}

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -265,8 +265,13 @@ impl Hub {
     }
 }
 
-fn hubs() -> &'static Mutex<HashMap<String, Weak<Hub>>> {
-    static HUBS: OnceLock<Mutex<HashMap<String, Weak<Hub>>>> = OnceLock::new();
+/// The named hubs, kept for the whole process as a server is kept up between
+/// its clients' connections: a consumer that connects after the producer has
+/// closed its handle finds what its durable consumer kept (with weak
+/// references here, the hub went with the producer's last handle, and so did
+/// the kept messages, without an error).
+fn hubs() -> &'static Mutex<HashMap<String, Arc<Hub>>> {
+    static HUBS: OnceLock<Mutex<HashMap<String, Arc<Hub>>>> = OnceLock::new();
     HUBS.get_or_init(Default::default)
 }
 
@@ -306,22 +311,16 @@ impl MemoryBroker {
     }
 
     /// A handle on the process-wide hub called `name` (created if needed; the
-    /// empty name is the default hub `memory://` uses). The hub lives while a
-    /// handle on it does.
+    /// empty name is the default hub `memory://` uses). A named hub lives as
+    /// long as the process, with its durable consumers and what they keep,
+    /// whether or not a handle on it is open.
     pub fn named(name: &str) -> Self {
         let mut hubs = match hubs().lock() {
             Ok(h) => h,
             Err(poisoned) => poisoned.into_inner(),
         };
-        hubs.retain(|_, hub| hub.strong_count() > 0);
-        let hub = match hubs.get(name).and_then(Weak::upgrade) {
-            Some(hub) => hub,
-            None => {
-                let hub = Arc::new(Hub::default());
-                hubs.insert(name.to_string(), Arc::downgrade(&hub));
-                hub
-            }
-        };
+        let hub = hubs.entry(name.to_string()).or_default().clone();
+        drop(hubs);
         Self::on_hub(hub, name)
     }
 
@@ -410,7 +409,7 @@ impl MemoryBroker {
             .map_err(|_| Error::Closed { broker: KIND })?
             .change(|routes| routes.push(route));
         let guard = Unroute {
-            hub: Arc::downgrade(&self.hub),
+            hub: Arc::clone(&self.hub),
             id,
         };
         Ok(Subscription::new(
@@ -421,17 +420,18 @@ impl MemoryBroker {
     }
 }
 
-/// Removes a route when its subscription's stream is dropped.
+/// Removes a route when its subscription's stream is dropped. It holds the
+/// hub, as a subscription on a real broker outlives the handle it was made
+/// with (`connect(url).await?.subscribe(..)` drops the handle at once; the
+/// subscription ended then, on a private hub).
 struct Unroute {
-    hub: Weak<Hub>,
+    hub: Arc<Hub>,
     id: u64,
 }
 
 impl Drop for Unroute {
     fn drop(&mut self) {
-        if let Some(hub) = self.hub.upgrade() {
-            hub.remove(self.id);
-        }
+        self.hub.remove(self.id);
     }
 }
 
@@ -683,6 +683,55 @@ mod tests {
 
     fn pattern(text: &str) -> Pattern {
         Pattern::new(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As on a real broker: the subscription outlives the handle it was
+    /// made with (it ended at once, the hub gone with the handle).
+    #[tokio::test]
+    async fn a_subscription_outlives_the_handle_it_was_made_with() -> Result<()> {
+        let mut alone = MemoryBroker::new().subscribe(&pattern("cache.a")).await?;
+        let name = format!("outlives-{}", std::process::id());
+        let mut named = MemoryBroker::named(&name)
+            .subscribe(&pattern("cache.a"))
+            .await?;
+        let publisher = MemoryBroker::named(&name);
+        publisher.publish(message("1")).await?;
+        assert_eq!(next_payload(&mut named).await.as_deref(), Some(&b"1"[..]));
+        // Nobody can publish to the private hub any more: it ends only when dropped.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), alone.next())
+                .await
+                .is_err(),
+            "the subscription ended with its handle"
+        );
+        Ok(())
+    }
+
+    /// A named hub is kept for the process, as a server between its
+    /// clients' connections: what a durable consumer kept is there for the
+    /// consumer that connects after the producer has closed (it was lost,
+    /// with no error, when the hub went with the producer's last handle).
+    #[tokio::test]
+    async fn a_durable_consumer_keeps_messages_after_every_handle_has_closed() -> Result<()> {
+        let name = format!("kept-{}", std::process::id());
+        let durable = Durable::new("orders")?;
+        {
+            let producer = MemoryBroker::named(&name);
+            drop(
+                producer
+                    .subscribe_durable(&pattern("cache.>"), &durable)
+                    .await?,
+            );
+            producer.publish(message("kept")).await?;
+            producer.flush().await?;
+            producer.close().await?;
+        }
+        let consumer = MemoryBroker::named(&name);
+        let mut kept = consumer
+            .subscribe_durable(&pattern("cache.>"), &durable)
+            .await?;
+        assert_eq!(next_payload(&mut kept).await.as_deref(), Some(&b"kept"[..]));
+        Ok(())
     }
 
     #[tokio::test]

@@ -225,7 +225,7 @@ impl Broker for NatsBroker {
         let timeout = self.shared.options.flush_timeout;
         // Everything below shares one deadline: while the connection is down
         // (or frozen) async-nats neither flushes nor reports the end of a drain.
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = switchboard_core::deadline(timeout);
         let client = &self.shared.client;
         // Write out what was published, then let async-nats unsubscribe
         // everything, deliver what is in flight and close the connection;

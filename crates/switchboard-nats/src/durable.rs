@@ -334,7 +334,7 @@ pub(crate) async fn confirm_pending(shared: &Shared) -> Result<()> {
         failures,
     } = std::mem::take(&mut *shared.captured.window());
     let timeout = shared.options.flush_timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = switchboard_core::deadline(timeout);
     let mut count = pending.len() + confirmed;
     let timed_out = |count: usize| Error::Flush {
         broker: KIND,

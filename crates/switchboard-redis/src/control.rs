@@ -103,7 +103,7 @@ impl Control {
         let mut renewed = false;
         // Reconnecting (and a server still loading its data after a restart)
         // is retried with the backoff for up to the connect timeout.
-        let give_up = tokio::time::Instant::now() + self.options.connect_timeout;
+        let give_up = switchboard_core::deadline(self.options.connect_timeout);
         let mut backoff = self.options.reconnect_backoff.attempts();
         loop {
             // A connection kept from earlier may have died meanwhile (a

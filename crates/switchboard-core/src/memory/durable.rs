@@ -171,7 +171,7 @@ impl Consumer {
             }
             Some(delay) => {
                 if let Some(pending) = state.pending.get_mut(&seq) {
-                    pending.due = Instant::now() + delay;
+                    pending.due = crate::deadline(delay);
                 }
             }
         }
