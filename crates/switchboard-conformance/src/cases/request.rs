@@ -14,8 +14,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// With `capabilities.request_reply`: a subscriber on another connection
 /// receives a request (`is_request()`), replies with a payload and a header,
 /// and the requester gets exactly that reply, reported on the request's
-/// subject; a plain publish is not a request
-/// and replying to it fails with [`ErrorKind::Unsupported`]. Without the
+/// subject; so does a request whose timeout is `Duration::MAX`; a plain
+/// publish is not a request and replying to it fails with
+/// [`ErrorKind::Unsupported`]. Without the
 /// capability, `request` fails with [`ErrorKind::Unsupported`] at once.
 pub async fn request_gets_the_reply(ctx: &Context) {
     let subject = ctx.subject("request");
@@ -75,6 +76,11 @@ pub async fn request_gets_the_reply(ctx: &Context) {
             .reply_with("pong", headers)
             .await
             .expect("replying to a request failed");
+        let unhurried = recv(&mut requests).await;
+        unhurried
+            .reply("no hurry")
+            .await
+            .expect("replying to a request failed");
         requests
     });
     let request = msg(subject.clone(), "ping")
@@ -105,6 +111,22 @@ pub async fn request_gets_the_reply(ctx: &Context) {
         "the reply's header was lost: {:?}",
         reply.headers()
     );
+    // "As long as it takes" is a timeout too (it panicked on Redis and
+    // RabbitMQ, overflowing the deadline).
+    let reply = timeout(
+        REQUEST_TIMEOUT + RECEIVE_TIMEOUT,
+        ctx.broker()
+            .request(msg(subject.clone(), "whenever"), Duration::MAX),
+    )
+    .await
+    .expect("request with Duration::MAX did not resolve")
+    .unwrap_or_else(|e| {
+        panic!(
+            "{}: request with Duration::MAX failed: {e}",
+            ctx.broker_name()
+        )
+    });
+    assert_eq!(reply.payload_str(), Some("no hurry"));
     answering.await.expect("the responder failed");
 }
 
