@@ -724,31 +724,44 @@ const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// (nack with requeue) once `ack_wait` is over unsettled: RabbitMQ has no
 /// per-consumer ack deadline (only a server-wide consumer timeout that
 /// closes the channel), so the adapter keeps it.
+///
+/// The timer holds the acker itself, so that a delivery dropped unsettled
+/// (a `?` that bailed out) is given back after `ack_wait` as on every other
+/// broker; it held a weak reference, and such a message stayed
+/// unacknowledged, holding a prefetch slot, for as long as the subscription
+/// lived. Settling the delivery stops the timer.
 struct DurableAcker {
     slot: Arc<Mutex<Option<Box<AmqpAcker>>>>,
     subject: Subject,
+    timer: tokio::task::AbortHandle,
 }
 
 impl DurableAcker {
     fn start(acker: AmqpAcker, ack_wait: Duration) -> Self {
         let subject = acker.subject.clone();
         let slot = Arc::new(Mutex::new(Some(Box::new(acker))));
-        let waiting = Arc::downgrade(&slot);
-        tokio::spawn(async move {
+        let waiting = Arc::clone(&slot);
+        let timer = tokio::spawn(async move {
             tokio::time::sleep(ack_wait).await;
-            let Some(slot) = waiting.upgrade() else {
-                return;
-            };
-            let acker = take(&slot);
-            if let Some(acker) = acker {
+            if let Some(acker) = take(&waiting) {
                 let _ = acker.nack(true).await;
             }
-        });
-        DurableAcker { slot, subject }
+        })
+        .abort_handle();
+        DurableAcker {
+            slot,
+            subject,
+            timer,
+        }
     }
 
+    /// The acker, unless `ack_wait` was over; the timer stops either way.
     fn take(&self) -> Option<Box<AmqpAcker>> {
-        take(&self.slot)
+        let acker = take(&self.slot);
+        if acker.is_some() {
+            self.timer.abort();
+        }
+        acker
     }
 }
 
@@ -790,6 +803,10 @@ impl Acknowledge for DurableAcker {
 
     fn supports_delay(&self) -> bool {
         false
+    }
+
+    fn broker(&self) -> &'static str {
+        KIND
     }
 
     async fn nack_with_delay(self: Box<Self>, _delay: Duration) -> Result<()> {
@@ -900,6 +917,10 @@ impl Acknowledge for AmqpAcker {
 
     fn supports_delay(&self) -> bool {
         false
+    }
+
+    fn broker(&self) -> &'static str {
+        KIND
     }
 
     async fn nack_with_delay(self: Box<Self>, _delay: std::time::Duration) -> Result<()> {

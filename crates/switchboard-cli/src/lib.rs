@@ -154,7 +154,7 @@ pub fn main() -> ExitCode {
     let telemetry = match otel::init() {
         Ok(telemetry) => telemetry,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", report(&error));
             return ExitCode::FAILURE;
         }
     };
@@ -180,10 +180,28 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", report(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `error` and its causes on one line, as `{:#}` shows them, less a cause
+/// whose text the line already ends with: a library error that puts its
+/// source in its own message as well (as `std` advises against, but a
+/// `Display`-only reader needs) is not said twice.
+fn report(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// Runs one parsed command.
@@ -205,5 +223,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Completions(args) => completions::completions(&args),
         Command::Man(args) => completions::man(&args),
         Command::Demo(args) => demo::run(cli.broker.as_deref().unwrap_or("memory://"), args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+
+    #[test]
+    fn a_cause_the_message_already_says_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
+        let error = switchboard::worker::Error::Metrics {
+            addr: ([127, 0, 0, 1], 9090).into(),
+            source: io,
+        };
+        let error = anyhow::Error::new(error).context("the worker stopped");
+        assert_eq!(
+            report(&error),
+            "the worker stopped: cannot serve metrics on 127.0.0.1:9090: address in use"
+        );
+        let chained = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(report(&chained), "outer: inner");
     }
 }

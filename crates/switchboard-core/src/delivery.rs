@@ -39,6 +39,13 @@ pub trait Acknowledge: Send + Sync + fmt::Debug {
     /// Asks for redelivery after `delay`. Only called where
     /// [`Acknowledge::supports_delay`] is true.
     async fn nack_with_delay(self: Box<Self>, delay: Duration) -> Result<()>;
+
+    /// The broker kind the errors of [`Delivery`] name for this handle (the
+    /// one an unsupported delay fails with); "this broker" unless the
+    /// adapter says.
+    fn broker(&self) -> &'static str {
+        "this broker"
+    }
 }
 
 /// How an adapter answers a request: sends a reply to whoever asked.
@@ -223,10 +230,11 @@ impl Delivery {
         match self.acker.take() {
             Some(acker) if acker.supports_delay() => acker.nack_with_delay(delay).await,
             Some(acker) => {
+                let broker = acker.broker();
                 self.acker = Some(acker);
                 Err(Error::Unsupported {
-                    broker: "switchboard",
-                    feature: "delayed redelivery (nack with a delay) on this broker".into(),
+                    broker,
+                    feature: "delayed redelivery (nack with a delay); nack without one".into(),
                 })
             }
             None => Ok(()),

@@ -85,6 +85,16 @@ pub enum Error {
         /// The kind of the driver that has the scheme.
         taken_by: String,
     },
+    /// A driver given to `switchboard::register` cannot be registered as it
+    /// is: an empty kind, no URL scheme, a scheme a URL cannot have, or a
+    /// default URL of a scheme not its own.
+    #[error("cannot register the driver {kind:?}: {reason}")]
+    InvalidDriver {
+        /// The driver's kind, as given.
+        kind: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// Connecting to the broker failed (refused, timed out, authentication, TLS).
     ///
     /// `kind` says which, for callers that retry: see [`ConnectKind::is_temporary`].
@@ -388,6 +398,7 @@ impl Error {
             | Error::InvalidUrl { .. }
             | Error::UnknownScheme { .. }
             | Error::SchemeTaken { .. }
+            | Error::InvalidDriver { .. }
             | Error::PayloadTooLarge { .. } => ErrorKind::InvalidInput,
             Error::Connect { .. } => ErrorKind::Connect,
             Error::Unsupported { .. } => ErrorKind::Unsupported,

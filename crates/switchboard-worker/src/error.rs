@@ -24,8 +24,9 @@ pub enum Error {
     /// one message would be forwarded or dead-lettered without end.
     #[error("routes form a loop: {0}; a message entering it would go round without end — publish or dead-letter to a subject none of these routes receives, or turn the dead letter off (`Route::no_dead_letter`)")]
     Cycle(crate::RouteCycle),
-    /// Subscribing a route failed.
-    #[error("cannot subscribe route {pattern:?}")]
+    /// Subscribing a route failed: the message says why (a feature the
+    /// broker lacks, a refusal...), as `source` does.
+    #[error("cannot subscribe route {pattern:?}: {source}")]
     Subscribe {
         /// The route's pattern.
         pattern: String,
@@ -245,5 +246,20 @@ mod tests {
         assert!(!gave_up.is_permanent());
         assert!(!gave_up.is_retryable());
         assert_eq!(gave_up.to_string(), "gave up after 3 attempt(s): flaky");
+    }
+
+    /// `eprintln!("error: {e}")` says why a route could not subscribe (it
+    /// said only which route, the reason left to `source()`).
+    #[test]
+    fn a_subscribe_error_says_why() {
+        let error = Error::Subscribe {
+            pattern: "alerts.>".into(),
+            source: switchboard_core::Error::unsupported("mqtt", "durable subscriptions"),
+        };
+        assert_eq!(
+            error.to_string(),
+            "cannot subscribe route \"alerts.>\": mqtt does not support durable subscriptions"
+        );
+        assert!(std::error::Error::source(&error).is_some());
     }
 }

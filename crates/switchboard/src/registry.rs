@@ -81,6 +81,7 @@ fn write() -> RwLockWriteGuard<'static, Vec<Driver>> {
 /// # Ok::<(), switchboard::Error>(())
 /// ```
 pub fn register(driver: Driver) -> Result<()> {
+    check(&driver)?;
     let mut drivers = write();
     for scheme in driver.schemes() {
         if let Some(taken) = drivers
@@ -97,6 +98,50 @@ pub fn register(driver: Driver) -> Result<()> {
     match drivers.iter_mut().find(|d| d.kind() == driver.kind()) {
         Some(known) => *known = driver,
         None => drivers.push(driver),
+    }
+    Ok(())
+}
+
+/// Refuses a driver no URL could reach, or whose default URL another
+/// driver would take: each was accepted, and failed only at `connect`, with
+/// an error about something else.
+fn check(driver: &Driver) -> Result<()> {
+    let invalid = |reason: String| Error::InvalidDriver {
+        kind: driver.kind().to_string(),
+        reason,
+    };
+    if driver.kind().trim().is_empty() {
+        return Err(invalid(
+            "its kind is empty; name it as `--broker` would (\"mybroker\")".into(),
+        ));
+    }
+    if driver.schemes().is_empty() {
+        return Err(invalid(
+            "it names no URL scheme; give it at least one (\"mybroker\")".into(),
+        ));
+    }
+    for scheme in driver.schemes() {
+        // RFC 3986: a letter, then letters, digits, `+`, `-` or `.`; lower
+        // case, as URL parsers make every scheme.
+        let mut chars = scheme.chars();
+        let valid = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+        if !valid {
+            return Err(invalid(format!(
+                "{scheme:?} cannot be a URL scheme: use a lower-case letter, then lower-case letters, digits, `+`, `-` or `.`"
+            )));
+        }
+    }
+    let default_scheme = driver
+        .default_url()
+        .split_once("://")
+        .map(|(scheme, _)| scheme);
+    if !default_scheme.is_some_and(|scheme| driver.schemes().contains(&scheme)) {
+        return Err(invalid(format!(
+            "its default URL {:?} is not of one of its schemes ({}); the kind alone would connect elsewhere",
+            switchboard_core::redact_url(driver.default_url()),
+            driver.schemes().join(", ")
+        )));
     }
     Ok(())
 }

@@ -70,16 +70,16 @@ fn registering_a_kind_again_replaces_it() {
 
 #[test]
 fn a_scheme_of_another_kind_is_refused_naming_both() {
-    const CLASH: Driver = memory_driver!("clash", &["clash", "Memory"], "clash://");
+    const CLASH: Driver = memory_driver!("clash", &["clash", "memory"], "clash://");
     let error = switchboard::register(CLASH).unwrap_err();
     assert!(
         matches!(&error, Error::SchemeTaken { scheme, kind, taken_by }
-            if scheme == "Memory" && kind == "clash" && taken_by == "memory"),
+            if scheme == "memory" && kind == "clash" && taken_by == "memory"),
         "{error:?}"
     );
     assert_eq!(
         error.to_string(),
-        "cannot register the clash driver: the URL scheme \"Memory\" is taken by the memory driver; give the clash driver schemes of its own"
+        "cannot register the clash driver: the URL scheme \"memory\" is taken by the memory driver; give the clash driver schemes of its own"
     );
     // Counted by kind: the other tests of this binary register drivers of
     // their own at the same time, so the total may grow meanwhile.
@@ -126,4 +126,46 @@ async fn a_compiled_out_adapter_names_its_feature() {
         error.contains("(the `amqp` cargo feature of switchboard is not enabled)"),
         "{error}"
     );
+}
+
+/// A driver no URL could reach is refused when registered, saying what to
+/// change (each was accepted, and failed later at `connect` with an error
+/// about something else).
+#[test]
+fn a_driver_no_url_could_reach_is_refused() {
+    let cases = [
+        (
+            memory_driver!("", &["empty-kind"], "empty-kind://"),
+            "its kind is empty",
+        ),
+        (
+            memory_driver!("noschemes", &[], "noschemes://"),
+            "names no URL scheme",
+        ),
+        (
+            memory_driver!("spaced", &["sp aced"], "sp aced://"),
+            "\"sp aced\" cannot be a URL scheme",
+        ),
+        (
+            memory_driver!("upper", &["UPPER"], "UPPER://"),
+            "\"UPPER\" cannot be a URL scheme",
+        ),
+        (
+            memory_driver!("elsewhere", &["elsewhere"], "other://x"),
+            "its default URL \"other://x\" is not of one of its schemes",
+        ),
+    ];
+    for (driver, expected) in cases {
+        let error = switchboard::register(driver).unwrap_err();
+        assert!(matches!(error, Error::InvalidDriver { .. }), "{error:?}");
+        assert!(error.to_string().contains(expected), "{error}");
+        assert_eq!(error.kind(), switchboard::ErrorKind::InvalidInput);
+    }
+    let kinds: Vec<&str> = switchboard::drivers().iter().map(|d| d.kind()).collect();
+    for refused in ["", "noschemes", "spaced", "upper", "elsewhere"] {
+        assert!(
+            !kinds.contains(&refused),
+            "{refused:?} was registered: {kinds:?}"
+        );
+    }
 }

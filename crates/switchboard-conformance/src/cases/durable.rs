@@ -210,6 +210,11 @@ pub async fn durable_nack_with_delay(ctx: &Context) {
             ErrorKind::Unsupported,
             "nack_with_delay unsupported",
         );
+        let kind = ctx.broker().kind();
+        assert!(
+            error.to_string().starts_with(kind),
+            "an unsupported delay should name the broker ({kind}): {error}"
+        );
         delivery
             .nack()
             .await
@@ -239,7 +244,10 @@ pub async fn durable_nack_with_delay(ctx: &Context) {
 }
 
 /// A delivery neither acknowledged nor nacked comes again once `ack_wait`
-/// (one second) is over — not before — with a higher delivery count.
+/// (one second) is over — not before — with a higher delivery count: one
+/// held by the handler, and one dropped unsettled (a `?` that bailed out;
+/// RabbitMQ kept that one unacknowledged for as long as the subscription
+/// lived).
 pub async fn durable_ack_wait_redelivers(ctx: &Context) {
     if unsupported(ctx).await {
         return;
@@ -250,21 +258,36 @@ pub async fn durable_ack_wait_redelivers(ctx: &Context) {
         .subscribe_durable(ctx.broker(), &pattern, &durable)
         .await;
     let message = msg(ctx.subject("unacked"), "never acknowledged");
+    let dropped = msg(ctx.subject("unacked"), "dropped unsettled");
     publish(ctx.broker(), message.clone()).await;
+    publish(ctx.broker(), dropped.clone()).await;
     flush(ctx.broker()).await;
-    // Held, not dropped: the deadline alone brings it back.
     let held = recv_unacked(&mut subscription).await;
+    assert_same(&held, &message);
+    drop(recv_unacked(&mut subscription).await);
     let delivered = Instant::now();
     assert_count(ctx, &held, 1, "the first delivery");
     let mut again = recv_unacked(&mut subscription).await;
     let waited = delivered.elapsed();
+    let mut dropped_again = recv_unacked(&mut subscription).await;
+    if again.payload() != message.payload() {
+        std::mem::swap(&mut again, &mut dropped_again);
+    }
     assert_same(&again, &message);
+    assert_same(&dropped_again, &dropped);
     assert_count(ctx, &again, 2, "a delivery redelivered after ack_wait");
+    assert_count(
+        ctx,
+        &dropped_again,
+        2,
+        "a dropped delivery redelivered after ack_wait",
+    );
     assert!(
         waited >= ACK_WAIT.mul_f32(0.8),
         "an unacknowledged delivery came again after {waited:?}, before ack_wait ({ACK_WAIT:?})"
     );
     again.ack().await.expect("ack");
+    dropped_again.ack().await.expect("ack");
     drop(held);
     expect_silence(&mut subscription, NO_REDELIVERY).await;
 }
