@@ -171,7 +171,9 @@ impl Sessions {
         };
         let session = match reopened {
             Some(session) => session,
-            None => open_session(&self.config, &self.link).await?,
+            None => open_session(&self.config, &self.link)
+                .await
+                .inspect_err(|error| self.link.attempt_failed(error))?,
         };
         let session = Arc::new(session);
         if self.is_closed() {

@@ -372,3 +372,43 @@ fn a_bridge_rides_out_an_outage_of_its_destination() {
     assert_eq!(status.code(), Some(143), "{stderr}");
     assert!(stderr.contains("takes messages again"), "{stderr}");
 }
+
+/// A reconnect that fails for a lasting reason (here a password changed
+/// while the listener was connected) says why at the default log level; it
+/// said only "connection lost … reconnecting", the reason shown at `-vv`.
+#[test]
+fn a_reconnect_refused_for_a_changed_password_says_why() {
+    let Some(server) = switchboard_testkit::RedisServer::start(&["--requirepass", "pw-one-7x"])
+    else {
+        return;
+    };
+    let port = server.port().to_string();
+    let url = format!("redis://:pw-one-7x@127.0.0.1:{port}");
+    let listen = Listener::start(&url, &["--on", "a.>"]).unwrap();
+    let cli = |password: &str, args: &[&str]| {
+        let status = std::process::Command::new("redis-cli")
+            .args(["-p", &port, "--no-auth-warning", "-a", password])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "redis-cli {args:?}");
+    };
+    cli("pw-one-7x", &["CONFIG", "SET", "requirepass", "pw-two-9y"]);
+    cli("pw-two-9y", &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let deadline = Instant::now() + PATIENCE;
+    let stderr = loop {
+        let stderr = listen.stderr();
+        if stderr.contains("failed: ") && stderr.contains("WRONGPASS") {
+            break stderr;
+        }
+        assert!(Instant::now() < deadline, "no reason given:\n{stderr}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        !stderr.contains("pw-one-7x"),
+        "the password leaked: {stderr}"
+    );
+    listen.signal("TERM");
+    let _ = listen.wait(Duration::from_secs(12));
+}

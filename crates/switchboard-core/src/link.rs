@@ -9,8 +9,9 @@
 //! Each subscription keeps a [`SubscriptionLink`] as well: its stream reports
 //! the loss as an [`Error::Disconnected`](crate::Error::Disconnected) item, and
 //! the link logs one line when the subscription is back
-//! (`redis: resubscribed to 'alerts.>' after 1.2s`). Failed attempts in
-//! between are logged at debug level only.
+//! (`redis: resubscribed to 'alerts.>' after 1.2s`). A failed attempt to
+//! reconnect is a warning when its reason is new in the outage
+//! ([`Link::attempt_failed`]), at debug level when it repeats.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,6 +62,9 @@ pub struct Link {
     closed: AtomicBool,
     disconnects: AtomicU64,
     down_since: Mutex<Option<Instant>>,
+    /// Why the connection is down: the loss, then the last failed attempt
+    /// to reconnect; `None` while it is up.
+    failure: Mutex<Option<String>>,
     changes: watch::Sender<ConnectionStatus>,
 }
 
@@ -73,6 +77,7 @@ impl Link {
             closed: AtomicBool::new(false),
             disconnects: AtomicU64::new(0),
             down_since: Mutex::new(None),
+            failure: Mutex::new(None),
             changes: watch::Sender::new(ConnectionStatus::up()),
         }
     }
@@ -100,6 +105,7 @@ impl Link {
         }
         self.disconnects.fetch_add(1, Ordering::AcqRel);
         *self.down_since() = Some(Instant::now());
+        *lock(&self.failure) = Some(reason.to_string());
         tracing::warn!(
             broker = self.broker,
             "{}: connection lost ({reason}); reconnecting",
@@ -107,6 +113,43 @@ impl Link {
         );
         self.publish();
         true
+    }
+
+    /// An attempt to reconnect failed (`reason` says why). Logged as a
+    /// warning when the reason is new in this outage, at debug level when it
+    /// repeats: an expired certificate or a rotated password fails every
+    /// attempt, and was only "connection lost … reconnecting" at the default
+    /// level, the reason shown at `-vv`.
+    pub fn attempt_failed(&self, reason: impl fmt::Display) {
+        if self.closed.load(Ordering::Acquire) || self.connected.load(Ordering::Acquire) {
+            return;
+        }
+        let reason = reason.to_string();
+        let mut failure = lock(&self.failure);
+        if failure.as_deref() == Some(reason.as_str()) {
+            tracing::debug!(
+                broker = self.broker,
+                "{}: reconnecting failed again ({reason})",
+                self.broker
+            );
+            return;
+        }
+        tracing::warn!(
+            broker = self.broker,
+            "{}: reconnecting failed: {reason}; retrying",
+            self.broker
+        );
+        *failure = Some(reason);
+    }
+
+    /// Why the connection is down (the last failed attempt to reconnect, or
+    /// the loss); `None` while it is up. For errors that would otherwise
+    /// guess ("is the server running?").
+    pub fn failure(&self) -> Option<String> {
+        if self.status().connected {
+            return None;
+        }
+        lock(&self.failure).clone()
     }
 
     /// The connection is back (and, where the adapter does it, subscriptions
@@ -117,6 +160,7 @@ impl Link {
             return None;
         }
         let down = self.down_since().take().map(|since| since.elapsed());
+        *lock(&self.failure) = None;
         match down {
             Some(down) => tracing::warn!(
                 broker = self.broker,
@@ -137,10 +181,7 @@ impl Link {
     }
 
     fn down_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        match self.down_since.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        lock(&self.down_since)
     }
 
     fn publish(&self) {
@@ -158,6 +199,10 @@ pub struct SubscriptionLink {
     broker: &'static str,
     pattern: String,
     down_since: Option<Instant>,
+    /// A hash of the last failed attempt's reason in this outage (0: none),
+    /// to warn once per reason: a hash, not the text, as idle subscriptions
+    /// pay for every byte here.
+    failure: u64,
 }
 
 impl SubscriptionLink {
@@ -172,6 +217,7 @@ impl SubscriptionLink {
             broker,
             pattern: pattern.to_string(),
             down_since: None,
+            failure: 0,
         }
     }
 
@@ -192,12 +238,28 @@ impl SubscriptionLink {
         true
     }
 
-    /// An attempt to subscribe again failed; logged at debug level, since the
-    /// outage was reported once already.
-    pub fn retry_failed(&self, error: impl fmt::Display, retry_in: Duration) {
-        tracing::debug!(
+    /// An attempt to subscribe again failed: a warning when its reason is new
+    /// in this outage (a rotated password, an expired certificate: it fails
+    /// every attempt, and was shown only at `-vv`), debug level when it repeats.
+    pub fn retry_failed(&mut self, error: impl fmt::Display, retry_in: Duration) {
+        use std::hash::{Hash as _, Hasher as _};
+        let error = error.to_string();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        error.hash(&mut hasher);
+        let failure = hasher.finish().max(1);
+        if failure == self.failure {
+            tracing::debug!(
+                broker = self.broker,
+                "{}: resubscribing to '{}' failed again ({error}); retrying in {retry_in:.1?}",
+                self.broker,
+                self.pattern
+            );
+            return;
+        }
+        self.failure = failure;
+        tracing::warn!(
             broker = self.broker,
-            "{}: resubscribing to '{}' failed ({error}); retrying in {retry_in:.1?}",
+            "{}: resubscribing to '{}' failed: {error}; retrying in {retry_in:.1?}",
             self.broker,
             self.pattern
         );
@@ -211,6 +273,7 @@ impl SubscriptionLink {
     /// The subscription is back. Logs one line with how long it was down;
     /// returns that duration if it was down until now.
     pub fn resubscribed(&mut self) -> Option<Duration> {
+        self.failure = 0;
         let down = self.down_since.take()?.elapsed();
         tracing::warn!(
             broker = self.broker,
@@ -220,6 +283,14 @@ impl SubscriptionLink {
             down
         );
         Some(down)
+    }
+}
+
+/// `mutex` locked, also after a panic elsewhere (the data stays usable).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
@@ -255,6 +326,20 @@ mod tests {
         let status = link.status();
         assert!(status.closed && !status.connected);
         assert!(changes.borrow_and_update().closed);
+    }
+
+    #[test]
+    fn a_failed_reconnect_keeps_its_reason_until_the_link_is_back() {
+        let link = Link::new("test");
+        link.attempt_failed("ignored while up");
+        assert_eq!(link.failure(), None);
+        assert!(link.lost("reset by peer"));
+        assert_eq!(link.failure().as_deref(), Some("reset by peer"));
+        link.attempt_failed("not authorized");
+        link.attempt_failed("not authorized");
+        assert_eq!(link.failure().as_deref(), Some("not authorized"));
+        assert!(link.restored().is_some());
+        assert_eq!(link.failure(), None);
     }
 
     #[test]

@@ -28,7 +28,6 @@ use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use switchboard_core::{Link, Message, Result};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::error;
 use crate::options::Target;
@@ -186,7 +185,7 @@ impl Shared {
         prepare: impl FnOnce() -> Option<Request>,
     ) -> std::result::Result<Option<Acked>, String> {
         let timeout = self.target.options.flush_timeout;
-        let deadline = Instant::now() + timeout;
+        let deadline = switchboard_core::deadline(timeout);
         let rx = {
             let _order = tokio::time::timeout_at(deadline, self.order.lock())
                 .await
@@ -199,9 +198,14 @@ impl Shared {
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => return Err("the connection is closed".into()),
                 Err(_) => {
-                    return Err(format!(
-                        "the connection has been down for {timeout:?}; is the server running?"
-                    ))
+                    return Err(match self.link.failure() {
+                        Some(failure) => format!(
+                            "the connection has been down for {timeout:?}; the last attempt to reconnect failed: {failure}"
+                        ),
+                        None => format!(
+                            "the connection has been down for {timeout:?}; is the server running?"
+                        ),
+                    })
                 }
             }
             let Some(request) = prepare() else {
@@ -457,6 +461,7 @@ async fn run(shared: Arc<Shared>, mut eventloop: EventLoop) {
                 }
                 let reason = server_said.take().unwrap_or_else(|| e.to_string());
                 shared.lost(&reason);
+                shared.link.attempt_failed(&reason);
                 let delay = attempts.failed();
                 tracing::debug!(broker = KIND, "mqtt: reconnecting in {delay:?} ({reason})");
                 tokio::select! {

@@ -606,7 +606,7 @@ impl Registry {
                 if self.link.status().connected {
                     tracing::warn!(%error, "nats: client error");
                 } else {
-                    tracing::debug!(%error, "nats: reconnecting failed");
+                    self.link.attempt_failed(error);
                 }
             }
             other => tracing::info!(event = %other, "nats: connection event"),
