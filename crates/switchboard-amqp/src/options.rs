@@ -605,7 +605,7 @@ mod tests {
         }
         for (url, needle) in [
             ("amqp://h/%zz", "`%zz`"),
-            ("amqp://u:p%2@h/", "`%2`"),
+            ("amqp://u:p%2@h/", "a `%` at character 2"),
             ("amqp://h/?connect_timeout=5000", "`connect_timeout=5000`"),
             ("amqp://h/?keepalive=5s&heartbeat=3", "`heartbeat=3`"),
             ("amqp://h/?auth_mechanism=magic", "`auth_mechanism=magic`"),

@@ -346,6 +346,12 @@ impl Drop for Alive {
 pub(crate) async fn connect(target: Target) -> Result<(Arc<Shared>, JoinHandle<()>)> {
     let options = &target.options;
     let name = options.name.as_deref().unwrap_or("switchboard");
+    if let Some(problem) = crate::options::name_problem(name) {
+        return Err(switchboard_core::Error::invalid_url(
+            &target.url,
+            format!("the connection name {name:?} must be {problem}"),
+        ));
+    }
     let client_id = format!("{name}-{:016x}", rand::random::<u64>());
     let mut mqtt = rumqttc::v5::MqttOptions::new(&client_id, &target.host, target.port);
     mqtt.set_keep_alive(options.keep_alive_interval());

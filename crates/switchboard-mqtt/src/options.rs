@@ -274,12 +274,30 @@ fn apply_query(query: &Query, options: &mut MqttOptions) -> Result<()> {
         options.flush_timeout = timeout;
     }
     if let Some(name) = query.text(options::NAME) {
+        if let Some(problem) = name_problem(name) {
+            return Err(query.invalid(options::NAME, name, problem));
+        }
         options.name = Some(name.to_string());
     }
     if let Some(keepalive) = query.keepalive()? {
         options.keepalive = keepalive;
     }
     Ok(())
+}
+
+/// What is wrong with `name` as the start of an MQTT client id, if
+/// anything: the id is a level of the adapter's own topic filters (its
+/// inbox, its flush marks), where `+` and `#` are wildcards and a control
+/// character is refused, so the server dropped those subscriptions and
+/// every flush failed with an error about something else.
+pub(crate) fn name_problem(name: &str) -> Option<&'static str> {
+    if name.contains(['+', '#']) {
+        Some("a name without `+` or `#` (they are MQTT wildcards)")
+    } else if name.chars().any(char::is_control) {
+        Some("a name without control characters")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -363,12 +381,18 @@ mod tests {
         for (url, needle) in [
             ("mqtt://h?capacity=0", "capacity=0"),
             ("mqtt://h?connect_timeout=5", "with a unit"),
-            ("mqtt://u:p%zz@h", "`%zz`"),
+            ("mqtt://u:p%zz@h", "a `%` at character 2"),
             ("nats://h", "not an MQTT scheme"),
             ("mqtt://h/path", "no path"),
             ("mqtt://h#frag", "no fragment"),
             ("mqtt://", "no host"),
             ("not a url", "expected e.g."),
+            (
+                "mqtt://h?name=web%2B1",
+                "`name=web+1` must be a name without `+` or `#`",
+            ),
+            ("mqtt://h?name=a%23", "without `+` or `#`"),
+            ("mqtt://h?name=%00", "without control characters"),
         ] {
             let err = parse(url).err().unwrap().to_string();
             assert!(err.contains(needle), "{url}: {err}");

@@ -499,8 +499,8 @@ mod tests {
         for (url, needle) in [
             ("nats://h?capacity=0", "capacity=0"),
             ("nats://h?connect_timeout=5", "with a unit"),
-            ("nats://u:p%zz@h", "`%zz`"),
-            ("nats://h?name=%g0", "`%g0`"),
+            ("nats://u:p%zz@h", "a `%` at character 2"),
+            ("nats://h?name=%g0", "a `%` at character 1"),
             ("redis://h", "not a NATS scheme"),
             ("nats://h/path", "no path"),
             ("nats://", "no host"),

@@ -684,7 +684,7 @@ mod tests {
             ("redis://h/x", "`x` is not a number"),
             ("redis://:pw@h?foo=1", "unknown parameter `foo`"),
             ("redis://:pw@h?capacity=0", "`capacity=0`"),
-            ("redis://:p%zz@h", "`%zz`"),
+            ("redis://:p%zz@h", "a `%` at character 2"),
             ("redis://h#insecure", "only rediss://"),
             ("rediss://h#secure", "`#secure`"),
         ] {
