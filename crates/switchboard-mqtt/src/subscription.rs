@@ -179,14 +179,25 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, publish: Publish) {
     };
     for id in ids {
         if Some(id) == inbox {
-            if let (Some(correlation), Ok(subject)) = (&properties.correlation_data, &subject) {
-                if let Some(waiter) = lock(&shared.requests).remove(correlation) {
-                    let _ = waiter.send(Message::from_parts(
-                        subject.clone(),
-                        publish.payload.clone(),
-                        wire::headers_from(&properties.user_properties),
-                    ));
+            match (&properties.correlation_data, &subject) {
+                (Some(correlation), Ok(subject)) => {
+                    if let Some(waiter) = lock(&shared.requests).remove(correlation) {
+                        let _ = waiter.send(Message::from_parts(
+                            subject.clone(),
+                            publish.payload.clone(),
+                            wire::headers_from(&properties.user_properties),
+                        ));
+                    }
                 }
+                // The requester would time out asking whether anything is
+                // subscribed, though something answered: say so.
+                (None, _) => tracing::warn!(
+                    broker = KIND,
+                    "mqtt: a reply without correlation data was dropped: no request can be told \
+                     apart from another without it (an MQTT 5 responder copies the request's \
+                     Correlation Data into its reply)"
+                ),
+                (Some(_), Err(_)) => {}
             }
             continue;
         }

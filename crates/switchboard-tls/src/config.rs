@@ -140,10 +140,16 @@ fn read_certificates(
             problem: format!("is not valid PEM ({e})"),
         })?;
     if certificates.is_empty() {
+        // DER starts with a SEQUENCE tag; PEM is text.
+        let problem = if pem.first() == Some(&0x30) {
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----); it looks like DER: convert it with `openssl x509 -inform der -in FILE -out FILE.pem`"
+        } else {
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        };
         return Err(TlsError::Content {
             what,
             path: path.to_path_buf(),
-            problem: "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+            problem: problem.into(),
         });
     }
     Ok(certificates)
@@ -156,6 +162,13 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         what: "client key",
         path: path.to_path_buf(),
         problem: match e {
+            // PKCS#8's `BEGIN ENCRYPTED PRIVATE KEY` and OpenSSL's older
+            // `Proc-Type: 4,ENCRYPTED` both say so.
+            rustls::pki_types::pem::Error::NoItemsFound
+                if pem.windows(b"ENCRYPTED".len()).any(|w| w == b"ENCRYPTED") =>
+            {
+                "is encrypted, and switchboard reads only an unencrypted key: write one with `openssl pkey -in FILE -out FILE.plain` (keep it readable by this user only)".to_string()
+            }
             rustls::pki_types::pem::Error::NoItemsFound => {
                 "holds no PEM private key (-----BEGIN PRIVATE KEY-----)".to_string()
             }
@@ -216,5 +229,27 @@ mod tests {
         let error = read_key(&not_a_key).unwrap_err().to_string();
         assert!(error.contains("holds no PEM private key"), "{error}");
         assert!(!error.contains("c2VjcmV0"), "{error}");
+    }
+
+    /// An encrypted key or a DER certificate says what it is and how to
+    /// convert it (both were "holds no PEM …", which the file seemed to belie).
+    #[test]
+    fn an_encrypted_key_and_a_der_certificate_say_how_to_convert_them() {
+        let encrypted = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHDBOBgkqhkiG9w0BBQ0w\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let key = temp_file("encrypted-key.pem", encrypted);
+        let error = read_key(&key).unwrap_err().to_string();
+        assert!(
+            error.contains("is encrypted") && error.contains("openssl pkey"),
+            "{error}"
+        );
+        let der = std::env::temp_dir()
+            .join(format!("switchboard-tls-{}", std::process::id()))
+            .join("ca.der");
+        std::fs::write(&der, [0x30, 0x82, 0x01, 0x0a, 0x02, 0x82]).unwrap();
+        let error = read_certificates(&der, "CA").unwrap_err().to_string();
+        assert!(
+            error.contains("looks like DER") && error.contains("-inform der"),
+            "{error}"
+        );
     }
 }
