@@ -189,6 +189,16 @@ pub(crate) struct Target {
 /// Parses `mqtt[s]://[user[:password]@]host[:port][?param=value...]`.
 pub(crate) fn parse_url(url: &str, mut options: MqttOptions) -> Result<Target> {
     let parsed = url::Url::parse(url.trim()).map_err(|e| {
+        // `h1:1883,h2:1883` reads as a bad port to a URL parser.
+        let authority = url.split_once("://").map_or("", |(_, rest)| rest);
+        let authority = authority.split(['/', '?', '#']).next().unwrap_or("");
+        if authority.contains(',') {
+            return Error::invalid_url(
+                url,
+                "an MQTT URL names one server (rumqttc connects to one); put a load balancer \
+                 or DNS name in front of several",
+            );
+        }
         Error::invalid_url(url, format!("{e}; expected e.g. mqtt://127.0.0.1:1883"))
     })?;
     let scheme = parsed.scheme().to_ascii_lowercase();
@@ -393,6 +403,7 @@ mod tests {
             ),
             ("mqtt://h?name=a%23", "without `+` or `#`"),
             ("mqtt://h?name=%00", "without control characters"),
+            ("mqtt://h1:1883,h2:1883", "names one server"),
         ] {
             let err = parse(url).err().unwrap().to_string();
             assert!(err.contains(needle), "{url}: {err}");
