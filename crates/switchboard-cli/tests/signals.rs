@@ -145,48 +145,35 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[test]
-fn a_second_ctrl_c_kills_running_exec_commands_before_exiting() {
-    let Some(url) = broker_url("nats", "a_second_ctrl_c_kills_exec_commands") else {
-        return;
-    };
-    let subject = unique("twice");
-    let dir = TempDir::new("twice");
+/// A worker on `url` whose one route runs `sh -c` with the script
+/// `script(pid_file)` makes (which writes a pid to `pid_file`), handed one
+/// message; the worker, and the pid once written (killed when the test
+/// ends, should it outlive the test).
+fn worker_running(
+    url: &str,
+    name: &str,
+    script: fn(&std::path::Path) -> String,
+    extra: &[&str],
+) -> (Process, u32, KillOnDrop, TempDir) {
+    let subject = unique(name);
+    let dir = TempDir::new(name);
     let pid_file = dir.path("pid");
     let config = dir.write(
         "reactions.toml",
         &format!(
-            "[[route]]\non = \"{subject}\"\nexec = [\"sh\", \"-c\", \"echo $$ > {}.tmp; mv {}.tmp {}; exec sleep 300\"]\n",
-            pid_file.display(),
-            pid_file.display(),
-            pid_file.display()
+            "[[route]]\non = \"{subject}\"\nexec = [\"sh\", \"-c\", \"{}\"]\n",
+            script(&pid_file)
         ),
     );
-    let worker = Process::start(
-        &[
-            "--broker", &url, "worker", "--config", &config, "--grace", "60s",
-        ],
-        Stdout::Read,
-    );
+    let mut args = vec!["--broker", url, "worker", "--config", &config];
+    args.extend_from_slice(extra);
+    let worker = Process::start(&args, Stdout::Read);
     worker.wait_stderr("worker ready", PATIENCE);
-    publish_many(&url, &subject, 1, 1);
+    publish_many(url, &subject, 1, 1);
     let pid: u32 = wait_for_file(&pid_file).trim().parse().unwrap();
-    let _cleanup = KillOnDrop(Some(pid));
+    let cleanup = KillOnDrop(Some(pid));
     assert!(alive(pid));
-    worker.signal("INT");
-    worker.wait_stderr("shutting down", PATIENCE);
-    assert!(alive(pid), "the first Ctrl-C lets the command finish");
-    worker.signal("INT");
-    let (status, _stdout, stderr) = worker.wait(EXIT_PATIENCE);
-    assert_eq!(status.code(), Some(130), "{status}; {stderr}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "the exec command (pid {pid}) outlived the worker; stderr:\n{stderr}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    (worker, pid, cleanup, dir)
 }
 
 /// Waits until `pid` has exited, or fails the test naming what outlived what.
@@ -195,10 +182,30 @@ fn wait_gone(pid: u32, what: &str, stderr: &str) {
     while alive(pid) {
         assert!(
             Instant::now() < deadline,
-            "{what} (pid {pid}) outlived the SIGKILLed switchboard; stderr:\n{stderr}"
+            "{what} (pid {pid}) outlived switchboard; stderr:\n{stderr}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_second_ctrl_c_kills_running_exec_commands_before_exiting() {
+    let Some(url) = broker_url("nats", "a_second_ctrl_c_kills_exec_commands") else {
+        return;
+    };
+    let writes_its_own_pid = |pid_file: &std::path::Path| {
+        let pid_file = pid_file.display();
+        format!("echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; exec sleep 300")
+    };
+    let (worker, pid, _cleanup, _dir) =
+        worker_running(&url, "twice", writes_its_own_pid, &["--grace", "60s"]);
+    worker.signal("INT");
+    worker.wait_stderr("shutting down", PATIENCE);
+    assert!(alive(pid), "the first Ctrl-C lets the command finish");
+    worker.signal("INT");
+    let (status, _stdout, stderr) = worker.wait(EXIT_PATIENCE);
+    assert_eq!(status.code(), Some(130), "{status}; {stderr}");
+    wait_gone(pid, "the exec command", &stderr);
 }
 
 /// A command whose shell started a child of its own and waits for it, and
@@ -213,25 +220,7 @@ fn a_sigkilled_worker_takes_its_exec_commands_and_their_children_with_it() {
     let Some(url) = broker_url("nats", "a_sigkilled_worker_takes_its_exec_commands") else {
         return;
     };
-    let subject = unique("sigkilled");
-    let dir = TempDir::new("sigkilled");
-    let pid_file = dir.path("pid");
-    let config = dir.write(
-        "reactions.toml",
-        &format!(
-            "[[route]]\non = \"{subject}\"\nexec = [\"sh\", \"-c\", \"{}\"]\n",
-            shell_with_a_child(&pid_file)
-        ),
-    );
-    let worker = Process::start(
-        &["--broker", &url, "worker", "--config", &config],
-        Stdout::Read,
-    );
-    worker.wait_stderr("worker ready", PATIENCE);
-    publish_many(&url, &subject, 1, 1);
-    let pid: u32 = wait_for_file(&pid_file).trim().parse().unwrap();
-    let _cleanup = KillOnDrop(Some(pid));
-    assert!(alive(pid));
+    let (worker, pid, _cleanup, _dir) = worker_running(&url, "sigkilled", shell_with_a_child, &[]);
     worker.signal("KILL");
     let (status, _stdout, stderr) = worker.wait(EXIT_PATIENCE);
     assert_eq!(status.code(), None, "{status}; {stderr}");
