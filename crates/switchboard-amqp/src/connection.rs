@@ -173,7 +173,7 @@ impl Sessions {
             Some(session) => session,
             None => open_session(&self.config, &self.link)
                 .await
-                .inspect_err(|error| self.link.attempt_failed(error))?,
+                .inspect_err(|error| self.link.attempt_failed(error, !error.is_temporary()))?,
         };
         let session = Arc::new(session);
         if self.is_closed() {

@@ -618,7 +618,7 @@ impl State {
                 Err(Error::Closed { .. }) => return None,
                 Err(error) => {
                     let delay = self.backoff.failed();
-                    self.link.retry_failed(&error, delay);
+                    self.link.retry_failed(&error, delay, !error.is_temporary());
                     delay
                 }
             };

@@ -115,23 +115,26 @@ impl Link {
         true
     }
 
-    /// An attempt to reconnect failed (`reason` says why). Logged as a
-    /// warning when the reason is new in this outage, at debug level when it
-    /// repeats: an expired certificate or a rotated password fails every
+    /// An attempt to reconnect failed (`reason` says why). A `lasting`
+    /// reason — one that will not go away by itself: the credentials or the
+    /// certificate were refused — is a warning the first time it is seen in
+    /// this outage: an expired certificate or a rotated password fails every
     /// attempt, and was only "connection lost … reconnecting" at the default
-    /// level, the reason shown at `-vv`.
-    pub fn attempt_failed(&self, reason: impl fmt::Display) {
+    /// level, the reason shown at `-vv`. A broker still away (refused, timed
+    /// out) is the restart the loss's warning announced: debug level.
+    pub fn attempt_failed(&self, reason: impl fmt::Display, lasting: bool) {
         if self.closed.load(Ordering::Acquire) || self.connected.load(Ordering::Acquire) {
             return;
         }
         let reason = reason.to_string();
         let mut failure = lock(&self.failure);
-        if failure.as_deref() == Some(reason.as_str()) {
+        if !lasting || failure.as_deref() == Some(reason.as_str()) {
             tracing::debug!(
                 broker = self.broker,
-                "{}: reconnecting failed again ({reason})",
+                "{}: reconnecting failed ({reason})",
                 self.broker
             );
+            *failure = Some(reason);
             return;
         }
         tracing::warn!(
@@ -238,16 +241,17 @@ impl SubscriptionLink {
         true
     }
 
-    /// An attempt to subscribe again failed: a warning when its reason is new
-    /// in this outage (a rotated password, an expired certificate: it fails
-    /// every attempt, and was shown only at `-vv`), debug level when it repeats.
-    pub fn retry_failed(&mut self, error: impl fmt::Display, retry_in: Duration) {
+    /// An attempt to subscribe again failed. As for [`Link::attempt_failed`],
+    /// a `lasting` reason (a rotated password, an expired certificate: it
+    /// fails every attempt, and was shown only at `-vv`) is a warning the
+    /// first time it is seen in this outage; anything else is debug level.
+    pub fn retry_failed(&mut self, error: impl fmt::Display, retry_in: Duration, lasting: bool) {
         use std::hash::{Hash as _, Hasher as _};
         let error = error.to_string();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         error.hash(&mut hasher);
         let failure = hasher.finish().max(1);
-        if failure == self.failure {
+        if !lasting || failure == self.failure {
             tracing::debug!(
                 broker = self.broker,
                 "{}: resubscribing to '{}' failed again ({error}); retrying in {retry_in:.1?}",
@@ -331,12 +335,14 @@ mod tests {
     #[test]
     fn a_failed_reconnect_keeps_its_reason_until_the_link_is_back() {
         let link = Link::new("test");
-        link.attempt_failed("ignored while up");
+        link.attempt_failed("ignored while up", true);
         assert_eq!(link.failure(), None);
         assert!(link.lost("reset by peer"));
         assert_eq!(link.failure().as_deref(), Some("reset by peer"));
-        link.attempt_failed("not authorized");
-        link.attempt_failed("not authorized");
+        link.attempt_failed("refused", false);
+        assert_eq!(link.failure().as_deref(), Some("refused"));
+        link.attempt_failed("not authorized", true);
+        link.attempt_failed("not authorized", true);
         assert_eq!(link.failure().as_deref(), Some("not authorized"));
         assert!(link.restored().is_some());
         assert_eq!(link.failure(), None);

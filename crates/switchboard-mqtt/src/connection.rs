@@ -467,7 +467,14 @@ async fn run(shared: Arc<Shared>, mut eventloop: EventLoop) {
                 }
                 let reason = server_said.take().unwrap_or_else(|| e.to_string());
                 shared.lost(&reason);
-                shared.link.attempt_failed(&reason);
+                // The server's refusal (CONNACK's code: not authorized, bad
+                // user name or password...) or a TLS failure will not go
+                // away by itself, unlike a broker still restarting.
+                let lasting = matches!(
+                    e,
+                    ConnectionError::ConnectionRefused(_) | ConnectionError::Tls(_)
+                );
+                shared.link.attempt_failed(&reason, lasting);
                 let delay = attempts.failed();
                 tracing::debug!(broker = KIND, "mqtt: reconnecting in {delay:?} ({reason})");
                 tokio::select! {

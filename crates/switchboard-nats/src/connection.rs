@@ -606,7 +606,13 @@ impl Registry {
                 if self.link.status().connected {
                     tracing::warn!(%error, "nats: client error");
                 } else {
-                    self.link.attempt_failed(error);
+                    // async-nats passes its connect error as text; a TLS or
+                    // authorization failure will not go away by itself.
+                    let text = error.to_string();
+                    let lasting = ["tls", "authorization", "authentication"]
+                        .iter()
+                        .any(|word| text.to_ascii_lowercase().contains(word));
+                    self.link.attempt_failed(text, lasting);
                 }
             }
             other => tracing::info!(event = %other, "nats: connection event"),

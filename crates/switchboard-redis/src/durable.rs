@@ -384,7 +384,7 @@ async fn run(
             }
             Err(e) => {
                 let delay = backoff.failed();
-                link.retry_failed(&e, delay);
+                link.retry_failed(&e, delay, !e.is_temporary());
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = tx.closed() => return,

@@ -541,7 +541,7 @@ async fn run(shared: Arc<Shared>, conn: Conn, target: Target, options: RedisOpti
                     }
                     Err(e) => {
                         let reason = e.to_string();
-                        shared.link.attempt_failed(&reason);
+                        shared.link.attempt_failed(&reason, !e.is_temporary());
                         {
                             let mut state = lock(&shared.state);
                             let queued = state.queued;

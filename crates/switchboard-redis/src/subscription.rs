@@ -483,6 +483,7 @@ impl Task {
                     // (The error is not `Clone`: the first gets it, any
                     // other its text.)
                     let text = e.to_string();
+                    let lasting = !e.is_temporary();
                     let mut error = Some(e);
                     for (id, pattern, ready) in std::mem::take(&mut self.waiting) {
                         self.registry.remove(id, &pattern);
@@ -497,7 +498,7 @@ impl Task {
                         continue;
                     }
                     let delay = backoff.failed();
-                    self.link.retry_failed(&text, delay);
+                    self.link.retry_failed(&text, delay, lasting);
                     if self.pause(delay, &mut shutdown).await.is_err() {
                         return self.end();
                     }
