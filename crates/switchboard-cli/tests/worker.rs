@@ -938,3 +938,58 @@ async fn a_durable_route_past_its_grace_period_gives_everything_back() {
     }
     broker.close().await.unwrap();
 }
+
+/// A message whose dead letter cannot be sent on its last delivery (here the
+/// user may not publish to the dead-letter subject) is reported lost, not
+/// "nacked for redelivery": the broker will not deliver it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_last_delivery_whose_dead_letter_is_refused_is_reported_lost() {
+    let auth = switchboard_testkit::NatsAuth::new();
+    let store = auth.dir().join("js");
+    let config = auth.write(
+        "no-dlq.conf",
+        r#"authorization { users = [ { user: w, password: wpw, permissions: { publish: { allow: [">"], deny: ["dlq.>"] } } } ] }"#,
+    );
+    let Some(server) = switchboard_testkit::NatsServer::start(&[
+        "-c",
+        &config.display().to_string(),
+        "-js",
+        "-sd",
+        &store.display().to_string(),
+    ]) else {
+        return;
+    };
+    let url = server.url().replacen("nats://", "nats://w:wpw@", 1);
+    let prefix = unique("lastdl");
+    let dir = TempDir::new("lastdl");
+    let reactions = dir.write(
+        "reactions.toml",
+        &format!(
+            r#"
+[[route]]
+on = "{prefix}.jobs"
+durable = "lastdl"
+max_deliver = 2
+attempts = 1
+exec = ["sh", "-c", "exit 3"]
+"#
+        ),
+    );
+    let worker = WorkerProcess::start(&url, &reactions, &[]);
+    let broker = switchboard::connect(&url).await.unwrap();
+    publish(
+        &broker,
+        Message::new(format!("{prefix}.jobs"), "x").unwrap(),
+    )
+    .await;
+    worker.wait_line("it is lost");
+    worker.interrupt();
+    let (_status, _stdout, stderr) = worker.wait(Duration::from_secs(30));
+    assert_eq!(
+        stderr.matches("nacked for redelivery").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("refused"), "{stderr}");
+    broker.close().await.unwrap();
+}

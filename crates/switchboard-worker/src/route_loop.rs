@@ -625,8 +625,16 @@ async fn handle<S: Stack>(
         Box::pin(reply_failure(requester, true, &error, span)).await;
         return spare;
     }
+    // Its last delivery (`max_deliver` reached): a nack brings nothing back,
+    // whatever the broker could do otherwise. Here when its dead letter
+    // could not be sent, or the route has none.
+    let exhausted = matches!(
+        (delivery_count, state.max_deliver),
+        (Some(count), Some(max)) if count >= max
+    );
     // Read before `nack`, which takes the acknowledgement handle.
-    let requeued = (shared.redelivery || delivery_count.is_some())
+    let requeued = !exhausted
+        && (shared.redelivery || delivery_count.is_some())
         && delivery.as_ref().is_some_and(Delivery::is_acknowledgeable);
     if let Some(delivery) = &mut delivery {
         if let Err(nack_error) = delivery.nack().instrument(span.clone()).await {
@@ -636,6 +644,9 @@ async fn handle<S: Stack>(
     if requeued {
         // Delivered again, the request may still be answered.
         tracing::warn!(parent: span, %error, "handling failed; nacked for redelivery");
+    } else if exhausted {
+        tracing::error!(parent: span, %error, "handling failed on the message's last delivery (max_deliver) and it was not dead-lettered: the broker will not deliver it again, so it is lost");
+        Box::pin(reply_failure(requester, false, &error, span)).await;
     } else {
         tracing::error!(parent: span, %error, "handling failed and the broker cannot redeliver: the message is not handled");
         Box::pin(reply_failure(requester, false, &error, span)).await;

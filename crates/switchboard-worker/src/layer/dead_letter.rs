@@ -145,9 +145,13 @@ pub(crate) async fn dead_lettering(
     }
     let letter = letter(subject, ctx, &error)?;
     let target = letter.subject().clone();
-    ctx.publish(letter).await?;
-    // The original is acknowledged once this returns: make sure the broker has the letter.
-    ctx.broker().flush().await?;
+    // Not dead-lettered: the message goes back to the broker with both
+    // reasons (a refused letter is no reason to reject the message itself).
+    send_letter(ctx, letter).await.map_err(|send| {
+        HandlerError::new(format!(
+            "{error}; its dead letter to {target} could not be sent: {send}"
+        ))
+    })?;
     ctx.counters().add_dead_lettered();
     tracing::warn!(dead_letter = %target, permanent = error.is_permanent(), %error, "message dead-lettered");
     if ctx.is_request() {
@@ -161,6 +165,37 @@ pub(crate) async fn dead_lettering(
         }
     }
     Ok(())
+}
+
+/// How long a dead letter that could not be sent (the broker was away, the
+/// flush timed out) is tried again before the message is given back.
+const LETTER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Publishes `letter` and flushes, trying again while the failure is
+/// temporary, for up to [`LETTER_PATIENCE`]: the letter is sent on the
+/// message's last delivery, so a failure given up at once (a connection cut
+/// during the flush) nacked a message the broker would not deliver again,
+/// and it was lost, logged as "nacked for redelivery".
+async fn send_letter(ctx: &Context, letter: Message) -> Result<(), HandlerError> {
+    let started = tokio::time::Instant::now();
+    let mut backoff = switchboard_core::Backoff::DEFAULT.attempts();
+    loop {
+        let sent = async {
+            ctx.publish(letter.clone()).await?;
+            // The original is acknowledged once this returns: make sure the broker has the letter.
+            ctx.broker().flush().await
+        };
+        let error = match sent.await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        let delay = backoff.failed();
+        if !error.is_temporary() || started.elapsed() + delay > LETTER_PATIENCE {
+            return Err(error.into());
+        }
+        tracing::warn!(dead_letter = %letter.subject(), %error, "sending the dead letter failed; trying again in {delay:?}");
+        tokio::time::sleep(delay).await;
+    }
 }
 
 #[async_trait]
