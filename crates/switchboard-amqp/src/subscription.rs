@@ -63,6 +63,29 @@ struct DurableQueue {
     ack_wait: Duration,
 }
 
+/// Whether AMQP topic binding key `binding` matches `routing_key`: `*` is
+/// one word, `#` zero or more.
+fn binding_matches(binding: &str, routing_key: &str) -> bool {
+    fn words(binding: &[&str], key: &[&str]) -> bool {
+        match (binding.split_first(), key.split_first()) {
+            (None, None) => true,
+            (Some((&"#", rest)), _) => {
+                words(rest, key)
+                    || key
+                        .split_first()
+                        .is_some_and(|(_, tail)| words(binding, tail))
+            }
+            (Some((&word, rest)), Some((&first, tail))) => {
+                (word == "*" || word == first) && words(rest, tail)
+            }
+            _ => false,
+        }
+    }
+    let binding: Vec<&str> = binding.split('.').collect();
+    let key: Vec<&str> = routing_key.split('.').collect();
+    words(&binding, &key)
+}
+
 /// The queue name of durable consumer `durable` on `exchange`.
 pub(crate) fn durable_queue_name(durable: &Durable, exchange: &str) -> Result<ShortString> {
     ShortString::try_new(format!(
@@ -314,6 +337,7 @@ async fn consume(
         backoff,
         dropped_unsettled: Arc::default(),
         ended: false,
+        foreign: AtomicBool::new(false),
     };
     let close_timeout = state.inner.config.options.flush_timeout;
     let stream = futures::stream::unfold(state, |mut state| async move {
@@ -509,6 +533,8 @@ struct State {
     /// Set once the durable consumer's queue was found deleted: the stream
     /// ends, as it does on the other brokers when a consumer is removed.
     ended: bool,
+    /// Set once a delivery came through another binding of its queue (warned once).
+    foreign: AtomicBool,
 }
 
 impl State {
@@ -652,6 +678,20 @@ impl State {
                     routing_key = routing_key.as_str(),
                     "skipping a delivery the pattern does not match"
                 );
+                // Not even this queue's own binding matches it: the queue is
+                // bound twice, which is a durable name (or group) used with
+                // two patterns; each of them drops the other's messages.
+                let own = binding_matches(self.topology.binding.as_str(), routing_key.as_str());
+                if !own
+                    && self.topology.durable.is_some()
+                    && !self.foreign.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        pattern = %self.topology.pattern,
+                        routing_key = routing_key.as_str(),
+                        "amqp: a message for another pattern reached this durable consumer's queue, and was dropped: on RabbitMQ a durable name is one queue whatever the pattern, so a name used with two patterns makes each drop the other's messages; give each pattern a durable name of its own (and remove-durable the shared one)"
+                    );
+                }
                 let _ = acker.ack(BasicAckOptions::default()).now_or_never();
                 return None;
             }
@@ -944,5 +984,24 @@ impl Drop for AmqpAcker {
                 "an AMQP delivery was dropped without ack or nack: it stays unacknowledged until the subscription's channel closes, then RabbitMQ requeues it (for the queue group's other members; a fan-out subscription's queue goes away with it); once `prefetch` deliveries are unacknowledged the subscription receives nothing more, so call ack() when a message is handled"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::binding_matches;
+
+    #[test]
+    fn binding_keys_match_as_rabbitmq_matches_them() {
+        assert!(binding_matches("a.b", "a.b"));
+        assert!(!binding_matches("a.b", "a.c"));
+        assert!(binding_matches("a.*", "a.b"));
+        assert!(!binding_matches("a.*", "a.b.c"));
+        assert!(binding_matches("a.#", "a"));
+        assert!(binding_matches("a.#", "a.b.c"));
+        assert!(binding_matches("#", "x.y"));
+        assert!(binding_matches("a.#.z", "a.z"));
+        assert!(binding_matches("a.#.z", "a.b.c.z"));
+        assert!(!binding_matches("orders.>", "billing.x"));
     }
 }
