@@ -56,15 +56,9 @@ impl Control {
     pub(crate) async fn start(&self, conn: Conn) -> Result<(), Failure> {
         let mut slot = self.conn.lock().await;
         let mut conn = conn;
-        let loaded = tokio::time::timeout(self.timeout, load(&mut conn)).await;
+        let loaded = load_when_ready(&mut conn, self.timeout).await;
         *slot = Some(conn);
-        match loaded {
-            Ok(result) => result,
-            Err(_) => Err(format!(
-                "Redis did not answer FUNCTION LOAD within {:?}",
-                self.timeout
-            )),
-        }
+        loaded
     }
 
     /// Loads the library again (after a publish met `Function not found`).
@@ -209,10 +203,50 @@ impl Control {
             .connect_durable(self.options.connect_timeout, &name)
             .await
             .map_err(|e| e.to_string())?;
-        load(&mut conn).await?;
+        load_when_ready(&mut conn, self.timeout).await?;
         Ok(conn)
     }
 }
+
+/// How long a Redis still loading its dataset (just restarted) is waited for
+/// before the durable mode is given up.
+const LOADING_PATIENCE: Duration = Duration::from_secs(60);
+
+/// [`load`], waiting while Redis answers `LOADING` (it has just restarted
+/// and reads its dataset): a connection made in that window took the
+/// refusal for a Redis without functions, turned the durable mode off for
+/// the life of the process and published plainly, so durable consumers
+/// never got those messages, and `send` exited 0.
+/// Each attempt waits at most `timeout` for Redis's answer.
+async fn load_when_ready(conn: &mut Conn, timeout: Duration) -> Result<(), Failure> {
+    let started = tokio::time::Instant::now();
+    let mut backoff = switchboard_core::Backoff::DEFAULT.attempts();
+    let mut told = false;
+    loop {
+        let loaded = tokio::time::timeout(timeout, load(conn))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "Redis did not answer FUNCTION LOAD within {timeout:?}"
+                ))
+            });
+        match loaded {
+            Err(reason) if reason.starts_with(LOADING) => {
+                if started.elapsed() >= LOADING_PATIENCE {
+                    return Err(format!("{reason}, still after {LOADING_PATIENCE:?}"));
+                }
+                if !std::mem::replace(&mut told, true) {
+                    tracing::warn!("redis: {reason}; waiting for it before publishing (durable consumers would miss what is published meanwhile)");
+                }
+                tokio::time::sleep(backoff.failed()).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How [`load`]'s failure starts when Redis answered `-LOADING`.
+const LOADING: &str = "Redis is loading its dataset";
 
 /// Loads (or replaces) the function library on `conn`.
 pub(crate) async fn load(conn: &mut Conn) -> Result<(), Failure> {
@@ -220,6 +254,10 @@ pub(crate) async fn load(conn: &mut Conn) -> Result<(), Failure> {
         .command(&[b"FUNCTION", b"LOAD", b"REPLACE", LIBRARY.as_bytes()])
         .await
     {
+        Ok(Frame::Error(e)) if e.starts_with(b"LOADING") => Err(format!(
+            "{LOADING} (it has just started): {}",
+            String::from_utf8_lossy(&e)
+        )),
         Ok(Frame::Error(e)) => Err(format!(
             "FUNCTION LOAD of switchboard's library failed: {} (Redis 7.0 or later is needed, and an ACL user allowed FUNCTION and FCALL)",
             String::from_utf8_lossy(&e)
