@@ -578,7 +578,7 @@ fn gone(member: &Member, error: &[u8]) -> End {
     }
     if text.contains("NOGROUP") || vanished {
         End::Removed(format!(
-            "the durable consumer '{}' no longer exists in Redis (removed with remove_durable?); the subscription ends: {text}",
+            "the durable consumer '{}' no longer exists in Redis (removed with remove_durable, or Redis restarted without persistence: see durable_storage); the subscription ends: {text}",
             member.group
         ))
     } else if refusal(&text) {

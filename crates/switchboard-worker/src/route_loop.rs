@@ -38,7 +38,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -83,6 +83,10 @@ pub(crate) struct RouteState {
     /// Cancelled when the grace period is over: handlers still running give
     /// their message back.
     abort: CancellationToken,
+    /// Set from a failed ack until one goes through: an outage fails every
+    /// unsettled delivery's ack at once (233 warnings for one RabbitMQ cut),
+    /// so only the first is a warning.
+    acks_failing: AtomicBool,
 }
 
 /// A running route loop, counted in [`Shared::active`] until dropped; the
@@ -119,6 +123,7 @@ impl RouteTask {
                 max_deliver: route.durable.as_ref().and_then(|d| d.max_deliver),
                 shared,
                 abort: CancellationToken::new(),
+                acks_failing: AtomicBool::new(false),
             }),
             concurrency: route.concurrency,
             ordered_per_subject: route.ordered_per_subject,
@@ -600,8 +605,18 @@ async fn handle<S: Stack>(
     let (error, permanent) = match outcome {
         Ok(Ok(())) => {
             if let Some(delivery) = &mut delivery {
-                if let Err(error) = delivery.ack().instrument(span.clone()).await {
-                    tracing::warn!(parent: span, %error, "ack failed; the broker may deliver the message again");
+                match delivery.ack().instrument(span.clone()).await {
+                    Ok(()) if state.acks_failing.load(Ordering::Relaxed) => {
+                        state.acks_failing.store(false, Ordering::Relaxed);
+                        tracing::info!(parent: span, "acks go through again");
+                    }
+                    Ok(()) => {}
+                    Err(error) if state.acks_failing.swap(true, Ordering::Relaxed) => {
+                        tracing::debug!(parent: span, %error, "ack failed");
+                    }
+                    Err(error) => {
+                        tracing::warn!(parent: span, %error, "ack failed; the broker may deliver the message again (further failed acks are logged at debug level until one goes through)");
+                    }
                 }
             }
             state.metrics.counters.add_handled();
