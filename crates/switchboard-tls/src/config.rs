@@ -99,8 +99,18 @@ fn system_roots() -> Result<&'static RootCertStore, &'static String> {
             let found = rustls_native_certs::load_native_certs();
             let mut store = RootCertStore::empty();
             let (added, _) = store.add_parsable_certificates(found.certs);
+            // A file or directory named in SSL_CERT_FILE / SSL_CERT_DIR was
+            // asked for: one that cannot be read is said, not left to a later
+            // "not trusted" that does not name it.
+            let asked = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+                .iter()
+                .any(|name| std::env::var_os(name).is_some());
             for error in &found.errors {
-                tracing::debug!(%error, "reading the system trust store");
+                if asked {
+                    tracing::warn!(%error, "reading the trust store SSL_CERT_FILE or SSL_CERT_DIR names failed");
+                } else {
+                    tracing::debug!(%error, "reading the system trust store");
+                }
             }
             if added > 0 {
                 Ok(store)
