@@ -132,7 +132,7 @@ pub(crate) async fn run(url: &str, args: ReplyArgs) -> anyhow::Result<ExitCode> 
             next = subscription.next() => next,
             signal = signals.recv() => break Some(signal),
         };
-        let delivery = match next {
+        let mut delivery = match next {
             Some(Ok(delivery)) => delivery,
             Some(Err(error)) => {
                 eprintln!("warning: {}", connection::one_line(error));
@@ -143,7 +143,6 @@ pub(crate) async fn run(url: &str, args: ReplyArgs) -> anyhow::Result<ExitCode> 
                 anyhow::bail!("the broker ended the subscription to '{pattern}'");
             }
         };
-        let mut delivery = delivery;
         let mut settled = false;
         let interrupted = tokio::select! {
             done = answer_one(&mut delivery, &answer, &mut settled) => {

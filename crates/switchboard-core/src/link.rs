@@ -10,8 +10,9 @@
 //! the loss as an [`Error::Disconnected`](crate::Error::Disconnected) item, and
 //! the link logs one line when the subscription is back
 //! (`redis: resubscribed to 'alerts.>' after 1.2s`). A failed attempt to
-//! reconnect is a warning when its reason is new in the outage
-//! ([`Link::attempt_failed`]), at debug level when it repeats.
+//! reconnect or resubscribe is logged at debug level, unless its reason is
+//! lasting (refused credentials, a certificate) and new in the outage: then
+//! it is one warning ([`Link::attempt_failed`], [`SubscriptionLink::retry_failed`]).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -128,20 +129,19 @@ impl Link {
         }
         let reason = reason.to_string();
         let mut failure = lock(&self.failure);
-        if !lasting || failure.as_deref() == Some(reason.as_str()) {
+        if lasting && failure.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(
+                broker = self.broker,
+                "{}: reconnecting failed: {reason}; retrying",
+                self.broker
+            );
+        } else {
             tracing::debug!(
                 broker = self.broker,
                 "{}: reconnecting failed ({reason})",
                 self.broker
             );
-            *failure = Some(reason);
-            return;
         }
-        tracing::warn!(
-            broker = self.broker,
-            "{}: reconnecting failed: {reason}; retrying",
-            self.broker
-        );
         *failure = Some(reason);
     }
 
@@ -248,20 +248,22 @@ impl SubscriptionLink {
     pub fn retry_failed(&mut self, error: impl fmt::Display, retry_in: Duration, lasting: bool) {
         use std::hash::{Hash as _, Hasher as _};
         let error = error.to_string();
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        error.hash(&mut hasher);
-        let failure = hasher.finish().max(1);
-        if !lasting || failure == self.failure {
-            tracing::debug!(
-                broker = self.broker,
-                "{}: resubscribing to '{}' failed again ({error}); retrying in {retry_in:.1?}",
-                self.broker,
-                self.pattern
-            );
-            return;
+        if lasting {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            error.hash(&mut hasher);
+            let failure = hasher.finish().max(1);
+            if failure != self.failure {
+                self.failure = failure;
+                tracing::warn!(
+                    broker = self.broker,
+                    "{}: resubscribing to '{}' failed: {error}; retrying in {retry_in:.1?}",
+                    self.broker,
+                    self.pattern
+                );
+                return;
+            }
         }
-        self.failure = failure;
-        tracing::warn!(
+        tracing::debug!(
             broker = self.broker,
             "{}: resubscribing to '{}' failed: {error}; retrying in {retry_in:.1?}",
             self.broker,
